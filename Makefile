@@ -1,0 +1,44 @@
+# Every target creates/uses .venv and installs what it needs (once per pyproject change).
+# torch: on a machine without an NVIDIA GPU we ask for the CPU build first (torch==2.13.0,
+# which pip takes from local disk on this project's machines); a GPU user installs the CUDA
+# build of their choice into .venv first (see README), and the [local] range accepts it.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.lmiflow-installed
+TORCH_SPEC ?= torch==2.13.0
+CONFIG ?= configs/local-demo.yaml
+REPORT_DIR ?= reports/local-demo
+
+.PHONY: install demo test lint perf soak clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	@if ! $(PY) -c "import torch" 2>/dev/null && ! command -v nvidia-smi >/dev/null 2>&1; then \
+		echo "installing CPU torch ($(TORCH_SPEC))"; $(PIP) install -q "$(TORCH_SPEC)"; fi
+	$(PIP) install -q -e '.[local,dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m lmiflow demo-model .lmiflow/demo-model
+	$(PY) -m lmiflow deploy $(CONFIG) --report-dir $(REPORT_DIR)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check . || true
+
+perf: $(STAMP)
+	@for f in perf/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+soak: $(STAMP)
+	$(PY) perf/soak.py --minutes $${MINUTES:-5}
+
+clean:
+	rm -rf $(VENV) .lmiflow reports .pytest_cache .ruff_cache

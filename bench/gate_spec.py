@@ -1,0 +1,58 @@
+"""The typed form of a gate, shared by the config (validation) and bench.gates (evaluation)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Latency metrics carry percentiles; the others are one number per level.
+LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
+SCALAR_METRICS = (
+    "output_tokens_per_s",
+    "requests_per_min",
+    "error_rate",
+    "goodput",
+    "usd_per_1m_output_tokens",
+)
+Metric = Literal[
+    "ttft_ms",
+    "tpot_ms",
+    "itl_ms",
+    "e2e_ms",
+    "output_tokens_per_s",
+    "requests_per_min",
+    "error_rate",
+    "goodput",
+    "usd_per_1m_output_tokens",
+]
+Stat = Literal["mean", "p50", "p90", "p95", "p99", "value"]
+Op = Literal["<", "<=", ">", ">="]
+
+
+class GateSpec(BaseModel):
+    """One service-level check: `metric`'s `stat` compared with `threshold` by `op`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Metric = Field(description="Benchmark metric to check, e.g. ttft_ms or error_rate.")
+    stat: Stat = Field(
+        default="p95",
+        description="Statistic of a latency metric (mean, p50..p99); 'value' for scalar metrics.",
+    )
+    op: Op = Field(default="<=", description="Comparison: observed OP threshold must hold.")
+    threshold: float = Field(description="The bound the observed value is compared with.")
+    concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        description="Check only this concurrency level; empty checks every level.",
+    )
+
+    @model_validator(mode="after")
+    def _stat_fits_metric(self) -> GateSpec:
+        latency = self.metric in LATENCY_METRICS
+        if latency and self.stat == "value":
+            raise ValueError(f"metric {self.metric} needs a percentile stat (mean, p50..p99)")
+        if not latency and self.stat != "value":
+            raise ValueError(f"metric {self.metric} is one number per level: use stat 'value'")
+        return self

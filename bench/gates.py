@@ -1,0 +1,159 @@
+"""The verdict: SLO gates and a regression limit against production's baseline. Pure.
+
+Every check carries what it compared (observed, threshold, margin) so a rejection explains
+itself in the report; anything that cannot be measured fails, with a note saying why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from bench.gate_spec import LATENCY_METRICS, GateSpec
+from bench.metrics import BenchResult, LevelResult, compare
+
+# (metric, stat, higher_is_worse) compared against the baseline at each shared level.
+REGRESSION_METRICS: tuple[tuple[str, str, bool], ...] = (
+    ("ttft_ms", "p50", True),
+    ("tpot_ms", "p50", True),
+    ("output_tokens_per_s", "value", False),
+)
+
+
+class Check(BaseModel):
+    metric: str
+    stat: str
+    op: str
+    threshold: float
+    observed: float | None
+    passed: bool
+    margin: float | None = Field(
+        default=None, description="Headroom in the metric's unit: positive passes, negative fails."
+    )
+    concurrency: int | None = None
+    kind: Literal["slo", "regression"] = "slo"
+    baseline: float | None = Field(default=None, description="Regression: production's value.")
+    note: str | None = None
+
+
+class Verdict(BaseModel):
+    passed: bool
+    checks: list[Check] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+def observed_value(level: LevelResult, metric: str, stat: str) -> float | None:
+    value = getattr(level, metric, None)
+    if metric in LATENCY_METRICS:
+        return None if value is None else getattr(value, stat, None)
+    return value
+
+
+def _margin(observed: float, op: str, threshold: float) -> float:
+    return threshold - observed if op in ("<", "<=") else observed - threshold
+
+
+def _check(
+    metric: str, stat: str, op: str, threshold: float, level: LevelResult | None,
+    concurrency: int | None, kind: Literal["slo", "regression"] = "slo",
+    baseline: float | None = None,
+) -> Check:
+    if level is None:
+        return Check(
+            metric=metric, stat=stat, op=op, threshold=threshold, observed=None, passed=False,
+            concurrency=concurrency, kind=kind, baseline=baseline,
+            note=f"no benchmark level at concurrency {concurrency}",
+        )
+    observed = observed_value(level, metric, stat)
+    if observed is None:
+        why = "no samples (every request failed?)"
+        if metric == "goodput":
+            why = level.goodput_note or "goodput was not computed"
+        elif metric == "usd_per_1m_output_tokens":
+            why = "no price given (usd_per_hour) or no output tokens"
+        return Check(
+            metric=metric, stat=stat, op=op, threshold=threshold, observed=None, passed=False,
+            concurrency=level.concurrency, kind=kind, baseline=baseline, note=why,
+        )
+    note = None
+    if metric in LATENCY_METRICS:
+        stats = getattr(level, metric)
+        if stat in stats.few_samples:
+            note = f"{stat} from only {stats.n} samples: too few to mean much"
+    return Check(
+        metric=metric, stat=stat, op=op, threshold=threshold, observed=observed,
+        passed=compare(observed, op, threshold), margin=_margin(observed, op, threshold),
+        concurrency=level.concurrency, kind=kind, baseline=baseline, note=note,
+    )
+
+
+def _slo_checks(gates: Sequence[GateSpec], result: BenchResult) -> list[Check]:
+    checks: list[Check] = []
+    for g in gates:
+        if g.concurrency is not None:
+            checks.append(_check(g.metric, g.stat, g.op, g.threshold,
+                                 result.level(g.concurrency), g.concurrency))
+        elif not result.levels:
+            checks.append(_check(g.metric, g.stat, g.op, g.threshold, None, None))
+            checks[-1].note = "the benchmark has no levels"
+        else:
+            checks.extend(_check(g.metric, g.stat, g.op, g.threshold, lv, lv.concurrency)
+                          for lv in result.levels)
+    return checks
+
+
+def _regression_checks(
+    result: BenchResult, baseline: BenchResult, pct: float
+) -> tuple[list[Check], list[str]]:
+    checks: list[Check] = []
+    notes: list[str] = []
+    shared = [lv for lv in result.levels if baseline.level(lv.concurrency) is not None]
+    if not shared:
+        checks.append(Check(
+            metric="output_tokens_per_s", stat="value", op=">=", threshold=0.0, observed=None,
+            passed=False, kind="regression",
+            note="no concurrency level in common with the baseline: cannot compare",
+        ))
+        return checks, notes
+    for lv in shared:
+        base_lv = baseline.level(lv.concurrency)
+        assert base_lv is not None
+        for metric, stat, higher_is_worse in REGRESSION_METRICS:
+            base = observed_value(base_lv, metric, stat)
+            if base is None:
+                notes.append(f"baseline has no {metric} {stat} at concurrency "
+                             f"{lv.concurrency}: not compared")
+                continue
+            if higher_is_worse:
+                op, threshold = "<=", base * (1 + pct / 100)
+            else:
+                op, threshold = ">=", base * (1 - pct / 100)
+            checks.append(_check(metric, stat, op, threshold, lv, lv.concurrency,
+                                 kind="regression", baseline=base))
+    return checks, notes
+
+
+def evaluate(
+    gates: Sequence[GateSpec],
+    result: BenchResult,
+    baseline: BenchResult | None = None,
+    max_regression_pct: float | None = None,
+) -> Verdict:
+    """Gate `result`. A gate with `concurrency` checks that level only, else every level.
+    With a baseline and `max_regression_pct`, the candidate must not be worse than the
+    baseline by more than that percent at any shared level (p50 TTFT, p50 TPOT: higher is
+    worse; output tokens/s: lower is worse). No gates and no baseline: passes, with a note."""
+    checks = _slo_checks(gates, result)
+    notes: list[str] = []
+    if max_regression_pct is not None:
+        if baseline is None:
+            notes.append("no production baseline: regression not checked (first deploy?)")
+        else:
+            reg, reg_notes = _regression_checks(result, baseline, max_regression_pct)
+            checks.extend(reg)
+            notes.extend(reg_notes)
+    if not checks:
+        notes.append("no gates configured: nothing to check")
+    return Verdict(passed=all(c.passed for c in checks), checks=checks, notes=notes)

@@ -1,0 +1,462 @@
+"""Load generator: a concurrency sweep (closed loop) or Poisson arrivals (open loop) against
+an LMI-contract URL or a named endpoint of a Target, one RequestRecord per request.
+
+Accuracy first: each streamed line is timestamped with time.perf_counter the moment it is
+parsed (in the worker thread for a Target, so the event loop never delays it); prompts are
+built before a level starts; and each level watches its own event-loop lag and CPU so a level
+where the generator, not the endpoint, set the pace is flagged `generator_saturated`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from bench.gate_spec import GateSpec
+from bench.metrics import (
+    BenchResult,
+    BenchSettings,
+    GeneratorStats,
+    LevelResult,
+    RequestRecord,
+    compute_level,
+    saturation_reason,
+)
+
+ProgressFn = Callable[[int, int, int], None]
+
+# Short common English words: nearly all are one token (with their leading space) in BPE and
+# SentencePiece vocabularies, so N words approximate N tokens when no tokenizer is given.
+_WORDS = (  # noqa: SIM905 (a word list reads better as text)
+    "the of and to in is that for it as was with be by on not he this are or his from at "
+    "which but have an they you were her she there one all we their can has more when will "
+    "would if so out up no what about into than them only other new some time could these "
+    "two may then do first any my now such like our over man me even most made after also "
+    "did many before must through back years where much your way well down should because "
+    "each just those people how too little state good very make world still own see men "
+    "work long get here between both life being under never day same another know while"
+).split()
+
+
+class LoadConfig(BaseModel):
+    """One benchmark run: what to send and how hard."""
+
+    concurrency: list[int] = Field(default_factory=lambda: [1], description="Closed-loop levels.")
+    rates: list[float] | None = Field(
+        default=None, description="Open loop: Poisson arrival rates (req/s), one level each."
+    )
+    max_concurrency: int = Field(
+        256, ge=1, description="Open loop: cap on requests in flight (the level's concurrency)."
+    )
+    requests: int = Field(16, ge=1, description="Measured requests per level.")
+    warmup: int = Field(2, ge=0, description="Requests per level issued first and excluded.")
+    max_new_tokens: int = Field(64, ge=1)
+    input_tokens: int = Field(128, ge=1)
+    timeout_s: float = Field(120.0, gt=0, description="Per request, first byte to last line.")
+    ignore_eos: bool = Field(
+        True,
+        description="Send parameters.ignore_eos_token so the output is exactly max_new_tokens "
+        "(LMI maps it to vLLM's ignore_eos; servers without it stop at EOS).",
+    )
+    usd_per_hour: float | None = Field(default=None, ge=0)
+    instances: int = Field(1, ge=1)
+    seed: int = 0
+    lag_tick_s: float = Field(0.005, gt=0, description="Event-loop lag probe interval.")
+
+
+# --- prompts -----------------------------------------------------------------------------
+
+
+def build_prompts(
+    n: int, input_tokens: int, tokenizer: Any | None = None, seed: int = 0
+) -> tuple[list[str], bool]:
+    """n distinct prompts of about input_tokens tokens (distinct so that a prefix cache does not
+    turn the benchmark into a cache test). With a tokenizer (encode/decode) the length is exact
+    up to re-tokenization at the cut; returns (prompts, exact)."""
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(n):
+        words = [rng.choice(_WORDS) for _ in range(input_tokens + 8)]
+        text = " ".join(words)
+        if tokenizer is not None:
+            ids = _encode(tokenizer, text)[:input_tokens]
+            text = tokenizer.decode(ids)
+        else:
+            text = " ".join(words[:input_tokens])
+        prompts.append(text)
+    return prompts, tokenizer is not None
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    try:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    except TypeError:  # tokenizers without the keyword
+        return list(tokenizer.encode(text))
+
+
+def make_payload(prompt: str, cfg: LoadConfig) -> dict:
+    params: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "details": True}
+    if cfg.ignore_eos:
+        params["ignore_eos_token"] = True
+    return {"inputs": prompt, "parameters": params, "stream": True}
+
+
+# --- parsing the stream ----------------------------------------------------------------------
+
+
+class _Recorder:
+    """Builds a RequestRecord from (timestamp, line) pairs as they arrive."""
+
+    def __init__(self, start: float, warmup: bool):
+        self.rec = RequestRecord(start=start, warmup=warmup)
+        self.last: float | None = None
+        self.closed = False  # set once the record is handed back: a late thread must stop
+
+    def line(self, t: float, raw: bytes | str) -> None:
+        raw = raw.strip()
+        if not raw:
+            return
+        self.last = t
+        try:
+            obj = json.loads(raw)
+        except ValueError:
+            self.fail(t, f"unparsable stream line: {raw[:120]!r}")
+            return
+        if not isinstance(obj, dict):
+            self.fail(t, f"unexpected stream line: {raw[:120]!r}")
+            return
+        rec = self.rec
+        token = obj.get("token")
+        if isinstance(token, dict):
+            rec.token_times.append(t)
+            rec.output_tokens += 1
+            if rec.first_token is None and token.get("text"):
+                rec.first_token = t
+        details = obj.get("details")
+        if isinstance(details, dict):
+            if details.get("generated_tokens") is not None:
+                rec.generated_tokens_reported = int(details["generated_tokens"])
+            if details.get("finish_reason") == "error":
+                self.fail(t, "server: stream ended with finish_reason=error"
+                          + (f" ({obj['error']})" if obj.get("error") else ""))
+        elif "error" in obj or ("code" in obj and "token" not in obj):
+            msg = obj.get("error") or obj.get("message") or obj
+            self.fail(t, f"server error: {str(msg)[:200]}")
+
+    def fail(self, t: float, msg: str) -> None:
+        if self.rec.error is None:
+            self.rec.error = msg
+        self.rec.end = t
+
+    def finish(self, t_fallback: float) -> RequestRecord:
+        self.closed = True
+        rec = self.rec
+        if rec.end is None:
+            rec.end = self.last if self.last is not None else t_fallback
+        if rec.error is None and rec.first_token is None and rec.token_times:
+            rec.first_token = rec.token_times[0]  # only empty-text tokens: the first still counts
+        if rec.error is None and rec.output_tokens == 0:
+            rec.error = "stream ended without a token"
+        return rec
+
+
+# --- transports ------------------------------------------------------------------------------
+
+
+class Transport(Protocol):
+    """Sends one streaming request; fills the recorder as lines arrive; raises on failure."""
+
+    async def send(self, payload: dict, rec: _Recorder) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def redact_url(url: str) -> str:
+    """The URL without credentials, query or fragment: safe to print and store."""
+    p = urlsplit(url)
+    host = p.hostname or ""
+    if p.port:
+        host = f"{host}:{p.port}"
+    return urlunsplit((p.scheme, host, p.path, "", ""))
+
+
+class HttpTransport:
+    """POST to a URL speaking the LMI contract, streamed with httpx (one pooled client)."""
+
+    def __init__(self, url: str, concurrency: int, timeout_s: float, headers: dict | None = None):
+        import httpx
+
+        self.url = url
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self.client = httpx.AsyncClient(
+            limits=limits, timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)),
+            headers={"Accept": "application/jsonlines", **(headers or {})},
+        )
+
+    async def send(self, payload: dict, rec: _Recorder) -> None:
+        perf = time.perf_counter
+        rec.rec.start = perf()
+        async with self.client.stream("POST", self.url, json=payload) as resp:
+            if resp.status_code != 200:
+                body = (await resp.aread())[:300].decode("utf-8", "replace")
+                rec.fail(perf(), f"HTTP {resp.status_code}: {body}")
+                return
+            buf = b""
+            async for chunk in resp.aiter_bytes():
+                t = perf()
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    rec.line(t, line)
+            if buf.strip():
+                rec.line(perf(), buf)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+class TargetTransport:
+    """A named endpoint of a Target: its blocking invoke_stream runs in a thread per request,
+    which timestamps each line itself (the event loop's delay never enters a timestamp)."""
+
+    def __init__(self, target: Any, endpoint: str, concurrency: int):
+        self.target = target
+        self.endpoint = endpoint
+        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bench")
+        self.cancelled = threading.Event()
+
+    def _blocking(self, payload: dict, rec: _Recorder) -> None:
+        perf = time.perf_counter
+        rec.rec.start = perf()
+        stream = self.target.invoke_stream(self.endpoint, payload)
+        try:
+            for line in stream:
+                rec.line(perf(), line)
+                if self.cancelled.is_set() or rec.closed or rec.rec.error is not None:
+                    break
+        finally:
+            close = getattr(stream, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+
+    async def send(self, payload: dict, rec: _Recorder) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.pool, self._blocking, payload, rec)
+
+    async def aclose(self) -> None:
+        # A timed-out request's thread cannot be interrupted; tell it to stop at its next line.
+        self.cancelled.set()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+# --- generator health ----------------------------------------------------------------------
+
+
+class _Health:
+    """Event-loop lag (a ticker that should wake every tick_s) and process CPU over a level."""
+
+    def __init__(self, tick_s: float):
+        self.tick_s = tick_s
+        self.lags: list[float] = []
+        self._task: asyncio.Task | None = None
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            t0 = loop.time()
+            await asyncio.sleep(self.tick_s)
+            self.lags.append(max(0.0, loop.time() - t0 - self.tick_s))
+
+    def start(self) -> None:
+        self.cpu0, self.wall0 = time.process_time(), time.perf_counter()
+        self._task = asyncio.get_running_loop().create_task(self._tick())
+
+    async def stop(self) -> GeneratorStats:
+        cpu = time.process_time() - self.cpu0
+        wall = time.perf_counter() - self.wall0
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        lags = np.asarray(self.lags or [0.0]) * 1000
+        return GeneratorStats(
+            loop_lag_p50_ms=float(np.percentile(lags, 50)),
+            loop_lag_p99_ms=float(np.percentile(lags, 99)),
+            loop_lag_max_ms=float(lags.max()),
+            cpu_pct=100.0 * cpu / wall if wall > 0 else None,
+        )
+
+
+# --- running a level ---------------------------------------------------------------------
+
+
+async def _one(
+    transport: Transport, payload: dict, warmup: bool, timeout_s: float
+) -> RequestRecord:
+    rec = _Recorder(time.perf_counter(), warmup)
+    try:
+        await asyncio.wait_for(transport.send(payload, rec), timeout_s)
+    except asyncio.TimeoutError:
+        rec.rec.timed_out = True
+        rec.fail(time.perf_counter(), f"timeout after {timeout_s:g} s")
+    except Exception as exc:  # any transport failure is a failed request, not a failed run
+        rec.fail(time.perf_counter(), f"{type(exc).__name__}: {exc}"[:300])
+    return rec.finish(time.perf_counter())
+
+
+async def run_level(
+    transport: Transport,
+    payloads: Sequence[dict],
+    warmup: int,
+    concurrency: int,
+    timeout_s: float,
+    *,
+    rate_rps: float | None = None,
+    seed: int = 0,
+    on_done: Callable[[int], None] | None = None,
+    counters: dict[str, int] | None = None,
+) -> list[RequestRecord]:
+    """Closed loop (rate_rps None): `concurrency` workers each send the next payload as soon as
+    their previous request ends. Open loop: Poisson arrivals at rate_rps, at most
+    `concurrency` in flight (later arrivals wait). The first `warmup` payloads are warm-up.
+    counters["cap_waits"] counts open-loop arrivals that found the cap full (their wait is not
+    in their latency: the client held them)."""
+    records: list[RequestRecord] = []
+    next_i = 0
+
+    def done(rec: RequestRecord) -> None:
+        records.append(rec)
+        if on_done is not None:
+            on_done(len(records))
+
+    if rate_rps is None:
+        async def worker() -> None:
+            nonlocal next_i
+            while next_i < len(payloads):
+                i = next_i
+                next_i += 1
+                done(await _one(transport, payloads[i], i < warmup, timeout_s))
+
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(payloads)))))
+        return records
+
+    rng = random.Random(seed)
+    sem = asyncio.Semaphore(concurrency)
+
+    if counters is not None:
+        counters.setdefault("cap_waits", 0)
+
+    async def fire(i: int) -> None:
+        if sem.locked() and counters is not None:
+            counters["cap_waits"] += 1
+        async with sem:
+            done(await _one(transport, payloads[i], i < warmup, timeout_s))
+
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    tasks = []
+    for i in range(len(payloads)):
+        t += rng.expovariate(rate_rps)
+        delay = t - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(fire(i)))
+    await asyncio.gather(*tasks)
+    return records
+
+
+TransportFactory = Callable[[int], Transport]
+
+
+async def run_benchmark_async(
+    make_transport: TransportFactory,
+    cfg: LoadConfig,
+    *,
+    source: str = "",
+    tokenizer: Any | None = None,
+    gates: Sequence[GateSpec] | None = None,
+    on_progress: ProgressFn | None = None,
+) -> BenchResult:
+    """Run every level in turn (a fresh transport per level, sized to it) and compute metrics.
+    on_progress(level, done, total): level is the concurrency (open loop: the level's index)."""
+    levels: list[LevelResult] = []
+    mode: Literal["closed", "open"] = "open" if cfg.rates else "closed"
+    specs: list[tuple[int, float | None]] = (
+        [(cfg.max_concurrency, r) for r in cfg.rates] if cfg.rates
+        else [(c, None) for c in cfg.concurrency]
+    )
+    exact = False
+    for idx, (conc, rate) in enumerate(specs):
+        total = cfg.warmup + cfg.requests
+        prompts, exact = build_prompts(total, cfg.input_tokens, tokenizer, seed=cfg.seed + idx)
+        payloads = [make_payload(p, cfg) for p in prompts]
+        label = conc if rate is None else idx
+        transport = make_transport(conc)
+        health = _Health(cfg.lag_tick_s)
+        progress = None
+        if on_progress is not None:
+            on_progress(label, 0, total)
+
+            def progress(n: int, label: int = label, total: int = total) -> None:
+                on_progress(label, n, total)
+        counters: dict[str, int] = {}
+        try:
+            health.start()
+            records = await run_level(
+                transport, payloads, cfg.warmup, conc, cfg.timeout_s,
+                rate_rps=rate, seed=cfg.seed + idx, on_done=progress, counters=counters,
+            )
+        finally:
+            stats = await health.stop()
+            await transport.aclose()
+        reason = saturation_reason(stats)
+        if counters.get("cap_waits"):
+            cap = f"{counters['cap_waits']} arrivals waited for the in-flight cap {conc}"
+            reason = f"{reason}; {cap}" if reason else cap
+        levels.append(compute_level(
+            records, conc, rate_rps=rate, gates=gates, usd_per_hour=cfg.usd_per_hour,
+            instances=cfg.instances, generator=stats, saturated_reason=reason,
+        ))
+    settings = BenchSettings(
+        source=source, mode=mode, requests=cfg.requests, warmup=cfg.warmup,
+        max_new_tokens=cfg.max_new_tokens, input_tokens=cfg.input_tokens,
+        prompt_tokens_exact=exact, ignore_eos=cfg.ignore_eos, timeout_s=cfg.timeout_s,
+        usd_per_hour=cfg.usd_per_hour, instances=cfg.instances,
+    )
+    return BenchResult(levels=levels, settings=settings)
+
+
+def bench_url(
+    url: str, cfg: LoadConfig, *, tokenizer: Any | None = None,
+    gates: Sequence[GateSpec] | None = None, on_progress: ProgressFn | None = None,
+    headers: dict | None = None,
+) -> BenchResult:
+    """Benchmark any URL that speaks the LMI contract (its /invocations). Blocking."""
+    return asyncio.run(run_benchmark_async(
+        lambda c: HttpTransport(url, c, cfg.timeout_s, headers), cfg, source=redact_url(url),
+        tokenizer=tokenizer, gates=gates, on_progress=on_progress,
+    ))
+
+
+def bench_endpoint(
+    target: Any, endpoint: str, cfg: LoadConfig, *, tokenizer: Any | None = None,
+    gates: Sequence[GateSpec] | None = None, on_progress: ProgressFn | None = None,
+) -> BenchResult:
+    """Benchmark a named endpoint of a Target (its invoke_stream). Blocking."""
+    return asyncio.run(run_benchmark_async(
+        lambda c: TargetTransport(target, endpoint, c), cfg,
+        source=f"{getattr(target, 'kind', 'target')}:{endpoint}",
+        tokenizer=tokenizer, gates=gates, on_progress=on_progress,
+    ))

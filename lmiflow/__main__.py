@@ -1,0 +1,5 @@
+import sys
+
+from lmiflow.cli import main
+
+sys.exit(main())

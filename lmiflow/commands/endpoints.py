@@ -1,0 +1,150 @@
+"""`lmiflow endpoints list | invoke NAME PROMPT | delete NAME` on the local or SageMaker target."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from lmiflow.errors import UserInputError
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "endpoints", help="List, invoke or delete endpoints on a target.",
+        description="Endpoints on the local target (model servers on 127.0.0.1) or SageMaker.",
+    )
+    sub = p.add_subparsers(dest="action", required=True)
+
+    def common(sp: Any) -> None:
+        sp.add_argument("--target", choices=("local", "sagemaker"), default="local",
+                        help="Where the endpoints live (default: local).")
+        sp.add_argument("--region", help="AWS region (sagemaker; default: AWS_REGION).")
+        sp.add_argument("--state-dir", help="Local target state dir (default: "
+                        "LMIFLOW_STATE_DIR or the user state dir).")
+
+    ls = sub.add_parser("list", help="Endpoints with status, config and URL.")
+    common(ls)
+    ls.add_argument("--json", action="store_true", help="One JSON array.")
+    ls.add_argument("--prefix", default="", help="Only names starting with this.")
+
+    inv = sub.add_parser("invoke", help="Send one prompt; print the generated text.")
+    common(inv)
+    inv.add_argument("name")
+    inv.add_argument("prompt")
+    inv.add_argument("--stream", action="store_true", help="Print tokens as they arrive.")
+    inv.add_argument("--max-new-tokens", type=int, default=64)
+    inv.add_argument("--raw", action="store_true", help="Print the response body as is.")
+
+    rm = sub.add_parser("delete", help="Delete an endpoint (stops its server on local).")
+    common(rm)
+    rm.add_argument("name")
+    rm.add_argument("--with-config-and-model", action="store_true",
+                    help="Also delete the endpoint config and model it used.")
+    p.set_defaults(run=run)
+
+
+def _target(args: Any) -> Any:
+    from targets import make_target
+
+    kwargs: dict[str, Any] = {}
+    if args.target == "local" and args.state_dir:
+        kwargs["state_dir"] = args.state_dir
+    if args.target == "sagemaker":
+        kwargs["region"] = args.region
+    try:
+        return make_target(args.target, **kwargs)
+    except ValueError as exc:
+        raise UserInputError("--target", str(exc)) from None
+
+
+def _require(target: Any, name: str) -> Any:
+    st = target.describe(name)
+    if st is None:
+        raise UserInputError("NAME", f"no endpoint named {name!r} on target {target.kind}")
+    return st
+
+
+def _list(target: Any, args: Any) -> int:
+    rows = [s for s in target.list_endpoints() if s.name.startswith(args.prefix)]
+    if args.json:
+        print(json.dumps([s.model_dump() for s in rows], indent=2))
+        return 0
+    if not rows:
+        print("no endpoints")
+        return 0
+    header = ("NAME", "STATUS", "CONFIG", "URL")
+    table = [header] + [(s.name, s.status, s.config_name or "-", s.url or "-") for s in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for r in table:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for s in rows:
+        if s.failure_reason:
+            print(f"{s.name}: {s.failure_reason}")
+    return 0
+
+
+def _invoke(target: Any, args: Any) -> int:
+    if args.max_new_tokens < 1:
+        raise UserInputError("--max-new-tokens", "must be at least 1")
+    _require(target, args.name)
+    payload = {"inputs": args.prompt, "parameters": {"max_new_tokens": args.max_new_tokens}}
+    try:
+        if not args.stream:
+            body = target.invoke(args.name, payload)
+            if args.raw:
+                print(body.decode("utf-8", "replace"))
+                return 0
+            try:
+                print(json.loads(body)["generated_text"])
+            except (ValueError, KeyError, TypeError):
+                print(body.decode("utf-8", "replace"))
+            return 0
+        for line in target.invoke_stream(args.name, {**payload, "stream": True}):
+            if args.raw:
+                print(line.decode("utf-8", "replace"), flush=True)
+                continue
+            obj = json.loads(line)
+            details = obj.get("details") or {}
+            if details.get("finish_reason") == "error":
+                print(f"\nlmiflow: error: stream ended with an error: {obj.get('error')}",
+                      file=sys.stderr)
+                return 1
+            sys.stdout.write((obj.get("token") or {}).get("text", ""))
+            sys.stdout.flush()
+        print()
+        return 0
+    except LookupError:  # deleted since we looked
+        raise UserInputError("NAME", f"no endpoint named {args.name!r}") from None
+    except Exception as exc:  # the endpoint's own error: report it, exit 1 (not a usage error)
+        print(f"lmiflow: error: invoking {args.name}: {exc}", file=sys.stderr)
+        return 1
+
+
+def _delete(target: Any, args: Any) -> int:
+    st = target.describe(args.name)
+    if not target.delete_endpoint(args.name):
+        raise UserInputError("NAME", f"no endpoint named {args.name!r} on target {target.kind}")
+    print(f"deleted endpoint {args.name}")
+    if args.with_config_and_model and st is not None and st.config_name:
+        model = _config_model(target, st.config_name)
+        if target.delete_endpoint_config(st.config_name):
+            print(f"deleted endpoint config {st.config_name}")
+        if model and target.delete_model(model):
+            print(f"deleted model {model}")
+    return 0
+
+
+def _config_model(target: Any, config_name: str) -> str | None:
+    """The model behind an endpoint config, where the target can say (local registry)."""
+    reader = getattr(target, "config_model_name", None)
+    return reader(config_name) if reader else None
+
+
+def run(args: Any) -> int:
+    target = _target(args)
+    if args.action == "list":
+        return _list(target, args)
+    if args.action == "invoke":
+        return _invoke(target, args)
+    return _delete(target, args)

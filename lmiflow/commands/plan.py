@@ -1,0 +1,106 @@
+"""`lmiflow plan`: what a model needs per GPU and which instance holds it most cheaply."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lmiflow.errors import UserInputError
+
+EPILOG = """\
+KV cache per token = 2 (K,V) x layers x kv_heads x head_dim x kv-dtype bytes (GQA-aware;
+MLA: (kv_lora_rank + rope_dim) x layers x bytes). Per GPU at tensor-parallel degree tp:
+weights / tp + KV (kv_heads / tp, at least 1) + overhead (CUDA context, CUDA graphs, NCCL at
+tp >= 2, prefill activations, sampler logits) must fit in gpu_memory_utilization x memory.
+"""
+
+
+def positive_int(flag: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+        return value
+
+    parse.__name__ = flag
+    return parse
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("plan", help="Size a model and choose the cheapest instance and shards.",
+                       description=__doc__, epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True,
+                   help="Directory or config.json, Hub id (org/name), or snapshot name.")
+    p.add_argument("--revision", default=None, help="Hub revision.")
+    p.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16, fp8, int8, int4.")
+    p.add_argument("--kv-cache-dtype", default="auto", help="auto, fp32, fp16, bf16, fp8.")
+    p.add_argument("--max-input-tokens", type=positive_int("max-input-tokens"), required=True)
+    p.add_argument("--max-output-tokens", type=positive_int("max-output-tokens"), required=True)
+    p.add_argument("--concurrency", type=positive_int("concurrency"), required=True)
+    p.add_argument("--instance-count", type=positive_int("instance-count"), default=1)
+    p.add_argument("--instance-types", default="",
+                   help="Comma-separated globs to consider, e.g. 'ml.g5.*,ml.g6e.*'.")
+    p.add_argument("--instance-type", default=None, help="Force one instance type.")
+    p.add_argument("--tensor-parallel-degree", type=int, choices=(1, 2, 4, 8), default=None)
+    p.add_argument("--max-usd-per-hour", type=float, default=None, help="Price ceiling.")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--catalog", default=None, help="Instance catalog CSV (default: bundled).")
+    p.add_argument("--all", action="store_true", help="Show every option, not the top 15.")
+    p.add_argument("--json", action="store_true", help="Print one JSON object.")
+    p.set_defaults(run=run)
+
+
+def build_plan(args):
+    from lmiflow.model_source import resolve_model
+    from sizing.catalog import CatalogError, load_catalog
+    from sizing.memory import KV_DTYPES, WEIGHT_DTYPES
+    from sizing.planner import PlanRequest, plan
+
+    if args.dtype not in ("auto", *WEIGHT_DTYPES):
+        raise UserInputError("--dtype", f"{args.dtype!r} is not one of auto, "
+                                        f"{', '.join(WEIGHT_DTYPES)}")
+    if args.kv_cache_dtype not in ("auto", *KV_DTYPES):
+        raise UserInputError("--kv-cache-dtype", f"{args.kv_cache_dtype!r} is not one of auto, "
+                                                 f"{', '.join(KV_DTYPES)}")
+    if not 0.1 < args.gpu_memory_utilization <= 1:
+        raise UserInputError("--gpu-memory-utilization", "must be in (0.1, 1]")
+    if args.max_usd_per_hour is not None and args.max_usd_per_hour <= 0:
+        raise UserInputError("--max-usd-per-hour", "must be positive")
+    resolved = resolve_model(args.model, args.revision)
+    try:
+        catalog = load_catalog(args.catalog)
+    except CatalogError as exc:
+        raise UserInputError("--catalog", str(exc)) from None
+    req = PlanRequest(
+        dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype,
+        max_input_tokens=args.max_input_tokens, max_output_tokens=args.max_output_tokens,
+        concurrency=args.concurrency, instance_count=args.instance_count,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        allow=[g.strip() for g in args.instance_types.split(",") if g.strip()],
+        instance_type=args.instance_type, tensor_parallel_degree=args.tensor_parallel_degree,
+        max_usd_per_hour=args.max_usd_per_hour,
+    )
+    return resolved, plan(resolved.spec, req, catalog)
+
+
+def run(args) -> int:
+    resolved, p = build_plan(args)
+    if args.json:
+        out = p.model_dump(mode="json")
+        out["model"]["source"] = resolved.source
+        json.dump(out, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        from lmiflow.plan_table import print_plan
+
+        print_plan(p, resolved.source, show_all=args.all)
+    if p.chosen is None:
+        # An impossible plan is bad input (exit 2), after showing every option and why.
+        print(f"lmiflow: error: plan: {p.chosen_reason}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,12 @@
+"""Errors the CLI turns into exit codes: bad input is the user's to fix (exit 2)."""
+
+from __future__ import annotations
+
+
+class UserInputError(ValueError):
+    """Bad input: names the field and the reason. The CLI prints it and exits 2."""
+
+    def __init__(self, field: str, reason: str):
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")

@@ -1,0 +1,274 @@
+"""The deployment config: one typed model for the YAML file, the CLI and the Prefect UI form.
+
+Unknown keys are errors everywhere (extra="forbid"): a misspelt option must not be ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bench.gate_spec import GateSpec
+from lmiflow.errors import UserInputError
+
+# SageMaker's rule for model, endpoint-config and endpoint names.
+NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
+REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+# Leave room for the suffixes lmiflow adds to candidate resources (-c-<hash>, -m-<hash>).
+MAX_ENDPOINT_NAME = 40
+
+DType = Literal["auto", "fp32", "fp16", "bf16", "fp8", "int8", "int4"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Strict):
+    id: str = Field(
+        description="Hugging Face model id (org/name) or a local directory holding config.json."
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
+    dtype: DType = Field(
+        default="auto",
+        description="Weights dtype; auto reads torch_dtype / quantization_config from config.json.",
+    )
+    kv_cache_dtype: DType = Field(
+        default="auto", description="KV-cache dtype; auto follows the weights dtype (fp16/bf16)."
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Run the model repository's own code. Off unless you trust it."
+    )
+
+    @field_validator("id", "revision")
+    @classmethod
+    def _no_control_chars(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or CONTROL_RE.search(v)):
+            raise ValueError("must be non-empty and hold no line breaks or control characters")
+        return v
+
+
+class WorkloadSection(_Strict):
+    max_input_tokens: int = Field(gt=0, le=2_000_000, description="Longest prompt, in tokens.")
+    max_output_tokens: int = Field(gt=0, le=1_000_000, description="Longest answer, in tokens.")
+    concurrency: int = Field(gt=0, le=100_000, description="Requests served at the same time.")
+
+
+class InstanceSection(_Strict):
+    allow: list[str] = Field(
+        default_factory=list,
+        description="Instance type globs to consider (e.g. ml.g5.*); empty means all.",
+    )
+    instance_type: str | None = Field(default=None, description="Force this instance type.")
+    tensor_parallel_degree: Literal[1, 2, 4, 8] | None = Field(
+        default=None, description="Force this tensor-parallel degree (shards)."
+    )
+    max_usd_per_hour: float | None = Field(default=None, gt=0, description="Price ceiling.")
+    count: int = Field(default=1, ge=1, le=100, description="Instances behind the endpoint.")
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0.1, le=1.0, description="Fraction of GPU memory the engine may use."
+    )
+
+
+class ServingSection(_Strict):
+    backend: Literal["vllm", "trtllm"] = Field(
+        default="vllm", description="LMI backend: vLLM (default) or TensorRT-LLM."
+    )
+    image_version: str | None = Field(
+        default=None, description="LMI (djl-lmi) image version, e.g. 0.33.0; empty: SDK's latest."
+    )
+    image_uri: str | None = Field(default=None, description="Use this image URI as is.")
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Extra serving.properties entries, e.g. option.enable_prefix_caching: true",
+    )
+
+
+class TargetSection(_Strict):
+    kind: Literal["local", "sagemaker"] = Field(
+        default="local", description="Where the endpoint runs: this machine or SageMaker."
+    )
+    region: str | None = Field(default=None, description="AWS region (sagemaker).")
+    role_arn: str | None = Field(default=None, description="SageMaker execution role ARN.")
+    s3_uri: str | None = Field(
+        default=None, description="S3 prefix for model files (serving.properties), s3://bucket/p/."
+    )
+    aws_credentials_block: str | None = Field(
+        default=None, description="prefect-aws AwsCredentials block name; empty: default chain."
+    )
+    packaging: Literal["s3", "env"] = Field(
+        default="s3",
+        description="s3: upload serving.properties to s3_uri; env: pass options as OPTION_* env.",
+    )
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str | None) -> str | None:
+        if v is not None and not REGION_RE.match(v):
+            raise ValueError(f"{v!r} is not an AWS region name such as us-east-1")
+        return v
+
+    @field_validator("role_arn")
+    @classmethod
+    def _role(cls, v: str | None) -> str | None:
+        if v is not None and not ROLE_ARN_RE.match(v):
+            raise ValueError("must look like arn:aws:iam::123456789012:role/NAME")
+        return v
+
+    @field_validator("s3_uri")
+    @classmethod
+    def _s3(cls, v: str | None) -> str | None:
+        if v is not None:
+            if not S3_URI_RE.match(v):
+                raise ValueError("must look like s3://bucket/prefix/")
+            if not v.endswith("/"):
+                v += "/"
+        return v
+
+
+class SmokeTestSection(_Strict):
+    prompt: str = Field(default="What is Amazon SageMaker?", description="Prompt to send.")
+    max_new_tokens: int = Field(default=16, ge=1, le=4096)
+
+
+class BenchmarkSection(_Strict):
+    concurrency: list[int] = Field(
+        default_factory=lambda: [1, 4], description="Concurrency levels to sweep."
+    )
+    requests: int = Field(default=16, ge=1, le=100_000, description="Measured requests per level.")
+    warmup_requests: int = Field(default=2, ge=0, le=1000, description="Excluded from metrics.")
+    input_tokens: int | None = Field(
+        default=None, ge=1, description="Prompt length; empty: a quarter of max_input_tokens."
+    )
+    max_new_tokens: int | None = Field(
+        default=None, ge=1, description="Output length; empty: min(max_output_tokens, 64)."
+    )
+    timeout_s: float = Field(default=120, gt=0, le=3600, description="Per-request timeout.")
+
+    @field_validator("concurrency")
+    @classmethod
+    def _levels(cls, v: list[int]) -> list[int]:
+        if not v or any(c < 1 or c > 4096 for c in v):
+            raise ValueError("must be a non-empty list of integers between 1 and 4096")
+        return sorted(set(v))
+
+
+class RegressionSection(_Strict):
+    max_regression_pct: float | None = Field(
+        default=None,
+        ge=0,
+        le=1000,
+        description="Reject when the candidate is worse than production's last promoted "
+        "benchmark by more than this percent (p50 TTFT, p50 TPOT, tokens/s). Empty: off.",
+    )
+
+
+class PromotionSection(_Strict):
+    strategy: Literal["ALL_AT_ONCE", "CANARY", "LINEAR"] = Field(
+        default="ALL_AT_ONCE", description="Blue/green traffic shifting on SageMaker."
+    )
+    canary_size_pct: int = Field(default=10, ge=1, le=50)
+    linear_step_pct: int = Field(default=20, ge=10, le=50)
+    wait_interval_s: int = Field(default=300, ge=0, le=3600)
+    alarms: list[str] = Field(
+        default_factory=list, description="CloudWatch alarms that roll the update back."
+    )
+    endpoint_timeout_s: float = Field(
+        default=3600, gt=0, le=4 * 3600, description="Longest wait for an endpoint to be ready."
+    )
+
+
+class DeploymentSpec(_Strict):
+    """A deployment: which model, for which workload, where, and what it must prove."""
+
+    name: str = Field(description="Production endpoint name (SageMaker's name rule).")
+    model: ModelSection
+    workload: WorkloadSection
+    instance: InstanceSection = Field(default_factory=InstanceSection)
+    serving: ServingSection = Field(default_factory=ServingSection)
+    target: TargetSection = Field(default_factory=TargetSection)
+    smoke_test: SmokeTestSection = Field(default_factory=SmokeTestSection)
+    benchmark: BenchmarkSection = Field(default_factory=BenchmarkSection)
+    gates: list[GateSpec] = Field(default_factory=list, description="Benchmark checks to pass.")
+    regression: RegressionSection = Field(default_factory=RegressionSection)
+    promotion: PromotionSection = Field(default_factory=PromotionSection)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("must match ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$ (SageMaker's rule)")
+        if len(v) > MAX_ENDPOINT_NAME:
+            raise ValueError(f"at most {MAX_ENDPOINT_NAME} characters (lmiflow adds suffixes)")
+        return v
+
+    @model_validator(mode="after")
+    def _sagemaker_needs(self) -> DeploymentSpec:
+        if self.target.kind == "sagemaker":
+            for field in ("region", "role_arn"):
+                if getattr(self.target, field) is None:
+                    raise ValueError(f"target.{field} is required for target.kind sagemaker")
+            if self.target.packaging == "s3" and self.target.s3_uri is None:
+                raise ValueError("target.s3_uri is required when target.packaging is s3")
+        return self
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "config"
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "") -> UserInputError:
+    """The first error, as one line that names the field: what the user fixes first."""
+    err = exc.errors()[0]
+    loc = tuple(err.get("loc", ()))
+    msg = err.get("msg", "invalid")
+    if err.get("type") == "extra_forbidden":
+        msg = "unknown field (not part of the config)"
+    msg = msg.removeprefix("Value error, ")
+    field = _field_path(loc)
+    # model-level validators name their own field in the message.
+    if not loc and ":" not in msg and msg.startswith("target."):
+        field, _, msg = msg.partition(" ")
+    return UserInputError(prefix + field, msg)
+
+
+def parse_spec(data: object, prefix: str = "") -> DeploymentSpec:
+    if not isinstance(data, dict):
+        raise UserInputError("config", "must be a YAML mapping of fields (got "
+                             f"{type(data).__name__ if data is not None else 'an empty file'})")
+    try:
+        return DeploymentSpec.model_validate(data)
+    except ValidationError as exc:
+        raise format_validation_error(exc, prefix) from None
+
+
+def load_spec(path: str | Path, overrides: dict | None = None) -> DeploymentSpec:
+    """Read and validate a YAML config; overrides (e.g. --target) are merged on top."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserInputError("CONFIG", f"{path} is not a file")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UserInputError("CONFIG", f"{path} is not valid YAML{where}") from None
+    except UnicodeDecodeError:
+        raise UserInputError("CONFIG", f"{path} is not UTF-8 text") from None
+    if isinstance(data, dict) and overrides:
+        for dotted, value in overrides.items():
+            node = data
+            *parents, leaf = dotted.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise UserInputError(dotted, "cannot override: parent is not a mapping")
+            node[leaf] = value
+    return parse_spec(data)

@@ -1,0 +1,375 @@
+"""The report's plots as PNG bytes, one function per plot, each None when its data is missing.
+
+matplotlib is imported inside the functions (it costs about a second) and used through
+``Figure`` + the Agg canvas, never ``pyplot``: no global backend switch, no figure registry,
+nothing left open in a long-running worker.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+GIB = 2**30
+DPI = 100
+
+# Colour-blind-safe palette (Okabe-Ito).
+BLUE, ORANGE, GREY, GREEN, RED, SKY, PURPLE = (
+    "#0072B2",
+    "#E69F00",
+    "#999999",
+    "#009E73",
+    "#D55E00",
+    "#56B4E9",
+    "#CC79A7",
+)
+STATUS_COLOURS = {"completed": GREEN, "failed": RED, "skipped": GREY}
+PERCENTILE_STYLES = {"p50": ("-", "o", BLUE), "p90": ("--", "s", GREEN), "p99": (":", "^", PURPLE)}
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    # No metadata: the same report gives the same bytes (no Software/date chunk churn).
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _option_label(option: dict[str, Any]) -> str:
+    tp = option.get("tensor_parallel_degree")
+    copies = option.get("model_copies")
+    label = str(option.get("instance_type", "?"))
+    if tp:
+        label += f"  TP{tp}"
+    if copies and copies > 1:
+        label += f" ×{copies}"
+    return label
+
+
+def _same_option(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
+    keys = ("instance_type", "tensor_parallel_degree")
+    return a is not None and all(a.get(k) == b.get(k) for k in keys)
+
+
+def memory_per_gpu(plan: dict[str, Any] | None) -> bytes | None:
+    """Stacked bars (weights / KV / overhead) per GPU against usable memory.
+
+    Shows the chosen option, the next fitting ones and the cheapest that do not fit, so a
+    reader sees both what was picked and why the cheaper instances were not.
+    """
+    if not plan:
+        return None
+    options = [o for o in plan.get("options") or [] if isinstance(o.get("per_gpu"), dict)]
+    chosen = plan.get("chosen")
+    if not options:
+        return None
+    picked: list[dict[str, Any]] = [o for o in options if _same_option(chosen, o)][:1]
+    others_fit = [o for o in options if o.get("fits") and not _same_option(chosen, o)]
+    not_fit = sorted(
+        (o for o in options if not o.get("fits")),
+        key=lambda o: (o.get("usd_per_hour") is None, o.get("usd_per_hour") or 0),
+    )
+    picked += others_fit[: 3 if picked else 4] + not_fit[:3]
+    picked = picked[:7]
+
+    fig = _figure(9.5, 0.75 * len(picked) + 1.6)
+    ax = fig.add_subplot()
+    labels, ys = [], list(range(len(picked)))[::-1]
+    for y, option in zip(ys, picked, strict=True):
+        per = option["per_gpu"]
+        left = 0.0
+        for key, colour, name in (
+            ("weights_bytes", BLUE, "weights"),
+            ("kv_cache_bytes", ORANGE, "KV cache"),
+            ("overhead_bytes", GREY, "overhead"),
+        ):
+            width = (_num(per.get(key)) or 0.0) / GIB
+            ax.barh(
+                y, width, left=left, color=colour, height=0.6, label=name if y == ys[0] else None
+            )
+            left += width
+        usable = _num(per.get("usable_bytes"))
+        if usable is not None:
+            ax.plot(
+                [usable / GIB] * 2,
+                [y - 0.42, y + 0.42],
+                color="black",
+                linewidth=2.5,
+                label="usable per GPU" if y == ys[0] else None,
+            )
+        need = f"needs {left:.1f}" + (f" of {usable / GIB:.1f} GiB" if usable else " GiB")
+        verdict = "fits" if option.get("fits") else "does not fit"
+        ax.text(
+            max(left, (usable or 0) / GIB) * 1.01 + 0.2,
+            y,
+            f"{need}: {verdict}",
+            va="center",
+            fontsize=8,
+            color=GREEN if option.get("fits") else RED,
+        )
+        label = _option_label(option)
+        if _same_option(chosen, option):
+            label += "  (chosen)"
+        labels.append(label)
+    ax.set_yticks(ys, labels, fontsize=9)
+    for tick, option in zip(ax.get_yticklabels(), picked, strict=True):
+        tick.set_color("black" if option.get("fits") else RED)
+        if _same_option(chosen, option):
+            tick.set_fontweight("bold")
+    ax.set_xlabel("GiB per GPU")
+    ax.set_title("Memory per GPU by component (bar) vs usable memory (black mark)")
+    xmax = ax.get_xlim()[1]
+    ax.set_xlim(0, xmax * 1.22)
+    ax.legend(loc="lower right", fontsize=8, ncols=4)
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def options_vs_price(plan: dict[str, Any] | None, limit: int = 24) -> bytes | None:
+    """Hourly price per option, green when it fits, red when not; the chosen one outlined."""
+    if not plan or not plan.get("options"):
+        return None
+    chosen = plan.get("chosen")
+    options = sorted(
+        plan["options"],
+        key=lambda o: (_num(o.get("usd_per_hour")) is None, _num(o.get("usd_per_hour")) or 0.0),
+    )
+    if len(options) > limit:
+        keep = [o for o in options if _same_option(chosen, o)]
+        options = [o for o in options if not _same_option(chosen, o)][: limit - len(keep)] + keep
+        options.sort(key=lambda o: (o.get("usd_per_hour") is None, o.get("usd_per_hour") or 0))
+    fig = _figure(9.5, 0.32 * len(options) + 1.5)
+    ax = fig.add_subplot()
+    ys = list(range(len(options)))[::-1]
+    prices = [_num(o.get("usd_per_hour")) for o in options]
+    top = max((p for p in prices if p is not None), default=1.0)
+    for y, option, price in zip(ys, options, prices, strict=True):
+        is_chosen = _same_option(chosen, option)
+        colour = GREEN if option.get("fits") else RED
+        if price is None:
+            ax.text(0, y, "  no price known", va="center", fontsize=8, color=colour)
+            continue
+        ax.barh(
+            y,
+            price,
+            color=colour,
+            alpha=1.0 if option.get("fits") else 0.55,
+            edgecolor="black" if is_chosen else "none",
+            linewidth=2 if is_chosen else 0,
+            height=0.7,
+        )
+        ax.text(price + top * 0.01, y, f"${price:,.2f}", va="center", fontsize=8)
+    labels = [_option_label(o) + ("  (chosen)" if _same_option(chosen, o) else "") for o in options]
+    ax.set_yticks(ys, labels, fontsize=8)
+    for tick, option in zip(ax.get_yticklabels(), options, strict=True):
+        if _same_option(chosen, option):
+            tick.set_fontweight("bold")
+    if top / max(min((p for p in prices if p), default=top), 1e-9) > 30:
+        ax.set_xscale("log")
+    ax.set_xlabel("USD per hour (one instance)")
+    ax.set_title("Instance options by price: green fits, red does not")
+    ax.set_xlim(right=ax.get_xlim()[1] * 1.25)
+    ax.grid(axis="x", alpha=0.3, which="both")
+    return _png(fig)
+
+
+def _levels(benchmark: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not benchmark:
+        return []
+    levels = [lv for lv in benchmark.get("levels") or [] if _num(lv.get("concurrency"))]
+    return sorted(levels, key=lambda lv: lv["concurrency"])
+
+
+def _concurrency_axis(ax: Any, concurrencies: Sequence[float]) -> None:
+    if len(concurrencies) > 1 and max(concurrencies) / min(concurrencies) >= 8:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(list(concurrencies), [f"{c:g}" for c in concurrencies])
+    ax.minorticks_off()
+    ax.set_xlabel("concurrency")
+    ax.grid(alpha=0.3)
+
+
+def latency_percentiles(
+    benchmark: dict[str, Any] | None,
+    baseline: dict[str, Any] | None = None,
+    gate: dict[str, Any] | None = None,
+) -> bytes | None:
+    """TTFT and TPOT p50/p90/p99 per concurrency; baseline dashed grey, gate limits in red."""
+    levels = _levels(benchmark)
+    if not levels:
+        return None
+    base_levels = _levels(baseline)
+    fig = _figure(10, 4.2)
+    axes = fig.subplots(1, 2)
+    for ax, metric, title in (
+        (axes[0], "ttft_ms", "Time to first token"),
+        (axes[1], "tpot_ms", "Time per output token"),
+    ):
+        xs = [lv["concurrency"] for lv in levels]
+        top = 0.0
+        for stat, (style, marker, colour) in PERCENTILE_STYLES.items():
+            ys = [_num((lv.get(metric) or {}).get(stat)) for lv in levels]
+            if any(y is not None for y in ys):
+                ax.plot(
+                    xs,
+                    [y if y is not None else float("nan") for y in ys],
+                    linestyle=style,
+                    marker=marker,
+                    color=colour,
+                    label=stat,
+                )
+                top = max([top, *(y for y in ys if y is not None)])
+        if base_levels:
+            bx = [lv["concurrency"] for lv in base_levels]
+            for stat, (style, _marker, _colour) in PERCENTILE_STYLES.items():
+                by = [_num((lv.get(metric) or {}).get(stat)) for lv in base_levels]
+                if any(y is not None for y in by):
+                    ax.plot(
+                        bx,
+                        [y if y is not None else float("nan") for y in by],
+                        linestyle=style,
+                        color=GREY,
+                        alpha=0.8,
+                        label=f"baseline {stat}",
+                    )
+                    top = max([top, *(y for y in by if y is not None)])
+        limits = sorted(
+            {
+                (c.get("stat"), c.get("op"), _num(c.get("threshold")))
+                for c in (gate or {}).get("checks") or []
+                if c.get("metric") == metric
+                and c.get("kind", "slo") != "baseline"
+                and _num(c.get("threshold")) is not None
+            },
+            key=str,
+        )
+        for stat, op, threshold in limits:
+            ax.axhline(
+                threshold,
+                color=RED,
+                linewidth=1,
+                linestyle="-.",
+                label=f"gate {stat} {op} {threshold:g}",
+            )
+            top = max(top, threshold)
+        _concurrency_axis(ax, xs)
+        ax.set_ylabel("ms")
+        ax.set_ylim(0, top * 1.12 if top > 0 else 1.0)
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def throughput_and_cost(benchmark: dict[str, Any] | None) -> bytes | None:
+    """Output tokens/s (left) and $ per 1M output tokens (right) per concurrency."""
+    levels = _levels(benchmark)
+    if not levels:
+        return None
+    xs = [lv["concurrency"] for lv in levels]
+    tok = [_num(lv.get("output_tokens_per_s")) for lv in levels]
+    usd = [_num(lv.get("usd_per_1m_output_tokens")) for lv in levels]
+    fig = _figure(9.5, 4)
+    ax = fig.add_subplot()
+    ax.plot(
+        xs,
+        [t if t is not None else float("nan") for t in tok],
+        marker="o",
+        color=BLUE,
+        label="output tokens/s",
+    )
+    ax.set_ylabel("output tokens/s", color=BLUE)
+    ax.tick_params(axis="y", colors=BLUE)
+    ax.set_ylim(bottom=0)
+    _concurrency_axis(ax, xs)
+    handles, labels = ax.get_legend_handles_labels()
+    if any(u is not None for u in usd):
+        ax2 = ax.twinx()
+        ax2.plot(
+            xs,
+            [u if u is not None else float("nan") for u in usd],
+            marker="s",
+            linestyle="--",
+            color=ORANGE,
+            label="$ per 1M output tokens",
+        )
+        ax2.set_ylabel("USD per 1M output tokens", color=ORANGE)
+        ax2.tick_params(axis="y", colors=ORANGE)
+        ax2.set_ylim(bottom=0)
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    else:
+        ax.set_title("(no price known: cost not shown)", fontsize=8, loc="right")
+    ax.legend(handles, labels, loc="upper center", fontsize=8)
+    ax.set_title("Throughput and cost vs concurrency", loc="left")
+    return _png(fig)
+
+
+def step_timeline(steps: list[dict[str, Any]] | None) -> bytes | None:
+    """Gantt-like bars of the steps from their start times; failed red, skipped grey."""
+    if not steps:
+        return None
+    starts = [_num(s.get("started_at")) for s in steps]
+    known = [s for s in starts if s is not None]
+    if not known:
+        return None
+    t0 = min(known)
+    end = max(
+        (st - t0) + (_num(s.get("seconds")) or 0.0)
+        for s, st in zip(steps, starts, strict=True)
+        if st is not None
+    )
+    fig = _figure(9.5, 0.34 * len(steps) + 1.4)
+    ax = fig.add_subplot()
+    ys = list(range(len(steps)))[::-1]
+    for y, step, start in zip(ys, steps, starts, strict=True):
+        status = str(step.get("status", ""))
+        colour = STATUS_COLOURS.get(status, PURPLE)
+        seconds = _num(step.get("seconds")) or 0.0
+        if start is None:
+            ax.text(0, y, f"  {status or 'not run'}", va="center", fontsize=8, color=GREY)
+            continue
+        # A sub-second step still gets a visible sliver.
+        ax.barh(y, max(seconds, end * 0.003), left=start - t0, color=colour, height=0.6)
+        ax.text(
+            start - t0 + max(seconds, end * 0.003) + end * 0.01,
+            y,
+            f"{seconds:,.2f} s",
+            va="center",
+            fontsize=8,
+            color=RED if status == "failed" else "black",
+        )
+    ax.set_yticks(ys, [str(s.get("name", "?")) for s in steps], fontsize=9)
+    ax.set_xlim(0, max(end, 1e-3) * 1.15)
+    ax.set_xlabel("seconds since the first step started")
+    ax.set_title("Step timeline (green completed, red failed, grey skipped)")
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def all_plots(report: dict[str, Any]) -> dict[str, bytes | None]:
+    """Every plot of a report by name; a plot whose data is missing is None."""
+    plan = report.get("plan")
+    return {
+        "memory_per_gpu": memory_per_gpu(plan),
+        "options_vs_price": options_vs_price(plan),
+        "latency_percentiles": latency_percentiles(
+            report.get("benchmark"), report.get("baseline"), report.get("gate")
+        ),
+        "throughput_and_cost": throughput_and_cost(report.get("benchmark")),
+        "step_timeline": step_timeline(report.get("steps")),
+    }

@@ -1,0 +1,34 @@
+"""Where endpoints live. `make_target(kind, **kwargs)` is the one way callers build a Target, so
+the CLI, tasks and tests share the construction rules (and heavy imports stay lazy)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from targets.base import Target
+
+TARGET_KINDS = ("local", "sagemaker")
+
+
+def make_target(kind: str, **kwargs: Any) -> Target:
+    """kind "local": LocalTarget(state_dir=None); kind "sagemaker": SageMakerTarget(region=...,
+    role_arn=..., s3_uri=..., credentials_block=..., ...; region defaults to AWS_REGION).
+    kwargs set to None are dropped, so a caller can pass every option it has and let each
+    target take its defaults."""
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if kind == "local":
+        from targets.local import LocalTarget
+
+        return LocalTarget(**kwargs)
+    if kind == "sagemaker":
+        import os
+
+        from targets.sagemaker import SageMakerTarget
+
+        if "region" not in kwargs:
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+            if not region:
+                raise ValueError("target.region: required for sagemaker (or set AWS_REGION)")
+            kwargs["region"] = region
+        return SageMakerTarget(**kwargs)
+    raise ValueError(f"target kind {kind!r}: expected one of {', '.join(TARGET_KINDS)}")

@@ -1,0 +1,490 @@
+"""Local target: endpoints are model-server processes on 127.0.0.1 that outlive the CLI.
+
+State lives in one directory (env LMIFLOW_STATE_DIR, else the user state dir):
+`registry.json` (models, endpoint configs, endpoints; written under a file lock, atomically),
+`staged/<name>/` (files from stage()), `logs/<endpoint>-<n>.log` (each server's stdout/stderr),
+`locks/` (per-endpoint locks for callers that must serialize deploys).
+
+The endpoint state machine is advanced by whoever looks (describe, wait, list): Creating turns
+InService when /ping answers 200, Failed when the process exits (reason from its log) or the
+startup health-check timeout passes; an Updating endpoint switches to its new process once that
+one is healthy, then the old one is stopped (blue/green). No daemon is needed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from targets.base import EndpointStatus, EndpointVariant, TrafficPolicy, WaitTimeout
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+FILE_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+FAILED_MARK = "lmiflow-server FAILED: "  # serving.server prints it (kept in sync by a test)
+DEFAULT_STARTUP_TIMEOUT_S = 900
+STOP_GRACE_S = 10.0
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_children: dict[int, subprocess.Popen] = {}  # servers this process started: reaped on poll
+
+
+class EndpointBusy(RuntimeError):
+    """The endpoint is being created or updated: another run may own it."""
+
+
+class InvocationError(RuntimeError):
+    """The model server answered an invocation with an error status (body kept for the caller)."""
+
+    def __init__(self, status_code: int, body: bytes):
+        self.status_code = status_code
+        self.body = body
+        super().__init__(f"HTTP {status_code}: {body[:500].decode('utf-8', 'replace')}")
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("LMIFLOW_STATE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir("lmiflow"))
+
+
+def _check_name(what: str, name: str) -> None:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValueError(f"{what} name {name!r} does not match {NAME_RE.pattern}")
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now (the kernel picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def process_alive(pid: int) -> bool:
+    """True when pid runs and is one of our model servers (not a zombie, not a reused pid)."""
+    child = _children.get(pid)
+    if child is not None and child.poll() is not None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    proc = Path(f"/proc/{pid}")
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state in ("Z", "X"):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            return False
+        return b"serving.server" in (proc / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(0) is all we have
+
+
+def stop_process(pid: int, grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM the server's process group, SIGKILL what is left after grace_s; reap it."""
+    if not process_alive(pid):
+        _children.pop(pid, None)
+        return
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)  # start_new_session: the group id is the server's pid
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not process_alive(pid):
+                _children.pop(pid, None)
+                return
+            time.sleep(0.05)
+    _children.pop(pid, None)
+
+
+def failure_from_log(path: Path, limit: int = 600) -> str | None:
+    """The server's own FAILED line, else the last non-empty lines of its log."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 64_000))
+            lines = f.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if FAILED_MARK in line:
+            return line.split(FAILED_MARK, 1)[1].strip()[:limit]
+    tail = [ln.strip() for ln in lines if ln.strip()][-2:]
+    return " | ".join(tail)[:limit] or None
+
+
+class LocalTarget:
+    """targets.base.Target on this machine."""
+
+    kind = "local"
+
+    def __init__(self, state_dir: Path | None = None, python: str | None = None,
+                 poll_interval_s: float = 0.25):
+        self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
+        self.python = python or sys.executable
+        self.poll_interval_s = poll_interval_s
+        for sub in ("staged", "logs", "locks"):
+            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        self._registry_path = self.state_dir / "registry.json"
+
+    # ---- registry -------------------------------------------------------------------------
+
+    def _lock(self):
+        from filelock import FileLock
+
+        return FileLock(str(self.state_dir / "registry.json.lock"), timeout=60)
+
+    def endpoint_lock(self, name: str, timeout: float = -1):
+        """A file lock (context manager) that serializes deploys of one endpoint across
+        processes. timeout=-1 waits forever; otherwise filelock.Timeout is raised."""
+        from filelock import FileLock
+
+        _check_name("endpoint", name)
+        return FileLock(str(self.state_dir / "locks" / f"{name}.lock"), timeout=timeout)
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self._registry_path.read_text())
+        except FileNotFoundError:
+            data = {}
+        for key in ("models", "endpoint_configs", "endpoints"):
+            data.setdefault(key, {})
+        return data
+
+    def _write(self, data: dict) -> None:
+        tmp = self._registry_path.with_suffix(".json.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # env may hold tokens
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+        os.replace(tmp, self._registry_path)
+
+    @contextlib.contextmanager
+    def _registry(self) -> Iterator[dict]:
+        """Read-modify-write under the lock."""
+        with self._lock():
+            data = self._read()
+            yield data
+            self._write(data)
+
+    # ---- models and configs ---------------------------------------------------------------
+
+    def stage(self, name: str, files: dict[str, str]) -> str:
+        _check_name("model", name)
+        if "serving.properties" not in files:
+            raise ValueError("files: serving.properties is required")
+        dest = self.state_dir / "staged" / name
+        dest.mkdir(parents=True, exist_ok=True)
+        for rel, text in files.items():
+            if not FILE_RE.match(rel) or ".." in rel.split("/"):
+                raise ValueError(f"file name {rel!r}: a relative path of letters, digits, _.-")
+            path = dest / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return str(dest)
+
+    def create_model(self, name: str, model_data: str, image_uri: str | None,
+                     env: dict[str, str], tags: dict[str, str]) -> None:
+        _check_name("model", name)
+        if not (Path(model_data) / "serving.properties").is_file():
+            raise ValueError(f"model_data {model_data}: no serving.properties there")
+        record = {"model_data": str(Path(model_data).resolve()), "image_uri": image_uri,
+                  "env": dict(env), "tags": dict(tags), "created": time.time()}
+        with self._registry() as reg:
+            old = reg["models"].get(name)
+            if old is not None:
+                if old["model_data"] != record["model_data"] or old["env"] != record["env"]:
+                    raise ValueError(f"model {name} exists with other data; delete it first")
+                return  # a rerun adopts it
+            reg["models"][name] = record
+
+    def create_endpoint_config(self, name: str, model_name: str, variant: EndpointVariant,
+                               tags: dict[str, str]) -> None:
+        _check_name("endpoint config", name)
+        record = {"model_name": model_name, "variant": variant.model_dump(), "tags": dict(tags),
+                  "created": time.time()}
+        with self._registry() as reg:
+            if model_name not in reg["models"]:
+                raise LookupError(f"model {model_name} does not exist")
+            old = reg["endpoint_configs"].get(name)
+            if old is not None:
+                if (old["model_name"], old["variant"]) != (model_name, record["variant"]):
+                    raise ValueError(f"endpoint config {name} exists with other settings")
+                return
+            reg["endpoint_configs"][name] = record
+
+    # ---- processes ------------------------------------------------------------------------
+
+    def _start_server(self, reg: dict, endpoint: str, config_name: str) -> dict[str, Any]:
+        config = reg["endpoint_configs"].get(config_name)
+        if config is None:
+            raise LookupError(f"endpoint config {config_name} does not exist")
+        model = reg["models"].get(config["model_name"])
+        if model is None:
+            raise LookupError(f"model {config['model_name']} does not exist")
+        port = free_port()
+        n = len(list((self.state_dir / "logs").glob(f"{endpoint}-*.log"))) + 1
+        log_path = self.state_dir / "logs" / f"{endpoint}-{n}.log"
+        env = {**os.environ, **model["env"]}
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(_PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        cmd = [self.python, "-m", "serving.server", "--model-dir", model["model_data"],
+               "--port", str(port), "--host", "127.0.0.1"]
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                env=env, cwd=str(self.state_dir), start_new_session=True, close_fds=True,
+            )
+        _children[proc.pid] = proc
+        log.info("endpoint %s: server pid %d on 127.0.0.1:%d (log %s)", endpoint, proc.pid,
+                 port, log_path)
+        timeout = config["variant"].get("container_startup_health_check_timeout_s")
+        return {"pid": proc.pid, "port": port, "log": str(log_path), "config_name": config_name,
+                "started": time.time(), "startup_timeout_s": timeout or DEFAULT_STARTUP_TIMEOUT_S}
+
+    @staticmethod
+    def _ping(port: int) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    @staticmethod
+    def _exit_reason(proc: dict) -> str:
+        child = _children.get(proc["pid"])
+        code = child.poll() if child is not None else None
+        head = f"server process {proc['pid']} exited" + (f" with status {code}" if code else "")
+        why = failure_from_log(Path(proc["log"]))
+        return f"{head}: {why}" if why else head
+
+    def _probe(self, proc: dict) -> tuple[str, str | None]:
+        """Creating / InService / Failed for one server process."""
+        if not process_alive(proc["pid"]):
+            return "Failed", self._exit_reason(proc)
+        if self._ping(proc["port"]):
+            return "InService", None
+        if time.time() - proc["started"] > proc["startup_timeout_s"]:
+            stop_process(proc["pid"])
+            return "Failed", (f"server did not answer /ping within {proc['startup_timeout_s']} s "
+                              f"(log {proc['log']})")
+        return "Creating", None
+
+    def _advance(self, rec: dict) -> bool:
+        """Move one endpoint record along its state machine; True if it changed."""
+        status = rec["status"]
+        if status == "Creating":
+            new, reason = self._probe(rec["process"])
+            if new == "Creating":
+                return False
+            rec["status"], rec["failure_reason"] = new, reason
+            return True
+        if status == "InService" and not process_alive(rec["process"]["pid"]):
+            rec["status"], rec["failure_reason"] = "Failed", self._exit_reason(rec["process"])
+            return True
+        if status == "Updating":
+            pending = rec["pending"]
+            new, reason = self._probe(pending)
+            if new == "Creating":
+                if not process_alive(rec["process"]["pid"]):  # old one died meanwhile
+                    rec["failure_reason"] = self._exit_reason(rec["process"])
+                return False
+            old = rec["process"]
+            rec["pending"] = None
+            if new == "InService":
+                rec["process"], rec["config_name"] = pending, pending["config_name"]
+                rec["status"], rec["failure_reason"] = "InService", None
+                stop_process(old["pid"])
+                log.info("endpoint %s: now on %s; stopped pid %d", rec["name"],
+                         rec["config_name"], old["pid"])
+            else:  # the new server failed: keep serving from the old one, like a rollback
+                rec["status"] = "InService" if process_alive(old["pid"]) else "Failed"
+                rec["failure_reason"] = f"update to {pending['config_name']} failed: {reason}"
+            return True
+        return False
+
+    def _status(self, rec: dict) -> EndpointStatus:
+        proc = rec["process"]
+        serving = proc and rec["status"] in ("InService", "Updating", "Creating")
+        return EndpointStatus(
+            name=rec["name"], status=rec["status"], failure_reason=rec.get("failure_reason"),
+            config_name=rec["config_name"],
+            url=f"http://127.0.0.1:{proc['port']}/invocations" if serving else None,
+            tags=rec.get("tags", {}),
+        )
+
+    # ---- endpoints ------------------------------------------------------------------------
+
+    def create_endpoint(self, name: str, config_name: str, tags: dict[str, str]) -> None:
+        _check_name("endpoint", name)
+        with self._registry() as reg:
+            old = reg["endpoints"].get(name)
+            if old is not None:
+                if old["config_name"] == config_name and old["status"] != "Failed":
+                    return  # a rerun adopts it
+                raise ValueError(f"endpoint {name} exists (status {old['status']}, config "
+                                 f"{old['config_name']}): update or delete it")
+            proc = self._start_server(reg, name, config_name)
+            reg["endpoints"][name] = {
+                "name": name, "config_name": config_name, "tags": dict(tags),
+                "status": "Creating", "failure_reason": None, "process": proc, "pending": None,
+                "created": time.time(),
+            }
+
+    def update_endpoint(self, name: str, config_name: str,
+                        policy: TrafficPolicy | None = None) -> None:
+        """Blue/green, all at once: the new server starts beside the old one, which keeps
+        serving until the new one is healthy (see _advance). Canary and linear steps have no
+        meaning for one local process and run as all-at-once."""
+        _check_name("endpoint", name)
+        if policy is not None and policy.type != "ALL_AT_ONCE":
+            log.info("local target: %s traffic shifting runs as ALL_AT_ONCE", policy.type)
+        with self._registry() as reg:
+            rec = reg["endpoints"].get(name)
+            if rec is None:
+                raise LookupError(f"endpoint {name} does not exist: create it instead of updating")
+            self._advance(rec)
+            if rec["status"] != "InService":
+                raise EndpointBusy(f"endpoint {name} is {rec['status']}: cannot update it now")
+            rec["pending"] = self._start_server(reg, name, config_name)
+            rec["status"], rec["failure_reason"] = "Updating", None
+
+    def describe(self, name: str) -> EndpointStatus | None:
+        with self._registry() as reg:
+            rec = reg["endpoints"].get(name)
+            if rec is None:
+                return None
+            self._advance(rec)
+            return self._status(rec)
+
+    def list_endpoints(self) -> list[EndpointStatus]:
+        with self._registry() as reg:
+            out = []
+            for rec in reg["endpoints"].values():
+                self._advance(rec)
+                out.append(self._status(rec))
+            return out
+
+    def wait(self, name: str, timeout_s: float,
+             on_status: Callable[[EndpointStatus, float], None] | None = None) -> EndpointStatus:
+        from targets.base import TERMINAL_STATUSES
+
+        start = time.monotonic()
+        last: str | None = None
+        while True:
+            st = self.describe(name)
+            elapsed = time.monotonic() - start
+            if st is None:
+                raise LookupError(f"endpoint {name} does not exist")
+            if st.status != last:
+                last = st.status
+                if on_status is not None:
+                    on_status(st, elapsed)
+            if st.status in TERMINAL_STATUSES:
+                return st
+            if elapsed >= timeout_s:
+                raise WaitTimeout(f"endpoint {name} still {st.status} after {elapsed:.0f} s "
+                                  f"(limit {timeout_s:.0f} s)")
+            time.sleep(min(self.poll_interval_s, max(0.0, timeout_s - elapsed)))
+
+    def _url(self, name: str) -> str:
+        st = self.describe(name)
+        if st is None:
+            raise LookupError(f"endpoint {name} does not exist")
+        if st.status not in ("InService", "Updating") or st.url is None:
+            raise EndpointBusy(f"endpoint {name} is {st.status}"
+                               + (f": {st.failure_reason}" if st.failure_reason else ""))
+        return st.url
+
+    def invoke(self, name: str, payload: dict, timeout_s: float = 300.0) -> bytes:
+        import httpx
+
+        resp = httpx.post(self._url(name), json=payload, timeout=timeout_s)
+        if resp.status_code != 200:
+            raise InvocationError(resp.status_code, resp.content)
+        return resp.content
+
+    def invoke_stream(self, name: str, payload: dict, timeout_s: float = 300.0
+                      ) -> Iterator[bytes]:
+        """Whole JSON lines (without the newline); stream defaults to true like SageMaker's
+        invoke_endpoint_with_response_stream."""
+        import httpx
+
+        url = self._url(name)
+        body = {**payload}
+        body.setdefault("stream", True)
+
+        def lines() -> Iterator[bytes]:
+            with httpx.stream("POST", url, json=body, timeout=timeout_s) as resp:
+                if resp.status_code != 200:
+                    raise InvocationError(resp.status_code, resp.read())
+                for line in resp.iter_lines():
+                    if line.strip():
+                        yield line.encode()
+
+        return lines()
+
+    # ---- deletion and listing ---------------------------------------------------------------
+
+    def delete_endpoint(self, name: str) -> bool:
+        with self._registry() as reg:
+            rec = reg["endpoints"].pop(name, None)
+        if rec is None:
+            return False
+        for proc in (rec.get("pending"), rec.get("process")):
+            if proc:
+                stop_process(proc["pid"])
+        return True
+
+    def delete_endpoint_config(self, name: str) -> bool:
+        with self._registry() as reg:
+            return reg["endpoint_configs"].pop(name, None) is not None
+
+    def delete_model(self, name: str) -> bool:
+        with self._registry() as reg:
+            rec = reg["models"].pop(name, None)
+            if rec is None:
+                return False
+            staged = (self.state_dir / "staged").resolve()
+            data = Path(rec["model_data"])
+            in_use = any(m["model_data"] == rec["model_data"] for m in reg["models"].values())
+            if data.parent == staged and not in_use:
+                shutil.rmtree(data, ignore_errors=True)
+            return True
+
+    def config_model_name(self, config_name: str) -> str | None:
+        """The model an endpoint config points at (None when there is no such config)."""
+        config = self._read()["endpoint_configs"].get(config_name)
+        return config["model_name"] if config else None
+
+    def list_resources(self, prefix: str) -> dict[str, list[str]]:
+        reg = self._read()
+        return {
+            kind: sorted(n for n in reg[kind] if n.startswith(prefix))
+            for kind in ("models", "endpoint_configs", "endpoints")
+        }

@@ -1,0 +1,603 @@
+"""SageMaker target: LMI endpoints through boto3 (models, endpoint configs, endpoints, S3 staging).
+
+Everything that touches AWS is here, behind targets.base.Target. Pure helpers (names, timeouts,
+the blue/green DeploymentConfig, stream reassembly) are module functions so they are testable
+without a client. boto3 and the SageMaker SDK are imported lazily: `lmiflow --help` and
+`deploy --dry-run` must not pay for them (or reach AWS).
+
+Retries: the control plane uses botocore's `standard` (or `adaptive`) mode. Note botocore's
+`retries={"max_attempts": n}` means n *retries* (n + 1 calls); `total_max_attempts` counts the
+first call, so the runtime client uses `total_max_attempts=1`: a benchmark request is tried
+once, and a retry never hides an error or doubles a latency.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from functools import cached_property
+from typing import Any, Literal
+
+from targets.base import (
+    TERMINAL_STATUSES,
+    EndpointStatus,
+    EndpointVariant,
+    Target,
+    TrafficPolicy,
+    WaitTimeout,
+)
+
+logger = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+PROJECT_TAGS = {"project": "lmiflow"}
+VARIANT_NAME = "AllTraffic"
+BUSY_STATUSES = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
+_ENV_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_TAG_RE = re.compile(r"^[\w.:/=+\-@ ]*$")
+_FILE_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+_S3_RE = re.compile(r"^s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/?(.*)$")
+
+
+class EndpointBusy(RuntimeError):
+    """The endpoint is being created, updated or deleted: another run may own it."""
+
+
+class StreamError(RuntimeError):
+    """A ModelStreamError or InternalStreamFailure event in a response stream."""
+
+    def __init__(self, kind: str, message: str, code: str | None = None):
+        self.kind = kind
+        self.code = code
+        super().__init__(f"{kind}: {message}" + (f" (code {code})" if code else ""))
+
+
+# ---- pure helpers ---------------------------------------------------------------------------
+
+
+def lmi_image_uri(region: str, version: str | None = None, framework: str = "djl-lmi") -> str:
+    """The LMI (DJL Serving) image for a region, from the SageMaker SDK's offline tables.
+
+    `version` is the DJL version (e.g. 0.33.0 -> tag 0.33.0-lmi15.0.0-cu128); None is the SDK's
+    latest. framework `djl-tensorrtllm` gives the TensorRT-LLM image.
+    """
+    from sagemaker.core import image_uris  # sagemaker-core; `from sagemaker import` is SDK v2
+
+    try:
+        return image_uris.retrieve(framework=framework, region=region, version=version)
+    except ValueError as exc:
+        raise ValueError(f"serving.image_version: {exc}") from None
+
+
+def resource_names(endpoint: str, spec_hash: str) -> dict[str, str]:
+    """Candidate resource names: deterministic from the production endpoint name and the hash
+    of what is deployed, so a rerun of the same spec finds what an interrupted run made."""
+    if not NAME_RE.match(endpoint):
+        raise ValueError(f"endpoint name {endpoint!r} does not match {NAME_RE.pattern}")
+    h = spec_hash.lower()[:8]
+    if len(h) < 8 or not h.isalnum():
+        raise ValueError("spec_hash: at least 8 letters or digits")
+    out = {}
+    for kind, tag in (("endpoint", "c"), ("endpoint_config", "ec"), ("model", "m")):
+        suffix = f"-{tag}-{h}"
+        base = endpoint[: 63 - len(suffix)].rstrip("-")
+        out[kind] = base + suffix
+    return out
+
+
+def sizing_timeouts(weights_bytes: int) -> tuple[int, int, int]:
+    """(VolumeSizeInGB, ModelDataDownloadTimeoutInSeconds,
+    ContainerStartupHealthCheckTimeoutInSeconds) for a model of this size, within API bounds.
+
+    Assumptions: the disk holds the weights once more than the checkpoint (safetensors copy,
+    caches) plus 30 GB for the image's scratch; weights download at >= 100 MB/s from S3 and the
+    container fetches from the Hub and loads at >= 50 MB/s, plus 10 minutes for engine start
+    (CUDA graphs, NCCL). Clamped to 1-512 GB and 60-3600 s.
+    """
+    gb = max(0, weights_bytes) / 1e9
+    volume = min(512, max(1, math.ceil(gb * 1.5 + 30)))
+    download = min(3600, max(60, math.ceil(600 + gb * 10)))
+    startup = min(3600, max(60, math.ceil(600 + gb * 20)))
+    return volume, download, startup
+
+
+def deployment_config(policy: TrafficPolicy) -> dict[str, Any]:
+    """update_endpoint's DeploymentConfig: blue/green with the policy's traffic shifting and,
+    when alarms are named, automatic rollback on them."""
+    if not 0 <= policy.wait_interval_s <= 3600:
+        raise ValueError("wait_interval_s: 0-3600")
+    if not 0 <= policy.termination_wait_s <= 3600:
+        raise ValueError("termination_wait_s: 0-3600")
+    routing: dict[str, Any] = {"Type": policy.type, "WaitIntervalInSeconds": policy.wait_interval_s}
+    if policy.type == "CANARY":
+        size = policy.canary_size_pct if policy.canary_size_pct is not None else 10
+        if not 1 <= size <= 50:
+            raise ValueError("canary_size_pct: 1-50 (at most half the fleet)")
+        routing["CanarySize"] = {"Type": "CAPACITY_PERCENT", "Value": size}
+    elif policy.type == "LINEAR":
+        step = policy.linear_step_pct if policy.linear_step_pct is not None else 20
+        if not 10 <= step <= 50:
+            raise ValueError("linear_step_pct: 10-50")
+        routing["LinearStepSize"] = {"Type": "CAPACITY_PERCENT", "Value": step}
+    config: dict[str, Any] = {
+        "BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": routing,
+            "TerminationWaitInSeconds": policy.termination_wait_s,
+        }
+    }
+    if policy.alarms:
+        if len(policy.alarms) > 10:
+            raise ValueError("alarms: at most 10")
+        config["AutoRollbackConfiguration"] = {
+            "Alarms": [{"AlarmName": a} for a in policy.alarms]
+        }
+    return config
+
+
+def iter_json_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Whole lines (without the newline) from chunks whose boundaries fall anywhere, as
+    invoke_endpoint_with_response_stream's PayloadPart events do. Blank lines are skipped; a
+    last line without a newline is still yielded."""
+    buf = b""
+    for chunk in chunks:
+        buf += chunk
+        if b"\n" not in chunk:
+            continue
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            line = line.rstrip(b"\r")
+            if line.strip():
+                yield line
+    if buf.strip():
+        yield buf.rstrip(b"\r")
+
+
+def volume_size_supported(instance_type: str) -> bool:
+    """Instances with local NVMe storage (g4dn, g5, g6, p4d, p5, ...) reject VolumeSizeInGB;
+    the SageMaker SDK keeps that list, so ask it."""
+    from sagemaker.core.common_utils import volume_size_supported as supported
+
+    return supported(instance_type)
+
+
+def _check_name(what: str, name: str) -> None:
+    if not NAME_RE.match(name):
+        raise ValueError(f"{what} name {name!r} does not match {NAME_RE.pattern}")
+
+
+def _tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
+    merged = {**PROJECT_TAGS, **tags}
+    out = []
+    for k, v in merged.items():
+        if not (1 <= len(k) <= 128) or not _TAG_RE.match(k) or k.lower().startswith("aws:"):
+            raise ValueError(f"tag key {k!r}: 1-128 letters, digits, spaces or _.:/=+-@")
+        if len(v) > 256 or not _TAG_RE.match(v):
+            raise ValueError(f"tag {k}: value up to 256 letters, digits, spaces or _.:/=+-@")
+        out.append({"Key": k, "Value": v})
+    return out
+
+
+def _check_env(env: dict[str, str]) -> None:
+    if len(env) > 100:
+        raise ValueError("environment: at most 100 variables")
+    for k, v in env.items():
+        if not _ENV_KEY_RE.match(k) or len(k) > 1024:
+            raise ValueError(f"environment variable name {k!r}: letters, digits and '_'")
+        if not isinstance(v, str) or len(v) > 1024:
+            raise ValueError(f"environment variable {k}: a string of at most 1024 characters")
+
+
+def _error(exc: Exception) -> tuple[str, str]:
+    resp = getattr(exc, "response", None) or {}
+    err = resp.get("Error", {})
+    return str(err.get("Code", "")), str(err.get("Message", ""))
+
+
+def _is_missing(exc: Exception) -> bool:
+    code, msg = _error(exc)
+    return code in ("ValidationException", "ValidationError") and "Could not find" in msg
+
+
+def _is_existing(exc: Exception) -> bool:
+    code, msg = _error(exc)
+    return code in ("ValidationException", "ValidationError") and "already exist" in msg
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    m = _S3_RE.match(uri)
+    if not m:
+        raise ValueError(f"target.s3_uri: {uri!r} is not s3://bucket/prefix/")
+    prefix = m.group(2)
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return m.group(1), prefix
+
+
+# ---- the target -----------------------------------------------------------------------------
+
+
+class SageMakerTarget:
+    """Target on SageMaker real-time endpoints (targets.base.Target)."""
+
+    kind = "sagemaker"
+
+    def __init__(
+        self,
+        region: str,
+        role_arn: str | None = None,
+        s3_uri: str | None = None,
+        credentials_block: str | None = None,
+        session: Any = None,
+        poll_interval_s: float = 30,
+        *,
+        retry_mode: Literal["standard", "adaptive"] = "standard",
+        max_attempts: int = 5,
+        invoke_read_timeout_s: float = 75,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        if invoke_read_timeout_s < 70:
+            raise ValueError("invoke_read_timeout_s: at least 70 s (LMI's own request timeout)")
+        self.region = region
+        self.role_arn = role_arn
+        self.s3_uri = s3_uri
+        self.credentials_block = credentials_block
+        self._session = session
+        self.poll_interval_s = poll_interval_s
+        self.retry_mode = retry_mode
+        self.max_attempts = max_attempts
+        self.invoke_read_timeout_s = invoke_read_timeout_s
+        self._clock = clock
+        self._sleep = sleep
+
+    # -- clients (lazy; tests wrap them in botocore Stubber) --
+
+    @cached_property
+    def session(self) -> Any:
+        if self._session is not None:
+            return self._session
+        if self.credentials_block:
+            from prefect_aws import AwsCredentials
+
+            return AwsCredentials.load(self.credentials_block).get_boto3_session()
+        import boto3
+
+        return boto3.Session(region_name=self.region)
+
+    def _control_config(self) -> Any:
+        from botocore.config import Config
+
+        return Config(
+            region_name=self.region,
+            retries={"mode": self.retry_mode, "total_max_attempts": self.max_attempts},
+            user_agent_extra="lmiflow",
+        )
+
+    @cached_property
+    def sm(self) -> Any:
+        return self.session.client("sagemaker", config=self._control_config())
+
+    @cached_property
+    def s3(self) -> Any:
+        return self.session.client("s3", config=self._control_config())
+
+    @cached_property
+    def runtime(self) -> Any:
+        from botocore.config import Config
+
+        cfg = Config(
+            region_name=self.region,
+            retries={"mode": "standard", "total_max_attempts": 1},
+            read_timeout=self.invoke_read_timeout_s,
+            connect_timeout=10,
+            user_agent_extra="lmiflow",
+        )
+        return self.session.client("sagemaker-runtime", config=cfg)
+
+    # -- staging and creation --
+
+    def stage(self, name: str, files: dict[str, str]) -> str:
+        if not self.s3_uri:
+            raise ValueError("target.s3_uri is required to stage files (or use packaging env)")
+        _check_name("model", name)
+        if "serving.properties" not in files:
+            raise ValueError("files: serving.properties is required")
+        bucket, prefix = _split_s3(self.s3_uri)
+        base = f"{prefix}{name}/"
+        for rel in files:  # all names checked before the first upload
+            if not _FILE_RE.match(rel) or ".." in rel.split("/"):
+                raise ValueError(f"file name {rel!r}: a relative path of letters, digits, _.-")
+        for rel, text in files.items():
+            self.s3.put_object(
+                Bucket=bucket, Key=base + rel, Body=text.encode("utf-8"),
+                ContentType="text/plain; charset=utf-8",
+            )
+        logger.info("staged %d file(s) at s3://%s/%s", len(files), bucket, base)
+        return f"s3://{bucket}/{base}"
+
+    def create_model(
+        self, name: str, model_data: str, image_uri: str | None, env: dict[str, str],
+        tags: dict[str, str],
+    ) -> None:
+        _check_name("model", name)
+        if not self.role_arn:
+            raise ValueError("target.role_arn is required to create a SageMaker model")
+        _check_env(env)
+        container: dict[str, Any] = {
+            "Image": image_uri or lmi_image_uri(self.region),
+            "Environment": dict(env),
+        }
+        if model_data:
+            if not model_data.startswith("s3://") or not model_data.endswith("/"):
+                raise ValueError(f"model_data {model_data!r}: an s3:// prefix ending in /")
+            container["ModelDataSource"] = {
+                "S3DataSource": {
+                    "S3Uri": model_data,
+                    "S3DataType": "S3Prefix",
+                    "CompressionType": "None",
+                }
+            }
+        elif not ({"OPTION_MODEL_ID", "HF_MODEL_ID"} & env.keys()):
+            raise ValueError("env-only packaging needs OPTION_MODEL_ID (no model files in S3)")
+        try:
+            self.sm.create_model(
+                ModelName=name, ExecutionRoleArn=self.role_arn, PrimaryContainer=container,
+                Tags=_tag_list(tags),
+            )
+        except Exception as exc:
+            if not _is_existing(exc):
+                raise
+            logger.info("model %s already exists: adopting it (same name, same spec hash)", name)
+            return
+        logger.info("created model %s (env keys: %s)", name, ", ".join(sorted(env)) or "none")
+
+    def create_endpoint_config(
+        self, name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str]
+    ) -> None:
+        _check_name("endpoint config", name)
+        _check_name("model", model_name)
+        pv: dict[str, Any] = {
+            "VariantName": VARIANT_NAME,
+            "ModelName": model_name,
+            "InstanceType": variant.instance_type,
+            "InitialInstanceCount": variant.instance_count,
+        }
+        if variant.volume_size_gb is not None:
+            if not volume_size_supported(variant.instance_type):
+                logger.info("%s has local NVMe storage: VolumeSizeInGB left out",
+                            variant.instance_type)
+            else:
+                pv["VolumeSizeInGB"] = _bounded("volume_size_gb", variant.volume_size_gb, 1, 512)
+        if variant.model_data_download_timeout_s is not None:
+            pv["ModelDataDownloadTimeoutInSeconds"] = _bounded(
+                "model_data_download_timeout_s", variant.model_data_download_timeout_s, 60, 3600
+            )
+        if variant.container_startup_health_check_timeout_s is not None:
+            pv["ContainerStartupHealthCheckTimeoutInSeconds"] = _bounded(
+                "container_startup_health_check_timeout_s",
+                variant.container_startup_health_check_timeout_s, 60, 3600,
+            )
+        try:
+            self.sm.create_endpoint_config(
+                EndpointConfigName=name, ProductionVariants=[pv], Tags=_tag_list(tags)
+            )
+        except Exception as exc:
+            if not _is_existing(exc):
+                raise
+            logger.info("endpoint config %s already exists: adopting it", name)
+            return
+        logger.info("created endpoint config %s (%s x%d)", name, variant.instance_type,
+                    variant.instance_count)
+
+    def create_endpoint(self, name: str, config_name: str, tags: dict[str, str]) -> None:
+        _check_name("endpoint", name)
+        _check_name("endpoint config", config_name)
+        try:
+            self.sm.create_endpoint(
+                EndpointName=name, EndpointConfigName=config_name, Tags=_tag_list(tags)
+            )
+        except Exception as exc:
+            if not _is_existing(exc):
+                raise
+            logger.info("endpoint %s already exists: adopting it", name)
+            return
+        logger.info("creating endpoint %s from %s", name, config_name)
+
+    def update_endpoint(
+        self, name: str, config_name: str, policy: TrafficPolicy | None = None
+    ) -> None:
+        """Blue/green update; refuses while the endpoint is busy so two runs never fight."""
+        _check_name("endpoint", name)
+        _check_name("endpoint config", config_name)
+        current = self._describe(name)
+        if current is None:
+            raise LookupError(f"endpoint {name} does not exist: create it instead of updating")
+        if current.status in BUSY_STATUSES:
+            raise EndpointBusy(
+                f"endpoint {name} is {current.status}: another deployment may be running; "
+                "wait for it to finish (lmiflow never updates a busy endpoint)"
+            )
+        self.sm.update_endpoint(
+            EndpointName=name,
+            EndpointConfigName=config_name,
+            DeploymentConfig=deployment_config(policy or TrafficPolicy()),
+        )
+        logger.info("updating endpoint %s to %s (%s)", name, config_name,
+                    (policy or TrafficPolicy()).type)
+
+    # -- status --
+
+    def _describe_raw(self, name: str) -> dict | None:
+        try:
+            return self.sm.describe_endpoint(EndpointName=name)
+        except Exception as exc:
+            if _is_missing(exc):
+                return None
+            raise
+
+    def _describe(self, name: str) -> EndpointStatus | None:
+        d = self._describe_raw(name)
+        if d is None:
+            return None
+        return EndpointStatus(
+            name=d["EndpointName"],
+            status=d["EndpointStatus"],
+            failure_reason=d.get("FailureReason"),
+            config_name=d.get("EndpointConfigName"),
+        )
+
+    def describe(self, name: str) -> EndpointStatus | None:
+        """Status with the endpoint's tags (one more call: list_tags)."""
+        d = self._describe_raw(name)
+        if d is None:
+            return None
+        tags: dict[str, str] = {}
+        for page in self.sm.get_paginator("list_tags").paginate(ResourceArn=d["EndpointArn"]):
+            tags.update({t["Key"]: t["Value"] for t in page.get("Tags", [])})
+        return EndpointStatus(
+            name=d["EndpointName"],
+            status=d["EndpointStatus"],
+            failure_reason=d.get("FailureReason"),
+            config_name=d.get("EndpointConfigName"),
+            tags=tags,
+        )
+
+    def wait(
+        self, name: str, timeout_s: float,
+        on_status: Callable[[EndpointStatus, float], None] | None = None,
+    ) -> EndpointStatus:
+        """Poll describe_endpoint every poll_interval_s until a terminal status. After an update
+        with auto-rollback, InService may mean the old config: compare config_name."""
+        start = self._clock()
+        last: str | None = None
+        while True:
+            st = self._describe(name)
+            elapsed = self._clock() - start
+            if st is None:
+                raise LookupError(f"endpoint {name} does not exist")
+            if st.status != last:
+                extra = f": {st.failure_reason}" if st.failure_reason else ""
+                logger.info("endpoint %s %s after %.0f s%s", name, st.status, elapsed, extra)
+                last = st.status
+                if on_status is not None:
+                    on_status(st, elapsed)
+            if st.status in TERMINAL_STATUSES:
+                return st
+            remaining = timeout_s - elapsed
+            if remaining <= 0:
+                raise WaitTimeout(
+                    f"endpoint {name} still {st.status} after {elapsed:.0f} s "
+                    f"(limit {timeout_s:.0f} s)"
+                )
+            self._sleep(min(self.poll_interval_s, remaining))
+
+    # -- invocation --
+
+    def invoke(self, name: str, payload: dict) -> bytes:
+        resp = self.runtime.invoke_endpoint(
+            EndpointName=name, ContentType="application/json", Accept="application/json",
+            Body=json.dumps(payload).encode("utf-8"),
+        )
+        return resp["Body"].read()
+
+    def invoke_stream(self, name: str, payload: dict) -> Iterator[bytes]:
+        body = dict(payload)
+        body.setdefault("stream", True)
+        resp = self.runtime.invoke_endpoint_with_response_stream(
+            EndpointName=name, ContentType="application/json",
+            Accept="application/jsonlines", Body=json.dumps(body).encode("utf-8"),
+        )
+        return iter_json_lines(_payload_parts(resp["Body"]))
+
+    # -- deletion and listing --
+
+    def _delete(self, what: str, call: Callable[[], Any], name: str) -> bool:
+        try:
+            call()
+        except Exception as exc:
+            if _is_missing(exc):
+                return False
+            raise
+        logger.info("deleted %s %s", what, name)
+        return True
+
+    def delete_endpoint(self, name: str) -> bool:
+        return self._delete("endpoint", lambda: self.sm.delete_endpoint(EndpointName=name), name)
+
+    def delete_endpoint_config(self, name: str) -> bool:
+        return self._delete(
+            "endpoint config",
+            lambda: self.sm.delete_endpoint_config(EndpointConfigName=name), name,
+        )
+
+    def delete_model(self, name: str) -> bool:
+        return self._delete("model", lambda: self.sm.delete_model(ModelName=name), name)
+
+    def list_endpoints(self) -> list[EndpointStatus]:
+        out = []
+        for page in self.sm.get_paginator("list_endpoints").paginate():
+            for e in page.get("Endpoints", []):
+                out.append(EndpointStatus(name=e["EndpointName"], status=e["EndpointStatus"]))
+        return out
+
+    def list_resources(self, prefix: str) -> dict[str, list[str]]:
+        def names(op: str, key: str, field: str) -> list[str]:
+            found = []
+            for page in self.sm.get_paginator(op).paginate(NameContains=prefix):
+                found += [r[field] for r in page.get(key, []) if r[field].startswith(prefix)]
+            return sorted(found)
+
+        return {
+            "models": names("list_models", "Models", "ModelName"),
+            "endpoint_configs": names(
+                "list_endpoint_configs", "EndpointConfigs", "EndpointConfigName"
+            ),
+            "endpoints": names("list_endpoints", "Endpoints", "EndpointName"),
+        }
+
+
+def _bounded(field: str, value: int, lo: int, hi: int) -> int:
+    if not lo <= value <= hi:
+        raise ValueError(f"{field}: {value} is outside the API's bounds {lo}-{hi}")
+    return value
+
+
+def _payload_parts(events: Iterable[dict]) -> Iterator[bytes]:
+    """PayloadPart bytes from a response stream. botocore raises error events (ModelStreamError,
+    InternalStreamFailure) as EventStreamError; they become StreamError here."""
+    it = iter(events)
+    while True:
+        try:
+            event = next(it)
+        except StopIteration:
+            return
+        except Exception as exc:
+            code, msg = _error(exc)
+            if code in ("ModelStreamError", "InternalStreamFailure"):
+                raise StreamError(code, msg) from exc
+            raise
+        if "PayloadPart" in event:
+            yield event["PayloadPart"].get("Bytes", b"")
+        elif "ModelStreamError" in event:
+            e = event["ModelStreamError"]
+            raise StreamError("ModelStreamError", e.get("Message", ""), e.get("ErrorCode"))
+        elif "InternalStreamFailure" in event:
+            raise StreamError("InternalStreamFailure",
+                              event["InternalStreamFailure"].get("Message", ""))
+
+
+def delete_resources(target: Target, names: dict[str, str]) -> dict[str, bool]:
+    """Delete a candidate's endpoint, endpoint config and model (keys as resource_names gives);
+    returns which existed. Order matters: the endpoint first, it uses the other two."""
+    done = {}
+    if "endpoint" in names:
+        done["endpoint"] = target.delete_endpoint(names["endpoint"])
+    if "endpoint_config" in names:
+        done["endpoint_config"] = target.delete_endpoint_config(names["endpoint_config"])
+    if "model" in names:
+        done["model"] = target.delete_model(names["model"])
+    return done

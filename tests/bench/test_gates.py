@@ -1,0 +1,154 @@
+"""Gates, table-driven: SLO checks per level and the regression limit against a baseline."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.gate_spec import GateSpec
+from bench.gates import evaluate
+from bench.metrics import BenchResult, LatencyStats, LevelResult
+
+
+def stats(p50: float, p95: float, p99: float, n: int = 200) -> LatencyStats:
+    return LatencyStats(mean=p50, p50=p50, p90=p95, p95=p95, p99=p99, n=n,
+                        few_samples=["p99"] if n < 100 else [])
+
+
+def level(conc: int, ttft=(100, 150, 200), tpot=(20, 25, 30), tps=1000.0, err=0.0,
+          n=200, **kw) -> LevelResult:
+    return LevelResult(
+        concurrency=conc, requests=n, errors=int(err * n), error_rate=err,
+        ttft_ms=stats(*ttft, n=n), tpot_ms=stats(*tpot, n=n), itl_ms=stats(*tpot, n=n),
+        e2e_ms=stats(2000, 2500, 3000, n=n), output_tokens_per_s=tps,
+        requests_per_min=60.0, **kw,
+    )
+
+
+RESULT = BenchResult(levels=[
+    level(1),
+    level(8, ttft=(120, 180, 260), tps=4000.0, err=0.05, n=50, goodput=3.0,
+          usd_per_1m_output_tokens=1.5),
+])
+
+
+def g(metric, threshold, op="<=", stat=None, conc=None) -> GateSpec:
+    latency = metric.endswith("_ms")
+    return GateSpec(metric=metric, stat=stat or ("p95" if latency else "value"), op=op,
+                    threshold=threshold, concurrency=conc)
+
+
+# (gates, passed, [(concurrency, passed, observed, margin)], note substring or None)
+SLO_CASES = [
+    pytest.param([g("ttft_ms", 200)], True, [(1, True, 150, 50), (8, True, 180, 20)], None,
+                 id="every-level-pass"),
+    pytest.param([g("ttft_ms", 150, conc=8)], False, [(8, False, 180, -30)], None,
+                 id="one-level-fail"),
+    pytest.param([g("ttft_ms", 150, op="<")], False, [(1, False, 150, 0), (8, False, 180, -30)],
+                 None, id="strict-op-at-equality-fails"),
+    pytest.param([g("ttft_ms", 150, op="<=", conc=1)], True, [(1, True, 150, 0)], None,
+                 id="inclusive-op-at-equality-passes"),
+    pytest.param([g("error_rate", 0.01)], False, [(1, True, 0.0, 0.01), (8, False, 0.05, -0.04)],
+                 None, id="error-rate"),
+    pytest.param([g("output_tokens_per_s", 2000, op=">=")], False,
+                 [(1, False, 1000, -1000), (8, True, 4000, 2000)], None, id="throughput-floor"),
+    pytest.param([g("ttft_ms", 500, stat="p99", conc=8)], True, [(8, True, 260, 240)],
+                 "too few", id="few-samples-noted"),
+    pytest.param([g("ttft_ms", 500, conc=4)], False, [(4, False, None, None)],
+                 "no benchmark level", id="missing-level-fails"),
+    pytest.param([g("usd_per_1m_output_tokens", 2.0, conc=1)], False, [(1, False, None, None)],
+                 "price", id="no-price-fails"),
+    pytest.param([g("goodput", 1.0, op=">=", conc=1)], False, [(1, False, None, None)],
+                 "goodput", id="goodput-not-computed-fails"),
+    pytest.param([g("goodput", 1.0, op=">=", conc=8)], True, [(8, True, 3.0, 2.0)], None,
+                 id="goodput-pass"),
+]
+
+
+@pytest.mark.parametrize(("gates", "passed", "expected", "note"), SLO_CASES)
+def test_slo_gates(gates, passed, expected, note):
+    v = evaluate(gates, RESULT)
+    assert v.passed is passed
+    got = [(c.concurrency, c.passed, c.observed, c.margin) for c in v.checks]
+    assert [x[:2] for x in got] == [x[:2] for x in expected]
+    for (_, _, obs, margin), (_, _, exp_obs, exp_margin) in zip(got, expected, strict=True):
+        assert obs == pytest.approx(exp_obs) if exp_obs is not None else obs is None
+        assert margin == pytest.approx(exp_margin) if exp_margin is not None else margin is None
+    assert all(c.kind == "slo" for c in v.checks)
+    if note:
+        assert any(note in (c.note or "") for c in v.checks)
+
+
+def test_none_observed_latency_fails_with_note():
+    res = BenchResult(levels=[LevelResult(concurrency=1, requests=5, errors=5, error_rate=1.0)])
+    v = evaluate([g("ttft_ms", 1000)], res)
+    assert not v.passed and v.checks[0].observed is None and "no samples" in v.checks[0].note
+
+
+def test_no_levels_fails_each_gate():
+    v = evaluate([g("ttft_ms", 1000)], BenchResult())
+    assert not v.passed and "no levels" in v.checks[0].note
+
+
+def test_no_gates_no_baseline_passes_with_note():
+    v = evaluate([], RESULT)
+    assert v.passed and v.checks == [] and v.notes
+
+
+def scaled(ttft=1.0, tpot=1.0, tps=1.0) -> BenchResult:
+    """RESULT with p50 TTFT, p50 TPOT and tokens/s multiplied."""
+    levels = []
+    for lv in RESULT.levels:
+        lv = lv.model_copy(deep=True)
+        lv.ttft_ms.p50 *= ttft
+        lv.tpot_ms.p50 *= tpot
+        lv.output_tokens_per_s *= tps
+        levels.append(lv)
+    return BenchResult(levels=levels)
+
+
+REGRESSION_CASES = [
+    pytest.param(scaled(), True, None, id="same-as-baseline"),
+    pytest.param(scaled(ttft=1.09), True, None, id="ttft-9pct-worse-within-10"),
+    pytest.param(scaled(ttft=1.11), False, "ttft_ms", id="ttft-11pct-worse"),
+    pytest.param(scaled(tpot=1.2), False, "tpot_ms", id="tpot-20pct-worse"),
+    pytest.param(scaled(tps=0.85), False, "output_tokens_per_s", id="throughput-15pct-lower"),
+    pytest.param(scaled(ttft=0.5, tps=2.0), True, None, id="better-passes"),
+]
+
+
+@pytest.mark.parametrize(("candidate", "passed", "failing_metric"), REGRESSION_CASES)
+def test_regression_against_baseline(candidate, passed, failing_metric):
+    v = evaluate([], candidate, baseline=RESULT, max_regression_pct=10)
+    assert v.passed is passed
+    assert len(v.checks) == 6 and all(c.kind == "regression" for c in v.checks)
+    failed = {c.metric for c in v.checks if not c.passed}
+    assert failed == ({failing_metric} if failing_metric else set())
+    ttft1 = next(c for c in v.checks if c.metric == "ttft_ms" and c.concurrency == 1)
+    assert ttft1.baseline == 100 and ttft1.threshold == pytest.approx(110)
+    assert ttft1.stat == "p50" and ttft1.op == "<="
+
+
+def test_regression_only_at_shared_levels():
+    base = BenchResult(levels=[level(1), level(32)])
+    v = evaluate([], RESULT, baseline=base, max_regression_pct=5)
+    assert {c.concurrency for c in v.checks} == {1}
+
+
+def test_regression_without_shared_levels_fails():
+    base = BenchResult(levels=[level(32)])
+    v = evaluate([], RESULT, baseline=base, max_regression_pct=5)
+    assert not v.passed and "in common" in v.checks[0].note
+
+
+def test_regression_skipped_without_baseline_or_limit():
+    v = evaluate([], scaled(ttft=3), baseline=None, max_regression_pct=10)
+    assert v.passed and any("baseline" in n for n in v.notes)
+    v = evaluate([], scaled(ttft=3), baseline=RESULT, max_regression_pct=None)
+    assert v.passed and v.checks == []
+
+
+def test_slo_and_regression_combine():
+    v = evaluate([g("error_rate", 0.1)], scaled(ttft=1.5), baseline=RESULT,
+                 max_regression_pct=10)
+    kinds = {(c.kind, c.passed) for c in v.checks}
+    assert ("slo", True) in kinds and ("regression", False) in kinds and not v.passed

@@ -1,0 +1,158 @@
+"""Metrics on hand-built records whose answers are worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.gate_spec import GateSpec
+from bench.metrics import (
+    BenchResult,
+    GeneratorStats,
+    RequestRecord,
+    compute_level,
+    itl_s,
+    latency_stats,
+    saturation_reason,
+    tpot_s,
+)
+
+
+def rec(start, times, *, first=None, end=None, reported=None, **kw) -> RequestRecord:
+    """A successful record with one token per time; first/end default to the first/last."""
+    return RequestRecord(
+        start=start, token_times=times, first_token=times[0] if first is None else first,
+        end=times[-1] if end is None else end, output_tokens=kw.pop("tokens", len(times)),
+        generated_tokens_reported=reported, **kw,
+    )
+
+
+# A: 4 tokens, TTFT 100 ms, then 20 ms apart -> E2E 160, TPOT (160-100)/3 = 20.
+A = rec(0.0, [0.10, 0.12, 0.14, 0.16], reported=4)
+# B: one token at 50 ms -> TTFT 50, E2E 50, no TPOT, no ITL.
+B = rec(1.0, [1.05], reported=2)  # server says 2: one mismatch
+# C: an error; D: a timeout (ends at 2.2 s, the window's end); W: warm-up, ignored.
+C = RequestRecord(start=0.5, end=0.6, error="HTTP 500: boom")
+D = RequestRecord(start=0.2, end=2.2, token_times=[0.3], first_token=0.3, output_tokens=1,
+                  error="timeout after 2 s", timed_out=True)
+W = rec(-1.0, [-0.5, -0.4])
+W.warmup = True
+RECORDS = [W, A, B, C, D]
+
+
+def test_level_counts_and_rates():
+    lv = compute_level(RECORDS, 4)
+    assert (lv.requests, lv.warmup_requests, lv.completed, lv.errors, lv.timeouts) == (
+        4, 1, 2, 2, 1)
+    assert lv.error_rate == pytest.approx(0.5)
+    assert lv.error_examples == ["HTTP 500: boom", "timeout after 2 s"]
+    # window: first measured start 0.0 -> last measured end 2.2 (the timeout's end)
+    assert lv.window_s == pytest.approx(2.2)
+    assert lv.output_tokens == 5  # A 4 + B 1; the timed-out request's token does not count
+    assert lv.output_tokens_per_s == pytest.approx(5 / 2.2)
+    assert lv.requests_per_min == pytest.approx(2 / 2.2 * 60)
+
+
+def test_level_latencies_exclude_failures_and_one_token_tpot():
+    lv = compute_level(RECORDS, 4)
+    assert lv.ttft_ms.n == 2 and lv.ttft_ms.mean == pytest.approx(75.0)
+    assert lv.ttft_ms.p50 == pytest.approx(75.0)
+    assert lv.e2e_ms.mean == pytest.approx((160 + 50) / 2)
+    # B has one token: no TPOT, counted as excluded.
+    assert lv.tpot_ms.n == 1 and lv.tpot_ms.p50 == pytest.approx(20.0)
+    assert lv.tpot_excluded_one_token == 1
+    assert lv.itl_ms.n == 3 and lv.itl_ms.mean == pytest.approx(20.0)
+    assert lv.token_count_checked == 2 and lv.token_count_mismatches == 1
+
+
+def test_tpot_undefined_for_one_token_and_first_token_excluded():
+    assert tpot_s(B) is None
+    # first token late (TTFT 1 s), then 3 tokens 10 ms apart: TPOT ignores the first wait.
+    r = rec(0.0, [1.0, 1.01, 1.02, 1.03])
+    assert tpot_s(r) == pytest.approx(0.01)
+
+
+def test_ttft_uses_first_non_empty_chunk():
+    # an empty-text token at 0.05 does not count as the first token; first_token says 0.08
+    r = rec(0.0, [0.05, 0.08, 0.10], first=0.08)
+    lv = compute_level([r], 1)
+    assert lv.ttft_ms.p50 == pytest.approx(80.0)
+    assert lv.tpot_ms.p50 == pytest.approx((100 - 80) / 2)
+
+
+def test_itl_spreads_multi_token_chunks_and_keeps_chunk_gaps():
+    # chunks of 2 then 3 tokens, 100 ms apart: 1 zero gap + 3 gaps of 33.3 ms
+    r = rec(0.0, [0.1, 0.2], chunk_tokens=[2, 3], tokens=5)
+    gaps = itl_s(r)
+    assert gaps == pytest.approx([0.0, 0.1 / 3, 0.1 / 3, 0.1 / 3])
+    assert sum(gaps) / len(gaps) == pytest.approx(tpot_s(r))  # mean ITL == TPOT
+    lv = compute_level([r], 1)
+    assert lv.chunk_gap_ms.n == 1 and lv.chunk_gap_ms.p50 == pytest.approx(100.0)
+    assert lv.itl_ms.n == 4
+
+
+def test_percentiles_are_numpy_linear_with_sample_flags():
+    s = latency_stats([float(x) for x in range(1, 101)])
+    assert (s.p50, s.p90, s.p95, s.p99) == pytest.approx((50.5, 90.1, 95.05, 99.01))
+    assert s.mean == pytest.approx(50.5) and s.n == 100 and s.few_samples == []
+    assert latency_stats([1.0] * 99).few_samples == ["p99"]
+    assert latency_stats([1.0] * 19).few_samples == ["p95", "p99"]
+    assert latency_stats([1.0] * 9).few_samples == ["p90", "p95", "p99"]
+    empty = latency_stats([])
+    assert empty.n == 0 and empty.p50 is None and empty.mean is None
+
+
+def test_cost_per_million_tokens():
+    # 1000 tokens over 1 s = 1000 tok/s; $3.6/h × 2 instances -> 7.2 / 3.6e6 × 1e6 = $2 per 1M
+    r = RequestRecord(start=0.0, first_token=0.001, token_times=[0.001, 1.0], end=1.0,
+                      output_tokens=1000)
+    lv = compute_level([r], 1, usd_per_hour=3.6, instances=2)
+    assert lv.output_tokens_per_s == pytest.approx(1000)
+    assert lv.usd_per_1m_output_tokens == pytest.approx(2.0)
+    assert compute_level([r], 1).usd_per_1m_output_tokens is None
+
+
+def test_goodput_counts_requests_meeting_every_latency_gate():
+    gates = [GateSpec(metric="ttft_ms", stat="p95", op="<=", threshold=80),
+             GateSpec(metric="error_rate", stat="value", op="<=", threshold=0.5)]
+    lv = compute_level(RECORDS, 4, gates=gates)
+    # A (TTFT 100) misses, B (TTFT 50) meets; failures never count.
+    assert lv.goodput == pytest.approx(1 / 2.2)
+    assert lv.goodput_per_min == pytest.approx(60 / 2.2)
+    # a TPOT gate does not count against the one-token request B
+    lv = compute_level(RECORDS, 4, gates=[GateSpec(metric="tpot_ms", threshold=10)])
+    assert lv.goodput == pytest.approx(1 / 2.2)
+
+
+def test_goodput_needs_latency_gates_for_this_level():
+    only_other_level = [GateSpec(metric="ttft_ms", threshold=80, concurrency=8)]
+    lv = compute_level(RECORDS, 4, gates=only_other_level)
+    assert lv.goodput is None and "latency gates" in lv.goodput_note
+
+
+def test_all_failed_level_has_no_latencies_or_rates():
+    lv = compute_level([C, D], 2)
+    assert lv.error_rate == 1.0 and lv.completed == 0
+    assert lv.ttft_ms.n == 0 and lv.output_tokens_per_s == 0
+    empty = compute_level([], 2)
+    assert empty.error_rate is None and empty.output_tokens_per_s is None
+
+
+def test_saturation_reason():
+    assert saturation_reason(GeneratorStats(loop_lag_p99_ms=1.0, cpu_pct=30)) is None
+    assert "lag" in saturation_reason(GeneratorStats(loop_lag_p99_ms=50.0, cpu_pct=30))
+    assert "CPU" in saturation_reason(GeneratorStats(loop_lag_p99_ms=1.0, cpu_pct=99))
+    lv = compute_level([A], 1, saturated_reason="CPU 99%")
+    assert lv.generator_saturated and lv.generator_saturated_reason == "CPU 99%"
+
+
+def test_json_shape_matches_design():
+    res = BenchResult(levels=[compute_level(RECORDS, 4)])
+    out = res.model_dump(mode="json")
+    lv = out["levels"][0]
+    for key in ("concurrency", "requests", "errors", "error_rate", "output_tokens_per_s",
+                "requests_per_min"):
+        assert key in lv
+    for metric in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms"):
+        assert {"mean", "p50", "p90", "p95", "p99", "n"} <= set(lv[metric])
+    assert "TPOT" in out["formulas"]["tpot_ms"]
+    assert BenchResult.model_validate(out) == res  # a stored result loads back (baseline)
