@@ -92,18 +92,35 @@ def resolve_model(model: str, revision: str | None = None, exact_counts: bool = 
     return ResolvedModel(spec=spec, source=f"hub:{model}@{revision or 'main'}")
 
 
+def _hub_resolvable() -> bool:
+    """Can the Hub's host name be resolved at all? huggingface_hub retries a failed connection
+    five times with backoff (~25 s); without DNS no retry can succeed, so ask once first."""
+    import socket
+    from urllib.parse import urlsplit
+
+    host = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
 def _hub_config(model_id: str, revision: str | None) -> dict:
     """config.json through huggingface_hub: its cache, HF_TOKEN and HF_HUB_OFFLINE apply."""
     from huggingface_hub import hf_hub_download
 
+    # Offline in fact: only huggingface_hub's cache can answer.
+    cache_only = not _hub_resolvable()
     path = hf_hub_download(model_id, "config.json", revision=revision,
-                           token=os.environ.get("HF_TOKEN") or None)
+                           token=os.environ.get("HF_TOKEN") or None,
+                           **({"local_files_only": True} if cache_only else {}))
     return read_config_file(path)
 
 
 def _hub_safetensors_total(model_id: str, revision: str | None) -> int | None:
     """Exact parameter count from the safetensors headers (no weights downloaded)."""
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "TRUE"):
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "TRUE") or not _hub_resolvable():
         return None
     try:
         from huggingface_hub import get_safetensors_metadata

@@ -48,7 +48,8 @@ def print_plan(p: Plan, source: str, show_all: bool = False, console: Console | 
     shown = p.options if show_all else p.options[:15]
     for o in shown:
         style = "green" if o.eligible else ("yellow" if o.fits else "red")
-        t.add_row(str(o.rank), o.instance_type, f"{o.gpu_count}x {o.accelerator.removeprefix('NVIDIA ')}",
+        gpus = f"{o.gpu_count}x {o.accelerator.removeprefix('NVIDIA ')}"
+        t.add_row(str(o.rank), o.instance_type, gpus,
                   str(o.tensor_parallel_degree), str(o.model_copies),
                   _gb(o.per_gpu_required_bytes), _gb(o.usable_bytes_per_gpu),
                   "?" if o.usd_per_hour is None else f"{o.usd_per_hour:.2f}",

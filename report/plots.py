@@ -14,17 +14,17 @@ from typing import Any
 GIB = 2**30
 DPI = 100
 
-# Colour-blind-safe palette (Okabe-Ito).
-BLUE, ORANGE, GREY, GREEN, RED, SKY, PURPLE = (
+# Okabe-Ito (colour-blind-safe) colours, except RED: failures should read as plainly red.
+BLUE, ORANGE, GREY, GREEN, RED, PURPLE = (
     "#0072B2",
     "#E69F00",
     "#999999",
     "#009E73",
-    "#D55E00",
-    "#56B4E9",
+    "#C62828",
     "#CC79A7",
 )
 STATUS_COLOURS = {"completed": GREEN, "failed": RED, "skipped": GREY}
+PER_GPU_PARTS = ("weights_bytes", "kv_cache_bytes", "overhead_bytes")
 PERCENTILE_STYLES = {"p50": ("-", "o", BLUE), "p90": ("--", "s", GREEN), "p99": (":", "^", PURPLE)}
 
 
@@ -133,9 +133,16 @@ def memory_per_gpu(plan: dict[str, Any] | None) -> bytes | None:
             tick.set_fontweight("bold")
     ax.set_xlabel("GiB per GPU")
     ax.set_title("Memory per GPU by component (bar) vs usable memory (black mark)")
-    xmax = ax.get_xlim()[1]
-    ax.set_xlim(0, xmax * 1.22)
-    ax.legend(loc="lower right", fontsize=8, ncols=4)
+    # Room on the right for the "needs X of Y GiB" labels.
+    widest = max(
+        max(
+            sum((_num(o["per_gpu"].get(k)) or 0.0) for k in PER_GPU_PARTS),
+            _num(o["per_gpu"].get("usable_bytes")) or 0.0,
+        )
+        for o in picked
+    )
+    ax.set_xlim(0, widest / GIB * 1.5 + 1)
+    fig.legend(loc="outside lower center", fontsize=8, ncols=4, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
@@ -259,19 +266,25 @@ def latency_percentiles(
             key=str,
         )
         for stat, op, threshold in limits:
-            ax.axhline(
-                threshold,
+            ax.axhline(threshold, color=RED, linewidth=1, linestyle="-.")
+            # Labelled on the line itself: the legend is shared by both panels.
+            ax.annotate(
+                f"gate {stat} {op} {threshold:g}",
+                (0.01, threshold),
+                xycoords=("axes fraction", "data"),
+                xytext=(0, 2),
+                textcoords="offset points",
+                fontsize=7,
                 color=RED,
-                linewidth=1,
-                linestyle="-.",
-                label=f"gate {stat} {op} {threshold:g}",
             )
             top = max(top, threshold)
         _concurrency_axis(ax, xs)
         ax.set_ylabel("ms")
         ax.set_ylim(0, top * 1.12 if top > 0 else 1.0)
         ax.set_title(title)
-        ax.legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", fontsize=8, ncols=6, frameon=False)
     return _png(fig)
 
 

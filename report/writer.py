@@ -11,10 +11,12 @@ Markdown tables are rendered here rather than with ``DataFrame.to_markdown``: th
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import html
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +134,12 @@ def _usd(value: Any, digits: int = 2) -> str:
     return f"${value:,.{digits}f}"
 
 
+def _secs(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "—"
+    return f"{value:,.2f}"
+
+
 def _mark(ok: Any) -> str:
     if ok is None:
         return "—"
@@ -196,7 +204,9 @@ def _option_name(option: Mapping[str, Any]) -> str:
     return (
         f"{_fmt(option.get('instance_type'))} ({_fmt(option.get('gpu_count'))} GPU, "
         f"TP {_fmt(option.get('tensor_parallel_degree'))}, "
-        f"{_fmt(option.get('model_copies'))} copies, {_usd(option.get('usd_per_hour'))}/h)"
+        f"{_fmt(option.get('model_copies'))} "
+        f"{'copy' if option.get('model_copies') == 1 else 'copies'}, "
+        f"{_usd(option.get('usd_per_hour'))}/h)"
     )
 
 
@@ -209,7 +219,7 @@ def _steps(r: Mapping[str, Any]) -> Section:
         [
             f"{icons.get(str(s.get('status')), '')} {_fmt(s.get('status'))}".strip(),
             _fmt(s.get("name")),
-            _fmt(s.get("seconds")),
+            _secs(s.get("seconds")) if s.get("status") != "skipped" else "—",
             _fmt(s.get("summary")),
         ]
         for s in steps
@@ -235,7 +245,9 @@ def _memory(r: Mapping[str, Any]) -> Section:
     per_gpu = chosen.get("per_gpu") or {}
     blocks: list[Any] = []
     if chosen:
-        blocks.append(Para(f"Chosen: {_option_name(chosen)}. {_fmt(plan.get('chosen_reason'))}"))
+        blocks.append(Para(f"Chosen: {_option_name(chosen)}"))
+        if plan.get("chosen_reason"):
+            blocks.append(Para(f"Why: {plan['chosen_reason']}"))
     else:
         blocks.append(Para(f"No option chosen: {_fmt(plan.get('chosen_reason'))}", strong=True))
     usable = per_gpu.get("usable_bytes")
@@ -519,9 +531,13 @@ def _title(report: Mapping[str, Any]) -> str:
 # ---------------------------------------------------------------- markdown
 
 
+_TAG_START_RE = re.compile(r"<(?=[A-Za-z/!?])")
+
+
 def _md_text(text: str) -> str:
-    # Markdown viewers render raw HTML: escape it so a model id cannot inject markup.
-    return html.escape(text, quote=False)
+    # Markdown viewers render raw HTML: escape every "<" that could open a tag, comment or
+    # processing instruction, so a model id cannot inject markup; "<=" stays readable.
+    return _TAG_START_RE.sub("&lt;", text)
 
 
 def _md_cell(text: str) -> str:
@@ -691,6 +707,8 @@ def _jsonable(obj: Any) -> Any:
         return [_jsonable(v) for v in obj]
     if hasattr(obj, "model_dump"):  # a pydantic model that slipped through
         return _jsonable(obj.model_dump(mode="json"))
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
     if isinstance(obj, (dt.datetime, dt.date)):
         return obj.isoformat()
     if obj is None or isinstance(obj, (str, int, bool)):
@@ -715,7 +733,8 @@ def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    safe = _ordered(_jsonable(redact(report)))
+    # Plain JSON types first, so a pydantic model or dataclass inside is redacted too.
+    safe = _ordered(redact(_jsonable(report)))
     paths = {
         "json": out_dir / "report.json",
         "md": out_dir / "report.md",

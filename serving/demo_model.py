@@ -58,7 +58,6 @@ def _train_tokenizer(vocab_size: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
@@ -66,6 +65,15 @@ def _train_tokenizer(vocab_size: int):
         show_progress=False,
     )
     tok.train_from_iterator(_CORPUS.splitlines(), trainer=trainer)
+    # Like Llama: a prompt encoded with special tokens starts with BOS.
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(
+            single=f"{BOS} $A",
+            pair=f"{BOS} $A {BOS} $B",
+            special_tokens=[(BOS, tok.token_to_id(BOS))],
+        ),
+    ])
     return tok
 
 
@@ -100,10 +108,36 @@ def build_demo_model(dir: Path, seed: int = 0, **overrides: int) -> Path:
         eos_token_id=raw.token_to_id(EOS),
         pad_token_id=raw.token_to_id(PAD),
         tie_word_embeddings=True,
-        torch_dtype="float32",
+        dtype="float32",
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    model.save_pretrained(dir, safe_serialization=True)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars on every build
+    model.save_pretrained(dir)
+    # Older readers (transformers 4.x, vLLM) look for the template and the class here.
+    tok_cfg_path = dir / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_cfg_path.read_text())
+    tok_cfg.setdefault("chat_template", CHAT_TEMPLATE)
+    tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    tok_cfg_path.write_text(json.dumps(tok_cfg, indent=2) + "\n")
     (dir / "lmiflow-demo.json").write_text(json.dumps({"seed": seed, **sizes}) + "\n")
     return dir
+
+
+def ensure_demo_model(dir: Path, seed: int = 0) -> Path:
+    """build_demo_model unless `dir` already holds one built with this seed. Safe when several
+    processes (test workers, flow runs) ask at once: they build under a file lock."""
+    from filelock import FileLock
+
+    dir = Path(dir)
+    dir.parent.mkdir(parents=True, exist_ok=True)
+    marker = dir / "lmiflow-demo.json"
+    with FileLock(str(dir) + ".lock"):
+        try:
+            if json.loads(marker.read_text()).get("seed") == seed:
+                return dir
+        except (OSError, ValueError):
+            pass
+        return build_demo_model(dir, seed=seed)

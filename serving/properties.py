@@ -66,7 +66,7 @@ def check_value(key: str, value: str) -> None:
     if value != value.strip():
         raise ValueError(f"value of {key}: leading or trailing whitespace would be stripped")
     if not value.isascii():
-        raise ValueError(f"value of {key}: only ASCII (DJL reads the file as ISO-8859-1)")
+        raise ValueError(f"value of {key}: only ASCII (Java reads properties files as ISO-8859-1)")
 
 
 def check_key(key: str) -> None:

@@ -50,6 +50,10 @@ def _json(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+class ModelLoadError(RuntimeError):
+    """The model or tokenizer did not load; the message names the model."""
+
+
 class ServerState:
     """Loads the engine off the event loop, so /ping can say 503 while it loads."""
 
@@ -71,7 +75,11 @@ class ServerState:
             log.info("serving.properties: %s ignored by the local server", key)
         log.info("loading model %s from %s", opts.model_source, opts.engine.model_path)
         t0 = time.perf_counter()
-        engine = Engine(opts.engine)
+        try:
+            engine = Engine(opts.engine)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load model {opts.model_source}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
         if engine.device == "cpu" and opts.engine.gpu_memory_utilization:
             log.info("serving.properties: option.gpu_memory_utilization ignored on CPU")
         log.info("model loaded in %.1f s", time.perf_counter() - t0)
@@ -95,11 +103,10 @@ def _error(message: str, status: int, **extra: Any):
 async def _read_body(request: Any, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
-        try:
-            if int(declared) > limit:
-                raise BadRequest(f"request body over {limit} bytes", status=413)
-        except ValueError:
-            raise BadRequest("bad Content-Length") from None
+        if not declared.isdigit():
+            raise BadRequest("bad Content-Length")
+        if int(declared) > limit:
+            raise BadRequest(f"request body over {limit} bytes", status=413)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -434,6 +441,11 @@ def _configure_logging() -> None:
     # transformers' progress bars and chatter would bury the lines that matter.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    # On CPU the server sizes the KV cache itself, so transformers' complaints that psutil is
+    # missing (it would size the cache from free RAM) would only read like a failure reason.
+    logging.getLogger("ContinuousBatchingLogger").addFilter(
+        lambda record: "psutil" not in record.getMessage()
+    )
     try:
         from transformers.utils import logging as hf_logging
 
@@ -449,10 +461,11 @@ def _fail(reason: str) -> None:
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, MemoryError) or "out of memory" in str(exc).lower():
+    cause = exc.__cause__ or exc
+    if isinstance(cause, MemoryError) or "out of memory" in str(cause).lower():
         return f"out of memory while loading the model: {exc}"
-    if isinstance(exc, OSError | ValueError) and not isinstance(exc, OptionError):
-        return f"cannot load model: {type(exc).__name__}: {exc}"
+    if isinstance(exc, ModelLoadError | OptionError):
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -241,7 +241,8 @@ class SageMakerTarget:
         sleep: Callable[[float], None] = time.sleep,
     ):
         if invoke_read_timeout_s < 70:
-            raise ValueError("invoke_read_timeout_s: at least 70 s (LMI's own request timeout)")
+            # above SageMaker's 60 s invocation limit, so its own timeout error surfaces
+            raise ValueError("invoke_read_timeout_s: at least 70 s")
         self.region = region
         self.role_arn = role_arn
         self.s3_uri = s3_uri

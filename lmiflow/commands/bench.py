@@ -51,7 +51,8 @@ def add_parser(subparsers: Any) -> None:
                    help="Open loop: most requests in flight (default 256).")
     p.add_argument("--requests", type=int, default=16, help="Measured requests per level.")
     p.add_argument("--warmup", type=int, default=2,
-                   help="Warm-up requests per level, sent first and excluded (default 2).")
+                   help="Warm-up requests per level, sent first and excluded (default 2; "
+                   "at least the concurrency measures a steady state).")
     p.add_argument("--max-new-tokens", type=int, default=64, help="Output tokens per request.")
     p.add_argument("--input-tokens", type=int, default=128, help="Prompt length in tokens.")
     p.add_argument("--tokenizer", default=None, help="Tokenizer (local path) for exact prompt "
@@ -64,6 +65,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--instances", type=int, default=1, help="Instances behind the endpoint.")
     p.add_argument("--gate", action="append", default=[], metavar="GATE",
                    help="An SLO gate (see below); repeatable.")
+    p.add_argument("--http-client", choices=("auto", "aiohttp", "httpx"), default="auto",
+                   help="--url client: aiohttp when installed (auto, faster), or httpx.")
     p.add_argument("--seed", type=int, default=0, help="Prompt and arrival seed.")
     p.add_argument("--json", action="store_true", help="Print one JSON object.")
     p.set_defaults(run=run)
@@ -131,7 +134,7 @@ def _load_config(args: argparse.Namespace) -> Any:
         max_concurrency=args.max_concurrency, requests=args.requests, warmup=args.warmup,
         max_new_tokens=args.max_new_tokens, input_tokens=args.input_tokens,
         timeout_s=args.timeout, ignore_eos=args.ignore_eos, usd_per_hour=args.usd_per_hour,
-        instances=args.instances, seed=args.seed,
+        instances=args.instances, seed=args.seed, http_client=args.http_client,
     )
     try:
         return LoadConfig(**values)
@@ -171,6 +174,11 @@ def run(args: argparse.Namespace) -> int:
             raise UserInputError("--target", "only applies with --endpoint, not --url")
     elif args.target not in ("local", "sagemaker"):
         raise UserInputError("--target", f"must be local or sagemaker, got {args.target!r}")
+    if args.http_client == "aiohttp":
+        try:
+            import aiohttp  # noqa: F401
+        except ImportError:
+            raise UserInputError("--http-client", "aiohttp is not installed") from None
     tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
 
     from bench.gates import evaluate

@@ -105,22 +105,38 @@ def test_redact_url_drops_credentials_and_query():
 # --- against the synthetic server -------------------------------------------------------------
 
 
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
 @pytest.mark.slow
-def test_closed_loop_measures_known_latencies(url):
+@pytest.mark.parametrize("client", [
+    "httpx",
+    pytest.param("aiohttp", marks=pytest.mark.skipif(not _has("aiohttp"), reason="no aiohttp")),
+])
+def test_closed_loop_measures_known_latencies(url, client):
     seen = []
     gates = [GateSpec(metric="ttft_ms", stat="p95", threshold=10_000)]
-    res = bench_url(url, cfg(usd_per_hour=1.0), gates=gates,
+    res = bench_url(url, cfg(usd_per_hour=1.0, http_client=client), gates=gates,
                     on_progress=lambda *a: seen.append(a))
+    assert res.settings.client == client
     assert [lv.concurrency for lv in res.levels] == [1, 4]
     for lv in res.levels:
         assert (lv.requests, lv.warmup_requests, lv.errors, lv.error_rate) == (8, 2, 0, 0.0)
         assert lv.output_tokens == 8 * 8 and lv.token_count_mismatches == 0
         assert lv.token_count_checked == 8
-        assert TTFT_MS * 0.97 < lv.ttft_ms.p50 < TTFT_MS * 1.25
-        assert TPOT_MS * 0.9 < lv.tpot_ms.p50 < TPOT_MS * 1.15
+        # Loose: this machine is shared. The server keeps absolute deadlines, so a late first
+        # token shortens the later gaps; E2E is the steadiest figure. A generator that counted
+        # the first token in TPOT would see (60 + 70) / 7 = 18.6 ms and fail.
+        assert TTFT_MS * 0.97 < lv.ttft_ms.p50 < TTFT_MS * 1.5
+        assert TPOT_MS * 0.75 < lv.tpot_ms.p50 < TPOT_MS * 1.4
         assert lv.itl_ms.n == 8 * 7
         e2e = TTFT_MS + 7 * TPOT_MS
-        assert e2e * 0.97 < lv.e2e_ms.p50 < e2e * 1.2
+        assert e2e * 0.97 < lv.e2e_ms.p50 < e2e * 1.3
         assert lv.usd_per_1m_output_tokens is not None and lv.goodput > 0
         assert lv.generator is not None and lv.generator.cpu_pct is not None
     # closed loop at 4 gives ~4x the tokens/s of 1
@@ -166,7 +182,7 @@ def test_open_loop_poisson(url):
     lv = res.levels[0]
     assert res.settings.mode == "open" and lv.rate_rps == 40.0 and lv.concurrency == 32
     assert lv.requests == 12 and lv.errors == 0
-    assert TTFT_MS * 0.97 < lv.ttft_ms.p50 < TTFT_MS * 1.25
+    assert TTFT_MS * 0.97 < lv.ttft_ms.p50 < TTFT_MS * 1.5
 
 
 def test_unreachable_url_is_errors():
@@ -203,7 +219,7 @@ def test_named_endpoint_through_a_target():
     assert all(name == "prod" for name, _ in target.payloads) and len(target.payloads) == 8
     for lv in res.levels:
         assert lv.errors == 0 and lv.output_tokens == 12
-        assert 48 < lv.ttft_ms.p50 < 70 and 19 < lv.tpot_ms.p50 < 26
+        assert 48 < lv.ttft_ms.p50 < 80 and 19 < lv.tpot_ms.p50 < 30
     assert res.settings.source == "fake:prod"
 
 
@@ -299,3 +315,14 @@ def test_cli_named_endpoint_uses_make_target(monkeypatch, capsys):
     assert rc == 0 and made == ["local", "local"]
     data = json.loads(capsys.readouterr().out)
     assert data["settings"]["source"] == "fake:prod" and data["levels"][0]["errors"] == 0
+
+
+@pytest.mark.slow
+def test_bench_runs_from_inside_an_event_loop(url):
+    import asyncio
+
+    async def inside():  # e.g. an async Prefect flow calling the blocking API
+        return bench_url(url, cfg(concurrency=[1], requests=2, warmup=0, max_new_tokens=2))
+
+    res = asyncio.run(inside())
+    assert res.levels[0].completed == 2

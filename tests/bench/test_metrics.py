@@ -139,7 +139,10 @@ def test_all_failed_level_has_no_latencies_or_rates():
 
 def test_saturation_reason():
     assert saturation_reason(GeneratorStats(loop_lag_p99_ms=1.0, cpu_pct=30)) is None
-    assert "lag" in saturation_reason(GeneratorStats(loop_lag_p99_ms=50.0, cpu_pct=30))
+    busy = saturation_reason(GeneratorStats(loop_lag_p50_ms=0.5, loop_lag_p99_ms=50.0,
+                                            cpu_pct=30))
+    assert "lag" in busy and "machine was busy" in busy
+    assert "lag" in saturation_reason(GeneratorStats(loop_lag_p50_ms=3.0, loop_lag_p99_ms=4.0))
     assert "CPU" in saturation_reason(GeneratorStats(loop_lag_p99_ms=1.0, cpu_pct=99))
     lv = compute_level([A], 1, saturated_reason="CPU 99%")
     assert lv.generator_saturated and lv.generator_saturated_reason == "CPU 99%"

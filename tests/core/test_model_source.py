@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import huggingface_hub
 import pytest
 
+from lmiflow import model_source
 from lmiflow.errors import UserInputError
 from lmiflow.model_source import resolve_model
 
@@ -22,6 +23,7 @@ def test_hub_id_uses_huggingface_hub_and_exact_safetensors_counts(monkeypatch, t
     cfg = tmp_path / "config.json"
     cfg.write_text((MODELS / "llama-3.1-8b" / "config.json").read_text())
     calls = []
+    monkeypatch.setattr(model_source, "_hub_resolvable", lambda: True)
 
     def fake_download(repo_id, filename, revision=None, token=None):
         calls.append((repo_id, filename, revision, token))

@@ -1,13 +1,13 @@
-"""Fixtures for the report tests: the sample reports of sample.py, written once per module."""
+"""Fixtures for the report tests: the sample reports of sample.py, written once per session."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-import sample  # tests/report is on sys.path (pytest's rootdir-relative import, no __init__.py)
 
 from report.writer import write_report
+from tests.report import sample
 
 SAMPLES = {
     "full": sample.full_report,

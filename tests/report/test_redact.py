@@ -57,8 +57,13 @@ def test_numbers_under_secret_looking_keys_stay() -> None:
 
 
 def test_everything_textual_under_a_secret_key_goes() -> None:
-    out = redact({"credentials": {"AccessKeyId": "x", "Expiration": "2026", "ttl": 3600},
-                  "tokens": ["fine"], "hf_token": ["a", "b"]})
+    out = redact(
+        {
+            "credentials": {"AccessKeyId": "x", "Expiration": "2026", "ttl": 3600},
+            "tokens": ["fine"],
+            "hf_token": ["a", "b"],
+        }
+    )
     assert out == {
         "credentials": {"AccessKeyId": MASK, "Expiration": MASK, "ttl": 3600},
         "tokens": ["fine"],

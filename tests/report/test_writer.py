@@ -9,10 +9,11 @@ import re
 from pathlib import Path
 
 import pytest
-import sample
 from PIL import Image
 
-from report.writer import TOP_LEVEL_KEYS, render_markdown, write_report
+from report.writer import TOP_LEVEL_KEYS, render_json, render_markdown, write_report
+from tests.report import sample
+from tests.report.conftest import SAMPLES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTIONS = (
@@ -68,11 +69,7 @@ def test_writes_the_three_files(written: dict[str, dict[str, Path]], tmp_path: P
 
 
 @pytest.mark.parametrize("name", ["full", "rejected", "failed_early", "failed_at_start", "planned"])
-def test_json_round_trips_in_contract_order(
-    written: dict[str, dict[str, Path]], name: str
-) -> None:
-    from conftest import SAMPLES
-
+def test_json_round_trips_in_contract_order(written: dict[str, dict[str, Path]], name: str) -> None:
     text = _read(written[name], "json")
     loaded = json.loads(text)
     original = SAMPLES[name]()
@@ -82,17 +79,16 @@ def test_json_round_trips_in_contract_order(
     assert text.startswith('{\n  "lmiflow_version": "0.1.0",\n  "run_id"')  # indent 2
 
 
-def test_json_has_no_nan_and_extra_keys_follow_sorted(tmp_path: Path) -> None:
+def test_json_has_no_nan_and_extra_keys_follow_sorted() -> None:
     report = sample.full_report()
     report["benchmark"]["levels"][0]["ttft_ms"]["p99"] = float("nan")
     report["zeta"] = 1
     report["alpha"] = Path("/x")
-    paths = write_report(report, tmp_path)
 
     def reject(constant: str) -> None:
         raise AssertionError(f"invalid JSON constant {constant}")
 
-    loaded = json.loads(paths["json"].read_text(), parse_constant=reject)
+    loaded = json.loads(render_json(report), parse_constant=reject)
     assert loaded["benchmark"]["levels"][0]["ttft_ms"]["p99"] is None
     assert list(loaded)[-2:] == ["alpha", "zeta"]
     assert loaded["alpha"] == "/x"
@@ -118,12 +114,15 @@ def test_markdown_of_a_full_run_has_every_section(written: dict[str, dict[str, P
     assert "option.max_model_len=4096" in props
     assert "✅ passed in 1.84 s" in _section(md, "## Smoke test")
     bench = _section(md, "## Benchmark")
-    assert "| 32 | 128 | 1 | 0.78% | 380.2 | 720.4 | 1,150.3 †" in bench
+    assert "| 32 | 128 | 1 | 0.78% | 380.2 | 720.4 | 1,150.3 |" in bench  # p99 of 127: fine
+    assert "| 1 | 32 | 0 | 0.00% | 62.00 | 75.10 | 95.00 † |" in bench  # p99 of 32: flagged
     assert "† too few samples" in bench
     assert "Baseline (the production endpoint)" in bench
     gate = _section(md, "## Gate")
     assert "✅ passed" in gate and "❌" not in gate
-    assert "| ✅ | baseline | output_tokens_per_s | value | 32 | >= | 661.9 | 781.9 | 120.0 |" in gate
+    assert (
+        "| ✅ | baseline | output_tokens_per_s | value | 32 | >= | 661.9 | 781.9 | 120.0 |" in gate
+    )
     formulas = _section(md, "## Metric formulas")
     assert "- tpot_ms: (E2E − TTFT) / (output tokens − 1), first token excluded" in formulas
     versions = _section(md, "## Versions")
@@ -214,7 +213,16 @@ def test_html_is_self_contained(written: dict[str, dict[str, Path]], name: str) 
     for value in re.findall(r'\b(?:src|href|action|poster)\s*=\s*"([^"]*)"', text, re.I):
         assert value.startswith(("data:image/png;base64,", "#")), value[:60]
     lowered = text.lower()
-    for needle in ("http://", "https://", "//cdn", "<script", "<link", "@import", "url(", "<iframe"):
+    for needle in (
+        "http://",
+        "https://",
+        "//cdn",
+        "<script",
+        "<link",
+        "@import",
+        "url(",
+        "<iframe",
+    ):
         assert needle not in lowered, needle
     assert "Content-Security-Policy" in text
     for heading in (s.removeprefix("## ") for s in SECTIONS):
@@ -226,7 +234,10 @@ def test_html_sections_say_not_run(written: dict[str, dict[str, Path]]) -> None:
     smoke = text[text.index('<section id="smoke-test">') :]
     smoke = smoke[: smoke.index("</section>")]
     assert "<p>not run</p>" in smoke
-    assert "Latency percentiles vs concurrency: not run" in text
+    bench = text[text.index('<section id="benchmark">') :]
+    assert bench[: bench.index("</section>")].endswith("<p>not run</p>")
+    timeline = text[text.index('<section id="steps">') :]
+    assert 'id="plot-step_timeline"' in timeline[: timeline.index("</section>")]
 
 
 INJECTED = "<script>alert(1)</script>"
@@ -255,7 +266,9 @@ def test_every_report_string_is_escaped(tmp_path: Path) -> None:
     assert 'onmouseover="alert' not in lowered
     assert text.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 10
     md = paths["md"].read_text()
-    assert "<script" not in md.split("```")[0]  # outside code blocks, markup is escaped
+    prose = re.sub(r"```.*?```", "", md, flags=re.S)  # code blocks are literal, hence safe
+    assert "<script" not in prose and "<img" not in prose
+    assert prose.count("&lt;script>alert(1)&lt;/script>") >= 8
     # JSON keeps the data as it was: escaping is the renderer's job.
     assert json.loads(paths["json"].read_text())["model"]["id"] == f"evil/{INJECTED}"
 
@@ -305,3 +318,36 @@ def test_writer_copes_with_sparse_and_odd_data(tmp_path: Path) -> None:
     assert "**No option chosen: no option fits: needs 300 GiB**" in md
     assert "no checks" in md
     assert set(_plots(paths["html"].read_text())) == ALL_PLOTS
+
+
+def test_same_report_gives_the_same_bytes(
+    written: dict[str, dict[str, Path]], tmp_path: Path
+) -> None:
+    """No timestamps or PNG metadata churn: reruns diff cleanly and can be compared."""
+    again = write_report(sample.full_report(), tmp_path)
+    for kind, path in written["full"].items():
+        assert again[kind].read_bytes() == path.read_bytes(), kind
+
+
+def test_typed_objects_inside_the_report_are_serialised_and_redacted(tmp_path: Path) -> None:
+    from dataclasses import dataclass
+
+    from pydantic import BaseModel
+
+    class Creds(BaseModel):
+        region: str
+        aws_secret_access_key: str
+
+    @dataclass
+    class Extra:
+        hf_token: str
+        note: str
+
+    report = sample.planned_report()
+    report["versions"]["creds"] = Creds(region="us-east-1", aws_secret_access_key="plain-aws")
+    report["versions"]["extra"] = Extra(hf_token="plain-hf", note="kept")
+    paths = write_report(report, tmp_path)
+    loaded = json.loads(paths["json"].read_text())
+    assert loaded["versions"]["creds"] == {"region": "us-east-1", "aws_secret_access_key": "***"}
+    assert loaded["versions"]["extra"] == {"hf_token": "***", "note": "kept"}
+    assert all("plain-" not in p.read_text() for p in paths.values())

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import binascii
 import inspect
-import itertools
 import io
+import itertools
 import json
 import logging
+import re
 import struct
 
 import boto3
 import botocore.session
 import pytest
-import regex  # AWS patterns use \p{L}, which `re` lacks
 from botocore.awsrequest import AWSResponse
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
@@ -68,6 +68,18 @@ def _no_aws(monkeypatch, tmp_path):
 SM_MODEL = botocore.session.get_session().get_service_model("sagemaker")
 
 
+def _fullmatch(pattern: str, value: str) -> bool:
+    """AWS patterns are Java regexes; tag patterns use \\p{L}, which `re` lacks (`regex` has it,
+    but it is not a declared dependency): map the Unicode classes to `re` supersets."""
+    try:
+        import regex
+
+        return regex.fullmatch(pattern, value) is not None
+    except ImportError:
+        py = pattern.replace(r"\p{L}", r"\w").replace(r"\p{N}", r"\d").replace(r"\p{Z}", r"\s")
+        return re.fullmatch(py, value) is not None
+
+
 def deep_errors(shape, value, path="") -> list[str]:
     """max / min / pattern / enum of the service model: what Stubber's validator skips."""
     md, t, out = shape.metadata, shape.type_name, []
@@ -89,13 +101,23 @@ def deep_errors(shape, value, path="") -> list[str]:
             out.append(f"{path}: length {len(value)} outside {md}")
         if "enum" in md and value not in md["enum"]:
             out.append(f"{path}: {value!r} not in {md['enum']}")
-        if "pattern" in md and not regex.fullmatch(md["pattern"], value):
+        if "pattern" in md and not _fullmatch(md["pattern"], value):
             out.append(f"{path}: {value!r} does not match {md['pattern']}")
     elif t in ("integer", "long", "float", "double") and not (
         md.get("min", -(10**18)) <= value <= md.get("max", 10**18)
     ):
         out.append(f"{path}: {value} outside {md}")
     return out
+
+
+def test_deep_validator_catches_what_stubber_skips():
+    shape = SM_MODEL.operation_model("CreateEndpointConfig").input_shape
+    bad = {"EndpointConfigName": "bad_name", "ProductionVariants": [{
+        "VariantName": "AllTraffic", "ModelName": "m", "InstanceType": "ml.g5.xlarge",
+        "VolumeSizeInGB": 600, "ContainerStartupHealthCheckTimeoutInSeconds": 30}],
+        "Tags": [{"Key": "k", "Value": "a\nb"}]}
+    errors = deep_errors(shape, bad)
+    assert len(errors) == 4, errors
 
 
 class RequestLog:
@@ -127,10 +149,20 @@ class Clock:
         self.now += s
 
 
-def _session():
-    return boto3.Session(
-        aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
-    )
+_SHARED: list = []
+
+
+def _session(fresh: bool = False):
+    """A boto3 session with fake credentials. Stubbed tests share one (its loader caches the
+    large SageMaker service model); moto tests need a fresh one, created after moto is
+    imported, so that moto's request hook is in it."""
+    if fresh:
+        return boto3.Session(
+            aws_access_key_id="testing", aws_secret_access_key="testing", region_name=REGION
+        )
+    if not _SHARED:
+        _SHARED.append(_session(fresh=True))
+    return _SHARED[0]
 
 
 @pytest.fixture
@@ -188,7 +220,7 @@ def test_resource_names_are_valid_deterministic_and_distinct():
     assert resource_names("llama-2-13b-prod", "fedcba9876543210")["model"] != names["model"]
     long = resource_names("a" * 62 + "-b", "ABCDEF0123")
     for n in long.values():
-        assert regex.fullmatch(NAME_PATTERN, n) and len(n) <= 63, n
+        assert _fullmatch(NAME_PATTERN, n) and len(n) <= 63, n
     with pytest.raises(ValueError, match="endpoint name"):
         resource_names("bad_name", "0123456789")
     with pytest.raises(ValueError, match="spec_hash"):
@@ -564,7 +596,9 @@ def test_list_resources_paginates_and_filters_prefix(target, sm):
     stub, _ = sm
     t0 = "2026-01-01T00:00:00Z"
     stub.add_response("list_models", {
-        "Models": [{"ModelName": "llama-prod-m-1", "ModelArn": MODEL_ARN + "1", "CreationTime": t0}],
+        "Models": [
+            {"ModelName": "llama-prod-m-1", "ModelArn": MODEL_ARN + "1", "CreationTime": t0}
+        ],
         "NextToken": "page2"}, {"NameContains": "llama-prod"})
     stub.add_response("list_models", {
         "Models": [{"ModelName": "llama-prod-m-2", "ModelArn": MODEL_ARN + "2", "CreationTime": t0},
@@ -731,7 +765,7 @@ def moto_target(monkeypatch):
 
     monkeypatch.delenv("AWS_ENDPOINT_URL")  # moto answers the real AWS URLs in-process
     with mock_aws():
-        session = _session()
+        session = _session(fresh=True)
         session.client("s3").create_bucket(Bucket="lmiflow-bucket")
         yield SageMakerTarget(REGION, role_arn=ROLE, s3_uri="s3://lmiflow-bucket/models",
                               session=session, poll_interval_s=0)
@@ -791,3 +825,43 @@ def test_moto_env_only_model(moto_target):
     assert "ModelDataSource" not in container
     assert container["Environment"]["OPTION_MODEL_ID"] == "meta-llama/Llama-3.1-8B-Instruct"
     assert container["Environment"]["OPTION_REVISION"] == "main"
+
+
+# ---- the example configs ------------------------------------------------------------------
+
+
+def test_example_sagemaker_configs_validate_and_map_to_requests():
+    from pathlib import Path
+
+    from lmiflow.spec import load_spec
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    paths = sorted(p for p in root.glob("*.yaml") if p.name != "local-demo.yaml")
+    assert {p.name for p in paths} >= {"llama-2-13b-worked-example.yaml", "mixtral-8x7b.yaml"}
+    for path in paths:
+        spec = load_spec(path)
+        assert spec.target.kind == "sagemaker", path
+        # a Hub id (what the container downloads) with a bundled snapshot for offline planning
+        snapshots = {json.loads(m.read_text())["hub_id"]: m.parent
+                     for m in (root / "models").glob("*/source.json")}
+        assert (snapshots[spec.model.id] / "config.json").is_file(), path
+        for name in resource_names(spec.name, "0123456789abcdef").values():
+            assert _fullmatch(NAME_PATTERN, name), name
+        p = spec.promotion
+        cfg = deployment_config(TrafficPolicy(
+            type=p.strategy, wait_interval_s=p.wait_interval_s, canary_size_pct=p.canary_size_pct,
+            linear_step_pct=p.linear_step_pct, alarms=p.alarms))
+        assert deep_errors(SM_MODEL.shape_for("DeploymentConfig"), cfg) == [], path
+        w = spec.workload
+        props = properties_for(
+            spec.model.id, spec.model.revision, spec.model.trust_remote_code,
+            spec.instance.tensor_parallel_degree or 1, w.concurrency,
+            w.max_input_tokens + w.max_output_tokens, spec.model.dtype,
+            spec.instance.gpu_memory_utilization, spec.serving.backend, None,
+            spec.serving.options,
+        )
+        assert props.max_model_len == w.max_input_tokens + w.max_output_tokens
+    worked = load_spec(root / "llama-2-13b-worked-example.yaml")
+    assert (worked.model.dtype, worked.workload.max_input_tokens,
+            worked.workload.max_output_tokens, worked.workload.concurrency) == ("fp16", 3072,
+                                                                                1024, 4)

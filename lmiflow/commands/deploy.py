@@ -1,0 +1,114 @@
+"""`lmiflow deploy CONFIG`: run the pipeline (or `--dry-run`: plan and render only)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("deploy", help="Deploy, benchmark and promote a model (Prefect flow).",
+                       description=__doc__)
+    p.add_argument("config", metavar="CONFIG", help="Deployment config (YAML).")
+    p.add_argument("--target", choices=("local", "sagemaker"), default=None,
+                   help="Override target.kind from the config.")
+    p.add_argument("--report-dir", default=None,
+                   help="Where report.json/.md/.html go (default reports/<name>).")
+    p.add_argument("--dry-run", action="store_true",
+                   help="Stop after render_serving_properties: no cloud call, nothing created.")
+    p.add_argument("--verbose", "-v", action="store_true", help="Show Prefect's logs.")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from lmiflow.spec import load_spec
+
+    overrides = {"target.kind": args.target} if args.target else None
+    spec = load_spec(args.config, overrides)
+    if args.dry_run:
+        return dry_run(spec, args.report_dir)
+    # Validate everything that can be validated before anything is created (exit 2).
+    _plan_directly(spec)
+    if not args.verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # The ephemeral API server would try to send telemetry: not from an unattended deploy.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    return _run_flow(spec, args.report_dir or str(Path("reports") / spec.name))
+
+
+def _plan_directly(spec):
+    from flows.record import DirectSteps, RunRecord, plan_steps
+
+    rec = RunRecord(spec, None)
+    return rec, plan_steps(spec, rec, DirectSteps)
+
+
+def dry_run(spec, report_dir: str | None) -> int:
+    from flows.record import write_report
+    from lmiflow.plan_table import print_plan
+
+    rec, (model, p, props, image, names) = _plan_directly(spec)
+    print_plan(p, model.source)
+    print(f"\nimage: {image or 'none (local target runs the model server directly)'}")
+    print(f"candidate: {names.endpoint} (config {names.endpoint_config}, model {names.model})")
+    print("\n# serving.properties\n" + props, end="")
+    if report_dir:
+        path = write_report(rec.finish("planned"), report_dir, spec.name)
+        print(f"\nreport: {path}")
+    return 0
+
+
+def _run_flow(spec, report_dir: str) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows.deploy import deploy_llm
+    from tasks.common import add_progress_listener
+
+    console = Console(stderr=True)
+    console.print(f"[bold]lmiflow deploy[/bold] {spec.name} on {spec.target.kind}")
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        bars: dict[str, int] = {}
+
+        def on_progress(step: str, fraction: float, text: str) -> None:
+            if step not in bars:
+                bars[step] = progress.add_task(step, total=1.0, info="")
+            progress.update(bars[step], completed=fraction, info=text)
+
+        remove = add_progress_listener(on_progress)
+        try:
+            state = deploy_llm(spec, report_dir=report_dir, return_state=True)
+        finally:
+            remove()
+    code = 0 if state.is_completed() else 1
+    _summary(Path(report_dir) / "report.json", spec, console)
+    return code
+
+
+def _summary(path: Path, spec, console) -> None:
+    import json
+
+    if not path.is_file():
+        console.print(f"[red]no report at {path}[/red]")
+        return
+    r = json.loads(path.read_text())
+    color = {"promoted": "green", "rejected": "yellow"}.get(r["status"], "red")
+    console.print(f"\n[bold {color}]{r['status'].upper()}[/bold {color}] {r['endpoint']}"
+                  + (f" — failed at {r['failed_step']}: {r['error']}" if r.get("failed_step")
+                     else (f" — {r['error']}" if r.get("error") else "")))
+    for s in r["steps"]:
+        mark = {"completed": "✓", "failed": "✗", "skipped": "·"}.get(s["status"], "?")
+        console.print(f"  {mark} {s['name']:<27} {s['seconds']:>7.2f} s  {s.get('summary', '')}")
+    for c in (r.get("gate") or {}).get("checks", []):
+        console.print(f"    {'✓' if c['passed'] else '✗'} {c['kind']} {c['metric']} {c['stat']}"
+                      f" c={c.get('concurrency')}: {c['observed']} {c['op']} {c['threshold']}")
+    console.print(f"\nreport: {path.parent}/report.html (and report.json, report.md)")
+    if r["status"] == "promoted":
+        t = f" --target {spec.target.kind}"
+        console.print(f"invoke: lmiflow endpoints invoke {spec.name} 'Hello'{t}\n"
+                      f"delete: lmiflow endpoints delete {spec.name}{t}")
+    if r.get("cleanup"):
+        console.print("removed candidate resources: " + ", ".join(r["cleanup"]))
+    sys.stderr.flush()

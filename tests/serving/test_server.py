@@ -1,0 +1,421 @@
+"""The local model server: LMI contract, streaming, batching, limits, and its option rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serving.engine import Sampling
+from serving.options import OptionError, env_entries, load_options
+from serving.schema import (
+    BadRequest,
+    GenerationParameters,
+    chat_sampling,
+    lmi_sampling,
+    parse_invocation,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# ---- pure: options and request schema --------------------------------------------------------
+
+
+def test_options_file_wins_over_env_and_cpu_only_keys_are_ignored(tmp_path: Path) -> None:
+    (tmp_path / "serving.properties").write_text(
+        "engine=Python\noption.max_rolling_batch_size=4\noption.tensor_parallel_degree=max\n"
+        "option.rolling_batch=vllm\noption.dtype=bf16\n"
+    )
+    env = {"OPTION_MAX_ROLLING_BATCH_SIZE": "64", "OPTION_MAX_MODEL_LEN": "1024", "HOME": "/x"}
+    opts = load_options(tmp_path, env)
+    assert opts.engine.max_rolling_batch_size == 4  # the file wins
+    assert opts.engine.max_model_len == 1024  # env fills what the file leaves out
+    assert opts.engine.dtype == "bf16"
+    assert opts.engine.model_path == str(tmp_path)  # no model_id: weights sit in the dir
+    assert opts.ignored == ["engine", "option.rolling_batch", "option.tensor_parallel_degree"]
+    assert env_entries(env) == {"option.max_rolling_batch_size": "64",
+                                "option.max_model_len": "1024"}
+
+
+def test_model_id_relative_absolute_hub_and_missing(tmp_path: Path) -> None:
+    (tmp_path / "weights").mkdir()
+    props = tmp_path / "serving.properties"
+    props.write_text("option.model_id=weights\n")
+    assert load_options(tmp_path).engine.model_path == str((tmp_path / "weights").resolve())
+    props.write_text(f"option.model_id={tmp_path / 'weights'}\n")
+    assert load_options(tmp_path).engine.model_path == str((tmp_path / "weights").resolve())
+    props.write_text("option.model_id=org/some-model\n")
+    assert load_options(tmp_path).engine.model_path == "org/some-model"
+    props.write_text("option.model_id=./nope\n")
+    with pytest.raises(OptionError, match="no such directory"):
+        load_options(tmp_path)
+    props.write_text("option.model_id=s3://bucket/prefix/\n")
+    with pytest.raises(OptionError, match="s3://"):
+        load_options(tmp_path)
+
+
+@pytest.mark.parametrize("line, match", [
+    ("option.dtype=int3", "option.dtype"),
+    ("option.max_rolling_batch_size=0", "option.max_rolling_batch_size"),
+    ("option.max_model_len=lots", "option.max_model_len"),
+])
+def test_bad_option_values_name_the_key(tmp_path: Path, line: str, match: str) -> None:
+    (tmp_path / "serving.properties").write_text(line + "\n")
+    with pytest.raises(OptionError, match=match):
+        load_options(tmp_path)
+
+
+def test_request_schema_rejects_unknown_and_out_of_range_parameters() -> None:
+    with pytest.raises(BadRequest, match=r"parameters\.foo: unknown field"):
+        parse_invocation({"inputs": "x", "parameters": {"foo": 1}})
+    with pytest.raises(BadRequest, match="top_p"):
+        parse_invocation({"inputs": "x", "parameters": {"top_p": 1.5}})
+    with pytest.raises(BadRequest, match="max_new_tokens"):
+        parse_invocation({"inputs": "x", "parameters": {"max_new_tokens": 0}})
+    with pytest.raises(BadRequest, match="inputs: required"):
+        parse_invocation({"parameters": {}})
+    with pytest.raises(BadRequest, match="JSON object"):
+        parse_invocation(["x"])
+    with pytest.raises(BadRequest, match="repetition_penalty"):
+        parse_invocation({"inputs": "x", "parameters": {"repetition_penalty": 1.2}})
+    with pytest.raises(BadRequest, match="n"):
+        parse_invocation({"messages": [{"role": "user", "content": "x"}], "n": 2})
+
+
+def test_sampling_follows_lmi_and_openai_defaults() -> None:
+    greedy = Sampling(temperature=1.0, top_k=1, top_p=1.0)
+    assert lmi_sampling(GenerationParameters(), 500) == greedy  # LMI: greedy by default
+    assert lmi_sampling(GenerationParameters(do_sample=False, temperature=0.5), 500) == greedy
+    assert lmi_sampling(GenerationParameters(temperature=0.7), 500) == Sampling(0.7, 500, 1.0)
+    assert lmi_sampling(GenerationParameters(do_sample=True, top_k=5, top_p=0.9), 500) == \
+        Sampling(1.0, 5, 0.9)
+    chat = parse_invocation({"messages": [{"role": "user", "content": "x"}]})
+    assert chat_sampling(chat, 500) == Sampling(1.0, 500, 1.0)  # OpenAI: samples at T=1
+    chat0 = parse_invocation({"messages": [{"role": "user", "content": "x"}], "temperature": 0})
+    assert chat_sampling(chat0, 500) == greedy
+
+
+def test_failure_marker_is_the_one_the_local_target_reads() -> None:
+    from serving.server import FAILED_MARK as server_mark
+    from targets.local import FAILED_MARK as target_mark
+
+    assert server_mark == target_mark
+
+
+def test_refuses_to_bind_anything_but_loopback(tmp_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "serving.server", "--model-dir", str(tmp_path), "--port", "1",
+         "--host", "0.0.0.0"],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )
+    assert res.returncode == 2
+    assert "loopback only" in res.stderr
+
+
+# ---- a real server on the demo model -----------------------------------------------------------
+
+torch = pytest.importorskip("torch")
+httpx = pytest.importorskip("httpx")
+
+MAX_MODEL_LEN = 512
+MAX_BATCH = 8
+MAX_BODY = 64 * 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path, first_ping: int | None):
+        self.proc, self.port, self.log, self.first_ping = proc, port, log, first_ping
+        self.url = f"http://127.0.0.1:{port}"
+
+    def post(self, body: object, **kw: object) -> httpx.Response:
+        return httpx.post(self.url + "/invocations", json=body, timeout=60, **kw)
+
+    def stats(self) -> dict:
+        return httpx.get(self.url + "/debug/stats", timeout=5).json()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    from serving.demo_model import ensure_demo_model
+
+    weights = ensure_demo_model(tmp_path_factory.getbasetemp() / "lmiflow-demo-model")
+    model_dir = tmp_path_factory.mktemp("model")
+    (model_dir / "serving.properties").write_text(
+        f"engine=Python\noption.model_id={weights}\noption.max_rolling_batch_size={MAX_BATCH}\n"
+        f"option.max_model_len={MAX_MODEL_LEN}\noption.tensor_parallel_degree=1\n"
+    )
+    port = _free_port()
+    log = model_dir / "server.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "serving.server", "--model-dir", str(model_dir),
+             "--port", str(port), "--max-body-bytes", str(MAX_BODY)],
+            stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
+        )
+    first, deadline = None, time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            code = httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2).status_code
+        except httpx.HTTPError:
+            time.sleep(0.05)
+            continue
+        first = first or code
+        if code == 200:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("server did not become healthy:\n" + log.read_text())
+    yield Server(proc, port, log, first)
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_ping_is_503_while_loading_then_200(server: Server) -> None:
+    # The server listens before the model is loaded (torch alone takes seconds to import).
+    assert server.first_ping == 503
+    assert httpx.get(server.url + "/ping").status_code == 200
+    log = server.log.read_text()
+    assert "option.tensor_parallel_degree ignored" in log
+    assert "psutil" not in log  # noise a reader of the log would take for a failure
+
+
+@pytest.mark.slow
+def test_invoke_with_details_counts_tokens(server: Server) -> None:
+    r = server.post({"inputs": "Hello world", "parameters": {"max_new_tokens": 12,
+                                                             "details": True}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    d = body["details"]
+    assert d["finish_reason"] in ("length", "eos_token")
+    assert d["generated_tokens"] == 12 or d["finish_reason"] == "eos_token"
+    assert d["inputs"] == "Hello world"
+    assert d["inputs_tokens"] == 4  # <s> + 3 BPE tokens of the demo tokenizer
+    plain = server.post({"inputs": "Hello world", "parameters": {"max_new_tokens": 12}}).json()
+    assert plain == {"generated_text": body["generated_text"]}  # greedy: same text again
+    full = server.post({"inputs": "Hello world",
+                        "parameters": {"max_new_tokens": 12, "return_full_text": True}}).json()
+    assert full["generated_text"] == "Hello world" + body["generated_text"]
+
+
+@pytest.mark.slow
+def test_default_max_new_tokens_is_lmis_30(server: Server) -> None:
+    d = server.post({"inputs": "Hi", "parameters": {"details": True}}).json()["details"]
+    assert d["generated_tokens"] == 30 or d["finish_reason"] == "eos_token"
+
+
+@pytest.mark.slow
+def test_sampling_changes_output_and_gives_log_probs(server: Server) -> None:
+    body = {"inputs": "Once upon a time", "stream": True,
+            "parameters": {"max_new_tokens": 24, "do_sample": True, "temperature": 1.5}}
+    runs = []
+    for _ in range(3):
+        lines = [json.loads(x) for x in server.post(body).text.splitlines()]
+        runs.append(tuple(x["token"]["id"] for x in lines))
+        # Near-uniform random weights: every sampled token is far from certain.
+        assert all(x["token"]["log_prob"] < -1.0 for x in lines)
+    assert len(set(runs)) > 1
+
+
+@pytest.mark.slow
+def test_stream_sends_tokens_one_by_one(server: Server) -> None:
+    n = 200
+    body = {"inputs": "Streaming test", "stream": True, "parameters": {"max_new_tokens": n}}
+    t0 = time.perf_counter()
+    arrivals, lines = [], []
+    with httpx.stream("POST", server.url + "/invocations", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("application/jsonlines")
+        for line in r.iter_lines():
+            arrivals.append(time.perf_counter() - t0)
+            lines.append(json.loads(line))
+    assert len(lines) == n
+    assert all(set(x["token"]) >= {"id", "text", "log_prob"} for x in lines)
+    last = lines[-1]
+    assert last["generated_text"] == "".join(x["token"]["text"] for x in lines)
+    assert last["details"]["generated_tokens"] == n
+    assert "generated_text" not in lines[0]
+    total = arrivals[-1]
+    # Real streaming: the first token arrives early and the rest spread over the run,
+    # not in one burst at the end.
+    assert arrivals[0] < 0.5 * total
+    assert arrivals[n // 2] < 0.9 * total
+
+
+@pytest.mark.slow
+def test_stop_sequence_ends_generation_early(server: Server) -> None:
+    free = server.post({"inputs": "Hello world",
+                        "parameters": {"max_new_tokens": 40, "details": True}}).json()
+    text = free["generated_text"]
+    stop = text[len(text) // 2: len(text) // 2 + 3]
+    assert stop.strip(), text
+    r = server.post({"inputs": "Hello world", "parameters": {
+        "max_new_tokens": 40, "details": True, "stop_sequences": [stop]}}).json()
+    assert r["details"]["finish_reason"] == "stop_sequence"
+    assert r["generated_text"] == text[: text.find(stop)]
+    assert r["details"]["generated_tokens"] < 40
+
+
+@pytest.mark.slow
+def test_chat_form_uses_the_template_and_answers_openai_style(server: Server) -> None:
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
+    r = server.post({"messages": msgs, "max_tokens": 6, "temperature": 0})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion"
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert choice["finish_reason"] in ("length", "eos_token")
+    # <s><|system|>Be brief.<|end|><|user|>Hi!<|end|><|assistant|>: counted by the template
+    assert body["usage"]["prompt_tokens"] > 6
+    assert body["usage"]["completion_tokens"] == 6 or choice["finish_reason"] == "eos_token"
+    s = server.post({"messages": msgs, "max_tokens": 6, "temperature": 0, "stream": True})
+    chunks = [json.loads(x) for x in s.text.splitlines()]
+    assert [c["object"] for c in chunks] == ["chat.completion.chunk"] * len(chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    streamed = "".join(c["choices"][0]["delta"]["content"] for c in chunks)
+    assert streamed == choice["message"]["content"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == choice["finish_reason"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body, status, match", [
+    ({"inputs": "x", "parameters": {"top_p": 3}}, 400, "top_p"),
+    ({"inputs": "x", "parameters": {"bogus": True}}, 400, "bogus"),
+    ({"inputs": "x", "parameters": {"max_new_tokens": MAX_MODEL_LEN}}, 400, "max_model_len"),
+    ({"inputs": "word " * 600}, 400, "max_model_len"),
+    ({"inputs": "x", "stream": True, "parameters": {"temperature": -1}}, 400, "temperature"),
+    ({"messages": []}, 400, "messages"),
+])
+def test_bad_requests_get_4xx_with_code_424(server: Server, body: dict, status: int,
+                                            match: str) -> None:
+    r = server.post(body)
+    assert r.status_code == status
+    err = r.json()
+    assert err["code"] == 424
+    assert match in err["error"]
+
+
+@pytest.mark.slow
+def test_body_over_the_limit_is_413_and_bad_json_is_400(server: Server) -> None:
+    big = server.post({"inputs": "x" * (MAX_BODY + 10)})
+    assert big.status_code == 413 and big.json()["code"] == 424
+    bad = httpx.post(server.url + "/invocations", content=b"{nope", timeout=10)
+    assert bad.status_code == 400 and "not JSON" in bad.json()["error"]
+    # Without Content-Length (chunked upload), the limit still holds.
+    def chunks() -> Iterator[bytes]:
+        yield b'{"inputs": "'
+        for _ in range(MAX_BODY // 1024 + 2):
+            yield b"y" * 1024
+        yield b'"}'
+    chunked = httpx.post(server.url + "/invocations", content=chunks(), timeout=10)
+    assert chunked.status_code == 413
+    assert httpx.get(server.url + "/ping").status_code == 200
+
+
+def _passes(server: Server) -> int:
+    return server.stats()["forward_passes"]
+
+
+@pytest.mark.slow
+def test_concurrent_requests_share_forward_passes(server: Server) -> None:
+    n, tokens = 6, 32
+    body = {"inputs": "Batch me", "parameters": {"max_new_tokens": tokens, "details": True}}
+
+    before = _passes(server)
+    for _ in range(n):
+        assert server.post(body).json()["details"]["generated_tokens"] == tokens
+    sequential = _passes(server) - before
+
+    results: list[dict] = []
+    barrier = threading.Barrier(n)
+
+    def one() -> None:
+        barrier.wait()
+        results.append(server.post(body).json())
+
+    before = _passes(server)
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    concurrent = _passes(server) - before
+    assert [r["details"]["generated_tokens"] for r in results] == [tokens] * n
+    assert len({r["generated_text"] for r in results}) == 1  # batching does not change greedy
+    assert sequential >= n * tokens
+    assert concurrent < sequential / 2, (concurrent, sequential)
+
+
+@pytest.mark.slow
+def test_client_disconnect_mid_stream_frees_its_slot(server: Server) -> None:
+    body = {"inputs": "Long one", "stream": True, "parameters": {"max_new_tokens": 450}}
+    with httpx.stream("POST", server.url + "/invocations", json=body, timeout=60) as r:
+        it = r.iter_lines()
+        for _ in range(3):
+            next(it)
+        assert server.stats()["in_flight"] == 1
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        s = server.stats()
+        if s["in_flight"] == 0 and s["engine_active"] == 0 and s["engine_requests"] == 0:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"slot still held after the client left: {s}")
+    # Generation stopped too: no more forward passes once nothing is in flight.
+    p0 = _passes(server)
+    time.sleep(0.3)
+    assert _passes(server) == p0
+
+
+@pytest.mark.slow
+def test_non_stream_client_that_gives_up_frees_its_slot(server: Server) -> None:
+    body = {"inputs": "Long one", "parameters": {"max_new_tokens": 450}}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/invocations", json=body, timeout=0.3)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        s = server.stats()
+        if s["in_flight"] == 0 and s["engine_requests"] == 0:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"slot still held after the client left: {s}")
+
+
+@pytest.mark.slow
+def test_more_requests_than_slots_queue_and_all_finish(server: Server) -> None:
+    n = MAX_BATCH + 4
+    body = {"inputs": "Queue", "parameters": {"max_new_tokens": 8, "details": True}}
+    peak = 0
+    results: list[int] = []
+
+    def one() -> None:
+        results.append(server.post(body).status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        peak = max(peak, server.stats()["engine_active"])
+        time.sleep(0.005)
+    assert results == [200] * n
+    assert peak <= MAX_BATCH

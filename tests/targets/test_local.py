@@ -1,0 +1,264 @@
+"""Local target: registry rules, and real endpoints (server processes) through their lifecycle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from filelock import Timeout
+
+from targets import make_target
+from targets.base import EndpointVariant, Target
+from targets.local import (
+    EndpointBusy,
+    InvocationError,
+    LocalTarget,
+    failure_from_log,
+    port_in_use,
+    process_alive,
+)
+
+VARIANT = EndpointVariant(instance_type="local")
+
+
+@pytest.fixture()
+def target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LocalTarget:
+    monkeypatch.setenv("LMIFLOW_STATE_DIR", str(tmp_path / "state"))
+    t = make_target("local")
+    assert isinstance(t, LocalTarget)
+    yield t
+    for name in t.list_resources("")["endpoints"]:  # never leave a server behind
+        t.delete_endpoint(name)
+
+
+# ---- registry, no processes -------------------------------------------------------------------
+
+
+def test_make_target_and_protocol(target: LocalTarget, tmp_path: Path) -> None:
+    assert isinstance(target, Target)
+    assert target.state_dir == tmp_path / "state"  # from LMIFLOW_STATE_DIR
+    with pytest.raises(ValueError, match="target kind"):
+        make_target("azure")
+
+
+def test_models_configs_resources_and_deletes(target: LocalTarget) -> None:
+    d = target.stage("m-1", {"serving.properties": "option.max_model_len=64\n",
+                             "sub/extra.txt": "x"})
+    assert (Path(d) / "sub" / "extra.txt").read_text() == "x"
+    target.create_model("m-1", d, None, {"OPTION_DTYPE": "fp32"}, {"team": "a"})
+    target.create_model("m-1", d, None, {"OPTION_DTYPE": "fp32"}, {"team": "a"})  # rerun adopts
+    with pytest.raises(ValueError, match="other data"):
+        target.create_model("m-1", d, None, {"OPTION_DTYPE": "bf16"}, {})
+    target.create_endpoint_config("c-1", "m-1", VARIANT, {"team": "a"})
+    with pytest.raises(LookupError):
+        target.create_endpoint_config("c-2", "no-model", VARIANT, {})
+    assert target.list_resources("m-") == {"models": ["m-1"], "endpoint_configs": [],
+                                           "endpoints": []}
+    assert target.list_resources("") == {"models": ["m-1"], "endpoint_configs": ["c-1"],
+                                         "endpoints": []}
+    reg = json.loads((target.state_dir / "registry.json").read_text())
+    assert reg["models"]["m-1"]["tags"] == {"team": "a"}
+    assert (target.state_dir / "registry.json").stat().st_mode & 0o077 == 0  # env: owner only
+    assert target.delete_endpoint_config("c-1") is True
+    assert target.delete_endpoint_config("c-1") is False
+    assert target.delete_model("m-1") is True
+    assert not Path(d).exists()  # staged files go with their model
+    assert target.delete_model("m-1") is False
+    assert target.delete_endpoint("nothing") is False
+    assert target.describe("nothing") is None
+    with pytest.raises(LookupError):
+        target.wait("nothing", 1)
+
+
+@pytest.mark.parametrize("files, match", [
+    ({"x.txt": "1"}, "serving.properties"),
+    ({"serving.properties": "", "../escape": "1"}, "file name"),
+    ({"serving.properties": "", "/abs": "1"}, "file name"),
+])
+def test_stage_rejects_missing_properties_and_escaping_paths(
+    target: LocalTarget, files: dict, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        target.stage("m", files)
+
+
+def test_names_must_be_sagemaker_names(target: LocalTarget) -> None:
+    with pytest.raises(ValueError, match="does not match"):
+        target.stage("../evil", {"serving.properties": ""})
+    with pytest.raises(ValueError, match="does not match"):
+        target.create_endpoint("bad_name", "c", {})
+
+
+def test_endpoint_lock_is_exclusive_across_holders(target: LocalTarget) -> None:
+    with target.endpoint_lock("ep"):
+        other = LocalTarget(target.state_dir).endpoint_lock("ep", timeout=0.1)
+        with pytest.raises(Timeout):
+            other.acquire()
+        with LocalTarget(target.state_dir).endpoint_lock("other-ep", timeout=0.1):
+            pass  # a different endpoint is not blocked
+
+
+def test_failure_reason_prefers_the_servers_own_line(tmp_path: Path) -> None:
+    log = tmp_path / "a.log"
+    log.write_text("Traceback ...\nlmiflow-server FAILED: cannot load model x: boom\nbye\n")
+    assert failure_from_log(log) == "cannot load model x: boom"
+    log.write_text("line one\nKilled\n")
+    assert failure_from_log(log) == "line one | Killed"
+    assert failure_from_log(tmp_path / "missing.log") is None
+
+
+# ---- real servers -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch")
+    from serving.demo_model import ensure_demo_model
+
+    return ensure_demo_model(tmp_path_factory.getbasetemp() / "lmiflow-demo-model")
+
+
+def _deploy(t: LocalTarget, name: str, props: str, env: dict[str, str] | None = None) -> str:
+    t.create_model(name, t.stage(name, {"serving.properties": props}), None, env or {}, {})
+    t.create_endpoint_config(name, name, VARIANT, {})
+    return name
+
+
+def _record(t: LocalTarget, endpoint: str) -> dict:
+    return json.loads((t.state_dir / "registry.json").read_text())["endpoints"][endpoint]
+
+
+def _gone(pid: int, port: int) -> bool:
+    return not process_alive(pid) and not port_in_use(port)
+
+
+@pytest.mark.slow
+def test_endpoint_lifecycle_with_blue_green_update(target: LocalTarget, weights: Path) -> None:
+    props = f"option.model_id={weights}\noption.max_rolling_batch_size=4\n"
+    blue = _deploy(target, "blue", props + "option.max_model_len=256\n")
+    green = _deploy(target, "green", props + "option.max_model_len=384\n")
+
+    seen: list[str] = []
+    target.create_endpoint("ep", blue, {"owner": "tests"})
+    target.create_endpoint("ep", blue, {"owner": "tests"})  # a rerun adopts it
+    st = target.wait("ep", 120, on_status=lambda s, _t: seen.append(s.status))
+    assert seen == ["Creating", "InService"]
+    assert st.status == "InService" and st.config_name == blue and st.tags == {"owner": "tests"}
+    assert st.url is not None and st.url.startswith("http://127.0.0.1:")
+    assert st.url.endswith("/invocations")
+
+    out = json.loads(target.invoke("ep", {"inputs": "hi", "parameters": {"max_new_tokens": 4,
+                                                                          "details": True}}))
+    assert out["details"]["generated_tokens"] == 4
+    lines = list(target.invoke_stream("ep", {"inputs": "hi",
+                                             "parameters": {"max_new_tokens": 5}}))
+    assert len(lines) == 5 and all(not x.endswith(b"\n") for x in lines)
+    assert "generated_text" in json.loads(lines[-1])
+    with pytest.raises(InvocationError) as err:
+        target.invoke("ep", {"inputs": "hi", "parameters": {"nope": 1}})
+    assert err.value.status_code == 400
+
+    # The server survives its creator: it runs in its own session, not as our child's group.
+    old = _record(target, "ep")["process"]
+    assert os.getpgid(old["pid"]) == old["pid"]
+    assert os.getsid(old["pid"]) != os.getsid(0)
+
+    target.update_endpoint("ep", green)
+    during = target.describe("ep")
+    assert during.status == "Updating" and during.config_name == blue
+    # Blue keeps serving while green starts.
+    assert json.loads(target.invoke("ep", {"inputs": "a", "parameters": {"max_new_tokens": 1}}))
+    with pytest.raises(EndpointBusy):
+        target.update_endpoint("ep", blue)
+    st = target.wait("ep", 120)
+    assert st.status == "InService" and st.config_name == green and st.failure_reason is None
+    new = _record(target, "ep")["process"]
+    assert new["pid"] != old["pid"] and st.url == f"http://127.0.0.1:{new['port']}/invocations"
+    assert _gone(old["pid"], old["port"])  # blue stopped, its port free
+    big = {"inputs": "word " * 100, "parameters": {"max_new_tokens": 1}}  # ~300 tokens
+    assert target.invoke("ep", big)  # fits green's max_model_len (384), not blue's (256)
+
+    # An update whose server cannot start leaves the endpoint on the old config.
+    broken = _deploy(target, "broken", f"option.model_id={weights}\noption.dtype=fp64\n")
+    target.update_endpoint("ep", broken)
+    st = target.wait("ep", 120)
+    assert st.status == "InService" and st.config_name == green
+    assert st.failure_reason is not None and "option.dtype" in st.failure_reason
+    assert target.invoke("ep", {"inputs": "still up", "parameters": {"max_new_tokens": 1}})
+
+    assert target.delete_endpoint("ep") is True
+    assert _gone(new["pid"], new["port"])
+    assert target.describe("ep") is None
+    assert target.delete_endpoint("ep") is False
+    assert target.list_resources("")["endpoints"] == []
+
+
+@pytest.mark.slow
+def test_bad_model_id_fails_with_the_reason(target: LocalTarget) -> None:
+    name = _deploy(target, "hub", "option.model_id=no-such-org/no-such-model\n",
+                   env={"HF_HUB_OFFLINE": "1"})  # never reach the Hub from tests
+    target.create_endpoint("bad", name, {})
+    st = target.wait("bad", 120)
+    assert st.status == "Failed"
+    assert "server process" in st.failure_reason and "exited" in st.failure_reason
+    assert "no-such-org/no-such-model" in st.failure_reason
+    assert st.url is None
+    with pytest.raises(EndpointBusy):
+        target.invoke("bad", {"inputs": "x"})
+    with pytest.raises(ValueError, match="exists"):
+        target.create_endpoint("bad", "other", {})
+    assert target.delete_endpoint("bad") is True
+
+
+@pytest.mark.slow
+def test_server_killed_by_hand_shows_failed_in_list(target: LocalTarget, weights: Path) -> None:
+    name = _deploy(target, "k", f"option.model_id={weights}\noption.max_model_len=128\n")
+    target.create_endpoint("victim", name, {})
+    assert target.wait("victim", 120).status == "InService"
+    proc = _record(target, "victim")["process"]
+    os.killpg(proc["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while process_alive(proc["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [st] = LocalTarget(target.state_dir).list_endpoints()  # a fresh CLI would see the same
+    assert st.status == "Failed"
+    assert f"server process {proc['pid']} exited" in st.failure_reason
+    assert target.delete_endpoint("victim") is True
+    import subprocess; print(subprocess.run(f"ss -ltnpe | grep {proc['port']}; ps -ef | grep -v grep | grep serving.server", shell=True, capture_output=True, text=True).stdout, proc)
+    time.sleep(1)
+    print(subprocess.run(f"ss -ltnpe | grep {proc['port']}", shell=True, capture_output=True, text=True).stdout, proc)
+    assert not port_in_use(proc["port"])
+
+
+@pytest.mark.slow
+def test_cli_list_invoke_delete(target: LocalTarget, weights: Path,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    from lmiflow.cli import main
+
+    name = _deploy(target, "cli", f"option.model_id={weights}\noption.max_model_len=128\n")
+    target.create_endpoint("cli-ep", name, {})
+    assert target.wait("cli-ep", 120).status == "InService"
+
+    assert main(["endpoints", "list", "--json"]) == 0
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["name"] == "cli-ep" and row["status"] == "InService"
+
+    assert main(["endpoints", "invoke", "cli-ep", "Hello", "--max-new-tokens", "3"]) == 0
+    text = capsys.readouterr().out
+    assert text.strip()
+    assert main(["endpoints", "invoke", "cli-ep", "Hello", "--max-new-tokens", "3",
+                 "--stream"]) == 0
+    assert capsys.readouterr().out == text  # greedy: the stream spells the same text
+
+    assert main(["endpoints", "invoke", "missing", "Hello"]) == 2
+    assert "missing" in capsys.readouterr().err
+    pid = _record(target, "cli-ep")["process"]["pid"]
+    assert main(["endpoints", "delete", "cli-ep", "--with-config-and-model"]) == 0
+    assert not process_alive(pid)
+    assert target.list_resources("cli") == {"models": [], "endpoint_configs": [],
+                                            "endpoints": []}
+    assert main(["endpoints", "delete", "cli-ep"]) == 2
