@@ -6,7 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# Latency metrics carry percentiles; the others are one number per level.
+# Latency metrics carry percentiles; the others are one number per level. `goodput` is
+# requests/s meeting every latency gate of the same list, each request by its own value
+# (bench.metrics): with no latency gate there is no goodput, and a goodput gate fails.
 LATENCY_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
 SCALAR_METRICS = (
     "output_tokens_per_s",

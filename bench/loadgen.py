@@ -66,9 +66,10 @@ class LoadConfig(BaseModel):
     input_tokens: int = Field(128, ge=1)
     timeout_s: float = Field(120.0, gt=0, description="Per request, first byte to last line.")
     ignore_eos: bool = Field(
-        True,
-        description="Send parameters.ignore_eos_token so the output is exactly max_new_tokens "
-        "(LMI maps it to vLLM's ignore_eos; servers without it stop at EOS).",
+        False,
+        description="Send parameters.ignore_eos_token so every output is max_new_tokens long. "
+        "LMI's vLLM service maps it to vLLM's ignore_eos (djl_python/lmi_vllm/"
+        "request_response_utils.py); a strict server may reject it, hence off by default.",
     )
     usd_per_hour: float | None = Field(default=None, ge=0)
     instances: int = Field(1, ge=1)
@@ -154,7 +155,7 @@ class _Recorder:
             if details.get("finish_reason") == "error":
                 self.fail(t, "server: stream ended with finish_reason=error"
                           + (f" ({obj['error']})" if obj.get("error") else ""))
-        elif "error" in obj or ("code" in obj and "token" not in obj):
+        elif obj.get("error") or (obj.get("code") not in (None, 200) and "token" not in obj):
             msg = obj.get("error") or obj.get("message") or obj
             self.fail(t, f"server error: {str(msg)[:200]}")
 

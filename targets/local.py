@@ -104,6 +104,15 @@ def process_alive(pid: int) -> bool:
         return True  # no /proc (macOS): kill(0) is all we have
 
 
+def stop_server(proc: dict[str, Any], grace_s: float = STOP_GRACE_S) -> None:
+    """Stop a server process and wait (briefly) until its port no longer accepts connections:
+    the kernel can keep a dead listener's socket for a moment after the process is reaped."""
+    stop_process(proc["pid"], grace_s)
+    deadline = time.monotonic() + 5.0
+    while port_in_use(proc["port"]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def stop_process(pid: int, grace_s: float = STOP_GRACE_S) -> None:
     """SIGTERM the server's process group, SIGKILL what is left after grace_s; reap it."""
     if not process_alive(pid):
@@ -290,7 +299,7 @@ class LocalTarget:
         if self._ping(proc["port"]):
             return "InService", None
         if time.time() - proc["started"] > proc["startup_timeout_s"]:
-            stop_process(proc["pid"])
+            stop_server(proc)
             return "Failed", (f"server did not answer /ping within {proc['startup_timeout_s']} s "
                               f"(log {proc['log']})")
         return "Creating", None
@@ -319,7 +328,7 @@ class LocalTarget:
             if new == "InService":
                 rec["process"], rec["config_name"] = pending, pending["config_name"]
                 rec["status"], rec["failure_reason"] = "InService", None
-                stop_process(old["pid"])
+                stop_server(old)
                 log.info("endpoint %s: now on %s; stopped pid %d", rec["name"],
                          rec["config_name"], old["pid"])
             else:  # the new server failed: keep serving from the old one, like a rollback
@@ -458,7 +467,7 @@ class LocalTarget:
             return False
         for proc in (rec.get("pending"), rec.get("process")):
             if proc:
-                stop_process(proc["pid"])
+                stop_server(proc)
         return True
 
     def delete_endpoint_config(self, name: str) -> bool:

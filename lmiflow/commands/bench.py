@@ -44,6 +44,8 @@ def add_parser(subparsers: Any) -> None:
     src.add_argument("--endpoint", help="A named endpoint on --target.")
     p.add_argument("--target", default="local", help="Target of --endpoint: local (default) "
                    "or sagemaker.")
+    p.add_argument("--region", default=None,
+                   help="AWS region of a sagemaker --endpoint (default: AWS_REGION).")
     p.add_argument("--concurrency", default="1", help="Closed-loop levels, e.g. 1,8,32.")
     p.add_argument("--rate", default=None, help="Open loop instead: Poisson arrival rates in "
                    "requests/s, e.g. 0.5,2 (in-flight cap: --max-concurrency).")
@@ -57,8 +59,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--input-tokens", type=int, default=128, help="Prompt length in tokens.")
     p.add_argument("--tokenizer", default=None, help="Tokenizer (local path) for exact prompt "
                    "lengths; without it a word count approximates tokens.")
-    p.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false",
-                   help="Do not send ignore_eos_token (outputs may end at EOS).")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="Send parameters.ignore_eos_token (LMI/vLLM): every output is "
+                   "--max-new-tokens long instead of ending at EOS.")
     p.add_argument("--timeout", type=float, default=120.0, help="Per-request timeout, seconds.")
     p.add_argument("--usd-per-hour", type=float, default=None,
                    help="Instance price, for $ per 1M output tokens.")
@@ -154,12 +157,15 @@ def _load_tokenizer(path: str) -> Any:
                              f"{type(exc).__name__}: {str(exc)[:200]}") from None
 
 
-def _target(kind: str, endpoint: str) -> Any:
+def _target(kind: str, endpoint: str, region: str | None) -> Any:
     try:
         from targets import make_target
     except ImportError as exc:
         raise UserInputError("--target", f"target support is not available: {exc}") from None
-    target = make_target(kind)
+    try:
+        target = make_target(kind, region=region)
+    except (ValueError, TypeError) as exc:  # e.g. no region for sagemaker
+        raise UserInputError("--target", str(exc)) from None
     if target.describe(endpoint) is None:
         raise UserInputError("--endpoint", f"no endpoint named {endpoint!r} on target {kind}")
     return target
@@ -184,12 +190,12 @@ def run(args: argparse.Namespace) -> int:
     from bench.gates import evaluate
     from bench.loadgen import bench_endpoint, bench_url
 
+    target = None if args.url is not None else _target(args.target, args.endpoint, args.region)
     with _progress(enabled=sys.stderr.isatty()) as on_progress:
-        if args.url is not None:
+        if target is None:
             result = bench_url(args.url, cfg, tokenizer=tokenizer, gates=gates,
                                on_progress=on_progress)
         else:
-            target = _target(args.target, args.endpoint)
             result = bench_endpoint(target, args.endpoint, cfg, tokenizer=tokenizer,
                                     gates=gates, on_progress=on_progress)
     verdict = evaluate(gates, result) if gates else None

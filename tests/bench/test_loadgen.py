@@ -49,8 +49,8 @@ def cfg(**kw) -> LoadConfig:
 def test_recorder_parses_lmi_lines():
     r = _Recorder(0.0, warmup=False)
     r.line(0.05, b'{"token": {"id": 1, "text": "", "log_prob": -1}}')  # empty text
-    r.line(0.08, b'{"token": {"id": 2, "text": " a", "log_prob": -1}}')
-    r.line(0.10, b'{"token": {"id": 3, "text": " b"}, "generated_text": " a b", '
+    r.line(0.08, b'{"token": {"id": 2, "text": " a"}, "details": null, "error": null}')
+    r.line(0.10, b'{"token": {"id": 3, "text": " b"}, "generated_text": " a b", "error": null, '
                  b'"details": {"finish_reason": "length", "generated_tokens": 3}}')
     rec = r.finish(0.2)
     assert rec.ok and rec.output_tokens == 3 and rec.token_times == [0.05, 0.08, 0.10]
@@ -91,10 +91,10 @@ def test_prompts_with_and_without_tokenizer():
 
 
 def test_payload_controls_output_length():
-    p = make_payload("hi", cfg(max_new_tokens=7))
+    p = make_payload("hi", cfg(max_new_tokens=7, ignore_eos=True))
     assert p == {"inputs": "hi", "stream": True, "parameters": {
         "max_new_tokens": 7, "details": True, "ignore_eos_token": True}}
-    assert "ignore_eos_token" not in make_payload("hi", cfg(ignore_eos=False))["parameters"]
+    assert "ignore_eos_token" not in make_payload("hi", cfg())["parameters"]
 
 
 def test_redact_url_drops_credentials_and_query():
@@ -303,7 +303,7 @@ def test_cli_named_endpoint_uses_make_target(monkeypatch, capsys):
 
     made = []
 
-    def make_target(kind):
+    def make_target(kind, **kwargs):
         made.append(kind)
         return Described()
 

@@ -68,7 +68,7 @@ def test_plan_that_fits_nowhere_prints_null_chosen_and_exits_2():
 )
 def test_bad_input_exits_2_naming_the_field(args, field):
     base = {"--max-input-tokens": "100", "--max-output-tokens": "10", "--concurrency": "1"}
-    flags = dict(zip(args[::2], args[1::2]))
+    flags = dict(zip(args[::2], args[1::2], strict=True))
     full = []
     for k, v in {**base, **flags}.items():
         full += [k, v]

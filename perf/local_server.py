@@ -1,0 +1,190 @@
+"""Local model server on the demo model: throughput by concurrency, and what the server adds.
+
+1. Output tokens/s at concurrency 1, 4 and 8 (closed loop, non-streaming requests of
+   MAX_NEW tokens, greedy). Goal: c=8 gives >= 3x the tokens/s of c=1 (continuous batching).
+2. Added latency per request: median end-to-end time of one request through HTTP (the server
+   in its own process, a client here) minus the median time of the same generation through
+   the same engine called in-process (no HTTP, no JSON). Goal: < 5 ms. For reference, also
+   the time of transformers' plain `model.generate` (its own DynamicCache, no batching loop).
+
+Run: .venv/bin/python perf/local_server.py [--quick]   (exit 1 when a goal is missed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from serving.demo_model import ensure_demo_model  # noqa: E402
+
+MAX_NEW = 64
+PROMPT = "The quick brown fox jumps over the lazy dog."
+GOAL_SCALING = 3.0
+GOAL_ADDED_MS = 5.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model_dir: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.server", "--model-dir", str(model_dir),
+         "--port", str(port)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit("server exited during startup")
+        try:
+            if httpx.get(url + "/ping", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("server did not become healthy")
+
+
+def body(max_new: int = MAX_NEW) -> dict:
+    return {"inputs": PROMPT, "parameters": {"max_new_tokens": max_new, "details": True}}
+
+
+def throughput(url: str, concurrency: int, seconds: float) -> tuple[float, int]:
+    """Closed loop: each of `concurrency` clients sends the next request when one returns."""
+    tokens = [0] * concurrency
+    stop_at = time.perf_counter() + seconds
+
+    def client(i: int) -> None:
+        with httpx.Client(timeout=120) as c:
+            while time.perf_counter() < stop_at:
+                r = c.post(url + "/invocations", json=body())
+                r.raise_for_status()
+                tokens[i] += r.json()["details"]["generated_tokens"]
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(tokens) / (time.perf_counter() - t0), sum(tokens)
+
+
+def http_latency(url: str, n: int) -> list[float]:
+    out = []
+    with httpx.Client(timeout=120) as c:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = c.post(url + "/invocations", json=body())
+            r.raise_for_status()
+            out.append(time.perf_counter() - t0)
+            assert r.json()["details"]["generated_tokens"] == MAX_NEW
+    return out
+
+
+def direct_latency(model_dir: Path, n: int) -> tuple[list[float], list[float]]:
+    """The same generation through serving.engine in this process, and through generate()."""
+    import torch
+
+    from serving.engine import Engine, Sampling
+    from serving.options import load_options
+
+    engine = Engine(load_options(model_dir).engine)
+    ids = engine.encode(PROMPT)
+
+    async def one() -> int:
+        count = 0
+        async for _ in engine.generate(ids, MAX_NEW, Sampling()):
+            count += 1
+        return count
+
+    engine_times = []
+    for _ in range(3):  # warm-up
+        asyncio.run(one())
+    for _ in range(n):
+        t0 = time.perf_counter()
+        assert asyncio.run(one()) == MAX_NEW
+        engine_times.append(time.perf_counter() - t0)
+    engine.shutdown()
+
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(engine.opts.model_path).eval()
+    x = torch.tensor([ids])
+    gen_times = []
+    with torch.inference_mode():
+        for i in range(n + 3):
+            t0 = time.perf_counter()
+            model.generate(x, max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, do_sample=False)
+            if i >= 3:
+                gen_times.append(time.perf_counter() - t0)
+    return engine_times, gen_times
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="Shorter windows, fewer samples.")
+    args = ap.parse_args()
+    seconds, samples = (3.0, 15) if args.quick else (8.0, 40)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = ensure_demo_model(Path(tmp) / "demo-model")
+        model_dir = Path(tmp) / "model"
+        model_dir.mkdir()
+        (model_dir / "serving.properties").write_text(
+            f"option.model_id={weights}\noption.max_rolling_batch_size=8\n"
+            "option.max_model_len=512\n"
+        )
+        proc, url = start_server(model_dir)
+        try:
+            throughput(url, 1, 1.0)  # warm-up
+            print(f"demo model, {os.cpu_count()} CPUs, {MAX_NEW} new tokens per request")
+            print(f"{'concurrency':>11}  {'tokens/s':>9}  {'x c=1':>6}  tokens")
+            rates = {}
+            for c in (1, 4, 8):
+                rate, total = throughput(url, c, seconds)
+                rates[c] = rate
+                print(f"{c:>11}  {rate:>9.0f}  {rate / rates[1]:>6.2f}  {total}")
+            http = http_latency(url, samples)
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=30)
+        engine, generate = direct_latency(model_dir, samples)
+
+    med = {k: statistics.median(v) * 1000 for k, v in
+           (("http", http), ("engine", engine), ("generate", generate))}
+    added = med["http"] - med["engine"]
+    scaling = rates[8] / rates[1]
+    print(f"\nmedian request ({MAX_NEW} tokens, c=1, n={samples}):")
+    print(f"  through HTTP server        {med['http']:8.2f} ms")
+    print(f"  same engine, in-process    {med['engine']:8.2f} ms")
+    print(f"  transformers generate()    {med['generate']:8.2f} ms  (reference, no batching)")
+    print(f"server added latency: {added:.2f} ms per request (goal < {GOAL_ADDED_MS} ms)")
+    print(f"throughput c=8 / c=1: {scaling:.2f}x (goal >= {GOAL_SCALING}x)")
+    ok = added < GOAL_ADDED_MS and scaling >= GOAL_SCALING
+    print("PASS" if ok else "MISS")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""The bad-input corpus: each malformed config or flag exits 2 with one line naming the field,
+no traceback, nothing created, and no cloud call made (AWS_ENDPOINT_URL points nowhere)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmiflow.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = {
+    "name": "bad-input-test",
+    "model": {"id": str(ROOT / "configs" / "models" / "llama-3.1-8b"), "dtype": "bf16"},
+    "workload": {"max_input_tokens": 1024, "max_output_tokens": 128, "concurrency": 2},
+    "target": {"kind": "local"},
+}
+SM = {"kind": "sagemaker", "region": "us-east-1",
+      "role_arn": "arn:aws:iam::123456789012:role/SageMakerExecution",
+      "s3_uri": "s3://my-bucket/models/"}
+
+
+def with_(path: str, value, base=None):
+    if isinstance(base, str):
+        base = yaml.safe_load(base)
+    data = yaml.safe_load(yaml.safe_dump(base or GOOD))
+    node = data
+    *parents, leaf = path.split(".")
+    for p in parents:
+        node = node.setdefault(p, {})
+    if value is KeyError:
+        del node[leaf]
+    else:
+        node[leaf] = value
+    return yaml.safe_dump(data)
+
+
+SAGEMAKER = yaml.safe_load(with_("target", SM))
+CASES = {
+    "unparseable yaml": ("name: [oops\n", "CONFIG"),
+    "empty file": ("", "config"),
+    "not a mapping": ("- a\n- b\n", "config"),
+    "unknown top-level key": (with_("colour", "blue"), "colour"),
+    "unknown nested key": (with_("model.dtyp", "fp16"), "model.dtyp"),
+    "missing name": (with_("name", KeyError), "name"),
+    "name sagemaker rejects": (with_("name", "my_endpoint"), "name"),
+    "name too long": (with_("name", "a" * 64), "name"),
+    "model id with line break": (with_("model.id", "org/model\nengine=MPI"), "model.id"),
+    "zero input tokens": (with_("workload.max_input_tokens", 0), "workload.max_input_tokens"),
+    "concurrency not a number": (with_("workload.concurrency", "many"), "workload.concurrency"),
+    "unknown dtype": (with_("model.dtype", "fp12"), "model.dtype"),
+    "unknown target kind": (with_("target.kind", "azure"), "target.kind"),
+    "malformed role arn": (with_("target.role_arn", "arn:aws:iam::12:role/x", SAGEMAKER),
+                           "target.role_arn"),
+    "malformed s3 uri": (with_("target.s3_uri", "https://bucket/x", SAGEMAKER),
+                         "target.s3_uri"),
+    "bogus region": (with_("target.region", "moon-1", SAGEMAKER), "target.region"),
+    "sagemaker without role": (with_("target.role_arn", KeyError, SAGEMAKER),
+                               "target.role_arn"),
+    "gate on unknown metric": (with_("gates", [{"metric": "vibes", "threshold": 1}]),
+                               "gates.0.metric"),
+    "latency gate without percentile": (
+        with_("gates", [{"metric": "ttft_ms", "stat": "value", "threshold": 1}]), "gates.0"),
+    "empty benchmark levels": (with_("benchmark.concurrency", []), "benchmark.concurrency"),
+    "tensor parallel 3": (with_("instance.tensor_parallel_degree", 3),
+                          "instance.tensor_parallel_degree"),
+    "gpu memory utilization above 1": (with_("instance.gpu_memory_utilization", 1.5),
+                                       "instance.gpu_memory_utilization"),
+    "canary above half the fleet": (with_("promotion.canary_size_pct", 80),
+                                    "promotion.canary_size_pct"),
+    "serving option injecting a line": (
+        with_("serving.options", {"option.x": "1\nengine=MPI"}), "serving.options"),
+    "serving option key with =": (with_("serving.options", {"option.a=b": "1"}),
+                                  "serving.options"),
+    "fits nowhere under the constraints": (
+        with_("instance.allow", ["ml.g4dn.xlarge"],
+              with_("model.id", str(ROOT / "configs" / "models" / "llama-3.1-70b"),
+                    yaml.safe_load(with_("target", SM)))), "plan"),
+    "model directory without config.json": (with_("model.id", "/nonexistent/model"), "model"),
+}
+
+
+@pytest.fixture()
+def isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMIFLOW_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # any AWS call would fail
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_config_exits_2_naming_the_field(case, isolated, capsys):
+    text, field = CASES[case]
+    cfg = isolated / "config.yaml"
+    cfg.write_text(text)
+    code = main(["deploy", str(cfg), "--report-dir", str(isolated / "report")])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"lmiflow: error: {field}"), err
+    assert "Traceback" not in err
+    # nothing created: no report, no local endpoint state
+    assert not (isolated / "report").exists()
+    assert not any((isolated / "state").rglob("*.json")) if (isolated / "state").exists() else True
+
+
+def test_corpus_is_large_enough():
+    assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["deploy", "missing.yaml"], "CONFIG"),
+        (["deploy", "x.yaml", "--target", "azure"], "--target"),
+        (["bench", "--url", "http://127.0.0.1:9/invocations", "--concurrency", "0"],
+         "concurrency"),
+    ],
+)
+def test_bad_flags_in_a_real_process(args, needle, isolated):
+    env = {**os.environ, "LMIFLOW_STATE_DIR": str(isolated / "state"),
+           "AWS_ENDPOINT_URL": "http://127.0.0.1:9"}
+    r = subprocess.run([sys.executable, "-m", "lmiflow", *args], cwd=isolated, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,42 @@
+"""End-to-end fixtures: one Prefect test harness per session, the demo model built once, and a
+private local-target state directory."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="session")
+def demo_model(tmp_path_factory):
+    from serving.demo_model import build_demo_model
+
+    return build_demo_model(tmp_path_factory.mktemp("demo") / "demo-model")
+
+
+@pytest.fixture()
+def state_dir(tmp_path, monkeypatch):
+    d = tmp_path / "state"
+    monkeypatch.setenv("LMIFLOW_STATE_DIR", str(d))
+    monkeypatch.setenv("LMIFLOW_RETRY_BASE_S", "0.01")
+    from tasks import steps
+
+    steps._target.cache_clear()
+    yield d
+    from targets.local import LocalTarget
+
+    t = LocalTarget(d)
+    for ep in t.list_endpoints():  # never leave a server running
+        t.delete_endpoint(ep.name)
+    steps._target.cache_clear()

@@ -1,0 +1,168 @@
+"""The deploy flow on the local target with the demo model, under a Prefect test harness:
+promotion, blue/green redeploy, rejection, failure and transient-fault retries."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from lmiflow.spec import DeploymentSpec
+
+pytestmark = pytest.mark.slow
+
+
+def make_spec(model_dir, **over) -> DeploymentSpec:
+    data = {
+        "name": "e2e-demo",
+        "model": {"id": str(model_dir), "dtype": "fp32"},
+        "workload": {"max_input_tokens": 128, "max_output_tokens": 16, "concurrency": 4},
+        "target": {"kind": "local"},
+        "smoke_test": {"prompt": "Hello", "max_new_tokens": 4},
+        "benchmark": {"concurrency": [1, 2], "requests": 4, "warmup_requests": 1,
+                      "input_tokens": 16, "max_new_tokens": 8},
+        "gates": [{"metric": "error_rate", "stat": "value", "op": "<=", "threshold": 0.0},
+                  {"metric": "ttft_ms", "stat": "p95", "op": "<=", "threshold": 30000}],
+        "promotion": {"endpoint_timeout_s": 180},
+    }
+    for dotted, value in over.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return DeploymentSpec.model_validate(data)
+
+
+def run(spec, report_dir):
+    from flows.deploy import deploy_llm
+
+    state = deploy_llm(spec, report_dir=str(report_dir), return_state=True)
+    report = json.loads((report_dir / "report.json").read_text())
+    return state, report
+
+
+def artifact_keys(prefix: str) -> set[str]:
+    from prefect.client.orchestration import get_client
+
+    async def read():
+        async with get_client() as c:
+            arts = await c.read_artifacts()
+            return {a.key for a in arts if a.key and a.key.startswith(prefix)}
+
+    return asyncio.run(read())
+
+
+def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_model, state_dir,
+                                                      tmp_path):
+    from targets.local import LocalTarget
+
+    target = LocalTarget(state_dir)
+    spec = make_spec(demo_model)
+    state, report = run(spec, tmp_path / "r1")
+    assert state.is_completed(), report["error"]
+    assert report["status"] == "promoted"
+    assert [s["status"] for s in report["steps"]] == ["completed"] * 11
+    assert report["smoke_test"]["passed"]
+    assert report["gate"]["passed"] and report["gate"]["checks"]
+    assert {lv["concurrency"] for lv in report["benchmark"]["levels"]} == {1, 2}
+    assert "option.max_model_len=144" in report["serving_properties"]
+    for f in ("report.json", "report.md", "report.html"):
+        assert (tmp_path / "r1" / f).is_file()
+    prod = target.describe("e2e-demo")
+    assert prod.status == "InService"
+    first_config = prod.config_name
+    assert first_config.startswith("e2e-demo-ec-")
+    # the candidate endpoint is gone; production serves the candidate's config.
+    res = target.list_resources("e2e-demo")
+    assert res["endpoints"] == ["e2e-demo"]
+    assert json.loads(target.invoke("e2e-demo", {"inputs": "hi",
+                                                 "parameters": {"max_new_tokens": 2}}))
+    keys = artifact_keys("e2e-demo-")
+    assert {"e2e-demo-fetch-config", "e2e-demo-choose-instance", "e2e-demo-benchmark-levels",
+            "e2e-demo-gate", "e2e-demo-promote", "e2e-demo-report"} <= keys
+
+    # Redeploy with another workload: a new candidate, blue/green update, old config removed,
+    # and the first run's benchmark is now the baseline for the regression check.
+    spec2 = make_spec(demo_model, **{"workload.concurrency": 2,
+                                     "regression.max_regression_pct": 10000})
+    state, report2 = run(spec2, tmp_path / "r2")
+    assert state.is_completed(), report2["error"]
+    assert report2["promotion"]["action"].startswith("updated")
+    prod2 = target.describe("e2e-demo")
+    assert prod2.config_name != first_config and prod2.status == "InService"
+    assert any(c["kind"] == "regression" for c in report2["gate"]["checks"])
+    res = target.list_resources("e2e-demo")
+    assert first_config not in res["endpoint_configs"]
+    assert res["endpoints"] == ["e2e-demo"]
+
+    # An impossible gate: rejected, candidate removed, production untouched.
+    spec3 = make_spec(demo_model, gates=[
+        {"metric": "ttft_ms", "stat": "p50", "op": "<=", "threshold": 0.001}])
+    before = target.list_resources("e2e-demo")
+    state, report3 = run(spec3, tmp_path / "r3")
+    assert state.is_failed()
+    assert report3["status"] == "rejected" and not report3["gate"]["passed"]
+    assert report3["steps"][-1] == {**report3["steps"][-1], "name": "promote",
+                                    "status": "skipped"}
+    assert target.list_resources("e2e-demo") == before
+    assert target.describe("e2e-demo").config_name == prod2.config_name
+    assert len(report3["cleanup"]) == 3
+
+
+def test_failed_endpoint_is_removed_and_reported(prefect_harness, demo_model, state_dir,
+                                                 tmp_path):
+    from targets.local import LocalTarget
+
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    # config.json alone plans fine, but the server cannot load weights that are not there.
+    (broken / "config.json").write_text((demo_model / "config.json").read_text())
+    state, report = run(make_spec(broken, name="e2e-broken"), tmp_path / "r")
+    assert state.is_failed()
+    assert report["status"] == "failed" and report["failed_step"] == "create_endpoint"
+    assert report["error"]
+    steps = {s["name"]: s["status"] for s in report["steps"]}
+    assert steps["create_endpoint"] == "failed" and steps["smoke_test"] == "skipped"
+    assert LocalTarget(state_dir).list_resources("e2e-broken") == {
+        "models": [], "endpoint_configs": [], "endpoints": []}
+
+
+def test_transient_fault_is_retried(prefect_harness, demo_model, state_dir, tmp_path,
+                                    monkeypatch):
+    from targets.local import LocalTarget
+
+    calls = {"n": 0}
+    real = LocalTarget.create_endpoint_config
+
+    def flaky(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise ConnectionError("connection reset by peer (injected)")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(LocalTarget, "create_endpoint_config", flaky)
+    state, report = run(make_spec(demo_model, name="e2e-retry"), tmp_path / "r")
+    assert state.is_completed(), report["error"]
+    assert calls["n"] == 3
+    LocalTarget(state_dir).delete_endpoint("e2e-retry")
+
+
+def test_permanent_fault_is_not_retried(prefect_harness, demo_model, state_dir, tmp_path,
+                                        monkeypatch):
+    from targets.local import LocalTarget
+
+    calls = {"n": 0}
+
+    def broken(self, *a, **k):
+        calls["n"] += 1
+        raise ValueError("endpoint config rejected (injected)")
+
+    monkeypatch.setattr(LocalTarget, "create_endpoint_config", broken)
+    state, report = run(make_spec(demo_model, name="e2e-perm"), tmp_path / "r")
+    assert state.is_failed() and calls["n"] == 1
+    assert report["failed_step"] == "configure_endpoint"
+    assert "rejected (injected)" in report["error"]
+    assert LocalTarget(state_dir).list_resources("e2e-perm") == {
+        "models": [], "endpoint_configs": [], "endpoints": []}
