@@ -73,6 +73,12 @@ class LoadConfig(BaseModel):
     )
     usd_per_hour: float | None = Field(default=None, ge=0)
     instances: int = Field(1, ge=1)
+    ramp_up_s: float = Field(
+        0.0, ge=0,
+        description="Closed loop: start the workers evenly over this many seconds, so that "
+        "requests do not arrive in lock-step waves (set it near one E2E, with warmup ≥ the "
+        "concurrency, to measure a steady state).",
+    )
     seed: int = 0
     lag_tick_s: float = Field(0.005, gt=0, description="Event-loop lag probe interval.")
     http_client: Literal["auto", "aiohttp", "httpx"] = Field(
@@ -411,13 +417,15 @@ async def run_level(
     timeout_s: float,
     *,
     rate_rps: float | None = None,
+    ramp_up_s: float = 0.0,
     seed: int = 0,
     on_done: Callable[[int], None] | None = None,
     counters: dict[str, int] | None = None,
 ) -> list[RequestRecord]:
     """Closed loop (rate_rps None): `concurrency` workers each send the next payload as soon as
-    their previous request ends. Open loop: Poisson arrivals at rate_rps, at most
-    `concurrency` in flight (later arrivals wait). The first `warmup` payloads are warm-up.
+    their previous request ends (worker k starts at ramp_up_s × k / concurrency). Open loop:
+    Poisson arrivals at rate_rps, at most `concurrency` in flight (later arrivals wait).
+    The first `warmup` payloads are warm-up.
     counters["cap_waits"] counts open-loop arrivals that found the cap full (their wait is not
     in their latency: the client held them)."""
     records: list[RequestRecord] = []
@@ -429,14 +437,16 @@ async def run_level(
             on_done(len(records))
 
     if rate_rps is None:
-        async def worker() -> None:
+        async def worker(k: int) -> None:
             nonlocal next_i
+            if ramp_up_s > 0:
+                await asyncio.sleep(ramp_up_s * k / concurrency)
             while next_i < len(payloads):
                 i = next_i
                 next_i += 1
                 done(await _one(transport, payloads[i], i < warmup, timeout_s))
 
-        await asyncio.gather(*(worker() for _ in range(min(concurrency, len(payloads)))))
+        await asyncio.gather(*(worker(k) for k in range(min(concurrency, len(payloads)))))
         return records
 
     rng = random.Random(seed)
@@ -504,7 +514,8 @@ async def run_benchmark_async(
             health.start()
             records = await run_level(
                 transport, payloads, cfg.warmup, conc, cfg.timeout_s,
-                rate_rps=rate, seed=cfg.seed + idx, on_done=progress, counters=counters,
+                rate_rps=rate, ramp_up_s=cfg.ramp_up_s, seed=cfg.seed + idx,
+                on_done=progress, counters=counters,
             )
         finally:
             stats = await health.stop()
@@ -519,6 +530,7 @@ async def run_benchmark_async(
         ))
     settings = BenchSettings(
         source=source, client=client, mode=mode, requests=cfg.requests, warmup=cfg.warmup,
+        ramp_up_s=cfg.ramp_up_s,
         max_new_tokens=cfg.max_new_tokens, input_tokens=cfg.input_tokens,
         prompt_tokens_exact=exact, ignore_eos=cfg.ignore_eos, timeout_s=cfg.timeout_s,
         usd_per_hour=cfg.usd_per_hour, instances=cfg.instances,

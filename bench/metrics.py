@@ -110,6 +110,7 @@ class BenchSettings(BaseModel):
     mode: str = "closed"
     requests: int = 0
     warmup: int = 0
+    ramp_up_s: float = 0.0
     max_new_tokens: int = 0
     input_tokens: int = 0
     prompt_tokens_exact: bool = Field(False, description="Prompt built with the model tokenizer.")

@@ -202,9 +202,11 @@ class Engine:
         }
 
     async def generate(
-        self, input_ids: list[int], max_new_tokens: int, sampling: Sampling
+        self, input_ids: list[int], max_new_tokens: int, sampling: Sampling,
+        stream: bool = True,
     ) -> AsyncIterator[Step]:
-        """Yield each new token as the batch loop produces it. Closing the iterator early
+        """Yield each new token as the batch loop produces it (stream=False: all at the end,
+        which spares the event loop one wake-up per token). Closing the iterator early
         (client gone, stop sequence) cancels the request and frees its cache blocks."""
         rid = f"r-{uuid.uuid4().hex[:12]}"
         req = _Request()
@@ -216,7 +218,7 @@ class Engine:
         # Register before adding, so no output can reach the shared queue instead.
         self.manager.register_result_handler(rid, on_output)
         added = self.manager.add_request(
-            input_ids, request_id=rid, max_new_tokens=max_new_tokens, streaming=True,
+            input_ids, request_id=rid, max_new_tokens=max_new_tokens, streaming=stream,
             eos_token_id=sorted(self.eos_ids) or -1,
             temperature=float(sampling.temperature), top_k=int(sampling.top_k),
             top_p=float(sampling.top_p),

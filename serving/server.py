@@ -120,12 +120,14 @@ class _Generation:
     """One request's run through the engine: token texts, stop sequences, finish reason."""
 
     def __init__(self, engine: Engine, input_ids: list[int], max_new_tokens: int,
-                 sampling: Any, stops: list[str]):
+                 sampling: Any, stops: list[str], stream: bool):
         self.engine = engine
         self.input_ids = input_ids
         self.stops = stops
         self.max_stop = max((len(s) for s in stops), default=0)
-        self.steps = engine.generate(input_ids, max_new_tokens, sampling)
+        # Token by token only where someone needs it: a streaming client or a stop sequence.
+        self.steps = engine.generate(input_ids, max_new_tokens, sampling,
+                                     stream=stream or bool(stops))
         self.texts = engine.detokenizer()
         self.text = ""
         self.token_ids: list[int] = []
@@ -228,7 +230,7 @@ def build_app(state: ServerState):
             return _error(str(exc), exc.status)
 
         state.requests_total += 1
-        gen = _Generation(engine, input_ids, max_new, sampling, stops)
+        gen = _Generation(engine, input_ids, max_new, sampling, stops, req.stream)
         if req.stream:
             events = _stream_chat(state, req, gen) if isinstance(req, ChatRequest) else \
                 _stream_lmi(req, gen)

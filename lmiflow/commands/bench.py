@@ -55,6 +55,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--warmup", type=int, default=2,
                    help="Warm-up requests per level, sent first and excluded (default 2; "
                    "at least the concurrency measures a steady state).")
+    p.add_argument("--ramp-up", type=float, default=0.0, metavar="SECONDS",
+                   help="Closed loop: start the concurrent workers evenly over this time, so "
+                   "requests do not move in lock-step waves (about one E2E is good).")
     p.add_argument("--max-new-tokens", type=int, default=64, help="Output tokens per request.")
     p.add_argument("--input-tokens", type=int, default=128, help="Prompt length in tokens.")
     p.add_argument("--tokenizer", default=None, help="Tokenizer (local path) for exact prompt "
@@ -130,7 +133,7 @@ def _load_config(args: argparse.Namespace) -> Any:
     flags = {"requests": "--requests", "warmup": "--warmup", "max_new_tokens":
              "--max-new-tokens", "input_tokens": "--input-tokens", "timeout_s": "--timeout",
              "usd_per_hour": "--usd-per-hour", "instances": "--instances",
-             "max_concurrency": "--max-concurrency"}
+             "max_concurrency": "--max-concurrency", "ramp_up_s": "--ramp-up"}
     values = dict(
         concurrency=_int_list("--concurrency", args.concurrency),
         rates=_float_list("--rate", args.rate) if args.rate else None,
@@ -138,6 +141,7 @@ def _load_config(args: argparse.Namespace) -> Any:
         max_new_tokens=args.max_new_tokens, input_tokens=args.input_tokens,
         timeout_s=args.timeout, ignore_eos=args.ignore_eos, usd_per_hour=args.usd_per_hour,
         instances=args.instances, seed=args.seed, http_client=args.http_client,
+        ramp_up_s=args.ramp_up,
     )
     try:
         return LoadConfig(**values)

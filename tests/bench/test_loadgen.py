@@ -326,3 +326,63 @@ def test_bench_runs_from_inside_an_event_loop(url):
 
     res = asyncio.run(inside())
     assert res.levels[0].completed == 2
+
+
+class CountingTransport:
+    """In-process transport: one token after `delay_s`; tracks requests in flight."""
+
+    def __init__(self, delay_s: float):
+        self.delay_s = delay_s
+        self.in_flight = 0
+        self.peak = 0
+        self.starts: list[float] = []
+
+    async def send(self, payload, rec):
+        import asyncio
+
+        rec.rec.start = time.perf_counter()
+        self.starts.append(rec.rec.start)
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay_s)
+            rec.line(time.perf_counter(), b'{"token": {"id": 1, "text": "x"}}')
+        finally:
+            self.in_flight -= 1
+
+    async def aclose(self):
+        pass
+
+
+def test_closed_loop_keeps_concurrency_and_marks_warmup():
+    import asyncio
+
+    from bench.loadgen import run_level
+
+    t = CountingTransport(0.01)
+    recs = asyncio.run(run_level(t, [{}] * 20, warmup=5, concurrency=4, timeout_s=5))
+    assert len(recs) == 20 and t.peak == 4
+    assert sum(r.warmup for r in recs) == 5 and all(r.ok for r in recs)
+
+
+def test_ramp_up_spreads_worker_starts():
+    import asyncio
+
+    from bench.loadgen import run_level
+
+    t = CountingTransport(0.5)
+    asyncio.run(run_level(t, [{}] * 4, warmup=0, concurrency=4, timeout_s=5, ramp_up_s=0.2))
+    gaps = [b - a for a, b in zip(t.starts, t.starts[1:], strict=False)]
+    assert all(0.04 < g < 0.1 for g in gaps), gaps  # 0.2 s / 4 workers apart
+
+
+def test_open_loop_counts_arrivals_held_by_the_cap():
+    import asyncio
+
+    from bench.loadgen import run_level
+
+    t = CountingTransport(0.2)
+    counters: dict[str, int] = {}
+    recs = asyncio.run(run_level(t, [{}] * 10, warmup=0, concurrency=2, timeout_s=5,
+                                 rate_rps=200.0, counters=counters))
+    assert len(recs) == 10 and t.peak == 2 and counters["cap_waits"] >= 5

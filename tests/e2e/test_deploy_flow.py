@@ -54,9 +54,27 @@ def artifact_keys(prefix: str) -> set[str]:
     return asyncio.run(read())
 
 
+PLANTED_AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYPLANTEDKEY"
+PLANTED_HF_TOKEN = "hf_PlantedTokenAbCdEfGhIjKlMnOpQrStUvWx"
+
+
+def artifact_texts(prefix: str) -> str:
+    from prefect.client.orchestration import get_client
+
+    async def read():
+        async with get_client() as c:
+            return [a for a in await c.read_artifacts() if a.key and a.key.startswith(prefix)]
+
+    return "\n".join(f"{a.data} {a.description}" for a in asyncio.run(read()))
+
+
 def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_model, state_dir,
-                                                      tmp_path):
+                                                      tmp_path, monkeypatch, capfd):
     from targets.local import LocalTarget
+
+    # Secrets planted where a careless pipeline would leak them: the environment and an error.
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", PLANTED_AWS_SECRET)
+    monkeypatch.setenv("HF_TOKEN", PLANTED_HF_TOKEN)
 
     target = LocalTarget(state_dir)
     spec = make_spec(demo_model)
@@ -110,6 +128,15 @@ def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_mode
     assert target.describe("e2e-demo").config_name == prod2.config_name
     assert len(report3["cleanup"]) == 3
 
+    # No planted secret in any report file, artifact, log line or the local state.
+    out = capfd.readouterr()
+    texts = [out.out, out.err, artifact_texts("e2e-demo")]
+    texts += [p.read_text(errors="replace") for p in tmp_path.rglob("report.*")]
+    texts += [p.read_text(errors="replace") for p in state_dir.rglob("*") if p.is_file()
+              and p.suffix in (".json", ".log", ".properties")]
+    for secret in (PLANTED_AWS_SECRET, PLANTED_HF_TOKEN):
+        assert not any(secret in t for t in texts)
+
 
 def test_failed_endpoint_is_removed_and_reported(prefect_harness, demo_model, state_dir,
                                                  tmp_path):
@@ -157,12 +184,15 @@ def test_permanent_fault_is_not_retried(prefect_harness, demo_model, state_dir, 
 
     def broken(self, *a, **k):
         calls["n"] += 1
-        raise ValueError("endpoint config rejected (injected)")
+        raise ValueError("endpoint config rejected (injected) while using "
+                         f"token {PLANTED_HF_TOKEN} aws_secret_access_key={PLANTED_AWS_SECRET}")
 
     monkeypatch.setattr(LocalTarget, "create_endpoint_config", broken)
     state, report = run(make_spec(demo_model, name="e2e-perm"), tmp_path / "r")
     assert state.is_failed() and calls["n"] == 1
     assert report["failed_step"] == "configure_endpoint"
     assert "rejected (injected)" in report["error"]
+    text = "".join(p.read_text() for p in (tmp_path / "r").glob("report.*"))
+    assert PLANTED_HF_TOKEN not in text and PLANTED_AWS_SECRET not in text
     assert LocalTarget(state_dir).list_resources("e2e-perm") == {
         "models": [], "endpoint_configs": [], "endpoints": []}
