@@ -146,6 +146,7 @@ class Engine:
             generation_config=gen, continuous_batching_config=ContinuousBatchingConfig(**cb_kwargs)
         )
         self._requests: dict[str, _Request] = {}
+        self.stopping = False
         self._lock = threading.Lock()
         self.manager.start()
         log.info(
@@ -262,6 +263,7 @@ class Engine:
                     raise EngineError(f"generation loop stopped: {err}") from None
 
     def shutdown(self, timeout: float = 10.0) -> None:
+        self.stopping = True
         try:
             self.manager.stop(block=True, timeout=timeout, hard_stop=True)
         except Exception as exc:  # shutting down anyway; say why it was not clean

@@ -131,6 +131,7 @@ class _Generation:
         self.texts = engine.detokenizer()
         self.text = ""
         self.token_ids: list[int] = []
+        self.tokens: list[dict[str, Any]] = []  # LMI details.tokens (non-streaming)
         self.finish_reason: str | None = None
 
     async def events(self) -> AsyncIterator[tuple[Step, str]]:
@@ -139,6 +140,8 @@ class _Generation:
             async for step in self.steps:
                 piece = self.texts.step(step.token_id)
                 self.token_ids.append(step.token_id)
+                self.tokens.append({"id": step.token_id, "text": piece,
+                                    "log_prob": step.log_prob})
                 before = len(self.text)
                 self.text += piece
                 reason = step.finish_reason
@@ -209,12 +212,13 @@ def build_app(state: ServerState):
                 if not engine.has_chat_template:
                     raise BadRequest("messages: this model's tokenizer has no chat template; "
                                      "send inputs instead")
-                input_ids = engine.encode_chat([m.model_dump() for m in req.messages])
+                input_ids = await _off_loop(engine.encode_chat,
+                                            [m.model_dump() for m in req.messages])
                 max_new = req.max_tokens
                 sampling = chat_sampling(req, engine.vocab_size)
                 stops = req.stops()
             else:
-                input_ids = engine.encode(req.inputs)
+                input_ids = await _off_loop(engine.encode, req.inputs)
                 max_new = req.parameters.max_new_tokens
                 sampling = lmi_sampling(req.parameters, engine.vocab_size)
                 stops = req.parameters.stop_sequences or []
@@ -321,6 +325,13 @@ def build_app(state: ServerState):
     ])
 
 
+async def _off_loop(fn: Any, arg: Any) -> Any:
+    """Tokenize big inputs in a worker thread so /ping and streams never wait on them."""
+    if len(str(arg)) < 20_000:
+        return fn(arg)
+    return await asyncio.to_thread(fn, arg)
+
+
 class _slot:
     """At most max_rolling_batch_size requests in the engine; the rest wait here, in order."""
 
@@ -404,6 +415,7 @@ def _lmi_body(req: InvocationRequest, gen: _Generation) -> dict[str, Any]:
     final = _lmi_final(req, gen)
     if not req.parameters.details:
         return {"generated_text": final["generated_text"]}
+    final["details"]["tokens"] = gen.tokens
     return final
 
 
@@ -507,7 +519,21 @@ def main(argv: list[str] | None = None) -> int:
             _fail(state.failure)
             server.should_exit = True
 
+    def watch() -> None:
+        """A server whose generation loop died must not look healthy to its parent: say why
+        and exit, so the target reports Failed with that reason."""
+        while not server.should_exit:
+            engine = state.engine
+            if engine is not None and not engine.stopping and not engine.alive():
+                err = engine.manager.background_thread_status.fatal_error
+                state.failure = f"generation loop stopped: {type(err).__name__}: {err}"
+                _fail(state.failure)
+                server.should_exit = True
+                return
+            time.sleep(1.0)
+
     threading.Thread(target=load, name="model-loader", daemon=True).start()
+    threading.Thread(target=watch, name="engine-watch", daemon=True).start()
     log.info("listening on http://%s:%d (pid %d)", args.host, args.port, os.getpid())
     try:
         server.run()

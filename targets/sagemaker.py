@@ -538,6 +538,18 @@ class SageMakerTarget:
     def delete_model(self, name: str) -> bool:
         return self._delete("model", lambda: self.sm.delete_model(ModelName=name), name)
 
+    def config_model_name(self, config_name: str) -> str | None:
+        """The model an endpoint config serves (None when there is no such config): lets a
+        promotion delete the model of the configuration production ran before."""
+        try:
+            d = self.sm.describe_endpoint_config(EndpointConfigName=config_name)
+        except Exception as exc:
+            if _is_missing(exc):
+                return None
+            raise
+        variants = d.get("ProductionVariants") or []
+        return variants[0].get("ModelName") if variants else None
+
     def list_endpoints(self) -> list[EndpointStatus]:
         out = []
         for page in self.sm.get_paginator("list_endpoints").paginate():

@@ -1,0 +1,165 @@
+"""Promotion and cleanup steps against the SageMaker target, every request checked by
+botocore's Stubber against the real service model: the blue/green update_endpoint with its
+DeploymentConfig, the production smoke test, and the deletes (candidate, and the config and
+model production ran before); on failure the candidate's three resources are deleted."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import boto3
+import pytest
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
+
+from lmiflow.pipeline import Names
+from lmiflow.spec import DeploymentSpec
+from targets.sagemaker import SageMakerTarget
+
+pytestmark = pytest.mark.slow
+ARN = "arn:aws:sagemaker:us-east-1:123456789012:"
+
+
+@pytest.fixture()
+def aws_env(monkeypatch, tmp_path):
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+                 "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                 "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
+        monkeypatch.setenv(k, v)
+
+
+@pytest.fixture()
+def target(aws_env, monkeypatch):
+    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                            region_name="us-east-1")
+    t = SageMakerTarget("us-east-1", role_arn="arn:aws:iam::123456789012:role/SageMakerExecution",
+                        s3_uri="s3://bucket/models/", session=session, poll_interval_s=0.01,
+                        sleep=lambda s: None)
+    from tasks import steps
+
+    monkeypatch.setattr(steps, "target_for", lambda spec: t)
+    return t
+
+
+SPEC = DeploymentSpec.model_validate({
+    "name": "prod",
+    "model": {"id": "meta-llama/Llama-3.1-8B", "dtype": "bf16"},
+    "workload": {"max_input_tokens": 1024, "max_output_tokens": 128, "concurrency": 4},
+    "target": {"kind": "sagemaker", "region": "us-east-1",
+               "role_arn": "arn:aws:iam::123456789012:role/SageMakerExecution",
+               "s3_uri": "s3://bucket/models/"},
+    "smoke_test": {"prompt": "Hi", "max_new_tokens": 4},
+    "promotion": {"strategy": "CANARY", "canary_size_pct": 25, "wait_interval_s": 600,
+                  "alarms": ["prod-5xx"], "endpoint_timeout_s": 60},
+})
+NAMES = Names(production="prod", endpoint="prod-c-bbbbbbbb", endpoint_config="prod-ec-bbbbbbbb",
+              model="prod-m-bbbbbbbb", spec_hash="bbbbbbbb")
+
+
+def described(status, config):
+    return {"EndpointName": "prod", "EndpointArn": ARN + "endpoint/prod",
+            "EndpointConfigName": config, "EndpointStatus": status,
+            "CreationTime": "2026-01-01T00:00:00Z", "LastModifiedTime": "2026-01-01T00:00:00Z"}
+
+
+def test_promote_updates_blue_green_smoke_tests_and_removes_old(prefect_harness, target):
+    from prefect import flow
+
+    from tasks import steps
+
+    sm = Stubber(target.sm)
+    ep = {"EndpointName": "prod"}
+    sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
+    sm.add_response("list_tags", {"Tags": []}, {"ResourceArn": ARN + "endpoint/prod"})
+    sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
+    sm.add_response("update_endpoint", {"EndpointArn": ARN + "endpoint/prod"}, {
+        "EndpointName": "prod", "EndpointConfigName": "prod-ec-bbbbbbbb",
+        "DeploymentConfig": {
+            "BlueGreenUpdatePolicy": {
+                "TrafficRoutingConfiguration": {
+                    "Type": "CANARY", "WaitIntervalInSeconds": 600,
+                    "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 25}},
+                "TerminationWaitInSeconds": 0},
+            "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "prod-5xx"}]}}})
+    sm.add_response("describe_endpoint", described("Updating", "prod-ec-aaaaaaaa"), ep)
+    sm.add_response("describe_endpoint", described("InService", "prod-ec-bbbbbbbb"), ep)
+    sm.add_response("delete_endpoint", {}, {"EndpointName": "prod-c-bbbbbbbb"})
+    sm.add_response("describe_endpoint_config", {
+        "EndpointConfigName": "prod-ec-aaaaaaaa", "EndpointConfigArn": ARN + "endpoint-config/x",
+        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "prod-m-aaaaaaaa",
+                                "InstanceType": "ml.g5.xlarge", "InitialInstanceCount": 1}],
+        "CreationTime": "2026-01-01T00:00:00Z"}, {"EndpointConfigName": "prod-ec-aaaaaaaa"})
+    sm.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "prod-ec-aaaaaaaa"})
+    sm.add_response("delete_model", {}, {"ModelName": "prod-m-aaaaaaaa"})
+    rt = Stubber(target.runtime)
+    body = json.dumps({"generated_text": " Hello", "details": {"generated_tokens": 2,
+                                                              "finish_reason": "length"}}).encode()
+    rt.add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(body), len(body)),
+                                        "ContentType": "application/json"},
+                    {"EndpointName": "prod", "ContentType": "application/json",
+                     "Accept": "application/json",
+                     "Body": json.dumps({"inputs": "Hi", "parameters": {
+                         "max_new_tokens": 4, "details": True}}).encode()})
+
+    @flow
+    def promote_only():
+        return steps.promote(SPEC, NAMES, {"project": "lmiflow"})
+
+    with sm, rt:
+        result = promote_only()
+        sm.assert_no_pending_responses()
+        rt.assert_no_pending_responses()
+    assert result["action"] == "updated (CANARY)"
+    assert result["previous_config"] == "prod-ec-aaaaaaaa"
+    assert result["removed"] == ["endpoint prod-c-bbbbbbbb", "endpoint config prod-ec-aaaaaaaa",
+                                 "model prod-m-aaaaaaaa"]
+    assert result["production_smoke_test"]["passed"]
+
+
+def test_rolled_back_update_is_not_a_promotion(prefect_harness, target):
+    """Auto-rollback: production InService again but on the old config: the step fails."""
+    from prefect import flow
+
+    from tasks import steps
+    from tasks.common import StepFailed
+
+    sm = Stubber(target.sm)
+    ep = {"EndpointName": "prod"}
+    sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
+    sm.add_response("list_tags", {"Tags": []}, {"ResourceArn": ARN + "endpoint/prod"})
+    sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
+    sm.add_response("update_endpoint", {"EndpointArn": ARN + "endpoint/prod"})
+    sm.add_response("describe_endpoint", described("RollingBack", "prod-ec-aaaaaaaa"), ep)
+    sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
+
+    @flow
+    def promote_only():
+        return steps.promote(SPEC, NAMES, {"project": "lmiflow"})
+
+    with sm, pytest.raises(StepFailed, match="rolled back"):
+        promote_only()
+
+
+def test_cleanup_on_failure_deletes_the_candidate_only(target):
+    from tasks import steps
+
+    sm = Stubber(target.sm)
+    ep = {"EndpointName": "prod"}
+    sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
+    sm.add_response("list_tags", {"Tags": []}, {"ResourceArn": ARN + "endpoint/prod"})
+    sm.add_response("describe_endpoint_config", {
+        "EndpointConfigName": "prod-ec-aaaaaaaa", "EndpointConfigArn": ARN + "endpoint-config/x",
+        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "prod-m-aaaaaaaa",
+                                "InstanceType": "ml.g5.xlarge", "InitialInstanceCount": 1}],
+        "CreationTime": "2026-01-01T00:00:00Z"}, {"EndpointConfigName": "prod-ec-aaaaaaaa"})
+    sm.add_response("delete_endpoint", {}, {"EndpointName": "prod-c-bbbbbbbb"})
+    sm.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "prod-ec-bbbbbbbb"})
+    sm.add_client_error("delete_model", service_error_code="ValidationException",
+                        service_message='Could not find model "prod-m-bbbbbbbb".',
+                        http_status_code=400, expected_params={"ModelName": "prod-m-bbbbbbbb"})
+    with sm:
+        removed = steps.cleanup_candidate.fn(SPEC, NAMES)
+        sm.assert_no_pending_responses()
+    assert removed == ["endpoint prod-c-bbbbbbbb", "endpoint config prod-ec-bbbbbbbb"]
