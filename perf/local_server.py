@@ -98,10 +98,12 @@ def paired_latency(url: str, model_dir: Path, n: int, sizes: tuple[int, ...]
     (serving.engine, same batching loop) in this process; through transformers' generate()."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from serving.engine import Engine, Sampling
     from serving.options import load_options
 
+    hf_logging.set_verbosity_error()  # as the server runs it (its per-step checks cost ~4 %)
     engine = Engine(load_options(model_dir).engine)
     ids = engine.encode(PROMPT)
     model = AutoModelForCausalLM.from_pretrained(engine.opts.model_path).eval()

@@ -6,6 +6,10 @@ paged, per-sequence KV cache, admits new sequences while others decode, splits l
 (chunked prefill), supports per-request temperature / top-k / top-p, log-probs, streaming and
 cancellation, and uses flash attention / CUDA graphs on a GPU. This module only adapts it to
 asyncio (one queue per request) and keeps the numbers the server reports (forward passes).
+
+Known difference from LMI/vLLM: `log_prob` is taken from the distribution the token was
+sampled from (after temperature / top-k / top-p), so greedy requests (top-k 1) report 0.0;
+vLLM reports the raw model log-probability by default.
 """
 
 from __future__ import annotations

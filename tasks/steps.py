@@ -210,7 +210,7 @@ def wait_in_service(spec: DeploymentSpec, endpoint: str, step: str) -> EndpointS
     return st
 
 
-@step_task("create_endpoint", retries=0)
+@step_task("create_endpoint")
 def create_endpoint(spec: DeploymentSpec, names: Names, tags: dict[str, str]) -> dict:
     t0 = time.monotonic()
     target_for(spec).create_endpoint(names.endpoint, names.endpoint_config, tags)
@@ -309,7 +309,7 @@ def gate(spec: DeploymentSpec, bench: dict, baseline: dict | None) -> dict:
 
 # ---- promotion and cleanup -------------------------------------------------------------------
 
-@step_task("promote", retries=0)
+@step_task("promote")
 def promote(spec: DeploymentSpec, names: Names, tags: dict[str, str]) -> dict:
     """Candidate config becomes production: create production on a first deploy, else a
     blue/green update; then smoke-test production, delete the candidate endpoint and the

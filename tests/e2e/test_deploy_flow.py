@@ -104,7 +104,7 @@ def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_mode
     # Redeploy with another workload: a new candidate, blue/green update, old config removed,
     # and the first run's benchmark is now the baseline for the regression check.
     spec2 = make_spec(demo_model, **{"workload.concurrency": 2,
-                                     "regression.max_regression_pct": 10000})
+                                     "regression.max_regression_pct": 1000})
     state, report2 = run(spec2, tmp_path / "r2")
     assert state.is_completed(), report2["error"]
     assert report2["promotion"]["action"].startswith("updated")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from serving.engine import Sampling
@@ -121,10 +122,110 @@ def test_refuses_to_bind_anything_but_loopback(tmp_path: Path) -> None:
     assert "loopback only" in res.stderr
 
 
-# ---- a real server on the demo model -----------------------------------------------------------
+# ---- the HTTP layer over a scripted engine (fast: no torch) ---------------------------------
 
-torch = pytest.importorskip("torch")
-httpx = pytest.importorskip("httpx")
+
+class _ScriptedEngine:
+    """Engine stand-in: emits token ids 1..n, then fails after `fail_after` tokens if set."""
+
+    vocab_size, max_model_len, device = 100, 64, "cpu"
+
+    def __init__(self, fail_after: int | None = None, chat_template: bool = True):
+        self.fail_after = fail_after
+        self.has_chat_template = chat_template
+        self.closed = 0
+
+    def alive(self) -> bool:
+        return True
+
+    def stats(self) -> dict:
+        return {"forward_passes": 0}
+
+    def encode(self, text: str) -> list[int]:
+        return [0] * len(text.split())
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        return [0] * len(messages)
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(f"<{i}>" for i in ids)
+
+    def detokenizer(self):
+        class T:
+            def step(self, i: int) -> str:
+                return f"<{i}>"
+        return T()
+
+    async def generate(self, ids, max_new, sampling, stream=True):
+        from serving.engine import EngineError, Step
+
+        try:
+            for i in range(1, max_new + 1):
+                if self.fail_after is not None and i > self.fail_after:
+                    raise EngineError("device on fire")
+                yield Step(i, -0.5, "length" if i == max_new else None)
+        finally:
+            self.closed += 1
+
+
+def _client(engine: object):
+    from starlette.testclient import TestClient
+
+    from serving.engine import EngineOptions
+    from serving.options import ServerOptions
+    from serving.server import ServerState, build_app
+
+    state = ServerState(Path("."), max_body_bytes=1000)
+    state.options = ServerOptions(engine=EngineOptions(model_path="x", max_rolling_batch_size=2),
+                                  model_source="x")
+    state.engine = engine  # type: ignore[assignment]
+    return TestClient(build_app(state))
+
+
+def test_not_ready_is_503_on_ping_and_invocations() -> None:
+    from starlette.testclient import TestClient
+
+    from serving.server import ServerState, build_app
+
+    client = TestClient(build_app(ServerState(Path("."))))
+    assert client.get("/ping").status_code == 503
+    r = client.post("/invocations", json={"inputs": "x"})
+    assert r.status_code == 503 and r.json()["code"] == 424
+
+
+def test_engine_error_before_first_token_is_424_after_it_a_last_line() -> None:
+    early = _client(_ScriptedEngine(fail_after=0))
+    r = early.post("/invocations", json={"inputs": "a b", "stream": True})
+    assert r.status_code == 424 and "device on fire" in r.json()["error"]
+    r = early.post("/invocations", json={"inputs": "a b"})
+    assert r.status_code == 424
+
+    late = _client(_ScriptedEngine(fail_after=2))
+    r = late.post("/invocations", json={"inputs": "a b", "stream": True,
+                                        "parameters": {"max_new_tokens": 5}})
+    assert r.status_code == 200  # LMI: the status went out with the first token
+    lines = [json.loads(x) for x in r.text.splitlines()]
+    assert [x["token"]["id"] for x in lines] == [1, 2, -1]
+    assert lines[-1]["details"]["finish_reason"] == "error"
+    assert lines[-1]["generated_text"] == "<1><2>" and lines[-1]["code"] == 424
+
+
+def test_chat_needs_a_template_and_stop_sequences_cut_the_text() -> None:
+    r = _client(_ScriptedEngine(chat_template=False)).post(
+        "/invocations", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 400 and "chat template" in r.json()["error"]
+    engine = _ScriptedEngine()
+    r = _client(engine).post("/invocations", json={
+        "inputs": "a", "parameters": {"max_new_tokens": 9, "stop_sequences": ["<3>"],
+                                      "details": True}})
+    body = r.json()
+    assert body["generated_text"] == "<1><2>"
+    assert body["details"]["finish_reason"] == "stop_sequence"
+    assert body["details"]["generated_tokens"] == 3
+    assert engine.closed == 1  # the engine request was closed (cancelled) at the stop
+
+
+# ---- a real server on the demo model -----------------------------------------------------------
 
 MAX_MODEL_LEN = 512
 MAX_BATCH = 8
@@ -151,6 +252,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    pytest.importorskip("torch")
     from serving.demo_model import ensure_demo_model
 
     weights = ensure_demo_model(tmp_path_factory.getbasetemp() / "lmiflow-demo-model")

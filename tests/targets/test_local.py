@@ -102,6 +102,22 @@ def test_endpoint_lock_is_exclusive_across_holders(target: LocalTarget) -> None:
             pass  # a different endpoint is not blocked
 
 
+def test_concurrent_writers_lose_nothing(target: LocalTarget) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from targets.local import LocalTarget\n"
+            "t = LocalTarget(Path(sys.argv[1]))\n"
+            "for i in range(15):\n"
+            "    n = f'{sys.argv[2]}-{i}'\n"
+            "    t.create_model(n, t.stage(n, {'serving.properties': ''}), None, {}, {})\n")
+    root = Path(__file__).resolve().parents[2]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(target.state_dir), p], cwd=root)
+             for p in ("a", "b", "c")]
+    assert [p.wait(60) for p in procs] == [0, 0, 0]
+    assert len(target.list_resources("")["models"]) == 45
+
+
 def test_failure_reason_prefers_the_servers_own_line(tmp_path: Path) -> None:
     log = tmp_path / "a.log"
     log.write_text("Traceback ...\nlmiflow-server FAILED: cannot load model x: boom\nbye\n")
@@ -195,6 +211,24 @@ def test_endpoint_lifecycle_with_blue_green_update(target: LocalTarget, weights:
     assert target.describe("ep") is None
     assert target.delete_endpoint("ep") is False
     assert target.list_resources("")["endpoints"] == []
+
+
+@pytest.mark.slow
+def test_endpoint_outlives_the_process_that_created_it(target: LocalTarget,
+                                                       weights: Path) -> None:
+    import subprocess
+    import sys
+
+    name = _deploy(target, "orphan", f"option.model_id={weights}\noption.max_model_len=128\n")
+    code = ("import sys; from pathlib import Path; from targets.local import LocalTarget; "
+            f"LocalTarget(Path(sys.argv[1])).create_endpoint('orphan-ep', '{name}', {{}})")
+    res = subprocess.run([sys.executable, "-c", code, str(target.state_dir)],
+                         cwd=Path(__file__).resolve().parents[2], timeout=60)
+    assert res.returncode == 0  # the creating "CLI" is gone now
+    st = target.wait("orphan-ep", 120)  # another process drives it to InService
+    assert st.status == "InService"
+    assert target.invoke("orphan-ep", {"inputs": "x", "parameters": {"max_new_tokens": 1}})
+    assert target.delete_endpoint("orphan-ep")
 
 
 @pytest.mark.slow
