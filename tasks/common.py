@@ -18,7 +18,7 @@ TRANSIENT_AWS_CODES = {
     "InternalFailure", "InternalServerError", "InternalError", "RequestTimeout",
     "RequestTimeoutException", "SlowDown", "ModelNotReadyException",
 }
-RETRIES = 3
+RETRIES = 5  # a step makes up to five control-plane calls; each may be throttled once
 
 
 class TransientError(RuntimeError):

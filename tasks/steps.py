@@ -313,7 +313,8 @@ def gate(spec: DeploymentSpec, bench: dict, baseline: dict | None) -> dict:
 def promote(spec: DeploymentSpec, names: Names, tags: dict[str, str]) -> dict:
     """Candidate config becomes production: create production on a first deploy, else a
     blue/green update; then smoke-test production, delete the candidate endpoint and the
-    configuration production ran before."""
+    configuration production ran before. Safe to retry: a second try finds production already
+    on the new config and only finishes the cleanup."""
     log = get_run_logger()
     target = target_for(spec)
     prod = target.describe(spec.name)
@@ -337,13 +338,9 @@ def promote(spec: DeploymentSpec, names: Names, tags: dict[str, str]) -> dict:
         raise StepFailed(f"{spec.name} still serves {st.config_name} after the update "
                          "(rolled back?)")
     smoke = smoke_test.fn(spec, spec.name, step="promote-smoke-test")
-    removed = [f"endpoint {names.endpoint}"] if target.delete_endpoint(names.endpoint) else []
-    if previous and previous != names.endpoint_config:
-        old_model = _config_model(target, previous)
-        if target.delete_endpoint_config(previous):
-            removed.append(f"endpoint config {previous}")
-        if old_model and old_model != names.model and target.delete_model(old_model):
-            removed.append(f"model {old_model}")
+    # Everything of this endpoint that production no longer uses: the candidate endpoint and
+    # the config and model production ran before (also those of an earlier interrupted try).
+    removed = remove_leftovers(target, spec.name)
     log.info("promoted %s: %s; removed %s", spec.name, action, ", ".join(removed) or "nothing")
     _md(spec, "promote", f"# Promoted `{spec.name}`\n\n{action}: now serves "
         f"`{names.endpoint_config}` (was `{previous or 'nothing'}`)\n\nremoved: "

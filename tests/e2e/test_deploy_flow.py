@@ -8,39 +8,9 @@ import json
 
 import pytest
 
-from lmiflow.spec import DeploymentSpec
+from tests.e2e.flows import make_spec, run
 
 pytestmark = pytest.mark.slow
-
-
-def make_spec(model_dir, **over) -> DeploymentSpec:
-    data = {
-        "name": "e2e-demo",
-        "model": {"id": str(model_dir), "dtype": "fp32"},
-        "workload": {"max_input_tokens": 128, "max_output_tokens": 16, "concurrency": 4},
-        "target": {"kind": "local"},
-        "smoke_test": {"prompt": "Hello", "max_new_tokens": 4},
-        "benchmark": {"concurrency": [1, 2], "requests": 4, "warmup_requests": 1,
-                      "input_tokens": 16, "max_new_tokens": 8},
-        "gates": [{"metric": "error_rate", "stat": "value", "op": "<=", "threshold": 0.0},
-                  {"metric": "ttft_ms", "stat": "p95", "op": "<=", "threshold": 30000}],
-        "promotion": {"endpoint_timeout_s": 180},
-    }
-    for dotted, value in over.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return DeploymentSpec.model_validate(data)
-
-
-def run(spec, report_dir):
-    from flows.deploy import deploy_llm
-
-    state = deploy_llm(spec, report_dir=str(report_dir), return_state=True)
-    report = json.loads((report_dir / "report.json").read_text())
-    return state, report
 
 
 def artifact_keys(prefix: str) -> set[str]:

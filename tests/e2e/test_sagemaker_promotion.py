@@ -64,6 +64,27 @@ def described(status, config):
             "CreationTime": "2026-01-01T00:00:00Z", "LastModifiedTime": "2026-01-01T00:00:00Z"}
 
 
+def config_of(name, model):
+    return {"EndpointConfigName": name, "EndpointConfigArn": ARN + "endpoint-config/" + name,
+            "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": model,
+                                    "InstanceType": "ml.g5.xlarge", "InitialInstanceCount": 1}],
+            "CreationTime": "2026-01-01T00:00:00Z"}
+
+
+def listed(sm, models, configs, endpoints):
+    t = "2026-01-01T00:00:00Z"
+    sm.add_response("list_models", {"Models": [
+        {"ModelName": m, "ModelArn": ARN + "model/" + m, "CreationTime": t} for m in models]},
+        {"NameContains": "prod-"})
+    sm.add_response("list_endpoint_configs", {"EndpointConfigs": [
+        {"EndpointConfigName": c, "EndpointConfigArn": ARN + "endpoint-config/" + c,
+         "CreationTime": t} for c in configs]}, {"NameContains": "prod-"})
+    sm.add_response("list_endpoints", {"Endpoints": [
+        {"EndpointName": e, "EndpointArn": ARN + "endpoint/" + e, "CreationTime": t,
+         "LastModifiedTime": t, "EndpointStatus": "InService"} for e in endpoints
+        if e.startswith("prod-")]}, {"NameContains": "prod-"})
+
+
 def test_promote_updates_blue_green_smoke_tests_and_removes_old(prefect_harness, target):
     from prefect import flow
 
@@ -85,12 +106,15 @@ def test_promote_updates_blue_green_smoke_tests_and_removes_old(prefect_harness,
             "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "prod-5xx"}]}}})
     sm.add_response("describe_endpoint", described("Updating", "prod-ec-aaaaaaaa"), ep)
     sm.add_response("describe_endpoint", described("InService", "prod-ec-bbbbbbbb"), ep)
+    # cleanup: what production uses now, what exists, then the deletes.
+    sm.add_response("describe_endpoint", described("InService", "prod-ec-bbbbbbbb"), ep)
+    sm.add_response("list_tags", {"Tags": []}, {"ResourceArn": ARN + "endpoint/prod"})
+    sm.add_response("describe_endpoint_config", config_of("prod-ec-bbbbbbbb", "prod-m-bbbbbbbb"),
+                    {"EndpointConfigName": "prod-ec-bbbbbbbb"})
+    listed(sm, models=["prod-m-aaaaaaaa", "prod-m-bbbbbbbb"],
+           configs=["prod-ec-aaaaaaaa", "prod-ec-bbbbbbbb"],
+           endpoints=["prod", "prod-c-bbbbbbbb", "prod-2"])
     sm.add_response("delete_endpoint", {}, {"EndpointName": "prod-c-bbbbbbbb"})
-    sm.add_response("describe_endpoint_config", {
-        "EndpointConfigName": "prod-ec-aaaaaaaa", "EndpointConfigArn": ARN + "endpoint-config/x",
-        "ProductionVariants": [{"VariantName": "AllTraffic", "ModelName": "prod-m-aaaaaaaa",
-                                "InstanceType": "ml.g5.xlarge", "InitialInstanceCount": 1}],
-        "CreationTime": "2026-01-01T00:00:00Z"}, {"EndpointConfigName": "prod-ec-aaaaaaaa"})
     sm.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "prod-ec-aaaaaaaa"})
     sm.add_response("delete_model", {}, {"ModelName": "prod-m-aaaaaaaa"})
     rt = Stubber(target.runtime)
@@ -113,7 +137,8 @@ def test_promote_updates_blue_green_smoke_tests_and_removes_old(prefect_harness,
         rt.assert_no_pending_responses()
     assert result["action"] == "updated (CANARY)"
     assert result["previous_config"] == "prod-ec-aaaaaaaa"
-    assert result["removed"] == ["endpoint prod-c-bbbbbbbb", "endpoint config prod-ec-aaaaaaaa",
+    # "prod-2" is another endpoint's name, never touched.
+    assert result["removed"] == ["endpoint prod-c-bbbbbbbb", "endpoint_config prod-ec-aaaaaaaa",
                                  "model prod-m-aaaaaaaa"]
     assert result["production_smoke_test"]["passed"]
 

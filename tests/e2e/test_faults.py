@@ -1,0 +1,238 @@
+"""The fault matrix on the local target: each test injects a fault, checks the outcome, and
+checks that every resource the run created for the candidate is gone (resources before =
+after) and production is untouched unless the promotion completed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.e2e.flows import make_spec, run
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+CONTROL_PLANE = ("stage", "create_model", "create_endpoint_config", "create_endpoint",
+                 "update_endpoint", "describe", "list_resources", "delete_endpoint",
+                 "delete_endpoint_config", "delete_model", "config_model_name")
+NOTHING = {"models": [], "endpoint_configs": [], "endpoints": []}
+
+
+def throttling(op: str) -> ClientError:
+    return ClientError({"Error": {"Code": "ThrottlingException", "Message": "Rate exceeded"},
+                        "ResponseMetadata": {"HTTPStatusCode": 400}}, op)
+
+
+def test_throttling_on_every_control_plane_call_is_retried(prefect_harness, demo_model,
+                                                           state_dir, tmp_path, monkeypatch):
+    from targets.local import LocalTarget
+
+    throttled: set[str] = set()
+    for name in CONTROL_PLANE:
+        real = getattr(LocalTarget, name)
+
+        def once(self, *a, _real=real, _name=name, **k):
+            if _name not in throttled:  # the first call of each operation is throttled
+                throttled.add(_name)
+                raise throttling(_name)
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(LocalTarget, name, once)
+    state, report = run(make_spec(demo_model, name="f-throttle"), tmp_path / "r")
+    assert state.is_completed(), report["error"]
+    assert report["status"] == "promoted"
+    # each operation the run used was throttled once and then succeeded
+    assert {"stage", "create_model", "create_endpoint_config", "create_endpoint", "describe",
+            "list_resources", "delete_endpoint"} <= throttled
+    monkeypatch.undo()
+    t = LocalTarget(state_dir)
+    res = t.list_resources("f-throttle")
+    assert res["endpoints"] == ["f-throttle"] and len(res["endpoint_configs"]) == 1
+
+
+def test_wait_that_exceeds_its_timeout(prefect_harness, demo_model, state_dir, tmp_path):
+    from targets.local import LocalTarget
+
+    spec = make_spec(demo_model, name="f-timeout", **{"promotion.endpoint_timeout_s": 0.2})
+    state, report = run(spec, tmp_path / "r")
+    assert state.is_failed() and report["failed_step"] == "create_endpoint"
+    assert "not InService within" in report["error"]
+    assert LocalTarget(state_dir).list_resources("f-timeout") == NOTHING
+
+
+def test_smoke_test_invoke_error(prefect_harness, demo_model, state_dir, tmp_path, monkeypatch):
+    from targets.local import InvocationError, LocalTarget
+
+    def broken(self, name, payload, timeout_s=300.0):
+        raise InvocationError(424, b'{"code": 424, "error": "model failed (injected)"}')
+
+    monkeypatch.setattr(LocalTarget, "invoke", broken)
+    state, report = run(make_spec(demo_model, name="f-smoke"), tmp_path / "r")
+    assert state.is_failed() and report["failed_step"] == "smoke_test"
+    assert report["smoke_test"]["passed"] is False
+    assert LocalTarget(state_dir).list_resources("f-smoke") == NOTHING
+
+
+def test_invoke_errors_during_benchmark_go_to_the_gate(prefect_harness, demo_model, state_dir,
+                                                       tmp_path, monkeypatch):
+    from targets.local import InvocationError, LocalTarget
+
+    real = LocalTarget.invoke_stream
+    calls = {"n": 0}
+
+    def flaky(self, name, payload, timeout_s=300.0):
+        calls["n"] += 1
+        if calls["n"] % 3 == 0:
+            raise InvocationError(503, b'{"code": 503, "error": "overloaded (injected)"}')
+        return real(self, name, payload, timeout_s)
+
+    monkeypatch.setattr(LocalTarget, "invoke_stream", flaky)
+    state, report = run(make_spec(demo_model, name="f-bench"), tmp_path / "r")
+    assert state.is_failed() and report["status"] == "rejected"  # the error_rate <= 0 gate decides
+    levels = report["benchmark"]["levels"]
+    assert all(0 < lv["error_rate"] < 1 for lv in levels)
+    assert LocalTarget(state_dir).list_resources("f-bench") == NOTHING
+
+
+def test_server_crash_mid_benchmark(prefect_harness, demo_model, state_dir, tmp_path):
+    from targets.local import LocalTarget
+    from tasks.common import add_progress_listener
+
+    target = LocalTarget(state_dir)
+    killed: list[int] = []
+
+    def kill_candidate(step, fraction, text):
+        if step == "benchmark" and not killed:
+            reg = json.loads((state_dir / "registry.json").read_text())
+            for name, rec in reg["endpoints"].items():
+                if name.startswith("f-crash-c-"):
+                    killed.append(rec["process"]["pid"])
+                    os.kill(rec["process"]["pid"], signal.SIGKILL)
+
+    remove = add_progress_listener(kill_candidate)
+    try:
+        state, report = run(make_spec(demo_model, name="f-crash", **{
+            "benchmark.requests": 12}), tmp_path / "r")
+    finally:
+        remove()
+    assert killed
+    assert state.is_failed() and report["status"] in ("rejected", "failed")
+    if report["status"] == "rejected":
+        assert any(lv["errors"] > 0 for lv in report["benchmark"]["levels"])
+    assert target.list_resources("f-crash") == NOTHING
+
+
+def _lmiflow(cfg: Path, report_dir: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "lmiflow", "deploy", str(cfg),
+                             "--report-dir", str(report_dir)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _env(state_dir: Path) -> dict:
+    from prefect.settings import PREFECT_API_URL
+
+    return {**os.environ, "LMIFLOW_STATE_DIR": str(state_dir),
+            "PREFECT_API_URL": PREFECT_API_URL.value() or "",
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+
+def _write(spec, path: Path) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    return path
+
+
+def test_killed_during_create_endpoint_then_rerun(prefect_harness, demo_model, state_dir,
+                                                 tmp_path):
+    from targets.local import LocalTarget
+
+    spec = make_spec(demo_model, name="f-kill")
+    cfg = _write(spec, tmp_path / "cfg.yaml")
+    proc = _lmiflow(cfg, tmp_path / "r1", _env(state_dir))
+    target = LocalTarget(state_dir)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        eps = target.list_resources("f-kill")["endpoints"]
+        if eps:  # the candidate endpoint exists: kill lmiflow in create_endpoint
+            proc.kill()
+            break
+        if proc.poll() is not None:
+            pytest.fail("deploy ended before create_endpoint: " + proc.stdout.read().decode())
+        time.sleep(0.05)
+    proc.wait(30)
+    left = target.list_resources("f-kill")
+    assert left["endpoints"] and left["models"]  # what the killed run left behind
+    state, report = run(spec, tmp_path / "r2")
+    assert state.is_completed(), report["error"]
+    res = target.list_resources("f-kill")
+    # no duplicates: production, and the one config and model it serves
+    assert res["endpoints"] == ["f-kill"]
+    assert len(res["endpoint_configs"]) == 1 and len(res["models"]) == 1
+
+
+def test_promotion_interrupted_before_candidate_deleted(prefect_harness, demo_model, state_dir,
+                                                        tmp_path):
+    """The state a crash between update(production) and delete(candidate) leaves: production
+    on the candidate's config and the candidate still running. A rerun completes it."""
+    from targets.local import LocalTarget
+
+    spec = make_spec(demo_model, name="f-promo")
+    state, report = run(spec, tmp_path / "r1")
+    assert state.is_completed(), report["error"]
+    target = LocalTarget(state_dir)
+    prod = target.describe("f-promo")
+    candidate = report["candidate_endpoint"]
+    target.create_endpoint(candidate, prod.config_name, {"project": "lmiflow"})
+    target.wait(candidate, 120)
+    assert candidate in target.list_resources("f-promo")["endpoints"]
+    state, report = run(spec, tmp_path / "r2")
+    assert state.is_completed(), report["error"]
+    res = target.list_resources("f-promo")
+    assert res["endpoints"] == ["f-promo"]
+    assert res["endpoint_configs"] == [prod.config_name]
+    assert target.describe("f-promo").config_name == prod.config_name
+
+
+def test_concurrent_runs(prefect_harness, demo_model, state_dir, tmp_path):
+    """Two deploys of one endpoint are serialized (the local endpoint lock) and production ends
+    consistent; two different endpoints proceed in parallel."""
+    from targets.local import LocalTarget
+
+    env = _env(state_dir)
+    specs = {"a": make_spec(demo_model, name="f-same"),
+             "b": make_spec(demo_model, name="f-same", **{"workload.concurrency": 2}),
+             "c": make_spec(demo_model, name="f-other-1"),
+             "d": make_spec(demo_model, name="f-other-2")}
+    procs = {}
+    for key in ("a", "b"):
+        procs[key] = _lmiflow(_write(specs[key], tmp_path / f"{key}.yaml"), tmp_path / key, env)
+    outs = {k: p.communicate(timeout=600)[0].decode() for k, p in procs.items()}
+    reports = {k: json.loads((tmp_path / k / "report.json").read_text()) for k in ("a", "b")}
+    assert all(p.returncode == 0 for p in procs.values()), outs
+    windows = sorted((r["steps"][0]["started_at"],
+                      max(s["started_at"] + s["seconds"] for s in r["steps"] if s["started_at"]))
+                     for r in reports.values())
+    assert windows[0][1] <= windows[1][0], "runs on one endpoint overlapped"
+    target = LocalTarget(state_dir)
+    res = target.list_resources("f-same")
+    assert res["endpoints"] == ["f-same"] and len(res["endpoint_configs"]) == 1
+    last = max(reports.values(), key=lambda r: r["steps"][0]["started_at"])
+    assert target.describe("f-same").config_name.endswith(last["candidate_endpoint"][-8:])
+
+    procs = {k: _lmiflow(_write(specs[k], tmp_path / f"{k}.yaml"), tmp_path / k, env)
+             for k in ("c", "d")}
+    outs = {k: p.communicate(timeout=600)[0].decode() for k, p in procs.items()}
+    assert all(p.returncode == 0 for p in procs.values()), outs
+    rc, rd = (json.loads((tmp_path / k / "report.json").read_text()) for k in ("c", "d"))
+    start = lambda r: r["steps"][0]["started_at"]  # noqa: E731
+    end = lambda r: max(s["started_at"] + s["seconds"] for s in r["steps"]  # noqa: E731
+                        if s["started_at"])
+    assert start(rc) < end(rd) and start(rd) < end(rc), "different endpoints did not overlap"
