@@ -102,13 +102,17 @@ def _summary(path: Path, spec, console) -> None:
         mark = {"completed": "✓", "failed": "✗", "skipped": "·"}.get(s["status"], "?")
         console.print(f"  {mark} {s['name']:<27} {s['seconds']:>7.2f} s  {s.get('summary', '')}")
     for c in (r.get("gate") or {}).get("checks", []):
+        obs = c["observed"]
+        obs = f"{obs:.4g}" if isinstance(obs, int | float) else str(obs)
         console.print(f"    {'✓' if c['passed'] else '✗'} {c['kind']} {c['metric']} {c['stat']}"
-                      f" c={c.get('concurrency')}: {c['observed']} {c['op']} {c['threshold']}")
+                      f" c={c.get('concurrency')}: {obs} {c['op']} {c['threshold']:.4g}")
     console.print(f"\nreport: {path.parent}/report.html (and report.json, report.md)")
     if r["status"] == "promoted":
         t = f" --target {spec.target.kind}"
-        console.print(f"invoke: lmiflow endpoints invoke {spec.name} 'Hello'{t}\n"
-                      f"delete: lmiflow endpoints delete {spec.name}{t}")
+        exe = Path(sys.executable).parent / "lmiflow"
+        cli = str(exe) if exe.exists() else "lmiflow"
+        console.print(f"invoke: {cli} endpoints invoke {spec.name} 'Hello'{t}\n"
+                      f"delete: {cli} endpoints delete {spec.name}{t}")
     if r.get("cleanup"):
         console.print("removed candidate resources: " + ", ".join(r["cleanup"]))
     sys.stderr.flush()
