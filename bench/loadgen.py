@@ -133,6 +133,19 @@ class _Recorder:
         self.rec = RequestRecord(start=start, warmup=warmup)
         self.last: float | None = None
         self.closed = False  # set once the record is handed back: a late thread must stop
+        self._buf = b""
+
+    def chunk(self, t: float, data: bytes) -> None:
+        """Raw transport bytes: whole lines are parsed at t, a partial line waits."""
+        self._buf += data
+        *lines, self._buf = self._buf.split(b"\n")
+        for line in lines:
+            self.line(t, line)
+
+    def end_of_stream(self, t: float) -> None:
+        if self._buf.strip():
+            self.line(t, self._buf)
+        self._buf = b""
 
     def line(self, t: float, raw: bytes | str) -> None:
         raw = raw.strip()
@@ -244,15 +257,9 @@ class HttpxTransport:
                 body = (await resp.aread())[:300].decode("utf-8", "replace")
                 rec.fail(perf(), f"HTTP {resp.status_code}: {body}")
                 return
-            buf = b""
             async for chunk in resp.aiter_bytes():
-                t = perf()
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    rec.line(t, line)
-            if buf.strip():
-                rec.line(perf(), buf)
+                rec.chunk(perf(), chunk)
+            rec.end_of_stream(perf())
 
     async def aclose(self) -> None:
         await asyncio.gather(*(c.aclose() for c in self.all))
@@ -283,15 +290,9 @@ class AiohttpTransport:
                 body = (await resp.read())[:300].decode("utf-8", "replace")
                 rec.fail(perf(), f"HTTP {resp.status}: {body}")
                 return
-            buf = b""
             async for chunk in resp.content.iter_any():
-                t = perf()
-                buf += chunk
-                *lines, buf = buf.split(b"\n")
-                for line in lines:
-                    rec.line(t, line)
-            if buf.strip():
-                rec.line(perf(), buf)
+                rec.chunk(perf(), chunk)
+            rec.end_of_stream(perf())
 
     async def aclose(self) -> None:
         await self.session.close()
