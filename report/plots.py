@@ -265,7 +265,13 @@ def latency_percentiles(
             },
             key=str,
         )
+        data_top = top
         for stat, op, threshold in limits:
+            if data_top > 0 and threshold > 4 * data_top:
+                # A far-off limit would flatten the data into the x axis: name it instead.
+                ax.annotate(f"gate {stat} {op} {threshold:g} (off scale)", (0.01, 0.97),
+                            xycoords="axes fraction", va="top", fontsize=7, color=RED)
+                continue
             ax.axhline(threshold, color=RED, linewidth=1, linestyle="-.")
             # Labelled on the line itself: the legend is shared by both panels.
             ax.annotate(

@@ -57,7 +57,9 @@ def _key_is_secret(key: object) -> bool:
     if not isinstance(key, str):
         return False
     words = [w.lower() for w in _WORD_RE.findall(key)]
-    if any(w in _SECRET_WORDS for w in words):
+    # The secret word must end the key (hf_token, aws_session_token): token_count_mismatches
+    # or secret_scanner_enabled name data, not secrets.
+    if words and words[-1] in _SECRET_WORDS:
         return True
     return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(words))
 

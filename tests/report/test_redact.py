@@ -121,3 +121,12 @@ def test_redact_text_masks(text: str, expected: str) -> None:
 )
 def test_redact_text_keeps_ordinary_text(text: str) -> None:
     assert redact_text(text) == text
+
+
+def test_keys_that_only_mention_a_secret_word_keep_their_values():
+    data = {"token_count_mismatches": "stream tokens vs details.generated_tokens",
+            "aws_credentials_block": "prod-aws", "hf_token": "abc", "session_token": "xyz"}
+    out = redact(data)
+    assert out["token_count_mismatches"] == data["token_count_mismatches"]
+    assert out["aws_credentials_block"] == "prod-aws"
+    assert out["hf_token"] == "***" and out["session_token"] == "***"
