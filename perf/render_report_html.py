@@ -12,11 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
-import os
-import re
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,30 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from report.plots import all_plots  # noqa: E402
-from report.writer import CSP, render_json, render_markdown, write_report  # noqa: E402
-
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-)
-PROBE = (
-    '<script>window.addEventListener("load",()=>{const p=document.createElement("pre");'
-    'p.id="probe";p.textContent=JSON.stringify([...document.images].map(i=>i.naturalWidth));'
-    "document.body.appendChild(p);});</script>"
-)
+from report.writer import render_json, render_markdown, write_report  # noqa: E402
 
 
-def _load_sample():
+def _load(name: str):
     # The installed smdebug_rulesconfig ships a top-level `tests` package that shadows ours
-    # outside pytest, so load the shared fixture by path.
-    spec = importlib.util.spec_from_file_location("report_sample", ROOT / "tests/report/sample.py")
+    # outside pytest, so load the shared test helpers by path.
+    spec = importlib.util.spec_from_file_location(f"report_{name}",
+                                                  ROOT / f"tests/report/{name}.py")
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(module)
@@ -65,29 +44,14 @@ def _best(fn, repeat: int = 3) -> float:
     return min(times)
 
 
-def _chromium() -> str | None:
-    names = ("chromium", "chromium-browser", "google-chrome")
-    return next((p for p in map(shutil.which, names) if p), None)
-
-
-def _run(browser: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [browser, *FLAGS, f"--user-data-dir={tmp / 'profile'}", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "HOME": str(tmp)},
-        check=False,
-    )
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="where screenshots go")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="lmiflow-report-"))
     out.mkdir(parents=True, exist_ok=True)
-    sample = _load_sample()
+    sample = _load("sample")
+    chromium = _load("chromium")
 
     full = sample.full_report()
     all_plots(full)  # warm matplotlib's import and font cache
@@ -113,7 +77,7 @@ def main() -> int:
         sizes = ", ".join(f"{k} {v.stat().st_size / 1024:.0f} KiB" for k, v in p.items())
         print(f"{name}: {sizes}")
 
-    browser = _chromium()
+    browser = chromium.find()
     if browser is None:
         print("chromium: not installed, render check skipped (apt-get install -y chromium)")
         return 0
@@ -123,22 +87,20 @@ def main() -> int:
     for name, p in paths.items():
         shot = out / f"{name}.png"
         start = time.perf_counter()
-        _run(browser, out, f"--screenshot={shot}", "--window-size=1280,7000", p["html"].as_uri())
+        chromium.run(browser, out, f"--screenshot={shot}", "--window-size=1280,7000",
+                     p["html"].as_uri())
         elapsed = time.perf_counter() - start
         with Image.open(shot) as image:
             histogram = image.convert("L").histogram()
             ink = sum(histogram[:245]) / (image.width * image.height)
         text = p["html"].read_text(encoding="utf-8")
         probe = out / f"{name}-probe.html"
-        probe.write_text(
-            text.replace(CSP, CSP + "; script-src 'unsafe-inline'").replace(
-                "</body>", PROBE + "</body>"
-            )
-        )
-        dom = _run(browser, out, "--dump-dom", "--virtual-time-budget=10000", probe.as_uri())
-        match = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout)
-        widths = json.loads(match.group(1)) if match else []
-        ok = bool(match) and all(w > 0 for w in widths)
+        probe.write_text(chromium.probe_page(text))
+        dom = chromium.run(browser, out, "--dump-dom", "--virtual-time-budget=10000",
+                           probe.as_uri())
+        images = chromium.probed_images(dom.stdout)
+        widths = [i["w"] for i in images or []]
+        ok = images is not None and all(w > 0 for w in widths)
         failures += not ok
         print(
             f"chromium {name}: screenshot {elapsed:.2f} s, non-white {ink:.1%}, "

@@ -5,31 +5,15 @@ Skips when Chromium is not installed (``apt-get install -y chromium`` provides i
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from report.writer import CSP
+from tests.report import chromium
 
-CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "/usr/bin/chromium")
-CHROMIUM = next((p for p in map(shutil.which, CANDIDATES) if p), None)
-FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--hide-scrollbars",
-)
+CHROMIUM = chromium.find()
 PLOTS = 5
 
 pytestmark = [
@@ -37,31 +21,10 @@ pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed"),
 ]
 
-# Reports carry no script (their CSP forbids it); this probe is added to a copy only.
-PROBE = """<script>
-window.addEventListener("load", () => {
-  const imgs = [...document.images].map(i => ({id: i.id, w: i.naturalWidth, h: i.naturalHeight,
-                                               complete: i.complete}));
-  const out = document.createElement("pre");
-  out.id = "probe";
-  out.textContent = JSON.stringify(imgs);
-  document.body.appendChild(out);
-});
-</script>"""
 
-
-def _chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    profile = tmp_path / "profile"
-    profile.mkdir(exist_ok=True)
+def _chromium(tmp_path: Path, *args: str):
     assert CHROMIUM is not None
-    return subprocess.run(
-        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "HOME": str(tmp_path)},
-        check=False,
-    )
+    return chromium.run(CHROMIUM, tmp_path, *args)
 
 
 def test_screenshot_is_not_blank(written: dict[str, dict[str, Path]], tmp_path: Path) -> None:
@@ -86,13 +49,11 @@ def test_every_image_decodes_in_the_browser(
     text = written[name]["html"].read_text(encoding="utf-8")
     expected = len(re.findall(r"<img ", text))
     assert expected == (PLOTS if name == "full" else 3)
-    probe_csp = CSP + "; script-src 'unsafe-inline'"
     page = tmp_path / "probe.html"
-    page.write_text(text.replace(CSP, probe_csp).replace("</body>", PROBE + "</body>"))
+    page.write_text(chromium.probe_page(text))
     proc = _chromium(tmp_path, "--dump-dom", "--virtual-time-budget=10000", page.as_uri())
-    match = re.search(r'<pre id="probe">(.*?)</pre>', proc.stdout)
-    assert match, proc.stdout[-1000:] + proc.stderr[-2000:]
-    images = json.loads(match.group(1))
+    images = chromium.probed_images(proc.stdout)
+    assert images is not None, proc.stdout[-1000:] + proc.stderr[-2000:]
     assert len(images) == expected
     for image in images:
         assert image["complete"] and image["w"] >= 600 and image["h"] >= 250, image
