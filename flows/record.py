@@ -80,11 +80,6 @@ def _versions(spec: DeploymentSpec) -> dict[str, str | None]:
             "lmi_image": None, "model_revision": spec.model.revision or "main"}
 
 
-def plan_summary(p) -> dict:
-    """The plan as report.json holds it (the `lmiflow plan --json` shape)."""
-    return p.model_dump(mode="json")
-
-
 def write_report(report: dict, report_dir: str | Path | None, name: str) -> Path:
     from report.writer import write_report as write
 
@@ -100,11 +95,7 @@ class DirectSteps:
     compute_memory = staticmethod(pipeline.compute_memory)
     choose_instance = staticmethod(pipeline.choose_instance)
 
-    @staticmethod
-    def render_serving_properties(spec, model, p):
-        text = pipeline.render_serving_properties(spec, model, p)
-        image = pipeline.image_uri(spec)
-        return text, image, pipeline.names_for(spec, text, image, p)
+    render_serving_properties = staticmethod(pipeline.prepare_serving)
 
 
 def plan_steps(spec: DeploymentSpec, rec: RunRecord, impl: Any) -> tuple:
@@ -119,7 +110,7 @@ def plan_steps(spec: DeploymentSpec, rec: RunRecord, impl: Any) -> tuple:
         s["summary"] = f"{mem['total_bytes'] / 1e9:.1f} GB unsharded"
     with rec.step("choose_instance") as s:
         p = impl.choose_instance(spec, model)
-        rec.report["plan"] = plan_summary(p)
+        rec.report["plan"] = p.model_dump(mode="json")  # the `lmiflow plan --json` shape
         rec.report["model"]["kv_cache_bytes_per_token"] = p.model.kv_cache_bytes_per_token
         s["summary"] = (f"{p.chosen.instance_type} x{p.chosen.instance_count}, tp "
                         f"{p.chosen.tensor_parallel_degree}")

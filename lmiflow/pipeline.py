@@ -152,6 +152,15 @@ def names_for(spec: DeploymentSpec, properties: str, image: str | None, p: Plan)
     return Names(production=spec.name, spec_hash=h, **n)
 
 
+def prepare_serving(spec: DeploymentSpec, model: ResolvedModel, p: Plan
+                    ) -> tuple[str, str | None, Names]:
+    """serving.properties text, the image URI and the candidate's names: what one candidate
+    is, shared by the Prefect task and the dry run."""
+    text = render_serving_properties(spec, model, p)
+    image = image_uri(spec)
+    return text, image, names_for(spec, text, image, p)
+
+
 CANDIDATE_RE = r"^{name}-(c|ec|m)-[0-9a-f]{{8}}$"
 
 

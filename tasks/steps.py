@@ -105,9 +105,7 @@ def choose_instance(spec: DeploymentSpec, model: ResolvedModel) -> Plan:
 @step_task("render_serving_properties", retries=0)
 def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Plan
                               ) -> tuple[str, str | None, Names]:
-    text = pipeline.render_serving_properties(spec, model, p)
-    image = pipeline.image_uri(spec)
-    names = pipeline.names_for(spec, text, image, p)
+    text, image, names = pipeline.prepare_serving(spec, model, p)
     _md(spec, "render_serving_properties",
         f"# serving.properties\n\n```properties\n{text}```\n\nimage: `{image or 'local'}`\n\n"
         f"candidate: `{names.endpoint}` (spec hash {names.spec_hash})\n")
@@ -116,16 +114,19 @@ def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Pla
 
 # ---- endpoint lifecycle ----------------------------------------------------------------------
 
-def remove_leftovers(target, production: str, keep: set[str] = frozenset()) -> list[str]:
+def production_in_use(target, production: str) -> set[str]:
+    """The endpoint config and model production serves (empty when there is no production)."""
+    prod = target.describe(production)
+    if prod is None or not prod.config_name:
+        return set()
+    model = _config_model(target, prod.config_name)
+    return {prod.config_name, model} if model else {prod.config_name}
+
+
+def remove_leftovers(target, production: str) -> list[str]:
     """Candidate resources of this endpoint that an interrupted run left behind (not serving
     production): delete them so the run starts clean. Returns what was removed."""
-    prod = target.describe(production)
-    in_use: set[str] = set()
-    if prod is not None and prod.config_name:
-        in_use.add(prod.config_name)
-        model = _config_model(target, prod.config_name)
-        if model:
-            in_use.add(model)
+    in_use = production_in_use(target, production)
     found = target.list_resources(f"{production}-")
     removed = []
     for kind, delete in (("endpoints", target.delete_endpoint),
@@ -133,7 +134,7 @@ def remove_leftovers(target, production: str, keep: set[str] = frozenset()) -> l
                          ("models", target.delete_model)):
         for name in found.get(kind, []):
             if (pipeline.is_candidate_resource(production, name) and name not in in_use
-                    and name not in keep and delete(name)):
+                    and delete(name)):
                 removed.append(f"{kind[:-1]} {name}")
     return removed
 
@@ -353,9 +354,7 @@ def promote(spec: DeploymentSpec, names: Names, tags: dict[str, str]) -> dict:
 def cleanup_candidate(spec: DeploymentSpec, names: Names) -> list[str]:
     """Delete the candidate's endpoint, config and model unless production uses them."""
     target = target_for(spec)
-    prod = target.describe(spec.name)
-    in_use = {prod.config_name, _config_model(target, prod.config_name)} if (
-        prod and prod.config_name) else set()
+    in_use = production_in_use(target, spec.name)
     removed = []
     if target.delete_endpoint(names.endpoint):
         removed.append(f"endpoint {names.endpoint}")
