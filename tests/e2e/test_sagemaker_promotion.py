@@ -85,17 +85,27 @@ def listed(sm, models, configs, endpoints):
         if e.startswith("prod-")]}, {"NameContains": "prod-"})
 
 
-def test_promote_updates_blue_green_smoke_tests_and_removes_old(prefect_harness, target):
-    from prefect import flow
-
-    from tasks import steps
-
-    sm = Stubber(target.sm)
+def expect_update(sm, update_params=None):
+    """promote's first calls: describe production (with tags), the busy check, the update."""
     ep = {"EndpointName": "prod"}
     sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
     sm.add_response("list_tags", {"Tags": []}, {"ResourceArn": ARN + "endpoint/prod"})
     sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
-    sm.add_response("update_endpoint", {"EndpointArn": ARN + "endpoint/prod"}, {
+    sm.add_response("update_endpoint", {"EndpointArn": ARN + "endpoint/prod"}, update_params)
+
+
+def promote_only():
+    from prefect import flow
+
+    from tasks import steps
+
+    return flow(lambda: steps.promote(SPEC, NAMES, {"project": "lmiflow"}),
+                name="promote-only")()
+
+
+def test_promote_updates_blue_green_smoke_tests_and_removes_old(prefect_harness, target):
+    sm = Stubber(target.sm)
+    expect_update(sm, {
         "EndpointName": "prod", "EndpointConfigName": "prod-ec-bbbbbbbb",
         "DeploymentConfig": {
             "BlueGreenUpdatePolicy": {
@@ -104,6 +114,7 @@ def test_promote_updates_blue_green_smoke_tests_and_removes_old(prefect_harness,
                     "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 25}},
                 "TerminationWaitInSeconds": 0},
             "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "prod-5xx"}]}}})
+    ep = {"EndpointName": "prod"}
     sm.add_response("describe_endpoint", described("Updating", "prod-ec-aaaaaaaa"), ep)
     sm.add_response("describe_endpoint", described("InService", "prod-ec-bbbbbbbb"), ep)
     # cleanup: what production uses now, what exists, then the deletes.
@@ -127,10 +138,6 @@ def test_promote_updates_blue_green_smoke_tests_and_removes_old(prefect_harness,
                      "Body": json.dumps({"inputs": "Hi", "parameters": {
                          "max_new_tokens": 4, "details": True}}).encode()})
 
-    @flow
-    def promote_only():
-        return steps.promote(SPEC, NAMES, {"project": "lmiflow"})
-
     with sm, rt:
         result = promote_only()
         sm.assert_no_pending_responses()
@@ -145,23 +152,13 @@ def test_promote_updates_blue_green_smoke_tests_and_removes_old(prefect_harness,
 
 def test_rolled_back_update_is_not_a_promotion(prefect_harness, target):
     """Auto-rollback: production InService again but on the old config: the step fails."""
-    from prefect import flow
-
-    from tasks import steps
     from tasks.common import StepFailed
 
     sm = Stubber(target.sm)
     ep = {"EndpointName": "prod"}
-    sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
-    sm.add_response("list_tags", {"Tags": []}, {"ResourceArn": ARN + "endpoint/prod"})
-    sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
-    sm.add_response("update_endpoint", {"EndpointArn": ARN + "endpoint/prod"})
+    expect_update(sm)
     sm.add_response("describe_endpoint", described("RollingBack", "prod-ec-aaaaaaaa"), ep)
     sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
-
-    @flow
-    def promote_only():
-        return steps.promote(SPEC, NAMES, {"project": "lmiflow"})
 
     with sm, pytest.raises(StepFailed, match="rolled back"):
         promote_only()
