@@ -8,17 +8,17 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from lmiflow.flows.record import RunRecord, plan_steps, write_report
+from lmiflow.tasks import steps
+from lmiflow.tasks.common import artifact_key
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from flows.record import RunRecord, plan_steps, write_report
 from lmiflow import pipeline
+from lmiflow.report.redact import redact_text
 from lmiflow.spec import DeploymentSpec
-from report.redact import redact_text
-from tasks import steps
-from tasks.common import artifact_key
 
 
 @flow(name="deploy-llm", flow_run_name="deploy-{spec.name}", log_prints=True)
@@ -61,7 +61,7 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
                 s["summary"] = ", ".join(
                     f"c={lv['concurrency']}: {lv['output_tokens_per_s']:.0f} tok/s"
                     for lv in bench["levels"])
-            from targets.baseline import load_baseline, save_baseline
+            from lmiflow.targets.baseline import load_baseline, save_baseline
 
             with rec.step("gate") as s:
                 baseline = load_baseline(target, spec.name)

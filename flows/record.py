@@ -12,8 +12,8 @@ from typing import Any
 
 import lmiflow
 from lmiflow import pipeline
+from lmiflow.report.redact import redact_text
 from lmiflow.spec import DeploymentSpec
-from report.redact import redact_text
 
 STEP_NAMES = ("fetch_config", "compute_memory", "choose_instance", "render_serving_properties",
               "create_model", "configure_endpoint", "create_endpoint", "smoke_test",
@@ -81,7 +81,7 @@ def _versions(spec: DeploymentSpec) -> dict[str, str | None]:
 
 
 def write_report(report: dict, report_dir: str | Path | None, name: str) -> Path:
-    from report.writer import write_report as write
+    from lmiflow.report.writer import write_report as write
 
     out = Path(report_dir) if report_dir else Path("reports") / name
     return write(report, out)["json"]

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from lmiflow.errors import UserInputError
-from sizing.model_spec import (
+from lmiflow.sizing.model_spec import (
     ModelConfigError,
     ModelSpec,
     parse_model_config,

@@ -13,9 +13,9 @@ from pydantic import BaseModel
 
 from lmiflow.errors import UserInputError
 from lmiflow.model_source import ResolvedModel, resolve_model
+from lmiflow.sizing.memory import resolve_dtypes, total_estimate
+from lmiflow.sizing.planner import Plan, PlanRequest, plan
 from lmiflow.spec import DeploymentSpec
-from sizing.memory import resolve_dtypes, total_estimate
-from sizing.planner import Plan, PlanRequest, plan
 
 PROJECT_TAG = "lmiflow"
 
@@ -66,11 +66,11 @@ def compute_memory(spec: DeploymentSpec, model: ResolvedModel) -> dict:
 def catalog_for(spec: DeploymentSpec):
     """SageMaker plans over the instance catalog; the local target over this machine."""
     if spec.target.kind == "local":
-        from sizing.catalog import catalog_with
-        from targets.local_machine import detect
+        from lmiflow.sizing.catalog import catalog_with
+        from lmiflow.targets.local_machine import detect
 
         return catalog_with([detect()])
-    from sizing.catalog import load_catalog
+    from lmiflow.sizing.catalog import load_catalog
 
     return load_catalog()
 
@@ -105,7 +105,7 @@ def serving_dtype(spec: DeploymentSpec, p: Plan) -> str:
 
 
 def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Plan) -> str:
-    from serving.properties import properties_for, render
+    from lmiflow.serving.properties import properties_for, render
 
     w = spec.workload
     try:
@@ -130,7 +130,7 @@ def image_uri(spec: DeploymentSpec) -> str | None:
         return None
     if spec.serving.image_uri:
         return spec.serving.image_uri
-    from targets.sagemaker import lmi_image_uri
+    from lmiflow.targets.sagemaker import lmi_image_uri
 
     framework = "djl-tensorrtllm" if spec.serving.backend == "trtllm" else "djl-lmi"
     try:
@@ -146,7 +146,7 @@ def names_for(spec: DeploymentSpec, properties: str, image: str | None, p: Plan)
         "count": p.chosen.instance_count, "target": spec.target.kind,
     }, sort_keys=True)
     h = hashlib.sha256(blob.encode()).hexdigest()[:8]
-    from targets.sagemaker import resource_names
+    from lmiflow.targets.sagemaker import resource_names
 
     n = resource_names(spec.name, h)
     return Names(production=spec.name, spec_hash=h, **n)
@@ -199,7 +199,7 @@ def check_smoke_response(body: bytes) -> tuple[bool, str, str | None]:
 
 def load_config(spec: DeploymentSpec):
     """bench.loadgen.LoadConfig from the config's benchmark section."""
-    from bench.loadgen import LoadConfig
+    from lmiflow.bench.loadgen import LoadConfig
 
     b, w = spec.benchmark, spec.workload
     return LoadConfig(

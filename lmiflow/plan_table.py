@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from sizing.memory import GiB
-from sizing.planner import Plan
+from lmiflow.sizing.memory import GiB
+from lmiflow.sizing.planner import Plan
 
 
 def _gb(b: float | None) -> str:

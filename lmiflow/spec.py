@@ -12,7 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bench.gate_spec import GateSpec
+from lmiflow.bench.gate_spec import GateSpec
 from lmiflow.errors import UserInputError
 
 # SageMaker's rule for model, endpoint-config and endpoint names.

@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import LoadConfig, bench_url, http_client_name
-from bench.synthetic import serve_in_subprocess
+from lmiflow.bench.loadgen import LoadConfig, bench_url, http_client_name
+from lmiflow.bench.synthetic import serve_in_subprocess
 
 TTFT_MS, TPOT_MS, TOKENS = 100.0, 20.0, 32
 TOLERANCE = 0.02

@@ -20,10 +20,11 @@ def main() -> None:
     os.environ["PREFECT_HOME"] = str(tmp / "prefect")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from serving.demo_model import build_demo_model
+    from lmiflow.serving.demo_model import build_demo_model
 
     model = build_demo_model(tmp / "demo-model")
-    from flows.deploy import deploy_llm, teardown_llm
+    from lmiflow.flows.deploy import deploy_llm, teardown_llm
+
     from lmiflow.spec import load_spec
 
     spec = load_spec(ROOT / "configs" / "local-demo.yaml",

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from serving.demo_model import ensure_demo_model  # noqa: E402
+from lmiflow.serving.demo_model import ensure_demo_model  # noqa: E402
 
 MAX_NEW = 64
 PROMPT = "The quick brown fox jumps over the lazy dog."
@@ -48,7 +48,7 @@ def _free_port() -> int:
 def start_server(model_dir: Path) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.server", "--model-dir", str(model_dir),
+        [sys.executable, "-m", "lmiflow.serving.server", "--model-dir", str(model_dir),
          "--port", str(port)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
@@ -100,8 +100,8 @@ def paired_latency(url: str, model_dir: Path, n: int, sizes: tuple[int, ...]
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from serving.engine import Engine, Sampling
-    from serving.options import load_options
+    from lmiflow.serving.engine import Engine, Sampling
+    from lmiflow.serving.options import load_options
 
     hf_logging.set_verbosity_error()  # as the server runs it (its per-step checks cost ~4 %)
     engine = Engine(load_options(model_dir).engine)

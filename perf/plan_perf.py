@@ -13,9 +13,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sizing.catalog import load_catalog  # noqa: E402
-from sizing.model_spec import parse_model_config, read_config_file  # noqa: E402
-from sizing.planner import PlanRequest, plan  # noqa: E402
+from lmiflow.sizing.catalog import load_catalog  # noqa: E402
+from lmiflow.sizing.model_spec import parse_model_config, read_config_file  # noqa: E402
+from lmiflow.sizing.planner import PlanRequest, plan  # noqa: E402
 
 
 def main() -> None:

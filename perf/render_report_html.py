@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from report.plots import all_plots  # noqa: E402
-from report.writer import render_json, render_markdown, write_report  # noqa: E402
+from lmiflow.report.plots import all_plots  # noqa: E402
+from lmiflow.report.writer import render_json, render_markdown, write_report  # noqa: E402
 
 
 def _load(name: str):

@@ -33,10 +33,10 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=4)
     args = ap.parse_args()
 
-    from serving.demo_model import build_demo_model
-    from serving.properties import properties_for, render
-    from targets.base import EndpointVariant
-    from targets.local import LocalTarget
+    from lmiflow.serving.demo_model import build_demo_model
+    from lmiflow.serving.properties import properties_for, render
+    from lmiflow.targets.base import EndpointVariant
+    from lmiflow.targets.local import LocalTarget
 
     tmp = Path(tempfile.mkdtemp(prefix="lmiflow-soak-"))
     model = build_demo_model(tmp / "demo-model")

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import math
 
+from lmiflow.sizing.model_spec import ModelSpec
 from pydantic import BaseModel, Field
-
-from sizing.model_spec import ModelSpec
 
 GiB = 1024**3
 MiB = 1024**2

@@ -12,10 +12,8 @@ import math
 from types import SimpleNamespace
 
 import pandas as pd
-from pydantic import BaseModel, Field
-
-from sizing.catalog import load_catalog
-from sizing.memory import (
+from lmiflow.sizing.catalog import load_catalog
+from lmiflow.sizing.memory import (
     DTypeChoice,
     MemoryBreakdown,
     kv_bytes_per_token,
@@ -25,7 +23,8 @@ from sizing.memory import (
     total_estimate,
     weight_bytes,
 )
-from sizing.model_spec import ModelSpec
+from lmiflow.sizing.model_spec import ModelSpec
+from pydantic import BaseModel, Field
 
 TP_DEGREES = (1, 2, 4, 8)
 # Pre-Ampere GPUs have no bf16 (and no fp8): vLLM refuses bf16 there, so a bf16 model is

@@ -8,6 +8,8 @@ import json
 import time
 from functools import lru_cache
 
+from lmiflow.sizing.planner import Plan
+from lmiflow.tasks.common import RETRIES, StepFailed, artifact_key, report_progress, retry_transient
 from prefect import get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -20,11 +22,9 @@ from prefect.cache_policies import NO_CACHE
 from lmiflow import pipeline
 from lmiflow.model_source import ResolvedModel
 from lmiflow.pipeline import Names
+from lmiflow.report.redact import redact_text
 from lmiflow.spec import DeploymentSpec
-from report.redact import redact_text
-from sizing.planner import Plan
-from targets.base import EndpointStatus, EndpointVariant, TrafficPolicy, WaitTimeout
-from tasks.common import RETRIES, StepFailed, artifact_key, report_progress, retry_transient
+from lmiflow.targets.base import EndpointStatus, EndpointVariant, TrafficPolicy, WaitTimeout
 
 
 def step_task(name: str, retries: int = RETRIES):
@@ -43,7 +43,7 @@ def _gb(b: float | None) -> str:
 
 @lru_cache(maxsize=8)
 def _target(kind: str, region, role_arn, s3_uri, block, state_dir):
-    from targets import make_target
+    from lmiflow.targets import make_target
 
     if kind == "local":
         return make_target("local", state_dir=state_dir)
@@ -154,7 +154,7 @@ def create_model(spec: DeploymentSpec, names: Names, properties: str, image: str
         log.warning("removed leftovers of an earlier run: %s", ", ".join(removed))
     env: dict[str, str] = {}
     if spec.target.kind == "sagemaker" and spec.target.packaging == "env":
-        from serving.properties import parse, to_env
+        from lmiflow.serving.properties import parse, to_env
 
         env, model_data = to_env(parse(properties)), ""
     else:
@@ -173,7 +173,7 @@ def configure_endpoint(spec: DeploymentSpec, names: Names, p: Plan, tags: dict[s
     variant = EndpointVariant(instance_type=chosen.instance_type,
                               instance_count=chosen.instance_count)
     if spec.target.kind == "sagemaker":
-        from targets.sagemaker import sizing_timeouts, volume_size_supported
+        from lmiflow.targets.sagemaker import sizing_timeouts, volume_size_supported
 
         weights = int(p.memory.weights_bytes)
         volume, download, startup = sizing_timeouts(weights)
@@ -241,7 +241,7 @@ def smoke_test(spec: DeploymentSpec, endpoint: str, step: str = "smoke_test") ->
 
 @step_task("benchmark", retries=0)
 def benchmark(spec: DeploymentSpec, endpoint: str, p: Plan, tokenizer_dir: str | None) -> dict:
-    from bench.loadgen import bench_endpoint
+    from lmiflow.bench.loadgen import bench_endpoint
 
     cfg = pipeline.load_config(spec).model_copy(update={
         "usd_per_hour": (p.chosen.usd_per_hour / p.chosen.instance_count
@@ -290,8 +290,8 @@ def _tokenizer(path: str | None):
 
 @step_task("gate", retries=0)
 def gate(spec: DeploymentSpec, bench: dict, baseline: dict | None) -> dict:
-    from bench.gates import evaluate
-    from bench.metrics import BenchResult
+    from lmiflow.bench.gates import evaluate
+    from lmiflow.bench.metrics import BenchResult
 
     verdict = evaluate(spec.gates, BenchResult.model_validate(bench),
                        BenchResult.model_validate(baseline) if baseline else None,

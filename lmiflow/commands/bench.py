@@ -9,7 +9,7 @@ import sys
 import textwrap
 from typing import Any
 
-from bench.formulas import FORMULAS
+from lmiflow.bench.formulas import FORMULAS
 from lmiflow.errors import UserInputError
 
 _HELP_METRICS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms", "output_tokens_per_s",
@@ -101,7 +101,7 @@ def _float_list(flag: str, text: str) -> list[float]:
 def parse_gate(text: str) -> Any:
     from pydantic import ValidationError
 
-    from bench.gate_spec import LATENCY_METRICS, GateSpec
+    from lmiflow.bench.gate_spec import LATENCY_METRICS, GateSpec
 
     m = _GATE_RE.match(text)
     if not m:
@@ -128,7 +128,7 @@ def _check_url(url: str) -> None:
 def _load_config(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
-    from bench.loadgen import LoadConfig
+    from lmiflow.bench.loadgen import LoadConfig
 
     flags = {"requests": "--requests", "warmup": "--warmup", "max_new_tokens":
              "--max-new-tokens", "input_tokens": "--input-tokens", "timeout_s": "--timeout",
@@ -163,7 +163,7 @@ def _load_tokenizer(path: str) -> Any:
 
 def _target(kind: str, endpoint: str, region: str | None) -> Any:
     try:
-        from targets import make_target
+        from lmiflow.targets import make_target
     except ImportError as exc:
         raise UserInputError("--target", f"target support is not available: {exc}") from None
     try:
@@ -191,8 +191,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserInputError("--http-client", "aiohttp is not installed") from None
     tokenizer = _load_tokenizer(args.tokenizer) if args.tokenizer else None
 
-    from bench.gates import evaluate
-    from bench.loadgen import bench_endpoint, bench_url
+    from lmiflow.bench.gates import evaluate
+    from lmiflow.bench.loadgen import bench_endpoint, bench_url
 
     target = None if args.url is not None else _target(args.target, args.endpoint, args.region)
     with _progress(enabled=sys.stderr.isatty()) as on_progress:

@@ -23,7 +23,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def run(args: Any) -> int:
-    from serving.demo_model import build_demo_model
+    from lmiflow.serving.demo_model import build_demo_model
 
     out = build_demo_model(args.dir, seed=args.seed)
     print(out)

@@ -38,14 +38,14 @@ def run(args) -> int:
 
 
 def _plan_directly(spec):
-    from flows.record import DirectSteps, RunRecord, plan_steps
+    from lmiflow.flows.record import DirectSteps, RunRecord, plan_steps
 
     rec = RunRecord(spec, None)
     return rec, plan_steps(spec, rec, DirectSteps)
 
 
 def dry_run(spec, report_dir: str | None) -> int:
-    from flows.record import write_report
+    from lmiflow.flows.record import write_report
     from lmiflow.plan_table import print_plan
 
     rec, (model, p, props, image, names) = _plan_directly(spec)
@@ -63,8 +63,8 @@ def _run_flow(spec, report_dir: str) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flows.deploy import deploy_llm
-    from tasks.common import add_progress_listener
+    from lmiflow.flows.deploy import deploy_llm
+    from lmiflow.tasks.common import add_progress_listener
 
     console = Console(stderr=True)
     console.print(f"[bold]lmiflow deploy[/bold] {spec.name} on {spec.target.kind}")

@@ -45,7 +45,7 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _target(args: Any) -> Any:
-    from targets import make_target
+    from lmiflow.targets import make_target
 
     kwargs: dict[str, Any] = {}
     if args.target == "local" and args.state_dir:

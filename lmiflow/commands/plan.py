@@ -57,9 +57,9 @@ def add_parser(sub) -> None:
 
 def build_plan(args):
     from lmiflow.model_source import resolve_model
-    from sizing.catalog import CatalogError, load_catalog
-    from sizing.memory import KV_DTYPES, WEIGHT_DTYPES
-    from sizing.planner import PlanRequest, plan
+    from lmiflow.sizing.catalog import CatalogError, load_catalog
+    from lmiflow.sizing.memory import KV_DTYPES, WEIGHT_DTYPES
+    from lmiflow.sizing.planner import PlanRequest, plan
 
     if args.dtype not in ("auto", *WEIGHT_DTYPES):
         raise UserInputError("--dtype", f"{args.dtype!r} is not one of auto, "

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from bench.gate_spec import GateSpec
-from bench.gates import evaluate
-from bench.metrics import BenchResult, LatencyStats, LevelResult
+from lmiflow.bench.gate_spec import GateSpec
+from lmiflow.bench.gates import evaluate
+from lmiflow.bench.metrics import BenchResult, LatencyStats, LevelResult
 
 
 def stats(p50: float, p95: float, p99: float, n: int = 200) -> LatencyStats:

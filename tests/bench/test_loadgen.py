@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.gate_spec import GateSpec
-from bench.loadgen import (
+from lmiflow.bench.gate_spec import GateSpec
+from lmiflow.bench.loadgen import (
     LoadConfig,
     _Recorder,
     bench_endpoint,
@@ -24,7 +24,7 @@ from bench.loadgen import (
     make_payload,
     redact_url,
 )
-from bench.synthetic import serve_in_subprocess
+from lmiflow.bench.synthetic import serve_in_subprocess
 from lmiflow.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -228,7 +228,7 @@ def test_named_endpoint_through_a_target():
 
 @pytest.mark.slow
 def test_cli_json_shape(url):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ)
     out = subprocess.run(
         [sys.executable, "-m", "lmiflow", "bench", "--url", url, "--concurrency", "1,2",
          "--requests", "3", "--warmup", "1", "--max-new-tokens", "4", "--input-tokens", "8",
@@ -295,7 +295,7 @@ def test_cli_all_failed_exits_1(capsys):
 
 @pytest.mark.slow
 def test_cli_named_endpoint_uses_make_target(monkeypatch, capsys):
-    import targets
+    from lmiflow import targets
 
     class Described(FakeTarget):
         def describe(self, name):
@@ -357,7 +357,7 @@ class CountingTransport:
 def test_closed_loop_keeps_concurrency_and_marks_warmup():
     import asyncio
 
-    from bench.loadgen import run_level
+    from lmiflow.bench.loadgen import run_level
 
     t = CountingTransport(0.01)
     recs = asyncio.run(run_level(t, [{}] * 20, warmup=5, concurrency=4, timeout_s=5))
@@ -368,7 +368,7 @@ def test_closed_loop_keeps_concurrency_and_marks_warmup():
 def test_ramp_up_spreads_worker_starts():
     import asyncio
 
-    from bench.loadgen import run_level
+    from lmiflow.bench.loadgen import run_level
 
     t = CountingTransport(0.5)
     asyncio.run(run_level(t, [{}] * 4, warmup=0, concurrency=4, timeout_s=5, ramp_up_s=0.2))
@@ -379,7 +379,7 @@ def test_ramp_up_spreads_worker_starts():
 def test_open_loop_counts_arrivals_held_by_the_cap():
     import asyncio
 
-    from bench.loadgen import run_level
+    from lmiflow.bench.loadgen import run_level
 
     t = CountingTransport(0.2)
     counters: dict[str, int] = {}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.gate_spec import GateSpec
-from bench.metrics import (
+from lmiflow.bench.gate_spec import GateSpec
+from lmiflow.bench.metrics import (
     BenchResult,
     GeneratorStats,
     RequestRecord,

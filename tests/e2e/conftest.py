@@ -20,7 +20,7 @@ def prefect_harness(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory):
-    from serving.demo_model import build_demo_model
+    from lmiflow.serving.demo_model import build_demo_model
 
     return build_demo_model(tmp_path_factory.mktemp("demo") / "demo-model")
 
@@ -30,11 +30,11 @@ def state_dir(tmp_path, monkeypatch):
     d = tmp_path / "state"
     monkeypatch.setenv("LMIFLOW_STATE_DIR", str(d))
     monkeypatch.setenv("LMIFLOW_RETRY_BASE_S", "0.01")
-    from tasks import steps
+    from lmiflow.tasks import steps
 
     steps._target.cache_clear()
     yield d
-    from targets.local import LocalTarget
+    from lmiflow.targets.local import LocalTarget
 
     t = LocalTarget(d)
     for ep in t.list_endpoints():  # never leave a server running

@@ -30,7 +30,7 @@ def make_spec(model_dir, **over) -> DeploymentSpec:
 
 
 def run(spec, report_dir):
-    from flows.deploy import deploy_llm
+    from lmiflow.flows.deploy import deploy_llm
 
     state = deploy_llm(spec, report_dir=str(report_dir), return_state=True)
     report = json.loads((report_dir / "report.json").read_text())

@@ -40,7 +40,7 @@ def artifact_texts(prefix: str) -> str:
 
 def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_model, state_dir,
                                                       tmp_path, monkeypatch, capfd):
-    from targets.local import LocalTarget
+    from lmiflow.targets.local import LocalTarget
 
     # Secrets planted where a careless pipeline would leak them: the environment and an error.
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", PLANTED_AWS_SECRET)
@@ -110,7 +110,7 @@ def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_mode
 
 def test_failed_endpoint_is_removed_and_reported(prefect_harness, demo_model, state_dir,
                                                  tmp_path):
-    from targets.local import LocalTarget
+    from lmiflow.targets.local import LocalTarget
 
     broken = tmp_path / "broken-model"
     broken.mkdir()
@@ -128,7 +128,7 @@ def test_failed_endpoint_is_removed_and_reported(prefect_harness, demo_model, st
 
 def test_transient_fault_is_retried(prefect_harness, demo_model, state_dir, tmp_path,
                                     monkeypatch):
-    from targets.local import LocalTarget
+    from lmiflow.targets.local import LocalTarget
 
     calls = {"n": 0}
     real = LocalTarget.create_endpoint_config
@@ -148,7 +148,7 @@ def test_transient_fault_is_retried(prefect_harness, demo_model, state_dir, tmp_
 
 def test_permanent_fault_is_not_retried(prefect_harness, demo_model, state_dir, tmp_path,
                                         monkeypatch):
-    from targets.local import LocalTarget
+    from lmiflow.targets.local import LocalTarget
 
     calls = {"n": 0}
 

@@ -32,7 +32,7 @@ def throttling(op: str) -> ClientError:
 
 def test_throttling_on_every_control_plane_call_is_retried(prefect_harness, demo_model,
                                                            state_dir, tmp_path, monkeypatch):
-    from targets.local import LocalTarget
+    from lmiflow.targets.local import LocalTarget
 
     throttled: set[str] = set()
     for name in CONTROL_PLANE:
@@ -58,7 +58,7 @@ def test_throttling_on_every_control_plane_call_is_retried(prefect_harness, demo
 
 
 def test_wait_that_exceeds_its_timeout(prefect_harness, demo_model, state_dir, tmp_path):
-    from targets.local import LocalTarget
+    from lmiflow.targets.local import LocalTarget
 
     spec = make_spec(demo_model, name="f-timeout", **{"promotion.endpoint_timeout_s": 0.2})
     state, report = run(spec, tmp_path / "r")
@@ -68,7 +68,7 @@ def test_wait_that_exceeds_its_timeout(prefect_harness, demo_model, state_dir, t
 
 
 def test_smoke_test_invoke_error(prefect_harness, demo_model, state_dir, tmp_path, monkeypatch):
-    from targets.local import InvocationError, LocalTarget
+    from lmiflow.targets.local import InvocationError, LocalTarget
 
     def broken(self, name, payload, timeout_s=300.0):
         raise InvocationError(424, b'{"code": 424, "error": "model failed (injected)"}')
@@ -82,7 +82,7 @@ def test_smoke_test_invoke_error(prefect_harness, demo_model, state_dir, tmp_pat
 
 def test_invoke_errors_during_benchmark_go_to_the_gate(prefect_harness, demo_model, state_dir,
                                                        tmp_path, monkeypatch):
-    from targets.local import InvocationError, LocalTarget
+    from lmiflow.targets.local import InvocationError, LocalTarget
 
     real = LocalTarget.invoke_stream
     calls = {"n": 0}
@@ -102,8 +102,9 @@ def test_invoke_errors_during_benchmark_go_to_the_gate(prefect_harness, demo_mod
 
 
 def test_server_crash_mid_benchmark(prefect_harness, demo_model, state_dir, tmp_path):
-    from targets.local import LocalTarget
-    from tasks.common import add_progress_listener
+    from lmiflow.tasks.common import add_progress_listener
+
+    from lmiflow.targets.local import LocalTarget
 
     target = LocalTarget(state_dir)
     killed: list[int] = []
@@ -152,7 +153,7 @@ def _write(spec, path: Path) -> Path:
 
 def test_killed_during_create_endpoint_then_rerun(prefect_harness, demo_model, state_dir,
                                                  tmp_path):
-    from targets.local import LocalTarget
+    from lmiflow.targets.local import LocalTarget
 
     spec = make_spec(demo_model, name="f-kill")
     cfg = _write(spec, tmp_path / "cfg.yaml")
@@ -182,7 +183,7 @@ def test_promotion_interrupted_before_candidate_deleted(prefect_harness, demo_mo
                                                         tmp_path):
     """The state a crash between update(production) and delete(candidate) leaves: production
     on the candidate's config and the candidate still running. A rerun completes it."""
-    from targets.local import LocalTarget
+    from lmiflow.targets.local import LocalTarget
 
     spec = make_spec(demo_model, name="f-promo")
     state, report = run(spec, tmp_path / "r1")
@@ -204,7 +205,7 @@ def test_promotion_interrupted_before_candidate_deleted(prefect_harness, demo_mo
 def test_concurrent_runs(prefect_harness, demo_model, state_dir, tmp_path):
     """Two deploys of one endpoint are serialized (the local endpoint lock) and production ends
     consistent; two different endpoints proceed in parallel."""
-    from targets.local import LocalTarget
+    from lmiflow.targets.local import LocalTarget
 
     env = _env(state_dir)
     specs = {"a": make_spec(demo_model, name="f-same"),

@@ -15,7 +15,7 @@ from botocore.stub import Stubber
 
 from lmiflow.pipeline import Names
 from lmiflow.spec import DeploymentSpec
-from targets.sagemaker import SageMakerTarget
+from lmiflow.targets.sagemaker import SageMakerTarget
 
 pytestmark = pytest.mark.slow
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:"
@@ -37,7 +37,7 @@ def target(aws_env, monkeypatch):
     t = SageMakerTarget("us-east-1", role_arn="arn:aws:iam::123456789012:role/SageMakerExecution",
                         s3_uri="s3://bucket/models/", session=session, poll_interval_s=0.01,
                         sleep=lambda s: None)
-    from tasks import steps
+    from lmiflow.tasks import steps
 
     monkeypatch.setattr(steps, "target_for", lambda spec: t)
     return t
@@ -95,9 +95,8 @@ def expect_update(sm, update_params=None):
 
 
 def promote_only():
+    from lmiflow.tasks import steps
     from prefect import flow
-
-    from tasks import steps
 
     return flow(lambda: steps.promote(SPEC, NAMES, {"project": "lmiflow"}),
                 name="promote-only")()
@@ -152,7 +151,7 @@ def test_promote_updates_blue_green_smoke_tests_and_removes_old(prefect_harness,
 
 def test_rolled_back_update_is_not_a_promotion(prefect_harness, target):
     """Auto-rollback: production InService again but on the old config: the step fails."""
-    from tasks.common import StepFailed
+    from lmiflow.tasks.common import StepFailed
 
     sm = Stubber(target.sm)
     ep = {"EndpointName": "prod"}
@@ -165,7 +164,7 @@ def test_rolled_back_update_is_not_a_promotion(prefect_harness, target):
 
 
 def test_cleanup_on_failure_deletes_the_candidate_only(target):
-    from tasks import steps
+    from lmiflow.tasks import steps
 
     sm = Stubber(target.sm)
     ep = {"EndpointName": "prod"}

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from report.writer import CSP
+from lmiflow.report.writer import CSP
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "/usr/bin/chromium")
 FLAGS = (

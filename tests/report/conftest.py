@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from report.writer import write_report
+from lmiflow.report.writer import write_report
 from tests.report import sample
 
 SAMPLES = {

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from report.writer import TOP_LEVEL_KEYS, render_json, render_markdown, write_report
+from lmiflow.report.writer import TOP_LEVEL_KEYS, render_json, render_markdown, write_report
 from tests.report import sample
 from tests.report.conftest import SAMPLES
 

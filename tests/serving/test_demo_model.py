@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from serving.demo_model import build_demo_model, ensure_demo_model  # noqa: E402
+from lmiflow.serving.demo_model import build_demo_model, ensure_demo_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 
-from serving.properties import (
+from lmiflow.serving.properties import (
     ServingProperties,
     TrustRemoteCodeWarning,
     parse,

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving.engine import Sampling
-from serving.options import OptionError, env_entries, load_options
-from serving.schema import (
+from lmiflow.serving.engine import Sampling
+from lmiflow.serving.options import OptionError, env_entries, load_options
+from lmiflow.serving.schema import (
     BadRequest,
     GenerationParameters,
     chat_sampling,
@@ -106,16 +106,16 @@ def test_sampling_follows_lmi_and_openai_defaults() -> None:
 
 
 def test_failure_marker_is_the_one_the_local_target_reads() -> None:
-    from serving.server import FAILED_MARK as server_mark
-    from targets.local import FAILED_MARK as target_mark
+    from lmiflow.serving.server import FAILED_MARK as server_mark
+    from lmiflow.targets.local import FAILED_MARK as target_mark
 
     assert server_mark == target_mark
 
 
 def test_refuses_to_bind_anything_but_loopback(tmp_path: Path) -> None:
     res = subprocess.run(
-        [sys.executable, "-m", "serving.server", "--model-dir", str(tmp_path), "--port", "1",
-         "--host", "0.0.0.0"],
+        [sys.executable, "-m", "lmiflow.serving.server", "--model-dir", str(tmp_path),
+         "--port", "1", "--host", "0.0.0.0"],
         capture_output=True, text=True, timeout=60, cwd=ROOT,
     )
     assert res.returncode == 2
@@ -157,7 +157,7 @@ class _ScriptedEngine:
         return T()
 
     async def generate(self, ids, max_new, sampling, stream=True):
-        from serving.engine import EngineError, Step
+        from lmiflow.serving.engine import EngineError, Step
 
         try:
             for i in range(1, max_new + 1):
@@ -171,9 +171,9 @@ class _ScriptedEngine:
 def _client(engine: object):
     from starlette.testclient import TestClient
 
-    from serving.engine import EngineOptions
-    from serving.options import ServerOptions
-    from serving.server import ServerState, build_app
+    from lmiflow.serving.engine import EngineOptions
+    from lmiflow.serving.options import ServerOptions
+    from lmiflow.serving.server import ServerState, build_app
 
     state = ServerState(Path("."), max_body_bytes=1000)
     state.options = ServerOptions(engine=EngineOptions(model_path="x", max_rolling_batch_size=2),
@@ -185,7 +185,7 @@ def _client(engine: object):
 def test_not_ready_is_503_on_ping_and_invocations() -> None:
     from starlette.testclient import TestClient
 
-    from serving.server import ServerState, build_app
+    from lmiflow.serving.server import ServerState, build_app
 
     client = TestClient(build_app(ServerState(Path("."))))
     assert client.get("/ping").status_code == 503
@@ -253,7 +253,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     pytest.importorskip("torch")
-    from serving.demo_model import ensure_demo_model
+    from lmiflow.serving.demo_model import ensure_demo_model
 
     weights = ensure_demo_model(tmp_path_factory.getbasetemp() / "lmiflow-demo-model")
     model_dir = tmp_path_factory.mktemp("model")
@@ -265,7 +265,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = model_dir / "server.log"
     with open(log, "wb") as f:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "serving.server", "--model-dir", str(model_dir),
+            [sys.executable, "-m", "lmiflow.serving.server", "--model-dir", str(model_dir),
              "--port", str(port), "--max-body-bytes", str(MAX_BODY)],
             stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
         )

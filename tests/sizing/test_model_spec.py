@@ -4,9 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-
-from sizing.memory import kv_bytes_per_token, resolve_dtypes, weight_bytes
-from sizing.model_spec import ModelConfigError, parse_model_config, read_config_file
+from lmiflow.sizing.memory import kv_bytes_per_token, resolve_dtypes, weight_bytes
+from lmiflow.sizing.model_spec import ModelConfigError, parse_model_config, read_config_file
 
 MODELS = Path(__file__).resolve().parents[2] / "configs" / "models"
 SNAPSHOTS = sorted(d.name for d in MODELS.iterdir() if (d / "source.json").is_file())

@@ -3,11 +3,10 @@
 from pathlib import Path
 
 import pytest
-
-from sizing.catalog import catalog_with, load_catalog, local_instance_row
-from sizing.memory import GiB
-from sizing.model_spec import parse_model_config, read_config_file
-from sizing.planner import PlanRequest, plan, tp_rule_violation
+from lmiflow.sizing.catalog import catalog_with, load_catalog, local_instance_row
+from lmiflow.sizing.memory import GiB
+from lmiflow.sizing.model_spec import parse_model_config, read_config_file
+from lmiflow.sizing.planner import PlanRequest, plan, tp_rule_violation
 
 MODELS = Path(__file__).resolve().parents[2] / "configs" / "models"
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from filelock import Timeout
 
-from targets import make_target
-from targets.base import EndpointVariant, Target
-from targets.local import (
+from lmiflow.targets import make_target
+from lmiflow.targets.base import EndpointVariant, Target
+from lmiflow.targets.local import (
     EndpointBusy,
     InvocationError,
     LocalTarget,
@@ -106,7 +106,7 @@ def test_concurrent_writers_lose_nothing(target: LocalTarget) -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from pathlib import Path; from targets.local import LocalTarget\n"
+    code = ("import sys; from pathlib import Path; from lmiflow.targets.local import LocalTarget\n"
             "t = LocalTarget(Path(sys.argv[1]))\n"
             "for i in range(15):\n"
             "    n = f'{sys.argv[2]}-{i}'\n"
@@ -133,7 +133,7 @@ def test_failure_reason_prefers_the_servers_own_line(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
-    from serving.demo_model import ensure_demo_model
+    from lmiflow.serving.demo_model import ensure_demo_model
 
     return ensure_demo_model(tmp_path_factory.getbasetemp() / "lmiflow-demo-model")
 
@@ -220,7 +220,7 @@ def test_endpoint_outlives_the_process_that_created_it(target: LocalTarget,
     import sys
 
     name = _deploy(target, "orphan", f"option.model_id={weights}\noption.max_model_len=128\n")
-    code = ("import sys; from pathlib import Path; from targets.local import LocalTarget; "
+    code = ("import sys; from pathlib import Path; from lmiflow.targets.local import LocalTarget; "
             f"LocalTarget(Path(sys.argv[1])).create_endpoint('orphan-ep', '{name}', {{}})")
     res = subprocess.run([sys.executable, "-c", code, str(target.state_dir)],
                          cwd=Path(__file__).resolve().parents[2], timeout=60)

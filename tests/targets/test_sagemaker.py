@@ -25,9 +25,9 @@ from botocore.awsrequest import AWSResponse
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from serving.properties import properties_for, render, to_env
-from targets.base import EndpointVariant, Target, TrafficPolicy, WaitTimeout
-from targets.sagemaker import (
+from lmiflow.serving.properties import properties_for, render, to_env
+from lmiflow.targets.base import EndpointVariant, Target, TrafficPolicy, WaitTimeout
+from lmiflow.targets.sagemaker import (
     EndpointBusy,
     SageMakerTarget,
     StreamError,
@@ -408,7 +408,7 @@ def test_create_and_wait_in_service_requests(target, sm, clock, caplog):
         stub.add_response("describe_endpoint", _described(names["endpoint"], status),
                           {"EndpointName": names["endpoint"]})
     seen = []
-    with caplog.at_level(logging.INFO, logger="targets.sagemaker"):
+    with caplog.at_level(logging.INFO, logger="lmiflow.targets.sagemaker"):
         st = target.wait(names["endpoint"], 3600, on_status=lambda s, t: seen.append((s.status, t)))
     assert st.status == "InService" and st.config_name == "cfg-1"
     assert seen == [("Creating", 0.0), ("InService", 90.0)]
@@ -447,7 +447,7 @@ def test_creating_to_failed_surfaces_reason_and_candidate_is_deleted(target, sm,
                       {"EndpointName": names["endpoint"]})
     stub.add_response("describe_endpoint", _described(names["endpoint"], "Failed", reason),
                       {"EndpointName": names["endpoint"]})
-    with caplog.at_level(logging.INFO, logger="targets.sagemaker"):
+    with caplog.at_level(logging.INFO, logger="lmiflow.targets.sagemaker"):
         st = target.wait(names["endpoint"], 3600)
     assert st.status == "Failed" and st.failure_reason == reason
     assert reason in caplog.text

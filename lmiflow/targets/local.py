@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from targets.base import EndpointStatus, EndpointVariant, TrafficPolicy, WaitTimeout
+from lmiflow.targets.base import EndpointStatus, EndpointVariant, TrafficPolicy, WaitTimeout
 
 log = logging.getLogger(__name__)
 
@@ -258,11 +258,8 @@ class LocalTarget:
         n = len(list((self.state_dir / "logs").glob(f"{endpoint}-*.log"))) + 1
         log_path = self.state_dir / "logs" / f"{endpoint}-{n}.log"
         env = {**os.environ, **model["env"]}
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(_PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p
-        )
         env["PYTHONUNBUFFERED"] = "1"
-        cmd = [self.python, "-m", "serving.server", "--model-dir", model["model_data"],
+        cmd = [self.python, "-m", "lmiflow.serving.server", "--model-dir", model["model_data"],
                "--port", str(port), "--host", "127.0.0.1"]
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen(
@@ -408,7 +405,7 @@ class LocalTarget:
 
     def wait(self, name: str, timeout_s: float,
              on_status: Callable[[EndpointStatus, float], None] | None = None) -> EndpointStatus:
-        from targets.base import TERMINAL_STATUSES
+        from lmiflow.targets.base import TERMINAL_STATUSES
 
         start = time.monotonic()
         last: str | None = None

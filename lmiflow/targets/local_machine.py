@@ -12,7 +12,7 @@ def detect() -> dict:
     """The local accelerator: NVIDIA GPUs (nvidia-smi) if present, else system RAM.
 
     nvidia-smi instead of torch.cuda: planning must not import torch (1-2 s) for one fact."""
-    from sizing.catalog import local_instance_row
+    from lmiflow.sizing.catalog import local_instance_row
 
     smi = shutil.which("nvidia-smi")
     if smi:

@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from serving.properties_text import check_entry, parse_entries, render_entries
+from lmiflow.serving.properties_text import check_entry, parse_entries, render_entries
 
 logger = logging.getLogger(__name__)
 

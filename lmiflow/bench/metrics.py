@@ -14,8 +14,8 @@ from itertools import pairwise
 import numpy as np
 from pydantic import BaseModel, Field
 
-from bench.formulas import FORMULAS, MIN_SAMPLES, PERCENTILES
-from bench.gate_spec import LATENCY_METRICS, GateSpec
+from lmiflow.bench.formulas import FORMULAS, MIN_SAMPLES, PERCENTILES
+from lmiflow.bench.gate_spec import LATENCY_METRICS, GateSpec
 
 
 class RequestRecord(BaseModel):

@@ -11,7 +11,7 @@ BASELINE_FILE = "baseline.json"
 
 
 def _s3_location(target: Any, endpoint: str) -> tuple[str, str]:
-    from targets.sagemaker import _split_s3
+    from lmiflow.targets.sagemaker import _split_s3
 
     bucket, prefix = _split_s3(target.s3_uri)
     return bucket, f"{prefix}{endpoint}/{BASELINE_FILE}"

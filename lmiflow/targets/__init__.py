@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from targets.base import Target
+from lmiflow.targets.base import Target
 
 TARGET_KINDS = ("local", "sagemaker")
 
@@ -17,13 +17,13 @@ def make_target(kind: str, **kwargs: Any) -> Target:
     target take its defaults."""
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if kind == "local":
-        from targets.local import LocalTarget
+        from lmiflow.targets.local import LocalTarget
 
         return LocalTarget(**kwargs)
     if kind == "sagemaker":
         import os
 
-        from targets.sagemaker import SageMakerTarget
+        from lmiflow.targets.sagemaker import SageMakerTarget
 
         if "region" not in kwargs:
             region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 from pydantic import BaseModel, Field
 
-from bench.gate_spec import GateSpec
-from bench.metrics import (
+from lmiflow.bench.gate_spec import GateSpec
+from lmiflow.bench.metrics import (
     BenchResult,
     BenchSettings,
     GeneratorStats,

@@ -1,6 +1,6 @@
 """Local model server: the SageMaker LMI container contract on 127.0.0.1.
 
-`python -m serving.server --model-dir DIR --port P` reads DIR/serving.properties, answers
+`python -m lmiflow.serving.server --model-dir DIR --port P` reads DIR/serving.properties, answers
 `GET /ping` (503 while the model loads, 200 once it serves) and `POST /invocations` with LMI's
 schemas (inputs/parameters, streaming jsonlines, chat messages). Concurrent requests share
 batched forward passes (serving.engine). `GET /debug/stats` reports the forward-pass count.
@@ -26,9 +26,9 @@ from contextlib import aclosing, suppress
 from pathlib import Path
 from typing import Any
 
-from serving.engine import Engine, EngineError, Step
-from serving.options import OptionError, ServerOptions, load_options
-from serving.schema import (
+from lmiflow.serving.engine import Engine, EngineError, Step
+from lmiflow.serving.options import OptionError, ServerOptions, load_options
+from lmiflow.serving.schema import (
     BadRequest,
     ChatRequest,
     InvocationRequest,
@@ -485,7 +485,7 @@ def _reason(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m serving.server", description=__doc__.split("\n")[0]
+        prog="python -m lmiflow.serving.server", description=__doc__.split("\n")[0]
     )
     ap.add_argument("--model-dir", required=True, type=Path)
     ap.add_argument("--port", required=True, type=int)

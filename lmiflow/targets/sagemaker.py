@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from typing import Any, Literal
 
-from targets.base import (
+from lmiflow.targets.base import (
     TERMINAL_STATUSES,
     EndpointStatus,
     EndpointVariant,

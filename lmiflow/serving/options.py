@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.engine import EngineOptions
-from serving.properties_text import parse_entries
+from lmiflow.serving.engine import EngineOptions
+from lmiflow.serving.properties_text import parse_entries
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from report.redact import redact
+from lmiflow.report.redact import redact
 
 GIB = 2**30
 NOT_RUN = "not run"
@@ -667,7 +667,7 @@ def _html_block(block: Any, plots: Mapping[str, bytes | None]) -> str:
 def render_html(report: Mapping[str, Any], plots: Mapping[str, bytes | None] | None = None) -> str:
     """The report as one self-contained HTML page (inline CSS, plots as data: PNGs)."""
     if plots is None:
-        from report.plots import all_plots
+        from lmiflow.report.plots import all_plots
 
         plots = all_plots(dict(report))
     esc = html.escape

@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from bench.gate_spec import LATENCY_METRICS, GateSpec
-from bench.metrics import BenchResult, LevelResult, compare
+from lmiflow.bench.gate_spec import LATENCY_METRICS, GateSpec
+from lmiflow.bench.metrics import BenchResult, LevelResult, compare
 
 # (metric, stat, higher_is_worse) compared against the baseline at each shared level.
 REGRESSION_METRICS: tuple[tuple[str, str, bool], ...] = (

@@ -9,7 +9,7 @@ before streaming, or a last line with `finish_reason: "error"` in mid-stream.
 Hand-written on asyncio streams rather than a web framework on purpose: it is the ruler the
 load generator is checked against, and a framework's per-chunk cost at thousands of chunks
 per second would be part of what is measured. Run it in its own process
-(`python -m bench.synthetic`, or `serve_in_subprocess`) so it never shares the generator's
+(`python -m lmiflow.bench.synthetic`, or `serve_in_subprocess`) so it never shares the generator's
 event loop. Binds 127.0.0.1 only.
 """
 
@@ -156,7 +156,7 @@ def serve_in_subprocess(
     details_token_offset: int = 0, seed: int = 0, startup_timeout_s: float = 30,
 ) -> Iterator[str]:
     """Start the server in its own process; yields its /invocations URL; stops it after."""
-    cmd = [sys.executable, "-m", "bench.synthetic", "--ttft-ms", str(ttft_ms),
+    cmd = [sys.executable, "-m", "lmiflow.bench.synthetic", "--ttft-ms", str(ttft_ms),
            "--tpot-ms", str(tpot_ms), "--fail-rate", str(fail_rate),
            "--details-token-offset", str(details_token_offset), "--seed", str(seed)]
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from serving.engine import Sampling
+from lmiflow.serving.engine import Sampling
 
 
 class BadRequest(ValueError):
