@@ -14,13 +14,18 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 
+from lmiflow.sizing.accelerators import Accelerator, facts_for
 from lmiflow.sizing.latency import (
     ENGINE_EFFICIENCY,
     Efficiency,
     LatencyInputs,
     default_efficiency,
+    latency_inputs,
     predict,
 )
+from lmiflow.sizing.memory import DTypeChoice
+from lmiflow.sizing.model_spec import ModelSpec
+from lmiflow.sizing.planner import Calibration, Option, efficiency_for
 from pydantic import BaseModel, Field
 
 # Factor: (lower, upper) bounds the search keeps to: outside them a fit explains noise, not
@@ -34,7 +39,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
 }
 # The pull toward the defaults: PRIOR_WEIGHT x ln((x + eps) / (x0 + eps))^2 per factor, against
 # ln(predicted / measured)^2 per measurement. eps keeps overheads that default to ~0 movable.
-PRIOR_WEIGHT = 0.3
+PRIOR_WEIGHT = 0.1
 PRIOR_EPS = {"memory": 0.0, "compute": 0.0, "step_overhead_ms": 0.5,
              "request_overhead_ms": 1.0, "allreduce_latency_ms": 0.005}
 SWEEPS = 6
@@ -112,6 +117,45 @@ def records_from_benchmark(
             inputs=inp, predicted_ttft_ms=p.ttft_ms, predicted_tpot_ms=p.tpot_ms,
             predicted_calibrated=calibrated, measured_ttft_ms=ttft, measured_tpot_ms=tpot))
     return out
+
+
+def records_for_option(
+    spec: ModelSpec, dtypes: DTypeChoice, option: Option, engine: str,
+    accelerators: Mapping[str, Accelerator], calibration: Calibration,
+    levels: Iterable[Mapping], input_tokens: int, output_tokens: int,
+    *, run: str, model: str, image_version: str | None,
+) -> list[CalibrationRecord]:
+    """Records for a benchmark of a deployed plan option: each level's requests spread over
+    every copy of every instance, as the planner assumed. Empty for an accelerator without
+    facts (nothing was predicted)."""
+    facts = facts_for(option.accelerator, accelerators)
+    eff, fitted_from = efficiency_for(facts, engine, calibration)
+    if facts is None or eff is None:
+        return []
+    copies = option.model_copies * option.instance_count
+    base = latency_inputs(spec, dtypes, facts, engine, option.tensor_parallel_degree,
+                          input_tokens, output_tokens, 1)
+
+    def inputs_for(concurrency: int) -> LatencyInputs:
+        return base.model_copy(update={"concurrency": math.ceil(concurrency / copies)})
+
+    return records_from_benchmark(levels, inputs_for, eff, fitted_from > 0, run=run,
+                                  model=model, dtype=option.dtype,
+                                  kv_cache_dtype=dtypes.kv_cache, image_version=image_version)
+
+
+def side_by_side(records: Iterable[CalibrationRecord]) -> list[dict[str, float | int | None]]:
+    """Predicted vs measured per level, as a report shows them (error in % of measured)."""
+    def err(pred: float, meas: float | None) -> float | None:
+        return None if not meas else (pred - meas) / meas * 100
+
+    return [{"concurrency": r.concurrency,
+             "predicted_ttft_ms": r.predicted_ttft_ms, "measured_ttft_ms": r.measured_ttft_ms,
+             "ttft_error_pct": err(r.predicted_ttft_ms, r.measured_ttft_ms),
+             "predicted_tpot_ms": r.predicted_tpot_ms, "measured_tpot_ms": r.measured_tpot_ms,
+             "tpot_error_pct": err(r.predicted_tpot_ms, r.measured_tpot_ms),
+             "calibrated": r.predicted_calibrated}
+            for r in records]
 
 
 def _pairs(records: list[CalibrationRecord], eff: Efficiency) -> list[tuple[str, float, float]]:

@@ -218,8 +218,10 @@ def _largest_meeting(roof: Roofline, limits: list[LatencyLimit], margin: float, 
     return lo
 
 
-def _efficiency(facts: Accelerator | None, engine: str, calibration: Calibration
-                ) -> tuple[Efficiency | None, int]:
+def efficiency_for(facts: Accelerator | None, engine: str, calibration: Calibration
+                   ) -> tuple[Efficiency | None, int]:
+    """The factors a prediction uses on this accelerator, and how many records fitted them (0:
+    the engine's uncalibrated defaults)."""
     if facts is None:
         return None, 0
     fitted = calibration.get((facts.name, engine))
@@ -266,7 +268,7 @@ def plan(spec: ModelSpec, req: PlanRequest, catalog: pd.DataFrame | None = None,
     calibration_notes: dict[str, str] = {}
     for r in rows:
         facts = facts_for(r.accelerator, accels)
-        eff, records = _efficiency(facts, req.engine, calibration or {})
+        eff, records = efficiency_for(facts, req.engine, calibration or {})
         if facts is None:
             if req.latency_limits:
                 warnings.append(f"latency limits not checked on {r.instance_type}: no "
@@ -350,21 +352,22 @@ def _option(ctx: SimpleNamespace, r: SimpleNamespace, tp: int, facts: Accelerato
 
     lat_max = maxc
     predicted = None
-    if binding is None and facts is not None and eff is not None:
-        base = latency_inputs(spec, dtypes, facts, req.engine, tp, req.max_input_tokens,
-                              req.max_output_tokens, per_copy, ctx.wbytes)
-        roof = Roofline(base, eff)
-        workload_limits = [lim for lim in req.latency_limits if lim.concurrency is None]
-        level_limits = [lim for lim in req.latency_limits if lim.concurrency is not None]
-        misses: list[str] = []
+    roof = None
+    workload_limits = [lim for lim in req.latency_limits if lim.concurrency is None]
+    level_limits = [lim for lim in req.latency_limits if lim.concurrency is not None]
+    if binding in (None, "kv_cache") and facts is not None and eff is not None:
+        roof = Roofline(latency_inputs(spec, dtypes, facts, req.engine, tp, req.max_input_tokens,
+                                       req.max_output_tokens, per_copy, ctx.wbytes), eff)
         if workload_limits:
             lat_max = _largest_meeting(roof, workload_limits, req.latency_margin, maxc)
-            if lat_max < per_copy:
-                need = (math.ceil(req.concurrency / (copies * lat_max)) if lat_max
-                        else max_count + 1)
-                if need <= max_count:
-                    count = max(count, need)
-                    per_copy, est, maxc = layout(count)
+    if roof is not None and binding is None:
+        misses: list[str] = []
+        if lat_max < per_copy:
+            need = (math.ceil(req.concurrency / (copies * lat_max)) if lat_max
+                    else max_count + 1)
+            if need <= max_count:
+                count = max(count, need)
+                per_copy, est, maxc = layout(count)
         for n in range(count, max_count + 1 if level_limits else count + 1):
             misses = [m for lim in level_limits for m in _violations(
                 roof.latency_ms(math.ceil(lim.concurrency / (copies * n))), [lim],
@@ -391,7 +394,7 @@ def _option(ctx: SimpleNamespace, r: SimpleNamespace, tp: int, facts: Accelerato
                 f" on {count} instances" if count > 1 else "")
 
     fits = binding in (None, "latency")
-    per_copy_max = min(maxc, lat_max) if fits else (maxc if binding == "kv_cache" else 0)
+    per_copy_max = min(maxc, lat_max) if binding in (None, "latency", "kv_cache") else 0
     total_max = per_copy_max * copies * count
     total_price = None if price is None else price * count
     eligible = binding is None
