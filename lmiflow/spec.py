@@ -81,11 +81,13 @@ class InstanceSection(_Strict):
         default=0.9, gt=0.1, le=1.0, description="Fraction of GPU memory the engine may use."
     )
 
-    @model_validator(mode="after")
-    def _max_count(self) -> InstanceSection:
-        if self.max_count is not None and self.max_count < self.count:
-            raise ValueError(f"max_count {self.max_count} is below count {self.count}")
-        return self
+    @field_validator("max_count")
+    @classmethod
+    def _max_count(cls, v: int | None, info) -> int | None:
+        count = info.data.get("count", 1)
+        if v is not None and v < count:
+            raise ValueError(f"{v} is below count {count}")
+        return v
 
 
 class ServingSection(_Strict):
