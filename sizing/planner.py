@@ -262,8 +262,11 @@ def plan(spec: ModelSpec, req: PlanRequest, catalog: pd.DataFrame | None = None,
                    for r in rows if not r["planned"]]
     rows = [SimpleNamespace(**r) for r in rows if r["planned"]]
 
+    # Instance types often share an accelerator and GPU count (g5.xlarge .. g5.16xlarge): the
+    # caches make each (accelerator, tp, requests per copy) cost one estimate and one search.
     ctx = SimpleNamespace(spec=spec, req=req, dtypes=dtypes, wbytes=wbytes, tokens=tokens,
-                          context_error=context_error)
+                          context_error=context_error, estimates={}, rooflines={},
+                          searches={}, predictions={})
     options: list[Option] = []
     calibration_notes: dict[str, str] = {}
     for r in rows:
@@ -310,7 +313,10 @@ def _option(ctx: SimpleNamespace, r: SimpleNamespace, tp: int, facts: Accelerato
 
     def layout(count: int):
         per_copy = math.ceil(req.concurrency / (copies * count))
-        est = per_gpu_estimate(spec, dtypes, tp, ctx.tokens, per_copy, ctx.wbytes)
+        est = ctx.estimates.get((tp, per_copy))
+        if est is None:
+            est = ctx.estimates[tp, per_copy] = per_gpu_estimate(
+                spec, dtypes, tp, ctx.tokens, per_copy, ctx.wbytes)
         return per_copy, est, max_concurrency(usable, est)
 
     count = req.instance_count
@@ -356,10 +362,17 @@ def _option(ctx: SimpleNamespace, r: SimpleNamespace, tp: int, facts: Accelerato
     workload_limits = [lim for lim in req.latency_limits if lim.concurrency is None]
     level_limits = [lim for lim in req.latency_limits if lim.concurrency is not None]
     if binding in (None, "kv_cache") and facts is not None and eff is not None:
-        roof = Roofline(latency_inputs(spec, dtypes, facts, req.engine, tp, req.max_input_tokens,
-                                       req.max_output_tokens, per_copy, ctx.wbytes), eff)
+        roof = ctx.rooflines.get((facts.name, tp))
+        if roof is None:
+            roof = ctx.rooflines[facts.name, tp] = Roofline(latency_inputs(
+                spec, dtypes, facts, req.engine, tp, req.max_input_tokens,
+                req.max_output_tokens, per_copy, ctx.wbytes), eff)
         if workload_limits:
-            lat_max = _largest_meeting(roof, workload_limits, req.latency_margin, maxc)
+            key = (facts.name, tp, maxc)
+            if key not in ctx.searches:
+                ctx.searches[key] = _largest_meeting(roof, workload_limits, req.latency_margin,
+                                                     maxc)
+            lat_max = ctx.searches[key]
     if roof is not None and binding is None:
         misses: list[str] = []
         if lat_max < per_copy:
@@ -377,7 +390,9 @@ def _option(ctx: SimpleNamespace, r: SimpleNamespace, tp: int, facts: Accelerato
                     count = n
                     per_copy, est, maxc = layout(count)
                 break
-        pred = roof.predict(per_copy)
+        pred = ctx.predictions.get((facts.name, tp, per_copy))
+        if pred is None:
+            pred = ctx.predictions[facts.name, tp, per_copy] = roof.predict(per_copy)
         misses = _violations({"ttft_ms": pred.ttft_ms, "tpot_ms": pred.tpot_ms,
                               "e2e_ms": pred.e2e_ms}, workload_limits,
                              req.latency_margin) + misses
