@@ -13,7 +13,6 @@ import json
 import os
 from pathlib import Path
 
-from filelock import FileLock
 from pydantic import ValidationError
 
 from lmiflow.sizing.calibration import CalibrationRecord, CalibrationStore, refit
@@ -55,6 +54,8 @@ def save_store(path: str | Path, store: CalibrationStore) -> None:
 
 def add_records(path: str | Path, records: list[CalibrationRecord]) -> CalibrationStore:
     """Append records and refit, under a lock (concurrent runs append to one store)."""
+    from filelock import FileLock  # deferred: `lmiflow plan` only reads the store
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(p) + ".lock"):

@@ -32,6 +32,7 @@ class Run:
     model: str
     accelerator: str
     engine: str
+    dtype: str
     inputs: LatencyInputs
     measured: dict[str, float] = field(default_factory=dict)
     sources: set[str] = field(default_factory=set)
@@ -72,7 +73,8 @@ def runs() -> list[Run]:
                 inp = latency_inputs(spec, dtypes, accels[row["accelerator"]], engine,
                                      int(row["tp"]), int(row["input_tokens"]),
                                      int(row["output_tokens"]), int(row["concurrency"]))
-                out[key] = Run([], row["model"], row["accelerator"], row["engine"], inp)
+                out[key] = Run([], row["model"], row["accelerator"], row["engine"],
+                               row["dtype"], inp)
             run = out[key]
             run.ids.append(row["id"])
             run.measured[row["metric"]] = float(row["measured_ms"])
