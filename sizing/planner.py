@@ -421,6 +421,7 @@ def _option(ctx: SimpleNamespace, r: SimpleNamespace, tp: int, facts: Accelerato
                      (f" use all {gpus} GPUs" if gpus > 1 else ""))
                   + (f" on each of {count} instances" if count > 1 else "")
                   + f"; holds {total_max} concurrent requests"
+                  + (f" ({per_copy_max} per copy)" if copies * count > 1 else "")
                   + (" within the latency limits" if req.latency_limits and facts else ""))
         if serve_dtype != dtypes.activations:
             reason += "; served in fp16 (no bf16 on this GPU)"
