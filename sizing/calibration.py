@@ -44,7 +44,6 @@ PRIOR_EPS = {"memory": 0.0, "compute": 0.0, "step_overhead_ms": 0.5,
              "request_overhead_ms": 1.0, "allreduce_latency_ms": 0.005}
 SWEEPS = 6
 GOLDEN = (math.sqrt(5) - 1) / 2
-MIN_RECORDS = 1
 
 
 class CalibrationRecord(BaseModel):
@@ -239,7 +238,7 @@ def refit(store: CalibrationStore) -> CalibrationStore:
     fits = []
     for key, recs in sorted(groups.items()):
         prior = prior_for(recs)
-        if prior is None or len(recs) < MIN_RECORDS:
+        if prior is None:
             continue
         eff = fit(recs, prior)
         fits.append(Fit(accelerator=key[0], engine=key[1], records=len(recs), efficiency=eff,
