@@ -39,6 +39,7 @@ from lmiflow.sizing.memory import (
 from lmiflow.sizing.model_spec import ModelSpec
 from pydantic import BaseModel, Field
 
+
 class Efficiency(BaseModel):
     """How close an engine gets to the datasheet on one accelerator, plus its fixed costs."""
 
