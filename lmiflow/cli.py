@@ -72,8 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except UserInputError as exc:
-        print(f"lmiflow: error: {exc}", file=sys.stderr)
+    except UserInputError as exc:  # one line per problem
+        for line in str(exc).splitlines():
+            print(f"lmiflow: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lmiflow: interrupted", file=sys.stderr)

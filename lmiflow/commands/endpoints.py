@@ -53,9 +53,23 @@ def _target(args: Any) -> Any:
     if args.target == "sagemaker":
         kwargs["region"] = args.region
     try:
-        return make_target(args.target, **kwargs)
+        target = make_target(args.target, **kwargs)
     except ValueError as exc:
         raise UserInputError("--target", str(exc)) from None
+    target.preflight(_needs(args))
+    return target
+
+
+def _needs(args: Any) -> list[tuple[str, str]]:
+    """What the action will ask of the platform, for the target's preflight check."""
+    if args.action == "list":
+        return [("sagemaker:ListEndpoints", "*")]
+    endpoint = f"arn:{{partition}}:sagemaker:{{region}}:{{account}}:endpoint/{args.name.lower()}"
+    if args.action == "invoke":
+        return [("sagemaker:DescribeEndpoint", endpoint),
+                ("sagemaker:InvokeEndpoint" + ("WithResponseStream" if args.stream else ""),
+                 endpoint)]
+    return [("sagemaker:DescribeEndpoint", endpoint), ("sagemaker:DeleteEndpoint", endpoint)]
 
 
 def _require(target: Any, name: str) -> Any:

@@ -7,7 +7,7 @@ interruption can adopt or remove what the earlier run left.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
@@ -63,6 +63,11 @@ class WaitTimeout(TimeoutError):
 @runtime_checkable
 class Target(Protocol):
     kind: str
+
+    def preflight(self, needs: Sequence[tuple[str, str]] = ()) -> list[str]:
+        """Before anything is created: can this target be used as configured (credentials,
+        region, and permission for `needs`, (action, resource) pairs)? Returns notes for the
+        log; raises errors.UserInputError naming each failed check (one line each)."""
 
     def stage(self, name: str, files: dict[str, str]) -> str:
         """Put the model files (name -> text; serving.properties at least) where the serving

@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +198,10 @@ class LocalTarget:
             data = self._read()
             yield data
             self._write(data)
+
+    def preflight(self, needs: Sequence[tuple[str, str]] = ()) -> list[str]:
+        """Nothing to check beyond the state directory, which __init__ created."""
+        return []
 
     # ---- models and configs ---------------------------------------------------------------
 

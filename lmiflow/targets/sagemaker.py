@@ -18,7 +18,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from typing import Any, Literal
 
@@ -298,6 +298,22 @@ class SageMakerTarget:
             user_agent_extra="lmiflow",
         )
         return self.session.client("sagemaker-runtime", config=cfg)
+
+    def preflight(self, needs: Sequence[tuple[str, str]] = ()) -> list[str]:
+        """Region, identity (STS) and permissions for `needs`, before anything is created;
+        raises aws_preflight.AccessProblem, one line per failed check (see that module)."""
+        from botocore.exceptions import BotoCoreError
+
+        from lmiflow.targets.aws_preflight import AccessProblem, check_access
+
+        try:
+            session = self.session
+        except (BotoCoreError, ValueError) as exc:  # AWS_PROFILE or credentials block missing
+            what = "target.aws_credentials_block" if self.credentials_block else "AWS identity"
+            raise AccessProblem([(what, str(exc).strip().splitlines()[0])]) from None
+        access = check_access(session, self.region, needs)
+        return [f"AWS identity: {access.arn} (account {access.account}, {self.region})",
+                *access.notes]
 
     # -- staging and creation --
 
