@@ -8,6 +8,7 @@ import pytest
 
 from lmiflow.cli import main
 from lmiflow.report.model import SCHEMA_VERSION, ReportedModel, RunReport, Versions
+from tests.report.schema import validate_report
 
 # report.json's top-level keys in order: DESIGN.md's contract first, then the rest.
 KEYS = ["schema_version", "lmiflow_version", "run_id", "started_at", "finished_at", "status",
@@ -54,16 +55,7 @@ def test_dry_run_report_round_trips_through_the_model(tmp_path, capsys):
     written = json.loads((out / "report.json").read_text())
     assert list(written) == KEYS
     assert RunReport.model_validate(written).to_json_dict() == written
-    validate(written)
-
-
-def validate(report: dict) -> None:
-    """report.json against the schema that ships with the package."""
-    from jsonschema import Draft202012Validator
-
-    from lmiflow.report.model import shipped_schema_text
-
-    Draft202012Validator(json.loads(shipped_schema_text())).validate(report)
+    validate_report(written)
 
 
 def test_shipped_schema_is_the_models():
@@ -86,9 +78,9 @@ def test_schema_rejects_what_the_contract_forbids():
     from jsonschema import ValidationError
 
     good = _fresh().to_json_dict()
-    validate(good)
+    validate_report(good)
     for bad in ({**good, "status": "deployed"}, {**good, "statsu": "failed"},
                 {k: v for k, v in good.items() if k != "endpoint"},
                 {**good, "steps": [{"name": "gate", "status": "completed", "seconds": "1"}]}):
         with pytest.raises(ValidationError):
-            validate(bad)
+            validate_report(bad)
