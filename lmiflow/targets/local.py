@@ -491,12 +491,6 @@ class LocalTarget(Target):
 
         return lines()
 
-    def close(self) -> None:
-        """Close the invocation connection pool (if one was opened)."""
-        http = self.__dict__.pop("_http", None)
-        if http is not None:
-            http.close()
-
     # ---- deletion and listing ---------------------------------------------------------------
 
     def delete_endpoint(self, name: str) -> bool:
