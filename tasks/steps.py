@@ -265,15 +265,15 @@ def teardown(spec: DeploymentSpec) -> list[str]:
 
 
 @task(name="report", retries=0, cache_policy=NO_CACHE)
-def report(report: RunReport, report_dir: str | None) -> Path:
+def report(run_report: RunReport, report_dir: str | None) -> Path:
     """Write report.json / .md / .html and link them from the run. Never fails the run for
     the link: the files are what matter."""
-    path = write_report(report, report_dir)
+    path = write_report(run_report, report_dir)
+    name = run_report.endpoint
     try:
-        create_link_artifact(key=artifact_key(report.endpoint, "report"),
-                             link=path.resolve().as_uri(), link_text=f"report of {report.endpoint}",
-                             description=f"{report.endpoint}: report.json / report.md / "
-                                         "report.html")
+        create_link_artifact(key=artifact_key(name, "report"), link=path.resolve().as_uri(),
+                             link_text=f"report of {name}",
+                             description=f"{name}: report.json / report.md / report.html")
     except Exception as exc:
         get_run_logger().warning("could not link the report: %s", redact_text(str(exc)))
     return path
