@@ -11,7 +11,7 @@ import textwrap
 
 from lmiflow.errors import UserInputError
 
-COMMANDS = ("plan", "deploy", "bench", "endpoints", "demo_model", "calibrate")
+COMMANDS = ("plan", "deploy", "bench", "endpoints", "demo_model", "calibrate", "report_schema")
 
 
 DESCRIPTION = """\
