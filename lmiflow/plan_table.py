@@ -14,6 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from lmiflow.sizing.catalog import CPU
 from lmiflow.sizing.planner import Option, Plan
 from lmiflow.sizing.units import UNIT_NOTE, gb
 
@@ -131,7 +132,10 @@ def print_plan(p: Plan, source: str, show_all: bool = False, console: Console | 
         say(con, f"Chosen: {_instance(c)}, tensor parallel {c.tensor_parallel_degree}, "
                  f"{copies}{price}", style="bold green")
         say(con, f"why: {p.chosen_reason}", indent=2)
-        say(con, f"per GPU: weights {gb(pg['weights_bytes'])} + KV {gb(pg['kv_cache_bytes'])}"
+        say(con, f"device: {_gpus(c)}" + (f" ({c.memory_source})" if c.memory_source else ""),
+            indent=2)
+        where = "in RAM" if c.accelerator == CPU else "per GPU"
+        say(con, f"{where}: weights {gb(pg['weights_bytes'])} + KV {gb(pg['kv_cache_bytes'])}"
                  f" + overhead {gb(pg['overhead_bytes'])} = {gb(c.per_gpu_required_bytes)} of "
                  f"{gb(pg['usable_bytes'])} usable ({r.gpu_memory_utilization:.0%} of "
                  f"{gb(c.gpu_memory_bytes)})", indent=2)

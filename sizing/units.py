@@ -12,8 +12,12 @@ GB = 10**9
 UNIT_NOTE = "GB = 10^9 bytes"
 
 
+
 def gb(n: float | None, digits: int = 1, unit: bool = True) -> str:
-    """'26.0 GB'; '-' when unknown."""
+    """'26.0 GB'; below 0.1 GB in MB ('0.4 MB'), so a tiny model does not read '0.0 GB';
+    '-' when unknown."""
     if n is None:
         return "-"
+    if unit and 0 < abs(n) < GB / 10:
+        return f"{n / 1e6:,.1f} MB"
     return f"{n / GB:,.{digits}f}" + (" GB" if unit else "")
