@@ -20,6 +20,7 @@ from lmiflow.bench.metrics import BenchResult
 from lmiflow.errors import StepFailed
 from lmiflow.pipeline import Candidate, Names
 from lmiflow.report.model import Promotion, SmokeTest
+from lmiflow.report.outcome import ProductionState
 from lmiflow.sizing.planner import Plan
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.base import (
@@ -56,6 +57,16 @@ def production_in_use(target: Target, production: str) -> set[str]:
         return set()
     model = target.config_model_name(prod.config_name)
     return {prod.config_name, model} if model else {prod.config_name}
+
+
+def production_state(target: Target, production: str) -> ProductionState:
+    """What production serves now and since when: what a rejected or failed run tells its
+    reader is unchanged."""
+    st = target.describe(production)
+    if st is None:
+        return ProductionState(endpoint=production)
+    return ProductionState(endpoint=production, status=st.status, config=st.config_name,
+                           since=st.since)
 
 
 def remove_leftovers(target: Target, production: str) -> list[str]:

@@ -16,6 +16,7 @@ from lmiflow import pipeline
 from lmiflow.model_source import ResolvedModel
 from lmiflow.pipeline import Candidate, MemoryEstimate
 from lmiflow.report.model import ReportedModel, RunReport, RunStatus, StepRecord, Versions
+from lmiflow.report.outcome import ProductionState, outcome
 from lmiflow.report.redact import redact_text
 from lmiflow.sizing.planner import Plan
 from lmiflow.sizing.units import gb
@@ -54,12 +55,17 @@ class RunRecord:
         finally:
             rec.seconds = round(time.perf_counter() - t0, 3)
 
-    def finish(self, status: RunStatus) -> RunReport:
+    def finish(self, status: RunStatus, production: ProductionState | None = None
+               ) -> RunReport:
+        """Close the record: steps that never ran are skipped; the outcome is put in words
+        (with production as the run left it, when the caller looked)."""
         ran = {s.name for s in self.report.steps}
         self.report.steps += [StepRecord(name=n, status="skipped") for n in STEP_NAMES
                               if n not in ran]
         self.report.status = status
         self.report.finished_at = _now()
+        self.report.production = production
+        self.report.outcome = outcome(self.report, production)
         return self.report
 
 

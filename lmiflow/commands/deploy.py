@@ -29,13 +29,23 @@ def run(args) -> int:
     spec = load_spec(args.config, overrides)
     if args.dry_run:
         return dry_run(spec, args.report_dir)
-    # Validate everything that can be validated before anything is created (exit 2).
-    _plan_directly(spec)
+    # Validate everything that can be validated before anything is created (exit 2): the
+    # config, the plan, and whether the target will let us act at all.
+    _, (_, _, candidate) = _plan_directly(spec)
+    _preflight(spec, candidate.names)
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     # The ephemeral API server would try to send telemetry: not from an unattended deploy.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return _run_flow(spec, str(report_path(args.report_dir, spec.name)))
+
+
+def _preflight(spec, names) -> None:
+    from lmiflow.pipeline import target_for
+
+    target = target_for(spec)
+    for note in target.preflight(target.deploy_needs(names.production, names.model_dump())):
+        print(f"lmiflow: {note}", file=sys.stderr)
 
 
 def _plan_directly(spec):
@@ -90,31 +100,39 @@ def _run_flow(spec, report_dir: str) -> int:
 
 
 def _summary(path: Path, spec, console) -> None:
-    import json
+    from pydantic import ValidationError
 
-    if not path.is_file():
-        console.print(f"[red]no report at {path}[/red]")
+    from lmiflow.report.console import summary_lines
+    from lmiflow.report.model import RunReport
+
+    try:
+        report = RunReport.model_validate_json(path.read_text())
+    except (OSError, ValidationError) as exc:
+        console.print(f"[red]no readable report at {path}[/red] ({type(exc).__name__})")
         return
-    r = json.loads(path.read_text())
-    color = {"promoted": "green", "rejected": "yellow"}.get(r["status"], "red")
-    console.print(f"\n[bold {color}]{r['status'].upper()}[/bold {color}] {r['endpoint']}"
-                  + (f" — failed at {r['failed_step']}: {r['error']}" if r.get("failed_step")
-                     else (f" — {r['error']}" if r.get("error") else "")))
-    for s in r["steps"]:
-        mark = {"completed": "✓", "failed": "✗", "skipped": "·"}.get(s["status"], "?")
-        console.print(f"  {mark} {s['name']:<27} {s['seconds']:>7.2f} s  {s.get('summary', '')}")
-    for c in (r.get("gate") or {}).get("checks", []):
-        obs = c["observed"]
-        obs = f"{obs:.4g}" if isinstance(obs, int | float) else str(obs)
-        console.print(f"    {'✓' if c['passed'] else '✗'} {c['kind']} {c['metric']} {c['stat']}"
-                      f" c={c.get('concurrency')}: {obs} {c['op']} {c['threshold']:.4g}")
-    console.print(f"\nreport: {path.parent}/report.html (and report.json, report.md)")
-    if r["status"] == "promoted":
-        t = f" --target {spec.target.kind}"
-        exe = Path(sys.executable).parent / "lmiflow"
-        cli = str(exe) if exe.exists() else "lmiflow"
-        console.print(f"invoke: {cli} endpoints invoke {spec.name} 'Hello'{t}\n"
-                      f"delete: {cli} endpoints delete {spec.name}{t}")
-    if r.get("cleanup"):
-        console.print("removed candidate resources: " + ", ".join(r["cleanup"]))
+    console.print()
+    for text, style in summary_lines(report, cli_name(), _shown(path.parent / "report.html"),
+                                     console.width):
+        console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
     sys.stderr.flush()
+
+
+def _shown(path: Path) -> str:
+    """Relative to the working directory when inside it: shorter, and what a user typed."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def cli_name() -> str:
+    """How to call this lmiflow again: the name when PATH finds this one, else its path."""
+    import shutil
+
+    exe = Path(sys.executable).parent / "lmiflow"
+    if not exe.exists():
+        return "lmiflow"
+    found = shutil.which("lmiflow")
+    if found and Path(found).resolve() == exe.resolve():
+        return "lmiflow"
+    return _shown(exe)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_serialize
 
 from lmiflow.bench.gates import Verdict
 from lmiflow.bench.metrics import BenchResult
+from lmiflow.report.outcome import Outcome, ProductionState
 from lmiflow.sizing.model_spec import ModelSpec
 from lmiflow.sizing.planner import Plan
 
@@ -123,6 +124,10 @@ class RunReport(_Strict):
         default=None, description="Candidate resources removed after a run that did not promote.")
     config: dict[str, Any] = Field(description="The deployment config the run used.")
     promotion: Promotion | None = None
+    production: ProductionState | None = Field(
+        default=None, description="The production endpoint as the run left it.")
+    outcome: Outcome | None = Field(
+        default=None, description="The run in words: verdict, production, reasons, next steps.")
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types, in report.json's key order (the one dump of a run)."""

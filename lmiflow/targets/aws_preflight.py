@@ -159,6 +159,36 @@ def check_permissions(session: Any, region: str, access: Access, needs: Sequence
     return None
 
 
+def deploy_needs(production: str, names: dict[str, str], role_arn: str | None,
+                 s3_uri: str | None) -> list[Need]:
+    """What a deploy asks of IAM: the candidate's model, config and endpoint, production's
+    update, invocations, deletes, passing the execution role, the S3 prefix."""
+    arn = "arn:{partition}:sagemaker:{region}:{account}:"
+
+    def sm(kind: str, name: str) -> str:
+        return f"{arn}{kind}/{name.lower()}"  # SageMaker ARNs carry names in lower case
+
+    model, config = sm("model", names["model"]), sm("endpoint-config", names["endpoint_config"])
+    candidate, prod = sm("endpoint", names["endpoint"]), sm("endpoint", production)
+    needs: list[Need] = [
+        ("sagemaker:CreateModel", model), ("sagemaker:AddTags", model),
+        ("sagemaker:DeleteModel", model),
+        ("sagemaker:CreateEndpointConfig", config), ("sagemaker:DeleteEndpointConfig", config),
+        ("sagemaker:DescribeEndpointConfig", config),
+    ]
+    for endpoint in (candidate, prod):
+        needs += [("sagemaker:CreateEndpoint", endpoint), ("sagemaker:DescribeEndpoint",
+                                                           endpoint),
+                  ("sagemaker:InvokeEndpoint", endpoint), ("sagemaker:DeleteEndpoint", endpoint)]
+    needs.append(("sagemaker:UpdateEndpoint", prod))
+    if role_arn:
+        needs.append(("iam:PassRole", role_arn))
+    if s3_uri and s3_uri.startswith("s3://"):
+        bucket_and_prefix = s3_uri[len("s3://"):].rstrip("/")
+        needs.append(("s3:PutObject", f"arn:{{partition}}:s3:::{bucket_and_prefix}/*"))
+    return needs
+
+
 def check_access(session: Any, region: str | None, needs: Sequence[Need] = (),
                  available_regions: Iterable[str] | None = None) -> Access:
     """Region, identity, permissions; raises AccessProblem naming each failed check."""

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 from lmiflow.errors import UserInputError
 from lmiflow.targets.base import (
@@ -29,6 +30,7 @@ from lmiflow.targets.base import (
     EndpointStatus,
     EndpointVariant,
     ModelPackage,
+    StoredReport,
     Target,
     TrafficPolicy,
     check_name,
@@ -297,6 +299,11 @@ class SageMakerTarget(Target):
         return [f"AWS identity: {access.arn} (account {access.account}, {self.region})",
                 *access.notes]
 
+    def deploy_needs(self, production: str, names: dict[str, str]) -> list[tuple[str, str]]:
+        from lmiflow.targets.aws_preflight import deploy_needs
+
+        return deploy_needs(production, names, self.role_arn, self.s3_uri)
+
     # -- planning --
 
     def instance_catalog(self):
@@ -498,6 +505,7 @@ class SageMakerTarget(Target):
             status=d["EndpointStatus"],
             failure_reason=d.get("FailureReason"),
             config_name=d.get("EndpointConfigName"),
+            since=d.get("LastModifiedTime"),
         )
 
     def describe(self, name: str) -> EndpointStatus | None:
@@ -597,6 +605,26 @@ class SageMakerTarget(Target):
         self.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(data, indent=2, sort_keys=True)
                            .encode(), ContentType="application/json")
         return f"s3://{bucket}/{key}"
+
+    # ---- the run's report -----------------------------------------------------------------
+
+    def store_report(self, endpoint: str, run: str, files: dict[str, bytes]) -> StoredReport | None:
+        """The report files next to the baseline, under <prefix><endpoint>/reports/<run>/, so
+        a remote worker's report outlives it; the link opens report.html in the S3 console."""
+        if not self.s3_uri:
+            return None
+        bucket, prefix = _split_s3(self.s3_uri)
+        folder = f"{prefix}{endpoint}/reports/{run}/"
+        types = {"html": "text/html; charset=utf-8", "json": "application/json",
+                 "md": "text/markdown; charset=utf-8"}
+        for name, body in files.items():
+            self.s3.put_object(Bucket=bucket, Key=folder + name, Body=body,
+                               ContentType=types.get(name.rsplit(".", 1)[-1], "text/plain"))
+        key = folder + "report.html"
+        return StoredReport(
+            location=f"s3://{bucket}/{key}",
+            url=f"https://{self.region}.console.aws.amazon.com/s3/object/{bucket}?"
+                + urlencode({"region": self.region, "prefix": key}))
 
     def list_endpoints(self) -> list[EndpointStatus]:
         out = []
