@@ -91,9 +91,10 @@ def cpu_threads() -> int:
     """LMIFLOW_CPU_THREADS, else half the cores this process may use, at least one. During a
     deploy the candidate, the production server and the load generator share the cores;
     torch's default (every core per process) oversubscribes them, and its threads then wait
-    for each other at every operation: on a busy 2-core machine the demo model's TTFT p50 went
-    from 150-250 ms with two threads to 9-34 ms with one (perf/local_threads.py measures it).
-    The benchmark would measure the contention, and two runs would disagree."""
+    for each other at every operation: on a busy 2-core machine the demo model's c=1 TTFT p50
+    was 180-330 ms with two threads and 14-30 ms with one (perf/local_threads.py). The
+    benchmark measured the contention, not the model.
+    """
     if os.environ.get("LMIFLOW_CPU_THREADS", "").isdigit():
         return max(1, int(os.environ["LMIFLOW_CPU_THREADS"]))
     try:
