@@ -62,8 +62,11 @@ def dry_run(spec, report_dir: str | None) -> int:
     rec, (model, p, candidate) = _plan_directly(spec)
     names = candidate.names
     print_plan(p, model.source)
-    print(f"\nimage: {candidate.image_uri or 'none (local target runs the model server directly)'}")
-    print(f"candidate: {names.endpoint} (config {names.endpoint_config}, model {names.model})")
+    # An image URI is an identifier: on a line of its own, never wrapped.
+    print("\nimage:" + (f"\n{candidate.image_uri}" if candidate.image_uri
+                        else " none (the local target runs the model server directly)"))
+    print(f"candidate:\n  endpoint         {names.endpoint}\n  endpoint config  "
+          f"{names.endpoint_config}\n  model            {names.model}")
     print("\n# serving.properties\n" + candidate.properties, end="")
     if report_dir:
         path = write_report(rec.finish("planned"), report_dir)

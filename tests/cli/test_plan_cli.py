@@ -184,8 +184,11 @@ def test_help_summarises_and_every_plan_flag_has_help():
 
 def test_example_config_chooses_an_option_that_meets_its_tpot_gate(tmp_path):
     r = lmiflow("deploy", "configs/llama-3.1-8b-g5-g6.yaml", "--dry-run", "--report-dir",
-                str(tmp_path), env={"LMIFLOW_STATE_DIR": str(tmp_path / "state")})
+                str(tmp_path), env={"LMIFLOW_STATE_DIR": str(tmp_path / "state"),
+                                    "COLUMNS": "80"})
     assert r.returncode == 0, r.stderr
+    # 80 columns, except an identifier too long to have any (the image URI, on its own line).
+    assert all(len(line) <= 80 or " " not in line for line in r.stdout.splitlines())
     report = json.loads((tmp_path / "report.json").read_text())
     chosen = report["plan"]["chosen"]
     assert chosen["predicted"]["tpot_ms"] <= 50 * 0.9  # the gate, with the planner's margin
