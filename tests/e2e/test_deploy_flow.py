@@ -188,7 +188,8 @@ def test_cli_deploy_summary_fits_80_columns_without_a_terminal(demo_model, tmp_p
     spec = make_spec(demo_model, name="e2e-cli").model_dump(mode="json", exclude_defaults=True)
     cfg.write_text(json.dumps(spec))  # JSON is YAML
     env = {**os.environ, "COLUMNS": "80", "LMIFLOW_STATE_DIR": str(tmp_path / "state"),
-           "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+           "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600"}
     env.pop("PREFECT_API_URL", None)
     try:
         r = subprocess.run([sys.executable, "-m", "lmiflow", "deploy", str(cfg), "--report-dir",
