@@ -32,7 +32,7 @@ UNSCOPED = {"sagemaker:ListModels", "sagemaker:ListEndpointConfigs", "sagemaker:
             "cloudwatch:PutMetricData"}
 SAGEMAKER_RESOURCE = {"ModelName": "model", "EndpointConfigName": "endpoint-config",
                       "EndpointName": "endpoint"}
-_CANDIDATE_HASH = re.compile(r"-(c|ec|m)-[0-9a-f]{8}(?=/|$)")
+_CANDIDATE_HASH = re.compile(r"-(c|ec|m)-[0-9a-fx]{8}(?=/|$)")
 _COMMIT = re.compile(r"/[0-9a-f]{40}/")
 
 
