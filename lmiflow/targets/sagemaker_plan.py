@@ -64,7 +64,8 @@ def sweep(step: str, production: str, target: Any) -> list[AwsRequest]:
     """remove_leftovers: find this endpoint's candidate resources production does not use."""
     prefix = f"{production}-"
     gone = "for each one that production does not use"
-    return describe_production(step, production, target) + [
+    return [
+        *describe_production(step, production, target),
         _r(step, "sagemaker", "ListModels", NameContains=prefix),
         _r(step, "sagemaker", "ListEndpointConfigs", NameContains=prefix),
         _r(step, "sagemaker", "ListEndpoints", NameContains=prefix),
