@@ -9,6 +9,8 @@ peak RSS (getrusage) and bytes written to storage (/proc/self/io write_bytes) ar
 Figures: throughput of a full staging; the staging process's peak memory against the bound
 the config sets ((buffered parts + parallel parts) x part size); disk written; and what a
 resumed staging saves after a run killed half way (and a rerun when everything is there).
+Times are stage()'s own (process start and the Hub's model info excluded), so the three runs
+compare like with like.
 
 Run: .venv/bin/python perf/staging.py [--mib 512]
 """
@@ -37,7 +39,7 @@ TOKEN = "hf_" + "PerfStagingToken" * 2
 PREFIX = "s3://perf-bucket/lf/weights/org--gated/main/"
 
 CHILD = """
-import json, os, resource, sys, time
+import json, os, sys, time
 from pydantic import SecretStr
 from tests.aws_fakes import s3_client
 from lmiflow.targets.staging import stage
@@ -47,16 +49,22 @@ def written():
     with open("/proc/self/io") as f:
         return int(next(l for l in f if l.startswith("write_bytes")).split()[1])
 
+def peak_rss():  # VmHWM: this process's own peak (ru_maxrss would include the forking parent's)
+    with open("/proc/self/status") as f:
+        return int(next(l for l in f if l.startswith("VmHWM")).split()[1]) * 1024
+
 token = SecretStr(os.environ["PERF_TOKEN"])
-t0 = time.perf_counter()
 src = hub_source("org/gated", None, token)
-base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # interpreter + libraries
+s3 = s3_client(sys.argv[1])
+s3.list_buckets()
+base_rss = peak_rss()  # interpreter and libraries, before the first byte is staged
+t0 = time.perf_counter()
 def progress(p):
     print(json.dumps({"fraction": p.fraction}), flush=True)
-report = stage(s3_client(sys.argv[1]), src, sys.argv[2], token=token, on_progress=progress)
+report = stage(s3, src, sys.argv[2], token=token, on_progress=progress)
 print(json.dumps({"done": True, "seconds": time.perf_counter() - t0,
                   "uploaded": report.bytes_uploaded, "skipped": report.bytes_skipped,
-                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "peak_rss": peak_rss(),
                   "base_rss": base_rss,
                   "written": written()}), flush=True)
 """
@@ -134,9 +142,10 @@ def main() -> None:
     print(f"model: {total / 1e6:.0f} MB in {len(files)} files; part {cfg.part_size // MIB} "
           f"MiB, {cfg.concurrency} parts in parallel, {cfg.buffered_parts} read ahead")
     print(f"full staging:      {full['seconds']:6.1f} s  {rate / 1e6:6.0f} MB/s")
-    print(f"peak memory:       {full['peak_rss'] / 1e6:6.0f} MB RSS, of which "
-          f"{full['base_rss'] / 1e6:.0f} MB before staging (interpreter, libraries); "
-          f"parts in flight at most {bound / 1e6:.0f} MB")
+    print(f"peak memory:       {full['peak_rss'] / 1e6:6.0f} MB RSS: "
+          f"{full['base_rss'] / 1e6:.0f} MB before staging (interpreter, libraries)")
+    print(f"                   + {(full['peak_rss'] - full['base_rss']) / 1e6:.0f} MB while "
+          f"staging (parts in flight: at most {bound / 1e6:.0f} MB)")
     print(f"disk written:      {full['written'] / 1e6:6.1f} MB (streamed: nothing is cached)")
     saved = full["seconds"] - resumed["seconds"]
     print(f"resumed after a kill at 50 %: {resumed['seconds']:5.1f} s, "
