@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from lmiflow.report.redact import MASK, is_secret_key, redact_text
+from lmiflow.redact import MASK, is_secret_key, redact_text
 
 
 class InvalidRequest(ValueError):
