@@ -19,6 +19,7 @@ from lmiflow.sizing.model_spec import (
     read_config_file,
     with_exact_counts,
 )
+from lmiflow.targets.weights import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,10 @@ HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}/[\w.\-]{1,96}$")
 
 class ResolvedModel(BaseModel):
     spec: ModelSpec
-    source: str  # "local:<path>", "hub:<id>@<rev>", "snapshot:<dir>"
+    source: str  # "local:<path>", "hub:<id>@<rev>", "snapshot:<dir>", "s3:<uri>"
     local_dir: str | None = None
     note: str | None = None
+    origin: ModelSource | None = None  # where the weights are (deploys set it)
 
 
 def _snapshot_for(model_id: str) -> Path | None:
@@ -45,7 +47,7 @@ def _snapshot_for(model_id: str) -> Path | None:
     return None
 
 
-def _spec_from_dict(cfg: dict) -> ModelSpec:
+def spec_from_config(cfg: dict) -> ModelSpec:
     try:
         return parse_model_config(cfg)
     except ModelConfigError as exc:
@@ -65,12 +67,12 @@ def resolve_model(model: str, revision: str | None = None, exact_counts: bool = 
             cfg = read_config_file(p)
         except ModelConfigError as exc:
             raise UserInputError("model", exc.reason) from None
-        return ResolvedModel(spec=_spec_from_dict(cfg), source=f"local:{p}",
+        return ResolvedModel(spec=spec_from_config(cfg), source=f"local:{p}",
                              local_dir=str(p if p.is_dir() else p.parent))
     if model.startswith((".", "/", "~")) or not HUB_ID_RE.match(model):
         snap = _snapshot_for(model)
         if snap:
-            return ResolvedModel(spec=_spec_from_dict(read_config_file(snap)),
+            return ResolvedModel(spec=spec_from_config(read_config_file(snap)),
                                  source=f"snapshot:{snap}", local_dir=str(snap))
         raise UserInputError("model", f"{model!r} is neither an existing path nor a Hub id "
                                       "(org/name) nor a bundled snapshot in configs/models/")
@@ -85,10 +87,10 @@ def resolve_model(model: str, revision: str | None = None, exact_counts: bool = 
         why = ("not readable with this Hub token" if _is_access_error(exc)
                else "Hub unreachable")
         log.warning("%s for %s (%s): using bundled snapshot %s", why, model, reason, snap)
-        return ResolvedModel(spec=_spec_from_dict(read_config_file(snap)),
+        return ResolvedModel(spec=spec_from_config(read_config_file(snap)),
                              source=f"snapshot:{snap}", local_dir=str(snap),
                              note=f"{why} ({reason}); used bundled snapshot")
-    spec = _spec_from_dict(cfg)
+    spec = spec_from_config(cfg)
     if exact_counts and spec.quantization in (None, "fp8"):
         total = _hub_safetensors_total(model, revision, token)
         if total:

@@ -15,33 +15,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, Field
-
-from lmiflow.targets.aws_requests import MASK_VALUE, AwsRequest
-from lmiflow.targets.base import EndpointVariant, TrafficPolicy
+from lmiflow.redact import MASK
+from lmiflow.targets.aws_requests import AwsRequest
+from lmiflow.targets.base import PlannedRun
 from lmiflow.targets.staging import StagingConfig, planned_requests
-from lmiflow.targets.weights import WeightsPlan, s3_read_requests
+from lmiflow.targets.weights import s3_read_requests
 
 UNKNOWN_HASH = "xxxxxxxx"
-
-
-class PlannedRun(BaseModel):
-    """What the pipeline decided before anything is created: enough to list the requests."""
-
-    production: str
-    endpoint: str
-    endpoint_config: str
-    model: str
-    properties: str
-    image_uri: str
-    variant: EndpointVariant
-    tags: dict[str, str]
-    weights: WeightsPlan
-    policy: TrafficPolicy
-    smoke_payload: dict[str, Any]
-    bench_payload: dict[str, Any]
-    bench_requests: int = Field(description="measured + warm-up requests over all levels")
-    endpoint_timeout_s: float
 
 
 def _r(step: str, service: str, operation: str, when: str | None = None, **params: Any
@@ -83,6 +63,7 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
         create_endpoint_config_request,
         create_endpoint_request,
         create_model_request,
+        lmi_image_uri,
         put_object_request,
         update_endpoint_request,
     )
@@ -95,24 +76,25 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
         out += planned_requests(w.source, w.prefix, staging)
 
     out += sweep("create_model", run.production, target)
-    package = target.package(run.model, run.properties, w, dry_run=True)
-    if package.files_uri:
-        out.append(put_object_request(package.files_uri + "serving.properties",
-                                      run.properties.encode(), "text/plain; charset=utf-8")
+    package, upload = target.package_plan(run.model, run.properties, w)
+    if upload:
+        out.append(put_object_request(upload + "serving.properties", run.properties.encode(),
+                                      "text/plain; charset=utf-8")
                    .model_copy(update={"step": "create_model"}))
     env = dict(package.env)
     if w.token_to_container:
-        env["HF_TOKEN"] = MASK_VALUE
+        env["HF_TOKEN"] = MASK
     out.append(create_model_request(
-        run.model, target.role_arn, run.image_uri, env, package.model_data, run.tags,
+        run.model, target.role_arn, run.image_uri or lmi_image_uri(target.region), env,
+        package.model_data, run.tags,
         network_isolation=w.network_isolation, vpc=target.vpc).model_copy(
             update={"step": "create_model"}))
     out.append(create_endpoint_config_request(run.endpoint_config, run.model, run.variant,
                                               run.tags).model_copy(
         update={"step": "configure_endpoint"}))
 
-    poll = (f"every {target.poll_interval_s:g} s until InService or Failed (at most "
-            f"{run.endpoint_timeout_s:.0f} s)")
+    poll = (f"every {target.poll_interval_s:g} s until InService or Failed, at most "
+            f"{run.endpoint_timeout_s:.0f} s")
     out.append(create_endpoint_request(run.endpoint, run.endpoint_config, run.tags)
                .model_copy(update={"step": "create_endpoint"}))
     out.append(_r("create_endpoint", "sagemaker", "DescribeEndpoint", poll,
@@ -129,7 +111,7 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
     out += describe_production("promote", run.production, target)[:2]
     out.append(create_endpoint_request(run.production, run.endpoint_config, run.tags)
                .model_copy(update={"step": "promote",
-                                   "when": "on the first deploy (no production yet)"}))
+                                   "when": "on the first deploy: no production yet"}))
     update = update_endpoint_request(run.production, run.endpoint_config, run.policy)
     out.append(_r("promote", "sagemaker", "DescribeEndpoint",
                   "when production exists: refuse a busy endpoint",

@@ -73,6 +73,13 @@ class StagingReport(BaseModel):
     def bytes_per_s(self) -> float | None:
         return self.bytes_uploaded / self.seconds if self.seconds > 0 else None
 
+    def summary(self) -> str:
+        up = sum(1 for f in self.files if f.status == "uploaded")
+        rate = f" at {self.bytes_per_s / 1e6:.0f} MB/s" if self.bytes_per_s else ""
+        return (f"{up} of {len(self.files)} files uploaded ({self.bytes_uploaded / 1e9:.2f} GB"
+                f"{rate}), {len(self.files) - up} already there "
+                f"({self.bytes_skipped / 1e9:.2f} GB) in {self.seconds:.0f} s")
+
 
 class Progress(BaseModel):
     """What a progress bar needs: bytes done of total (skipped files count as done), the
@@ -87,6 +94,12 @@ class Progress(BaseModel):
     @property
     def fraction(self) -> float:
         return self.done_bytes / self.total_bytes if self.total_bytes else 1.0
+
+    def text(self) -> str:
+        rate = f", {self.bytes_per_s / 1e6:.0f} MB/s" if self.bytes_per_s else ""
+        eta = f", {self.eta_s / 60:.0f} min left" if self.eta_s and self.eta_s >= 90 else (
+            f", {self.eta_s:.0f} s left" if self.eta_s else "")
+        return f"{self.done_bytes / 1e9:.2f} of {self.total_bytes / 1e9:.2f} GB{rate}{eta}"
 
 
 class IntegrityError(RuntimeError):
@@ -209,7 +222,7 @@ def planned_requests(source: ModelSource, prefix: str, config: StagingConfig | N
                    when="then AbortMultipartUpload for each one older than a day"),
         AwsRequest(service="s3", operation="ListObjectsV2", step=step,
                    params={"Bucket": bucket, "Prefix": key_prefix},
-                   when="then HeadObject for each object of the right size (resume)"),
+                   when="then HeadObject for each object of the right size: resume"),
     ]
     for f in _upload_order(source.files):
         key = key_prefix + f.name

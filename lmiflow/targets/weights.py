@@ -79,6 +79,25 @@ class WeightsPlan(BaseModel):
     def container_loads_from_s3(self) -> bool:
         return self.delivery in ("staged", "s3")
 
+    def summary(self) -> list[str]:
+        """A few lines for people (plan, artifact, report): where, how, and what it costs."""
+        src = self.source
+        size = (f"{len(src.files)} files, {src.total_bytes / 1e9:.2f} GB" if src.files
+                else "file list not known")
+        what = {
+            "hub": f"the container downloads {src.id} from the Hub at start-up",
+            "staged": f"staged from this machine into {self.prefix} ({size}); the container "
+                      "reads them from /opt/ml/model",
+            "s3": f"the container reads {src.id} ({size}) from /opt/ml/model",
+            "local": f"the model server reads {src.id} on this machine",
+        }[self.delivery]
+        lines = [f"weights: {what}"]
+        if src.kind == "hub":
+            lines.append(f"access: {src.access}" + (f", commit {src.commit}" if src.commit
+                                                    else ""))
+        lines.append("network isolation: " + ("on" if self.network_isolation else "off"))
+        return lines + [f"warning: {w}" for w in self.warnings]
+
 
 # ---- the token --------------------------------------------------------------------------------
 
@@ -318,8 +337,8 @@ def plan_weights(spec: Any, source: ModelSource) -> WeightsPlan:
         else:  # gated, private, or not known (Hub unreachable): the choice that works for all
             delivery = "staged"
             if source.access == "unknown":
-                warnings.append("Hub unreachable: access not checked; weights planned to be "
-                                "staged (the run checks access before creating anything)")
+                warnings.append("weights planned to be staged, which works for public and "
+                                "gated models alike")
         if m.token_to_container and delivery != "hub":
             raise UserInputError("model.token_to_container", "only when the container downloads "
                                  "from the Hub (model.weights: hub)")

@@ -18,7 +18,7 @@ BELOW = {
     "serving": {"sizing"},
     "targets": {"serving", "sizing", "errors"},
     "bench": {"targets", "sizing", "errors"},
-    "report": {"bench", "sizing", "errors"},
+    "report": {"bench", "targets", "sizing", "errors"},
     "core": {"report", "bench", "targets", "serving", "sizing", "errors"},
     "tasks": {"core", "report", "bench", "targets", "serving", "sizing", "errors"},
     "flows": {"tasks", "core", "report", "bench", "targets", "serving", "sizing", "errors"},
