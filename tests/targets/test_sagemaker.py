@@ -931,6 +931,7 @@ def test_baseline_lives_under_the_s3_prefix(target):
 
 def test_planning_answers(target):
     assert target.serving_model_id("org/m", None) == "org/m"
+    assert target.serving_engine("trtllm") == "trtllm"
     assert target.image_uri("vllm", None, "my/image:1") == "my/image:1"
     assert "djl-inference" in target.image_uri("vllm", "0.33.0", None)
     assert "tensorrtllm" in target.image_uri("trtllm", None, None)
