@@ -289,3 +289,22 @@ def test_token_to_the_container_is_opt_in_masked_and_warned(world, prefect_harne
     texts = [out.out, out.err, artifact_texts("weights-prod")]
     texts += [p.read_text() for p in tmp_path.rglob("report.*")]
     assert not any(TOKEN in t for t in texts)
+
+
+def test_a_local_directory_is_planned_to_be_staged(world, tmp_path, capsys):
+    model_dir = tmp_path / "my-model"
+    model_dir.mkdir()
+    for name, data in FILES.items():
+        (model_dir / name).write_bytes(data)
+    config = write_config(tmp_path, spec(str(model_dir)))
+    assert main(["deploy", config, "--dry-run", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    w = report["weights"]
+    assert w["delivery"] == "staged" and w["network_isolation"] is True
+    assert w["prefix"].startswith(f"s3://{BUCKET}/lf/weights/local/my-model-")
+    assert {f["name"] for f in w["source"]["files"]} == {"config.json", "model.safetensors",
+                                                         "tokenizer.json"}
+    create = next(r for r in report["requests"] if r["operation"] == "CreateModel")
+    assert create["params"]["PrimaryContainer"]["ModelDataSource"]["S3DataSource"][
+        "S3Uri"] == w["prefix"]
+    assert "option.model_id" not in report["serving_properties"]  # weights in /opt/ml/model
