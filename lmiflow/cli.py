@@ -11,7 +11,8 @@ import textwrap
 
 from lmiflow.errors import UserInputError
 
-COMMANDS = ("plan", "deploy", "bench", "endpoints", "demo_model", "calibrate", "report_schema")
+COMMANDS = ("plan", "deploy", "iam", "bench", "endpoints", "demo_model", "calibrate",
+            "report_schema")
 
 
 DESCRIPTION = """\
