@@ -102,11 +102,11 @@ def _print_requests(report, config: str) -> None:
 
     reqs = [AwsRequest(**r.model_dump()) for r in report.requests]
     print(f"\n# AWS requests: {len(reqs)}, in order, each valid for botocore "
-          f"{botocore.__version__} (full: --dry-run --json)")
+          f"{botocore.__version__}\n# (every parameter: --dry-run --json)")
     print("\n".join(compact(reqs)))
     if report.iam_policy:
-        print(f"\nIAM: `lmiflow iam {config}` prints the runner's policy and the execution "
-              "role's.")
+        print("\nIAM: the runner's policy and the execution role's:\n"
+              f"  lmiflow iam {config}")
 
 
 def _run_flow(spec, report_dir: str) -> int:
