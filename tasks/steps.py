@@ -350,7 +350,7 @@ def report(run_report: RunReport, report_dir: str | None, spec: DeploymentSpec |
             files = {p.name: p.read_bytes() for p in sorted(path.parent.glob("report.*"))
                      if p.suffix in (".json", ".md", ".html")}
             stored = target_for(spec).store_report(
-                name, run_report.run_id or run_report.started_at.replace(":", ""), files)
+                name, run_report.candidate_endpoint or name, files)
             if stored:
                 location, url = stored.location, stored.url
         except Exception as exc:

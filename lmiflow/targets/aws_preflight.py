@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +70,11 @@ def check_region(region: str | None, available: Iterable[str]) -> str | None:
     return None
 
 
-def caller_identity(session: Any, region: str) -> tuple[Access | None, str | None]:
+Client = Callable[..., Any]  # (service, config=None) -> a boto3 client in the region
+
+
+def caller_identity(session: Any, region: str, client: Client
+                    ) -> tuple[Access | None, str | None]:
     """(who, None) or (None, why not), from STS GetCallerIdentity in the region."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
@@ -80,8 +84,9 @@ def caller_identity(session: Any, region: str) -> tuple[Access | None, str | Non
         from botocore.config import Config
 
         # A quick answer: this check runs before every command, and the network may be down.
-        quick = Config(connect_timeout=5, read_timeout=10, retries={"total_max_attempts": 2})
-        sts = session.client("sts", region_name=region, config=quick)
+        quick = Config(region_name=region, connect_timeout=5, read_timeout=10,
+                       retries={"total_max_attempts": 2}, user_agent_extra="lmiflow")
+        sts = client("sts", quick)
         out = sts.get_caller_identity()
     except NoCredentialsError:
         return None, ("no credentials found (environment, AWS_PROFILE, ~/.aws, "
@@ -127,7 +132,7 @@ def simulate(iam: Any, principal: str, needs: Sequence[Need]) -> list[str]:
     return denied
 
 
-def check_permissions(session: Any, region: str, access: Access, needs: Sequence[Need]
+def check_permissions(client: Client, region: str, access: Access, needs: Sequence[Need]
                       ) -> str | None:
     """Why the credentials may not do what the command needs (None when they may, or when only
     the read-only probe could run and it passed: then access.notes says so)."""
@@ -139,8 +144,8 @@ def check_permissions(session: Any, region: str, access: Access, needs: Sequence
                  "account": access.account}
         needs = [(action, resource.format(**where)) for action, resource in needs]
         try:
-            denied = simulate(session.client("iam", region_name=region), principal, needs)
-        except (ClientError, BotoCoreError) as exc:
+            denied = simulate(client("iam"), principal, needs)
+        except Exception as exc:  # not allowed to simulate, or a stand-in without IAM
             access.notes.append(f"permissions not simulated ({_code(exc)}); SageMaker probed "
                                 "with ListEndpoints instead")
         else:
@@ -148,7 +153,7 @@ def check_permissions(session: Any, region: str, access: Access, needs: Sequence
                 return f"{access.arn} may not call " + ", ".join(denied)
             return None
     try:
-        session.client("sagemaker", region_name=region).list_endpoints(MaxResults=1)
+        client("sagemaker").list_endpoints(MaxResults=1)
     except ClientError as exc:
         code = _code(exc)
         if code in _DENIED:
@@ -190,18 +195,24 @@ def deploy_needs(production: str, names: dict[str, str], role_arn: str | None,
 
 
 def check_access(session: Any, region: str | None, needs: Sequence[Need] = (),
-                 available_regions: Iterable[str] | None = None) -> Access:
-    """Region, identity, permissions; raises AccessProblem naming each failed check."""
+                 available_regions: Iterable[str] | None = None,
+                 client: Client | None = None) -> Access:
+    """Region, identity, permissions; raises AccessProblem naming each failed check.
+    client(service, config=None): how to make a client (the target's validated ones);
+    default: the session's, in the region."""
     if available_regions is None:
         available_regions = {r for part in session.get_available_partitions()
                              for r in session.get_available_regions("sagemaker", part)}
     why = check_region(region, available_regions)
     if why:
         raise AccessProblem([("target.region", why)])
-    access, why = caller_identity(session, region)
+    if client is None:
+        def client(service: str, config: Any = None) -> Any:
+            return session.client(service, region_name=region, config=config)
+    access, why = caller_identity(session, region, client)
     if access is None:
         raise AccessProblem([("AWS identity", why)])
-    why = check_permissions(session, region, access, needs)
+    why = check_permissions(client, region, access, needs)
     if why:
         raise AccessProblem([("AWS permissions", why)])
     return access

@@ -426,7 +426,7 @@ class SageMakerTarget(Target):
         except (BotoCoreError, ValueError) as exc:  # AWS_PROFILE or credentials block missing
             what = "target.aws_credentials_block" if self.credentials_block else "AWS identity"
             raise AccessProblem([(what, str(exc).strip().splitlines()[0])]) from None
-        access = check_access(session, self.region, needs)
+        access = check_access(session, self.region, needs, client=self.client)
         return [f"AWS identity: {access.arn} (account {access.account}, {self.region})",
                 *access.notes]
 
@@ -738,13 +738,19 @@ class SageMakerTarget(Target):
 
     # ---- the run's report -----------------------------------------------------------------
 
+    def report_folder(self, endpoint: str, run: str) -> tuple[str, str]:
+        """(bucket, key prefix ending in /) of a run's report: <prefix><endpoint>/reports/<run>/
+        next to the baseline; run is the candidate's name, so a rerun of the same spec
+        replaces its report and each candidate keeps its own."""
+        bucket, prefix = _split_s3(self.s3_uri)
+        return bucket, f"{prefix}{endpoint}/reports/{run}/"
+
     def store_report(self, endpoint: str, run: str, files: dict[str, bytes]) -> StoredReport | None:
-        """The report files next to the baseline, under <prefix><endpoint>/reports/<run>/, so
-        a remote worker's report outlives it; the link opens report.html in the S3 console."""
+        """The report files in the S3 prefix, so a remote worker's report outlives it; the
+        link opens report.html in the S3 console."""
         if not self.s3_uri:
             return None
-        bucket, prefix = _split_s3(self.s3_uri)
-        folder = f"{prefix}{endpoint}/reports/{run}/"
+        bucket, folder = self.report_folder(endpoint, run)
         types = {"html": "text/html; charset=utf-8", "json": "application/json",
                  "md": "text/markdown; charset=utf-8"}
         for name, body in files.items():
