@@ -57,7 +57,7 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
                 s.summary = names.endpoint_config
             with rec.step("create_endpoint") as s:
                 ep = steps.create_endpoint(spec, names, tags)
-                s.summary = f"{names.endpoint} InService after {ep.seconds:.0f} s"
+                s.summary = f"InService after {ep.seconds:.0f} s: {names.endpoint}"
             with rec.step("smoke_test") as s:
                 try:
                     report.smoke_test = steps.smoke_test(spec, names.endpoint)

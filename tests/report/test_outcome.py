@@ -59,7 +59,7 @@ def test_slo_miss_says_by_how_much():
 def report(status: str, **kw) -> RunReport:
     steps = [StepRecord(name=n, status="completed", seconds=s, summary=t) for n, s, t in (
         ("fetch_config", 0.29, "llama, 106,816 parameters"),
-        ("create_endpoint", 24.0, "lmiflow-demo-c-f8f50c49 InService after 24 s"),
+        ("create_endpoint", 24.0, "InService after 24 s: lmiflow-demo-c-f8f50c49"),
         ("benchmark", 44.56, "c=1: 9 tok/s, c=4: 20 tok/s"))]
     r = RunReport(lmiflow_version="0.1.0", started_at="2026-11-27T14:00:00+00:00",
                   endpoint="lmiflow-demo", target="local", model=ReportedModel(id="m"),
@@ -100,7 +100,8 @@ def test_terminal_summary_fits_and_never_splits_a_command(width):
         lines = [text for text, _ in summary_lines(r, ".venv/bin/lmiflow",
                                                     "reports/local-demo/report.html", width)]
         assert max(len(line) for line in lines) <= width
-        assert not any(line.rstrip().endswith((" 24", " 128", " 73.5")) for line in lines)
+        assert not any(line.rstrip().endswith((" 24", " 128", " 73.5", " after"))
+                       for line in lines)
     lines = [t for t, _ in summary_lines(promoted, ".venv/bin/lmiflow", "r/report.html", width)]
     assert "  .venv/bin/lmiflow endpoints invoke lmiflow-demo 'Hello' --target local" in lines
     assert "  .venv/bin/lmiflow endpoints delete lmiflow-demo --target local" in lines
