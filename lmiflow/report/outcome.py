@@ -92,8 +92,9 @@ def explain_check(c: Check) -> str:
         higher_is_worse = c.op in ("<", "<=")
         change_text = "" if change is None else (
             f" ({'+' if change >= 0 else '-'}{sig(abs(change), 2)} %)")
-        text = (f"{name}: {obs} vs production's {figure(c.metric, c.baseline)}{change_text}; "
-                f"limit {limit} ({'at most' if higher_is_worse else 'at least'})")
+        bound = (f"limit {limit} ({'at most' if higher_is_worse else 'at least'})"
+                 if higher_is_worse or c.threshold > 0 else "no lower limit at this percentage")
+        text = f"{name}: {obs} vs production's {figure(c.metric, c.baseline)}{change_text}; {bound}"
         low, high = getattr(c, "worsening_low", None), getattr(c, "worsening_high", None)
         if low is not None and high is not None:
             text += f", interval {sig((low - 1) * 100, 2)} to {sig((high - 1) * 100, 2)} %"
