@@ -108,7 +108,7 @@ def test_sampling_follows_lmi_and_openai_defaults() -> None:
 
 def test_failure_marker_is_the_one_the_local_target_reads() -> None:
     from lmiflow.serving.server import FAILED_MARK as server_mark
-    from lmiflow.targets.local import FAILED_MARK as target_mark
+    from lmiflow.targets.processes import FAILED_MARK as target_mark
 
     assert server_mark == target_mark
 
@@ -183,7 +183,7 @@ class _ScriptedEngine:
 def _state(engine: object, **kw: object):
     from lmiflow.serving.engine import EngineOptions
     from lmiflow.serving.options import ServerOptions
-    from lmiflow.serving.server import ServerState
+    from lmiflow.serving.state import ServerState
 
     state = ServerState(Path("."), **{"max_body_bytes": 1000, **kw})  # type: ignore[arg-type]
     state.options = ServerOptions(engine=EngineOptions(model_path="x", max_rolling_batch_size=2),
@@ -223,7 +223,8 @@ def _live(engine: object, drain_s: float = 0.0, **kw: object) -> Iterator[tuple[
 def test_not_ready_is_503_on_ping_and_invocations() -> None:
     from starlette.testclient import TestClient
 
-    from lmiflow.serving.server import ServerState, build_app
+    from lmiflow.serving.server import build_app
+    from lmiflow.serving.state import ServerState
 
     client = TestClient(build_app(ServerState(Path("."))))
     assert client.get("/ping").status_code == 503
