@@ -20,8 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lmiflow.report.markdown import render_markdown  # noqa: E402
 from lmiflow.report.plots import all_plots  # noqa: E402
-from lmiflow.report.writer import render_json, render_markdown, write_report  # noqa: E402
+from lmiflow.report.writer import render_json, write_report  # noqa: E402
 
 
 def _load(name: str):

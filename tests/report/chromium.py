@@ -11,7 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from lmiflow.report.writer import CSP
+from lmiflow.report.html_page import CSP
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "/usr/bin/chromium")
 FLAGS = (
