@@ -99,7 +99,7 @@ def main() -> int:
         probe.write_text(chromium.probe_page(text))
         dom = chromium.run(browser, out, "--dump-dom", "--virtual-time-budget=10000",
                            probe.as_uri())
-        images = chromium.probed_images(dom.stdout)
+        images = chromium.probed(dom.stdout)
         widths = [i["w"] for i in images or []]
         ok = images is not None and all(w > 0 for w in widths)
         failures += not ok
