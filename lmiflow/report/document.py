@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-GIB = 2**30
+from lmiflow.sizing.memory import GiB
+
 NOT_RUN = "not run"
 
 
@@ -76,7 +77,7 @@ def fmt(value: Any) -> str:
 
 
 def gib(value: int | float | None) -> str:
-    return "—" if value is None else f"{value / GIB:,.2f} GiB"
+    return "—" if value is None else f"{value / GiB:,.2f} GiB"
 
 
 def usd(value: float | None, digits: int = 2) -> str:

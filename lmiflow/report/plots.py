@@ -11,13 +11,14 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from lmiflow.sizing.memory import GiB
+
 if TYPE_CHECKING:
     from lmiflow.bench.gates import Verdict
     from lmiflow.bench.metrics import BenchResult, LevelResult
     from lmiflow.report.model import RunReport, StepRecord
     from lmiflow.sizing.planner import Option, Plan
 
-GIB = 2**30
 DPI = 100
 
 # Okabe-Ito (colour-blind-safe) colours, except RED: failures should read as plainly red.
@@ -97,14 +98,14 @@ def memory_per_gpu(plan: Plan | None) -> bytes | None:
             ("kv_cache_bytes", ORANGE, "KV cache"),
             ("overhead_bytes", GREY, "overhead"),
         ):
-            width = per.get(key, 0) / GIB
+            width = per.get(key, 0) / GiB
             ax.barh(
                 y, width, left=left, color=colour, height=0.6, label=name if y == ys[0] else None
             )
             left += width
         usable = option.usable_bytes_per_gpu
         ax.plot(
-            [usable / GIB] * 2,
+            [usable / GiB] * 2,
             [y - 0.42, y + 0.42],
             color="black",
             linewidth=2.5,
@@ -112,9 +113,9 @@ def memory_per_gpu(plan: Plan | None) -> bytes | None:
         )
         verdict = "fits" if option.fits else "does not fit"
         ax.text(
-            max(left, usable / GIB) * 1.01 + 0.2,
+            max(left, usable / GiB) * 1.01 + 0.2,
             y,
-            f"needs {left:.1f} of {usable / GIB:.1f} GiB: {verdict}",
+            f"needs {left:.1f} of {usable / GiB:.1f} GiB: {verdict}",
             va="center",
             fontsize=8,
             color=GREEN if option.fits else RED,
@@ -135,7 +136,7 @@ def memory_per_gpu(plan: Plan | None) -> bytes | None:
         max(sum(o.per_gpu.get(k, 0) for k in PER_GPU_PARTS), o.usable_bytes_per_gpu)
         for o in picked
     )
-    ax.set_xlim(0, widest / GIB * 1.5 + 1)
+    ax.set_xlim(0, widest / GiB * 1.5 + 1)
     fig.legend(loc="outside lower center", fontsize=8, ncols=4, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
