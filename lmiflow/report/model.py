@@ -9,6 +9,8 @@ the package (report_schema.json, `lmiflow report-schema`) is generated from this
 
 from __future__ import annotations
 
+import json
+from importlib.resources import files
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_serializer
@@ -19,6 +21,7 @@ from lmiflow.sizing.model_spec import ModelSpec
 from lmiflow.sizing.planner import Plan
 
 SCHEMA_VERSION = 1
+SCHEMA_FILE = "report.schema.json"  # package data next to this module
 RunStatus = Literal["promoted", "rejected", "failed", "planned"]
 StepStatus = Literal["running", "completed", "failed", "skipped"]
 
@@ -131,3 +134,19 @@ def report_json_schema() -> dict[str, Any]:
     schema = RunReport.model_json_schema(mode="serialization")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     return schema
+
+
+def schema_text(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def shipped_schema_text() -> str:
+    """The schema file that ships with the package (a test keeps it equal to the model's)."""
+    return files("lmiflow.report").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+
+
+if __name__ == "__main__":  # regenerate the shipped file: python -m lmiflow.report.model
+    from pathlib import Path
+
+    Path(__file__).with_name(SCHEMA_FILE).write_text(schema_text(report_json_schema()),
+                                                      encoding="utf-8")

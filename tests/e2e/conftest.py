@@ -30,13 +30,13 @@ def state_dir(tmp_path, monkeypatch):
     d = tmp_path / "state"
     monkeypatch.setenv("LMIFLOW_STATE_DIR", str(d))
     monkeypatch.setenv("LMIFLOW_RETRY_BASE_S", "0.01")
-    from lmiflow.tasks import steps
+    from lmiflow import pipeline
 
-    steps._target.cache_clear()
+    pipeline._target.cache_clear()
     yield d
     from lmiflow.targets.local import LocalTarget
 
     t = LocalTarget(d)
     for ep in t.list_endpoints():  # never leave a server running
         t.delete_endpoint(ep.name)
-    steps._target.cache_clear()
+    pipeline._target.cache_clear()

@@ -8,6 +8,7 @@ import pytest
 
 from lmiflow.cli import main
 from lmiflow.report.model import SCHEMA_VERSION, ReportedModel, RunReport, Versions
+from tests.report.schema import validate_report
 
 # report.json's top-level keys in order: DESIGN.md's contract first, then the rest.
 KEYS = ["schema_version", "lmiflow_version", "run_id", "started_at", "finished_at", "status",
@@ -52,5 +53,34 @@ def test_dry_run_report_round_trips_through_the_model(tmp_path, capsys):
     assert main(["deploy", "configs/llama-3.1-8b-g5-g6.yaml", "--dry-run",
                  "--report-dir", str(out)]) == 0
     written = json.loads((out / "report.json").read_text())
-    assert written["schema_version"] == SCHEMA_VERSION  # the writer dumps the model
+    assert list(written) == KEYS
     assert RunReport.model_validate(written).to_json_dict() == written
+    validate_report(written)
+
+
+def test_shipped_schema_is_the_models():
+    from lmiflow.report.model import report_json_schema, schema_text, shipped_schema_text
+
+    assert shipped_schema_text() == schema_text(report_json_schema()), (
+        "report.schema.json is stale: python -m lmiflow.report.model regenerates it")
+
+
+def test_report_schema_command_prints_the_shipped_schema(capsys):
+    from lmiflow.report.model import shipped_schema_text
+
+    assert main(["report-schema"]) == 0
+    out = capsys.readouterr().out
+    assert out == shipped_schema_text()
+    assert json.loads(out)["properties"]["schema_version"]["default"] == SCHEMA_VERSION
+
+
+def test_schema_rejects_what_the_contract_forbids():
+    from jsonschema import ValidationError
+
+    good = _fresh().to_json_dict()
+    validate_report(good)
+    for bad in ({**good, "status": "deployed"}, {**good, "statsu": "failed"},
+                {k: v for k, v in good.items() if k != "endpoint"},
+                {**good, "steps": [{"name": "gate", "status": "completed", "seconds": "1"}]}):
+        with pytest.raises(ValidationError):
+            validate_report(bad)

@@ -18,6 +18,7 @@ from lmiflow.report.model import ReportedModel, RunReport
 from lmiflow.report.writer import render_json, write_report
 from tests.report import sample
 from tests.report.conftest import SAMPLES
+from tests.report.schema import validate_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SECTIONS = (
@@ -83,6 +84,7 @@ def test_json_round_trips_in_contract_order(written: dict[str, dict[str, Path]],
     loaded = json.loads(text)
     # The samples hold no secrets: the file is the report, and it reads back into the model.
     assert RunReport.model_validate(loaded) == SAMPLES[name]()
+    validate_report(loaded)  # and against the JSON Schema that ships with the package
     assert [k for k in loaded if k in CONTRACT_KEYS] == CONTRACT_KEYS
     assert text.startswith('{\n  "schema_version": 1,\n  "lmiflow_version": "0.1.0"')
 

@@ -14,8 +14,8 @@ import pytest
 from filelock import Timeout
 
 from lmiflow.targets import make_target
-from lmiflow.targets.base import EndpointVariant, Target
-from lmiflow.targets.local import EndpointBusy, InvocationError, LocalTarget
+from lmiflow.targets.base import EndpointBusy, EndpointVariant, Target
+from lmiflow.targets.local import InvocationError, LocalTarget
 from lmiflow.targets.processes import (
     failure_from_log,
     free_port,
@@ -135,6 +135,11 @@ def impostor() -> subprocess.Popen:
     """Another project's process whose command line names our server module."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
                              "-m", "lmiflow.serving.server"], start_new_session=True)
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while cmdline.exists() and b"serving.server" not in cmdline.read_bytes() \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)  # the kernel fills it in as the new image starts
     yield proc
     proc.kill()
     proc.wait()
@@ -163,7 +168,7 @@ def test_an_endpoint_whose_pid_was_recycled_is_failed_and_not_killed(
 ) -> None:
     target.create_model("m", target.stage("m", {"serving.properties": ""}), None, {}, {})
     target.create_endpoint_config("c", "m", VARIANT, {})
-    log = target.state_dir / "logs" / "ep-1.log"
+    log = target.state_dir / "ep-1.log"
     log.write_text("")
     with target._registry() as reg:  # what a server that died long ago left behind
         reg["endpoints"]["ep"] = {
@@ -344,3 +349,25 @@ def test_cli_list_invoke_delete(target: LocalTarget, weights: Path,
     assert target.list_resources("cli") == {"models": [], "endpoint_configs": [],
                                             "endpoints": []}
     assert main(["endpoints", "delete", "cli-ep"]) == 2
+
+
+def test_planning_writes_nothing(tmp_path: Path) -> None:
+    t = LocalTarget(tmp_path / "state")
+    assert len(t.instance_catalog()) == 1  # this machine
+    assert t.image_uri("vllm", "0.33.0", None) is None
+    assert t.serving_model_id("org/m", None) == "org/m"
+    assert t.serving_model_id("m", str(tmp_path / "m")) == str((tmp_path / "m").resolve())
+    v = t.endpoint_variant("local", 1, 10**12)
+    assert v.volume_size_gb is None and v.container_startup_health_check_timeout_s is None
+    assert t.load_baseline("prod") is None
+    assert t.list_resources("") == {"models": [], "endpoint_configs": [], "endpoints": []}
+    assert not (tmp_path / "state").exists()  # a dry run leaves no trace
+
+
+def test_baseline_is_kept_per_endpoint(target: LocalTarget) -> None:
+    where = target.save_baseline("prod", {"levels": [{"concurrency": 1}]})
+    assert Path(where) == target.state_dir / "baselines" / "prod.json"
+    assert target.load_baseline("prod") == {"levels": [{"concurrency": 1}]}
+    assert target.load_baseline("prod-2") is None
+    with pytest.raises(ValueError, match="endpoint name"):
+        target.save_baseline("../escape", {})
