@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +34,12 @@ def render_json(report: RunReport) -> str:
     return json.dumps(_finite(report.to_json_dict()), indent=2, ensure_ascii=False) + "\n"
 
 
-def write_report(report: RunReport | Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
+def write_report(report: RunReport, out_dir: Path) -> dict[str, Path]:
     """Redact ``report`` and write report.json, report.md and report.html into ``out_dir``.
 
-    A mapping is validated into a RunReport first. Returns the paths by kind ("json", "md",
-    "html"). The caller's report is not modified.
+    Returns the paths by kind ("json", "md", "html"). The caller's report is not modified.
     """
-    typed = report if isinstance(report, RunReport) else RunReport.model_validate(report)
-    safe = RunReport.model_validate(redact(typed.to_json_dict()))
+    safe = RunReport.model_validate(redact(report.to_json_dict()))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = {"json": render_json(safe), "md": render_markdown(safe), "html": render_html(safe)}

@@ -332,17 +332,3 @@ def test_same_report_gives_the_same_bytes(
     again = write_report(sample.full_report(), tmp_path)
     for kind, path in written["full"].items():
         assert again[kind].read_bytes() == path.read_bytes(), kind
-
-
-def test_a_mapping_is_read_as_the_model(tmp_path: Path) -> None:
-    """Callers holding report.json's dict get the same files, and a misspelt key is an error
-    rather than a section that silently says "not run"."""
-    typed = write_report(sample.full_report(), tmp_path / "typed")
-    as_dict = write_report(sample.full_report().to_json_dict(), tmp_path / "dict")
-    for kind, path in typed.items():
-        assert as_dict[kind].read_bytes() == path.read_bytes(), kind
-    data = sample.full_report().to_json_dict()
-    data["benchmarks"] = data.pop("benchmark")
-    with pytest.raises(ValueError, match="benchmarks"):
-        write_report(data, tmp_path / "bad")
-    assert not (tmp_path / "bad").exists()  # nothing written
