@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from lmiflow.errors import UserInputError
 from lmiflow.model_source import ResolvedModel, resolve_model
 from lmiflow.sizing.memory import DTypeChoice, MemoryBreakdown, resolve_dtypes, total_estimate
-from lmiflow.sizing.planner import Plan, PlanRequest, plan
+from lmiflow.sizing.planner import LatencyLimit, Plan, PlanRequest, plan
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets import configured_target
 from lmiflow.targets.base import Target
@@ -66,7 +66,15 @@ def fetch_config(spec: DeploymentSpec) -> ResolvedModel:
     return resolve_model(spec.model.id, spec.model.revision)
 
 
-def plan_request(spec: DeploymentSpec) -> PlanRequest:
+def latency_limits(spec: DeploymentSpec) -> list[LatencyLimit]:
+    """The latency gates that bound from above (TTFT, TPOT, E2E), as limits the plan must meet."""
+    return [LatencyLimit(metric=g.metric, stat=g.stat, threshold=g.threshold,
+                         concurrency=g.concurrency, source="gate")
+            for g in spec.gates
+            if g.metric in ("ttft_ms", "tpot_ms", "e2e_ms") and g.op in ("<", "<=")]
+
+
+def plan_request(spec: DeploymentSpec, target: Target) -> PlanRequest:
     inst = spec.instance
     return PlanRequest(
         dtype=spec.model.dtype, kv_cache_dtype=spec.model.kv_cache_dtype,
@@ -75,7 +83,9 @@ def plan_request(spec: DeploymentSpec) -> PlanRequest:
         concurrency=spec.workload.concurrency, instance_count=inst.count,
         gpu_memory_utilization=inst.gpu_memory_utilization, allow=inst.allow,
         instance_type=inst.instance_type, tensor_parallel_degree=inst.tensor_parallel_degree,
-        max_usd_per_hour=inst.max_usd_per_hour,
+        max_usd_per_hour=inst.max_usd_per_hour, max_instance_count=inst.max_count,
+        engine=target.serving_engine(spec.serving.backend),
+        latency_limits=latency_limits(spec),
     )
 
 
@@ -91,8 +101,15 @@ def compute_memory(spec: DeploymentSpec, model: ResolvedModel) -> MemoryEstimate
 
 
 def choose_instance(spec: DeploymentSpec, model: ResolvedModel, target: Target) -> Plan:
-    """The plan over the target's instances (the catalog, or this machine for local)."""
-    p = plan(model.spec, plan_request(spec), target.instance_catalog())
+    """The plan over the target's instances (the catalog, or this machine for local), with
+    the latency model calibrated by earlier benchmarks where there are any."""
+    from lmiflow.calibration_store import planning_calibration
+
+    calibration, problem = planning_calibration()
+    p = plan(model.spec, plan_request(spec, target), target.instance_catalog(),
+             calibration=calibration)
+    if problem:
+        p.warnings.append(problem)
     if p.chosen is None:
         raise UserInputError("plan", p.chosen_reason)
     return p

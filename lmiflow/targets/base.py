@@ -116,6 +116,10 @@ class Target(ABC):
         """The serving image for an LMI backend and version (None: the target runs no image)."""
 
     @abstractmethod
+    def serving_engine(self, backend: str) -> str:
+        """The engine whose speed the latency model predicts for the config's LMI backend."""
+
+    @abstractmethod
     def endpoint_variant(self, instance_type: str, instance_count: int,
                          weights_bytes: int) -> EndpointVariant:
         """The endpoint config's variant for a model of this size (timeouts, volume)."""

@@ -102,6 +102,9 @@ class LocalTarget(Target):
     def image_uri(self, backend: str, version: str | None, override: str | None) -> None:
         return None  # the model server runs directly, no container image
 
+    def serving_engine(self, backend: str) -> str:
+        return "local"  # lmiflow's own model server, whatever backend the config names
+
     def endpoint_variant(self, instance_type: str, instance_count: int,
                          weights_bytes: int) -> EndpointVariant:
         return EndpointVariant(instance_type=instance_type, instance_count=instance_count)

@@ -300,6 +300,9 @@ class SageMakerTarget(Target):
         framework = "djl-tensorrtllm" if backend == "trtllm" else "djl-lmi"
         return lmi_image_uri(self.region, version, framework)
 
+    def serving_engine(self, backend: str) -> str:
+        return backend  # the LMI container runs the backend the config names
+
     def endpoint_variant(self, instance_type: str, instance_count: int,
                          weights_bytes: int) -> EndpointVariant:
         """Download and start-up timeouts for a model of this size, and the volume where the

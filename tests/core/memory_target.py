@@ -30,6 +30,9 @@ class MemoryTarget(Target):
     def image_uri(self, backend, version, override):
         return None
 
+    def serving_engine(self, backend):
+        return backend
+
     def endpoint_variant(self, instance_type, instance_count, weights_bytes):
         return EndpointVariant(instance_type=instance_type, instance_count=instance_count)
 

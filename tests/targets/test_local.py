@@ -355,6 +355,7 @@ def test_planning_writes_nothing(tmp_path: Path) -> None:
     t = LocalTarget(tmp_path / "state")
     assert len(t.instance_catalog()) == 1  # this machine
     assert t.image_uri("vllm", "0.33.0", None) is None
+    assert t.serving_engine("trtllm") == "local"  # its own server, whatever the config says
     assert t.serving_model_id("org/m", None) == "org/m"
     assert t.serving_model_id("m", str(tmp_path / "m")) == str((tmp_path / "m").resolve())
     v = t.endpoint_variant("local", 1, 10**12)

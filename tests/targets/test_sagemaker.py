@@ -931,6 +931,7 @@ def test_planning_answers(target):
     from lmiflow.errors import UserInputError
 
     assert target.serving_model_id("org/m", None) == "org/m"
+    assert target.serving_engine("trtllm") == "trtllm"
     with pytest.raises(UserInputError, match=r"model\.id"):
         target.serving_model_id("./m", "/tmp/m")
     assert target.image_uri("vllm", None, "my/image:1") == "my/image:1"
