@@ -361,7 +361,7 @@ def report(run_report: RunReport, report_dir: str | None, spec: DeploymentSpec |
     try:
         from lmiflow.report.plots import all_plots
 
-        text = digest(run_report, location, all_plots(run_report.to_json_dict()))
+        text = digest(run_report, location, all_plots(run_report))
         create_markdown_artifact(key=artifact_key(name, "report"), markdown=redact_text(text),
                                  description=f"{name}: {run_report.status}")
         if url:
