@@ -14,13 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lmiflow.bench.gate_spec import GateSpec
 from lmiflow.errors import UserInputError
+from lmiflow.regions import partition_of
 
 # SageMaker's rule for model, endpoint-config and endpoint names.
 NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
-REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+FIELD_FIRST_RE = re.compile(r"^(target|instance|promotion)\.[a-z_]+ ")
 # Leave room for the suffixes lmiflow adds to candidate resources (-c-<hash>, -m-<hash>).
 MAX_ENDPOINT_NAME = 40
 
@@ -111,8 +112,9 @@ class TargetSection(_Strict):
     @field_validator("region")
     @classmethod
     def _region(cls, v: str | None) -> str | None:
-        if v is not None and not REGION_RE.match(v):
-            raise ValueError(f"{v!r} is not an AWS region name such as us-east-1")
+        if v is not None and partition_of(v) is None:
+            raise ValueError(f"{v!r} is not an AWS region name such as us-east-1 (no partition "
+                             "in botocore's partitions.json matches it)")
         return v
 
     @field_validator("role_arn")
@@ -217,6 +219,10 @@ class DeploymentSpec(_Strict):
                     raise ValueError(f"target.{field} is required for target.kind sagemaker")
             if self.target.packaging == "s3" and self.target.s3_uri is None:
                 raise ValueError("target.s3_uri is required when target.packaging is s3")
+            partition = partition_of(self.target.region or "")
+            if not (self.target.role_arn or "").startswith(f"arn:{partition}:"):
+                raise ValueError(f"target.role_arn must be an arn:{partition}: role: region "
+                                 f"{self.target.region} is in partition {partition}")
         return self
 
 
@@ -233,8 +239,8 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> UserInput
         msg = "unknown field (not part of the config)"
     msg = msg.removeprefix("Value error, ")
     field = _field_path(loc)
-    # model-level validators name their own field in the message.
-    if not loc and ":" not in msg and msg.startswith("target."):
+    # model-level validators name their own field in the message ("section.field why").
+    if not loc and FIELD_FIRST_RE.match(msg):
         field, _, msg = msg.partition(" ")
     return UserInputError(prefix + field, msg)
 

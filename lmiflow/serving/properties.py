@@ -49,6 +49,7 @@ TOP_LEVEL_KEYS = frozenset(
 )
 
 _QUANTIZE_RE = re.compile(r"^[a-z0-9_]+$")
+_QUANT_ALGO_RE = re.compile(r"^[A-Z0-9_]+$")
 _REVISION_RE = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 _ENTRYPOINT_RE = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 
@@ -114,9 +115,25 @@ class ServingProperties(BaseModel):
     max_rolling_batch_size: int | None = Field(default=None, ge=1)
     max_model_len: int | None = Field(default=None, ge=1)
     max_rolling_batch_prefill_tokens: int | None = Field(default=None, ge=1)
+    enable_chunked_prefill: bool | None = None
     dtype: Literal["fp16", "bf16", "fp32", "auto"] | None = None
     quantize: str | None = None
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = Field(
+        default=None, description="vLLM's KV-cache dtype (option.kv_cache_dtype).")
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    mpi_mode: bool | None = Field(default=None, description="TensorRT-LLM 0.31.0-0.32.0.")
+    max_input_len: int | None = Field(default=None, ge=1, description="TensorRT-LLM.")
+    max_output_len: int | None = Field(default=None, ge=1, description="TensorRT-LLM toolkit.")
+    max_seq_len: int | None = Field(default=None, ge=1, description="TensorRT-LLM LLM API.")
+    max_num_tokens: int | None = Field(default=None, ge=1, description="TensorRT-LLM.")
+    kv_cache_free_gpu_mem_fraction: float | None = Field(
+        default=None, gt=0, le=1, description="TensorRT-LLM toolkit: KV share of free memory.")
+    free_gpu_memory_fraction: float | None = Field(
+        default=None, gt=0, le=1, description="TensorRT-LLM LLM API: KV share of free memory.")
+    enable_kv_cache_reuse: bool | None = None
+    enable_block_reuse: bool | None = None
+    quant_algo: str | None = Field(default=None, description="TensorRT-LLM LLM API, e.g. FP8.")
+    kv_cache_quant_algo: str | None = None
     model_loading_timeout: int | None = Field(default=None, ge=1, description="seconds")
     extra: dict[str, str] = Field(
         default_factory=dict, description="Other entries, e.g. option.enable_prefix_caching."
@@ -143,6 +160,13 @@ class ServingProperties(BaseModel):
     def _quantize(cls, v: str | None) -> str | None:
         if v is not None and not _QUANTIZE_RE.match(v):
             raise ValueError("lower-case name such as fp8 or bitsandbytes")
+        return v
+
+    @field_validator("quant_algo", "kv_cache_quant_algo")
+    @classmethod
+    def _quant_algo(cls, v: str | None) -> str | None:
+        if v is not None and not _QUANT_ALGO_RE.match(v):
+            raise ValueError("upper-case TensorRT-LLM QuantAlgo name such as FP8")
         return v
 
     @field_validator("revision")
@@ -182,8 +206,8 @@ class ServingProperties(BaseModel):
 
     @model_validator(mode="after")
     def _consistency(self) -> ServingProperties:
-        if self.rolling_batch == "trtllm" and self.engine != "MPI":
-            raise ValueError("option.rolling_batch=trtllm needs engine=MPI")
+        if self.rolling_batch == "trtllm" and self.engine != "MPI" and not self.mpi_mode:
+            raise ValueError("option.rolling_batch=trtllm needs engine=MPI or option.mpi_mode")
         if self.async_mode and self.rolling_batch not in (None, "disable"):
             raise ValueError("option.async_mode=true needs option.rolling_batch=disable")
         if self.trust_remote_code:
@@ -208,6 +232,7 @@ class ServingProperties(BaseModel):
 # Field -> key, in render order. trust_remote_code is always written: explicit "off".
 _KEYS: tuple[tuple[str, str], ...] = (
     ("engine", "engine"),
+    ("mpi_mode", "option.mpi_mode"),
     ("model_id", "option.model_id"),
     ("revision", "option.revision"),
     ("trust_remote_code", "option.trust_remote_code"),
@@ -219,20 +244,39 @@ _KEYS: tuple[tuple[str, str], ...] = (
     ("max_rolling_batch_size", "option.max_rolling_batch_size"),
     ("max_model_len", "option.max_model_len"),
     ("max_rolling_batch_prefill_tokens", "option.max_rolling_batch_prefill_tokens"),
+    ("enable_chunked_prefill", "option.enable_chunked_prefill"),
     ("dtype", "option.dtype"),
     ("quantize", "option.quantize"),
+    ("kv_cache_dtype", "option.kv_cache_dtype"),
     ("gpu_memory_utilization", "option.gpu_memory_utilization"),
+    ("max_input_len", "option.max_input_len"),
+    ("max_output_len", "option.max_output_len"),
+    ("max_seq_len", "option.max_seq_len"),
+    ("max_num_tokens", "option.max_num_tokens"),
+    ("kv_cache_free_gpu_mem_fraction", "option.kv_cache_free_gpu_mem_fraction"),
+    ("free_gpu_memory_fraction", "option.free_gpu_memory_fraction"),
+    ("enable_kv_cache_reuse", "option.enable_kv_cache_reuse"),
+    ("enable_block_reuse", "option.enable_block_reuse"),
+    ("quant_algo", "option.quant_algo"),
+    ("kv_cache_quant_algo", "option.kv_cache_quant_algo"),
     ("model_loading_timeout", "option.model_loading_timeout"),
 )
 _FIELD_BY_KEY = {key: field for field, key in _KEYS}
-_BOOL_FIELDS = {"trust_remote_code", "async_mode"}
+_BOOL_FIELDS = {"trust_remote_code", "async_mode", "enable_chunked_prefill", "mpi_mode",
+                "enable_kv_cache_reuse", "enable_block_reuse"}
 _INT_FIELDS = {
     "pipeline_parallel_degree",
     "max_rolling_batch_size",
     "max_model_len",
     "max_rolling_batch_prefill_tokens",
+    "max_input_len",
+    "max_output_len",
+    "max_seq_len",
+    "max_num_tokens",
     "model_loading_timeout",
 }
+_FLOAT_FIELDS = {"gpu_memory_utilization", "kv_cache_free_gpu_mem_fraction",
+                 "free_gpu_memory_fraction"}
 
 
 def render(props: ServingProperties) -> str:
@@ -252,7 +296,7 @@ def _typed(field: str, key: str, text: str) -> object:
         return int(text)
     if field == "tensor_parallel_degree":
         return text if text == "max" else _typed("max_model_len", key, text)
-    if field == "gpu_memory_utilization":
+    if field in _FLOAT_FIELDS:
         try:
             return float(text)
         except ValueError:

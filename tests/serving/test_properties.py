@@ -64,9 +64,10 @@ def test_round_trip_is_exact(props):
 
 def test_parse_reads_comments_and_any_case_booleans():
     p = parse("# hand written\nengine=MPI\noption.rolling_batch=trtllm\n\n"
-              "option.async_mode=False\noption.max_num_tokens=16384\n")
+              "option.async_mode=False\noption.max_num_tokens=16384\noption.tokenizer=x\n")
     assert p.engine == "MPI" and p.async_mode is False
-    assert p.extra == {"option.max_num_tokens": "16384"}
+    assert p.max_num_tokens == 16384
+    assert p.extra == {"option.tokenizer": "x"}
 
 
 @pytest.mark.parametrize(
