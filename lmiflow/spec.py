@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lmiflow.bench.gate_spec import GateSpec
 from lmiflow.errors import UserInputError
 from lmiflow.regions import partition_of
+from lmiflow.targets.blue_green import traffic_shift_error
 
 # SageMaker's rule for model, endpoint-config and endpoint names.
 NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
@@ -76,6 +77,26 @@ class InstanceSection(_Strict):
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0.1, le=1.0, description="Fraction of GPU memory the engine may use."
     )
+    inference_ami_version: str | None = Field(
+        default=None,
+        description="SageMaker host AMI (NVIDIA driver); empty: the one the image's CUDA needs.",
+    )
+    routing_strategy: Literal["LEAST_OUTSTANDING_REQUESTS", "RANDOM"] = Field(
+        default="LEAST_OUTSTANDING_REQUESTS",
+        description="How SageMaker spreads requests over the endpoint's instances.",
+    )
+
+    @field_validator("inference_ami_version")
+    @classmethod
+    def _ami(cls, v: str | None) -> str | None:
+        if v is not None:
+            import botocore.session
+
+            names = botocore.session.get_session().get_service_model("sagemaker").shape_for(
+                "ProductionVariantInferenceAmiVersion").enum
+            if v not in names:
+                raise ValueError(f"{v!r} is not one of botocore's {', '.join(names)}")
+        return v
 
 
 class ServingSection(_Strict):
@@ -180,10 +201,20 @@ class PromotionSection(_Strict):
     linear_step_pct: int = Field(default=20, ge=10, le=50)
     wait_interval_s: int = Field(default=300, ge=0, le=3600)
     alarms: list[str] = Field(
-        default_factory=list, description="CloudWatch alarms that roll the update back."
+        default_factory=list, max_length=10,
+        description="CloudWatch alarms that roll the update back (they must exist).",
+    )
+    termination_wait_s: int = Field(
+        default=0, ge=0, le=3600,
+        description="Blue fleet kept after all traffic moved (a last chance to roll back).",
     )
     endpoint_timeout_s: float = Field(
         default=3600, gt=0, le=4 * 3600, description="Longest wait for an endpoint to be ready."
+    )
+    lease_ttl_s: int = Field(
+        default=600, ge=60, le=3600,
+        description="SageMaker: the run's lease on the endpoint expires this long after its "
+        "last renewal (renewed every third of it), so a killed run blocks no one for longer.",
     )
 
 
@@ -219,6 +250,10 @@ class DeploymentSpec(_Strict):
                     raise ValueError(f"target.{field} is required for target.kind sagemaker")
             if self.target.packaging == "s3" and self.target.s3_uri is None:
                 raise ValueError("target.s3_uri is required when target.packaging is s3")
+            shift = traffic_shift_error(self.promotion.strategy, self.promotion.canary_size_pct,
+                                        self.promotion.linear_step_pct, self.instance.count)
+            if shift:
+                raise ValueError(f"{shift[0]} {shift[1]}")
             partition = partition_of(self.target.region or "")
             if not (self.target.role_arn or "").startswith(f"arn:{partition}:"):
                 raise ValueError(f"target.role_arn must be an arn:{partition}: role: region "

@@ -43,6 +43,11 @@ class EndpointVariant(BaseModel):
     volume_size_gb: int | None = None
     model_data_download_timeout_s: int | None = None
     container_startup_health_check_timeout_s: int | None = None
+    inference_ami_version: str | None = Field(
+        default=None, description="Host AMI (and so NVIDIA driver); None: the fleet default.")
+    routing_strategy: Literal["LEAST_OUTSTANDING_REQUESTS", "RANDOM"] | None = Field(
+        default="LEAST_OUTSTANDING_REQUESTS",
+        description="How the endpoint spreads requests over instances; None: the platform's.")
 
 
 class TrafficPolicy(BaseModel):

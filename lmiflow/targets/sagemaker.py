@@ -382,6 +382,12 @@ class SageMakerTarget:
                 "container_startup_health_check_timeout_s",
                 variant.container_startup_health_check_timeout_s, 60, 3600,
             )
+        if variant.inference_ami_version is not None:
+            pv["InferenceAmiVersion"] = variant.inference_ami_version
+        if variant.routing_strategy is not None:
+            # LLM requests differ in length by orders of magnitude: random routing piles long
+            # ones on one instance while another idles.
+            pv["RoutingConfig"] = {"RoutingStrategy": variant.routing_strategy}
         try:
             self.sm.create_endpoint_config(
                 EndpointConfigName=name, ProductionVariants=[pv], Tags=_tag_list(tags)

@@ -388,6 +388,8 @@ def test_create_and_wait_in_service_requests(target, sm, clock, caplog):
             "InstanceType": "ml.g5.12xlarge", "InitialInstanceCount": 1,
             "ModelDataDownloadTimeoutInSeconds": dl,
             "ContainerStartupHealthCheckTimeoutInSeconds": start,
+            "InferenceAmiVersion": "al2023-ami-sagemaker-inference-gpu-4-1",
+            "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"},
         }],
         "Tags": expect_tags,
     })
@@ -395,7 +397,8 @@ def test_create_and_wait_in_service_requests(target, sm, clock, caplog):
         names["endpoint_config"], names["model"],
         EndpointVariant(instance_type="ml.g5.12xlarge", volume_size_gb=vol,
                         model_data_download_timeout_s=dl,
-                        container_startup_health_check_timeout_s=start),
+                        container_startup_health_check_timeout_s=start,
+                        inference_ami_version="al2023-ami-sagemaker-inference-gpu-4-1"),
         tags,
     )
     stub.add_response("create_endpoint", {"EndpointArn": ARN + names["endpoint"]}, {
@@ -428,9 +431,9 @@ def test_volume_size_sent_for_ebs_instances(target, sm):
             "InitialInstanceCount": 2, "VolumeSizeInGB": 512}],
         "Tags": [{"Key": "project", "Value": "lmiflow"}],
     })
-    target.create_endpoint_config(
+    target.create_endpoint_config(  # routing left to the platform when asked
         "ec", "m", EndpointVariant(instance_type="ml.m5.xlarge", instance_count=2,
-                                   volume_size_gb=512), {})
+                                   volume_size_gb=512, routing_strategy=None), {})
     with pytest.raises(ValueError, match="volume_size_gb"):
         target.create_endpoint_config(
             "ec", "m", EndpointVariant(instance_type="ml.m5.xlarge", volume_size_gb=600), {})
