@@ -207,6 +207,11 @@ def _is_existing(exc: Exception) -> bool:
     return code in ("ValidationException", "ValidationError") and "already exist" in msg
 
 
+def lease_key(prefix: str, endpoint: str) -> str:
+    """Where the run lease of an endpoint lives in the S3 prefix."""
+    return f"{prefix}leases/{endpoint}.json"
+
+
 def _split_s3(uri: str) -> tuple[str, str]:
     m = _S3_RE.match(uri)
     if not m:
@@ -285,6 +290,14 @@ class SageMakerTarget:
     @cached_property
     def s3(self) -> Any:
         return self.session.client("s3", config=self._control_config())
+
+    @cached_property
+    def cloudwatch(self) -> Any:
+        return self.session.client("cloudwatch", config=self._control_config())
+
+    @cached_property
+    def quotas(self) -> Any:
+        return self.session.client("service-quotas", config=self._control_config())
 
     @cached_property
     def runtime(self) -> Any:
@@ -555,6 +568,70 @@ class SageMakerTarget:
             raise
         variants = d.get("ProductionVariants") or []
         return variants[0].get("ModelName") if variants else None
+
+    def production_fleet(self, name: str) -> dict[str, int]:
+        """Instances per type the endpoint runs now ({} when it does not exist): the blue fleet
+        a blue/green update runs next to. Types come from its endpoint config, counts from the
+        endpoint (auto scaling may have moved them from the config's initial count)."""
+        current = self._describe_raw(name)
+        if current is None or not current.get("EndpointConfigName"):
+            return {}
+        counts = {v["VariantName"]: v.get("CurrentInstanceCount")
+                  for v in current.get("ProductionVariants") or []}
+        config = self.sm.describe_endpoint_config(
+            EndpointConfigName=current["EndpointConfigName"])
+        fleet: dict[str, int] = {}
+        for v in config.get("ProductionVariants") or []:
+            if "InstanceType" not in v:
+                continue  # serverless variants hold no instances
+            n = counts.get(v["VariantName"])
+            n = v.get("InitialInstanceCount", 0) if n is None else n
+            fleet[v["InstanceType"]] = fleet.get(v["InstanceType"], 0) + int(n)
+        return fleet
+
+    def missing_alarms(self, names: list[str]) -> list[str]:
+        """The CloudWatch alarms among `names` that do not exist: SageMaker would take a
+        misspelt rollback alarm as "never fires" and roll nothing back."""
+        if not names:
+            return []
+        found: set[str] = set()
+        pages = self.cloudwatch.get_paginator("describe_alarms").paginate(
+            AlarmNames=list(names), AlarmTypes=["MetricAlarm", "CompositeAlarm"])
+        for page in pages:
+            for kind in ("MetricAlarms", "CompositeAlarms"):
+                found.update(a["AlarmName"] for a in page.get(kind, []))
+        return [n for n in names if n not in found]
+
+    def endpoint_quotas(self, instance_types: list[str]) -> dict[str, float | None]:
+        """The account's "ml.<type> for endpoint usage" quota per instance type (Service
+        Quotas, applied values); None where the account lists no such quota."""
+        from lmiflow.targets.blue_green import QUOTA_NAME, QUOTA_SERVICE_CODE
+
+        wanted = {QUOTA_NAME.format(instance_type=t): t for t in instance_types}
+        out: dict[str, float | None] = dict.fromkeys(instance_types)
+        pages = self.quotas.get_paginator("list_service_quotas").paginate(
+            ServiceCode=QUOTA_SERVICE_CODE)
+        for page in pages:
+            for q in page.get("Quotas", []):
+                t = wanted.get(q.get("QuotaName", ""))
+                if t is not None:
+                    out[t] = float(q["Value"])
+        return out
+
+    def endpoint_lock(self, name: str, run_id: str | None = None, ttl_s: int = 600):
+        """A lease in the S3 prefix (targets.s3_lease): holds across machines. Without an S3
+        prefix there is nothing shared to hold it in, and only update_endpoint's refusal of a
+        busy endpoint protects production."""
+        import contextlib
+
+        from lmiflow.targets.s3_lease import S3Lease
+
+        _check_name("endpoint", name)
+        if not self.s3_uri:
+            logger.warning("no target.s3_uri: endpoint %s is not locked across machines", name)
+            return contextlib.nullcontext()
+        bucket, prefix = _split_s3(self.s3_uri)
+        return S3Lease(self.s3, bucket, lease_key(prefix, name), name, ttl_s, run_id)
 
     def list_endpoints(self) -> list[EndpointStatus]:
         out = []

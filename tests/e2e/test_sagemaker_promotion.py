@@ -47,6 +47,7 @@ SPEC = DeploymentSpec.model_validate({
     "name": "prod",
     "model": {"id": "meta-llama/Llama-3.1-8B", "dtype": "bf16"},
     "workload": {"max_input_tokens": 1024, "max_output_tokens": 128, "concurrency": 4},
+    "instance": {"count": 4},  # a 25 % canary is one of four instances
     "target": {"kind": "sagemaker", "region": "us-east-1",
                "role_arn": "arn:aws:iam::123456789012:role/SageMakerExecution",
                "s3_uri": "s3://bucket/models/"},
