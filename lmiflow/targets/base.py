@@ -75,8 +75,10 @@ class Target(Protocol):
 
     def create_model(
         self, name: str, model_data: str, image_uri: str | None, env: dict[str, str],
-        tags: dict[str, str],
-    ) -> None: ...
+        tags: dict[str, str], *, network_isolation: bool = False,
+    ) -> None:
+        """network_isolation: the model server gets no network (the weights must already be
+        where model_data or this machine holds them)."""
 
     def create_endpoint_config(
         self, name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str]

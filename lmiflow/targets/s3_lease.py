@@ -29,10 +29,25 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from lmiflow.targets.aws_requests import AwsRequest
+
 logger = logging.getLogger(__name__)
 
 PRECONDITION_CODES = ("PreconditionFailed", "412")
 CONFLICT_CODES = ("ConditionalRequestConflict", "409")
+
+
+def lease_put_request(bucket: str, key: str, body: bytes, **condition: str) -> AwsRequest:
+    """Take (IfNoneMatch="*"), renew or take over (IfMatch=<etag>) the lease object."""
+    return AwsRequest(service="s3", operation="PutObject", params={
+        "Bucket": bucket, "Key": key, "Body": body, "ContentType": "application/json",
+        **condition})
+
+
+def lease_delete_request(bucket: str, key: str, etag: str) -> AwsRequest:
+    """Release: delete the lease only if it is still the version this run wrote."""
+    return AwsRequest(service="s3", operation="DeleteObject",
+                      params={"Bucket": bucket, "Key": key, "IfMatch": etag})
 
 
 class LeaseHeld(RuntimeError):
@@ -71,12 +86,13 @@ class S3Lease:
     runs, release it on exit. `assert_held()` raises LeaseLost when a renewal found the lease
     taken over: call it before an irreversible step (promotion)."""
 
-    def __init__(self, s3: Any, bucket: str, key: str, endpoint: str, ttl_s: int,
+    def __init__(self, send: Callable[[AwsRequest], Any], bucket: str, key: str, endpoint: str,
+                 ttl_s: int,
                  run_id: str | None = None, *, now: Callable[[], dt.datetime] = _now,
                  renew_every_s: float | None = None):
         if ttl_s < 3:
             raise ValueError("ttl_s: at least 3 s (renewed every third of it)")
-        self.s3, self.bucket, self.key, self.endpoint = s3, bucket, key, endpoint
+        self.send, self.bucket, self.key, self.endpoint = send, bucket, key, endpoint
         self.ttl_s = ttl_s
         self.run_id = run_id or uuid.uuid4().hex
         self._now = now
@@ -100,14 +116,14 @@ class S3Lease:
         }, sort_keys=True).encode()
 
     def _put(self, **condition: str) -> str:
-        resp = self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(),
-                                  ContentType="application/json", **condition)
-        return resp["ETag"]
+        return self.send(lease_put_request(self.bucket, self.key, self._body(), **condition))[
+            "ETag"]
 
     def _read(self) -> tuple[dict[str, Any], str, bool] | None:
         """(holder, etag, expired) of the current lease, None when there is none."""
         try:
-            resp = self.s3.get_object(Bucket=self.bucket, Key=self.key)
+            resp = self.send(AwsRequest(service="s3", operation="GetObject",
+                                        params={"Bucket": self.bucket, "Key": self.key}))
         except Exception as exc:
             if _code(exc) in ("NoSuchKey", "404"):
                 return None
@@ -186,7 +202,7 @@ class S3Lease:
             if self.etag is None or self.lost:
                 return
             try:
-                self.s3.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
+                self.send(lease_delete_request(self.bucket, self.key, self.etag))
             except Exception as exc:
                 if _code(exc) not in (*PRECONDITION_CODES, "NoSuchKey", "404"):
                     raise

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from typing import Any, Literal
 
+from lmiflow.targets.aws_requests import AwsRequest, guard, method_name, validate
 from lmiflow.targets.base import (
     TERMINAL_STATUSES,
     EndpointStatus,
@@ -222,11 +223,125 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return m.group(1), prefix
 
 
+# ---- requests as data (pure): the target sends these, dry runs list them ------------------
+
+
+def create_model_request(
+    name: str, role_arn: str, image_uri: str, env: dict[str, str], model_data: str,
+    tags: dict[str, str], *, network_isolation: bool = False, vpc: dict | None = None,
+) -> AwsRequest:
+    """CreateModel for the LMI container. model_data: the S3 prefix SageMaker copies to
+    /opt/ml/model before the container starts (serving.properties, and the weights when they
+    are staged); empty for env-only packaging. network_isolation: the container gets no
+    network at all, which only works when the weights come through model_data."""
+    _check_name("model", name)
+    _check_env(env)
+    container: dict[str, Any] = {"Image": image_uri, "Environment": dict(env)}
+    if model_data:
+        if not model_data.startswith("s3://") or not model_data.endswith("/"):
+            raise ValueError(f"model_data {model_data!r}: an s3:// prefix ending in /")
+        container["ModelDataSource"] = {
+            "S3DataSource": {
+                "S3Uri": model_data,
+                "S3DataType": "S3Prefix",
+                "CompressionType": "None",
+            }
+        }
+    elif "HF_MODEL_ID" not in env:
+        raise ValueError("env-only packaging needs HF_MODEL_ID (no model files in S3)")
+    params: dict[str, Any] = {
+        "ModelName": name, "ExecutionRoleArn": role_arn, "PrimaryContainer": container,
+        "Tags": _tag_list(tags),
+    }
+    if network_isolation:
+        params["EnableNetworkIsolation"] = True
+    if vpc:
+        params["VpcConfig"] = dict(vpc)
+    return AwsRequest(service="sagemaker", operation="CreateModel", params=params)
+
+
+def create_endpoint_config_request(
+    name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str]
+) -> AwsRequest:
+    _check_name("endpoint config", name)
+    _check_name("model", model_name)
+    pv: dict[str, Any] = {
+        "VariantName": VARIANT_NAME,
+        "ModelName": model_name,
+        "InstanceType": variant.instance_type,
+        "InitialInstanceCount": variant.instance_count,
+    }
+    if variant.volume_size_gb is not None:
+        if not volume_size_supported(variant.instance_type):
+            logger.info("%s has local NVMe storage: VolumeSizeInGB left out",
+                        variant.instance_type)
+        else:
+            pv["VolumeSizeInGB"] = _bounded("volume_size_gb", variant.volume_size_gb, 1, 512)
+    if variant.model_data_download_timeout_s is not None:
+        pv["ModelDataDownloadTimeoutInSeconds"] = _bounded(
+            "model_data_download_timeout_s", variant.model_data_download_timeout_s, 60, 3600
+        )
+    if variant.container_startup_health_check_timeout_s is not None:
+        pv["ContainerStartupHealthCheckTimeoutInSeconds"] = _bounded(
+            "container_startup_health_check_timeout_s",
+            variant.container_startup_health_check_timeout_s, 60, 3600,
+        )
+    if variant.inference_ami_version is not None:
+        pv["InferenceAmiVersion"] = variant.inference_ami_version
+    if variant.routing_strategy is not None:
+        # LLM requests differ in length by orders of magnitude: random routing piles long ones
+        # on one instance while another idles.
+        pv["RoutingConfig"] = {"RoutingStrategy": variant.routing_strategy}
+    return AwsRequest(service="sagemaker", operation="CreateEndpointConfig", params={
+        "EndpointConfigName": name, "ProductionVariants": [pv], "Tags": _tag_list(tags)})
+
+
+def create_endpoint_request(name: str, config_name: str, tags: dict[str, str]) -> AwsRequest:
+    _check_name("endpoint", name)
+    _check_name("endpoint config", config_name)
+    return AwsRequest(service="sagemaker", operation="CreateEndpoint", params={
+        "EndpointName": name, "EndpointConfigName": config_name, "Tags": _tag_list(tags)})
+
+
+def update_endpoint_request(name: str, config_name: str, policy: TrafficPolicy) -> AwsRequest:
+    _check_name("endpoint", name)
+    _check_name("endpoint config", config_name)
+    return AwsRequest(service="sagemaker", operation="UpdateEndpoint", params={
+        "EndpointName": name, "EndpointConfigName": config_name,
+        "DeploymentConfig": deployment_config(policy)})
+
+
+def put_object_request(uri: str, body: bytes, content_type: str) -> AwsRequest:
+    m = _S3_RE.match(uri)
+    if not m or not m.group(2) or uri.endswith("/"):
+        raise ValueError(f"{uri!r} is not s3://bucket/key")
+    return AwsRequest(service="s3", operation="PutObject", params={
+        "Bucket": m.group(1), "Key": m.group(2), "Body": body, "ContentType": content_type})
+
+
+def staged_files_prefix(s3_uri: str, model_name: str) -> str:
+    """Where a model's serving.properties goes: its own folder under target.s3_uri."""
+    bucket, prefix = _split_s3(s3_uri)
+    return f"s3://{bucket}/{prefix}{model_name}/"
+
+
+def describe_alarms_request(names: list[str]) -> AwsRequest:
+    """Which of the rollback alarms exist (metric and composite alarms alike)."""
+    return _request("cloudwatch", "DescribeAlarms", AlarmNames=list(names),
+                    AlarmTypes=["MetricAlarm", "CompositeAlarm"])
+
+
+def _request(service: str, operation: str, **params: Any) -> AwsRequest:
+    return AwsRequest(service=service, operation=operation, params=params)
+
+
 # ---- the target -----------------------------------------------------------------------------
 
 
 class SageMakerTarget:
-    """Target on SageMaker real-time endpoints (targets.base.Target)."""
+    """Target on SageMaker real-time endpoints (targets.base.Target). Every request is built
+    as an AwsRequest, checked against botocore's service model and then sent; the clients are
+    guarded too, so requests boto3 builds itself (paginators, multipart uploads) are checked."""
 
     kind = "sagemaker"
 
@@ -239,11 +354,13 @@ class SageMakerTarget:
         session: Any = None,
         poll_interval_s: float = 30,
         *,
+        vpc: dict | None = None,
         retry_mode: Literal["standard", "adaptive"] = "standard",
         max_attempts: int = 5,
         invoke_read_timeout_s: float = 75,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        on_request: Callable[[AwsRequest], None] | None = None,
     ):
         if invoke_read_timeout_s < 70:
             # above SageMaker's 60 s invocation limit, so its own timeout error surfaces
@@ -252,6 +369,7 @@ class SageMakerTarget:
         self.role_arn = role_arn
         self.s3_uri = s3_uri
         self.credentials_block = credentials_block
+        self.vpc = vpc
         self._session = session
         self.poll_interval_s = poll_interval_s
         self.retry_mode = retry_mode
@@ -259,6 +377,7 @@ class SageMakerTarget:
         self.invoke_read_timeout_s = invoke_read_timeout_s
         self._clock = clock
         self._sleep = sleep
+        self.on_request = on_request
 
     # -- clients (lazy; tests wrap them in botocore Stubber) --
 
@@ -283,21 +402,26 @@ class SageMakerTarget:
             user_agent_extra="lmiflow",
         )
 
+    def client(self, service: str, config: Any = None) -> Any:
+        """A boto3 client whose every request is checked against the service model."""
+        c = self.session.client(service, config=config or self._control_config())
+        return guard(c, self.on_request)
+
     @cached_property
     def sm(self) -> Any:
-        return self.session.client("sagemaker", config=self._control_config())
+        return self.client("sagemaker")
 
     @cached_property
     def s3(self) -> Any:
-        return self.session.client("s3", config=self._control_config())
+        return self.client("s3")
 
     @cached_property
     def cloudwatch(self) -> Any:
-        return self.session.client("cloudwatch", config=self._control_config())
+        return self.client("cloudwatch")
 
     @cached_property
     def quotas(self) -> Any:
-        return self.session.client("service-quotas", config=self._control_config())
+        return self.client("service-quotas")
 
     @cached_property
     def runtime(self) -> Any:
@@ -310,7 +434,21 @@ class SageMakerTarget:
             connect_timeout=10,
             user_agent_extra="lmiflow",
         )
-        return self.session.client("sagemaker-runtime", config=cfg)
+        return self.client("sagemaker-runtime", cfg)
+
+    def _client_for(self, service: str) -> Any:
+        return {"sagemaker": self.sm, "s3": self.s3, "sagemaker-runtime": self.runtime,
+                "cloudwatch": self.cloudwatch, "service-quotas": self.quotas}[service]
+
+    def send(self, req: AwsRequest) -> Any:
+        """Validate the request, then send it with the client of its service."""
+        validate(req)
+        return getattr(self._client_for(req.service), method_name(req.operation))(**req.params)
+
+    def _pages(self, req: AwsRequest) -> Iterator[dict]:
+        validate(req)
+        paginator = self._client_for(req.service).get_paginator(method_name(req.operation))
+        return iter(paginator.paginate(**req.params))
 
     # -- staging and creation --
 
@@ -320,48 +458,27 @@ class SageMakerTarget:
         _check_name("model", name)
         if "serving.properties" not in files:
             raise ValueError("files: serving.properties is required")
-        bucket, prefix = _split_s3(self.s3_uri)
-        base = f"{prefix}{name}/"
+        base = staged_files_prefix(self.s3_uri, name)
         for rel in files:  # all names checked before the first upload
             if not _FILE_RE.match(rel) or ".." in rel.split("/"):
                 raise ValueError(f"file name {rel!r}: a relative path of letters, digits, _.-")
         for rel, text in files.items():
-            self.s3.put_object(
-                Bucket=bucket, Key=base + rel, Body=text.encode("utf-8"),
-                ContentType="text/plain; charset=utf-8",
-            )
-        logger.info("staged %d file(s) at s3://%s/%s", len(files), bucket, base)
-        return f"s3://{bucket}/{base}"
+            self.send(put_object_request(base + rel, text.encode("utf-8"),
+                                         "text/plain; charset=utf-8"))
+        logger.info("staged %d file(s) at %s", len(files), base)
+        return base
 
     def create_model(
         self, name: str, model_data: str, image_uri: str | None, env: dict[str, str],
-        tags: dict[str, str],
+        tags: dict[str, str], *, network_isolation: bool = False,
     ) -> None:
-        _check_name("model", name)
         if not self.role_arn:
             raise ValueError("target.role_arn is required to create a SageMaker model")
-        _check_env(env)
-        container: dict[str, Any] = {
-            "Image": image_uri or lmi_image_uri(self.region),
-            "Environment": dict(env),
-        }
-        if model_data:
-            if not model_data.startswith("s3://") or not model_data.endswith("/"):
-                raise ValueError(f"model_data {model_data!r}: an s3:// prefix ending in /")
-            container["ModelDataSource"] = {
-                "S3DataSource": {
-                    "S3Uri": model_data,
-                    "S3DataType": "S3Prefix",
-                    "CompressionType": "None",
-                }
-            }
-        elif not ({"OPTION_MODEL_ID", "HF_MODEL_ID"} & env.keys()):
-            raise ValueError("env-only packaging needs OPTION_MODEL_ID (no model files in S3)")
+        req = create_model_request(name, self.role_arn, image_uri or lmi_image_uri(self.region),
+                                   env, model_data, tags, network_isolation=network_isolation,
+                                   vpc=self.vpc)
         try:
-            self.sm.create_model(
-                ModelName=name, ExecutionRoleArn=self.role_arn, PrimaryContainer=container,
-                Tags=_tag_list(tags),
-            )
+            self.send(req)
         except Exception as exc:
             if not _is_existing(exc):
                 raise
@@ -372,39 +489,8 @@ class SageMakerTarget:
     def create_endpoint_config(
         self, name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str]
     ) -> None:
-        _check_name("endpoint config", name)
-        _check_name("model", model_name)
-        pv: dict[str, Any] = {
-            "VariantName": VARIANT_NAME,
-            "ModelName": model_name,
-            "InstanceType": variant.instance_type,
-            "InitialInstanceCount": variant.instance_count,
-        }
-        if variant.volume_size_gb is not None:
-            if not volume_size_supported(variant.instance_type):
-                logger.info("%s has local NVMe storage: VolumeSizeInGB left out",
-                            variant.instance_type)
-            else:
-                pv["VolumeSizeInGB"] = _bounded("volume_size_gb", variant.volume_size_gb, 1, 512)
-        if variant.model_data_download_timeout_s is not None:
-            pv["ModelDataDownloadTimeoutInSeconds"] = _bounded(
-                "model_data_download_timeout_s", variant.model_data_download_timeout_s, 60, 3600
-            )
-        if variant.container_startup_health_check_timeout_s is not None:
-            pv["ContainerStartupHealthCheckTimeoutInSeconds"] = _bounded(
-                "container_startup_health_check_timeout_s",
-                variant.container_startup_health_check_timeout_s, 60, 3600,
-            )
-        if variant.inference_ami_version is not None:
-            pv["InferenceAmiVersion"] = variant.inference_ami_version
-        if variant.routing_strategy is not None:
-            # LLM requests differ in length by orders of magnitude: random routing piles long
-            # ones on one instance while another idles.
-            pv["RoutingConfig"] = {"RoutingStrategy": variant.routing_strategy}
         try:
-            self.sm.create_endpoint_config(
-                EndpointConfigName=name, ProductionVariants=[pv], Tags=_tag_list(tags)
-            )
+            self.send(create_endpoint_config_request(name, model_name, variant, tags))
         except Exception as exc:
             if not _is_existing(exc):
                 raise
@@ -414,12 +500,8 @@ class SageMakerTarget:
                     variant.instance_count)
 
     def create_endpoint(self, name: str, config_name: str, tags: dict[str, str]) -> None:
-        _check_name("endpoint", name)
-        _check_name("endpoint config", config_name)
         try:
-            self.sm.create_endpoint(
-                EndpointName=name, EndpointConfigName=config_name, Tags=_tag_list(tags)
-            )
+            self.send(create_endpoint_request(name, config_name, tags))
         except Exception as exc:
             if not _is_existing(exc):
                 raise
@@ -431,8 +513,7 @@ class SageMakerTarget:
         self, name: str, config_name: str, policy: TrafficPolicy | None = None
     ) -> None:
         """Blue/green update; refuses while the endpoint is busy so two runs never fight."""
-        _check_name("endpoint", name)
-        _check_name("endpoint config", config_name)
+        req = update_endpoint_request(name, config_name, policy or TrafficPolicy())
         current = self._describe(name)
         if current is None:
             raise LookupError(f"endpoint {name} does not exist: create it instead of updating")
@@ -441,11 +522,7 @@ class SageMakerTarget:
                 f"endpoint {name} is {current.status}: another deployment may be running; "
                 "wait for it to finish (lmiflow never updates a busy endpoint)"
             )
-        self.sm.update_endpoint(
-            EndpointName=name,
-            EndpointConfigName=config_name,
-            DeploymentConfig=deployment_config(policy or TrafficPolicy()),
-        )
+        self.send(req)
         logger.info("updating endpoint %s to %s (%s)", name, config_name,
                     (policy or TrafficPolicy()).type)
 
@@ -453,7 +530,7 @@ class SageMakerTarget:
 
     def _describe_raw(self, name: str) -> dict | None:
         try:
-            return self.sm.describe_endpoint(EndpointName=name)
+            return self.send(_request("sagemaker", "DescribeEndpoint", EndpointName=name))
         except Exception as exc:
             if _is_missing(exc):
                 return None
@@ -476,7 +553,8 @@ class SageMakerTarget:
         if d is None:
             return None
         tags: dict[str, str] = {}
-        for page in self.sm.get_paginator("list_tags").paginate(ResourceArn=d["EndpointArn"]):
+        for page in self._pages(_request("sagemaker", "ListTags",
+                                         ResourceArn=d["EndpointArn"])):
             tags.update({t["Key"]: t["Value"] for t in page.get("Tags", [])})
         return EndpointStatus(
             name=d["EndpointName"],
@@ -518,26 +596,26 @@ class SageMakerTarget:
     # -- invocation --
 
     def invoke(self, name: str, payload: dict) -> bytes:
-        resp = self.runtime.invoke_endpoint(
-            EndpointName=name, ContentType="application/json", Accept="application/json",
-            Body=json.dumps(payload).encode("utf-8"),
-        )
+        resp = self.send(_request(
+            "sagemaker-runtime", "InvokeEndpoint", EndpointName=name,
+            ContentType="application/json", Accept="application/json",
+            Body=json.dumps(payload).encode("utf-8")))
         return resp["Body"].read()
 
     def invoke_stream(self, name: str, payload: dict) -> Iterator[bytes]:
         body = dict(payload)
         body.setdefault("stream", True)
-        resp = self.runtime.invoke_endpoint_with_response_stream(
-            EndpointName=name, ContentType="application/json",
-            Accept="application/jsonlines", Body=json.dumps(body).encode("utf-8"),
-        )
+        resp = self.send(_request(
+            "sagemaker-runtime", "InvokeEndpointWithResponseStream", EndpointName=name,
+            ContentType="application/json", Accept="application/jsonlines",
+            Body=json.dumps(body).encode("utf-8")))
         return iter_json_lines(_payload_parts(resp["Body"]))
 
     # -- deletion and listing --
 
-    def _delete(self, what: str, call: Callable[[], Any], name: str) -> bool:
+    def _delete(self, what: str, req: AwsRequest, name: str) -> bool:
         try:
-            call()
+            self.send(req)
         except Exception as exc:
             if _is_missing(exc):
                 return False
@@ -546,22 +624,22 @@ class SageMakerTarget:
         return True
 
     def delete_endpoint(self, name: str) -> bool:
-        return self._delete("endpoint", lambda: self.sm.delete_endpoint(EndpointName=name), name)
+        return self._delete("endpoint", _request("sagemaker", "DeleteEndpoint",
+                                                 EndpointName=name), name)
 
     def delete_endpoint_config(self, name: str) -> bool:
-        return self._delete(
-            "endpoint config",
-            lambda: self.sm.delete_endpoint_config(EndpointConfigName=name), name,
-        )
+        return self._delete("endpoint config", _request(
+            "sagemaker", "DeleteEndpointConfig", EndpointConfigName=name), name)
 
     def delete_model(self, name: str) -> bool:
-        return self._delete("model", lambda: self.sm.delete_model(ModelName=name), name)
+        return self._delete("model", _request("sagemaker", "DeleteModel", ModelName=name), name)
 
     def config_model_name(self, config_name: str) -> str | None:
         """The model an endpoint config serves (None when there is no such config): lets a
         promotion delete the model of the configuration production ran before."""
         try:
-            d = self.sm.describe_endpoint_config(EndpointConfigName=config_name)
+            d = self.send(_request("sagemaker", "DescribeEndpointConfig",
+                                   EndpointConfigName=config_name))
         except Exception as exc:
             if _is_missing(exc):
                 return None
@@ -578,8 +656,8 @@ class SageMakerTarget:
             return {}
         counts = {v["VariantName"]: v.get("CurrentInstanceCount")
                   for v in current.get("ProductionVariants") or []}
-        config = self.sm.describe_endpoint_config(
-            EndpointConfigName=current["EndpointConfigName"])
+        config = self.send(_request("sagemaker", "DescribeEndpointConfig",
+                                    EndpointConfigName=current["EndpointConfigName"]))
         fleet: dict[str, int] = {}
         for v in config.get("ProductionVariants") or []:
             if "InstanceType" not in v:
@@ -595,8 +673,7 @@ class SageMakerTarget:
         if not names:
             return []
         found: set[str] = set()
-        pages = self.cloudwatch.get_paginator("describe_alarms").paginate(
-            AlarmNames=list(names), AlarmTypes=["MetricAlarm", "CompositeAlarm"])
+        pages = self._pages(describe_alarms_request(names))
         for page in pages:
             for kind in ("MetricAlarms", "CompositeAlarms"):
                 found.update(a["AlarmName"] for a in page.get(kind, []))
@@ -609,8 +686,8 @@ class SageMakerTarget:
 
         wanted = {QUOTA_NAME.format(instance_type=t): t for t in instance_types}
         out: dict[str, float | None] = dict.fromkeys(instance_types)
-        pages = self.quotas.get_paginator("list_service_quotas").paginate(
-            ServiceCode=QUOTA_SERVICE_CODE)
+        pages = self._pages(_request("service-quotas", "ListServiceQuotas",
+                                     ServiceCode=QUOTA_SERVICE_CODE))
         for page in pages:
             for q in page.get("Quotas", []):
                 t = wanted.get(q.get("QuotaName", ""))
@@ -631,11 +708,11 @@ class SageMakerTarget:
             logger.warning("no target.s3_uri: endpoint %s is not locked across machines", name)
             return contextlib.nullcontext()
         bucket, prefix = _split_s3(self.s3_uri)
-        return S3Lease(self.s3, bucket, lease_key(prefix, name), name, ttl_s, run_id)
+        return S3Lease(self.send, bucket, lease_key(prefix, name), name, ttl_s, run_id)
 
     def list_endpoints(self) -> list[EndpointStatus]:
         out = []
-        for page in self.sm.get_paginator("list_endpoints").paginate():
+        for page in self._pages(_request("sagemaker", "ListEndpoints")):
             for e in page.get("Endpoints", []):
                 out.append(EndpointStatus(name=e["EndpointName"], status=e["EndpointStatus"]))
         return out
@@ -643,18 +720,17 @@ class SageMakerTarget:
     def list_resources(self, prefix: str) -> dict[str, list[str]]:
         def names(op: str, key: str, field: str) -> list[str]:
             found = []
-            for page in self.sm.get_paginator(op).paginate(NameContains=prefix):
+            for page in self._pages(_request("sagemaker", op, NameContains=prefix)):
                 found += [r[field] for r in page.get(key, []) if r[field].startswith(prefix)]
             return sorted(found)
 
         return {
-            "models": names("list_models", "Models", "ModelName"),
+            "models": names("ListModels", "Models", "ModelName"),
             "endpoint_configs": names(
-                "list_endpoint_configs", "EndpointConfigs", "EndpointConfigName"
+                "ListEndpointConfigs", "EndpointConfigs", "EndpointConfigName"
             ),
-            "endpoints": names("list_endpoints", "Endpoints", "EndpointName"),
+            "endpoints": names("ListEndpoints", "Endpoints", "EndpointName"),
         }
-
 
 def _bounded(field: str, value: int, lo: int, hi: int) -> int:
     if not lo <= value <= hi:

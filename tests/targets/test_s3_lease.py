@@ -5,6 +5,7 @@ processes racing for one lease through a moto server."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import json
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import ANY, Stubber
 
+from lmiflow.targets import aws_requests
 from lmiflow.targets.s3_lease import LeaseHeld, LeaseLost, S3Lease
 from lmiflow.targets.sagemaker import SageMakerTarget, lease_key
 
@@ -35,6 +37,11 @@ def _no_aws(monkeypatch, tmp_path):
 def _s3():
     return boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
                          region_name="us-east-1").client("s3")
+
+
+def _send(client):
+    """Each lease request validated against the S3 service model, then sent by `client`."""
+    return functools.partial(aws_requests.send, client)
 
 
 class Clock:
@@ -60,7 +67,7 @@ def _get(body: bytes, modified: dt.datetime, etag: str) -> dict:
 
 def test_take_renew_release_requests():
     s3 = _s3()
-    lease = S3Lease(s3, BUCKET, KEY, "prod", 600, run_id="run-a", now=Clock())
+    lease = S3Lease(_send(s3), BUCKET, KEY, "prod", 600, run_id="run-a", now=Clock())
     anything = {"Bucket": BUCKET, "Key": KEY, "Body": ANY,
                 "ContentType": "application/json"}
     with Stubber(s3) as stub:
@@ -75,7 +82,7 @@ def test_take_renew_release_requests():
 
 def test_busy_lease_stops_the_second_run_with_holder_and_time():
     s3 = _s3()
-    lease = S3Lease(s3, BUCKET, KEY, "prod", 600, run_id="run-b", now=Clock())
+    lease = S3Lease(_send(s3), BUCKET, KEY, "prod", 600, run_id="run-b", now=Clock())
     with Stubber(s3) as stub:
         stub.add_client_error("put_object", "PreconditionFailed", http_status_code=412)
         stub.add_response("get_object", _get(_holder("run-a", T0), T0 - dt.timedelta(seconds=60),
@@ -89,7 +96,7 @@ def test_busy_lease_stops_the_second_run_with_holder_and_time():
 
 def test_expired_lease_is_taken_over_only_if_unchanged():
     s3 = _s3()
-    lease = S3Lease(s3, BUCKET, KEY, "prod", 600, run_id="run-b", now=Clock())
+    lease = S3Lease(_send(s3), BUCKET, KEY, "prod", 600, run_id="run-b", now=Clock())
     stale = T0 - dt.timedelta(seconds=601)
     with Stubber(s3) as stub:
         stub.add_client_error("put_object", "PreconditionFailed", http_status_code=412)
@@ -117,25 +124,25 @@ def moto_s3(monkeypatch):
 
 
 def test_moto_lifecycle_busy_then_free(moto_s3):
-    first = S3Lease(moto_s3, BUCKET, KEY, "prod", 600, run_id="run-a")
+    first = S3Lease(_send(moto_s3), BUCKET, KEY, "prod", 600, run_id="run-a")
     with first:
         body = json.loads(moto_s3.get_object(Bucket=BUCKET, Key=KEY)["Body"].read())
         assert body["run_id"] == "run-a" and body["ttl_s"] == 600
         with pytest.raises(LeaseHeld, match="held by run run-a"):
-            S3Lease(moto_s3, BUCKET, KEY, "prod", 600, run_id="run-b").acquire()
+            S3Lease(_send(moto_s3), BUCKET, KEY, "prod", 600, run_id="run-b").acquire()
         assert json.loads(moto_s3.get_object(Bucket=BUCKET, Key=KEY)["Body"].read())[
             "run_id"] == "run-a"  # the loser changed nothing
     assert moto_s3.list_objects_v2(Bucket=BUCKET).get("KeyCount") == 0  # released
-    with S3Lease(moto_s3, BUCKET, KEY, "prod", 600, run_id="run-b"):
+    with S3Lease(_send(moto_s3), BUCKET, KEY, "prod", 600, run_id="run-b"):
         pass
 
 
 def test_moto_takeover_after_expiry_and_the_old_holder_notices(moto_s3):
     later = Clock()
-    old = S3Lease(moto_s3, BUCKET, KEY, "prod", 600, run_id="run-a")
+    old = S3Lease(_send(moto_s3), BUCKET, KEY, "prod", 600, run_id="run-a")
     old.acquire()  # killed: never renews, never releases
     later.t = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=700)
-    new = S3Lease(moto_s3, BUCKET, KEY, "prod", 600, run_id="run-b", now=later)
+    new = S3Lease(_send(moto_s3), BUCKET, KEY, "prod", 600, run_id="run-b", now=later)
     new.acquire()
     assert old.renew() is False  # the ETag moved on: run-a lost the lease
     with pytest.raises(LeaseLost, match="stopping before promotion"):
@@ -148,7 +155,7 @@ def test_moto_takeover_after_expiry_and_the_old_holder_notices(moto_s3):
 
 
 def test_renewal_thread_keeps_the_lease_fresh(moto_s3):
-    lease = S3Lease(moto_s3, BUCKET, KEY, "prod", 600, run_id="run-a", renew_every_s=0.05)
+    lease = S3Lease(_send(moto_s3), BUCKET, KEY, "prod", 600, run_id="run-a", renew_every_s=0.05)
     with lease:
         first = lease.etag
         import time
@@ -175,7 +182,8 @@ def test_target_lock_lives_in_the_s3_prefix(moto_s3):
 # ---- two processes, one moto server -------------------------------------------------------------
 
 RACER = textwrap.dedent("""
-    import sys, time, boto3
+    import functools, sys, time, boto3
+    from lmiflow.targets.aws_requests import send
     from lmiflow.targets.s3_lease import LeaseHeld, S3Lease
     s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
                       aws_access_key_id="testing", aws_secret_access_key="testing")
@@ -183,7 +191,7 @@ RACER = textwrap.dedent("""
     while time.time() < start:
         time.sleep(0.001)
     try:
-        with S3Lease(s3, "lmiflow-bucket", "models/leases/prod.json", "prod", 600,
+        with S3Lease(functools.partial(send, s3), "lmiflow-bucket", "models/leases/prod.json", "prod", 600,
                      run_id=sys.argv[2]):
             print("HELD", flush=True)
             time.sleep(1.5)

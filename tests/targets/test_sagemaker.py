@@ -565,7 +565,7 @@ def test_env_only_model_has_no_model_data_source(target, sm):
         "Tags": [{"Key": "project", "Value": "lmiflow"}],
     })
     target.create_model("m", "", IMAGE, env, {})
-    with pytest.raises(ValueError, match="OPTION_MODEL_ID"):
+    with pytest.raises(ValueError, match="HF_MODEL_ID"):
         target.create_model("m", "", IMAGE, {"OPTION_DTYPE": "bf16"}, {})
 
 
@@ -826,8 +826,10 @@ def test_moto_env_only_model(moto_target):
     moto_target.create_model("envonly", "", IMAGE, to_env(props), {})
     container = moto_target.sm.describe_model(ModelName="envonly")["PrimaryContainer"]
     assert "ModelDataSource" not in container
-    assert container["Environment"]["OPTION_MODEL_ID"] == "meta-llama/Llama-3.1-8B-Instruct"
-    assert container["Environment"]["OPTION_REVISION"] == "main"
+    # DJL creates the served model from HF_MODEL_ID (+ HF_REVISION), not from OPTION_MODEL_ID
+    assert container["Environment"]["HF_MODEL_ID"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert container["Environment"]["HF_REVISION"] == "main"
+    assert "OPTION_MODEL_ID" not in container["Environment"]
 
 
 # ---- the example configs ------------------------------------------------------------------
