@@ -191,8 +191,8 @@ RACER = textwrap.dedent("""
     while time.time() < start:
         time.sleep(0.001)
     try:
-        with S3Lease(functools.partial(send, s3), "lmiflow-bucket", "models/leases/prod.json", "prod", 600,
-                     run_id=sys.argv[2]):
+        with S3Lease(functools.partial(send, s3), "lmiflow-bucket",
+                     "models/leases/prod.json", "prod", 600, run_id=sys.argv[2]):
             print("HELD", flush=True)
             time.sleep(1.5)
     except LeaseHeld as exc:
