@@ -10,7 +10,7 @@ import sys
 
 from lmiflow.errors import UserInputError
 
-COMMANDS = ("plan", "deploy", "bench", "endpoints", "demo_model", "images")
+COMMANDS = ("plan", "deploy", "bench", "endpoints", "demo_model", "calibrate", "images")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -16,7 +16,7 @@ from lmiflow.serving.plan_properties import PlanError, ServingPlan, render_plan
 from lmiflow.serving.properties import ServingProperties
 from lmiflow.sizing.planner import Plan
 from lmiflow.spec import DeploymentSpec
-from lmiflow.targets.blue_green import FleetPeak, fleet_peak
+from lmiflow.targets.blue_green import FleetPeak, fleet_peak, traffic_shift_error
 from lmiflow.targets.inference_ami import SOURCE as AMI_SOURCE
 from lmiflow.targets.inference_ami import ami_for_cuda, by_name
 
@@ -114,6 +114,9 @@ def promotion_plan(spec: DeploymentSpec, p: Plan) -> PromotionPlan:
     if o is None:
         raise UserInputError("plan", p.chosen_reason)
     n = o.instance_count
+    shift = traffic_shift_error(pr.strategy, pr.canary_size_pct, pr.linear_step_pct, n)
+    if shift:
+        raise UserInputError(shift[0], f"{shift[1]} (the plan chose {n} x {o.instance_type})")
     step = None
     if pr.strategy == "CANARY":
         step = f"{pr.canary_size_pct} % of {n} = {pr.canary_size_pct * n / 100:g} instance(s)"

@@ -74,6 +74,11 @@ class InstanceSection(_Strict):
     )
     max_usd_per_hour: float | None = Field(default=None, gt=0, description="Price ceiling.")
     count: int = Field(default=1, ge=1, le=100, description="Instances behind the endpoint.")
+    max_count: int | None = Field(
+        default=None, ge=1, le=100,
+        description="Scale out up to this many instances when memory or the latency gates "
+        "need more copies, or several small instances cost less; empty: count.",
+    )
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0.1, le=1.0, description="Fraction of GPU memory the engine may use."
     )
@@ -96,6 +101,14 @@ class InstanceSection(_Strict):
                 "ProductionVariantInferenceAmiVersion").enum
             if v not in names:
                 raise ValueError(f"{v!r} is not one of botocore's {', '.join(names)}")
+        return v
+
+    @field_validator("max_count")
+    @classmethod
+    def _max_count(cls, v: int | None, info) -> int | None:
+        count = info.data.get("count", 1)
+        if v is not None and v < count:
+            raise ValueError(f"{v} is below count {count}")
         return v
 
 
@@ -250,8 +263,10 @@ class DeploymentSpec(_Strict):
                     raise ValueError(f"target.{field} is required for target.kind sagemaker")
             if self.target.packaging == "s3" and self.target.s3_uri is None:
                 raise ValueError("target.s3_uri is required when target.packaging is s3")
+            # the plan may scale out to max_count; it checks again with the count it chose
             shift = traffic_shift_error(self.promotion.strategy, self.promotion.canary_size_pct,
-                                        self.promotion.linear_step_pct, self.instance.count)
+                                        self.promotion.linear_step_pct,
+                                        self.instance.max_count or self.instance.count)
             if shift:
                 raise ValueError(f"{shift[0]} {shift[1]}")
             partition = partition_of(self.target.region or "")
