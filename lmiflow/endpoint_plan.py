@@ -8,15 +8,14 @@ names the config field, so it exits 2 at plan time.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
-
 from lmiflow.errors import UserInputError
+from lmiflow.report.model import HostSettings, PromotionPlan
 from lmiflow.serving.images import LmiImage, resolve
 from lmiflow.serving.plan_properties import PlanError, ServingPlan, render_plan
 from lmiflow.serving.properties import ServingProperties
 from lmiflow.sizing.planner import Plan
 from lmiflow.spec import DeploymentSpec
-from lmiflow.targets.blue_green import FleetPeak, fleet_peak, traffic_shift_error
+from lmiflow.targets.blue_green import fleet_peak, traffic_shift_error
 from lmiflow.targets.inference_ami import SOURCE as AMI_SOURCE
 from lmiflow.targets.inference_ami import ami_for_cuda, by_name
 
@@ -63,16 +62,7 @@ def serving_properties(spec: DeploymentSpec, plan: ServingPlan,
         raise UserInputError("serving.options", str(exc)) from None
 
 
-class HostChoice(BaseModel):
-    """The production variant's host settings and why."""
-
-    inference_ami_version: str
-    routing_strategy: str
-    why: str
-    warning: str | None = None
-
-
-def host_choice(spec: DeploymentSpec, image: LmiImage) -> HostChoice:
+def host_settings(spec: DeploymentSpec, image: LmiImage) -> HostSettings:
     """InferenceAmiVersion: pinned by the config, else the lowest AMI whose driver serves the
     image's CUDA (targets.inference_ami)."""
     cuda = image.cuda_version
@@ -86,42 +76,45 @@ def host_choice(spec: DeploymentSpec, image: LmiImage) -> HostChoice:
                        f"{ami.cuda[0]}.{ami.cuda[1]} (driver {ami.nvidia_driver}) but the image "
                        f"{image.tag} is built for CUDA {image.cuda}: it relies on the image's "
                        "forward-compatibility libraries")
-        return HostChoice(inference_ami_version=pinned, routing_strategy=routing,
-                          why="pinned by instance.inference_ami_version", warning=warning)
+        return HostSettings(inference_ami_version=pinned, routing_strategy=routing,
+                            why="pinned by instance.inference_ami_version", warning=warning)
     try:
         ami = ami_for_cuda(cuda)
     except ValueError as exc:
         raise UserInputError("serving.image_version", str(exc)) from None
-    return HostChoice(
+    return HostSettings(
         inference_ami_version=ami.name, routing_strategy=routing,
         why=(f"image {image.tag} is built for CUDA {image.cuda}; {ami.name} has NVIDIA driver "
              f"{ami.nvidia_driver} (CUDA {ami.cuda[0]}.{ami.cuda[1]}), the lowest that serves "
              f"it ({AMI_SOURCE})"))
 
 
-class PromotionPlan(BaseModel):
-    """How production will change, and the most instances the run holds at once."""
-
-    strategy: str
-    traffic_step: str | None = Field(description="The first traffic step, in instances.")
-    termination_wait_s: int
-    alarms: list[str]
-    peak: FleetPeak
-
-
-def promotion_plan(spec: DeploymentSpec, p: Plan) -> PromotionPlan:
+def promotion_plan(spec: DeploymentSpec, p: Plan, shifts_traffic: bool) -> PromotionPlan:
+    """The promotion on the plan's fleet. shifts_traffic: the target moves traffic in steps
+    (SageMaker), so CANARY / LINEAR sizes are checked against the instance count it chose."""
     o, pr = p.chosen, spec.promotion
     if o is None:
         raise UserInputError("plan", p.chosen_reason)
     n = o.instance_count
-    shift = traffic_shift_error(pr.strategy, pr.canary_size_pct, pr.linear_step_pct, n)
-    if shift:
-        raise UserInputError(shift[0], f"{shift[1]} (the plan chose {n} x {o.instance_type})")
     step = None
-    if pr.strategy == "CANARY":
-        step = f"{pr.canary_size_pct} % of {n} = {pr.canary_size_pct * n / 100:g} instance(s)"
-    elif pr.strategy == "LINEAR":
-        step = f"{pr.linear_step_pct} % of {n} = {pr.linear_step_pct * n / 100:g} instance(s)"
-    return PromotionPlan(strategy=pr.strategy, traffic_step=step,
-                         termination_wait_s=pr.termination_wait_s, alarms=list(pr.alarms),
-                         peak=fleet_peak(o.instance_type, n))
+    if shifts_traffic:
+        shift = traffic_shift_error(pr.strategy, pr.canary_size_pct, pr.linear_step_pct, n)
+        if shift:
+            raise UserInputError(shift[0], f"{shift[1]} (the plan chose {n} x "
+                                           f"{o.instance_type})")
+        pct = {"CANARY": pr.canary_size_pct, "LINEAR": pr.linear_step_pct}.get(pr.strategy)
+        if pct is not None:
+            step = f"{pct} % of {n} = {pct * n / 100:g} instance(s)"
+    return with_peak(PromotionPlan(
+        strategy=pr.strategy, instance_type=o.instance_type, instance_count=n,
+        traffic_step=step, termination_wait_s=pr.termination_wait_s, alarms=list(pr.alarms),
+        peak_instances={}, peak_assumption="", quota_names={}), None)
+
+
+def with_peak(plan: PromotionPlan, production: dict[str, int] | None) -> PromotionPlan:
+    """The plan with its peak fleet: assumed (production None: a redeploy of the same shape)
+    or from production as described (targets.blue_green.fleet_peak)."""
+    peak = fleet_peak(plan.instance_type, plan.instance_count, production)
+    return plan.model_copy(update={"peak_instances": peak.instances,
+                                   "peak_assumption": peak.assumption,
+                                   "quota_names": peak.quota_names})

@@ -22,41 +22,72 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from lmiflow.run_record import report_path
     from lmiflow.spec import load_spec
 
     overrides = {"target.kind": args.target} if args.target else None
     spec = load_spec(args.config, overrides)
     if args.dry_run:
         return dry_run(spec, args.report_dir)
-    # Validate everything that can be validated before anything is created (exit 2).
-    _plan_directly(spec)
+    # Validate everything that can be validated before anything is created (exit 2): the
+    # plan, then what only the platform knows (rollback alarms exist, the peak fleet fits).
+    _, (_, _, candidate) = _plan_directly(spec)
+    from lmiflow import lifecycle, pipeline
+
+    lifecycle.preflight(pipeline.target_for(spec), candidate)
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     # The ephemeral API server would try to send telemetry: not from an unattended deploy.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    return _run_flow(spec, args.report_dir or str(Path("reports") / spec.name))
+    return _run_flow(spec, str(report_path(args.report_dir, spec.name)))
 
 
 def _plan_directly(spec):
-    from lmiflow.flows.record import DirectSteps, RunRecord, plan_steps
+    from lmiflow.run_record import DirectSteps, RunRecord, plan_steps
 
     rec = RunRecord(spec, None)
     return rec, plan_steps(spec, rec, DirectSteps)
 
 
 def dry_run(spec, report_dir: str | None) -> int:
-    from lmiflow.flows.record import write_report
     from lmiflow.plan_table import print_plan
+    from lmiflow.run_record import write_report
 
-    rec, (model, p, props, image, names) = _plan_directly(spec)
+    rec, (model, p, candidate) = _plan_directly(spec)
+    names = candidate.names
     print_plan(p, model.source)
-    print(f"\nimage: {image or 'none (local target runs the model server directly)'}")
+    print(f"\nimage: {candidate.image_uri or 'none (local target runs the model server directly)'}")
     print(f"candidate: {names.endpoint} (config {names.endpoint_config}, model {names.model})")
-    print("\n# serving.properties\n" + props, end="")
+    _print_endpoint_plan(candidate)
+    print("\n# serving.properties\n" + candidate.properties, end="")
     if report_dir:
-        path = write_report(rec.finish("planned"), report_dir, spec.name)
+        path = write_report(rec.finish("planned"), report_dir)
         print(f"\nreport: {path}")
     return 0
+
+
+def _print_endpoint_plan(candidate) -> None:
+    """Host, promotion and peak fleet, wrapped at 80 columns."""
+    from textwrap import fill
+
+    lines = []
+    if candidate.host is not None:
+        h = candidate.host
+        lines.append(f"host: {h.inference_ami_version}, routing {h.routing_strategy}")
+        if h.warning:
+            lines.append(f"warning: {h.warning}")
+    pr = candidate.promotion
+    if pr is not None:
+        lines.append(f"promotion: {pr.strategy}" + (f", first step {pr.traffic_step}"
+                                                    if pr.traffic_step else "")
+                     + (f"; rollback alarms (must exist): {', '.join(pr.alarms)}"
+                        if pr.alarms else ""))
+        peak = ", ".join(f"{n} x {t}" for t, n in pr.peak_instances.items())
+        lines.append(f"peak fleet: {peak} ({pr.peak_assumption}); checked against the "
+                     f"quota {', '.join(repr(q) for q in pr.quota_names.values())} before "
+                     "anything is created")
+    for line in lines:
+        print(fill(line, width=80, subsequent_indent="  "))
 
 
 def _run_flow(spec, report_dir: str) -> int:

@@ -76,8 +76,7 @@ def fleet_peak(instance_type: str, count: int,
     production yet (then production is created after the candidate is gone: one fleet)."""
     if production is None:
         prod = {instance_type: count}
-        assumption = ("production runs the same instance type and count (a redeploy); a first "
-                      "deploy needs half")
+        assumption = "a redeploy: production has the same instances"
     else:
         prod = dict(production)
         assumption = ("production as described now" if prod

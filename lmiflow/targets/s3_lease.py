@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lmiflow.targets.aws_requests import AwsRequest
+from lmiflow.targets.base import EndpointBusy, EndpointLock
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def lease_delete_request(bucket: str, key: str, etag: str) -> AwsRequest:
                       params={"Bucket": bucket, "Key": key, "IfMatch": etag})
 
 
-class LeaseHeld(RuntimeError):
+class LeaseHeld(EndpointBusy):
     """Another run holds the endpoint's lease."""
 
     def __init__(self, endpoint: str, holder: dict[str, Any]):
@@ -81,7 +82,7 @@ def _iso(t: dt.datetime) -> str:
     return t.isoformat(timespec="seconds")
 
 
-class S3Lease:
+class S3Lease(EndpointLock):
     """Context manager: take the lease on enter (LeaseHeld when busy), renew it while the body
     runs, release it on exit. `assert_held()` raises LeaseLost when a renewal found the lease
     taken over: call it before an irreversible step (promotion)."""

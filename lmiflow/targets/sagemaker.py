@@ -22,30 +22,29 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from typing import Any, Literal
 
+from lmiflow.errors import UserInputError
 from lmiflow.targets.aws_requests import AwsRequest, guard, method_name, validate
 from lmiflow.targets.base import (
-    TERMINAL_STATUSES,
+    EndpointBusy,
+    EndpointLock,
     EndpointStatus,
     EndpointVariant,
+    ModelPackage,
     Target,
     TrafficPolicy,
-    WaitTimeout,
+    check_name,
 )
 
 logger = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 PROJECT_TAGS = {"project": "lmiflow"}
 VARIANT_NAME = "AllTraffic"
 BUSY_STATUSES = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
+BASELINE_FILE = "baseline.json"
 _ENV_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _TAG_RE = re.compile(r"^[\w.:/=+\-@ ]*$")
 _FILE_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 _S3_RE = re.compile(r"^s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/?(.*)$")
-
-
-class EndpointBusy(RuntimeError):
-    """The endpoint is being created, updated or deleted: another run may own it."""
 
 
 class StreamError(RuntimeError):
@@ -72,22 +71,6 @@ def lmi_image_uri(region: str, version: str | None = None, framework: str = "djl
         return image_uris.retrieve(framework=framework, region=region, version=version)
     except ValueError as exc:
         raise ValueError(f"serving.image_version: {exc}") from None
-
-
-def resource_names(endpoint: str, spec_hash: str) -> dict[str, str]:
-    """Candidate resource names: deterministic from the production endpoint name and the hash
-    of what is deployed, so a rerun of the same spec finds what an interrupted run made."""
-    if not NAME_RE.match(endpoint):
-        raise ValueError(f"endpoint name {endpoint!r} does not match {NAME_RE.pattern}")
-    h = spec_hash.lower()[:8]
-    if len(h) < 8 or not h.isalnum():
-        raise ValueError("spec_hash: at least 8 letters or digits")
-    out = {}
-    for kind, tag in (("endpoint", "c"), ("endpoint_config", "ec"), ("model", "m")):
-        suffix = f"-{tag}-{h}"
-        base = endpoint[: 63 - len(suffix)].rstrip("-")
-        out[kind] = base + suffix
-    return out
 
 
 def sizing_timeouts(weights_bytes: int) -> tuple[int, int, int]:
@@ -165,11 +148,6 @@ def volume_size_supported(instance_type: str) -> bool:
     return supported(instance_type)
 
 
-def _check_name(what: str, name: str) -> None:
-    if not NAME_RE.match(name):
-        raise ValueError(f"{what} name {name!r} does not match {NAME_RE.pattern}")
-
-
 def _tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
     merged = {**PROJECT_TAGS, **tags}
     out = []
@@ -234,7 +212,7 @@ def create_model_request(
     /opt/ml/model before the container starts (serving.properties, and the weights when they
     are staged); empty for env-only packaging. network_isolation: the container gets no
     network at all, which only works when the weights come through model_data."""
-    _check_name("model", name)
+    check_name("model", name)
     _check_env(env)
     container: dict[str, Any] = {"Image": image_uri, "Environment": dict(env)}
     if model_data:
@@ -263,8 +241,8 @@ def create_model_request(
 def create_endpoint_config_request(
     name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str]
 ) -> AwsRequest:
-    _check_name("endpoint config", name)
-    _check_name("model", model_name)
+    check_name("endpoint config", name)
+    check_name("model", model_name)
     pv: dict[str, Any] = {
         "VariantName": VARIANT_NAME,
         "ModelName": model_name,
@@ -297,15 +275,15 @@ def create_endpoint_config_request(
 
 
 def create_endpoint_request(name: str, config_name: str, tags: dict[str, str]) -> AwsRequest:
-    _check_name("endpoint", name)
-    _check_name("endpoint config", config_name)
+    check_name("endpoint", name)
+    check_name("endpoint config", config_name)
     return AwsRequest(service="sagemaker", operation="CreateEndpoint", params={
         "EndpointName": name, "EndpointConfigName": config_name, "Tags": _tag_list(tags)})
 
 
 def update_endpoint_request(name: str, config_name: str, policy: TrafficPolicy) -> AwsRequest:
-    _check_name("endpoint", name)
-    _check_name("endpoint config", config_name)
+    check_name("endpoint", name)
+    check_name("endpoint config", config_name)
     return AwsRequest(service="sagemaker", operation="UpdateEndpoint", params={
         "EndpointName": name, "EndpointConfigName": config_name,
         "DeploymentConfig": deployment_config(policy)})
@@ -338,12 +316,13 @@ def _request(service: str, operation: str, **params: Any) -> AwsRequest:
 # ---- the target -----------------------------------------------------------------------------
 
 
-class SageMakerTarget:
+class SageMakerTarget(Target):
     """Target on SageMaker real-time endpoints (targets.base.Target). Every request is built
     as an AwsRequest, checked against botocore's service model and then sent; the clients are
     guarded too, so requests boto3 builds itself (paginators, multipart uploads) are checked."""
 
     kind = "sagemaker"
+    shifts_traffic = True
 
     def __init__(
         self,
@@ -355,12 +334,14 @@ class SageMakerTarget:
         poll_interval_s: float = 30,
         *,
         vpc: dict | None = None,
+        packaging: Literal["s3", "env"] = "s3",
         retry_mode: Literal["standard", "adaptive"] = "standard",
         max_attempts: int = 5,
         invoke_read_timeout_s: float = 75,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         on_request: Callable[[AwsRequest], None] | None = None,
+        lease_ttl_s: int = 600,
     ):
         if invoke_read_timeout_s < 70:
             # above SageMaker's 60 s invocation limit, so its own timeout error surfaces
@@ -370,6 +351,7 @@ class SageMakerTarget:
         self.s3_uri = s3_uri
         self.credentials_block = credentials_block
         self.vpc = vpc
+        self.packaging = packaging
         self._session = session
         self.poll_interval_s = poll_interval_s
         self.retry_mode = retry_mode
@@ -378,6 +360,7 @@ class SageMakerTarget:
         self._clock = clock
         self._sleep = sleep
         self.on_request = on_request
+        self.lease_ttl_s = lease_ttl_s
 
     # -- clients (lazy; tests wrap them in botocore Stubber) --
 
@@ -450,12 +433,57 @@ class SageMakerTarget:
         paginator = self._client_for(req.service).get_paginator(method_name(req.operation))
         return iter(paginator.paginate(**req.params))
 
+    # -- planning --
+
+    def instance_catalog(self):
+        """The SageMaker instance catalog (configs/instances.csv, with its sources)."""
+        from lmiflow.sizing.catalog import load_catalog
+
+        return load_catalog()
+
+    def serving_model_id(self, model_id: str, local_dir: str | None) -> str:
+        if local_dir:
+            raise UserInputError("model.id", "a local directory cannot be served on SageMaker: "
+                                             "use a Hub id (or upload the weights and use "
+                                             "s3://...)")
+        return model_id
+
+    def image_uri(self, backend: str, version: str | None, override: str | None) -> str:
+        if override:
+            return override
+        framework = "djl-tensorrtllm" if backend == "trtllm" else "djl-lmi"
+        return lmi_image_uri(self.region, version, framework)
+
+    def serving_engine(self, backend: str) -> str:
+        return backend  # the LMI container runs the backend the config names
+
+    def endpoint_variant(self, instance_type: str, instance_count: int,
+                         weights_bytes: int) -> EndpointVariant:
+        """Download and start-up timeouts for a model of this size, and the volume where the
+        instance takes one (instances with local NVMe storage reject VolumeSizeInGB)."""
+        volume, download, startup = sizing_timeouts(weights_bytes)
+        return EndpointVariant(
+            instance_type=instance_type, instance_count=instance_count,
+            volume_size_gb=volume if volume_size_supported(instance_type) else None,
+            model_data_download_timeout_s=download,
+            container_startup_health_check_timeout_s=startup,
+        )
+
     # -- staging and creation --
+
+    def package(self, name: str, properties: str) -> ModelPackage:
+        """s3: serving.properties uploaded under s3_uri; env: its options as OPTION_* variables
+        (no S3 upload)."""
+        if self.packaging == "env":
+            from lmiflow.serving.properties import parse, to_env
+
+            return ModelPackage(env=to_env(parse(properties)))
+        return super().package(name, properties)
 
     def stage(self, name: str, files: dict[str, str]) -> str:
         if not self.s3_uri:
             raise ValueError("target.s3_uri is required to stage files (or use packaging env)")
-        _check_name("model", name)
+        check_name("model", name)
         if "serving.properties" not in files:
             raise ValueError("files: serving.properties is required")
         base = staged_files_prefix(self.s3_uri, name)
@@ -564,34 +592,8 @@ class SageMakerTarget:
             tags=tags,
         )
 
-    def wait(
-        self, name: str, timeout_s: float,
-        on_status: Callable[[EndpointStatus, float], None] | None = None,
-    ) -> EndpointStatus:
-        """Poll describe_endpoint every poll_interval_s until a terminal status. After an update
-        with auto-rollback, InService may mean the old config: compare config_name."""
-        start = self._clock()
-        last: str | None = None
-        while True:
-            st = self._describe(name)
-            elapsed = self._clock() - start
-            if st is None:
-                raise LookupError(f"endpoint {name} does not exist")
-            if st.status != last:
-                extra = f": {st.failure_reason}" if st.failure_reason else ""
-                logger.info("endpoint %s %s after %.0f s%s", name, st.status, elapsed, extra)
-                last = st.status
-                if on_status is not None:
-                    on_status(st, elapsed)
-            if st.status in TERMINAL_STATUSES:
-                return st
-            remaining = timeout_s - elapsed
-            if remaining <= 0:
-                raise WaitTimeout(
-                    f"endpoint {name} still {st.status} after {elapsed:.0f} s "
-                    f"(limit {timeout_s:.0f} s)"
-                )
-            self._sleep(min(self.poll_interval_s, remaining))
+    def poll(self, name: str) -> EndpointStatus | None:
+        return self._describe(name)  # no tags: one call per poll
 
     # -- invocation --
 
@@ -635,8 +637,6 @@ class SageMakerTarget:
         return self._delete("model", _request("sagemaker", "DeleteModel", ModelName=name), name)
 
     def config_model_name(self, config_name: str) -> str | None:
-        """The model an endpoint config serves (None when there is no such config): lets a
-        promotion delete the model of the configuration production ran before."""
         try:
             d = self.send(_request("sagemaker", "DescribeEndpointConfig",
                                    EndpointConfigName=config_name))
@@ -695,20 +695,46 @@ class SageMakerTarget:
                     out[t] = float(q["Value"])
         return out
 
-    def endpoint_lock(self, name: str, run_id: str | None = None, ttl_s: int = 600):
-        """A lease in the S3 prefix (targets.s3_lease): holds across machines. Without an S3
-        prefix there is nothing shared to hold it in, and only update_endpoint's refusal of a
-        busy endpoint protects production."""
-        import contextlib
-
+    def endpoint_lock(self, name: str, run_id: str | None = None) -> EndpointLock:
+        """A lease in the S3 prefix (targets.s3_lease), so it holds across machines. Without an
+        S3 prefix there is nothing shared to hold it in, and only update_endpoint's refusal of
+        a busy endpoint protects production."""
         from lmiflow.targets.s3_lease import S3Lease
 
-        _check_name("endpoint", name)
+        check_name("endpoint", name)
         if not self.s3_uri:
             logger.warning("no target.s3_uri: endpoint %s is not locked across machines", name)
-            return contextlib.nullcontext()
+            return EndpointLock()
         bucket, prefix = _split_s3(self.s3_uri)
-        return S3Lease(self.send, bucket, lease_key(prefix, name), name, ttl_s, run_id)
+        return S3Lease(self.send, bucket, lease_key(prefix, name), name, self.lease_ttl_s,
+                       run_id)
+
+    # -- production's baseline: s3_uri/<endpoint>/baseline.json --
+
+    def _baseline_key(self, endpoint: str) -> tuple[str, str]:
+        check_name("endpoint", endpoint)
+        bucket, prefix = _split_s3(self.s3_uri or "")
+        return bucket, f"{prefix}{endpoint}/{BASELINE_FILE}"
+
+    def load_baseline(self, endpoint: str) -> dict | None:
+        if not self.s3_uri:
+            return None
+        bucket, key = self._baseline_key(endpoint)
+        try:
+            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            if _error(exc)[0] in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        return json.loads(body)
+
+    def save_baseline(self, endpoint: str, data: dict) -> str | None:
+        if not self.s3_uri:
+            return None
+        bucket, key = self._baseline_key(endpoint)
+        self.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(data, indent=2, sort_keys=True)
+                           .encode(), ContentType="application/json")
+        return f"s3://{bucket}/{key}"
 
     def list_endpoints(self) -> list[EndpointStatus]:
         out = []
@@ -760,16 +786,3 @@ def _payload_parts(events: Iterable[dict]) -> Iterator[bytes]:
         elif "InternalStreamFailure" in event:
             raise StreamError("InternalStreamFailure",
                               event["InternalStreamFailure"].get("Message", ""))
-
-
-def delete_resources(target: Target, names: dict[str, str]) -> dict[str, bool]:
-    """Delete a candidate's endpoint, endpoint config and model (keys as resource_names gives);
-    returns which existed. Order matters: the endpoint first, it uses the other two."""
-    done = {}
-    if "endpoint" in names:
-        done["endpoint"] = target.delete_endpoint(names["endpoint"])
-    if "endpoint_config" in names:
-        done["endpoint_config"] = target.delete_endpoint_config(names["endpoint_config"])
-    if "model" in names:
-        done["model"] = target.delete_model(names["model"])
-    return done

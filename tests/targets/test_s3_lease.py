@@ -172,7 +172,7 @@ def test_target_lock_lives_in_the_s3_prefix(moto_s3):
                         session=boto3.Session(aws_access_key_id="testing",
                                               aws_secret_access_key="testing",
                                               region_name="us-east-1"))
-    with t.endpoint_lock("prod", run_id="run-a", ttl_s=600) as lease:
+    with t.endpoint_lock("prod", run_id="run-a") as lease:
         assert lease.key == lease_key("models/", "prod") == KEY
         assert moto_s3.head_object(Bucket=BUCKET, Key=KEY)["ContentLength"] > 0
     with SageMakerTarget("us-east-1").endpoint_lock("prod"):
