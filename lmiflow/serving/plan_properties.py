@@ -29,13 +29,13 @@ from pydantic import BaseModel, Field, ValidationError
 
 from lmiflow.serving.images import LmiImage
 from lmiflow.serving.properties import (
-    _FIELD_BY_KEY,
+    FIELD_BY_KEY,
     ServingProperties,
-    _extra_text,
-    _one_line,
-    _typed,
     check_key,
     check_value,
+    fmt,
+    one_line_error,
+    typed_value,
 )
 from lmiflow.sizing.memory import DTYPE_BYTES, MAX_BATCHED_TOKENS
 
@@ -55,7 +55,8 @@ class PlanError(ValueError):
 class ServingPlan(BaseModel):
     """The plan's decisions for one model copy, in lmiflow's own terms."""
 
-    model_id: str
+    model_id: str | None = Field(description="None: the weights are in the model directory "
+                                             "(/opt/ml/model), staged or an s3:// model.")
     revision: str | None = None
     trust_remote_code: bool = False
     tensor_parallel_degree: int = Field(ge=1)
@@ -212,6 +213,14 @@ def _trtllm(plan: ServingPlan, image: LmiImage) -> dict[str, object]:
     return f
 
 
+def _option_text(key: str, value: str | int | float | bool) -> str:
+    if isinstance(value, bool | int | float):
+        return fmt(value)
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"value of {key}: a string, number or boolean")
+
+
 def render_plan(plan: ServingPlan, image: LmiImage,
                 extra: dict[str, str | int | float | bool] | None = None,
                 quantize: str | None = None) -> ServingProperties:
@@ -231,16 +240,16 @@ def render_plan(plan: ServingPlan, image: LmiImage,
     other: dict[str, str] = {}
     for key, value in (extra or {}).items():
         check_key(key)
-        text = _extra_text(key, value)
+        text = _option_text(key, value)
         check_value(key, text)
         if key in PLAN_KEYS:
             raise PlanError("serving.options", f"key {key!r}: set {PLAN_KEYS[key]} in the "
                                                "config instead")
-        field = _FIELD_BY_KEY.get(key)
+        field = FIELD_BY_KEY.get(key)
         if field is None:
             other[key] = text
             continue
-        typed = _typed(field, key, text)
+        typed = typed_value(field, key, text)
         planned = fields.get(field)
         if field in _FLOOR_KEYS and planned is not None and int(typed) < int(planned):  # type: ignore[call-overload]
             raise PlanError("serving.options", f"key {key!r}: {typed} is below the planned "
@@ -249,5 +258,5 @@ def render_plan(plan: ServingPlan, image: LmiImage,
     try:
         return ServingProperties(**fields, extra=other)
     except ValidationError as exc:
-        raise PlanError("serving.options", _one_line(exc)) from None
+        raise PlanError("serving.options", one_line_error(exc)) from None
 

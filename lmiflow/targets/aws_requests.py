@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from lmiflow.report.redact import MASK, is_secret_key, redact_text
+from lmiflow.redact import MASK, is_secret_key, redact_text
 
 
 class InvalidRequest(ValueError):
@@ -235,23 +235,27 @@ def _limits(shape: Any, value: Any, path: str) -> list[str]:
 
 # ---- the compact view -----------------------------------------------------------------------
 
-_SHOWN_KEYS = ("EndpointName", "EndpointConfigName", "ModelName", "Bucket", "Key", "Prefix",
-               "ResourceArn", "NameContains", "PartNumber")
+_NAME_KEYS = ("EndpointName", "EndpointConfigName", "ModelName")
 
 
 def compact_line(req: AwsRequest, width: int = 80) -> str:
-    """One line: operation and the names it acts on (the full request is in --json)."""
+    """One line: service, operation and what it acts on (the full request is in --json)."""
     p = req.params
-    bits = [f"{k}={p[k]}" for k in _SHOWN_KEYS if k in p]
+    if req.service == "s3":
+        what = f"s3://{p.get('Bucket', '')}/{p.get('Key', p.get('Prefix', ''))}"
+    elif "ResourceArn" in p:
+        what = str(p["ResourceArn"]).rsplit(":", 1)[-1]
+    elif "NameContains" in p:
+        what = f"{p['NameContains']}*"
+    else:
+        what = next((str(p[k]) for k in _NAME_KEYS if k in p), "")
     if req.operation == "CreateEndpointConfig":
         v = (p.get("ProductionVariants") or [{}])[0]
-        bits.append(f"{v.get('InstanceType')} x{v.get('InitialInstanceCount')}")
+        what += f" {v.get('InstanceType')} x{v.get('InitialInstanceCount')}"
     if req.operation == "CreateModel" and p.get("EnableNetworkIsolation"):
-        bits.append("network-isolated")
-    line = f"{req.service} {req.operation} " + " ".join(str(b) for b in bits)
-    if len(line) > width:
-        line = line[: width - 1] + "…"
-    return line
+        what += " (no network)"
+    line = f"{req.service} {req.operation} {what}".rstrip()
+    return line if len(line) <= width else line[: width - 1] + "…"
 
 
 def compact(reqs: Iterable[AwsRequest], width: int = 80) -> list[str]:

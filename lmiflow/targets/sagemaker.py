@@ -20,9 +20,8 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from lmiflow.errors import UserInputError
 from lmiflow.targets.aws_requests import AwsRequest, guard, method_name, validate
 from lmiflow.targets.base import (
     EndpointBusy,
@@ -30,10 +29,17 @@ from lmiflow.targets.base import (
     EndpointStatus,
     EndpointVariant,
     ModelPackage,
+    PlannedRun,
     Target,
     TrafficPolicy,
     check_name,
 )
+from lmiflow.targets.weights import ModelSource, WeightsPlan, s3_source
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from lmiflow.targets.staging import Progress, StagingReport
 
 logger = logging.getLogger(__name__)
 
@@ -333,8 +339,8 @@ class SageMakerTarget(Target):
         session: Any = None,
         poll_interval_s: float = 30,
         *,
-        vpc: dict | None = None,
         packaging: Literal["s3", "env"] = "s3",
+        vpc: dict | None = None,
         retry_mode: Literal["standard", "adaptive"] = "standard",
         max_attempts: int = 5,
         invoke_read_timeout_s: float = 75,
@@ -350,8 +356,8 @@ class SageMakerTarget(Target):
         self.role_arn = role_arn
         self.s3_uri = s3_uri
         self.credentials_block = credentials_block
-        self.vpc = vpc
         self.packaging = packaging
+        self.vpc = vpc
         self._session = session
         self.poll_interval_s = poll_interval_s
         self.retry_mode = retry_mode
@@ -442,10 +448,8 @@ class SageMakerTarget(Target):
         return load_catalog()
 
     def serving_model_id(self, model_id: str, local_dir: str | None) -> str:
-        if local_dir:
-            raise UserInputError("model.id", "a local directory cannot be served on SageMaker: "
-                                             "use a Hub id (or upload the weights and use "
-                                             "s3://...)")
+        """The Hub id the container downloads (a local directory is staged into S3 instead:
+        see weights.plan_weights, so it never gets here)."""
         return model_id
 
     def image_uri(self, backend: str, version: str | None, override: str | None) -> str:
@@ -471,14 +475,30 @@ class SageMakerTarget(Target):
 
     # -- staging and creation --
 
-    def package(self, name: str, properties: str) -> ModelPackage:
-        """s3: serving.properties uploaded under s3_uri; env: its options as OPTION_* variables
-        (no S3 upload)."""
-        if self.packaging == "env":
-            from lmiflow.serving.properties import parse, to_env
+    def package_plan(self, name: str, properties: str, weights: WeightsPlan | None = None
+                     ) -> tuple[ModelPackage, str | None]:
+        """(the package, the S3 folder serving.properties is uploaded to, if it is). Weights
+        in S3 (staged or an s3:// model): the container gets that prefix as /opt/ml/model and
+        the options as environment variables, since the prefix is shared by every config of
+        the model. env packaging: options as environment variables, nothing uploaded. s3
+        packaging: serving.properties in the model's own folder under s3_uri."""
+        from lmiflow.serving.properties import parse, to_env
 
-            return ModelPackage(env=to_env(parse(properties)))
-        return super().package(name, properties)
+        if weights is not None and weights.container_loads_from_s3 and weights.prefix:
+            return ModelPackage(model_data=weights.prefix, env=to_env(parse(properties))), None
+        if self.packaging == "env":
+            return ModelPackage(env=to_env(parse(properties))), None
+        if not self.s3_uri:
+            raise ValueError("target.s3_uri is required to stage files (or use packaging env)")
+        files = staged_files_prefix(self.s3_uri, name)
+        return ModelPackage(model_data=files), files
+
+    def package(self, name: str, properties: str, weights: WeightsPlan | None = None
+                ) -> ModelPackage:
+        pkg, upload = self.package_plan(name, properties, weights)
+        if upload:
+            self.stage(name, {"serving.properties": properties})
+        return pkg
 
     def stage(self, name: str, files: dict[str, str]) -> str:
         if not self.s3_uri:
@@ -553,6 +573,44 @@ class SageMakerTarget(Target):
         self.send(req)
         logger.info("updating endpoint %s to %s (%s)", name, config_name,
                     (policy or TrafficPolicy()).type)
+
+    # -- model weights --
+
+    def read_s3_model(self, uri: str) -> tuple[ModelSource, dict, int | None]:
+        return s3_source(self.s3, uri)
+
+    def stage_weights(self, weights: WeightsPlan, token: SecretStr | None,
+                      on_progress: Callable[[Progress], None] | None = None
+                      ) -> StagingReport | None:
+        if weights.delivery != "staged" or not weights.prefix:
+            return None
+        from lmiflow.targets.staging import stage
+
+        return stage(self.s3, weights.source, weights.prefix, token=token,
+                     on_progress=on_progress)
+
+    # -- the run's requests and the permissions they need --
+
+    def planned_requests(self, run: PlannedRun) -> list[AwsRequest]:
+        from lmiflow.targets.sagemaker_plan import deploy_requests
+
+        return deploy_requests(self, run)
+
+    def iam_policies(self, requests: list[AwsRequest]) -> tuple[dict, dict] | None:
+        if not self.role_arn:
+            return None
+        from lmiflow.targets.iam import execution_role_policy, runner_policy
+
+        return (runner_policy(requests, self.region, self.role_arn),
+                execution_role_policy(requests, self.region, self.role_arn))
+
+    def endpoint_arn(self, name: str) -> str:
+        """The endpoint's ARN as SageMaker writes it (lower case), in the execution role's
+        account: what a dry run shows without asking AWS."""
+        from lmiflow.targets.iam import account_of
+
+        partition, account = account_of(self.role_arn or "arn:aws:iam::000000000000:role/x")
+        return f"arn:{partition}:sagemaker:{self.region}:{account}:endpoint/{name.lower()}"
 
     # -- status --
 
@@ -711,7 +769,8 @@ class SageMakerTarget(Target):
 
     # -- production's baseline: s3_uri/<endpoint>/baseline.json --
 
-    def _baseline_key(self, endpoint: str) -> tuple[str, str]:
+    def baseline_location(self, endpoint: str) -> tuple[str, str]:
+        """(bucket, key) of production's baseline: s3_uri/<endpoint>/baseline.json."""
         check_name("endpoint", endpoint)
         bucket, prefix = _split_s3(self.s3_uri or "")
         return bucket, f"{prefix}{endpoint}/{BASELINE_FILE}"
@@ -719,9 +778,9 @@ class SageMakerTarget(Target):
     def load_baseline(self, endpoint: str) -> dict | None:
         if not self.s3_uri:
             return None
-        bucket, key = self._baseline_key(endpoint)
+        bucket, key = self.baseline_location(endpoint)
         try:
-            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            body = self.send(_request("s3", "GetObject", Bucket=bucket, Key=key))["Body"].read()
         except Exception as exc:
             if _error(exc)[0] in ("NoSuchKey", "404", "NotFound"):
                 return None
@@ -731,9 +790,9 @@ class SageMakerTarget(Target):
     def save_baseline(self, endpoint: str, data: dict) -> str | None:
         if not self.s3_uri:
             return None
-        bucket, key = self._baseline_key(endpoint)
-        self.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(data, indent=2, sort_keys=True)
-                           .encode(), ContentType="application/json")
+        bucket, key = self.baseline_location(endpoint)
+        self.send(put_object_request(f"s3://{bucket}/{key}", json.dumps(
+            data, indent=2, sort_keys=True).encode(), "application/json"))
         return f"s3://{bucket}/{key}"
 
     def list_endpoints(self) -> list[EndpointStatus]:

@@ -85,10 +85,13 @@ def listed(sm, models, configs, endpoints):
 
 
 def expect_update(sm, update_params=None):
-    """promote's first calls: describe production (with tags), the busy check, the update."""
+    """promote's first calls: describe production (with tags), delete the candidate endpoint
+    (its benchmark is done: blue and green are the only fleets during the update), the busy
+    check, the update."""
     ep = {"EndpointName": "prod"}
     sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
     sm.add_response("list_tags", {"Tags": []}, {"ResourceArn": ARN + "endpoint/prod"})
+    sm.add_response("delete_endpoint", {}, {"EndpointName": "prod-c-bbbbbbbb"})
     sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
     sm.add_response("update_endpoint", {"EndpointArn": ARN + "endpoint/prod"}, update_params)
 
@@ -118,8 +121,7 @@ def test_promote_updates_blue_green_smoke_tests_and_removes_old(target):
                     {"EndpointConfigName": "prod-ec-bbbbbbbb"})
     listed(sm, models=["prod-m-aaaaaaaa", "prod-m-bbbbbbbb"],
            configs=["prod-ec-aaaaaaaa", "prod-ec-bbbbbbbb"],
-           endpoints=["prod", "prod-c-bbbbbbbb", "prod-2"])
-    sm.add_response("delete_endpoint", {}, {"EndpointName": "prod-c-bbbbbbbb"})
+           endpoints=["prod", "prod-2"])
     sm.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "prod-ec-aaaaaaaa"})
     sm.add_response("delete_model", {}, {"ModelName": "prod-m-aaaaaaaa"})
     rt = Stubber(target.runtime)

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from lmiflow import lifecycle
+from lmiflow import lifecycle, pipeline
 from lmiflow.errors import UserInputError
 from lmiflow.pipeline import Candidate, Names
 from lmiflow.report.model import HostSettings, PromotionPlan
 from lmiflow.spec import DeploymentSpec
+from lmiflow.targets.weights import ModelSource, WeightsPlan
 from tests.core.memory_target import MemoryTarget
 
 NAMES = Names(production="prod", endpoint="prod-c-bbbbbbbb", endpoint_config="prod-ec-bbbbbbbb",
@@ -41,8 +42,13 @@ class Platform(MemoryTarget):
         return dict(self.fleet)
 
 
+WEIGHTS = WeightsPlan(source=ModelSource(kind="hub", id="org/model", access="public"),
+                      delivery="hub")
+
+
 def _candidate(plan=PLAN, host=None) -> Candidate:
-    return Candidate(properties="x=1\n", image_uri="img", names=NAMES, host=host, promotion=plan)
+    return Candidate(properties="x=1\n", image_uri="img", names=NAMES, weights=WEIGHTS,
+                     host=host, promotion=plan)
 
 
 def test_missing_alarm_stops_before_the_quota_is_even_asked():
@@ -103,5 +109,5 @@ def test_traffic_policy_carries_the_termination_wait():
         "workload": {"max_input_tokens": 8, "max_output_tokens": 8, "concurrency": 1},
         "promotion": {"strategy": "LINEAR", "linear_step_pct": 50, "termination_wait_s": 900,
                       "alarms": ["a"]}})
-    policy = lifecycle.traffic_policy(spec)
+    policy = pipeline.traffic_policy(spec)
     assert (policy.type, policy.linear_step_pct, policy.termination_wait_s) == ("LINEAR", 50, 900)

@@ -156,11 +156,16 @@ def test_compact_view_fits_80_columns_and_groups_by_step():
     ]
     lines = compact(reqs)
     assert lines[0] == "create_model:"
-    assert lines[1] == "  1. sagemaker CreateModel ModelName=prod-m-12345678"
+    assert lines[1] == "  1. sagemaker CreateModel prod-m-12345678"
     assert lines[2] == "create_endpoint:"
-    assert lines[3].startswith("  2. sagemaker DescribeEndpoint EndpointName=prod-c-12345678")
+    assert lines[3].startswith("  2. sagemaker DescribeEndpoint prod-c-12345678xxx")
+    assert lines[3].endswith("…")  # cut at 80 columns
     assert "(every 30 s until InService or Failed)" in lines[4]
     assert all(len(line) <= 80 for line in lines)
     variant = EndpointVariant(instance_type="ml.g5.12xlarge", instance_count=2)
     line = compact_line(create_endpoint_config_request("ec", "m", variant, {}))
-    assert line.endswith("EndpointConfigName=ec ml.g5.12xlarge x2")
+    assert line == "sagemaker CreateEndpointConfig ec ml.g5.12xlarge x2"
+    put = put_object_request("s3://bkt/p/m/serving.properties", b"x", "text/plain")
+    assert compact_line(put) == "s3 PutObject s3://bkt/p/m/serving.properties"
+    tags = req("ListTags", ResourceArn="arn:aws:sagemaker:us-east-1:1:endpoint/prod")
+    assert compact_line(tags) == "sagemaker ListTags endpoint/prod"
