@@ -59,6 +59,8 @@ def resolve_model(model: str, revision: str | None = None, exact_counts: bool = 
     """The ModelSpec for a path, a Hub id or a bundled snapshot name. token: the Hub token
     (default: HF_TOKEN)."""
     token = token or os.environ.get("HF_TOKEN") or None
+    if model.startswith("s3://"):
+        return _resolve_s3(model if model.endswith("/") else model + "/")
     if not model or any(c in model for c in "\r\n\x00"):
         raise UserInputError("model", "must be a path or a Hub id without line breaks")
     p = Path(model).expanduser()
@@ -96,6 +98,32 @@ def resolve_model(model: str, revision: str | None = None, exact_counts: bool = 
         if total:
             spec = with_exact_counts(spec, total)
     return ResolvedModel(spec=spec, source=f"hub:{model}@{revision or 'main'}")
+
+
+def resolved_from_s3(origin: ModelSource, cfg: dict, total: int | None) -> ResolvedModel:
+    """An s3:// model: its config.json, with the exact count from its safetensors headers."""
+    spec = spec_from_config(cfg)
+    if total and spec.quantization in (None, "fp8"):
+        spec = with_exact_counts(spec, total)
+    return ResolvedModel(spec=spec, source=f"s3:{origin.id}", origin=origin, note=origin.note)
+
+
+def _resolve_s3(uri: str) -> ResolvedModel:
+    """`lmiflow plan --model s3://...`: read the prefix with boto3's default credentials."""
+    import boto3
+
+    from lmiflow.targets.aws_requests import guard
+    from lmiflow.targets.weights import s3_source
+
+    try:
+        origin, cfg, total = s3_source(guard(boto3.Session().client("s3")), uri)
+    except UserInputError:
+        raise
+    except Exception as exc:
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise UserInputError("model", f"cannot read {uri} ({type(exc).__name__}: {first})"
+                             ) from None
+    return resolved_from_s3(origin, cfg, total)
 
 
 def _hub_resolvable() -> bool:

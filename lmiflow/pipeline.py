@@ -14,11 +14,10 @@ from pydantic import BaseModel
 
 from lmiflow import endpoint_plan
 from lmiflow.errors import UserInputError
-from lmiflow.model_source import HUB_ID_RE, ResolvedModel, resolve_model, spec_from_config
+from lmiflow.model_source import HUB_ID_RE, ResolvedModel, resolve_model, resolved_from_s3
 from lmiflow.report.model import HostSettings, PromotionPlan
 from lmiflow.serving.images import LmiImage
 from lmiflow.sizing.memory import DTypeChoice, MemoryBreakdown, resolve_dtypes, total_estimate
-from lmiflow.sizing.model_spec import with_exact_counts
 from lmiflow.sizing.planner import LatencyLimit, Plan, PlanRequest, plan
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets import configured_target
@@ -86,11 +85,7 @@ def fetch_config(spec: DeploymentSpec) -> ResolvedModel:
     token = hub_token(m.hf_token_secret)
     plain = token.get_secret_value() if token is not None else None
     if m.id.startswith("s3://"):
-        origin, cfg, total = target_for(spec).read_s3_model(m.id)
-        model_spec = spec_from_config(cfg)
-        if total and model_spec.quantization in (None, "fp8"):
-            model_spec = with_exact_counts(model_spec, total)
-        return ResolvedModel(spec=model_spec, source=f"s3:{m.id}", origin=origin, note=origin.note)
+        return resolved_from_s3(*target_for(spec).read_s3_model(m.id))
     origin = None
     if not Path(m.id).expanduser().exists() and HUB_ID_RE.match(m.id):
         try:  # access first: a gated repository must say so, not look unreachable

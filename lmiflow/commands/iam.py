@@ -17,18 +17,19 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from lmiflow import pipeline
     from lmiflow.errors import UserInputError
     from lmiflow.run_record import DirectSteps, RunRecord, plan_steps
     from lmiflow.spec import load_spec
     from lmiflow.targets.iam import TRUST_POLICY
 
     spec = load_spec(args.config)
+    if pipeline.target_for(spec).iam_policies([]) is None:  # before planning: nothing to ask
+        raise UserInputError("target.kind", f"{spec.target.kind} sends no AWS requests: no IAM "
+                             "policy to print (use a sagemaker config)")
     rec = RunRecord(spec, None)
     plan_steps(spec, rec, DirectSteps)
     r = rec.report
-    if not r.iam_policy:
-        raise UserInputError("target.kind", f"{spec.target.kind} sends no AWS requests: no IAM "
-                             "policy to print (use a sagemaker config)")
     doc = {"runner": r.iam_policy, "execution_role": r.execution_role_policy,
            "execution_role_trust": TRUST_POLICY}
     if args.json:

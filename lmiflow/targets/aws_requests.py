@@ -134,7 +134,7 @@ def guard(client: Any, on_request: Callable[[AwsRequest], None] | None = None) -
 def masked(req: AwsRequest) -> dict[str, Any]:
     """The parameters with every secret replaced by the fixed mask: members the service model
     marks sensitive, and values under a key that names a secret (an HF_TOKEN environment
-    variable). Bytes bodies are shown by their size, not their content."""
+    variable). A text body (JSON, serving.properties) is shown as text, other bytes by size."""
     shape = operation_model(req.service, req.operation).input_shape
     return _mask(req.params, shape)
 
@@ -144,8 +144,11 @@ def _mask(value: Any, shape: Any, key: str | None = None) -> Any:
         return MASK
     if key is not None and is_secret_key(key) and isinstance(value, str):
         return MASK
-    if isinstance(value, bytes | bytearray):
-        return f"<{len(value)} bytes>"
+    if isinstance(value, bytes | bytearray):  # a text body as its text, anything else by size
+        try:
+            return redact_text(bytes(value).decode("utf-8"))
+        except UnicodeDecodeError:
+            return f"<{len(value)} bytes>"
     if isinstance(value, Mapping):
         t = getattr(shape, "type_name", None)
         if t == "structure":

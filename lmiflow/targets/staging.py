@@ -298,7 +298,8 @@ def stage(
             return
         state["last"] = now
         elapsed = now - start
-        rate = state["uploaded"] / elapsed if elapsed > 0 and state["uploaded"] else None
+        # a rate (and an ETA) once there is a second of uploading to measure it on
+        rate = state["uploaded"] / elapsed if elapsed >= 1 and state["uploaded"] else None
         left = report.bytes_total - state["done"]
         on_progress(Progress(done_bytes=state["done"], total_bytes=report.bytes_total,
                              bytes_per_s=rate, eta_s=left / rate if rate else None,

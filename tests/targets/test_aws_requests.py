@@ -97,8 +97,10 @@ def test_masked_hides_secret_environment_and_shows_bodies_by_size():
                                                         "HF_TOKEN": "***"}
     assert r.params["PrimaryContainer"]["Environment"]["HF_TOKEN"] == TOKEN  # not mutated
     assert TOKEN not in str(r.shown())
-    put = put_object_request("s3://bkt/p/m/serving.properties", b"x" * 10, "text/plain")
-    assert masked(put)["Body"] == "<10 bytes>"
+    put = put_object_request("s3://bkt/p/m/serving.properties", b"option.x=1\n", "text/plain")
+    assert masked(put)["Body"] == "option.x=1\n"
+    binary = put_object_request("s3://bkt/p/m/w.bin", b"\xff\xfe" * 5, "application/x")
+    assert masked(binary)["Body"] == "<10 bytes>"
     # the report's form is itself valid for the service model
     validate(AwsRequest(service="sagemaker", operation="CreateModel", params=shown))
 

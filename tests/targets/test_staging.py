@@ -202,6 +202,7 @@ def test_part_size_grows_past_ten_thousand_parts():
 KILLED_CHILD = """
 import os, sys
 from pydantic import SecretStr
+from tests.aws_fakes import s3_client
 from lmiflow.targets.staging import StagingConfig, stage, MIB
 from lmiflow.targets.weights import hub_source
 token = SecretStr(os.environ["STAGE_TOKEN"])
