@@ -132,7 +132,6 @@ def overhead_terms(spec: ModelSpec, activation_dtype: str, tp: int, tokens: int,
     """
     act_b = DTYPE_BYTES[activation_dtype]
     step_tokens = min(MAX_BATCHED_TOKENS, max(tokens, 1) * max(concurrency, 1))
-    step_tokens = max(step_tokens, min(tokens, MAX_BATCHED_TOKENS))
     inter = spec.intermediate_size
     activations = int(step_tokens * (4 * spec.hidden_size + 2 * math.ceil(inter / tp)) * act_b)
     terms = {

@@ -152,3 +152,24 @@ def test_slo_and_regression_combine():
                  max_regression_pct=10)
     kinds = {(c.kind, c.passed) for c in v.checks}
     assert ("slo", True) in kinds and ("regression", False) in kinds and not v.passed
+
+
+def test_throughput_exactly_at_the_regression_limit_passes():
+    """The limit is inclusive: 50 % below a 200 tok/s baseline is 100 tok/s, and a candidate
+    at exactly 100 passes (>=); one a hair below fails. Same for latency at exactly +50 %."""
+    base = BenchResult(levels=[level(1, ttft=(100, 150, 200), tpot=(20, 25, 30), tps=200.0)])
+    at_limit = BenchResult(levels=[level(1, ttft=(150, 150, 200), tpot=(30, 25, 30),
+                                         tps=100.0)])
+    v = evaluate([], at_limit, baseline=base, max_regression_pct=50)
+    by_metric = {c.metric: c for c in v.checks}
+    tps = by_metric["output_tokens_per_s"]
+    assert (tps.op, tps.threshold, tps.observed, tps.baseline) == (">=", 100.0, 100.0, 200.0)
+    assert tps.passed and tps.margin == 0
+    assert by_metric["ttft_ms"].threshold == 150.0 and by_metric["ttft_ms"].passed
+    assert by_metric["tpot_ms"].threshold == 30.0 and by_metric["tpot_ms"].passed
+    assert v.passed
+    below = BenchResult(levels=[level(1, tps=99.99)])
+    v = evaluate([], below, baseline=base, max_regression_pct=50)
+    tps = next(c for c in v.checks if c.metric == "output_tokens_per_s")
+    assert not tps.passed and tps.margin == pytest.approx(-0.01)
+    assert not v.passed
