@@ -227,6 +227,7 @@ _KEYS: tuple[tuple[str, str], ...] = (
 _FIELD_BY_KEY = {key: field for field, key in _KEYS}
 _BOOL_FIELDS = {"trust_remote_code", "async_mode"}
 _INT_FIELDS = {
+    "tensor_parallel_degree",  # or "max"
     "pipeline_parallel_degree",
     "max_rolling_batch_size",
     "max_model_len",
@@ -246,12 +247,12 @@ def _typed(field: str, key: str, text: str) -> object:
         if low not in ("true", "false"):
             raise ValueError(f"value of {key}: true or false, got {text!r}")
         return low == "true"
+    if field == "tensor_parallel_degree" and text == "max":
+        return text
     if field in _INT_FIELDS:
         if not text.isdigit():
             raise ValueError(f"value of {key}: a whole number, got {text!r}")
         return int(text)
-    if field == "tensor_parallel_degree":
-        return text if text == "max" else _typed("max_model_len", key, text)
     if field == "gpu_memory_utilization":
         try:
             return float(text)
@@ -278,11 +279,12 @@ def parse(text: str) -> ServingProperties:
 
 
 def _one_line(exc: ValidationError) -> str:
+    """The first error, prefixed with its serving.properties key (messages about `extra`
+    entries and the whole model already name theirs)."""
     err = exc.errors()[0]
-    loc = err.get("loc", ())
-    field = str(loc[0]) if loc else ""
-    key = dict(_KEYS).get(field, field)
-    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    field = str(err["loc"][0]) if err["loc"] else ""
+    key = dict(_KEYS).get(field)
+    msg = str(err["msg"]).removeprefix("Value error, ")
     return f"{key}: {msg}" if key else msg
 
 
