@@ -190,7 +190,7 @@ def plan(spec: ModelSpec, req: PlanRequest, catalog: pd.DataFrame | None = None)
                         price is None or price * req.instance_count > req.max_usd_per_hour):
                     eligible = False
                     binding = "price"
-                    reason += (f"; excluded: ${(price or 0) * req.instance_count:.2f}/h over the "
+                    reason += (f"; excluded: ${price * req.instance_count:.2f}/h over the "
                                f"${req.max_usd_per_hour:.2f}/h ceiling" if price is not None
                                else "; excluded: no known price under a price ceiling")
             serve_dtype = dtypes.activations
@@ -261,8 +261,9 @@ def _choose(options: list[Option], req: PlanRequest,
         "tp": [o.tensor_parallel_degree for o in options],
         "need": [o.per_gpu_required_bytes for o in options],
     })
+    # A sort on several columns is stable: ties keep catalog order.
     df = df.sort_values(["eligible", "fits", "unpriced", "price", "tp", "maxc", "need"],
-                        ascending=[False, False, True, True, True, False, True], kind="stable")
+                        ascending=[False, False, True, True, True, False, True])
     order = df["i"].tolist()
     ranked = [options[i] for i in order]
     for rank, o in enumerate(ranked, 1):

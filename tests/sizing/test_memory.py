@@ -60,6 +60,7 @@ BF16 = DTypeChoice(weights="bf16", kv_cache="bf16", activations="bf16")
     ({}, "fp16", "auto", ("fp16", "fp16", "fp16")),
     ({"torch_dtype": "float16"}, "int8", "auto", ("int8", "fp16", "fp16")),
     ({}, "fp8", "auto", ("fp8", "bf16", "bf16")),
+    ({"torch_dtype": "float16"}, "bf16", "auto", ("bf16", "bf16", "bf16")),
     ({}, "auto", "fp8", ("bf16", "fp8", "bf16")),
     ({}, "fp16", "fp32", ("fp16", "fp32", "fp16")),
 ])
@@ -188,6 +189,11 @@ def test_overhead_terms_with_no_sequences_still_count_one_prefill():
     assert terms["sampler_logits"] == 0
 
 
+def test_overhead_terms_of_one_token_sequences():
+    terms = overhead_terms(toy(), "bf16", 1, 1, 3)
+    assert terms["prefill_activations"] == 3 * (4 * 256 + 2 * 512) * 2
+
+
 def test_overhead_terms_round_a_split_mlp_up():
     terms = overhead_terms(toy(intermediate_size=514), "bf16", 4, 10, 1)
     assert terms["prefill_activations"] == 10 * (4 * 256 + 2 * 129) * 2  # ceil(514 / 4)
@@ -227,7 +233,7 @@ def test_total_estimate_is_the_unsharded_copy():
 
 # ---- how many sequences fit ------------------------------------------------------------------
 
-def estimate(weights=1000, kv_per_seq=300, logits=40, concurrency=4, other=500):
+def estimate(weights=1000, kv_per_seq=300, logits=42, concurrency=4, other=500):
     terms = {"cuda_context": other, "sampler_logits": logits}
     return PerGpuEstimate(
         tensor_parallel_degree=1, concurrency=concurrency, tokens_per_sequence=10,
@@ -237,7 +243,7 @@ def estimate(weights=1000, kv_per_seq=300, logits=40, concurrency=4, other=500):
 
 
 @pytest.mark.parametrize(("usable", "expected"), [
-    # fixed: 1000 weights + 500 other overhead; each sequence: 300 KV + 40 / 4 logits
+    # fixed: 1000 weights + 500 other overhead; each sequence: 300 KV + 42 // 4 logits bytes
     (1500 + 3 * 310, 3),
     (1500 + 3 * 310 - 1, 2),
     (1500 + 310, 1),
@@ -250,13 +256,18 @@ def test_max_concurrency_counts_whole_sequences_in_what_is_left(usable, expected
 
 
 def test_max_concurrency_charges_the_logits_of_one_sequence_each():
-    assert max_concurrency(1500 + 2 * 340, estimate(concurrency=1)) == 2
+    one = estimate(concurrency=1, logits=40)
+    assert max_concurrency(1500 + 2 * 340, one) == 2
+    assert max_concurrency(1500 + 2 * 340 - 1, one) == 1
     assert max_concurrency(1500 + 2 * 340, estimate(concurrency=0, logits=40)) == 2
     # without a logits term the KV cache is all a sequence costs
-    e = estimate()
+    e = estimate(concurrency=1)
     e.overhead_terms = {"cuda_context": 500}
     e.overhead_bytes = 500
     assert max_concurrency(1500 + 2 * 300, e) == 2
+    assert max_concurrency(1500 + 2 * 300 - 1, e) == 1
+    # a sequence of one byte: as many as there are free bytes
+    assert max_concurrency(1500 + 7, estimate(kv_per_seq=1, logits=0)) == 7
 
 
 def test_max_concurrency_of_a_sequence_that_costs_nothing_is_zero_not_a_crash():

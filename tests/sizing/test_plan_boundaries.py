@@ -74,6 +74,9 @@ def test_weights_and_overhead_that_fill_the_gpu_leave_no_room_and_say_which():
     o = p.options[0]
     assert (o.binding, o.max_concurrency) == ("weights", 0)
     assert o.reason == "weights 0.0 GB per GPU > 0.0 GB usable (100% of 0.0 GB)"
+    # weights exactly fill the GPU: they fit; the runtime overhead is what does not
+    p = plan(toy(), request(1), catalog_with([row("ml.x.large", 1, 20_000_000, 1.0)]))
+    assert p.options[0].binding == "overhead"
     # weights fit, CUDA context + graphs + one prefill step do not
     p = plan(toy(), request(1), catalog_with([row("ml.x.large", 1, fixed(1) - 1, 1.0)]))
     o = p.options[0]
@@ -114,7 +117,8 @@ def test_multi_instance_plan_spreads_the_workload_over_instances():
     # the price ceiling applies to all instances together
     capped = plan(toy(), request(8, instance_count=2, max_usd_per_hour=2.9), cat)
     assert capped.chosen is None and capped.options[0].binding == "price"
-    assert capped.options[0].reason.endswith("; excluded: $3.00/h over the $2.90/h ceiling")
+    assert capped.options[0].reason == ("fits: 1 model copy of tp 1; holds 8 concurrent "
+                                        "requests; excluded: $3.00/h over the $2.90/h ceiling")
     assert plan(toy(), request(8, instance_count=2, max_usd_per_hour=3.0), cat).chosen
 
 
@@ -179,9 +183,9 @@ def test_unpriced_option_is_chosen_only_when_nothing_priced_fits():
 
 def test_no_instance_matches_the_constraints_names_them():
     cat = catalog_with([row("ml.a.large", 1, exactly(4), 1.0)])
-    p = plan(toy(), request(4, allow=["ml.z.*"]), cat)
+    p = plan(toy(), request(4, allow=["ml.z.*", "ml.y.*"]), cat)
     assert (p.chosen, p.options) == (None, [])
-    assert p.chosen_reason == "no instance type matches the constraints (allow: ml.z.*)"
+    assert p.chosen_reason == "no instance type matches the constraints (allow: ml.z.*, ml.y.*)"
     p = plan(toy(), request(4, instance_type="ml.q.large"), cat)
     assert p.chosen_reason == ("no instance type matches the constraints "
                                "(instance_type: ml.q.large)")
@@ -195,6 +199,7 @@ def test_context_limit_is_inclusive(tokens_in, binding):
                                 gpu_memory_utilization=1.0),
              catalog_with([row("ml.a.large", 1, 10**10, 1.0)]))
     assert p.options[0].binding == binding
+    assert (p.options[0].max_concurrency > 0) is (binding is None)
     if binding:
         assert p.chosen is None
         assert p.chosen_reason == ("context 4097 tokens exceeds the model's "
@@ -208,14 +213,74 @@ def test_t4_cannot_serve_fp8_weights():
     assert (o.fits, o.eligible, o.binding, o.max_concurrency) == (False, False, "dtype", 0)
     assert o.reason == "fp8 weights need an Ampere or newer GPU, not NVIDIA T4"
     p = plan(toy(), request(1), cat)  # a bf16 model runs there in fp16
-    assert p.chosen.dtype == "fp16" and p.chosen.reason.endswith(
-        "; served in fp16 (no bf16 on this GPU)")
+    room = (10**10 - fixed(1)) // PER_SEQUENCE  # fp16 activations are as big as bf16
+    assert p.chosen.dtype == "fp16" and p.chosen.reason == (
+        f"fits: 1 model copy of tp 1; holds {room} concurrent requests; served in fp16 "
+        "(no bf16 on this GPU)")
 
 
 def test_warnings_carry_the_estimate_and_dtype_notes():
-    s = toy().model_copy(update={"torch_dtype": None, "estimate_note": "not modelled exactly"})
+    s = toy().model_copy(update={"torch_dtype": None, "estimate_note": "not modelled exactly",
+                                 "architecture": "LlamaForCausalLM"})
     p = plan(s, request(1), catalog_with([row("ml.a.large", 1, 10**10, 1.0)]))
     assert p.warnings == ["not modelled exactly",
                           "torch_dtype unset: served in fp16 as vLLM's dtype=auto does"]
     assert p.model.kv_cache_bytes_per_token == 1024
     assert p.model.estimate_note == "not modelled exactly"
+    assert p.model.architecture == "LlamaForCausalLM"
+
+
+def test_kv_cache_dtype_is_planned_as_asked():
+    p = plan(toy(), request(1, kv_cache_dtype="fp8"),
+             catalog_with([row("ml.a.large", 1, 10**10, 1.0)]))
+    assert p.dtypes.kv_cache == "fp8" and p.model.kv_cache_bytes_per_token == 512
+    assert p.chosen.per_gpu["kv_cache_bytes"] == 1000 * 512
+
+
+def test_tp_that_cannot_split_the_heads_is_rejected_with_the_rule():
+    s = toy().model_copy(update={"num_attention_heads": 6, "num_kv_heads": 3})
+    p = plan(s, request(1), catalog_with([row("ml.x.4xlarge", 4, 10**10, 1.0)]))
+    by_tp = {o.tensor_parallel_degree: o for o in p.options}
+    assert (by_tp[4].binding, by_tp[4].reason, by_tp[4].max_concurrency) == (
+        "tp_rule", "6 attention heads not divisible by tp 4", 0)
+    assert (by_tp[2].binding, by_tp[2].reason) == (
+        "tp_rule", "3 KV heads and tp 2: neither divides the other")
+    assert by_tp[1].fits
+
+
+def test_tp_rule_kv_heads_may_divide_tp_or_tp_divide_them_and_mla_has_none():
+    from lmiflow.sizing.planner import tp_rule_violation
+
+    assert tp_rule_violation(toy(), 4) is None  # 2 KV heads, tp 4: each GPU holds a copy
+    assert tp_rule_violation(toy(), 2) is None
+    mla = toy().model_copy(update={"num_kv_heads": 3, "mla_kv_lora_rank": 8,
+                                   "mla_rope_head_dim": 2})
+    assert tp_rule_violation(mla, 2) is None
+
+
+def test_price_source_passes_through_and_uncertain_prices_are_flagged():
+    uncertain = row("ml.a.large", 1, 10**10, 1.0) | {"price_source": "training rate (uncertain)"}
+    p = plan(toy(), request(1), catalog_with([uncertain]))
+    assert p.chosen.price_source == "training rate (uncertain)"
+    assert p.chosen_reason == ("cheapest option that fits the workload: ml.a.large with tp 1 at "
+                               "$1.00/h (price uncertain: training rate (uncertain))")
+    unsourced = row("ml.a.large", 1, 10**10, 1.0) | {"price_source": None}
+    assert plan(toy(), request(1), catalog_with([unsourced])).chosen.price_source == ""
+
+
+def test_when_nothing_fits_the_reason_names_every_constraint_and_the_largest_instance():
+    cat = catalog_with([row("ml.big.large", 1, exactly(4) - 1, 1.0),
+                        row("ml.wide.4xlarge", 4, fixed(1) - 1, 2.0)])
+    p = plan(toy(), request(4, tensor_parallel_degree=1), cat)
+    assert p.chosen is None
+    # the 4-GPU instance has less memory per GPU but more in all: it is the largest
+    assert p.chosen_reason.startswith("no option fits: constraints hit: kv_cache, overhead; "
+                                      "even ml.wide.4xlarge fails (weights 0.0 GB + runtime ")
+
+
+def test_priced_out_options_that_fit_rank_before_those_that_do_not():
+    cat = catalog_with([row("ml.small.large", 1, exactly(4) - 1, 0.5),
+                        row("ml.b.large", 1, exactly(4), 2.0)])
+    p = plan(toy(), request(4, max_usd_per_hour=1.0), cat)
+    assert [(o.instance_type, o.fits, o.eligible) for o in p.options] == [
+        ("ml.b.large", True, False), ("ml.small.large", False, False)]
