@@ -112,13 +112,15 @@ def test_multi_instance_plan_spreads_the_workload_over_instances():
     assert o.concurrency_per_copy == 4
     assert o.max_concurrency == 8  # 4 per copy x 1 copy x 2 instances
     assert o.usd_per_hour == 3.0  # two instances at $1.50/h
-    assert o.reason == "fits: 1 model copy of tp 1; holds 8 concurrent requests"
-    assert two.chosen_reason.endswith("at $3.00/h")
+    assert o.reason == ("fits: 1 model copy of tp 1 on each of 2 instances; holds 8 "
+                        "concurrent requests (4 per copy)")
+    assert two.chosen_reason.endswith("ml.x.large x2 with tp 1 at $3.00/h")
     # the price ceiling applies to all instances together
     capped = plan(toy(), request(8, instance_count=2, max_usd_per_hour=2.9), cat)
     assert capped.chosen is None and capped.options[0].binding == "price"
-    assert capped.options[0].reason == ("fits: 1 model copy of tp 1; holds 8 concurrent "
-                                        "requests; excluded: $3.00/h over the $2.90/h ceiling")
+    assert capped.options[0].reason == (
+        "fits: 1 model copy of tp 1 on each of 2 instances; holds 8 concurrent requests "
+        "(4 per copy); excluded: $3.00/h over the $2.90/h ceiling")
     assert plan(toy(), request(8, instance_count=2, max_usd_per_hour=3.0), cat).chosen
 
 
@@ -128,7 +130,8 @@ def test_multi_gpu_instance_holds_a_copy_per_gpu_and_reports_idle_gpus():
     p = plan(toy(), request(8, allow=["ml.x.2xlarge"], tensor_parallel_degree=1), cat)
     o = p.chosen
     assert (o.model_copies, o.concurrency_per_copy, o.max_concurrency) == (2, 4, 8)
-    assert o.reason == "fits: 2 model copies of tp 1 use all 2 GPUs; holds 8 concurrent requests"
+    assert o.reason == ("fits: 2 model copies of tp 1 use all 2 GPUs; holds 8 concurrent "
+                        "requests (4 per copy)")
     p = plan(toy(), request(8, allow=["ml.x.3xlarge"], tensor_parallel_degree=2), cat)
     o = p.chosen
     assert (o.model_copies, o.tensor_parallel_degree, o.concurrency_per_copy) == (1, 2, 8)
@@ -169,7 +172,9 @@ def test_only_priced_options_fit_none_under_the_ceiling():
         "ml.b.large": "excluded: $2.00/h over the $1.00/h ceiling",
         "ml.d.large": "excluded: no known price under a price ceiling"}
     assert p.chosen_reason == ("2 option(s) fit in memory but none meets the price ceiling "
-                               "$1.0/h; the cheapest fitting is ml.b.large (tp 1)")
+                               "$1.0/h; the cheapest fitting is ml.b.large (tp 1): fits: 1 "
+                               "model copy of tp 1; holds 4 concurrent requests; excluded: "
+                               "$2.00/h over the $1.00/h ceiling")
 
 
 def test_unpriced_option_is_chosen_only_when_nothing_priced_fits():
