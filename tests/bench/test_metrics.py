@@ -254,8 +254,8 @@ def test_no_window_without_ends_or_with_zero_length():
 
 def test_token_count_mismatches_count_only_disagreements():
     lv = compute_level([rec(0.0, [0.1, 0.2], reported=2), rec(0.0, [0.1], reported=3),
-                        rec(0.0, [0.1])], 1)
-    assert (lv.token_count_checked, lv.token_count_mismatches) == (2, 1)
+                        rec(0.0, [0.1], reported=0), rec(0.0, [0.1])], 1)
+    assert (lv.token_count_checked, lv.token_count_mismatches) == (3, 2)
 
 
 def test_goodput_with_a_gate_for_this_level_and_its_settings_pass_through():

@@ -104,13 +104,13 @@ class Production:
 @pytest.fixture(scope="module")
 def production(prefect_harness, demo_model, tmp_path_factory):
     """Deployed once; each failure-path test runs a failing candidate of the same endpoint."""
-    from lmiflow.tasks import steps
+    from lmiflow import pipeline
 
     state_dir = tmp_path_factory.mktemp("prod-state")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LMIFLOW_STATE_DIR", str(state_dir))
         mp.setenv("LMIFLOW_RETRY_BASE_S", "0.01")
-        steps._target.cache_clear()
+        pipeline._target.cache_clear()
         prod = Production(state_dir, demo_model)
         state, report = run(make_spec(demo_model, name=prod.name),
                             tmp_path_factory.mktemp("prod-report"))
@@ -126,7 +126,7 @@ def production(prefect_harness, demo_model, tmp_path_factory):
         finally:
             for ep in prod.target.list_endpoints():  # never leave a server running
                 prod.target.delete_endpoint(ep.name)
-            steps._target.cache_clear()
+            pipeline._target.cache_clear()
 
 
 def test_wait_that_exceeds_its_timeout(production, tmp_path):

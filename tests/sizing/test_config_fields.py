@@ -44,6 +44,9 @@ def quant(q) -> tuple:
     ({"quant_method": "compressed-tensors", "format": "int-quantized"}, ("int8", None)),
     ({"quant_method": "awq", "bits": 4, "group_size": 128}, ("int4", 128)),
     ({"quant_method": "awq", "w_bit": 4, "q_group_size": 64}, ("int4", 64)),
+    ({"quant_method": "awq", "w_bit": 8, "q_group_size": 64}, ("int8", 64)),
+    ({"quant_method": "awq"}, ("int4", 128)),
+    ({"quant_method": "bitblas", "bits": 4}, ("int4", 128)),
     ({"quant_method": "gptq", "bits": 8, "group_size": 32}, ("int8", 32)),
     ({"quant_method": "gptq", "bits": 4, "group_size": "64"}, ("int4", 64)),
     ({"quant_method": "marlin"}, ("int4", 128)),
@@ -111,6 +114,7 @@ def tiny(**over):
     ({"qkv_bias": True}, 8 + 2 * 4, EMBED),
     ({"attention_bias": True}, 8 + 2 * 4 + 8, EMBED),  # and the o bias
     ({"model_type": "qwen3"}, 2 * 4, EMBED),  # q_norm, k_norm
+    ({"model_type": "qwen3_moe"}, 2 * 4, EMBED),
     ({"model_type": "gemma2"}, 2 * 8, EMBED // 2),  # 4 norms a layer; tied embeddings
     ({"mlp_bias": True}, 2 * 16 + 8, EMBED),
     ({"tie_word_embeddings": True}, 0, EMBED // 2),
@@ -135,13 +139,13 @@ def test_mixtral_style_moe_counts_every_expert_and_activates_top_k():
 
 def test_deepseek_v3_moe_shared_expert_router_bias_and_first_dense_layers():
     s = tiny(model_type="deepseek_v3", n_routed_experts=4, num_experts_per_tok=2,
-             moe_intermediate_size=6, n_shared_experts=1, first_k_dense_replace=1)
-    expert = 3 * 8 * 6
+             moe_intermediate_size=6, n_shared_experts=2, first_k_dense_replace=1)
+    expert, shared = 3 * 8 * 6, 3 * 8 * (6 * 2)  # two shared experts act as one twice as wide
     router = 8 * 4 + 4  # weights and e_score_correction_bias
     dense_layer = ATTN + MLP + NORMS
-    moe_layer = ATTN + 4 * expert + expert + router + NORMS  # routed + one shared expert
+    moe_layer = ATTN + 4 * expert + shared + router + NORMS
     assert s.parameters == dense_layer + moe_layer + EMBED + FINAL_NORM
-    active_moe = ATTN + 2 * expert + expert + router + NORMS
+    active_moe = ATTN + 2 * expert + shared + router + NORMS
     assert s.active_parameters == dense_layer + active_moe + EMBED + FINAL_NORM
 
 
@@ -179,6 +183,7 @@ def test_mla_rope_dim_defaults_to_64_and_needs_deepseek():
              qk_rope_head_dim=2, v_head_dim=4)
     assert s.mla_rope_head_dim == 2
     assert not tiny(kv_lora_rank=3).is_mla  # a llama with the key is not MLA
+    assert tiny().mla_rope_head_dim is None
 
 
 # ---- field names across config styles -----------------------------------------------------------
@@ -240,6 +245,9 @@ def test_tied_embeddings_default_on_for_gemma_and_read_from_the_wrapper():
     assert not tiny().tie_word_embeddings
     wrapped = {"model_type": "llava", "tie_word_embeddings": True, "text_config": dict(TINY)}
     assert parse_model_config(wrapped).tie_word_embeddings
+    inner_wins = {"model_type": "llava", "tie_word_embeddings": True,
+                  "text_config": {**TINY, "tie_word_embeddings": False}}
+    assert not parse_model_config(inner_wins).tie_word_embeddings
 
 
 @pytest.mark.parametrize(("over", "window", "layers"), [

@@ -9,15 +9,13 @@ import pytest
 from botocore.exceptions import ClientError
 from lmiflow.tasks import common
 from lmiflow.tasks.common import (
-    StepFailed,
-    TransientError,
     artifact_key,
     backoff_s,
     is_transient,
     retry_transient,
 )
 
-from lmiflow.errors import UserInputError
+from lmiflow.errors import StepFailed, UserInputError
 from lmiflow.targets.base import WaitTimeout
 
 
@@ -97,7 +95,6 @@ def test_client_error_without_error_or_metadata_is_permanent():
 
 
 @pytest.mark.parametrize("exc", [
-    TransientError("server restarting"),
     ConnectionError("reset"), ConnectionResetError("reset by peer"),
     ConnectionRefusedError("refused"),
     TimeoutError("read timed out"),
