@@ -33,7 +33,11 @@ PACKAGE_DIRS = {"lmiflow": "lmiflow", "sizing": "lmiflow/sizing", "tasks": "lmif
 # Data the code and tests read relative to their own files: configs/ beside the tests
 # (tests/.../parents[2]) and beside the package (sizing/catalog.py: parents[1]).
 DATA_DIRS = {"configs": ("configs", "lmiflow/configs")}
-KILLED = {1, 3}  # mutmut exit codes counted as killed (test failure, pytest internal error)
+# mutmut's exit codes: a test failed (1, 3) or the mutant made the tests hang past mutmut's
+# timeout (an endless loop: CI would fail it too) count as detected; survived (0), no test
+# reached it (33), suspicious or crashed count against the score.
+KILLED = {1, 3}
+TIMEOUT = {36, -24, 24, 152, 255}
 SURVIVED = 0
 
 
@@ -82,13 +86,20 @@ def changed_lines(name: str) -> list[str]:
             if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
 
 
+def row(name: str, c: Counter) -> str:
+    score = (c["killed"] + c["hung"]) / c["checked"]
+    return (f"{name:<34} {c['checked']:>7} {c['killed']:>6} {c['hung']:>4} {c['alive']:>5} "
+            f"{c['other']:>5} {score:>6.1%}")
+
+
 def report() -> bool:
     """Print the score per module and the survivors; True when the core score is >= 90 %."""
     res = results()
     if not res:
         print("no mutmut results in .mutate/mutants: run without --report first")
         return False
-    print(f"\n{'module':<34} {'mutants':>7} {'killed':>6} {'alive':>5} {'other':>5} {'score':>6}")
+    print(f"\n{'module':<34} {'mutants':>7} {'killed':>6} {'hung':>4} {'alive':>5} "
+          f"{'other':>5} {'score':>6}")
     total = Counter()
     alive: dict[str, list[str]] = defaultdict(list)
     for path, codes in res.items():
@@ -100,6 +111,8 @@ def report() -> bool:
             c["checked"] += 1
             if code in KILLED:
                 c["killed"] += 1
+            elif code in TIMEOUT:
+                c["hung"] += 1
             elif code == SURVIVED:
                 c["alive"] += 1
                 alive[path].append(name)
@@ -109,15 +122,12 @@ def report() -> bool:
         if not c["checked"]:
             continue
         total.update(c)
-        score = c["killed"] / c["checked"]
-        print(f"{path:<34} {c['checked']:>7} {c['killed']:>6} {c['alive']:>5} {c['other']:>5} "
-              f"{score:>6.1%}")
+        print(row(path, c))
     if not total["checked"]:
         print("nothing was checked")
         return False
-    score = total["killed"] / total["checked"]
-    print(f"{'all core modules':<34} {total['checked']:>7} {total['killed']:>6} "
-          f"{total['alive']:>5} {total['other']:>5} {score:>6.1%}")
+    print(row("all core modules", total))
+    score = (total["killed"] + total["hung"]) / total["checked"]
     if total["unchecked"]:
         print(f"({total['unchecked']} mutants not checked in this run)")
     if alive:

@@ -70,7 +70,7 @@ def clock(monkeypatch):
     monkeypatch.setattr(lifecycle.time, "monotonic", lambda: next(ticks))
 
 
-def test_create_model_hands_the_package_image_and_tags_to_the_target():
+def test_create_model_hands_the_package_image_and_tags_to_the_target(caplog):
     t = Recorder()
     candidate = Candidate(properties="option.x=1\n", image_uri="img:1", names=NEW)
     created = lifecycle.create_model(t, candidate, TAGS)
@@ -78,6 +78,17 @@ def test_create_model_hands_the_package_image_and_tags_to_the_target():
         ("package", NEW.model, "option.x=1\n"),
         ("create_model", NEW.model, f"mem://{NEW.model}/", "img:1", {"OPTION_X": "1"}, TAGS)]
     assert created == lifecycle.CreatedModel(model=NEW.model, model_data=f"mem://{NEW.model}/")
+    assert caplog.messages == []
+
+
+def test_create_model_says_which_leftovers_it_removed(caplog):
+    t = Recorder()
+    t.deployed(OLD.endpoint, OLD.endpoint_config, OLD.model)
+    with caplog.at_level("WARNING", logger="lmiflow.lifecycle"):
+        lifecycle.create_model(t, Candidate(properties="", image_uri=None, names=NEW), {})
+    assert caplog.messages == [
+        f"removed leftovers of an earlier run: endpoint {OLD.endpoint}, endpoint_config "
+        f"{OLD.endpoint_config}, model {OLD.model}"]
 
 
 def test_configure_endpoint_sizes_the_variant_from_the_plan():
