@@ -289,3 +289,42 @@ def test_priced_out_options_that_fit_rank_before_those_that_do_not():
     p = plan(toy(), request(4, max_usd_per_hour=1.0), cat)
     assert [(o.instance_type, o.fits, o.eligible) for o in p.options] == [
         ("ml.b.large", True, False), ("ml.small.large", False, False)]
+
+
+# ---- scale-out to max_instance_count (memory-bound) ----------------------------------------------
+
+ROOM = 16_384_000  # what 4 more 1000-token sequences add to one prefill step (4000 x 2048 x 2)
+
+
+def test_scale_out_adds_instances_until_the_kv_cache_holds_the_workload():
+    """Eight requests on one GPU that holds four of them with room to spare: two instances."""
+    cat = catalog_with([row("ml.x.large", 1, exactly(4) + ROOM, 1.5)])
+    o = plan(toy(), request(8, max_instance_count=3), cat).chosen
+    assert (o.instance_count, o.concurrency_per_copy) == (2, 4)
+    room = (exactly(4) + ROOM - fixed(4)) // PER_SEQUENCE
+    assert (o.max_concurrency_per_copy, o.max_concurrency) == (room, room * 2)
+    assert o.usd_per_hour == 3.0
+    assert o.reason == (f"fits: 1 model copy of tp 1 on each of 2 instances; holds {room * 2} "
+                        f"concurrent requests ({room} per copy)")
+
+
+def test_scale_out_stops_at_max_instance_count():
+    cat = catalog_with([row("ml.x.large", 1, exactly(4) + ROOM, 1.5)])
+    assert plan(toy(), request(8, max_instance_count=2), cat).chosen.instance_count == 2
+    capped = plan(toy(), request(12, max_instance_count=2), cat).options[0]
+    assert (capped.binding, capped.instance_count) == ("kv_cache", 1)  # needs 3 instances
+    p = plan(toy(), request(40, instance_count=2, max_instance_count=2), cat)
+    o = p.options[0]
+    assert o.binding == "kv_cache" and o.instance_count == 2
+    assert o.reason.startswith("KV cache: room for ") and o.reason.endswith(" on 2 instances")
+
+
+def test_predicted_throughput_and_cost_follow_from_the_predicted_latency():
+    """Throughput: every request's output tokens per end-to-end latency; cost: the hourly
+    price over an hour of that throughput."""
+    o = plan(toy(), request(4), catalog_with([row("ml.x.large", 1, exactly(4), 1.8)])).chosen
+    pred = o.predicted
+    assert pred is not None and pred.terms_ms
+    assert pred.output_tokens_per_s == pytest.approx(4 * 100 / (pred.e2e_ms / 1000))
+    assert o.usd_per_1m_output_tokens == pytest.approx(
+        1.8 / (pred.output_tokens_per_s * 3600) * 1e6)
