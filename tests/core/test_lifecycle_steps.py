@@ -184,8 +184,16 @@ def test_teardown_deletes_a_production_config_that_is_not_candidate_named():
     assert t.list_resources("prod") == {"models": [], "endpoint_configs": [], "endpoints": []}
 
 
+class StrictNames(MemoryTarget):
+    """Like SageMaker, refuses to look up a config without a name."""
+
+    def config_model_name(self, config_name):
+        assert config_name is not None, "DescribeEndpointConfig needs a name"
+        return super().config_model_name(config_name)
+
+
 def test_teardown_without_production_removes_candidates_only():
-    t = MemoryTarget()
+    t = StrictNames()
     t.deployed(OLD.endpoint, OLD.endpoint_config, OLD.model)
     assert lifecycle.teardown(t, "prod") == [
         f"endpoint {OLD.endpoint}", f"endpoint_config {OLD.endpoint_config}",
