@@ -10,6 +10,7 @@ tests judge them is `[tool.mutmut]` in pyproject.toml.
     python scripts/mutate.py                      # every core module, then the score
     python scripts/mutate.py 'lmiflow.sizing.memory.*'   # a subset (mutmut name globs)
     python scripts/mutate.py --report             # the score of the last run, no rerun
+    python scripts/mutate.py --stage /tmp/m ...   # lay the copy out elsewhere
 
 Prints the score per module and every surviving mutant (file, function, the changed lines).
 """
@@ -41,41 +42,41 @@ TIMEOUT = {36, -24, 24, 152, 255}
 SURVIVED = 0
 
 
-def stage() -> None:
+def lay_out(stage: Path) -> None:
     """A fresh copy of the repository laid out as the package imports it."""
-    shutil.rmtree(STAGE, ignore_errors=True)
+    shutil.rmtree(stage, ignore_errors=True)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
     for src, dst in PACKAGE_DIRS.items():
-        shutil.copytree(ROOT / src, STAGE / dst, ignore=ignore, dirs_exist_ok=True)
+        shutil.copytree(ROOT / src, stage / dst, ignore=ignore, dirs_exist_ok=True)
     for src, dsts in DATA_DIRS.items():
         for dst in dsts:
-            shutil.copytree(ROOT / src, STAGE / dst, ignore=ignore, dirs_exist_ok=True)
-    shutil.copytree(ROOT / "tests", STAGE / "tests", ignore=ignore)
-    shutil.copy2(ROOT / "pyproject.toml", STAGE / "pyproject.toml")
+            shutil.copytree(ROOT / src, stage / dst, ignore=ignore, dirs_exist_ok=True)
+    shutil.copytree(ROOT / "tests", stage / "tests", ignore=ignore)
+    shutil.copy2(ROOT / "pyproject.toml", stage / "pyproject.toml")
 
 
-def run_mutmut(names: list[str], children: int) -> int:
+def run_mutmut(stage: Path, names: list[str], children: int) -> int:
     mutmut = Path(sys.executable).with_name("mutmut")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [str(mutmut), "run", "--max-children", str(children), *names]
-    return subprocess.run(cmd, cwd=STAGE, env=env).returncode
+    return subprocess.run(cmd, cwd=stage, env=env).returncode
 
 
-def results() -> dict[str, dict[str, int | None]]:
+def results(stage: Path) -> dict[str, dict[str, int | None]]:
     """{file: {mutant name: exit code}} from mutmut's .meta files."""
     out = {}
-    for meta in sorted((STAGE / "mutants").rglob("*.py.meta")):
-        rel = meta.relative_to(STAGE / "mutants").as_posix().removesuffix(".meta")
+    for meta in sorted((stage / "mutants").rglob("*.py.meta")):
+        rel = meta.relative_to(stage / "mutants").as_posix().removesuffix(".meta")
         out[rel] = json.loads(meta.read_text())["exit_code_by_key"]
     return out
 
 
-def changed_lines(name: str) -> list[str]:
+def changed_lines(stage: Path, name: str) -> list[str]:
     """The lines a mutant changes (mutmut's own diff, without its headers)."""
     from mutmut.mutation.diff_apply import get_diff_for_mutant
 
     cwd = os.getcwd()
-    os.chdir(STAGE)
+    os.chdir(stage)
     try:
         diff = get_diff_for_mutant(name)
     except Exception as exc:  # a missing or odd mutant must not hide the others
@@ -92,9 +93,9 @@ def row(name: str, c: Counter) -> str:
             f"{c['other']:>5} {score:>6.1%}")
 
 
-def report() -> bool:
+def report(stage: Path) -> bool:
     """Print the score per module and the survivors; True when the core score is >= 90 %."""
-    res = results()
+    res = results(stage)
     if not res:
         print("no mutmut results in .mutate/mutants: run without --report first")
         return False
@@ -137,7 +138,7 @@ def report() -> bool:
                 code = res[path][name]
                 status = "" if code == SURVIVED else f" [exit {code}: not a kill]"
                 print(f"\n{name}{status}")
-                for ln in changed_lines(name):
+                for ln in changed_lines(stage, name):
                     print(f"    {ln.strip()[:110]}")
     return score >= 0.9
 
@@ -147,14 +148,17 @@ def main() -> int:
     ap.add_argument("names", nargs="*", help="mutant name globs, e.g. 'lmiflow.sizing.memory.*'")
     ap.add_argument("--report", action="store_true", help="print the last run's score only")
     ap.add_argument("--children", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--stage", type=Path, default=STAGE,
+                    help=f"where to lay out the copy (default {STAGE.name}/ in the repository)")
     args = ap.parse_args()
+    stage = args.stage.resolve()
     if not args.report:
-        stage()
-        rc = run_mutmut(args.names, args.children)
+        lay_out(stage)
+        rc = run_mutmut(stage, args.names, args.children)
         if rc:
             print(f"mutmut exited {rc}")
             return rc
-    return 0 if report() else 1
+    return 0 if report(stage) else 1
 
 
 if __name__ == "__main__":
