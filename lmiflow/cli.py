@@ -12,7 +12,7 @@ import textwrap
 from lmiflow.errors import UserInputError
 
 COMMANDS = ("plan", "deploy", "iam", "bench", "endpoints", "demo_model", "calibrate",
-            "report_schema")
+            "report_schema", "images")
 
 
 DESCRIPTION = """\

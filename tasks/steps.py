@@ -30,7 +30,7 @@ from lmiflow.model_source import ResolvedModel
 from lmiflow.pipeline import Candidate, MemoryEstimate, Names, target_for
 from lmiflow.redact import redact_text
 from lmiflow.report.digest import digest
-from lmiflow.report.model import Promotion, RunReport, SmokeTest
+from lmiflow.report.model import Promotion, PromotionPlan, RunReport, SmokeTest
 from lmiflow.report.outcome import ProductionState, explain_check, figure, sig
 from lmiflow.run_record import write_report
 from lmiflow.spec import DeploymentSpec
@@ -115,16 +115,11 @@ def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Pla
 # ---- the weights ------------------------------------------------------------------------------
 
 @step_task("stage_weights")
-def stage_weights(spec: DeploymentSpec, weights: WeightsPlan, names: Names
-                  ) -> StagingReport | None:
+def stage_weights(spec: DeploymentSpec, weights: WeightsPlan) -> StagingReport | None:
     """Copy the weights into S3 when the plan says so (resumable: a retry skips what is
-    there), with a progress artifact and a line in the log every 10 %. The first step that
-    creates anything, so it checks first that the target lets us act (credentials, region,
-    permissions): a UI or scheduled run has no CLI to do that for it."""
+    there), with a progress artifact and a line in the log every 10 %."""
     log = get_run_logger()
     target = target_for(spec)
-    for note in target.preflight(target.deploy_needs(spec.name, names.model_dump())):
-        log.info(note)
     plan_text = "\n".join(f"- {line}" for line in weights.summary())
     if weights.delivery != "staged":
         _md(spec, "stage_weights", f"# Weights: nothing to stage\n\n{plan_text}\n")
@@ -152,6 +147,17 @@ def stage_weights(spec: DeploymentSpec, weights: WeightsPlan, names: Names
 
 # ---- the candidate ---------------------------------------------------------------------------
 
+@step_task("preflight")
+def preflight(spec: DeploymentSpec, candidate: Candidate) -> PromotionPlan | None:
+    plan = lifecycle.preflight(target_for(spec), candidate)
+    if plan is not None:
+        peak = ", ".join(f"{n} x {t}" for t, n in plan.peak_instances.items())
+        _md(spec, "preflight", f"# Before anything is created\n\nrollback alarms: "
+            f"{', '.join(plan.alarms) or 'none'} (all exist)\n\npeak fleet: {peak} "
+            f"({plan.peak_assumption}), within the account's quotas\n")
+    return plan
+
+
 @step_task("create_model")
 def create_model(spec: DeploymentSpec, candidate: Candidate, tags: dict[str, str]
                  ) -> CreatedModel:
@@ -166,9 +172,10 @@ def create_model(spec: DeploymentSpec, candidate: Candidate, tags: dict[str, str
 
 
 @step_task("configure_endpoint")
-def configure_endpoint(spec: DeploymentSpec, names: Names, p: Plan, tags: dict[str, str]
-                       ) -> EndpointVariant:
-    variant = lifecycle.configure_endpoint(target_for(spec), names, p, tags)
+def configure_endpoint(spec: DeploymentSpec, candidate: Candidate, p: Plan,
+                       tags: dict[str, str]) -> EndpointVariant:
+    names = candidate.names
+    variant = lifecycle.configure_endpoint(target_for(spec), candidate, p, tags)
     _md(spec, "configure_endpoint", f"# Endpoint config `{names.endpoint_config}`\n\n"
         f"```json\n{json.dumps(variant.model_dump(exclude_none=True), indent=2)}\n```\n")
     return variant

@@ -30,6 +30,7 @@ from typing import Any
 
 from lmiflow.targets.base import (
     EndpointBusy,
+    EndpointLock,
     EndpointStatus,
     EndpointVariant,
     Target,
@@ -49,6 +50,18 @@ log = logging.getLogger(__name__)
 
 FILE_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 DEFAULT_STARTUP_TIMEOUT_S = 900
+
+
+class _FileEndpointLock(EndpointLock):
+    def __init__(self, lock: Any):
+        self.lock = lock
+
+    def __enter__(self) -> _FileEndpointLock:
+        self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
 
 
 class InvocationError(RuntimeError):
@@ -136,13 +149,16 @@ class LocalTarget(Target):
         self.state_dir.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.state_dir / "registry.json.lock"), timeout=60)
 
-    def endpoint_lock(self, name: str, timeout: float = -1):
-        """A file lock (context manager) that serializes deploys of one endpoint across
-        processes. timeout=-1 waits forever; otherwise filelock.Timeout is raised."""
+    def endpoint_lock(self, name: str, run_id: str | None = None,
+                      timeout: float = -1) -> EndpointLock:
+        """A file lock that serializes deploys of one endpoint across processes of this
+        machine (the only place local endpoints live); the OS drops a dead process's lock, so
+        it cannot be lost while held. timeout=-1 waits forever; otherwise filelock.Timeout."""
         from filelock import FileLock
 
         check_name("endpoint", name)
-        return FileLock(str(self._dir("locks") / f"{name}.lock"), timeout=timeout)
+        return _FileEndpointLock(FileLock(str(self._dir("locks") / f"{name}.lock"),
+                                          timeout=timeout))
 
     def _read(self) -> dict[str, dict[str, Any]]:
         try:

@@ -18,6 +18,7 @@ from typing import Any
 from lmiflow.redact import MASK
 from lmiflow.targets.aws_requests import AwsRequest
 from lmiflow.targets.base import PlannedRun
+from lmiflow.targets.s3_lease import planned_lease_requests
 from lmiflow.targets.staging import StagingConfig, planned_requests
 from lmiflow.targets.weights import s3_read_requests
 
@@ -60,16 +61,25 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
                     ) -> list[AwsRequest]:
     """The requests of one deploy on `target` (a SageMakerTarget), in the order they are sent."""
     from lmiflow.targets.sagemaker import (
+        _split_s3,
         create_endpoint_config_request,
         create_endpoint_request,
         create_model_request,
+        lease_key,
         lmi_image_uri,
         put_object_request,
         update_endpoint_request,
     )
 
     w = run.weights
-    out: list[AwsRequest] = preflight_requests(target, run)
+    out: list[AwsRequest] = []
+    lease_release: list[AwsRequest] = []
+    if target.s3_uri:
+        bucket, prefix = _split_s3(target.s3_uri)
+        take, lease_release = planned_lease_requests(
+            bucket, lease_key(prefix, run.production), target.lease_ttl_s)
+        out += take
+    out += access_requests(target, run) + preflight_requests(target, run)
     if w.source.kind == "s3":
         out += s3_read_requests(w.source)
     if w.delivery == "staged" and w.prefix:
@@ -109,6 +119,9 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
                       Bucket=bucket, Key=key))
 
     out += describe_production("promote", run.production, target)[:2]
+    out.append(_r("promote", "sagemaker", "DeleteEndpoint",
+                  "before production changes (its benchmark is done): at most two fleets",
+                  EndpointName=run.endpoint))
     out.append(create_endpoint_request(run.production, run.endpoint_config, run.tags)
                .model_copy(update={"step": "promote",
                                    "when": "on the first deploy: no production yet"}))
@@ -137,11 +150,11 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
            EndpointConfigName=run.endpoint_config),
         _r("cleanup", "sagemaker", "DeleteModel", not_promoted, ModelName=run.model),
     ]
-    return out + report_requests(target, run)
+    return out + lease_release + report_requests(target, run)
 
 
-def preflight_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
-    """aws_preflight: who calls, and may it (before the first step that creates anything)."""
+def access_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
+    """aws_preflight: who calls, and may it (the preflight step's first question)."""
     from lmiflow.targets.iam import account_of
 
     names = {"endpoint": run.endpoint, "endpoint_config": run.endpoint_config,
@@ -150,11 +163,11 @@ def preflight_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
     partition, account = account_of(target.role_arn) if target.role_arn else ("aws", "")
     caller = f"arn:{partition}:iam::{account or '<account>'}:role/<the caller's role>"
     return [
-        _r("stage_weights", "sts", "GetCallerIdentity"),
-        _r("stage_weights", "iam", "SimulatePrincipalPolicy",
+        _r("preflight", "sts", "GetCallerIdentity"),
+        _r("preflight", "iam", "SimulatePrincipalPolicy",
            "once per resource: the caller's permissions for this run",
            PolicySourceArn=caller, ActionNames=actions),
-        _r("stage_weights", "sagemaker", "ListEndpoints",
+        _r("preflight", "sagemaker", "ListEndpoints",
            "only when the caller may not simulate its permissions", MaxResults=1),
     ]
 
@@ -170,6 +183,26 @@ def report_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
             bucket, key = folder
             out.append(_r("report", "s3", "PutObject", "the run's report", Bucket=bucket,
                           Key=key + name, Body=f"<{name}>", ContentType=kind))
+
+
+def preflight_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
+    """What lifecycle.preflight asks before anything is created: the rollback alarms exist,
+    production's fleet as it is, the account's quota for the peak's instance types."""
+    from lmiflow.targets.blue_green import QUOTA_SERVICE_CODE
+    from lmiflow.targets.sagemaker import describe_alarms_request
+
+    first = "before anything is created"
+    out = []
+    if run.policy.alarms:
+        out.append(describe_alarms_request(run.policy.alarms).model_copy(
+            update={"step": "preflight", "when": first}))
+    out += [
+        _r("preflight", "sagemaker", "DescribeEndpoint", first, EndpointName=run.production),
+        _r("preflight", "sagemaker", "DescribeEndpointConfig", "if production exists: its "
+           "instances", EndpointConfigName=f"{run.production}-ec-{UNKNOWN_HASH}"),
+        _r("preflight", "service-quotas", "ListServiceQuotas",
+           "all pages: the 'ml.<type> for endpoint usage' quotas", ServiceCode=QUOTA_SERVICE_CODE),
+    ]
     return out
 
 

@@ -99,8 +99,8 @@ def test_names_must_be_sagemaker_names(target: LocalTarget) -> None:
 def test_endpoint_lock_is_exclusive_across_holders(target: LocalTarget) -> None:
     with target.endpoint_lock("ep"):
         other = LocalTarget(target.state_dir).endpoint_lock("ep", timeout=0.1)
-        with pytest.raises(Timeout):
-            other.acquire()
+        with pytest.raises(Timeout), other:
+            pass
         with LocalTarget(target.state_dir).endpoint_lock("other-ep", timeout=0.1):
             pass  # a different endpoint is not blocked
 
