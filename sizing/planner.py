@@ -290,12 +290,6 @@ def plan(spec: ModelSpec, req: PlanRequest, catalog: pd.DataFrame | None = None,
             options.append(_option(ctx, r, tp, facts, eff, records > 0))
 
     chosen, chosen_reason = _choose(options, req, context_error)
-    offered = [str(t) for t in cat["instance_type"]]
-    if not options and (req.allow or req.instance_type) and len(offered) <= 3:
-        # A config written for one target, run on another (--target local on a SageMaker
-        # config): say what this target has, not only that nothing matched.
-        chosen_reason += (f"; this target has only {', '.join(offered)}: remove "
-                          f"instance.allow / instance.instance_type or set them to match")
     return Plan(
         model=ModelSummary(
             model_type=spec.model_type, architecture=spec.architecture,

@@ -85,7 +85,7 @@ def dry_run(spec, report_dir: str | None, as_json: bool = False, config: str = "
         _print_requests(report, config)
     if report_dir:
         path = write_report(report, report_dir)
-        print(f"\nreport: {path}")
+        print(f"\nreport:\n{path}")  # a path: on a line of its own
     return 0
 
 

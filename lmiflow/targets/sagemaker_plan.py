@@ -150,7 +150,8 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
            EndpointConfigName=run.endpoint_config),
         _r("cleanup", "sagemaker", "DeleteModel", not_promoted, ModelName=run.model),
     ]
-    return out + lease_release + report_requests(target, run)
+    # the lease is listed last, as the run holds it throughout
+    return out + report_requests(target, run) + lease_release
 
 
 def access_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
@@ -183,6 +184,7 @@ def report_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
             bucket, key = folder
             out.append(_r("report", "s3", "PutObject", "the run's report", Bucket=bucket,
                           Key=key + name, Body=f"<{name}>", ContentType=kind))
+    return out
 
 
 def preflight_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:

@@ -194,3 +194,17 @@ def test_unknown_profile_and_unknown_region_are_one_line_each():
                 AWS_ACCESS_KEY_ID="AKIAEXAMPLE", AWS_SECRET_ACCESS_KEY="x")
     assert r.returncode == 2 and r.stderr.splitlines() == [
         "lmiflow: error: target.region: 'mars-1' is not a region where SageMaker is offered"]
+
+
+def test_deploy_without_credentials_stops_before_the_flow_with_one_line(tmp_path):
+    """The first question of the preflight: no 61-line traceback at create_model, no
+    'CLEANUP FAILED', nothing created (no flow, no state)."""
+    r = lmiflow("deploy", str(ROOT / "configs" / "llama-3.1-8b-g5-g6.yaml"),
+                "--report-dir", str(tmp_path / "report"), HF_HUB_OFFLINE="1",
+                LMIFLOW_STATE_DIR=str(tmp_path / "state"), PREFECT_HOME=str(tmp_path / "home"))
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("lmiflow: error:")]
+    assert errors == ["lmiflow: error: AWS identity: no credentials found (environment, "
+                      "AWS_PROFILE, ~/.aws, target.aws_credentials_block or an instance role)"]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "report").exists() and not (tmp_path / "home").exists()
