@@ -14,21 +14,23 @@ from collections.abc import Callable
 
 from pydantic import BaseModel
 
-from lmiflow import pipeline
+from lmiflow import endpoint_plan, pipeline
 from lmiflow.bench.loadgen import ProgressFn, bench_endpoint
 from lmiflow.bench.metrics import BenchResult
-from lmiflow.errors import StepFailed
+from lmiflow.errors import StepFailed, UserInputError
 from lmiflow.pipeline import Candidate, Names
-from lmiflow.report.model import Promotion, SmokeTest
+from lmiflow.report.model import Promotion, PromotionPlan, SmokeTest
 from lmiflow.sizing.planner import Plan
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.base import (
     EndpointStatus,
     EndpointVariant,
     Target,
-    TrafficPolicy,
     WaitTimeout,
 )
+from lmiflow.targets.blue_green import FleetPeak, quota_error
+from lmiflow.targets.staging import Progress, StagingReport
+from lmiflow.targets.weights import WeightsPlan, hub_token
 
 log = logging.getLogger(__name__)
 OnStatus = Callable[[EndpointStatus, float], None]
@@ -76,24 +78,65 @@ def remove_leftovers(target: Target, production: str) -> list[str]:
 
 # ---- the candidate ------------------------------------------------------------------------------
 
-def create_model(target: Target, candidate: Candidate, tags: dict[str, str]) -> CreatedModel:
+def stage_weights(target: Target, spec: DeploymentSpec, weights: WeightsPlan,
+                  on_progress: Callable[[Progress], None] | None = None) -> StagingReport | None:
+    """Copy the weights where the container reads them, with the runner's Hub token (read
+    here, never passed around): None when the plan has nothing to copy."""
+    token = hub_token(spec.model.hf_token_secret) if weights.source.kind == "hub" else None
+    return target.stage_weights(weights, token, on_progress)
+
+
+def create_model(target: Target, spec: DeploymentSpec, candidate: Candidate,
+                 tags: dict[str, str]) -> CreatedModel:
     """Remove what an earlier interrupted run left, package serving.properties the way the
-    target takes it, and create the model."""
-    names = candidate.names
+    target takes it, and create the model (network-isolated when its weights come from S3;
+    with the runner's Hub token only when the config opts in)."""
+    names, weights = candidate.names, candidate.weights
     removed = remove_leftovers(target, names.production)
     if removed:
         log.warning("removed leftovers of an earlier run: %s", ", ".join(removed))
-    package = target.package(names.model, candidate.properties)
-    target.create_model(names.model, package.model_data, candidate.image_uri, package.env, tags)
+    package = target.package(names.model, candidate.properties, weights)
+    env = dict(package.env)
+    if weights.token_to_container:
+        token = hub_token(spec.model.hf_token_secret)
+        if token is None:
+            raise StepFailed("model.token_to_container is set but there is no Hub token "
+                             "(HF_TOKEN or model.hf_token_secret)")
+        env["HF_TOKEN"] = token.get_secret_value()
+    target.create_model(names.model, package.model_data, candidate.image_uri, env, tags,
+                        network_isolation=weights.network_isolation)
     return CreatedModel(model=names.model, model_data=package.model_data,
                         removed_leftovers=removed)
 
 
-def configure_endpoint(target: Target, names: Names, p: Plan, tags: dict[str, str]
+def preflight(target: Target, candidate: Candidate) -> PromotionPlan | None:
+    """What must hold before anything is created, asked of the platform: the rollback alarms
+    exist (a misspelt one would never fire, so nothing would roll back) and the peak fleet,
+    with production as it is now, fits the account's quota for the instance type. Raises
+    UserInputError naming the config field; returns the plan with the described peak."""
+    plan = candidate.promotion
+    if plan is None:
+        return None
+    missing = target.missing_alarms(plan.alarms)
+    if missing:
+        raise UserInputError("promotion.alarms", f"no CloudWatch alarm named "
+                                                 f"{', '.join(missing)} in this account and "
+                                                 "region (SageMaker would never roll back on it)")
+    plan = endpoint_plan.with_peak(plan, target.production_fleet(candidate.names.production))
+    quotas = target.endpoint_quotas(list(plan.peak_instances))
+    over = quota_error(FleetPeak(instances=plan.peak_instances, assumption=plan.peak_assumption,
+                                 quota_names=plan.quota_names), quotas)
+    if over:
+        raise UserInputError("instance.count", over)
+    return plan
+
+
+def configure_endpoint(target: Target, candidate: Candidate, p: Plan, tags: dict[str, str]
                        ) -> EndpointVariant:
-    chosen = p.chosen
-    variant = target.endpoint_variant(chosen.instance_type, chosen.instance_count,
-                                      int(p.memory.weights_bytes))
+    """The endpoint config: the target's variant for the plan's instances, on the host the
+    image needs (AMI, routing)."""
+    names = candidate.names
+    variant = pipeline.endpoint_variant(candidate, p, target)
     target.create_endpoint_config(names.endpoint_config, names.model, variant, tags)
     return variant
 
@@ -153,30 +196,28 @@ def _tokenizer(path: str | None):
 
 # ---- production -------------------------------------------------------------------------------
 
-def traffic_policy(spec: DeploymentSpec) -> TrafficPolicy:
-    pr = spec.promotion
-    return TrafficPolicy(
-        type=pr.strategy, wait_interval_s=pr.wait_interval_s,
-        canary_size_pct=pr.canary_size_pct if pr.strategy == "CANARY" else None,
-        linear_step_pct=pr.linear_step_pct if pr.strategy == "LINEAR" else None,
-        alarms=pr.alarms)
-
-
 def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, str],
             on_status: OnStatus | None = None) -> Promotion:
     """Candidate config becomes production: create production on a first deploy, else a
-    blue/green update; then smoke-test production, and delete the candidate endpoint and the
-    configuration production ran before. Safe to retry: a second try finds production already
-    on the new config and only finishes the cleanup."""
+    blue/green update; then smoke-test production, and delete the configuration production
+    ran before. The candidate endpoint goes first, before production changes: its benchmark is
+    done, and a blue/green update starts a green fleet next to blue, so keeping the candidate
+    would hold three fleets. Safe to retry: a second try finds production already on the new
+    config and only finishes the cleanup."""
     prod = target.describe(spec.name)
     previous = prod.config_name if prod else None
+    serving = (prod is not None and prod.config_name == names.endpoint_config
+               and prod.status == "InService")
+    early: list[str] = []
+    if not serving and target.delete_endpoint(names.endpoint):
+        early.append(f"endpoint {names.endpoint}")
     if prod is None:
         target.create_endpoint(spec.name, names.endpoint_config, tags)
         action = "created"
-    elif prod.config_name == names.endpoint_config and prod.status == "InService":
+    elif serving:
         action = "already serving this config"
     else:
-        target.update_endpoint(spec.name, names.endpoint_config, traffic_policy(spec))
+        target.update_endpoint(spec.name, names.endpoint_config, pipeline.traffic_policy(spec))
         action = f"updated ({spec.promotion.strategy})"
     st = wait_in_service(target, spec.name, spec.promotion.endpoint_timeout_s, on_status)
     if st.config_name and st.config_name != names.endpoint_config:
@@ -187,7 +228,7 @@ def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, 
         raise StepFailed(f"smoke test of {spec.name} failed: {smoke.error}")
     # Everything of this endpoint that production no longer uses: the candidate endpoint and
     # the config and model production ran before (also those of an earlier interrupted try).
-    removed = remove_leftovers(target, spec.name)
+    removed = early + remove_leftovers(target, spec.name)
     return Promotion(action=action, previous_config=previous, removed=removed,
                      production_smoke_test=smoke)
 

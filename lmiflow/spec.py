@@ -14,12 +14,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lmiflow.bench.gate_spec import GateSpec
 from lmiflow.errors import UserInputError
+from lmiflow.regions import partition_of
 from lmiflow.targets.base import NAME_RE
+from lmiflow.targets.blue_green import traffic_shift_error
 
 ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
-REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+FIELD_FIRST_RE = re.compile(r"^(target|instance|promotion)\.[a-z_]+ ")
+SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+SG_RE = re.compile(r"^sg-[0-9a-f]{8,17}$")
 # Leave room for the suffixes lmiflow adds to candidate resources (-c-<hash>, -m-<hash>).
 MAX_ENDPOINT_NAME = 40
 
@@ -32,9 +36,28 @@ class _Strict(BaseModel):
 
 class ModelSection(_Strict):
     id: str = Field(
-        description="Hugging Face model id (org/name) or a local directory holding config.json."
+        description="Hugging Face model id (org/name), an s3://bucket/prefix/ holding the model "
+        "files, or a local directory holding config.json."
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
+    weights: Literal["auto", "stage", "hub"] = Field(
+        default="auto",
+        description="How a SageMaker container gets the weights. stage: copied into target.s3_uri "
+        "from the machine that runs the flow (no token reaches SageMaker); hub: the container "
+        "downloads them; auto: hub for public models, stage for gated, private and local ones "
+        "(an s3:// model is always loaded from its own prefix).",
+    )
+    hf_token_secret: str | None = Field(
+        default=None,
+        description="Prefect Secret block holding the Hub token for gated or private models; "
+        "empty: the HF_TOKEN environment variable of the machine that runs the flow.",
+    )
+    token_to_container: bool = Field(
+        default=False,
+        description="Opt-in: pass the runner's Hub token to the container as HF_TOKEN so it "
+        "downloads a gated or private model itself. The token is then readable by anyone "
+        "allowed sagemaker:DescribeModel.",
+    )
     dtype: DType = Field(
         default="auto",
         description="Weights dtype; auto reads torch_dtype / quantization_config from config.json.",
@@ -46,11 +69,21 @@ class ModelSection(_Strict):
         default=False, description="Run the model repository's own code. Off unless you trust it."
     )
 
-    @field_validator("id", "revision")
+    @field_validator("id", "revision", "hf_token_secret")
     @classmethod
     def _no_control_chars(cls, v: str | None) -> str | None:
         if v is not None and (not v.strip() or CONTROL_RE.search(v)):
             raise ValueError("must be non-empty and hold no line breaks or control characters")
+        return v
+
+    @field_validator("id")
+    @classmethod
+    def _s3_prefix(cls, v: str) -> str:
+        if v.startswith("s3://"):
+            if not S3_URI_RE.match(v):
+                raise ValueError("an s3:// model id must look like s3://bucket/prefix/")
+            if not v.endswith("/"):
+                v += "/"
         return v
 
 
@@ -79,6 +112,26 @@ class InstanceSection(_Strict):
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0.1, le=1.0, description="Fraction of GPU memory the engine may use."
     )
+    inference_ami_version: str | None = Field(
+        default=None,
+        description="SageMaker host AMI (NVIDIA driver); empty: the one the image's CUDA needs.",
+    )
+    routing_strategy: Literal["LEAST_OUTSTANDING_REQUESTS", "RANDOM"] = Field(
+        default="LEAST_OUTSTANDING_REQUESTS",
+        description="How SageMaker spreads requests over the endpoint's instances.",
+    )
+
+    @field_validator("inference_ami_version")
+    @classmethod
+    def _ami(cls, v: str | None) -> str | None:
+        if v is not None:
+            import botocore.session
+
+            names = botocore.session.get_session().get_service_model("sagemaker").shape_for(
+                "ProductionVariantInferenceAmiVersion").enum
+            if v not in names:
+                raise ValueError(f"{v!r} is not one of botocore's {', '.join(names)}")
+        return v
 
     @field_validator("max_count")
     @classmethod
@@ -103,6 +156,28 @@ class ServingSection(_Strict):
     )
 
 
+class VpcSection(_Strict):
+    subnets: list[str] = Field(min_length=1, max_length=16, description="Subnet ids, subnet-...")
+    security_group_ids: list[str] = Field(
+        min_length=1, max_length=5, description="Security group ids, sg-...")
+
+    @field_validator("subnets")
+    @classmethod
+    def _subnets(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not SUBNET_RE.match(s)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a subnet id such as subnet-0123456789abcdef0")
+        return v
+
+    @field_validator("security_group_ids")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not SG_RE.match(s)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a security group id such as sg-0123456789abcdef0")
+        return v
+
+
 class TargetSection(_Strict):
     kind: Literal["local", "sagemaker"] = Field(
         default="local", description="Where the endpoint runs: this machine or SageMaker."
@@ -117,14 +192,25 @@ class TargetSection(_Strict):
     )
     packaging: Literal["s3", "env"] = Field(
         default="s3",
-        description="s3: upload serving.properties to s3_uri; env: pass options as OPTION_* env.",
+        description="s3: upload serving.properties to s3_uri; env: pass options as OPTION_* env "
+        "(always env when the weights come from S3: their prefix is shared by every config).",
     )
+    network_isolation: bool | None = Field(
+        default=None,
+        description="Run the container without network access (EnableNetworkIsolation). Empty: "
+        "on when the weights come from S3 (staged or an s3:// model), off when the container "
+        "downloads them from the Hub.",
+    )
+    vpc: VpcSection | None = Field(
+        default=None, description="Run the container in your VPC (VpcConfig): subnets and "
+        "security groups.")
 
     @field_validator("region")
     @classmethod
     def _region(cls, v: str | None) -> str | None:
-        if v is not None and not REGION_RE.match(v):
-            raise ValueError(f"{v!r} is not an AWS region name such as us-east-1")
+        if v is not None and partition_of(v) is None:
+            raise ValueError(f"{v!r} is not an AWS region name such as us-east-1 (no partition "
+                             "in botocore's partitions.json matches it)")
         return v
 
     @field_validator("role_arn")
@@ -190,10 +276,20 @@ class PromotionSection(_Strict):
     linear_step_pct: int = Field(default=20, ge=10, le=50)
     wait_interval_s: int = Field(default=300, ge=0, le=3600)
     alarms: list[str] = Field(
-        default_factory=list, description="CloudWatch alarms that roll the update back."
+        default_factory=list, max_length=10,
+        description="CloudWatch alarms that roll the update back (they must exist).",
+    )
+    termination_wait_s: int = Field(
+        default=0, ge=0, le=3600,
+        description="Blue fleet kept after all traffic moved (a last chance to roll back).",
     )
     endpoint_timeout_s: float = Field(
         default=3600, gt=0, le=4 * 3600, description="Longest wait for an endpoint to be ready."
+    )
+    lease_ttl_s: int = Field(
+        default=600, ge=60, le=3600,
+        description="SageMaker: the run's lease on the endpoint expires this long after its "
+        "last renewal (renewed every third of it), so a killed run blocks no one for longer.",
     )
 
 
@@ -229,6 +325,16 @@ class DeploymentSpec(_Strict):
                     raise ValueError(f"target.{field} is required for target.kind sagemaker")
             if self.target.packaging == "s3" and self.target.s3_uri is None:
                 raise ValueError("target.s3_uri is required when target.packaging is s3")
+            # the plan may scale out to max_count; it checks again with the count it chose
+            shift = traffic_shift_error(self.promotion.strategy, self.promotion.canary_size_pct,
+                                        self.promotion.linear_step_pct,
+                                        self.instance.max_count or self.instance.count)
+            if shift:
+                raise ValueError(f"{shift[0]} {shift[1]}")
+            partition = partition_of(self.target.region or "")
+            if not (self.target.role_arn or "").startswith(f"arn:{partition}:"):
+                raise ValueError(f"target.role_arn must be an arn:{partition}: role: region "
+                                 f"{self.target.region} is in partition {partition}")
         return self
 
 
@@ -245,8 +351,8 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> UserInput
         msg = "unknown field (not part of the config)"
     msg = msg.removeprefix("Value error, ")
     field = _field_path(loc)
-    # model-level validators name their own field in the message.
-    if not loc and ":" not in msg and msg.startswith("target."):
+    # model-level validators name their own field in the message ("section.field why").
+    if not loc and FIELD_FIRST_RE.match(msg):
         field, _, msg = msg.partition(" ")
     return UserInputError(prefix + field, msg)
 

@@ -19,6 +19,8 @@ from lmiflow.bench.gates import Verdict
 from lmiflow.bench.metrics import BenchResult
 from lmiflow.sizing.model_spec import ModelSpec
 from lmiflow.sizing.planner import Plan
+from lmiflow.targets.staging import StagingReport
+from lmiflow.targets.weights import WeightsPlan
 
 SCHEMA_VERSION = 1
 SCHEMA_FILE = "report.schema.json"  # package data next to this module
@@ -57,6 +59,42 @@ class Promotion(_Strict):
     previous_config: str | None = Field(description="The endpoint config production ran before.")
     removed: list[str] = Field(default_factory=list, description="Resources deleted after.")
     production_smoke_test: SmokeTest
+
+
+class HostSettings(_Strict):
+    """The production variant's host: its AMI (so its NVIDIA driver) and request routing."""
+
+    inference_ami_version: str
+    routing_strategy: str
+    why: str = Field(description="Why this AMI: the image's CUDA, or a pin in the config.")
+    warning: str | None = None
+
+
+class PromotionPlan(_Strict):
+    """How production will change, and the most instances the run holds at once."""
+
+    strategy: str
+    instance_type: str
+    instance_count: int
+    traffic_step: str | None = Field(default=None, description="The first step, in instances.")
+    termination_wait_s: int = 0
+    alarms: list[str] = Field(default_factory=list, description="They must exist.")
+    peak_instances: dict[str, int] = Field(
+        description="Instance type -> instances at the peak (candidate or green + production).")
+    peak_assumption: str
+    quota_names: dict[str, str] = Field(
+        description="Instance type -> the Service Quotas quota the peak is checked against.")
+
+
+class ShownRequest(_Strict):
+    """One AWS request of the run: botocore's service and operation names and the exact
+    parameters, secrets masked; `step` sends it, `when` says when if not exactly once."""
+
+    service: str
+    operation: str
+    params: dict[str, Any]
+    step: str | None = None
+    when: str | None = None
 
 
 class Versions(_Strict):
@@ -123,6 +161,25 @@ class RunReport(_Strict):
         default=None, description="Candidate resources removed after a run that did not promote.")
     config: dict[str, Any] = Field(description="The deployment config the run used.")
     promotion: Promotion | None = None
+    weights: WeightsPlan | None = Field(
+        default=None, description="Where the weights are, who may read them, and how the "
+        "container gets them (Hub download, staged into S3, or an s3:// prefix).")
+    staging: StagingReport | None = Field(
+        default=None, description="The stage_weights step: files uploaded or skipped, bytes, "
+        "seconds.")
+    requests: list[ShownRequest] | None = Field(
+        default=None, description="Every AWS request the run sends, in order, valid for "
+        "botocore's service model (SageMaker target).")
+    iam_policy: dict[str, Any] | None = Field(
+        default=None, description="The least-privilege IAM policy of the identity that runs "
+        "the flow, generated from `requests`.")
+    execution_role_policy: dict[str, Any] | None = Field(
+        default=None, description="What the SageMaker execution role needs (S3 read of the "
+        "model prefixes, ECR pull, logs, VPC network interfaces).")
+    host: HostSettings | None = Field(
+        default=None, description="SageMaker: InferenceAmiVersion and RoutingConfig.")
+    promotion_plan: PromotionPlan | None = Field(
+        default=None, description="Planned before anything exists; the peak fleet and quota.")
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types, in report.json's key order (the one dump of a run)."""

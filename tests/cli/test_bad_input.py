@@ -75,6 +75,23 @@ CASES = {
                               "instance.max_count"),
     "canary above half the fleet": (with_("promotion.canary_size_pct", 80),
                                     "promotion.canary_size_pct"),
+    "canary on one instance": (with_("promotion.strategy", "CANARY", SAGEMAKER),
+                               "promotion.strategy"),
+    "canary smaller than one instance": (
+        with_("promotion", {"strategy": "CANARY", "canary_size_pct": 10},
+              yaml.safe_load(with_("instance.count", 4, SAGEMAKER))),
+        "promotion.canary_size_pct"),
+    "linear step smaller than one instance": (
+        with_("promotion", {"strategy": "LINEAR", "linear_step_pct": 10},
+              yaml.safe_load(with_("instance.count", 5, SAGEMAKER))),
+        "promotion.linear_step_pct"),
+    "termination wait above the API's bound": (with_("promotion.termination_wait_s", 4000),
+                                              "promotion.termination_wait_s"),
+    "inference AMI botocore does not know": (
+        with_("instance.inference_ami_version", "al2-ami-sagemaker-inference-gpu-9", SAGEMAKER),
+        "instance.inference_ami_version"),
+    "role from another partition": (with_("target.region", "cn-north-1", SAGEMAKER),
+                                    "target.role_arn"),
     "serving option injecting a line": (
         with_("serving.options", {"option.x": "1\nengine=MPI"}), "serving.options"),
     "serving option key with =": (with_("serving.options", {"option.a=b": "1"}),

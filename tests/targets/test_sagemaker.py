@@ -26,7 +26,7 @@ from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from lmiflow.serving.properties import properties_for, render, to_env
+from lmiflow.serving.properties import ServingProperties, render, to_env
 from lmiflow.targets.base import (
     EndpointBusy,
     EndpointVariant,
@@ -75,6 +75,17 @@ def _no_aws(monkeypatch, tmp_path):
     }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+def _props(model_id: str, revision: str | None = None, tensor_parallel_degree: int = 1,
+           max_batch: int = 8, max_model_len: int = 8192, dtype: str = "bf16"
+           ) -> ServingProperties:
+    """An async-vLLM serving.properties (what a plan renders: tests/serving)."""
+    return ServingProperties(
+        model_id=model_id, revision=revision, entry_point="djl_python.lmi_vllm.vllm_async_service",
+        async_mode=True, rolling_batch="disable", tensor_parallel_degree=tensor_parallel_degree,
+        max_rolling_batch_size=max_batch, max_model_len=max_model_len, dtype=dtype,
+        gpu_memory_utilization=0.9)
 
 
 # ---- deep request validation ---------------------------------------------------------------
@@ -361,9 +372,8 @@ def test_clients_retry_on_the_control_plane_but_never_on_invocations(target):
 
 def test_create_and_wait_in_service_requests(target, sm, clock, caplog):
     stub, log = sm
-    props = properties_for(
-        "meta-llama/Llama-2-13b-hf", None, False, 2, 4, 4096, "fp16", 0.9, "vllm", None, {}
-    )
+    props = _props("meta-llama/Llama-2-13b-hf", tensor_parallel_degree=2, max_batch=4,
+                   max_model_len=4096, dtype="fp16")
     tags = {"spec-hash": "0123456789abcdef", "run-id": "run-1"}
     expect_tags = [
         {"Key": "project", "Value": "lmiflow"},
@@ -402,6 +412,8 @@ def test_create_and_wait_in_service_requests(target, sm, clock, caplog):
             "InstanceType": "ml.g5.12xlarge", "InitialInstanceCount": 1,
             "ModelDataDownloadTimeoutInSeconds": dl,
             "ContainerStartupHealthCheckTimeoutInSeconds": start,
+            "InferenceAmiVersion": "al2023-ami-sagemaker-inference-gpu-4-1",
+            "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"},
         }],
         "Tags": expect_tags,
     })
@@ -409,7 +421,8 @@ def test_create_and_wait_in_service_requests(target, sm, clock, caplog):
         names["endpoint_config"], names["model"],
         EndpointVariant(instance_type="ml.g5.12xlarge", volume_size_gb=vol,
                         model_data_download_timeout_s=dl,
-                        container_startup_health_check_timeout_s=start),
+                        container_startup_health_check_timeout_s=start,
+                        inference_ami_version="al2023-ami-sagemaker-inference-gpu-4-1"),
         tags,
     )
     stub.add_response("create_endpoint", {"EndpointArn": ARN + names["endpoint"]}, {
@@ -442,9 +455,9 @@ def test_volume_size_sent_for_ebs_instances(target, sm):
             "InitialInstanceCount": 2, "VolumeSizeInGB": 512}],
         "Tags": [{"Key": "project", "Value": "lmiflow"}],
     })
-    target.create_endpoint_config(
+    target.create_endpoint_config(  # routing left to the platform when asked
         "ec", "m", EndpointVariant(instance_type="ml.m5.xlarge", instance_count=2,
-                                   volume_size_gb=512), {})
+                                   volume_size_gb=512, routing_strategy=None), {})
     with pytest.raises(ValueError, match="volume_size_gb"):
         target.create_endpoint_config(
             "ec", "m", EndpointVariant(instance_type="ml.m5.xlarge", volume_size_gb=600), {})
@@ -579,8 +592,7 @@ def test_create_adopts_existing_resources(target, sm):
 
 def test_env_only_model_has_no_model_data_source(target, sm):
     stub, _ = sm
-    props = properties_for("meta-llama/Llama-3.1-8B-Instruct", None, False, 1, 8, 8192, "bf16",
-                           0.9, "vllm", None, {})
+    props = _props("meta-llama/Llama-3.1-8B-Instruct")
     env = to_env(props)
     stub.add_response("create_model", {"ModelArn": MODEL_ARN + "m"}, {
         "ModelName": "m", "ExecutionRoleArn": ROLE,
@@ -588,7 +600,7 @@ def test_env_only_model_has_no_model_data_source(target, sm):
         "Tags": [{"Key": "project", "Value": "lmiflow"}],
     })
     target.create_model("m", "", IMAGE, env, {})
-    with pytest.raises(ValueError, match="OPTION_MODEL_ID"):
+    with pytest.raises(ValueError, match="HF_MODEL_ID"):
         target.create_model("m", "", IMAGE, {"OPTION_DTYPE": "bf16"}, {})
 
 
@@ -801,8 +813,7 @@ def test_moto_stage_create_describe_delete_lifecycle(moto_target):
     t = moto_target
     names = resource_names("mistral-prod", "0123456789abcdef")
     tags = {"spec-hash": "0123456789abcdef", "run-id": "r1"}
-    props = properties_for("mistralai/Mistral-7B-Instruct-v0.3", None, False, 1, 8, 8192, "bf16",
-                           0.9, "vllm", None, {})
+    props = _props("mistralai/Mistral-7B-Instruct-v0.3")
     uri = t.stage(names["model"], {"serving.properties": render(props), "README.txt": "x"})
     assert uri == f"s3://lmiflow-bucket/models/{names['model']}/"
     got = t.s3.get_object(Bucket="lmiflow-bucket",
@@ -844,13 +855,14 @@ def test_moto_stage_create_describe_delete_lifecycle(moto_target):
 
 
 def test_moto_env_only_model(moto_target):
-    props = properties_for("meta-llama/Llama-3.1-8B-Instruct", "main", False, 1, 8, 8192,
-                           "bf16", 0.9, "vllm", None, {})
+    props = _props("meta-llama/Llama-3.1-8B-Instruct", revision="main")
     moto_target.create_model("envonly", "", IMAGE, to_env(props), {})
     container = moto_target.sm.describe_model(ModelName="envonly")["PrimaryContainer"]
     assert "ModelDataSource" not in container
-    assert container["Environment"]["OPTION_MODEL_ID"] == "meta-llama/Llama-3.1-8B-Instruct"
-    assert container["Environment"]["OPTION_REVISION"] == "main"
+    # DJL creates the served model from HF_MODEL_ID (+ HF_REVISION), not from OPTION_MODEL_ID
+    assert container["Environment"]["HF_MODEL_ID"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert container["Environment"]["HF_REVISION"] == "main"
+    assert "OPTION_MODEL_ID" not in container["Environment"]
 
 
 # ---- the example configs ------------------------------------------------------------------
@@ -878,15 +890,6 @@ def test_example_sagemaker_configs_validate_and_map_to_requests():
             type=p.strategy, wait_interval_s=p.wait_interval_s, canary_size_pct=p.canary_size_pct,
             linear_step_pct=p.linear_step_pct, alarms=p.alarms))
         assert deep_errors(SM_MODEL.shape_for("DeploymentConfig"), cfg) == [], path
-        w = spec.workload
-        props = properties_for(
-            spec.model.id, spec.model.revision, spec.model.trust_remote_code,
-            spec.instance.tensor_parallel_degree or 1, w.concurrency,
-            w.max_input_tokens + w.max_output_tokens, spec.model.dtype,
-            spec.instance.gpu_memory_utilization, spec.serving.backend, None,
-            spec.serving.options,
-        )
-        assert props.max_model_len == w.max_input_tokens + w.max_output_tokens
     worked = load_spec(root / "llama-2-13b-worked-example.yaml")
     assert (worked.model.dtype, worked.workload.max_input_tokens,
             worked.workload.max_output_tokens, worked.workload.concurrency) == ("fp16", 3072,
@@ -918,7 +921,7 @@ def test_packaging_s3_uploads_and_env_passes_options(target):
     env_target = SageMakerTarget(REGION, role_arn=ROLE, session=_session(), packaging="env")
     pkg = env_target.package("m-1", props)  # no S3 client call: nothing stubbed
     assert pkg.model_data == ""
-    assert pkg.env["OPTION_MODEL_ID"] == "org/m"
+    assert pkg.env["HF_MODEL_ID"] == "org/m"
     assert pkg.env["OPTION_TENSOR_PARALLEL_DEGREE"] == "2"
 
 
@@ -941,12 +944,8 @@ def test_baseline_lives_under_the_s3_prefix(target):
 
 
 def test_planning_answers(target):
-    from lmiflow.errors import UserInputError
-
     assert target.serving_model_id("org/m", None) == "org/m"
     assert target.serving_engine("trtllm") == "trtllm"
-    with pytest.raises(UserInputError, match=r"model\.id"):
-        target.serving_model_id("./m", "/tmp/m")
     assert target.image_uri("vllm", None, "my/image:1") == "my/image:1"
     assert "djl-inference" in target.image_uri("vllm", "0.33.0", None)
     assert "tensorrtllm" in target.image_uri("trtllm", None, None)
