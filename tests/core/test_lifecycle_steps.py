@@ -14,10 +14,13 @@ from lmiflow.errors import StepFailed
 from lmiflow.pipeline import Candidate
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.base import EndpointStatus, ModelPackage, WaitTimeout
+from lmiflow.targets.weights import ModelSource, WeightsPlan
 from tests.core.memory_target import MemoryTarget
 from tests.core.test_lifecycle import NEW, OLD, SPEC, with_candidate
 
 TAGS = {"project": "lmiflow", "lmiflow:run-id": "r1"}
+WEIGHTS = WeightsPlan(source=ModelSource(kind="hub", id="org/model", access="public"),
+                      delivery="hub")
 
 
 class Recorder(MemoryTarget):
@@ -30,13 +33,14 @@ class Recorder(MemoryTarget):
         self.failure_reason: str | None = None
         self.wait_error: Exception | None = None
 
-    def package(self, name, properties):
+    def package(self, name, properties, weights=None):
         self.calls.append(("package", name, properties))
         return ModelPackage(model_data=f"mem://{name}/", env={"OPTION_X": "1"})
 
-    def create_model(self, name, model_data, image_uri, env, tags):
+    def create_model(self, name, model_data, image_uri, env, tags, *, network_isolation=False):
         self.calls.append(("create_model", name, model_data, image_uri, env, tags))
-        super().create_model(name, model_data, image_uri, env, tags)
+        super().create_model(name, model_data, image_uri, env, tags,
+                             network_isolation=network_isolation)
 
     def endpoint_variant(self, instance_type, instance_count, weights_bytes):
         self.calls.append(("endpoint_variant", instance_type, instance_count, weights_bytes))
@@ -72,8 +76,9 @@ def clock(monkeypatch):
 
 def test_create_model_hands_the_package_image_and_tags_to_the_target(caplog):
     t = Recorder()
-    candidate = Candidate(properties="option.x=1\n", image_uri="img:1", names=NEW)
-    created = lifecycle.create_model(t, candidate, TAGS)
+    candidate = Candidate(properties="option.x=1\n", image_uri="img:1", names=NEW,
+                          weights=WEIGHTS)
+    created = lifecycle.create_model(t, SPEC, candidate, TAGS)
     assert t.calls == [
         ("package", NEW.model, "option.x=1\n"),
         ("create_model", NEW.model, f"mem://{NEW.model}/", "img:1", {"OPTION_X": "1"}, TAGS)]
@@ -85,7 +90,8 @@ def test_create_model_says_which_leftovers_it_removed(caplog):
     t = Recorder()
     t.deployed(OLD.endpoint, OLD.endpoint_config, OLD.model)
     with caplog.at_level("WARNING", logger="lmiflow.lifecycle"):
-        lifecycle.create_model(t, Candidate(properties="", image_uri=None, names=NEW), {})
+        lifecycle.create_model(t, SPEC, Candidate(properties="", image_uri=None, names=NEW,
+                                                  weights=WEIGHTS), {})
     assert caplog.messages == [
         f"removed leftovers of an earlier run: endpoint {OLD.endpoint}, endpoint_config "
         f"{OLD.endpoint_config}, model {OLD.model}"]
@@ -96,7 +102,8 @@ def test_configure_endpoint_sizes_the_variant_from_the_plan():
     plan = SimpleNamespace(chosen=SimpleNamespace(instance_type="ml.g5.12xlarge",
                                                   instance_count=2),
                            memory=SimpleNamespace(weights_bytes=26.0e9))
-    variant = lifecycle.configure_endpoint(t, NEW, plan, TAGS)
+    candidate = Candidate(properties="", image_uri=None, names=NEW, weights=WEIGHTS)
+    variant = lifecycle.configure_endpoint(t, candidate, plan, TAGS)
     assert (variant.instance_type, variant.instance_count) == ("ml.g5.12xlarge", 2)
     assert t.calls == [
         ("endpoint_variant", "ml.g5.12xlarge", 2, 26_000_000_000),
@@ -167,7 +174,7 @@ def test_traffic_policy_carries_only_its_strategys_step(promotion, expected):
     spec = DeploymentSpec.model_validate(
         SPEC.model_dump(mode="json") | {"promotion": promotion | {
             "wait_interval_s": 120, "alarms": ["p99-alarm"]}})
-    policy = lifecycle.traffic_policy(spec)
+    policy = pipeline.traffic_policy(spec)
     assert (policy.type, policy.canary_size_pct, policy.linear_step_pct) == expected
     assert (policy.wait_interval_s, policy.alarms) == (120, ["p99-alarm"])
 
