@@ -45,10 +45,9 @@ class Verdict(BaseModel):
 
 
 def observed_value(level: LevelResult, metric: str, stat: str) -> float | None:
-    value = getattr(level, metric, None)
-    if metric in LATENCY_METRICS:
-        return None if value is None else getattr(value, stat, None)
-    return value
+    """A level's value of a metric at a statistic (GateSpec has checked both names)."""
+    value = getattr(level, metric)
+    return getattr(value, stat) if metric in LATENCY_METRICS else value
 
 
 def _margin(observed: float, op: str, threshold: float) -> float:

@@ -289,6 +289,8 @@ def typed_value(field: str, key: str, text: str) -> object:
         if low not in ("true", "false"):
             raise ValueError(f"value of {key}: true or false, got {text!r}")
         return low == "true"
+    if field == "tensor_parallel_degree" and text == "max":
+        return text
     if field in _INT_FIELDS:
         if not text.isdigit():
             raise ValueError(f"value of {key}: a whole number, got {text!r}")
@@ -321,11 +323,12 @@ def parse(text: str) -> ServingProperties:
 
 
 def one_line_error(exc: ValidationError) -> str:
+    """The first error, prefixed with its serving.properties key (messages about `extra`
+    entries and the whole model already name theirs)."""
     err = exc.errors()[0]
-    loc = err.get("loc", ())
-    field = str(loc[0]) if loc else ""
-    key = dict(_KEYS).get(field, field)
-    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    field = str(err["loc"][0]) if err["loc"] else ""
+    key = dict(_KEYS).get(field)
+    msg = str(err["msg"]).removeprefix("Value error, ")
     return f"{key}: {msg}" if key else msg
 
 

@@ -106,6 +106,9 @@ CASES = {
 
 @pytest.fixture()
 def isolated(tmp_path, monkeypatch):
+    """A working directory with an empty local-target state folder, as after `make demo`'s
+    first run: anything a bad run wrote there would show."""
+    (tmp_path / "state").mkdir()
     monkeypatch.setenv("LMIFLOW_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # any AWS call would fail
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -118,6 +121,7 @@ def test_bad_config_exits_2_naming_the_field(case, isolated, capsys):
     text, field = CASES[case]
     cfg = isolated / "config.yaml"
     cfg.write_text(text)
+    before = files_under(isolated)
     code = main(["deploy", str(cfg), "--report-dir", str(isolated / "report")])
     err = capsys.readouterr().err
     assert code == 2, err
@@ -125,9 +129,15 @@ def test_bad_config_exits_2_naming_the_field(case, isolated, capsys):
     assert len(lines) == 1, err
     assert lines[0].startswith(f"lmiflow: error: {field}"), err
     assert "Traceback" not in err
-    # nothing created: no report, no local endpoint state
+    # nothing created: no report, and the state folder is still there and still empty
+    assert (isolated / "state").is_dir()
+    assert list((isolated / "state").iterdir()) == []
+    assert files_under(isolated) == before
     assert not (isolated / "report").exists()
-    assert not any((isolated / "state").rglob("*.json")) if (isolated / "state").exists() else True
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
 
 
 def test_corpus_is_large_enough():

@@ -175,3 +175,71 @@ def test_to_env_follows_lmi_translation():
     # one variable per entry (engine=Python needs none)
     assert len(env) == len(_worked_example(
         extra={"job_queue_size": 64, "option.enable_lora": True}).entries()) - 1
+
+
+# ---- exact messages and boundaries -----------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("option.x=\n", "value of option.x: empty"),
+    ("engine=Python\noption.rolling_batch=trtllm\n",
+     "option.rolling_batch=trtllm needs engine=MPI or option.mpi_mode"),
+    ("option.rolling_batch=lmi-dist\n", "option.rolling_batch: option.rolling_batch=lmi-dist is "
+                                        "gone from LMI v15; use vllm (async mode) or trtllm"),
+    ("option.gpu_memory_utilization=abc\n", "value of option.gpu_memory_utilization: a number, "
+                                            "got 'abc'"),
+    ("option.gpu_memory_utilization=1.5\n", "option.gpu_memory_utilization: Input should be less "
+                                            "than or equal to 1"),
+    ("option.tensor_parallel_degree=x\n", "value of option.tensor_parallel_degree: a whole "
+                                          "number, got 'x'"),
+    ("option.async_mode=yes\n", "value of option.async_mode: true or false, got 'yes'"),
+    ("option.x=a\\b\n", "value of option.x: backslashes are not allowed (Java properties "
+                        "escape)"),
+    ("option.x=caf\u00e9\n", "value of option.x: only ASCII (Java reads properties files as "
+                             "ISO-8859-1)"),
+    ("option.=1\n", "key 'option.': option name missing after 'option.'"),
+    ("no separator here\n", "line 1: expected key=value, got 'no separator here'"),
+])
+def test_parse_errors_are_one_line_naming_the_key(text, message):
+    with pytest.raises(ValueError) as err:
+        parse(text)
+    assert str(err.value) == message
+
+
+def test_values_with_surrounding_whitespace_are_rejected():
+    with pytest.raises(ValueError) as err:
+        ServingProperties(extra={"option.x": "a "})
+    assert "value of option.x: leading or trailing whitespace would be stripped" in str(
+        err.value)
+
+
+def test_parse_tensor_parallel_max_and_comments_and_values_with_equals():
+    p = parse("# c\n! also a comment\n\noption.tensor_parallel_degree=max\n"
+              "option.tokenizer_args=a=b\n")
+    assert p.tensor_parallel_degree == "max"
+    assert p.extra == {"option.tokenizer_args": "a=b"}
+
+
+def test_to_env_names_replace_dots_and_dashes():
+    env = to_env(ServingProperties(extra={"option.foo-bar.baz": "1", "gpu.maxWorkers": "2"}))
+    assert env == {"OPTION_TRUST_REMOTE_CODE": "false", "OPTION_FOO_BAR_BAZ": "1",
+                   "SERVING_GPU_MAXWORKERS": "2"}
+
+
+def test_properties_for_bounds_and_messages():
+    p = _worked_example(max_batch=1, max_input_tokens=1, max_output_tokens=1)
+    assert (p.max_rolling_batch_size, p.max_model_len) == (1, 2)
+    with pytest.raises(ValueError) as err:
+        _worked_example(dtype="fp64")
+    assert str(err.value) == ("model.dtype: 'fp64': one of fp32, fp16, bf16, fp8, auto "
+                              "(int8/int4 checkpoints are served as auto)")
+    with pytest.raises(ValueError) as err:
+        _worked_example(extra={"option.x": [1]})
+    assert str(err.value) == "value of option.x: a string, number or boolean"
+    with pytest.raises(ValueError) as err:
+        _worked_example(extra={"option.max_model_len": "lots"})
+    assert str(err.value) == "value of option.max_model_len: a whole number, got 'lots'"
+
+
+def test_user_options_equal_to_the_plan_are_accepted():
+    p = _worked_example(extra={"option.max_rolling_batch_size": 4, "option.max_model_len": 4096})
+    assert (p.max_rolling_batch_size, p.max_model_len) == (4, 4096)

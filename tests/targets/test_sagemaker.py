@@ -22,6 +22,7 @@ import boto3
 import botocore.session
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
@@ -504,8 +505,9 @@ def test_describe_missing_is_none_other_errors_raise(target, sm):
     stub, _ = sm
     _missing(stub, "describe_endpoint", "endpoint", {"EndpointName": "gone"})
     assert target.describe("gone") is None
-    stub.add_client_error("describe_endpoint", "AccessDeniedException", "no", 400)
-    with pytest.raises(Exception, match="AccessDenied"):
+    stub.add_client_error("describe_endpoint", "AccessDeniedException", "no", 400,
+                          expected_params={"EndpointName": "secret"})
+    with pytest.raises(ClientError, match="AccessDenied"):
         target.describe("secret")
     stub.add_response("describe_endpoint", _described("e", "InService"), {"EndpointName": "e"})
     stub.add_response("list_tags", {"Tags": [{"Key": "project", "Value": "lmiflow"},
@@ -524,8 +526,9 @@ def test_deletes_return_false_when_missing(target, sm):
     assert target.delete_endpoint("x") is False
     assert target.delete_endpoint_config("x") is False
     assert target.delete_model("x") is False
-    stub.add_client_error("delete_model", "ThrottlingException", "slow down", 400)
-    with pytest.raises(Exception, match="Throttling"):
+    stub.add_client_error("delete_model", "ThrottlingException", "slow down", 400,
+                          expected_params={"ModelName": "x"})
+    with pytest.raises(ClientError, match="Throttling"):
         target.delete_model("x")
 
 
@@ -566,14 +569,24 @@ def test_create_adopts_existing_resources(target, sm):
     stub, _ = sm
     stub.add_client_error(
         "create_model", "ValidationException",
-        f'Cannot create already existing model "{ARN}m".', 400)
+        f'Cannot create already existing model "{ARN}m".', 400, expected_params={
+            "ModelName": "m", "ExecutionRoleArn": ROLE,
+            "PrimaryContainer": {
+                "Image": IMAGE, "Environment": {},
+                "ModelDataSource": {"S3DataSource": {
+                    "S3Uri": "s3://b/p/m/", "S3DataType": "S3Prefix",
+                    "CompressionType": "None"}}},
+            "Tags": [{"Key": "project", "Value": "lmiflow"}]})
     target.create_model("m", "s3://b/p/m/", IMAGE, {}, {})
+    create_e = {"EndpointName": "e", "EndpointConfigName": "ec",
+                "Tags": [{"Key": "project", "Value": "lmiflow"}]}
     stub.add_client_error(
         "create_endpoint", "ValidationException",
-        f'Cannot create already existing endpoint "{ARN}e".', 400)
+        f'Cannot create already existing endpoint "{ARN}e".', 400, expected_params=create_e)
     target.create_endpoint("e", "ec", {})
-    stub.add_client_error("create_endpoint", "ResourceLimitExceeded", "quota", 400)
-    with pytest.raises(Exception, match="ResourceLimitExceeded"):
+    stub.add_client_error("create_endpoint", "ResourceLimitExceeded", "quota", 400,
+                          expected_params=create_e)
+    with pytest.raises(ClientError, match="ResourceLimitExceeded"):
         target.create_endpoint("e", "ec", {})
 
 
@@ -686,7 +699,7 @@ def test_throttling_then_success_is_retried_by_botocore(clock, monkeypatch):
     assert clock.sleeps == []  # retried inside botocore, not by the poll loop
 
     http.responses = [throttled] * 5
-    with pytest.raises(Exception, match="Throttling"):
+    with pytest.raises(ClientError, match="Throttling"):
         target.wait("e", 60)
     assert len(http.sent) == 3 + 5  # total_max_attempts=5, then the error surfaces
 
@@ -697,7 +710,7 @@ def test_invocations_are_never_retried():
         _json(503, {"__type": "ServiceUnavailable", "message": "busy"}),
         _json(200, {}),
     ])
-    with pytest.raises(Exception, match="ServiceUnavailable"):
+    with pytest.raises(ClientError, match="ServiceUnavailable"):
         target.invoke("e", {"inputs": "hi"})
     assert len(http.sent) == 1
 
