@@ -166,6 +166,27 @@ def serving_properties(r: RunReport) -> Section:
                    [Code(r.serving_properties, "properties")])
 
 
+def endpoint(r: RunReport) -> list[Section]:
+    """The production variant's host (AMI, routing) and the promotion plan with its peak."""
+    lines: list[str] = []
+    if r.host is not None:
+        lines += [f"host AMI: {r.host.inference_ami_version} ({r.host.why})",
+                  f"routing: {r.host.routing_strategy}"]
+        if r.host.warning:
+            lines.append(f"warning: {r.host.warning}")
+    pr = r.promotion_plan
+    if pr is not None:
+        peak = ", ".join(f"{n} x {t}" for t, n in pr.peak_instances.items())
+        lines += [f"promotion: {pr.strategy}" + (f", first step {pr.traffic_step}"
+                                                 if pr.traffic_step else "")
+                  + f", old fleet kept {pr.termination_wait_s} s after the shift",
+                  "rollback alarms (must exist): " + (", ".join(pr.alarms) or "none"),
+                  f"peak fleet: {peak} ({pr.peak_assumption})"
+                  + (f"; quota {', '.join(pr.quota_names.values())}" if pr.quota_names
+                     else "")]
+    return [Section("endpoint", "Endpoint and promotion", [Bullets(lines)])] if lines else []
+
+
 def weights(r: RunReport) -> list[Section]:
     """Where the weights come from, who may read them, and what stage_weights uploaded."""
     if r.weights is None:
@@ -313,4 +334,4 @@ def build_sections(report: RunReport) -> list[Section]:
     head = [builder(report) for builder in (summary, steps, memory, options,
                                             serving_properties)]
     tail = [builder(report) for builder in (smoke_test, benchmark, gate, formulas, versions)]
-    return [*head, *weights(report), *aws_requests(report), *tail]
+    return [*head, *endpoint(report), *weights(report), *aws_requests(report), *tail]
