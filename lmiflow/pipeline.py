@@ -203,8 +203,10 @@ def load_config(spec: DeploymentSpec):
 
     b, w = spec.benchmark, spec.workload
     return LoadConfig(
-        concurrency=b.concurrency, requests=b.requests, warmup=b.warmup_requests,
-        max_new_tokens=b.max_new_tokens or min(w.max_output_tokens, 64),
-        input_tokens=b.input_tokens or max(1, w.max_input_tokens // 4),
+        concurrency=b.concurrency, rates=b.rates, max_concurrency=b.max_in_flight,
+        duration_s=b.duration_s, requests=b.requests, warmup=b.warmup_requests,
+        repeats=b.repeats, max_new_tokens=b.max_new_tokens or min(w.max_output_tokens, 64),
+        input_tokens=b.input_tokens or max(1, w.max_input_tokens // 4), api=b.api,
+        prompts_file=b.prompts, fixed_length=b.fixed_length, seed=b.seed,
         timeout_s=b.timeout_s,
     )

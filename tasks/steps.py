@@ -295,7 +295,9 @@ def gate(spec: DeploymentSpec, bench: dict, baseline: dict | None) -> dict:
 
     verdict = evaluate(spec.gates, BenchResult.model_validate(bench),
                        BenchResult.model_validate(baseline) if baseline else None,
-                       spec.regression.max_regression_pct)
+                       spec.regression.max_regression_pct,
+                       confidence=spec.regression.confidence,
+                       noise_floor_pct=spec.regression.noise_floor_pct)
     data = verdict.model_dump(mode="json")
     lines = [f"# Gate: {'PASSED' if verdict.passed else 'REJECTED'}\n",
              "| check | c | observed | op | threshold | ok |", "|---|---|---|---|---|---|"]

@@ -7,7 +7,8 @@ interruption can adopt or remove what the earlier run left.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
@@ -97,6 +98,17 @@ class Target(Protocol):
 
     def invoke_stream(self, name: str, payload: dict) -> Iterator[bytes]:
         """Whole JSON lines (without the newline), reassembled across transport chunks."""
+
+    def reserve_invocations(self, concurrency: int) -> None:
+        """Be ready for this many invocations at once (a benchmark level): connection pools
+        that hold them all, so no request waits for a connection inside its latency."""
+
+    def model_files(self, endpoint: str, dest: Path, names: Sequence[str]) -> Path | None:
+        """A local directory holding the serving.properties the endpoint serves and those of
+        `names` (tokenizer and config files) that sit beside its weights where this target can
+        read them (a local directory, the model's S3 prefix, an s3:// option.model_id). The
+        local target answers with its staged directory; others copy into dest. None when the
+        endpoint does not exist."""
 
     def delete_endpoint(self, name: str) -> bool: ...
 

@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -471,6 +471,19 @@ class LocalTarget:
                         yield line.encode()
 
         return lines()
+
+    def reserve_invocations(self, concurrency: int) -> None:
+        """The invocation pool holds 1024 connections; a benchmark sends over the endpoint's
+        URL anyway (describe().url)."""
+
+    def model_files(self, endpoint: str, dest: Path, names: Sequence[str]) -> Path | None:
+        """The staged directory: its serving.properties names the weights' directory
+        (option.model_id), which is readable here as it is."""
+        reg = self._read()
+        rec = reg["endpoints"].get(endpoint)
+        config = reg["endpoint_configs"].get(rec["config_name"]) if rec else None
+        model = reg["models"].get(config["model_name"]) if config else None
+        return Path(model["model_data"]) if model else None
 
     def close(self) -> None:
         """Close the invocation connection pool (if one was opened)."""

@@ -18,8 +18,9 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Literal
 
 from lmiflow.targets.base import (
@@ -237,6 +238,7 @@ class SageMakerTarget:
         retry_mode: Literal["standard", "adaptive"] = "standard",
         max_attempts: int = 5,
         invoke_read_timeout_s: float = 75,
+        invoke_pool_size: int = 64,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ):
@@ -252,6 +254,7 @@ class SageMakerTarget:
         self.retry_mode = retry_mode
         self.max_attempts = max_attempts
         self.invoke_read_timeout_s = invoke_read_timeout_s
+        self.invoke_pool_size = invoke_pool_size
         self._clock = clock
         self._sleep = sleep
 
@@ -296,8 +299,64 @@ class SageMakerTarget:
             read_timeout=self.invoke_read_timeout_s,
             connect_timeout=10,
             user_agent_extra="lmiflow",
+            # botocore's default pool holds 10: an 11th concurrent stream would wait for a
+            # connection inside its measured latency.
+            max_pool_connections=self.invoke_pool_size,
         )
         return self.session.client("sagemaker-runtime", config=cfg)
+
+    def reserve_invocations(self, concurrency: int) -> None:
+        """Grow the runtime client's connection pool to hold `concurrency` streams (a new
+        client when the pool is too small; urllib3 cannot resize one)."""
+        if concurrency > self.invoke_pool_size:
+            self.invoke_pool_size = concurrency
+            self.__dict__.pop("runtime", None)
+
+    def model_files(self, endpoint: str, dest: Path, names: Sequence[str]) -> Path | None:
+        """Copy the model's serving.properties (or, for env packaging, one written from the
+        few OPTION_* entries that say which model and how long a context: never a secret)
+        and those of `names` found in the model's S3 prefix or an s3:// option.model_id into
+        dest."""
+        from lmiflow.serving.properties_text import parse_entries, render_entries
+
+        d = self._describe_raw(endpoint)
+        if d is None:
+            return None
+        model_name = self.config_model_name(d["EndpointConfigName"])
+        if model_name is None:
+            return None
+        container = self.sm.describe_model(ModelName=model_name).get("PrimaryContainer", {})
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        prefix = (container.get("ModelDataSource", {}).get("S3DataSource", {}).get("S3Uri"))
+        wanted = ["serving.properties", *names]
+        if prefix:
+            self._copy_s3_files(prefix, wanted, dest)
+        props = dest / "serving.properties"
+        env = container.get("Environment") or {}
+        if not props.is_file():
+            keep = ("OPTION_MODEL_ID", "OPTION_MAX_MODEL_LEN", "OPTION_REVISION")
+            entries = {"option." + k[len("OPTION_"):].lower(): v for k, v in env.items()
+                       if k in keep}
+            if env.get("HF_MODEL_ID"):
+                entries.setdefault("option.model_id", env["HF_MODEL_ID"])
+            props.write_text(render_entries(entries))
+        model_id = parse_entries(props.read_text()).get("option.model_id", "")
+        if model_id.startswith("s3://"):
+            self._copy_s3_files(model_id if model_id.endswith("/") else model_id + "/",
+                                list(names), dest)
+        return dest
+
+    def _copy_s3_files(self, prefix: str, names: Sequence[str], dest: Path) -> None:
+        bucket, key_prefix = _split_s3(prefix)
+        for name in names:
+            try:
+                body = self.s3.get_object(Bucket=bucket, Key=key_prefix + name)["Body"].read()
+            except Exception as exc:
+                if _error(exc)[0] in ("NoSuchKey", "404", "NotFound", "AccessDenied"):
+                    continue
+                raise
+            (dest / name).write_bytes(body)
 
     # -- staging and creation --
 
