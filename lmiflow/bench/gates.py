@@ -133,7 +133,7 @@ def _regression_checks(
                 notes.append(f"baseline has no {metric} {stat} at concurrency "
                              f"{lv.concurrency}: not compared")
                 continue
-            base = math.exp(sum(map(math.log, base_vals)) / len(base_vals))
+            base = _geomean(base_vals)
             op = "<=" if higher_is_worse else ">="
             threshold = base * allowed if higher_is_worse else base / allowed
             cand_vals = values(lv, metric, stat, field)
@@ -158,6 +158,11 @@ def _regression_checks(
                       + ("" if passed else f", beyond the allowed {pct:g} %")),
             ))
     return checks, notes
+
+
+def _geomean(vals: list[float]) -> float:
+    """The typical value of repeats whose spread is multiplicative (one value: itself)."""
+    return vals[0] if len(vals) == 1 else math.exp(sum(map(math.log, vals)) / len(vals))
 
 
 def _pct(factor: float) -> str:

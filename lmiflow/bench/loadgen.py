@@ -44,6 +44,7 @@ from lmiflow.bench.runner import LevelPlan, auto_processes, run_in_processes, ru
 from lmiflow.bench.transports import Req, TargetTransport, Transport, UrlTransport
 
 ProgressFn = Callable[[int, int, int], None]
+PROBE_ATTEMPTS = 3
 
 
 class LoadConfig(BaseModel):
@@ -205,10 +206,13 @@ def probe(ep: Endpoint, cfg: LoadConfig, prompt: Prompt, tokenizer: Any | None
     notes: list[str] = []
     rejected: list[str] = []
     for v in variants:
-        raw = _send_one(ep, make_req(prompt, cfg, v), cfg.timeout_s)
-        rec = to_record(raw, cfg.api, tokenizer)
+        for _attempt in range(PROBE_ATTEMPTS):  # one flaky answer is not a verdict
+            raw = _send_one(ep, make_req(prompt, cfg, v), cfg.timeout_s)
+            if not (raw.status is not None and 400 <= raw.status < 500):
+                break
         if raw.status is not None and 400 <= raw.status < 500:
-            rejected.append(f"{v or 'no fixed-length parameter'}: {rec.error}")
+            rejected.append(f"{v or 'no fixed-length parameter'}: "
+                            f"{to_record(raw, cfg.api, tokenizer).error}")
             continue
         if rejected and v is not None:
             notes.append(f"fixed length through {v} (the endpoint refused "

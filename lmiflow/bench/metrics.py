@@ -156,7 +156,9 @@ class BenchSettings(BaseModel):
     """What was run; enough to rerun it. `source` never holds URL credentials or a query."""
 
     source: str = ""
-    client: str = Field("", description="What sent the requests (aiohttp, httpx, a target).")
+    client: str = Field(
+        "", description="What sent the requests: socket (bench.http) or target.invoke_stream."
+    )
     mode: str = "closed"
     requests: int = 0
     warmup: int = 0

@@ -68,8 +68,9 @@ def level_notes(lv: LevelResult) -> list[str]:
 def summary_lines(result: BenchResult, verdict: Any = None) -> list[str]:
     s = result.settings
     fixed = f"fixed length via {s.fixed_length}" if s.fixed_length else "outputs end at EOS"
-    lines = [f"lmiflow bench: {s.source}", f"api {s.api}, {fixed}, "
-             f"{s.requests} requests per level x {s.repeats} repeat(s)"]
+    lines = [f"lmiflow bench: {s.source}"]
+    lines += textwrap.wrap(f"api {s.api}, {fixed}, {s.requests} requests per level x "
+                           f"{s.repeats} repeat(s)", WIDTH)
     head = (f"{'level':>7} {'reqs':>5} {'err%':>5} {'TTFT ms':>13} {'TPOT ms':>13} "
             f"{'E2E ms':>7} {'tok/s':>7} {'req/min':>7} {'$/1M':>6}")
     sub = (f"{'':>7} {'':>5} {'':>5} {'p50':>6} {'p95':>6} {'p50':>6} {'p95':>6} "

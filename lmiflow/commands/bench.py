@@ -166,9 +166,10 @@ def fit_lengths(input_tokens: int | None, max_new_tokens: int | None,
     """Defaults that fit the endpoint's context (prompt + output ≤ max_model_len), or exit 2
     naming the flag that cannot fit."""
     if max_model_len is None:
-        return (input_tokens or DEFAULT_INPUT_TOKENS, max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+        return (DEFAULT_INPUT_TOKENS if input_tokens is None else input_tokens,
+                DEFAULT_MAX_NEW_TOKENS if max_new_tokens is None else max_new_tokens)
     if max_new_tokens is None:
-        room = max_model_len - (input_tokens or 1)
+        room = max_model_len - (1 if input_tokens is None else input_tokens)
         max_new_tokens = max(1, min(DEFAULT_MAX_NEW_TOKENS, max_model_len // 4, room))
     if input_tokens is None:
         input_tokens = max(1, min(DEFAULT_INPUT_TOKENS, max_model_len - max_new_tokens))

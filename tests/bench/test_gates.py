@@ -152,3 +152,70 @@ def test_slo_and_regression_combine():
                  max_regression_pct=10)
     kinds = {(c.kind, c.passed) for c in v.checks}
     assert ("slo", True) in kinds and ("regression", False) in kinds and not v.passed
+
+
+def with_repeats(lv: LevelResult, ttfts, tps=None) -> LevelResult:
+    """lv with one RepeatStats per TTFT p50 (TPOT as lv's, tokens/s as given or lv's)."""
+    from lmiflow.bench.metrics import RepeatStats
+
+    tps = tps or [lv.output_tokens_per_s] * len(ttfts)
+    return lv.model_copy(update={"repeats": [
+        RepeatStats(requests=10, ttft_ms_p50=t, tpot_ms_p50=lv.tpot_ms.p50, output_tokens_per_s=x)
+        for t, x in zip(ttfts, tps, strict=True)]})
+
+
+def test_noisy_repeats_do_not_reject_a_healthy_candidate():
+    # The demo's case: TTFT p50 of identical runs on a shared machine spread 30 -> 326 ms.
+    base = BenchResult(levels=[with_repeats(level(4), [30, 139, 326])])
+    cand = BenchResult(levels=[with_repeats(level(4), [150, 200, 250])])
+    v = evaluate([], cand, baseline=base, max_regression_pct=50)
+    ttft = next(c for c in v.checks if c.metric == "ttft_ms")
+    assert ttft.worsening > 1.5  # the point estimate alone would reject it...
+    assert ttft.worsening_low < 1.5 < ttft.worsening_high and ttft.passed  # ...noise cannot
+    assert "within noise" in ttft.note and "Welch" in ttft.method
+    assert v.passed
+
+
+def test_a_consistent_regression_is_rejected_despite_repeats():
+    base = BenchResult(levels=[with_repeats(level(4), [100, 104, 98])])
+    cand = BenchResult(levels=[with_repeats(level(4), [200, 208, 196])])
+    v = evaluate([], cand, baseline=base, max_regression_pct=50)
+    ttft = next(c for c in v.checks if c.metric == "ttft_ms")
+    assert not ttft.passed and ttft.worsening == pytest.approx(2.0, rel=0.01)
+    assert ttft.worsening_low > 1.5 and "beyond the allowed 50 %" in ttft.note
+    assert ttft.margin < 0 and not v.passed
+
+
+def test_one_sided_repeats_lend_their_spread_and_a_noise_floor_widens():
+    base = BenchResult(levels=[with_repeats(level(4), [90, 100, 110])])
+    cand = BenchResult(levels=[level(4, ttft=(125, 150, 200))])  # one run, 25 % slower
+    v = evaluate([], cand, baseline=base, max_regression_pct=10)
+    ttft = next(c for c in v.checks if c.metric == "ttft_ms")
+    assert "production's spread" in ttft.method and ttft.passed
+    one_run = BenchResult(levels=[level(4)])
+    strict = evaluate([], cand, baseline=one_run, max_regression_pct=10)
+    assert not next(c for c in strict.checks if c.metric == "ttft_ms").passed
+    floor = evaluate([], cand, baseline=one_run, max_regression_pct=10, noise_floor_pct=20)
+    c = next(c for c in floor.checks if c.metric == "ttft_ms")
+    assert c.passed and "noise floor 20 %" in c.method  # 1.25 / 1.2 = 1.04 <= 1.1
+
+
+def test_a_loose_limit_keeps_the_throughput_bound_above_zero_and_able_to_fail():
+    # max_regression_pct 300: tokens/s may fall to production / 4, never below zero.
+    v = evaluate([], scaled(tps=0.3), baseline=RESULT, max_regression_pct=300)
+    tps = [c for c in v.checks if c.metric == "output_tokens_per_s"]
+    assert [c.threshold for c in tps] == pytest.approx([250.0, 1000.0])
+    assert all(c.passed for c in tps)
+    v = evaluate([], scaled(tps=0.2), baseline=RESULT, max_regression_pct=300)
+    assert not any(c.passed for c in v.checks if c.metric == "output_tokens_per_s")
+
+
+@pytest.mark.parametrize(("kw", "name"), [
+    ({"max_regression_pct": float("nan")}, "max_regression_pct"),
+    ({"max_regression_pct": -1}, "max_regression_pct"),
+    ({"max_regression_pct": 10, "confidence": 1.0}, "confidence"),
+    ({"max_regression_pct": 10, "noise_floor_pct": float("inf")}, "noise_floor_pct"),
+])
+def test_meaningless_bounds_are_refused(kw, name):
+    with pytest.raises(ValueError, match=name):
+        evaluate([], RESULT, baseline=RESULT, **kw)
