@@ -865,3 +865,41 @@ def test_example_sagemaker_configs_validate_and_map_to_requests():
     assert (worked.model.dtype, worked.workload.max_input_tokens,
             worked.workload.max_output_tokens, worked.workload.concurrency) == ("fp16", 3072,
                                                                                 1024, 4)
+
+
+# ---- benchmarking a SageMaker endpoint ----------------------------------------------------
+
+
+def test_runtime_pool_holds_the_highest_concurrency(target):
+    assert target.runtime.meta.config.max_pool_connections == 64  # botocore's default is 10
+    target.reserve_invocations(200)
+    assert target.runtime.meta.config.max_pool_connections == 200
+    assert target.runtime.meta.config.retries["total_max_attempts"] == 1
+    target.reserve_invocations(8)  # never shrinks
+    assert target.runtime.meta.config.max_pool_connections == 200
+
+
+def _moto_endpoint(t, name, model_data, env):
+    t.create_model(name + "-m", model_data, IMAGE, env, {})
+    t.create_endpoint_config(name + "-c", name + "-m",
+                             EndpointVariant(instance_type="ml.g4dn.xlarge"), {})
+    t.create_endpoint(name, name + "-c", {})
+
+
+def test_moto_model_files_of_an_endpoint(moto_target, tmp_path):
+    t = moto_target
+    uri = t.stage("tok-m", {"serving.properties": "option.model_id=org/m\n"
+                                                  "option.max_model_len=4096\n",
+                            "tokenizer.json": "{}"})
+    _moto_endpoint(t, "tok", uri, {})
+    d = t.model_files("tok", tmp_path / "a", ["tokenizer.json", "config.json"])
+    assert sorted(p.name for p in d.iterdir()) == ["serving.properties", "tokenizer.json"]
+    assert "option.max_model_len=4096" in (d / "serving.properties").read_text()
+    # env packaging: a serving.properties from the few entries that name the model, no secret
+    _moto_endpoint(t, "envm", "", {"OPTION_MODEL_ID": "org/m", "OPTION_MAX_MODEL_LEN": "2048",
+                                   "HF_TOKEN": "hf_secret", "OPTION_HF_TOKEN": "hf_secret"})
+    d = t.model_files("envm", tmp_path / "b", ["tokenizer.json"])
+    text = (d / "serving.properties").read_text()
+    assert "option.model_id=org/m" in text and "option.max_model_len=2048" in text
+    assert "secret" not in text
+    assert t.model_files("nope", tmp_path / "c", []) is None
