@@ -64,7 +64,8 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
             from lmiflow.targets.baseline import load_baseline, save_baseline
 
             with rec.step("gate") as s:
-                baseline = load_baseline(target, spec.name)
+                # production measured beside the candidate in this run, else its saved one
+                baseline = bench.get("production") or load_baseline(target, spec.name)
                 rec.report["baseline"] = baseline
                 verdict = steps.gate(spec, bench, baseline)
                 rec.report["gate"] = verdict

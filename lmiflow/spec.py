@@ -247,6 +247,13 @@ class RegressionSection(_Strict):
         default=0.95, strict=True, ge=0.5, le=0.999, allow_inf_nan=False,
         description="Confidence of the interval the comparison uses (benchmark.repeats).",
     )
+    compare_with: Literal["last_promoted", "production_now"] = Field(
+        default="last_promoted",
+        description="last_promoted: production's benchmark saved when it was promoted. "
+        "production_now: benchmark production too, in the same run, level by level beside the "
+        "candidate (a shared or busy machine then weighs on both alike; it sends benchmark "
+        "traffic to production).",
+    )
     noise_floor_pct: float = Field(
         default=0.0, strict=True, ge=0, le=1000, allow_inf_nan=False,
         description="Run-to-run noise to allow for on top of the interval, in percent (e.g. "

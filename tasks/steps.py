@@ -259,8 +259,12 @@ def benchmark(spec: DeploymentSpec, endpoint: str, p: Plan, tokenizer_dir: str |
         report_progress("benchmark", frac, f"concurrency {level}: {done}/{of}")
 
     tokenizer = _tokenizer(tokenizer_dir)
-    result = bench_endpoint(target_for(spec), endpoint, cfg, tokenizer=tokenizer,
-                            gates=spec.gates, on_progress=on_progress)
+    target = target_for(spec)
+    prod = target.describe(spec.name) if spec.regression.compare_with == "production_now" else None
+    result = bench_endpoint(target, endpoint, cfg, tokenizer=tokenizer,
+                            tokenizer_source=tokenizer_dir if tokenizer else None,
+                            gates=spec.gates, on_progress=on_progress,
+                            production=spec.name if prod and prod.status == "InService" else None)
     update_progress_artifact(progress, progress=100.0)
     data = result.model_dump(mode="json")
     rows = []

@@ -124,6 +124,10 @@ def _regression_checks(
         ))
         return checks, notes
     allowed = 1 + pct / 100
+    paired = baseline.settings.source in result.settings.interleaved_with
+    if paired:
+        notes.append(f"production ({baseline.settings.source}) was measured in the same run, "
+                     "level by level: repeats are compared in pairs")
     for lv in shared:
         base_lv = baseline.level(lv.concurrency)
         assert base_lv is not None
@@ -142,7 +146,7 @@ def _regression_checks(
                                      kind="regression", baseline=base))
                 continue
             c = compare_runs(cand_vals, base_vals, higher_is_worse, confidence,
-                             noise_floor_pct)
+                             noise_floor_pct, paired=paired)
             observed = base * c.worsening if higher_is_worse else base / c.worsening
             best = base * c.low if higher_is_worse else base / c.low
             passed = c.low <= allowed

@@ -32,7 +32,6 @@ from lmiflow.bench.http import RawResponse
 from lmiflow.bench.metrics import (
     BenchResult,
     BenchSettings,
-    LevelResult,
     RequestRecord,
     compute_level,
     saturation_rate,
@@ -233,57 +232,73 @@ def run_benchmark(
 ) -> BenchResult:
     """Probe, then every level `repeats` times (levels interleaved, so slow drifts of the
     machine spread over all of them), then metrics. Blocking."""
+    return run_interleaved([ep], cfg, tokenizer=tokenizer, tokenizer_source=tokenizer_source,
+                           gates=gates, on_progress=on_progress)[0]
+
+
+def run_interleaved(
+    eps: Sequence[Endpoint], cfg: LoadConfig, *, tokenizer: Any | None = None,
+    tokenizer_source: str | None = None, gates: Sequence[GateSpec] | None = None,
+    on_progress: ProgressFn | None = None,
+) -> list[BenchResult]:
+    """run_benchmark for several endpoints at once: each level of each repeat runs on every
+    endpoint in turn, with the same prompts, the order alternating between repeats (ABBA). A
+    shared machine's load then falls on all of them alike, and repeat r of one endpoint is
+    paired in time with repeat r of the others (the regression gate uses that)."""
     prompts = _Prompts(cfg, tokenizer)
     total = cfg.warmup + cfg.requests
-    fixed, notes = probe(ep, cfg, prompts.get(1, cfg.seed - 1)[0], tokenizer)
+    probes = [probe(ep, cfg, prompts.get(1, cfg.seed - 1)[0], tokenizer) for ep in eps]
     specs: list[tuple[int, float | None]] = [(c, None) for c in cfg.concurrency]
     specs += [(cfg.max_concurrency, r) for r in cfg.rates]
-    records: list[list[RequestRecord]] = [[] for _ in specs]
-    cap_waits = [0] * len(specs)
-    stats: list[Any] = [None] * len(specs)
+    records: list[list[list[RequestRecord]]] = [[[] for _ in specs] for _ in eps]
+    cap_waits = [[0] * len(specs) for _ in eps]
+    stats: list[list[Any]] = [[None] * len(specs) for _ in eps]
     for rep in range(cfg.repeats):
         for idx, (conc, rate) in enumerate(specs):
             level_prompts = prompts.get(total, cfg.seed + 1000 * idx + rep)
-            reqs = [make_req(p, cfg, fixed, warmup=i < cfg.warmup)
-                    for i, p in enumerate(level_prompts)]
-            times = None
-            if rate is not None:
-                times = arrivals(total, rate, cfg.seed + idx, cfg.duration_s)
-                reqs = reqs[:len(times)]
-            plan = LevelPlan(reqs=reqs, concurrency=conc, timeout_s=cfg.timeout_s,
-                             arrivals=times, ramp_up_s=cfg.ramp_up_s if rate is None else 0.0,
-                             lag_tick_s=cfg.lag_tick_s)
-            label = conc if rate is None else idx
-            raws, st, waits = _run_level(ep, cfg, plan, label, on_progress)
-            cap_waits[idx] += waits
-            if stats[idx] is None or (st.loop_lag_p99_ms or 0) > (stats[idx].loop_lag_p99_ms or 0):
-                stats[idx] = st
-            records[idx] += [
-                to_record(raw, cfg.api, tokenizer, warmup=req.warmup, repeat=rep,
-                          prompt_tokens=p.input_tokens)
-                for raw, req, p in zip(raws, reqs, level_prompts, strict=False)
-            ]
-    levels: list[LevelResult] = []
-    for idx, (conc, rate) in enumerate(specs):
-        levels.append(compute_level(
-            records[idx], conc, rate_rps=rate, gates=gates, usd_per_hour=cfg.usd_per_hour,
-            instances=cfg.instances, generator=stats[idx],
-            saturated_reason=saturation_reason(stats[idx]),
-            expected_output_tokens=cfg.max_new_tokens if cfg.fixed_length else None,
-            cap_waits=cap_waits[idx],
-        ))
+            times = arrivals(total, rate, cfg.seed + idx, cfg.duration_s) if rate else None
+            order = range(len(eps)) if rep % 2 == 0 else reversed(range(len(eps)))
+            for e in order:
+                reqs = [make_req(p, cfg, probes[e][0], warmup=i < cfg.warmup)
+                        for i, p in enumerate(level_prompts)][:len(times or level_prompts)]
+                plan = LevelPlan(reqs=reqs, concurrency=conc, timeout_s=cfg.timeout_s,
+                                 arrivals=times, ramp_up_s=0.0 if rate else cfg.ramp_up_s,
+                                 lag_tick_s=cfg.lag_tick_s)
+                label = conc if rate is None else idx
+                raws, st, waits = _run_level(eps[e], cfg, plan, label, on_progress)
+                cap_waits[e][idx] += waits
+                worst = stats[e][idx]
+                if worst is None or (st.loop_lag_p99_ms or 0) > (worst.loop_lag_p99_ms or 0):
+                    stats[e][idx] = st
+                records[e][idx] += [
+                    to_record(raw, cfg.api, tokenizer, warmup=req.warmup, repeat=rep,
+                              prompt_tokens=p.input_tokens)
+                    for raw, req, p in zip(raws, reqs, level_prompts, strict=False)
+                ]
     mode: Literal["closed", "open", "mixed"] = (
         "mixed" if cfg.concurrency and cfg.rates else "open" if cfg.rates else "closed")
-    settings = BenchSettings(
-        source=ep.source, client=ep.client, mode=mode, requests=cfg.requests,
-        warmup=cfg.warmup, ramp_up_s=cfg.ramp_up_s, max_new_tokens=cfg.max_new_tokens,
-        input_tokens=cfg.input_tokens, prompt_tokens_exact=prompts.exact, api=cfg.api,
-        prompts_file=cfg.prompts_file, tokenizer=tokenizer_source, fixed_length=fixed,
-        seed=cfg.seed if cfg.fixed_length else None, repeats=cfg.repeats,
-        timeout_s=cfg.timeout_s, usd_per_hour=cfg.usd_per_hour, instances=cfg.instances,
-    )
-    return BenchResult(levels=levels, settings=settings, saturation_rps=saturation_rate(levels),
-                       notes=notes)
+    results = []
+    for e, ep in enumerate(eps):
+        levels = [compute_level(
+            records[e][idx], conc, rate_rps=rate, gates=gates, usd_per_hour=cfg.usd_per_hour,
+            instances=cfg.instances, generator=stats[e][idx],
+            saturated_reason=saturation_reason(stats[e][idx]),
+            expected_output_tokens=cfg.max_new_tokens if cfg.fixed_length else None,
+            cap_waits=cap_waits[e][idx],
+        ) for idx, (conc, rate) in enumerate(specs)]
+        settings = BenchSettings(
+            source=ep.source, client=ep.client, mode=mode, requests=cfg.requests,
+            warmup=cfg.warmup, ramp_up_s=cfg.ramp_up_s, max_new_tokens=cfg.max_new_tokens,
+            input_tokens=cfg.input_tokens, prompt_tokens_exact=prompts.exact, api=cfg.api,
+            prompts_file=cfg.prompts_file, tokenizer=tokenizer_source,
+            fixed_length=probes[e][0], seed=cfg.seed if cfg.fixed_length else None,
+            repeats=cfg.repeats, timeout_s=cfg.timeout_s, usd_per_hour=cfg.usd_per_hour,
+            instances=cfg.instances,
+            interleaved_with=[o.source for o in eps if o is not ep],
+        )
+        results.append(BenchResult(levels=levels, settings=settings,
+                                   saturation_rps=saturation_rate(levels), notes=probes[e][1]))
+    return results
 
 
 def _run_level(ep: Endpoint, cfg: LoadConfig, plan: LevelPlan, label: int,
@@ -323,21 +338,30 @@ def bench_endpoint(
     target: Any, endpoint: str, cfg: LoadConfig, *, tokenizer: Any | None = None,
     tokenizer_source: str | None = None, gates: Sequence[GateSpec] | None = None,
     on_progress: ProgressFn | None = None, find_tokenizer: bool = True,
+    production: str | None = None,
 ) -> BenchResult:
     """Benchmark a named endpoint of a Target: over its URL with the socket client when the
     target serves one (local), else through its invoke_stream (SageMaker). Without a
     tokenizer (and find_tokenizer) the endpoint's own model's is found (bench.endpoint_model).
-    Blocking."""
+    production: another endpoint to measure in the same run, interleaved level by level
+    (run_interleaved); its result is the returned one's `production`. Blocking."""
     notes: list[str] = []
     if tokenizer is None and find_tokenizer:
         from lmiflow.bench.endpoint_model import endpoint_model
 
         info = endpoint_model(target, endpoint)
         tokenizer, tokenizer_source, notes = info.tokenizer, info.tokenizer_source, info.notes
-    st = target.describe(endpoint)
-    url = st.url if st is not None else None
-    ep = Endpoint(source=f"{target.kind}:{endpoint}", url=url, target=target, name=endpoint)
-    result = run_benchmark(ep, cfg, tokenizer=tokenizer, tokenizer_source=tokenizer_source,
-                           gates=gates, on_progress=on_progress)
+
+    def named(name: str) -> Endpoint:
+        st = target.describe(name)
+        return Endpoint(source=f"{target.kind}:{name}", url=st.url if st else None,
+                        target=target, name=name)
+
+    eps = [named(endpoint)] + ([named(production)] if production else [])
+    results = run_interleaved(eps, cfg, tokenizer=tokenizer, tokenizer_source=tokenizer_source,
+                              gates=gates, on_progress=on_progress)
+    result = results[0]
     result.notes = notes + result.notes
+    if production:
+        result.production = results[1]
     return result

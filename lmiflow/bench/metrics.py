@@ -175,6 +175,10 @@ class BenchSettings(BaseModel):
     )
     seed: int | None = None
     repeats: int = 1
+    interleaved_with: list[str] = Field(
+        default_factory=list,
+        description="Endpoints measured in the same run, level by level (repeats paired).",
+    )
     timeout_s: float = 0
     usd_per_hour: float | None = None
     instances: int = 1
@@ -190,6 +194,10 @@ class BenchResult(BaseModel):
         "bound (None: no rate saturated the endpoint).",
     )
     notes: list[str] = Field(default_factory=list)
+    production: BenchResult | None = Field(
+        default=None, description="Production, measured in the same run, interleaved level by "
+        "level with this endpoint (regression.compare_with: production_now).",
+    )
     formulas: dict[str, str] = Field(default_factory=lambda: dict(FORMULAS))
 
     def level(self, concurrency: int) -> LevelResult | None:

@@ -58,9 +58,11 @@ def _mean_var(logs: Sequence[float]) -> tuple[float, float | None]:
 
 def compare(
     candidate: Sequence[float], baseline: Sequence[float], higher_is_worse: bool,
-    confidence: float = 0.95, noise_floor_pct: float = 0.0,
+    confidence: float = 0.95, noise_floor_pct: float = 0.0, paired: bool = False,
 ) -> Comparison:
-    """Worsening factor of candidate against baseline with a two-sided interval."""
+    """Worsening factor of candidate against baseline with a two-sided interval. paired: the
+    i-th values of both were measured back to back (bench.loadgen.run_interleaved), so the
+    interval comes from the per-pair ratios, free of the drift between pairs."""
     from scipy.stats import t as student_t
 
     lc, lb = [math.log(x) for x in candidate], [math.log(x) for x in baseline]
@@ -68,7 +70,11 @@ def compare(
     mb, vb = _mean_var(lb)
     d = (mc - mb) if higher_is_worse else (mb - mc)
     nc, nb = len(lc), len(lb)
-    if vc is not None and vb is not None:
+    if paired and nc == nb and nc >= 2:
+        _, vd = _mean_var([a - b for a, b in zip(lc, lb, strict=True)])
+        se2, df = vd / nc, nc - 1  # type: ignore[operator]
+        method = f"{nc} paired repeats, same run"
+    elif vc is not None and vb is not None:
         se2 = vc / nc + vb / nb
         denom = (vc / nc) ** 2 / (nc - 1) + (vb / nb) ** 2 / (nb - 1)
         df = se2 ** 2 / denom if denom > 0 else nc + nb - 2

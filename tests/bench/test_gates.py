@@ -219,3 +219,20 @@ def test_a_loose_limit_keeps_the_throughput_bound_above_zero_and_able_to_fail():
 def test_meaningless_bounds_are_refused(kw, name):
     with pytest.raises(ValueError, match=name):
         evaluate([], RESULT, baseline=RESULT, **kw)
+
+
+def test_repeats_measured_in_pairs_cancel_the_drift_between_pairs():
+    # The machine got slower over the run; candidate and production drifted together.
+    from lmiflow.bench.metrics import BenchSettings
+
+    base = BenchResult(levels=[with_repeats(level(4), [50, 150, 400])],
+                       settings=BenchSettings(source="local:prod"))
+    cand = BenchResult(levels=[with_repeats(level(4), [90, 280, 700])],
+                       settings=BenchSettings(source="local:cand",
+                                              interleaved_with=["local:prod"]))
+    v = evaluate([], cand, baseline=base, max_regression_pct=50)
+    ttft = next(c for c in v.checks if c.metric == "ttft_ms")
+    assert "paired" in ttft.method and not ttft.passed  # consistently ~1.8x: a regression
+    unpaired = cand.model_copy(update={"settings": BenchSettings(source="local:cand")})
+    v = evaluate([], unpaired, baseline=base, max_regression_pct=50)
+    assert next(c for c in v.checks if c.metric == "ttft_ms").passed  # lost in the drift

@@ -451,3 +451,37 @@ def test_cli_named_endpoint_uses_make_target(monkeypatch, capsys):
     assert data["settings"]["input_tokens"] + data["settings"]["max_new_tokens"] <= 20
     assert main(["bench", "--endpoint", "prod", "--max-new-tokens", "30"]) == 2
     assert "max_model_len 20" in capsys.readouterr().err
+
+
+class UrlTarget:
+    """A Target whose endpoints are URLs (like the local target's servers)."""
+
+    kind = "fake"
+
+    def __init__(self, urls):
+        self.urls = urls
+
+    def describe(self, name):
+        from lmiflow.targets.base import EndpointStatus
+
+        return EndpointStatus(name=name, status="InService", url=self.urls[name])
+
+
+@pytest.mark.slow
+def test_production_measured_beside_the_candidate_in_the_same_run():
+    from lmiflow.bench.gates import evaluate
+
+    with serve_in_subprocess(ttft_ms=90, tpot_ms=5) as slow, \
+            serve_in_subprocess(ttft_ms=30, tpot_ms=5) as fast:
+        target = UrlTarget({"cand": slow, "prod": fast})
+        res = bench_endpoint(target, "cand", cfg(concurrency=[2], requests=4, warmup=0,
+                                                 repeats=2), find_tokenizer=False,
+                             production="prod")
+    prod = res.production
+    assert prod is not None and prod.settings.source == "fake:prod"
+    assert res.settings.interleaved_with == ["fake:prod"]
+    assert 25 < prod.levels[0].ttft_ms.p50 < 60 < res.levels[0].ttft_ms.p50
+    assert len(res.levels[0].repeats) == len(prod.levels[0].repeats) == 2
+    v = evaluate([], res, baseline=prod, max_regression_pct=50)
+    ttft = next(c for c in v.checks if c.metric == "ttft_ms")
+    assert "paired" in ttft.method and ttft.worsening > 2
