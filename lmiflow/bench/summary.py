@@ -95,7 +95,8 @@ def summary_lines(result: BenchResult, verdict: Any = None) -> list[str]:
         lines.append(f"verdict: {'PASS' if verdict.passed else 'FAIL'}")
         for c in verdict.checks:
             mark = "ok  " if c.passed else "FAIL"
-            where = f"c={c.concurrency}" if c.concurrency is not None else "all"
+            where = (f"{num(c.rate_rps)}/s" if c.rate_rps is not None
+                     else f"c={c.concurrency}" if c.concurrency is not None else "all")
             text = (f"{mark} {c.metric} {c.stat} {c.op} {num(c.threshold)} @ {where}: "
                     f"observed {num(c.observed)}" + (f" ({c.note})" if c.note else ""))
             lines += textwrap.wrap(text, WIDTH, initial_indent="  ", subsequent_indent="      ")

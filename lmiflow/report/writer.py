@@ -417,6 +417,35 @@ def _levels_table(bench: Mapping[str, Any]) -> tuple[Table, bool]:
     return Table(headers, rows), few
 
 
+def _span(dist: Any) -> str:
+    """A length distribution: one number when every request had it, else p50 (min–max)."""
+    if not isinstance(dist, Mapping) or not dist.get("n"):
+        return "—"
+    lo, hi = dist.get("min"), dist.get("max")
+    return _fmt(lo) if lo == hi else f"{_fmt(dist.get('p50'))} ({_fmt(lo)}–{_fmt(hi)})"
+
+
+def _lengths_table(bench: Mapping[str, Any]) -> Table:
+    """Request lengths in the model's tokens and where the output counts came from: a
+    fixed-length run shows every output at the configured length, or how many were not."""
+    rows = []
+    for lv in bench.get("levels") or []:
+        level = (f"{_fmt(lv.get('rate_rps'))}/s" if lv.get("rate_rps") is not None
+                 else _fmt(lv.get("concurrency")))
+        expected = lv.get("expected_output_tokens")
+        wrong = lv.get("output_length_mismatches") or 0
+        diffs = lv.get("token_count_differences") or {}
+        rows.append([
+            level, _span(lv.get("input_length")), _span(lv.get("output_length")),
+            "—" if expected is None else (f"all {expected}" if not wrong
+                                          else f"{wrong} not {expected}"),
+            ", ".join(f"{k} {v}" for k, v in (lv.get("token_sources") or {}).items()) or "—",
+            ", ".join(f"{k}: {v}" for k, v in diffs.items()) or "none",
+        ])
+    return Table(["level", "input tokens", "output tokens", "fixed length", "counted by",
+                  "server count − ours"], rows)
+
+
 def _benchmark(r: Mapping[str, Any]) -> Section:
     bench = r.get("benchmark")
     if not bench or not bench.get("levels"):
@@ -437,7 +466,15 @@ def _benchmark(r: Mapping[str, Any]) -> Section:
                 f"p99 < {MIN_SAMPLES['p99']})."
             )
         )
+    settings = bench.get("settings") or {}
+    fixed = settings.get("fixed_length")
     blocks += [
+        Para(f"Request lengths (api {settings.get('api', 'inputs')}; "
+             + (f"outputs fixed through {fixed}" if fixed else "outputs end at EOS")
+             + (f"; tokenizer {settings['tokenizer']}" if settings.get("tokenizer") else "")
+             + "):"),
+        _lengths_table(bench),
+        *([Bullets(list(bench["notes"]))] if bench.get("notes") else []),
         Plot("latency_percentiles", "Latency percentiles vs concurrency"),
         Plot("throughput_and_cost", "Throughput and cost vs concurrency"),
     ]
