@@ -257,10 +257,11 @@ def run_interleaved(
         for idx, (conc, rate) in enumerate(specs):
             level_prompts = prompts.get(total, cfg.seed + 1000 * idx + rep)
             times = arrivals(total, rate, cfg.seed + idx, cfg.duration_s) if rate else None
+            n = len(times) if times is not None else total  # duration_s may cut arrivals
             order = range(len(eps)) if rep % 2 == 0 else reversed(range(len(eps)))
             for e in order:
                 reqs = [make_req(p, cfg, probes[e][0], warmup=i < cfg.warmup)
-                        for i, p in enumerate(level_prompts)][:len(times or level_prompts)]
+                        for i, p in enumerate(level_prompts[:n])]
                 plan = LevelPlan(reqs=reqs, concurrency=conc, timeout_s=cfg.timeout_s,
                                  arrivals=times, ramp_up_s=0.0 if rate else cfg.ramp_up_s,
                                  lag_tick_s=cfg.lag_tick_s)

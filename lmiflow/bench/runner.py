@@ -169,8 +169,7 @@ def split(plan: LevelPlan, parts: int) -> list[tuple[list[int], LevelPlan]]:
         out.append((idx, LevelPlan(
             reqs=[plan.reqs[i] for i in idx], concurrency=conc, timeout_s=plan.timeout_s,
             arrivals=None if plan.arrivals is None else [plan.arrivals[i] for i in idx],
-            # worker k of part p is worker p + k·parts of the whole: same start offsets
-            ramp_up_s=plan.ramp_up_s * conc * parts / max(plan.concurrency, 1),
+            ramp_up_s=plan.ramp_up_s,  # each part spreads its workers over the whole ramp-up
             lag_tick_s=plan.lag_tick_s,
         )))
     return out

@@ -485,3 +485,12 @@ def test_production_measured_beside_the_candidate_in_the_same_run():
     v = evaluate([], res, baseline=prod, max_regression_pct=50)
     ttft = next(c for c in v.checks if c.metric == "ttft_ms")
     assert "paired" in ttft.method and ttft.worsening > 2
+
+
+@pytest.mark.slow
+def test_open_loop_duration_bounds_a_level(url):
+    res = bench_url(url, cfg(concurrency=[], rates=[10.0], requests=500, warmup=0,
+                             duration_s=0.5, max_new_tokens=2))
+    lv = res.levels[0]
+    expected = len(arrivals(500, 10.0, seed=0, duration_s=0.5))  # level 0's schedule
+    assert res.settings.mode == "open" and lv.requests == expected < 20 and lv.errors == 0
