@@ -341,9 +341,10 @@ def bench_endpoint(
     on_progress: ProgressFn | None = None, find_tokenizer: bool = True,
     production: str | None = None,
 ) -> BenchResult:
-    """Benchmark a named endpoint of a Target: over its URL with the socket client when the
-    target serves one (local), else through its invoke_stream (SageMaker). Without a
-    tokenizer (and find_tokenizer) the endpoint's own model's is found (bench.endpoint_model).
+    """Benchmark a named endpoint of a Target, through its invoke_stream (the target owns
+    every way to reach an endpoint: its faults, retries and routing stay in the measurement).
+    Without a tokenizer (and find_tokenizer) the endpoint's own model's is found
+    (bench.endpoint_model).
     production: another endpoint to measure in the same run, interleaved level by level
     (run_interleaved); its result is the returned one's `production`. Blocking."""
     notes: list[str] = []
@@ -353,12 +354,8 @@ def bench_endpoint(
         info = endpoint_model(target, endpoint)
         tokenizer, tokenizer_source, notes = info.tokenizer, info.tokenizer_source, info.notes
 
-    def named(name: str) -> Endpoint:
-        st = target.describe(name)
-        return Endpoint(source=f"{target.kind}:{name}", url=st.url if st else None,
-                        target=target, name=name)
-
-    eps = [named(endpoint)] + ([named(production)] if production else [])
+    eps = [Endpoint(source=f"{target.kind}:{name}", target=target, name=name)
+           for name in [endpoint, *([production] if production else [])]]
     results = run_interleaved(eps, cfg, tokenizer=tokenizer, tokenizer_source=tokenizer_source,
                               gates=gates, on_progress=on_progress)
     result = results[0]

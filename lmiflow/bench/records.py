@@ -20,7 +20,8 @@ def to_record(
                         input_tokens=prompt_tokens)
     if raw.status is not None and raw.status != 200:
         body = b"".join(d for _, d in raw.chunks)[:300].decode("utf-8", "replace")
-        rec.error, rec.end = f"HTTP {raw.status}: {body}", raw.end
+        rec.error = f"HTTP {raw.status}: {body}" if body else raw.error or f"HTTP {raw.status}"
+        rec.end = raw.end
         return rec
     ps = parse_stream(api, raw.chunks)
     lines = [ln for ln in ps.lines if ln.token]

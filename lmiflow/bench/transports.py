@@ -47,6 +47,18 @@ class UrlTransport:
         await self.client.aclose()
 
 
+def _status_of(exc: Exception) -> int | None:
+    """The HTTP status an invocation failed with: the local target's InvocationError carries
+    it; botocore's errors carry the container's (ModelError's OriginalStatusCode) or the
+    service's. The probe needs it to tell a refused parameter (4xx) from a failure."""
+    status = getattr(exc, "status_code", None)
+    resp = getattr(exc, "response", None)
+    if status is None and isinstance(resp, dict):
+        status = resp.get("OriginalStatusCode") or resp.get("ResponseMetadata", {}).get(
+            "HTTPStatusCode")
+    return int(status) if isinstance(status, int) else None
+
+
 class TargetTransport:
     """A named endpoint of a Target: its blocking invoke_stream runs in a thread per request,
     which timestamps each line itself (the event loop's delay never enters a timestamp)."""
@@ -78,6 +90,7 @@ class TargetTransport:
                         close()
             raw.status = 200
         except Exception as exc:  # the endpoint's failure is the request's, not the run's
+            raw.status = _status_of(exc)
             raw.error = f"{type(exc).__name__}: {exc}"[:300]
         raw.end = raw.chunks[-1][0] if raw.chunks else perf()
         return raw

@@ -473,8 +473,7 @@ class LocalTarget:
         return lines()
 
     def reserve_invocations(self, concurrency: int) -> None:
-        """The invocation pool holds 1024 connections; a benchmark sends over the endpoint's
-        URL anyway (describe().url)."""
+        """Nothing to do: the invocation pool holds 1024 connections."""
 
     def model_files(self, endpoint: str, dest: Path, names: Sequence[str]) -> Path | None:
         """The staged directory: its serving.properties names the weights' directory

@@ -286,6 +286,25 @@ def test_named_endpoint_through_a_target():
     assert res.settings.source == "fake:prod" and res.settings.client == "target.invoke_stream"
 
 
+class Refusing(FakeTarget):
+    """A target whose endpoint refuses ignore_eos_token with 400, as the local target raises
+    it (InvocationError carries the status)."""
+
+    def invoke_stream(self, name, payload):
+        from lmiflow.targets.local import InvocationError
+
+        if payload["parameters"].get("ignore_eos_token"):
+            raise InvocationError(400, b'{"error": "ignore_eos_token: unknown field"}')
+        return super().invoke_stream(name, payload)
+
+
+@pytest.mark.slow
+def test_a_target_that_refuses_a_parameter_gets_the_fallback():
+    res = bench_endpoint(Refusing(), "prod", cfg(concurrency=[1], requests=1, warmup=0,
+                                                 max_new_tokens=2), find_tokenizer=False)
+    assert res.settings.fixed_length == "min_length" and res.levels[0].errors == 0
+
+
 @pytest.mark.slow
 def test_bench_runs_from_inside_an_event_loop(url):
     async def inside():  # e.g. an async Prefect flow calling the blocking API
@@ -461,18 +480,22 @@ class UrlTarget:
     def __init__(self, urls):
         self.urls = urls
 
-    def describe(self, name):
-        from lmiflow.targets.base import EndpointStatus
+    def reserve_invocations(self, n):
+        pass
 
-        return EndpointStatus(name=name, status="InService", url=self.urls[name])
+    def invoke_stream(self, name, payload):
+        import httpx
+
+        with httpx.stream("POST", self.urls[name], json=payload, timeout=30) as resp:
+            yield from (line.encode() for line in resp.iter_lines() if line.strip())
 
 
 @pytest.mark.slow
 def test_production_measured_beside_the_candidate_in_the_same_run():
     from lmiflow.bench.gates import evaluate
 
-    with serve_in_subprocess(ttft_ms=90, tpot_ms=5) as slow, \
-            serve_in_subprocess(ttft_ms=30, tpot_ms=5) as fast:
+    with serve_in_subprocess(ttft_ms=300, tpot_ms=5) as slow, \
+            serve_in_subprocess(ttft_ms=20, tpot_ms=5) as fast:
         target = UrlTarget({"cand": slow, "prod": fast})
         res = bench_endpoint(target, "cand", cfg(concurrency=[2], requests=4, warmup=0,
                                                  repeats=2), find_tokenizer=False,
@@ -480,7 +503,7 @@ def test_production_measured_beside_the_candidate_in_the_same_run():
     prod = res.production
     assert prod is not None and prod.settings.source == "fake:prod"
     assert res.settings.interleaved_with == ["fake:prod"]
-    assert 25 < prod.levels[0].ttft_ms.p50 < 60 < res.levels[0].ttft_ms.p50
+    assert 20 < prod.levels[0].ttft_ms.p50 < 300 < res.levels[0].ttft_ms.p50
     assert len(res.levels[0].repeats) == len(prod.levels[0].repeats) == 2
     v = evaluate([], res, baseline=prod, max_regression_pct=50)
     ttft = next(c for c in v.checks if c.metric == "ttft_ms")
