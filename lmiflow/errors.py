@@ -10,3 +10,7 @@ class UserInputError(ValueError):
         self.field = field
         self.reason = reason
         super().__init__(f"{field}: {reason}")
+
+
+class StepFailed(RuntimeError):
+    """A step failed for a reason a retry cannot fix (endpoint Failed, smoke test failed...)."""

@@ -23,9 +23,8 @@ from pydantic import (
 
 from lmiflow.bench.gate_spec import GateSpec
 from lmiflow.errors import UserInputError
+from lmiflow.targets.base import NAME_RE
 
-# SageMaker's rule for model, endpoint-config and endpoint names.
-NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
 REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
@@ -81,9 +80,22 @@ class InstanceSection(_Strict):
     )
     max_usd_per_hour: float | None = Field(default=None, gt=0, description="Price ceiling.")
     count: int = Field(default=1, ge=1, le=100, description="Instances behind the endpoint.")
+    max_count: int | None = Field(
+        default=None, ge=1, le=100,
+        description="Scale out up to this many instances when memory or the latency gates "
+        "need more copies, or several small instances cost less; empty: count.",
+    )
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0.1, le=1.0, description="Fraction of GPU memory the engine may use."
     )
+
+    @field_validator("max_count")
+    @classmethod
+    def _max_count(cls, v: int | None, info) -> int | None:
+        count = info.data.get("count", 1)
+        if v is not None and v < count:
+            raise ValueError(f"{v} is below count {count}")
+        return v
 
 
 class ServingSection(_Strict):
@@ -295,7 +307,7 @@ class DeploymentSpec(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         if not NAME_RE.match(v):
-            raise ValueError("must match ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$ (SageMaker's rule)")
+            raise ValueError(f"must match {NAME_RE.pattern} (SageMaker's rule)")
         if len(v) > MAX_ENDPOINT_NAME:
             raise ValueError(f"at most {MAX_ENDPOINT_NAME} characters (lmiflow adds suffixes)")
         return v

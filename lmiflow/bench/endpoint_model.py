@@ -14,10 +14,13 @@ import json
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from lmiflow.bench.tokens import TOKENIZER_FILES, TokenizerNotFound, load_tokenizer
+
+if TYPE_CHECKING:
+    from lmiflow.targets.base import Target
 
 
 @dataclass
@@ -39,23 +42,16 @@ def _max_position(directory: Path) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def endpoint_model(target: Any, endpoint: str) -> ModelInfo:
+def endpoint_model(target: Target, endpoint: str) -> ModelInfo:
     """Tokenizer and max_model_len of a named endpoint's model, as far as they can be found;
     notes say what could not be."""
-    from lmiflow.serving.properties_text import parse_entries
-
     info = ModelInfo()
     with tempfile.TemporaryDirectory(prefix="lmiflow-model-") as tmp:
-        found = target.model_files(endpoint, Path(tmp), TOKENIZER_FILES)
-        if found is None:
+        files = target.model_files(endpoint, Path(tmp), TOKENIZER_FILES)
+        if files is None:
             info.notes.append(f"cannot read the model files of {endpoint}")
             return info
-        found = Path(found)
-        try:
-            props = parse_entries((found / "serving.properties").read_text())
-        except (OSError, ValueError) as exc:
-            info.notes.append(f"cannot read the endpoint's serving.properties: {exc}")
-            props = {}
+        found, props = files.directory, files.properties
         model_id = props.get("option.model_id", "")
         limit = props.get("option.max_model_len", "")
         info.max_model_len = int(limit) if limit.isdigit() and int(limit) > 0 else None
@@ -67,8 +63,6 @@ def endpoint_model(target: Any, endpoint: str) -> ModelInfo:
             candidates.append((str(found), label))
         if model_id and not model_id.startswith(("s3://", "/", ".")):
             candidates.append((model_id, model_id))  # a Hub id: the cache, then the Hub
-        if not candidates and not model_id:
-            candidates.append((str(found), f"{endpoint}'s model files"))
         reasons = []
         for source, label in candidates:
             try:

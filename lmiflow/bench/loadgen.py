@@ -21,7 +21,7 @@ import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field
@@ -41,6 +41,12 @@ from lmiflow.bench.prompts import Prompt, for_api, load_prompts_file, synthetic_
 from lmiflow.bench.records import to_record
 from lmiflow.bench.runner import LevelPlan, auto_processes, run_in_processes, run_plan
 from lmiflow.bench.transports import Req, TargetTransport, Transport, UrlTransport
+
+if TYPE_CHECKING:
+    from lmiflow.targets.base import Target
+
+if TYPE_CHECKING:
+    from lmiflow.targets.base import Target
 
 ProgressFn = Callable[[int, int, int], None]
 PROBE_ATTEMPTS = 3
@@ -119,7 +125,7 @@ class Endpoint:
     source: str
     url: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
-    target: Any = None
+    target: Target | None = None
     name: str | None = None
 
     @property
@@ -336,7 +342,7 @@ def bench_url(
 
 
 def bench_endpoint(
-    target: Any, endpoint: str, cfg: LoadConfig, *, tokenizer: Any | None = None,
+    target: Target, endpoint: str, cfg: LoadConfig, *, tokenizer: Any | None = None,
     tokenizer_source: str | None = None, gates: Sequence[GateSpec] | None = None,
     on_progress: ProgressFn | None = None, find_tokenizer: bool = True,
     production: str | None = None,

@@ -22,6 +22,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from lmiflow.run_record import report_path
     from lmiflow.spec import load_spec
 
     overrides = {"target.kind": args.target} if args.target else None
@@ -34,27 +35,28 @@ def run(args) -> int:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     # The ephemeral API server would try to send telemetry: not from an unattended deploy.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    return _run_flow(spec, args.report_dir or str(Path("reports") / spec.name))
+    return _run_flow(spec, str(report_path(args.report_dir, spec.name)))
 
 
 def _plan_directly(spec):
-    from lmiflow.flows.record import DirectSteps, RunRecord, plan_steps
+    from lmiflow.run_record import DirectSteps, RunRecord, plan_steps
 
     rec = RunRecord(spec, None)
     return rec, plan_steps(spec, rec, DirectSteps)
 
 
 def dry_run(spec, report_dir: str | None) -> int:
-    from lmiflow.flows.record import write_report
     from lmiflow.plan_table import print_plan
+    from lmiflow.run_record import write_report
 
-    rec, (model, p, props, image, names) = _plan_directly(spec)
+    rec, (model, p, candidate) = _plan_directly(spec)
+    names = candidate.names
     print_plan(p, model.source)
-    print(f"\nimage: {image or 'none (local target runs the model server directly)'}")
+    print(f"\nimage: {candidate.image_uri or 'none (local target runs the model server directly)'}")
     print(f"candidate: {names.endpoint} (config {names.endpoint_config}, model {names.model})")
-    print("\n# serving.properties\n" + props, end="")
+    print("\n# serving.properties\n" + candidate.properties, end="")
     if report_dir:
-        path = write_report(rec.finish("planned"), report_dir, spec.name)
+        path = write_report(rec.finish("planned"), report_dir)
         print(f"\nreport: {path}")
     return 0
 

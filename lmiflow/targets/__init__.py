@@ -32,3 +32,15 @@ def make_target(kind: str, **kwargs: Any) -> Target:
             kwargs["region"] = region
         return SageMakerTarget(**kwargs)
     raise ValueError(f"target kind {kind!r}: expected one of {', '.join(TARGET_KINDS)}")
+
+
+def configured_target(kind: str, *, state_dir: str | None = None, region: str | None = None,
+                      role_arn: str | None = None, s3_uri: str | None = None,
+                      credentials_block: str | None = None, packaging: str | None = None
+                      ) -> Target:
+    """The target a deployment config's `target` section (or a command line) describes: each
+    kind takes the settings that apply to it and ignores the others."""
+    if kind == "local":
+        return make_target("local", state_dir=state_dir)
+    return make_target(kind, region=region, role_arn=role_arn, s3_uri=s3_uri,
+                       credentials_block=credentials_block, packaging=packaging)

@@ -25,25 +25,28 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from lmiflow.targets.base import EndpointStatus, EndpointVariant, TrafficPolicy, WaitTimeout
+from lmiflow.targets.base import (
+    EndpointBusy,
+    EndpointStatus,
+    EndpointVariant,
+    ModelFiles,
+    Target,
+    TrafficPolicy,
+    check_name,
+)
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 FILE_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 FAILED_MARK = "lmiflow-server FAILED: "  # serving.server prints it (kept in sync by a test)
 DEFAULT_STARTUP_TIMEOUT_S = 900
 STOP_GRACE_S = 10.0
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _children: dict[int, subprocess.Popen] = {}  # servers this process started: reaped on poll
-
-
-class EndpointBusy(RuntimeError):
-    """The endpoint is being created or updated: another run may own it."""
 
 
 class InvocationError(RuntimeError):
@@ -62,11 +65,6 @@ def default_state_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_state_dir("lmiflow"))
-
-
-def _check_name(what: str, name: str) -> None:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ValueError(f"{what} name {name!r} does not match {NAME_RE.pattern}")
 
 
 def free_port() -> int:
@@ -146,8 +144,9 @@ def failure_from_log(path: Path, limit: int = 600) -> str | None:
     return " | ".join(tail)[:limit] or None
 
 
-class LocalTarget:
-    """targets.base.Target on this machine."""
+class LocalTarget(Target):
+    """targets.base.Target on this machine. Nothing is written to the state directory until
+    something is created, so planning with this target (a dry run) leaves no trace."""
 
     kind = "local"
 
@@ -156,15 +155,60 @@ class LocalTarget:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.python = python or sys.executable
         self.poll_interval_s = poll_interval_s
-        for sub in ("staged", "logs", "locks"):
-            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         self._registry_path = self.state_dir / "registry.json"
+
+    def _dir(self, sub: str) -> Path:
+        path = self.state_dir / sub
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # ---- planning -------------------------------------------------------------------------
+
+    def instance_catalog(self):
+        """This machine, as the one row to plan over."""
+        from lmiflow.sizing.catalog import catalog_with
+        from lmiflow.targets.local_machine import detect
+
+        return catalog_with([detect()])
+
+    def serving_model_id(self, model_id: str, local_dir: str | None) -> str:
+        # resolved: the server runs with the state directory as its working directory
+        return str(Path(local_dir).resolve()) if local_dir else model_id
+
+    def image_uri(self, backend: str, version: str | None, override: str | None) -> None:
+        return None  # the model server runs directly, no container image
+
+    def serving_engine(self, backend: str) -> str:
+        return "local"  # lmiflow's own model server, whatever backend the config names
+
+    def endpoint_variant(self, instance_type: str, instance_count: int,
+                         weights_bytes: int) -> EndpointVariant:
+        return EndpointVariant(instance_type=instance_type, instance_count=instance_count)
+
+    # ---- production's baseline --------------------------------------------------------------
+
+    def _baseline_path(self, endpoint: str) -> Path:
+        check_name("endpoint", endpoint)
+        return self.state_dir / "baselines" / f"{endpoint}.json"
+
+    def load_baseline(self, endpoint: str) -> dict | None:
+        path = self._baseline_path(endpoint)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def save_baseline(self, endpoint: str, data: dict) -> str:
+        path = self._baseline_path(endpoint)
+        self._dir("baselines")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+        os.replace(tmp, path)
+        return str(path)
 
     # ---- registry -------------------------------------------------------------------------
 
     def _lock(self):
         from filelock import FileLock
 
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.state_dir / "registry.json.lock"), timeout=60)
 
     def endpoint_lock(self, name: str, timeout: float = -1):
@@ -172,8 +216,8 @@ class LocalTarget:
         processes. timeout=-1 waits forever; otherwise filelock.Timeout is raised."""
         from filelock import FileLock
 
-        _check_name("endpoint", name)
-        return FileLock(str(self.state_dir / "locks" / f"{name}.lock"), timeout=timeout)
+        check_name("endpoint", name)
+        return FileLock(str(self._dir("locks") / f"{name}.lock"), timeout=timeout)
 
     def _read(self) -> dict[str, dict[str, Any]]:
         try:
@@ -202,10 +246,10 @@ class LocalTarget:
     # ---- models and configs ---------------------------------------------------------------
 
     def stage(self, name: str, files: dict[str, str]) -> str:
-        _check_name("model", name)
+        check_name("model", name)
         if "serving.properties" not in files:
             raise ValueError("files: serving.properties is required")
-        dest = self.state_dir / "staged" / name
+        dest = self._dir("staged") / name
         dest.mkdir(parents=True, exist_ok=True)
         for rel, text in files.items():
             if not FILE_RE.match(rel) or ".." in rel.split("/"):
@@ -217,7 +261,7 @@ class LocalTarget:
 
     def create_model(self, name: str, model_data: str, image_uri: str | None,
                      env: dict[str, str], tags: dict[str, str]) -> None:
-        _check_name("model", name)
+        check_name("model", name)
         if not (Path(model_data) / "serving.properties").is_file():
             raise ValueError(f"model_data {model_data}: no serving.properties there")
         record = {"model_data": str(Path(model_data).resolve()), "image_uri": image_uri,
@@ -232,7 +276,7 @@ class LocalTarget:
 
     def create_endpoint_config(self, name: str, model_name: str, variant: EndpointVariant,
                                tags: dict[str, str]) -> None:
-        _check_name("endpoint config", name)
+        check_name("endpoint config", name)
         record = {"model_name": model_name, "variant": variant.model_dump(), "tags": dict(tags),
                   "created": time.time()}
         with self._registry() as reg:
@@ -255,8 +299,9 @@ class LocalTarget:
         if model is None:
             raise LookupError(f"model {config['model_name']} does not exist")
         port = free_port()
-        n = len(list((self.state_dir / "logs").glob(f"{endpoint}-*.log"))) + 1
-        log_path = self.state_dir / "logs" / f"{endpoint}-{n}.log"
+        logs = self._dir("logs")
+        n = len(list(logs.glob(f"{endpoint}-*.log"))) + 1
+        log_path = logs / f"{endpoint}-{n}.log"
         env = {**os.environ, **model["env"]}
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [self.python, "-m", "lmiflow.serving.server", "--model-dir", model["model_data"],
@@ -352,7 +397,7 @@ class LocalTarget:
     # ---- endpoints ------------------------------------------------------------------------
 
     def create_endpoint(self, name: str, config_name: str, tags: dict[str, str]) -> None:
-        _check_name("endpoint", name)
+        check_name("endpoint", name)
         with self._registry() as reg:
             old = reg["endpoints"].get(name)
             if old is not None:
@@ -374,7 +419,7 @@ class LocalTarget:
         meaning for one local process and run as all-at-once. When the new server fails, the
         endpoint stays InService on its old config with failure_reason set (like SageMaker's
         rollback): after wait(), compare config_name."""
-        _check_name("endpoint", name)
+        check_name("endpoint", name)
         if policy is not None and policy.type != "ALL_AT_ONCE":
             log.info("local target: %s traffic shifting runs as ALL_AT_ONCE", policy.type)
         with self._registry() as reg:
@@ -402,28 +447,6 @@ class LocalTarget:
                 self._advance(rec)
                 out.append(self._status(rec))
             return out
-
-    def wait(self, name: str, timeout_s: float,
-             on_status: Callable[[EndpointStatus, float], None] | None = None) -> EndpointStatus:
-        from lmiflow.targets.base import TERMINAL_STATUSES
-
-        start = time.monotonic()
-        last: str | None = None
-        while True:
-            st = self.describe(name)
-            elapsed = time.monotonic() - start
-            if st is None:
-                raise LookupError(f"endpoint {name} does not exist")
-            if st.status != last:
-                last = st.status
-                if on_status is not None:
-                    on_status(st, elapsed)
-            if st.status in TERMINAL_STATUSES:
-                return st
-            if elapsed >= timeout_s:
-                raise WaitTimeout(f"endpoint {name} still {st.status} after {elapsed:.0f} s "
-                                  f"(limit {timeout_s:.0f} s)")
-            time.sleep(min(self.poll_interval_s, max(0.0, timeout_s - elapsed)))
 
     @functools.cached_property
     def _http(self) -> Any:
@@ -472,23 +495,20 @@ class LocalTarget:
 
         return lines()
 
-    def reserve_invocations(self, concurrency: int) -> None:
-        """Nothing to do: the invocation pool holds 1024 connections."""
-
-    def model_files(self, endpoint: str, dest: Path, names: Sequence[str]) -> Path | None:
+    def model_files(self, endpoint: str, dest: Path, names: Sequence[str]) -> ModelFiles | None:
         """The staged directory: its serving.properties names the weights' directory
         (option.model_id), which is readable here as it is."""
+        from lmiflow.serving.properties_text import parse_entries
+
         reg = self._read()
         rec = reg["endpoints"].get(endpoint)
         config = reg["endpoint_configs"].get(rec["config_name"]) if rec else None
         model = reg["models"].get(config["model_name"]) if config else None
-        return Path(model["model_data"]) if model else None
-
-    def close(self) -> None:
-        """Close the invocation connection pool (if one was opened)."""
-        http = self.__dict__.pop("_http", None)
-        if http is not None:
-            http.close()
+        if model is None:
+            return None
+        staged = Path(model["model_data"])
+        props = parse_entries((staged / "serving.properties").read_text())
+        return ModelFiles(directory=staged, properties=props)
 
     # ---- deletion and listing ---------------------------------------------------------------
 

@@ -441,7 +441,7 @@ def test_cli_json_into_a_closed_pipe_is_quiet(url):
 
 
 @pytest.mark.slow
-def test_cli_named_endpoint_uses_make_target(monkeypatch, capsys):
+def test_cli_named_endpoint_uses_configured_target(monkeypatch, capsys):
     from lmiflow import targets
 
     class Described(FakeTarget):
@@ -449,16 +449,17 @@ def test_cli_named_endpoint_uses_make_target(monkeypatch, capsys):
             return super().describe(name) if name == "prod" else None
 
         def model_files(self, endpoint, dest, names):
-            (Path(dest) / "serving.properties").write_text("option.max_model_len=20\n")
-            return Path(dest)
+            from lmiflow.targets.base import ModelFiles
+
+            return ModelFiles(directory=dest, properties={"option.max_model_len": "20"})
 
     made = []
 
-    def make_target(kind, **kwargs):
+    def configured_target(kind, **kwargs):
         made.append(kind)
         return Described()
 
-    monkeypatch.setattr(targets, "make_target", make_target, raising=False)
+    monkeypatch.setattr(targets, "configured_target", configured_target, raising=False)
     assert main(["bench", "--endpoint", "nope", "--concurrency", "1"]) == 2
     assert "--endpoint" in capsys.readouterr().err
     # max_model_len 20 from the endpoint's serving.properties: the defaults shrink to fit
@@ -478,15 +479,16 @@ class UrlTarget:
     kind = "fake"
 
     def __init__(self, urls):
+        import httpx
+
         self.urls = urls
+        self.http = httpx.Client(timeout=30)  # one pool, as the local target keeps
 
     def reserve_invocations(self, n):
         pass
 
     def invoke_stream(self, name, payload):
-        import httpx
-
-        with httpx.stream("POST", self.urls[name], json=payload, timeout=30) as resp:
+        with self.http.stream("POST", self.urls[name], json=payload) as resp:
             yield from (line.encode() for line in resp.iter_lines() if line.strip())
 
 
@@ -503,7 +505,9 @@ def test_production_measured_beside_the_candidate_in_the_same_run():
     prod = res.production
     assert prod is not None and prod.settings.source == "fake:prod"
     assert res.settings.interleaved_with == ["fake:prod"]
-    assert 20 < prod.levels[0].ttft_ms.p50 < 300 < res.levels[0].ttft_ms.p50
+    # the same client overhead on both (a busy machine adds plenty): only the order is sure
+    assert 20 < prod.levels[0].ttft_ms.p50 < res.levels[0].ttft_ms.p50
+    assert res.levels[0].ttft_ms.p50 > 300
     assert len(res.levels[0].repeats) == len(prod.levels[0].repeats) == 2
     v = evaluate([], res, baseline=prod, max_regression_pct=50)
     ttft = next(c for c in v.checks if c.metric == "ttft_ms")
