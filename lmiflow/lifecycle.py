@@ -123,10 +123,16 @@ def create_endpoint(target: Target, names: Names, tags: dict[str, str], timeout_
 def smoke_test(target: Target, spec: DeploymentSpec, endpoint: str) -> SmokeTest:
     """One prompt; passed says whether the answer is a real generation."""
     t0 = time.monotonic()
-    body = target.invoke(endpoint, pipeline.smoke_payload(spec))
-    passed, output, why = pipeline.check_smoke_response(body)
-    return SmokeTest(passed=passed, output=output, endpoint=endpoint,
-                     seconds=time.monotonic() - t0, error=why)
+    outputs: list[str] = []
+    why = None
+    for payload in pipeline.smoke_payloads(spec):  # inputs, and messages if benchmarked
+        ok, text, reason = pipeline.check_smoke_response(target.invoke(endpoint, payload))
+        outputs.append(text)
+        if not ok:
+            why = reason if "inputs" in payload else f"messages form: {reason}"
+            break
+    return SmokeTest(passed=why is None, output=outputs[0] if why is None else outputs[-1],
+                     endpoint=endpoint, seconds=time.monotonic() - t0, error=why)
 
 
 def benchmark(target: Target, spec: DeploymentSpec, endpoint: str, p: Plan,

@@ -191,6 +191,16 @@ def smoke_payload(spec: DeploymentSpec) -> dict:
             "parameters": {"max_new_tokens": spec.smoke_test.max_new_tokens, "details": True}}
 
 
+def smoke_payloads(spec: DeploymentSpec) -> list[dict]:
+    """The inputs form always; the chat form too when the benchmark speaks it (LMI answers
+    `messages` in OpenAI's chat-completion format)."""
+    out = [smoke_payload(spec)]
+    if spec.benchmark.api == "messages":
+        out.append({"messages": [{"role": "user", "content": spec.smoke_test.prompt}],
+                    "max_tokens": spec.smoke_test.max_new_tokens})
+    return out
+
+
 def check_smoke_response(body: bytes) -> tuple[bool, str, str | None]:
     """(passed, generated text, why not). LMI answers a dict, or a one-item list of dicts."""
     try:
@@ -199,6 +209,14 @@ def check_smoke_response(body: bytes) -> tuple[bool, str, str | None]:
         return False, body[:200].decode("utf-8", "replace"), "response is not JSON"
     if isinstance(data, list) and data:
         data = data[0]
+    if isinstance(data, dict) and isinstance(data.get("choices"), list) and data["choices"]:
+        choice = data["choices"][0] if isinstance(data["choices"][0], dict) else {}
+        text = (choice.get("message") or {}).get("content")
+        if not isinstance(text, str):
+            return False, str(data)[:200], "no choices[0].message.content in the chat response"
+        if choice.get("finish_reason") == "error":
+            return False, text, "finish_reason error"
+        return True, text, None
     if not isinstance(data, dict) or "generated_text" not in data:
         return False, str(data)[:200], "no generated_text in the response"
     details = data.get("details") or {}
