@@ -108,7 +108,6 @@ class ParsedStream:
     lines: list[StreamLine] = field(default_factory=list)
     reported_output_tokens: int | None = None
     reported_input_tokens: int | None = None
-    finish_reason: str | None = None
     error: str | None = None
     error_t: float | None = None
 
@@ -180,7 +179,6 @@ def _read_lmi(ps: ParsedStream, t: float, obj: dict) -> None:
         _fail(ps, t, f"server error: {str(obj.get('error') or obj.get('message') or obj)[:200]}")
         return
     if isinstance(details, dict):
-        ps.finish_reason = details.get("finish_reason") or ps.finish_reason
         ps.reported_output_tokens = _int(details.get("generated_tokens"))
         # vLLM service: input_length; the local server: inputs_tokens.
         n_in = _int(details.get("input_length"))
@@ -210,5 +208,3 @@ def _read_openai(ps: ParsedStream, t: float, obj: dict) -> None:
         text = (delta or {}).get("content") if isinstance(delta, dict) else choice.get("text")
         if text:
             ps.lines.append(StreamLine(t, str(text), True, used))
-        if choice.get("finish_reason"):
-            ps.finish_reason = choice["finish_reason"]

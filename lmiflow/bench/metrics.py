@@ -42,7 +42,7 @@ class RequestRecord(BaseModel):
         "OpenAI usage.completion_tokens)."
     )
     token_source: str = Field(
-        "lines", description="Where output_tokens came from (bench.tokens.SOURCES)."
+        "lines", description="Where output_tokens came from (bench.tokens.count_tokens)."
     )
     input_tokens: int | None = Field(
         default=None, description="Prompt tokens: the server's count, else the tokenizer's."

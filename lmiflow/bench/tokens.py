@@ -21,12 +21,10 @@ from typing import Any
 
 from lmiflow.bench.apis import ParsedStream
 
-SOURCES = ("server-per-line", "stream", "tokenizer", "server", "lines")
-
 
 def count_tokens(ps: ParsedStream, tokenizer: Any | None) -> tuple[list[int], str]:
     """Tokens per token line of the stream (same order as ps.lines' token lines), and the
-    source (SOURCES) the counts came from."""
+    source (the names in this module's docstring) the counts came from."""
     lines = [ln for ln in ps.lines if ln.token]
     if not lines:
         return [], "lines"

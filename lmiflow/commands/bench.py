@@ -10,6 +10,7 @@ import sys
 import textwrap
 from typing import Any
 
+from lmiflow.bench.apis import APIS
 from lmiflow.bench.formulas import FORMULAS
 from lmiflow.errors import UserInputError
 
@@ -30,17 +31,17 @@ _GATE_RE = re.compile(
     r"(?P<threshold>[-+0-9.eE]+)\s*(?:@\s*(?P<conc>\d+))?\s*$"
 )
 DEFAULT_INPUT_TOKENS, DEFAULT_MAX_NEW_TOKENS = 128, 64
-APIS = ("inputs", "messages", "openai-chat", "openai-completions")
 
 
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "bench",
         help="Benchmark an endpoint: TTFT, TPOT, ITL, E2E, tokens/s, cost, per level.",
-        description="Benchmark an endpoint that speaks the LMI (DJL Serving) contract, by URL "
-        "(its /invocations) or by name on a target, or an OpenAI-compatible server "
-        "(/v1/chat/completions, /v1/completions). Every request streams; its tokens are "
-        "counted with the model's tokenizer; warm-up requests are excluded.",
+        description=textwrap.fill(
+            "Benchmark an endpoint that speaks the LMI (DJL Serving) contract, by URL (its "
+            "/invocations) or by name on a target, or an OpenAI-compatible server "
+            "(/v1/chat/completions, /v1/completions). Every request streams; its tokens are "
+            "counted with the model's tokenizer; warm-up requests are excluded.", 78),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
