@@ -12,8 +12,8 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from lmiflow import pipeline
+from lmiflow.redact import redact_text
 from lmiflow.report.model import RunReport, SmokeTest
-from lmiflow.report.redact import redact_text
 from lmiflow.run_record import RunRecord, plan_steps
 from lmiflow.spec import DeploymentSpec
 
@@ -35,6 +35,10 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
             model, p, candidate = plan_steps(spec, rec, steps)
             names = candidate.names
             tags = pipeline.tags_for(names, report.run_id)
+            with rec.step("stage_weights") as s:
+                report.staging = steps.stage_weights(spec, candidate.weights)
+                s.summary = (report.staging.summary() if report.staging
+                             else f"nothing to stage ({candidate.weights.delivery})")
             with rec.step("create_model") as s:
                 created = steps.create_model(spec, candidate, tags)
                 s.summary = names.model + (

@@ -29,6 +29,8 @@ ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$"
 S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
 REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+SG_RE = re.compile(r"^sg-[0-9a-f]{8,17}$")
 # Leave room for the suffixes lmiflow adds to candidate resources (-c-<hash>, -m-<hash>).
 MAX_ENDPOINT_NAME = 40
 
@@ -41,9 +43,28 @@ class _Strict(BaseModel):
 
 class ModelSection(_Strict):
     id: str = Field(
-        description="Hugging Face model id (org/name) or a local directory holding config.json."
+        description="Hugging Face model id (org/name), an s3://bucket/prefix/ holding the model "
+        "files, or a local directory holding config.json."
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
+    weights: Literal["auto", "stage", "hub"] = Field(
+        default="auto",
+        description="How a SageMaker container gets the weights. stage: copied into target.s3_uri "
+        "from the machine that runs the flow (no token reaches SageMaker); hub: the container "
+        "downloads them; auto: hub for public models, stage for gated, private and local ones "
+        "(an s3:// model is always loaded from its own prefix).",
+    )
+    hf_token_secret: str | None = Field(
+        default=None,
+        description="Prefect Secret block holding the Hub token for gated or private models; "
+        "empty: the HF_TOKEN environment variable of the machine that runs the flow.",
+    )
+    token_to_container: bool = Field(
+        default=False,
+        description="Opt-in: pass the runner's Hub token to the container as HF_TOKEN so it "
+        "downloads a gated or private model itself. The token is then readable by anyone "
+        "allowed sagemaker:DescribeModel.",
+    )
     dtype: DType = Field(
         default="auto",
         description="Weights dtype; auto reads torch_dtype / quantization_config from config.json.",
@@ -55,11 +76,21 @@ class ModelSection(_Strict):
         default=False, description="Run the model repository's own code. Off unless you trust it."
     )
 
-    @field_validator("id", "revision")
+    @field_validator("id", "revision", "hf_token_secret")
     @classmethod
     def _no_control_chars(cls, v: str | None) -> str | None:
         if v is not None and (not v.strip() or CONTROL_RE.search(v)):
             raise ValueError("must be non-empty and hold no line breaks or control characters")
+        return v
+
+    @field_validator("id")
+    @classmethod
+    def _s3_prefix(cls, v: str) -> str:
+        if v.startswith("s3://"):
+            if not S3_URI_RE.match(v):
+                raise ValueError("an s3:// model id must look like s3://bucket/prefix/")
+            if not v.endswith("/"):
+                v += "/"
         return v
 
 
@@ -112,6 +143,28 @@ class ServingSection(_Strict):
     )
 
 
+class VpcSection(_Strict):
+    subnets: list[str] = Field(min_length=1, max_length=16, description="Subnet ids, subnet-...")
+    security_group_ids: list[str] = Field(
+        min_length=1, max_length=5, description="Security group ids, sg-...")
+
+    @field_validator("subnets")
+    @classmethod
+    def _subnets(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not SUBNET_RE.match(s)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a subnet id such as subnet-0123456789abcdef0")
+        return v
+
+    @field_validator("security_group_ids")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not SG_RE.match(s)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a security group id such as sg-0123456789abcdef0")
+        return v
+
+
 class TargetSection(_Strict):
     kind: Literal["local", "sagemaker"] = Field(
         default="local", description="Where the endpoint runs: this machine or SageMaker."
@@ -126,8 +179,18 @@ class TargetSection(_Strict):
     )
     packaging: Literal["s3", "env"] = Field(
         default="s3",
-        description="s3: upload serving.properties to s3_uri; env: pass options as OPTION_* env.",
+        description="s3: upload serving.properties to s3_uri; env: pass options as OPTION_* env "
+        "(always env when the weights come from S3: their prefix is shared by every config).",
     )
+    network_isolation: bool | None = Field(
+        default=None,
+        description="Run the container without network access (EnableNetworkIsolation). Empty: "
+        "on when the weights come from S3 (staged or an s3:// model), off when the container "
+        "downloads them from the Hub.",
+    )
+    vpc: VpcSection | None = Field(
+        default=None, description="Run the container in your VPC (VpcConfig): subnets and "
+        "security groups.")
 
     @field_validator("region")
     @classmethod

@@ -18,7 +18,7 @@ BELOW = {
     "serving": {"sizing"},
     "targets": {"serving", "sizing", "errors"},
     "bench": {"targets", "sizing", "errors"},
-    "report": {"bench", "sizing"},
+    "report": {"bench", "targets", "sizing", "errors"},
     "core": {"report", "bench", "targets", "serving", "sizing", "errors"},
     "tasks": {"core", "report", "bench", "targets", "serving", "sizing", "errors"},
     "flows": {"tasks", "core", "report", "bench", "targets", "serving", "sizing", "errors"},
@@ -30,7 +30,7 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if len(parts) > 1 and parts[1] in PACKAGES:
         return parts[1]
-    if module == "lmiflow.errors":
+    if module in ("lmiflow.errors", "lmiflow.redact"):  # leaves: they import nothing of ours
         return "errors"
     return "commands" if module in ("lmiflow.cli", "lmiflow.__main__") else "core"
 

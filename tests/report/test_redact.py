@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from lmiflow.report.redact import MASK, redact, redact_text
+from lmiflow.redact import MASK, redact, redact_text
 
 HF = "hf_" + "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3"
 AKID = "AKIA" + "IOSFODNN7EXAMPLE"

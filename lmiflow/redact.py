@@ -53,7 +53,7 @@ _PATTERNS = (
 )
 
 
-def _key_is_secret(key: object) -> bool:
+def is_secret_key(key: object) -> bool:
     if not isinstance(key, str):
         return False
     words = [w.lower() for w in _WORD_RE.findall(key)]
@@ -90,7 +90,7 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, str):
         return redact_text(obj)
     if isinstance(obj, Mapping):
-        return {k: _mask_all(v) if _key_is_secret(k) else redact(v) for k, v in obj.items()}
+        return {k: _mask_all(v) if is_secret_key(k) else redact(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [redact(v) for v in obj]
     return obj
