@@ -301,11 +301,10 @@ def traffic_policy(spec: DeploymentSpec) -> TrafficPolicy:
 def planned_run(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Target,
                 tags: dict[str, str]) -> PlannedRun:
     """Everything decided before the first request: what the target lists requests from."""
-    from lmiflow.bench.loadgen import build_prompts, make_payload
+    from lmiflow.bench.loadgen import example_payload, planned_requests
 
     names, chosen = candidate.names, p.chosen
     cfg = load_config(spec)
-    prompt = build_prompts(1, cfg.input_tokens)[0][0]
     return PlannedRun(
         production=names.production, endpoint=names.endpoint,
         endpoint_config=names.endpoint_config, model=names.model,
@@ -313,8 +312,8 @@ def planned_run(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Tar
         variant=target.endpoint_variant(chosen.instance_type, chosen.instance_count,
                                         int(p.memory.weights_bytes)),
         tags=tags, weights=candidate.weights, policy=traffic_policy(spec),
-        smoke_payload=smoke_payload(spec), bench_payload=make_payload(prompt, cfg),
-        bench_requests=(cfg.warmup + cfg.requests) * len(cfg.concurrency),
+        smoke_payload=smoke_payload(spec), bench_payload=example_payload(cfg),
+        bench_requests=planned_requests(cfg),
         endpoint_timeout_s=spec.promotion.endpoint_timeout_s)
 
 

@@ -148,6 +148,21 @@ def make_req(prompt: Prompt, cfg: LoadConfig, fixed: str | None, warmup: bool = 
     return Req(body, json.dumps(body).encode(), warmup)
 
 
+def example_payload(cfg: LoadConfig) -> dict:
+    """The benchmark's first request as planned (before the probe picks the fixed-length
+    parameter the endpoint accepts): what a dry run lists."""
+    fixed = FIXED_LENGTH[cfg.api][0] if cfg.fixed_length else None
+    prompt = synthetic_prompts(1, cfg.input_tokens, chat=cfg.api in CHAT_APIS, seed=cfg.seed)[0]
+    return make_req(prompt, cfg, fixed).payload
+
+
+def planned_requests(cfg: LoadConfig) -> int:
+    """Requests one endpoint's benchmark sends: the probe, then every level of every repeat
+    (open-loop levels at most: duration_s may cut them)."""
+    levels = len(cfg.concurrency) + len(cfg.rates)
+    return 1 + levels * cfg.repeats * (cfg.warmup + cfg.requests)
+
+
 def arrivals(n: int, rate_rps: float, seed: int, duration_s: float | None = None) -> list[float]:
     """Poisson arrival offsets (s) from the level's start, cut at duration_s."""
     rng = random.Random(seed)

@@ -112,7 +112,8 @@ class PlannedRun(BaseModel):
     policy: TrafficPolicy
     smoke_payload: dict
     bench_payload: dict
-    bench_requests: int = Field(description="warm-up and measured requests over all levels")
+    bench_requests: int = Field(
+        description="the probe, warm-up and measured requests over all levels and repeats")
     endpoint_timeout_s: float
 
 

@@ -967,7 +967,7 @@ def test_moto_model_files_of_an_endpoint(moto_target, tmp_path):
     assert [p.name for p in f.directory.iterdir()] == ["tokenizer.json"]  # no config.json there
     assert f.properties == {"option.model_id": "org/m", "option.max_model_len": "4096"}
     # env packaging: only the few entries that name the model, never a secret
-    _moto_endpoint(t, "envm", "", {"OPTION_MODEL_ID": "org/m", "OPTION_MAX_MODEL_LEN": "2048",
+    _moto_endpoint(t, "envm", "", {"HF_MODEL_ID": "org/m", "OPTION_MAX_MODEL_LEN": "2048",
                                    "HF_TOKEN": "hf_secret", "OPTION_HF_TOKEN": "hf_secret"})
     f = t.model_files("envm", tmp_path / "b", ["tokenizer.json"])
     assert f.properties == {"option.model_id": "org/m", "option.max_model_len": "2048"}
