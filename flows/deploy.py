@@ -31,10 +31,13 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
     report = rec.report
     status, names = "failed", None
     try:
-        with pipeline.target_for(spec).endpoint_lock(spec.name):
+        with pipeline.target_for(spec).endpoint_lock(spec.name, report.run_id) as lock:
             model, p, candidate = plan_steps(spec, rec, steps)
             names = candidate.names
             tags = pipeline.tags_for(names, report.run_id)
+            with rec.step("preflight") as s:
+                report.promotion_plan = steps.preflight(spec, candidate)
+                s.summary = _peak_summary(report.promotion_plan)
             with rec.step("stage_weights") as s:
                 report.staging = steps.stage_weights(spec, candidate.weights)
                 s.summary = (report.staging.summary() if report.staging
@@ -45,7 +48,7 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
                     f" (removed leftovers: {', '.join(created.removed_leftovers)})"
                     if created.removed_leftovers else "")
             with rec.step("configure_endpoint") as s:
-                steps.configure_endpoint(spec, names, p, tags)
+                steps.configure_endpoint(spec, candidate, p, tags)
                 s.summary = names.endpoint_config
             with rec.step("create_endpoint") as s:
                 ep = steps.create_endpoint(spec, names, tags)
@@ -72,6 +75,7 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
                     f"rejected: {len(failed)} check(s) failed")
             if verdict.passed:
                 with rec.step("promote") as s:
+                    lock.assert_held()  # a lease that expired and was taken over: stop here
                     report.promotion = steps.promote(spec, names, tags)
                     s.summary = report.promotion.action
                     steps.save_baseline(spec, bench)
@@ -100,6 +104,14 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
             f" at {report.failed_step}" if report.failed_step else "")
             + (f": {report.error}" if report.error else ""))
     return report.to_json_dict()
+
+
+def _peak_summary(plan) -> str:
+    if plan is None:
+        return "nothing to check"
+    peak = ", ".join(f"{n} x {t}" for t, n in plan.peak_instances.items())
+    return (f"{len(plan.alarms)} rollback alarm(s) exist; " if plan.alarms else "") + (
+        f"peak {peak} within quota")
 
 
 @flow(name="plan-llm", flow_run_name="plan-{spec.name}")

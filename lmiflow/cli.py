@@ -11,7 +11,7 @@ import sys
 from lmiflow.errors import UserInputError
 
 COMMANDS = ("plan", "deploy", "iam", "bench", "endpoints", "demo_model", "calibrate",
-            "report_schema")
+            "report_schema", "images")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -14,13 +14,13 @@ from collections.abc import Callable
 
 from pydantic import BaseModel
 
-from lmiflow import pipeline
+from lmiflow import endpoint_plan, pipeline
 from lmiflow.bench.loadgen import ProgressFn, bench_endpoint
 from lmiflow.bench.metrics import BenchResult
 from lmiflow.bench.tokens import TokenizerNotFound, load_tokenizer
-from lmiflow.errors import StepFailed
+from lmiflow.errors import StepFailed, UserInputError
 from lmiflow.pipeline import Candidate, Names
-from lmiflow.report.model import Promotion, SmokeTest
+from lmiflow.report.model import Promotion, PromotionPlan, SmokeTest
 from lmiflow.sizing.planner import Plan
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.base import (
@@ -29,6 +29,7 @@ from lmiflow.targets.base import (
     Target,
     WaitTimeout,
 )
+from lmiflow.targets.blue_green import FleetPeak, quota_error
 from lmiflow.targets.staging import Progress, StagingReport
 from lmiflow.targets.weights import WeightsPlan, hub_token
 
@@ -109,11 +110,34 @@ def create_model(target: Target, spec: DeploymentSpec, candidate: Candidate,
                         removed_leftovers=removed)
 
 
-def configure_endpoint(target: Target, names: Names, p: Plan, tags: dict[str, str]
+def preflight(target: Target, candidate: Candidate) -> PromotionPlan | None:
+    """What must hold before anything is created, asked of the platform: the rollback alarms
+    exist (a misspelt one would never fire, so nothing would roll back) and the peak fleet,
+    with production as it is now, fits the account's quota for the instance type. Raises
+    UserInputError naming the config field; returns the plan with the described peak."""
+    plan = candidate.promotion
+    if plan is None:
+        return None
+    missing = target.missing_alarms(plan.alarms)
+    if missing:
+        raise UserInputError("promotion.alarms", f"no CloudWatch alarm named "
+                                                 f"{', '.join(missing)} in this account and "
+                                                 "region (SageMaker would never roll back on it)")
+    plan = endpoint_plan.with_peak(plan, target.production_fleet(candidate.names.production))
+    quotas = target.endpoint_quotas(list(plan.peak_instances))
+    over = quota_error(FleetPeak(instances=plan.peak_instances, assumption=plan.peak_assumption,
+                                 quota_names=plan.quota_names), quotas)
+    if over:
+        raise UserInputError("instance.count", over)
+    return plan
+
+
+def configure_endpoint(target: Target, candidate: Candidate, p: Plan, tags: dict[str, str]
                        ) -> EndpointVariant:
-    chosen = p.chosen
-    variant = target.endpoint_variant(chosen.instance_type, chosen.instance_count,
-                                      int(p.memory.weights_bytes))
+    """The endpoint config: the target's variant for the plan's instances, on the host the
+    image needs (AMI, routing)."""
+    names = candidate.names
+    variant = pipeline.endpoint_variant(candidate, p, target)
     target.create_endpoint_config(names.endpoint_config, names.model, variant, tags)
     return variant
 
@@ -185,15 +209,22 @@ def benchmark(target: Target, spec: DeploymentSpec, endpoint: str, p: Plan,
 def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, str],
             on_status: OnStatus | None = None) -> Promotion:
     """Candidate config becomes production: create production on a first deploy, else a
-    blue/green update; then smoke-test production, and delete the candidate endpoint and the
-    configuration production ran before. Safe to retry: a second try finds production already
-    on the new config and only finishes the cleanup."""
+    blue/green update; then smoke-test production, and delete the configuration production
+    ran before. The candidate endpoint goes first, before production changes: its benchmark is
+    done, and a blue/green update starts a green fleet next to blue, so keeping the candidate
+    would hold three fleets. Safe to retry: a second try finds production already on the new
+    config and only finishes the cleanup."""
     prod = target.describe(spec.name)
     previous = prod.config_name if prod else None
+    serving = (prod is not None and prod.config_name == names.endpoint_config
+               and prod.status == "InService")
+    early: list[str] = []
+    if not serving and target.delete_endpoint(names.endpoint):
+        early.append(f"endpoint {names.endpoint}")
     if prod is None:
         target.create_endpoint(spec.name, names.endpoint_config, tags)
         action = "created"
-    elif prod.config_name == names.endpoint_config and prod.status == "InService":
+    elif serving:
         action = "already serving this config"
     else:
         target.update_endpoint(spec.name, names.endpoint_config, pipeline.traffic_policy(spec))
@@ -207,7 +238,7 @@ def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, 
         raise StepFailed(f"smoke test of {spec.name} failed: {smoke.error}")
     # Everything of this endpoint that production no longer uses: the candidate endpoint and
     # the config and model production ran before (also those of an earlier interrupted try).
-    removed = remove_leftovers(target, spec.name)
+    removed = early + remove_leftovers(target, spec.name)
     return Promotion(action=action, previous_config=previous, removed=removed,
                      production_smoke_test=smoke)
 

@@ -12,14 +12,17 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from lmiflow import endpoint_plan
 from lmiflow.errors import UserInputError
 from lmiflow.model_source import HUB_ID_RE, ResolvedModel, resolve_model, resolved_from_s3
+from lmiflow.report.model import HostSettings, PromotionPlan
+from lmiflow.serving.images import LmiImage
 from lmiflow.sizing.memory import DTypeChoice, MemoryBreakdown, resolve_dtypes, total_estimate
 from lmiflow.sizing.planner import LatencyLimit, Plan, PlanRequest, plan
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets import configured_target
 from lmiflow.targets.aws_requests import AwsRequest, InvalidRequest, validate_all
-from lmiflow.targets.base import PlannedRun, Target, TrafficPolicy
+from lmiflow.targets.base import EndpointVariant, PlannedRun, Target, TrafficPolicy
 from lmiflow.targets.weights import ModelSource, WeightsPlan, hub_source, hub_token, local_source
 from lmiflow.targets.weights import plan_weights as weights_plan
 
@@ -29,10 +32,10 @@ PROJECT_TAG = "lmiflow"
 @lru_cache(maxsize=8)
 def _target(kind: str, region: str | None, role_arn: str | None, s3_uri: str | None,
             block: str | None, packaging: str, state_dir: str | None,
-            vpc: tuple[tuple[str, ...], tuple[str, ...]] | None) -> Target:
+            vpc: tuple[tuple[str, ...], tuple[str, ...]] | None, lease_ttl_s: int) -> Target:
     return configured_target(kind, state_dir=state_dir, region=region, role_arn=role_arn,
                              s3_uri=s3_uri, credentials_block=block, packaging=packaging,
-                             vpc=vpc)
+                             vpc=vpc, lease_ttl_s=lease_ttl_s)
 
 
 def target_for(spec: DeploymentSpec) -> Target:
@@ -41,7 +44,7 @@ def target_for(spec: DeploymentSpec) -> Target:
     t = spec.target
     vpc = (tuple(t.vpc.subnets), tuple(t.vpc.security_group_ids)) if t.vpc else None
     return _target(t.kind, t.region, t.role_arn, t.s3_uri, t.aws_credentials_block, t.packaging,
-                   os.environ.get("LMIFLOW_STATE_DIR"), vpc)
+                   os.environ.get("LMIFLOW_STATE_DIR"), vpc, spec.promotion.lease_ttl_s)
 
 
 class Names(BaseModel):
@@ -62,13 +65,16 @@ class MemoryEstimate(MemoryBreakdown):
 
 
 class Candidate(BaseModel):
-    """What one candidate deployment is: its serving.properties, image and names, and how
-    its container gets the weights."""
+    """What one candidate deployment is: its serving.properties, image and names, how its
+    container gets the weights, the host its image needs (None where the target runs no
+    image), and how it will be promoted."""
 
     properties: str
     image_uri: str | None
     names: Names
     weights: WeightsPlan
+    host: HostSettings | None = None
+    promotion: PromotionPlan | None = None
 
 
 def fetch_config(spec: DeploymentSpec) -> ResolvedModel:
@@ -171,60 +177,63 @@ def serving_dtype(spec: DeploymentSpec, p: Plan) -> str:
 
 
 def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Plan,
-                              target: Target, weights: WeightsPlan) -> str:
-    """The weights in /opt/ml/model (staged or an s3:// model) need no option.model_id."""
-    from lmiflow.serving.properties import properties_for, render
+                              target: Target, weights: WeightsPlan, image: LmiImage) -> str:
+    """serving.properties for the plan, in the words `image` understands. Weights in
+    /opt/ml/model (staged or an s3:// model) need no option.model_id. LMI's own model-loading
+    timeout follows the endpoint's start-up timeout, so the container does not give up on a
+    large model before SageMaker would."""
+    from lmiflow.serving.properties import render
 
-    w = spec.workload
+    chosen = p.chosen
+    variant = target.endpoint_variant(chosen.instance_type, chosen.instance_count,
+                                      int(p.memory.weights_bytes))
     from_s3 = weights.container_loads_from_s3
-    try:
-        props = properties_for(
-            model_id=None if from_s3 else serving_model_id(spec, model, target),
-            revision=None if from_s3 else spec.model.revision,
-            trust_remote_code=spec.model.trust_remote_code,
-            tensor_parallel_degree=p.chosen.tensor_parallel_degree,
-            max_batch=w.concurrency, max_model_len=w.max_input_tokens + w.max_output_tokens,
-            dtype=serving_dtype(spec, p),
-            gpu_memory_utilization=spec.instance.gpu_memory_utilization,
-            backend=spec.serving.backend, quantize=None, extra=spec.serving.options,
-        )
-    except ValueError as exc:
-        msg = str(exc)
-        raise UserInputError("serving.options", msg) from None
-    return render(props)
+    plan = endpoint_plan.serving_plan(
+        spec, p, None if from_s3 else serving_model_id(spec, model, target),
+        serving_dtype(spec, p), variant.container_startup_health_check_timeout_s)
+    if from_s3:
+        plan = plan.model_copy(update={"revision": None})
+    return render(endpoint_plan.serving_properties(spec, plan, image))
 
 
-def image_uri(spec: DeploymentSpec, target: Target) -> str | None:
-    """The serving image the target runs for this backend and version (None: no image)."""
+def image_uri(spec: DeploymentSpec, target: Target, image: LmiImage) -> str | None:
+    """The serving image the target runs for the chosen LMI release (None: no image)."""
     sv = spec.serving
     try:
-        return target.image_uri(sv.backend, sv.image_version, sv.image_uri)
+        return target.image_uri(sv.backend, image.djl_version, sv.image_uri)
     except ValueError as exc:
         raise UserInputError("serving.image_version", str(exc).split(": ", 1)[-1]) from None
 
 
 def names_for(spec: DeploymentSpec, properties: str, image: str | None, p: Plan,
-              target: Target, weights: WeightsPlan) -> Names:
-    """Names from a hash of everything that makes the deployment what it is."""
-    blob = json.dumps({
-        "properties": properties, "image": image, "instance": p.chosen.instance_type,
-        "count": p.chosen.instance_count, "target": spec.target.kind,
-        "weights": [weights.delivery, weights.prefix, weights.network_isolation,
-                    weights.token_to_container],
-    }, sort_keys=True)
+              target: Target, weights: WeightsPlan, host: HostSettings | None = None
+              ) -> Names:
+    """Names from a hash of everything that makes the deployment what it is (the host's AMI
+    and routing included: they are part of the endpoint config)."""
+    what = {"properties": properties, "image": image, "instance": p.chosen.instance_type,
+            "count": p.chosen.instance_count, "target": spec.target.kind,
+            "weights": [weights.delivery, weights.prefix, weights.network_isolation,
+                        weights.token_to_container]}
+    if host is not None:
+        what["host"] = [host.inference_ami_version, host.routing_strategy]
+    blob = json.dumps(what, sort_keys=True)
     h = hashlib.sha256(blob.encode()).hexdigest()[:8]
     return Names(production=spec.name, spec_hash=h, **target.resource_names(spec.name, h))
 
 
 def prepare_serving(spec: DeploymentSpec, model: ResolvedModel, p: Plan, target: Target
                     ) -> Candidate:
-    """serving.properties text, the image URI and the candidate's names: what one candidate
-    is, shared by the Prefect task and the dry run."""
+    """serving.properties text, the image URI and the candidate's names, how the weights
+    travel, the host the image needs and the promotion plan: what one candidate is, shared by
+    the Prefect task and the dry run."""
     weights = plan_weights(spec, model)
-    text = render_serving_properties(spec, model, p, target, weights)
-    image = image_uri(spec, target)
-    return Candidate(properties=text, image_uri=image, weights=weights,
-                     names=names_for(spec, text, image, p, target, weights))
+    image = endpoint_plan.image_for(spec)
+    text = render_serving_properties(spec, model, p, target, weights, image)
+    uri = image_uri(spec, target, image)
+    host = endpoint_plan.host_settings(spec, image) if uri else None
+    return Candidate(properties=text, image_uri=uri, weights=weights,
+                     names=names_for(spec, text, uri, p, target, weights, host), host=host,
+                     promotion=endpoint_plan.promotion_plan(spec, p, target.shifts_traffic))
 
 
 def tags_for(names: Names, run_id: str | None) -> dict[str, str]:
@@ -295,7 +304,20 @@ def traffic_policy(spec: DeploymentSpec) -> TrafficPolicy:
         type=pr.strategy, wait_interval_s=pr.wait_interval_s,
         canary_size_pct=pr.canary_size_pct if pr.strategy == "CANARY" else None,
         linear_step_pct=pr.linear_step_pct if pr.strategy == "LINEAR" else None,
-        alarms=pr.alarms)
+        termination_wait_s=pr.termination_wait_s, alarms=pr.alarms)
+
+
+def endpoint_variant(candidate: Candidate, p: Plan, target: Target) -> EndpointVariant:
+    """The endpoint config's variant: the target's for the plan's instances, on the host the
+    image needs (AMI, routing)."""
+    chosen = p.chosen
+    variant = target.endpoint_variant(chosen.instance_type, chosen.instance_count,
+                                      int(p.memory.weights_bytes))
+    if candidate.host is None:
+        return variant
+    return variant.model_copy(update={
+        "inference_ami_version": candidate.host.inference_ami_version,
+        "routing_strategy": candidate.host.routing_strategy})
 
 
 def planned_run(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Target,
@@ -303,14 +325,13 @@ def planned_run(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Tar
     """Everything decided before the first request: what the target lists requests from."""
     from lmiflow.bench.loadgen import example_payload, planned_requests
 
-    names, chosen = candidate.names, p.chosen
+    names = candidate.names
     cfg = load_config(spec)
     return PlannedRun(
         production=names.production, endpoint=names.endpoint,
         endpoint_config=names.endpoint_config, model=names.model,
         properties=candidate.properties, image_uri=candidate.image_uri,
-        variant=target.endpoint_variant(chosen.instance_type, chosen.instance_count,
-                                        int(p.memory.weights_bytes)),
+        variant=endpoint_variant(candidate, p, target),
         tags=tags, weights=candidate.weights, policy=traffic_policy(spec),
         smoke_payload=smoke_payload(spec), bench_payload=example_payload(cfg),
         bench_requests=planned_requests(cfg),

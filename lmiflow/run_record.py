@@ -28,7 +28,7 @@ from lmiflow.sizing.planner import Plan
 from lmiflow.spec import DeploymentSpec
 
 STEP_NAMES = ("fetch_config", "compute_memory", "choose_instance", "render_serving_properties",
-              "stage_weights", "create_model", "configure_endpoint", "create_endpoint",
+              "preflight", "stage_weights", "create_model", "configure_endpoint", "create_endpoint",
               "smoke_test", "benchmark", "gate", "promote")
 
 
@@ -138,6 +138,8 @@ def plan_steps(spec: DeploymentSpec, rec: RunRecord, impl: Any
         report.image_uri = cand.image_uri
         report.versions.lmi_image = cand.image_uri
         report.candidate_endpoint = cand.names.endpoint
+        report.host = cand.host
+        report.promotion_plan = cand.promotion
         report.weights = cand.weights
         # Every request the run will send, validated before anything is created, and the
         # permissions they need.

@@ -23,12 +23,14 @@ from pydantic import (
 
 from lmiflow.bench.gate_spec import GateSpec
 from lmiflow.errors import UserInputError
+from lmiflow.regions import partition_of
 from lmiflow.targets.base import NAME_RE
+from lmiflow.targets.blue_green import traffic_shift_error
 
 ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
-REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
 CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+FIELD_FIRST_RE = re.compile(r"^(target|instance|promotion)\.[a-z_]+ ")
 SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 SG_RE = re.compile(r"^sg-[0-9a-f]{8,17}$")
 # Leave room for the suffixes lmiflow adds to candidate resources (-c-<hash>, -m-<hash>).
@@ -119,6 +121,26 @@ class InstanceSection(_Strict):
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0.1, le=1.0, description="Fraction of GPU memory the engine may use."
     )
+    inference_ami_version: str | None = Field(
+        default=None,
+        description="SageMaker host AMI (NVIDIA driver); empty: the one the image's CUDA needs.",
+    )
+    routing_strategy: Literal["LEAST_OUTSTANDING_REQUESTS", "RANDOM"] = Field(
+        default="LEAST_OUTSTANDING_REQUESTS",
+        description="How SageMaker spreads requests over the endpoint's instances.",
+    )
+
+    @field_validator("inference_ami_version")
+    @classmethod
+    def _ami(cls, v: str | None) -> str | None:
+        if v is not None:
+            import botocore.session
+
+            names = botocore.session.get_session().get_service_model("sagemaker").shape_for(
+                "ProductionVariantInferenceAmiVersion").enum
+            if v not in names:
+                raise ValueError(f"{v!r} is not one of botocore's {', '.join(names)}")
+        return v
 
     @field_validator("max_count")
     @classmethod
@@ -195,8 +217,9 @@ class TargetSection(_Strict):
     @field_validator("region")
     @classmethod
     def _region(cls, v: str | None) -> str | None:
-        if v is not None and not REGION_RE.match(v):
-            raise ValueError(f"{v!r} is not an AWS region name such as us-east-1")
+        if v is not None and partition_of(v) is None:
+            raise ValueError(f"{v!r} is not an AWS region name such as us-east-1 (no partition "
+                             "in botocore's partitions.json matches it)")
         return v
 
     @field_validator("role_arn")
@@ -344,10 +367,20 @@ class PromotionSection(_Strict):
     linear_step_pct: int = Field(default=20, ge=10, le=50)
     wait_interval_s: int = Field(default=300, ge=0, le=3600)
     alarms: list[str] = Field(
-        default_factory=list, description="CloudWatch alarms that roll the update back."
+        default_factory=list, max_length=10,
+        description="CloudWatch alarms that roll the update back (they must exist).",
+    )
+    termination_wait_s: int = Field(
+        default=0, ge=0, le=3600,
+        description="Blue fleet kept after all traffic moved (a last chance to roll back).",
     )
     endpoint_timeout_s: float = Field(
         default=3600, gt=0, le=4 * 3600, description="Longest wait for an endpoint to be ready."
+    )
+    lease_ttl_s: int = Field(
+        default=600, ge=60, le=3600,
+        description="SageMaker: the run's lease on the endpoint expires this long after its "
+        "last renewal (renewed every third of it), so a killed run blocks no one for longer.",
     )
 
 
@@ -394,6 +427,16 @@ class DeploymentSpec(_Strict):
                     raise ValueError(f"target.{field} is required for target.kind sagemaker")
             if self.target.packaging == "s3" and self.target.s3_uri is None:
                 raise ValueError("target.s3_uri is required when target.packaging is s3")
+            # the plan may scale out to max_count; it checks again with the count it chose
+            shift = traffic_shift_error(self.promotion.strategy, self.promotion.canary_size_pct,
+                                        self.promotion.linear_step_pct,
+                                        self.instance.max_count or self.instance.count)
+            if shift:
+                raise ValueError(f"{shift[0]} {shift[1]}")
+            partition = partition_of(self.target.region or "")
+            if not (self.target.role_arn or "").startswith(f"arn:{partition}:"):
+                raise ValueError(f"target.role_arn must be an arn:{partition}: role: region "
+                                 f"{self.target.region} is in partition {partition}")
         return self
 
 
@@ -410,8 +453,8 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> UserInput
         msg = "unknown field (not part of the config)"
     msg = msg.removeprefix("Value error, ")
     field = _field_path(loc)
-    # model-level validators name their own field in the message.
-    if not loc and ":" not in msg and msg.startswith("target."):
+    # model-level validators name their own field in the message ("section.field why").
+    if not loc and FIELD_FIRST_RE.match(msg):
         field, _, msg = msg.partition(" ")
     elif msg.startswith("benchmark.") and ": " in msg.split(" ")[0] + " ":
         field, _, msg = msg.partition(": ")

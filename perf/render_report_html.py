@@ -20,8 +20,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lmiflow.report.markdown import render_markdown  # noqa: E402
 from lmiflow.report.plots import all_plots  # noqa: E402
-from lmiflow.report.writer import render_json, render_markdown, write_report  # noqa: E402
+from lmiflow.report.writer import render_json, write_report  # noqa: E402
 
 
 def _load(name: str):
@@ -98,7 +99,7 @@ def main() -> int:
         probe.write_text(chromium.probe_page(text))
         dom = chromium.run(browser, out, "--dump-dom", "--virtual-time-budget=10000",
                            probe.as_uri())
-        images = chromium.probed_images(dom.stdout)
+        images = chromium.probed(dom.stdout)
         widths = [i["w"] for i in images or []]
         ok = images is not None and all(w > 0 for w in widths)
         failures += not ok

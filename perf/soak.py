@@ -34,15 +34,15 @@ def main() -> int:
     args = ap.parse_args()
 
     from lmiflow.serving.demo_model import build_demo_model
-    from lmiflow.serving.properties import properties_for, render
+    from lmiflow.serving.properties import ServingProperties, render
     from lmiflow.targets.base import EndpointVariant
     from lmiflow.targets.local import LocalTarget
 
     tmp = Path(tempfile.mkdtemp(prefix="lmiflow-soak-"))
     model = build_demo_model(tmp / "demo-model")
     target = LocalTarget(tmp / "state")
-    props = render(properties_for(str(model), None, False, 1, 8, 512, "fp32", 0.9, "vllm",
-                                  None, {}))
+    props = render(ServingProperties(model_id=str(model), max_rolling_batch_size=8,
+                                     max_model_len=512, dtype="fp32"))
     data = target.stage("soak-m", {"serving.properties": props})
     target.create_model("soak-m", data, None, {}, {})
     target.create_endpoint_config("soak-ec", "soak-m", EndpointVariant(instance_type="local"), {})

@@ -27,13 +27,14 @@ class CatalogError(ValueError):
 
 @lru_cache(maxsize=8)
 def _load(path: str, mtime: float) -> pd.DataFrame:
-    df = pd.read_csv(path, dtype={"instance_type": str, "price_source": str})
+    text = ("instance_type", "price_region", "price_source", "price_date",
+            "not_planned_reason", "memory_source")
+    df = pd.read_csv(path, dtype=dict.fromkeys(text, str))
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise CatalogError(f"{path}: missing columns {', '.join(missing)}")
     df["planned"] = df["planned"].astype(str).str.lower().eq("true")
-    for col in ("price_region", "price_source", "price_date", "not_planned_reason",
-                "memory_source"):
+    for col in text[1:]:
         df[col] = df[col].fillna("")
     df["usd_per_hour"] = pd.to_numeric(df["usd_per_hour"], errors="coerce")
     return df

@@ -115,10 +115,10 @@ def kv_bytes_per_token(spec: ModelSpec, kv_dtype: str, tp: int = 1) -> int:
 def kv_bytes_per_sequence(spec: ModelSpec, kv_dtype: str, tokens: int, tp: int = 1) -> int:
     """KV bytes of one sequence of `tokens`: windowed layers hold at most the window."""
     per_token_layer = kv_bytes_per_token(spec, kv_dtype, tp) / spec.num_layers
-    windowed = spec.sliding_window_layers if spec.sliding_window else 0
-    full = spec.num_layers - windowed
+    windowed = spec.sliding_window_layers
     held_windowed = min(tokens, spec.sliding_window or tokens)
-    return int(per_token_layer * (full * tokens + windowed * held_windowed))
+    return int(per_token_layer * ((spec.num_layers - windowed) * tokens
+                                  + windowed * held_windowed))
 
 
 def overhead_terms(spec: ModelSpec, activation_dtype: str, tp: int, tokens: int,
@@ -132,7 +132,6 @@ def overhead_terms(spec: ModelSpec, activation_dtype: str, tp: int, tokens: int,
     """
     act_b = DTYPE_BYTES[activation_dtype]
     step_tokens = min(MAX_BATCHED_TOKENS, max(tokens, 1) * max(concurrency, 1))
-    step_tokens = max(step_tokens, min(tokens, MAX_BATCHED_TOKENS))
     inter = spec.intermediate_size
     activations = int(step_tokens * (4 * spec.hidden_size + 2 * math.ceil(inter / tp)) * act_b)
     terms = {
@@ -197,8 +196,7 @@ def max_concurrency(usable_bytes: int, est: PerGpuEstimate) -> int:
     fixed = est.weights_bytes + est.overhead_bytes - est.overhead_terms.get("sampler_logits", 0)
     per_seq = est.kv_bytes_per_sequence + (
         est.overhead_terms.get("sampler_logits", 0) // max(est.concurrency, 1))
-    free = usable_bytes - fixed
-    if free <= 0 or per_seq <= 0:
+    if per_seq <= 0:
         return 0
-    return int(free // per_seq)
+    return max(0, (usable_bytes - fixed) // per_seq)
 

@@ -202,7 +202,7 @@ def parse_model_config(raw: dict) -> ModelSpec:
         quantization=quant,
         quant_group_size=group,
         mla_kv_lora_rank=int(cfg["kv_lora_rank"]) if mla else None,
-        mla_rope_head_dim=int(cfg.get("qk_rope_head_dim", 64)) if mla else None,
+        mla_rope_head_dim=int(cfg["qk_rope_head_dim"]) if mla else None,
         sliding_window=int(window) if window else None,
         sliding_window_layers=window_layers,
         num_experts=counts["experts"],

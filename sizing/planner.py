@@ -469,8 +469,9 @@ def _choose(options: list[Option], req: PlanRequest,
         "tp": [o.tensor_parallel_degree for o in options],
         "need": [o.per_gpu_required_bytes for o in options],
     })
+    # A sort on several columns is stable: ties keep catalog order.
     df = df.sort_values(["eligible", "fits", "unpriced", "price", "tp", "maxc", "need"],
-                        ascending=[False, False, True, True, True, False, True], kind="stable")
+                        ascending=[False, False, True, True, True, False, True])
     order = df["i"].tolist()
     ranked = [options[i] for i in order]
     for rank, o in enumerate(ranked, 1):

@@ -31,8 +31,8 @@ def is_transient(exc: BaseException) -> bool:
         return True
     response = getattr(exc, "response", None)
     if isinstance(response, dict):  # botocore ClientError
-        code = response.get("Error", {}).get("Code", "")
-        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        code = response.get("Error", {}).get("Code")
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return code in TRANSIENT_AWS_CODES or status in (429, 500, 502, 503, 504)
     name = type(exc).__name__
     return name in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",

@@ -28,7 +28,7 @@ from lmiflow.lifecycle import CreatedEndpoint, CreatedModel
 from lmiflow.model_source import ResolvedModel
 from lmiflow.pipeline import Candidate, MemoryEstimate, Names, target_for
 from lmiflow.redact import redact_text
-from lmiflow.report.model import Promotion, RunReport, SmokeTest
+from lmiflow.report.model import Promotion, PromotionPlan, RunReport, SmokeTest
 from lmiflow.run_record import write_report
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.base import EndpointStatus, EndpointVariant
@@ -137,6 +137,17 @@ def stage_weights(spec: DeploymentSpec, weights: WeightsPlan) -> StagingReport |
 
 # ---- the candidate ---------------------------------------------------------------------------
 
+@step_task("preflight")
+def preflight(spec: DeploymentSpec, candidate: Candidate) -> PromotionPlan | None:
+    plan = lifecycle.preflight(target_for(spec), candidate)
+    if plan is not None:
+        peak = ", ".join(f"{n} x {t}" for t, n in plan.peak_instances.items())
+        _md(spec, "preflight", f"# Before anything is created\n\nrollback alarms: "
+            f"{', '.join(plan.alarms) or 'none'} (all exist)\n\npeak fleet: {peak} "
+            f"({plan.peak_assumption}), within the account's quotas\n")
+    return plan
+
+
 @step_task("create_model")
 def create_model(spec: DeploymentSpec, candidate: Candidate, tags: dict[str, str]
                  ) -> CreatedModel:
@@ -151,9 +162,10 @@ def create_model(spec: DeploymentSpec, candidate: Candidate, tags: dict[str, str
 
 
 @step_task("configure_endpoint")
-def configure_endpoint(spec: DeploymentSpec, names: Names, p: Plan, tags: dict[str, str]
-                       ) -> EndpointVariant:
-    variant = lifecycle.configure_endpoint(target_for(spec), names, p, tags)
+def configure_endpoint(spec: DeploymentSpec, candidate: Candidate, p: Plan,
+                       tags: dict[str, str]) -> EndpointVariant:
+    names = candidate.names
+    variant = lifecycle.configure_endpoint(target_for(spec), candidate, p, tags)
     _md(spec, "configure_endpoint", f"# Endpoint config `{names.endpoint_config}`\n\n"
         f"```json\n{json.dumps(variant.model_dump(exclude_none=True), indent=2)}\n```\n")
     return variant

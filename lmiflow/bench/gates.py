@@ -48,10 +48,9 @@ class Verdict(BaseModel):
 
 
 def observed_value(level: LevelResult, metric: str, stat: str) -> float | None:
-    value = getattr(level, metric, None)
-    if metric in LATENCY_METRICS:
-        return None if value is None else getattr(value, stat, None)
-    return value
+    """A level's value of a metric at a statistic (GateSpec has checked both names)."""
+    value = getattr(level, metric)
+    return getattr(value, stat) if metric in LATENCY_METRICS else value
 
 
 def _margin(observed: float, op: str, threshold: float) -> float:
@@ -147,7 +146,7 @@ def _regression_checks(
                 continue
             c = compare_runs(cand_vals, base_vals, higher_is_worse, confidence,
                              noise_floor_pct, paired=paired)
-            observed = base * c.worsening if higher_is_worse else base / c.worsening
+            observed = _geomean(cand_vals)
             best = base * c.low if higher_is_worse else base / c.low
             passed = c.low <= allowed
             verdict = "within noise of" if c.low <= 1 <= c.high else (

@@ -390,9 +390,9 @@ def compute_level(
 
     examples: list[str] = []
     for r in failed:
-        msg = r.error or "timeout"
+        msg = (r.error or "timeout")[:300]
         if msg not in examples:
-            examples.append(msg[:300])
+            examples.append(msg)
         if len(examples) == 3:
             break
 

@@ -68,8 +68,12 @@ def compare(
     lc, lb = [math.log(x) for x in candidate], [math.log(x) for x in baseline]
     mc, vc = _mean_var(lc)
     mb, vb = _mean_var(lb)
-    d = (mc - mb) if higher_is_worse else (mb - mc)
     nc, nb = len(lc), len(lb)
+    # the point estimate from the values themselves where there is one each: a candidate
+    # exactly at the limit must not fail by a rounding of exp(log(x))
+    typical_c = candidate[0] if nc == 1 else math.exp(mc)
+    typical_b = baseline[0] if nb == 1 else math.exp(mb)
+    point = typical_c / typical_b if higher_is_worse else typical_b / typical_c
     if paired and nc == nb and nc >= 2:
         _, vd = _mean_var([a - b for a, b in zip(lc, lb, strict=True)])
         se2, df = vd / nc, nc - 1  # type: ignore[operator]
@@ -92,5 +96,5 @@ def compare(
     margin = math.log1p(noise_floor_pct / 100)
     if noise_floor_pct:
         method += f", noise floor {noise_floor_pct:g} %"
-    return Comparison(math.exp(d), math.exp(d - half - margin), math.exp(d + half + margin),
+    return Comparison(point, point * math.exp(-half - margin), point * math.exp(half + margin),
                       method, nc, nb)

@@ -35,8 +35,12 @@ def run(args) -> int:
         return dry_run(spec, args.report_dir, as_json=args.json, config=args.config)
     if args.json:
         raise UserInputError("--json", "applies to --dry-run (a run writes report.json)")
-    # Validate everything that can be validated before anything is created (exit 2).
-    _plan_directly(spec)
+    # Validate everything that can be validated before anything is created (exit 2): the
+    # plan, then what only the platform knows (rollback alarms exist, the peak fleet fits).
+    _, (_, _, candidate) = _plan_directly(spec)
+    from lmiflow import lifecycle, pipeline
+
+    lifecycle.preflight(pipeline.target_for(spec), candidate)
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     # The ephemeral API server would try to send telemetry: not from an unattended deploy.
@@ -72,6 +76,7 @@ def dry_run(spec, report_dir: str | None, as_json: bool = False, config: str = "
     print(f"candidate: {names.endpoint} (config {names.endpoint_config}, model {names.model})")
     for line in candidate.weights.summary():
         print(textwrap.fill(line, 80, subsequent_indent="  ", break_on_hyphens=False))
+    _print_endpoint_plan(candidate)
     print("\n# serving.properties\n" + candidate.properties, end="")
     if report.requests:
         _print_requests(report, config)
@@ -79,6 +84,30 @@ def dry_run(spec, report_dir: str | None, as_json: bool = False, config: str = "
         path = write_report(report, report_dir)
         print(f"\nreport: {path}")
     return 0
+
+
+def _print_endpoint_plan(candidate) -> None:
+    """Host, promotion and peak fleet, wrapped at 80 columns."""
+    from textwrap import fill
+
+    lines = []
+    if candidate.host is not None:
+        h = candidate.host
+        lines.append(f"host: {h.inference_ami_version}, routing {h.routing_strategy}")
+        if h.warning:
+            lines.append(f"warning: {h.warning}")
+    pr = candidate.promotion
+    if pr is not None:
+        lines.append(f"promotion: {pr.strategy}" + (f", first step {pr.traffic_step}"
+                                                    if pr.traffic_step else "")
+                     + (f"; rollback alarms (must exist): {', '.join(pr.alarms)}"
+                        if pr.alarms else ""))
+        peak = ", ".join(f"{n} x {t}" for t, n in pr.peak_instances.items())
+        lines.append(f"peak fleet: {peak} ({pr.peak_assumption}); checked against the "
+                     f"quota {', '.join(repr(q) for q in pr.quota_names.values())} before "
+                     "anything is created")
+    for line in lines:
+        print(fill(line, width=80, subsequent_indent="  "))
 
 
 def _print_requests(report, config: str) -> None:

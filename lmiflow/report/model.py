@@ -61,6 +61,31 @@ class Promotion(_Strict):
     production_smoke_test: SmokeTest
 
 
+class HostSettings(_Strict):
+    """The production variant's host: its AMI (so its NVIDIA driver) and request routing."""
+
+    inference_ami_version: str
+    routing_strategy: str
+    why: str = Field(description="Why this AMI: the image's CUDA, or a pin in the config.")
+    warning: str | None = None
+
+
+class PromotionPlan(_Strict):
+    """How production will change, and the most instances the run holds at once."""
+
+    strategy: str
+    instance_type: str
+    instance_count: int
+    traffic_step: str | None = Field(default=None, description="The first step, in instances.")
+    termination_wait_s: int = 0
+    alarms: list[str] = Field(default_factory=list, description="They must exist.")
+    peak_instances: dict[str, int] = Field(
+        description="Instance type -> instances at the peak (candidate or green + production).")
+    peak_assumption: str
+    quota_names: dict[str, str] = Field(
+        description="Instance type -> the Service Quotas quota the peak is checked against.")
+
+
 class ShownRequest(_Strict):
     """One AWS request of the run: botocore's service and operation names and the exact
     parameters, secrets masked; `step` sends it, `when` says when if not exactly once."""
@@ -151,6 +176,10 @@ class RunReport(_Strict):
     execution_role_policy: dict[str, Any] | None = Field(
         default=None, description="What the SageMaker execution role needs (S3 read of the "
         "model prefixes, ECR pull, logs, VPC network interfaces).")
+    host: HostSettings | None = Field(
+        default=None, description="SageMaker: InferenceAmiVersion and RoutingConfig.")
+    promotion_plan: PromotionPlan | None = Field(
+        default=None, description="Planned before anything exists; the peak fleet and quota.")
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types, in report.json's key order (the one dump of a run)."""

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmiflow.sizing.memory import GiB
+
+if TYPE_CHECKING:
+    from lmiflow.bench.gates import Verdict
+    from lmiflow.bench.metrics import BenchResult, LevelResult
+    from lmiflow.report.model import RunReport, StepRecord
+    from lmiflow.sizing.planner import Option, Plan
 
 DPI = 100
 
@@ -45,46 +51,39 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
+def _nan(value: float | None) -> float:
+    """matplotlib leaves a gap at NaN."""
+    return float("nan") if value is None else value
 
 
-def _option_label(option: dict[str, Any]) -> str:
-    tp = option.get("tensor_parallel_degree")
-    copies = option.get("model_copies")
-    label = str(option.get("instance_type", "?"))
-    if tp:
-        label += f"  TP{tp}"
-    if copies and copies > 1:
-        label += f" ×{copies}"
+def _option_label(option: Option) -> str:
+    label = f"{option.instance_type}  TP{option.tensor_parallel_degree}"
+    if option.model_copies > 1:
+        label += f" ×{option.model_copies}"
     return label
 
 
-def _same_option(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
-    keys = ("instance_type", "tensor_parallel_degree")
-    return a is not None and all(a.get(k) == b.get(k) for k in keys)
+def _same_option(a: Option | None, b: Option) -> bool:
+    return a is not None and (a.instance_type, a.tensor_parallel_degree) == (
+        b.instance_type, b.tensor_parallel_degree)
 
 
-def memory_per_gpu(plan: dict[str, Any] | None) -> bytes | None:
+def _price_order(option: Option) -> tuple[bool, float]:
+    return option.usd_per_hour is None, option.usd_per_hour or 0.0
+
+
+def memory_per_gpu(plan: Plan | None) -> bytes | None:
     """Stacked bars (weights / KV / overhead) per GPU against usable memory.
 
     Shows the chosen option, the next fitting ones and the cheapest that do not fit, so a
     reader sees both what was picked and why the cheaper instances were not.
     """
-    if not plan:
+    if plan is None or not plan.options:
         return None
-    options = [o for o in plan.get("options") or [] if isinstance(o.get("per_gpu"), dict)]
-    chosen = plan.get("chosen")
-    if not options:
-        return None
-    picked: list[dict[str, Any]] = [o for o in options if _same_option(chosen, o)][:1]
-    others_fit = [o for o in options if o.get("fits") and not _same_option(chosen, o)]
-    not_fit = sorted(
-        (o for o in options if not o.get("fits")),
-        key=lambda o: (o.get("usd_per_hour") is None, o.get("usd_per_hour") or 0),
-    )
+    options, chosen = plan.options, plan.chosen
+    picked = [o for o in options if _same_option(chosen, o)][:1]
+    others_fit = [o for o in options if o.fits and not _same_option(chosen, o)]
+    not_fit = sorted((o for o in options if not o.fits), key=_price_order)
     picked += others_fit[: 3 if picked else 4] + not_fit[:3]
     picked = picked[:7]
 
@@ -92,36 +91,34 @@ def memory_per_gpu(plan: dict[str, Any] | None) -> bytes | None:
     ax = fig.add_subplot()
     labels, ys = [], list(range(len(picked)))[::-1]
     for y, option in zip(ys, picked, strict=True):
-        per = option["per_gpu"]
+        per = option.per_gpu
         left = 0.0
         for key, colour, name in (
             ("weights_bytes", BLUE, "weights"),
             ("kv_cache_bytes", ORANGE, "KV cache"),
             ("overhead_bytes", GREY, "overhead"),
         ):
-            width = (_num(per.get(key)) or 0.0) / GiB
+            width = per.get(key, 0) / GiB
             ax.barh(
                 y, width, left=left, color=colour, height=0.6, label=name if y == ys[0] else None
             )
             left += width
-        usable = _num(per.get("usable_bytes"))
-        if usable is not None:
-            ax.plot(
-                [usable / GiB] * 2,
-                [y - 0.42, y + 0.42],
-                color="black",
-                linewidth=2.5,
-                label="usable per GPU" if y == ys[0] else None,
-            )
-        need = f"needs {left:.1f}" + (f" of {usable / GiB:.1f} GiB" if usable else " GiB")
-        verdict = "fits" if option.get("fits") else "does not fit"
+        usable = option.usable_bytes_per_gpu
+        ax.plot(
+            [usable / GiB] * 2,
+            [y - 0.42, y + 0.42],
+            color="black",
+            linewidth=2.5,
+            label="usable per GPU" if y == ys[0] else None,
+        )
+        verdict = "fits" if option.fits else "does not fit"
         ax.text(
-            max(left, (usable or 0) / GiB) * 1.01 + 0.2,
+            max(left, usable / GiB) * 1.01 + 0.2,
             y,
-            f"{need}: {verdict}",
+            f"needs {left:.1f} of {usable / GiB:.1f} GiB: {verdict}",
             va="center",
             fontsize=8,
-            color=GREEN if option.get("fits") else RED,
+            color=GREEN if option.fits else RED,
         )
         label = _option_label(option)
         if _same_option(chosen, option):
@@ -129,17 +126,14 @@ def memory_per_gpu(plan: dict[str, Any] | None) -> bytes | None:
         labels.append(label)
     ax.set_yticks(ys, labels, fontsize=9)
     for tick, option in zip(ax.get_yticklabels(), picked, strict=True):
-        tick.set_color("black" if option.get("fits") else RED)
+        tick.set_color("black" if option.fits else RED)
         if _same_option(chosen, option):
             tick.set_fontweight("bold")
     ax.set_xlabel("GiB per GPU")
     ax.set_title("Memory per GPU by component (bar) vs usable memory (black mark)")
     # Room on the right for the "needs X of Y GiB" labels.
     widest = max(
-        max(
-            sum((_num(o["per_gpu"].get(k)) or 0.0) for k in PER_GPU_PARTS),
-            _num(o["per_gpu"].get("usable_bytes")) or 0.0,
-        )
+        max(sum(o.per_gpu.get(k, 0) for k in PER_GPU_PARTS), o.usable_bytes_per_gpu)
         for o in picked
     )
     ax.set_xlim(0, widest / GiB * 1.5 + 1)
@@ -148,27 +142,24 @@ def memory_per_gpu(plan: dict[str, Any] | None) -> bytes | None:
     return _png(fig)
 
 
-def options_vs_price(plan: dict[str, Any] | None, limit: int = 24) -> bytes | None:
+def options_vs_price(plan: Plan | None, limit: int = 24) -> bytes | None:
     """Hourly price per option, green when it fits, red when not; the chosen one outlined."""
-    if not plan or not plan.get("options"):
+    if plan is None or not plan.options:
         return None
-    chosen = plan.get("chosen")
-    options = sorted(
-        plan["options"],
-        key=lambda o: (_num(o.get("usd_per_hour")) is None, _num(o.get("usd_per_hour")) or 0.0),
-    )
+    chosen = plan.chosen
+    options = sorted(plan.options, key=_price_order)
     if len(options) > limit:
         keep = [o for o in options if _same_option(chosen, o)]
         options = [o for o in options if not _same_option(chosen, o)][: limit - len(keep)] + keep
-        options.sort(key=lambda o: (o.get("usd_per_hour") is None, o.get("usd_per_hour") or 0))
+        options.sort(key=_price_order)
     fig = _figure(9.5, 0.32 * len(options) + 1.5)
     ax = fig.add_subplot()
     ys = list(range(len(options)))[::-1]
-    prices = [_num(o.get("usd_per_hour")) for o in options]
+    prices = [o.usd_per_hour for o in options]
     top = max((p for p in prices if p is not None), default=1.0)
     for y, option, price in zip(ys, options, prices, strict=True):
         is_chosen = _same_option(chosen, option)
-        colour = GREEN if option.get("fits") else RED
+        colour = GREEN if option.fits else RED
         if price is None:
             ax.text(0, y, "  no price known", va="center", fontsize=8, color=colour)
             continue
@@ -176,7 +167,7 @@ def options_vs_price(plan: dict[str, Any] | None, limit: int = 24) -> bytes | No
             y,
             price,
             color=colour,
-            alpha=1.0 if option.get("fits") else 0.55,
+            alpha=1.0 if option.fits else 0.55,
             edgecolor="black" if is_chosen else "none",
             linewidth=2 if is_chosen else 0,
             height=0.7,
@@ -196,11 +187,10 @@ def options_vs_price(plan: dict[str, Any] | None, limit: int = 24) -> bytes | No
     return _png(fig)
 
 
-def _levels(benchmark: dict[str, Any] | None) -> list[dict[str, Any]]:
-    if not benchmark:
+def _levels(benchmark: BenchResult | None) -> list[LevelResult]:
+    if benchmark is None:
         return []
-    levels = [lv for lv in benchmark.get("levels") or [] if _num(lv.get("concurrency"))]
-    return sorted(levels, key=lambda lv: lv["concurrency"])
+    return sorted((lv for lv in benchmark.levels if lv.concurrency), key=lambda lv: lv.concurrency)
 
 
 def _concurrency_axis(ax: Any, concurrencies: Sequence[float]) -> None:
@@ -213,9 +203,9 @@ def _concurrency_axis(ax: Any, concurrencies: Sequence[float]) -> None:
 
 
 def latency_percentiles(
-    benchmark: dict[str, Any] | None,
-    baseline: dict[str, Any] | None = None,
-    gate: dict[str, Any] | None = None,
+    benchmark: BenchResult | None,
+    baseline: BenchResult | None = None,
+    gate: Verdict | None = None,
 ) -> bytes | None:
     """TTFT and TPOT p50/p90/p99 per concurrency; baseline dashed grey, gate limits in red."""
     levels = _levels(benchmark)
@@ -228,14 +218,14 @@ def latency_percentiles(
         (axes[0], "ttft_ms", "Time to first token"),
         (axes[1], "tpot_ms", "Time per output token"),
     ):
-        xs = [lv["concurrency"] for lv in levels]
+        xs = [lv.concurrency for lv in levels]
         top = 0.0
         for stat, (style, marker, colour) in PERCENTILE_STYLES.items():
-            ys = [_num((lv.get(metric) or {}).get(stat)) for lv in levels]
+            ys = [getattr(getattr(lv, metric), stat) for lv in levels]
             if any(y is not None for y in ys):
                 ax.plot(
                     xs,
-                    [y if y is not None else float("nan") for y in ys],
+                    [_nan(y) for y in ys],
                     linestyle=style,
                     marker=marker,
                     color=colour,
@@ -243,26 +233,25 @@ def latency_percentiles(
                 )
                 top = max([top, *(y for y in ys if y is not None)])
         if base_levels:
-            bx = [lv["concurrency"] for lv in base_levels]
+            bx = [lv.concurrency for lv in base_levels]
             for stat, (style, _marker, _colour) in PERCENTILE_STYLES.items():
-                by = [_num((lv.get(metric) or {}).get(stat)) for lv in base_levels]
+                by = [getattr(getattr(lv, metric), stat) for lv in base_levels]
                 if any(y is not None for y in by):
                     ax.plot(
                         bx,
-                        [y if y is not None else float("nan") for y in by],
+                        [_nan(y) for y in by],
                         linestyle=style,
                         color=GREY,
                         alpha=0.8,
                         label=f"baseline {stat}",
                     )
                     top = max([top, *(y for y in by if y is not None)])
+        # SLO limits only: a regression bound follows production's values (the baseline lines).
         limits = sorted(
             {
-                (c.get("stat"), c.get("op"), _num(c.get("threshold")))
-                for c in (gate or {}).get("checks") or []
-                if c.get("metric") == metric
-                and c.get("kind", "slo") != "baseline"
-                and _num(c.get("threshold")) is not None
+                (c.stat, c.op, c.threshold)
+                for c in (gate.checks if gate else [])
+                if c.metric == metric and c.kind == "slo"
             },
             key=str,
         )
@@ -295,19 +284,19 @@ def latency_percentiles(
     return _png(fig)
 
 
-def throughput_and_cost(benchmark: dict[str, Any] | None) -> bytes | None:
+def throughput_and_cost(benchmark: BenchResult | None) -> bytes | None:
     """Output tokens/s (left) and $ per 1M output tokens (right) per concurrency."""
     levels = _levels(benchmark)
     if not levels:
         return None
-    xs = [lv["concurrency"] for lv in levels]
-    tok = [_num(lv.get("output_tokens_per_s")) for lv in levels]
-    usd = [_num(lv.get("usd_per_1m_output_tokens")) for lv in levels]
+    xs = [lv.concurrency for lv in levels]
+    tok = [lv.output_tokens_per_s for lv in levels]
+    usd = [lv.usd_per_1m_output_tokens for lv in levels]
     fig = _figure(9.5, 4)
     ax = fig.add_subplot()
     ax.plot(
         xs,
-        [t if t is not None else float("nan") for t in tok],
+        [_nan(t) for t in tok],
         marker="o",
         color=BLUE,
         label="output tokens/s",
@@ -321,7 +310,7 @@ def throughput_and_cost(benchmark: dict[str, Any] | None) -> bytes | None:
         ax2 = ax.twinx()
         ax2.plot(
             xs,
-            [u if u is not None else float("nan") for u in usd],
+            [_nan(u) for u in usd],
             marker="s",
             linestyle="--",
             color=ORANGE,
@@ -339,29 +328,23 @@ def throughput_and_cost(benchmark: dict[str, Any] | None) -> bytes | None:
     return _png(fig)
 
 
-def step_timeline(steps: list[dict[str, Any]] | None) -> bytes | None:
+def step_timeline(steps: Sequence[StepRecord]) -> bytes | None:
     """Gantt-like bars of the steps from their start times; failed red, skipped grey."""
-    if not steps:
-        return None
-    starts = [_num(s.get("started_at")) for s in steps]
+    starts = [s.started_at for s in steps]
     known = [s for s in starts if s is not None]
     if not known:
         return None
     t0 = min(known)
-    end = max(
-        (st - t0) + (_num(s.get("seconds")) or 0.0)
-        for s, st in zip(steps, starts, strict=True)
-        if st is not None
-    )
+    end = max((st - t0) + s.seconds for s, st in zip(steps, starts, strict=True) if st is not None)
     fig = _figure(9.5, 0.34 * len(steps) + 1.4)
     ax = fig.add_subplot()
     ys = list(range(len(steps)))[::-1]
     for y, step, start in zip(ys, steps, starts, strict=True):
-        status = str(step.get("status", ""))
+        status = step.status
         colour = STATUS_COLOURS.get(status, PURPLE)
-        seconds = _num(step.get("seconds")) or 0.0
+        seconds = step.seconds
         if start is None:
-            ax.text(0, y, f"  {status or 'not run'}", va="center", fontsize=8, color=GREY)
+            ax.text(0, y, f"  {status}", va="center", fontsize=8, color=GREY)
             continue
         # A sub-second step still gets a visible sliver.
         ax.barh(y, max(seconds, end * 0.003), left=start - t0, color=colour, height=0.6)
@@ -373,7 +356,7 @@ def step_timeline(steps: list[dict[str, Any]] | None) -> bytes | None:
             fontsize=8,
             color=RED if status == "failed" else "black",
         )
-    ax.set_yticks(ys, [str(s.get("name", "?")) for s in steps], fontsize=9)
+    ax.set_yticks(ys, [s.name for s in steps], fontsize=9)
     ax.set_xlim(0, max(end, 1e-3) * 1.15)
     ax.set_xlabel("seconds since the first step started")
     ax.set_title("Step timeline (green completed, red failed, grey skipped)")
@@ -381,15 +364,12 @@ def step_timeline(steps: list[dict[str, Any]] | None) -> bytes | None:
     return _png(fig)
 
 
-def all_plots(report: dict[str, Any]) -> dict[str, bytes | None]:
+def all_plots(report: RunReport) -> dict[str, bytes | None]:
     """Every plot of a report by name; a plot whose data is missing is None."""
-    plan = report.get("plan")
     return {
-        "memory_per_gpu": memory_per_gpu(plan),
-        "options_vs_price": options_vs_price(plan),
-        "latency_percentiles": latency_percentiles(
-            report.get("benchmark"), report.get("baseline"), report.get("gate")
-        ),
-        "throughput_and_cost": throughput_and_cost(report.get("benchmark")),
-        "step_timeline": step_timeline(report.get("steps")),
+        "memory_per_gpu": memory_per_gpu(report.plan),
+        "options_vs_price": options_vs_price(report.plan),
+        "latency_percentiles": latency_percentiles(report.benchmark, report.baseline, report.gate),
+        "throughput_and_cost": throughput_and_cost(report.benchmark),
+        "step_timeline": step_timeline(report.steps),
     }

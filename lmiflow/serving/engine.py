@@ -72,6 +72,13 @@ class Step:
 
 
 @dataclass
+class _Aborted:
+    """Put in a request's queue by Engine.abort: its generation ends with this reason."""
+
+    reason: str
+
+
+@dataclass
 class _Request:
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     seen: int = 0
@@ -238,6 +245,8 @@ class Engine:
                 raise EngineError("the generation loop is not accepting requests")
             while not req.done:
                 out = await self._next_output(req)
+                if isinstance(out, _Aborted):
+                    raise EngineError(out.reason)
                 if out.error is not None or out.status.name == "FAILED":
                     raise EngineError(out.error or "generation failed")
                 finished = out.is_finished()
@@ -271,6 +280,12 @@ class Engine:
                 if not self.alive():
                     err = self.manager.background_thread_status.fatal_error
                     raise EngineError(f"generation loop stopped: {err}") from None
+
+    def abort(self, reason: str) -> None:
+        """End every request in flight with EngineError(reason), after the tokens it already
+        has. Call on the event loop (the queues are asyncio's)."""
+        for req in list(self._requests.values()):
+            req.queue.put_nowait(_Aborted(reason))
 
     def shutdown(self, timeout: float = 10.0) -> None:
         self.stopping = True

@@ -3,11 +3,10 @@ back, plus the `OPTION_*` environment form for env-only packaging.
 
 Why typed: the file is where a plan (shards, batch, context, dtype) becomes the container's
 behaviour; a misspelt key or a value LMI v15 dropped (`lmi-dist`) would only show up as a failed
-endpoint twenty minutes later. Facts used here (LMI docs, deepjavalibrary/djl-serving):
+endpoint twenty minutes later. What each LMI release accepts, and so which keys a plan
+renders for it, is in lmiflow.serving.images (with sources) and lmiflow.serving.plan_properties;
+this module is the file's grammar:
 
-- `engine=Python` for vLLM (and HF accelerate), `engine=MPI` for TensorRT-LLM.
-- vLLM from LMI v15 (djl 0.33): `option.async_mode=true`,
-  `option.entryPoint=djl_python.lmi_vllm.vllm_async_service`, `option.rolling_batch=disable`.
 - `option.<x>` <-> env `OPTION_<X>`; top-level server keys `<x>` <-> `SERVING_<X>`; the file
   wins over env. For env, `engine=Python` needs nothing (LMI uses Python when a model id is
   given) and `engine=MPI` is `OPTION_MPI_MODE=true` (docs: lmi/conceptual_guide/lmi_engine.md).
@@ -28,7 +27,6 @@ from lmiflow.serving.properties_text import check_entry, parse_entries, render_e
 
 logger = logging.getLogger(__name__)
 
-VLLM_ASYNC_ENTRYPOINT = "djl_python.lmi_vllm.vllm_async_service"
 REMOVED_ROLLING_BATCH = ("lmi-dist", "scheduler")
 # Server-level keys (no `option.` prefix) that LMI documents for serving.properties.
 TOP_LEVEL_KEYS = frozenset(
@@ -49,6 +47,7 @@ TOP_LEVEL_KEYS = frozenset(
 )
 
 _QUANTIZE_RE = re.compile(r"^[a-z0-9_]+$")
+_QUANT_ALGO_RE = re.compile(r"^[A-Z0-9_]+$")
 _REVISION_RE = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 _ENTRYPOINT_RE = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 
@@ -82,7 +81,8 @@ def check_key(key: str) -> None:
         )
 
 
-def _fmt(value: object) -> str:
+def fmt(value: object) -> str:
+    """A typed value as the file writes it."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -114,9 +114,25 @@ class ServingProperties(BaseModel):
     max_rolling_batch_size: int | None = Field(default=None, ge=1)
     max_model_len: int | None = Field(default=None, ge=1)
     max_rolling_batch_prefill_tokens: int | None = Field(default=None, ge=1)
+    enable_chunked_prefill: bool | None = None
     dtype: Literal["fp16", "bf16", "fp32", "auto"] | None = None
     quantize: str | None = None
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = Field(
+        default=None, description="vLLM's KV-cache dtype (option.kv_cache_dtype).")
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    mpi_mode: bool | None = Field(default=None, description="TensorRT-LLM 0.31.0-0.32.0.")
+    max_input_len: int | None = Field(default=None, ge=1, description="TensorRT-LLM.")
+    max_output_len: int | None = Field(default=None, ge=1, description="TensorRT-LLM toolkit.")
+    max_seq_len: int | None = Field(default=None, ge=1, description="TensorRT-LLM LLM API.")
+    max_num_tokens: int | None = Field(default=None, ge=1, description="TensorRT-LLM.")
+    kv_cache_free_gpu_mem_fraction: float | None = Field(
+        default=None, gt=0, le=1, description="TensorRT-LLM toolkit: KV share of free memory.")
+    free_gpu_memory_fraction: float | None = Field(
+        default=None, gt=0, le=1, description="TensorRT-LLM LLM API: KV share of free memory.")
+    enable_kv_cache_reuse: bool | None = None
+    enable_block_reuse: bool | None = None
+    quant_algo: str | None = Field(default=None, description="TensorRT-LLM LLM API, e.g. FP8.")
+    kv_cache_quant_algo: str | None = None
     model_loading_timeout: int | None = Field(default=None, ge=1, description="seconds")
     extra: dict[str, str] = Field(
         default_factory=dict, description="Other entries, e.g. option.enable_prefix_caching."
@@ -143,6 +159,13 @@ class ServingProperties(BaseModel):
     def _quantize(cls, v: str | None) -> str | None:
         if v is not None and not _QUANTIZE_RE.match(v):
             raise ValueError("lower-case name such as fp8 or bitsandbytes")
+        return v
+
+    @field_validator("quant_algo", "kv_cache_quant_algo")
+    @classmethod
+    def _quant_algo(cls, v: str | None) -> str | None:
+        if v is not None and not _QUANT_ALGO_RE.match(v):
+            raise ValueError("upper-case TensorRT-LLM QuantAlgo name such as FP8")
         return v
 
     @field_validator("revision")
@@ -173,8 +196,8 @@ class ServingProperties(BaseModel):
     def _extra(cls, v: dict[str, str]) -> dict[str, str]:
         for key, value in v.items():
             check_key(key)
-            if key in _FIELD_BY_KEY:
-                raise ValueError(f"key {key!r}: set the typed field {_FIELD_BY_KEY[key]!r}")
+            if key in FIELD_BY_KEY:
+                raise ValueError(f"key {key!r}: set the typed field {FIELD_BY_KEY[key]!r}")
             if not value:
                 raise ValueError(f"value of {key}: empty")
             check_value(key, value)
@@ -182,8 +205,8 @@ class ServingProperties(BaseModel):
 
     @model_validator(mode="after")
     def _consistency(self) -> ServingProperties:
-        if self.rolling_batch == "trtllm" and self.engine != "MPI":
-            raise ValueError("option.rolling_batch=trtllm needs engine=MPI")
+        if self.rolling_batch == "trtllm" and self.engine != "MPI" and not self.mpi_mode:
+            raise ValueError("option.rolling_batch=trtllm needs engine=MPI or option.mpi_mode")
         if self.async_mode and self.rolling_batch not in (None, "disable"):
             raise ValueError("option.async_mode=true needs option.rolling_batch=disable")
         if self.trust_remote_code:
@@ -198,7 +221,7 @@ class ServingProperties(BaseModel):
         for field, key in _KEYS:
             value = getattr(self, field)
             if value is not None:
-                out[key] = _fmt(value)
+                out[key] = fmt(value)
         out.update(self.extra)
         for key, value in out.items():
             check_value(key, value)
@@ -208,6 +231,7 @@ class ServingProperties(BaseModel):
 # Field -> key, in render order. trust_remote_code is always written: explicit "off".
 _KEYS: tuple[tuple[str, str], ...] = (
     ("engine", "engine"),
+    ("mpi_mode", "option.mpi_mode"),
     ("model_id", "option.model_id"),
     ("revision", "option.revision"),
     ("trust_remote_code", "option.trust_remote_code"),
@@ -219,20 +243,39 @@ _KEYS: tuple[tuple[str, str], ...] = (
     ("max_rolling_batch_size", "option.max_rolling_batch_size"),
     ("max_model_len", "option.max_model_len"),
     ("max_rolling_batch_prefill_tokens", "option.max_rolling_batch_prefill_tokens"),
+    ("enable_chunked_prefill", "option.enable_chunked_prefill"),
     ("dtype", "option.dtype"),
     ("quantize", "option.quantize"),
+    ("kv_cache_dtype", "option.kv_cache_dtype"),
     ("gpu_memory_utilization", "option.gpu_memory_utilization"),
+    ("max_input_len", "option.max_input_len"),
+    ("max_output_len", "option.max_output_len"),
+    ("max_seq_len", "option.max_seq_len"),
+    ("max_num_tokens", "option.max_num_tokens"),
+    ("kv_cache_free_gpu_mem_fraction", "option.kv_cache_free_gpu_mem_fraction"),
+    ("free_gpu_memory_fraction", "option.free_gpu_memory_fraction"),
+    ("enable_kv_cache_reuse", "option.enable_kv_cache_reuse"),
+    ("enable_block_reuse", "option.enable_block_reuse"),
+    ("quant_algo", "option.quant_algo"),
+    ("kv_cache_quant_algo", "option.kv_cache_quant_algo"),
     ("model_loading_timeout", "option.model_loading_timeout"),
 )
-_FIELD_BY_KEY = {key: field for field, key in _KEYS}
-_BOOL_FIELDS = {"trust_remote_code", "async_mode"}
+FIELD_BY_KEY = {key: field for field, key in _KEYS}
+_BOOL_FIELDS = {"trust_remote_code", "async_mode", "enable_chunked_prefill", "mpi_mode",
+                "enable_kv_cache_reuse", "enable_block_reuse"}
 _INT_FIELDS = {
     "pipeline_parallel_degree",
     "max_rolling_batch_size",
     "max_model_len",
     "max_rolling_batch_prefill_tokens",
+    "max_input_len",
+    "max_output_len",
+    "max_seq_len",
+    "max_num_tokens",
     "model_loading_timeout",
 }
+_FLOAT_FIELDS = {"gpu_memory_utilization", "kv_cache_free_gpu_mem_fraction",
+                 "free_gpu_memory_fraction"}
 
 
 def render(props: ServingProperties) -> str:
@@ -240,19 +283,21 @@ def render(props: ServingProperties) -> str:
     return render_entries(props.entries())
 
 
-def _typed(field: str, key: str, text: str) -> object:
+def typed_value(field: str, key: str, text: str) -> object:
     if field in _BOOL_FIELDS:
         low = text.lower()
         if low not in ("true", "false"):
             raise ValueError(f"value of {key}: true or false, got {text!r}")
         return low == "true"
+    if field == "tensor_parallel_degree" and text == "max":
+        return text
     if field in _INT_FIELDS:
         if not text.isdigit():
             raise ValueError(f"value of {key}: a whole number, got {text!r}")
         return int(text)
     if field == "tensor_parallel_degree":
-        return text if text == "max" else _typed("max_model_len", key, text)
-    if field == "gpu_memory_utilization":
+        return text if text == "max" else typed_value("max_model_len", key, text)
+    if field in _FLOAT_FIELDS:
         try:
             return float(text)
         except ValueError:
@@ -266,23 +311,24 @@ def parse(text: str) -> ServingProperties:
     extra: dict[str, str] = {}
     for key, value in parse_entries(text).items():
         check_key(key)
-        field = _FIELD_BY_KEY.get(key)
+        field = FIELD_BY_KEY.get(key)
         if field is None:
             extra[key] = value
         else:
-            fields[field] = _typed(field, key, value)
+            fields[field] = typed_value(field, key, value)
     try:
         return ServingProperties(**fields, extra=extra)
     except ValidationError as exc:
-        raise ValueError(_one_line(exc)) from None
+        raise ValueError(one_line_error(exc)) from None
 
 
-def _one_line(exc: ValidationError) -> str:
+def one_line_error(exc: ValidationError) -> str:
+    """The first error, prefixed with its serving.properties key (messages about `extra`
+    entries and the whole model already name theirs)."""
     err = exc.errors()[0]
-    loc = err.get("loc", ())
-    field = str(loc[0]) if loc else ""
-    key = dict(_KEYS).get(field, field)
-    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    field = str(err["loc"][0]) if err["loc"] else ""
+    key = dict(_KEYS).get(field)
+    msg = str(err["msg"]).removeprefix("Value error, ")
     return f"{key}: {msg}" if key else msg
 
 
@@ -312,124 +358,3 @@ def to_env(props: ServingProperties) -> dict[str, str]:
             name = "SERVING_" + key
         env[name.upper().replace(".", "_").replace("-", "_")] = value
     return env
-
-
-# ---- builder ------------------------------------------------------------------------------
-
-# Keys whose value must agree with the plan: the user sets them through the config's own field.
-_PLAN_KEYS = {
-    "engine": "serving.backend",
-    "option.model_id": "model.id",
-    "option.revision": "model.revision",
-    "option.trust_remote_code": "model.trust_remote_code",
-    "option.tensor_parallel_degree": "instance.tensor_parallel_degree",
-    "option.dtype": "model.dtype",
-    "option.quantize": "model.dtype",
-    "option.rolling_batch": "serving.backend",
-    "option.gpu_memory_utilization": "instance.gpu_memory_utilization",
-}
-
-
-def _extra_text(key: str, value: str | int | float | bool) -> str:
-    if isinstance(value, bool | int | float):
-        return _fmt(value)
-    if isinstance(value, str):
-        return value
-    raise ValueError(f"value of {key}: a string, number or boolean")
-
-
-def properties_for(
-    model_id: str,
-    revision: str | None,
-    trust_remote_code: bool,
-    tensor_parallel_degree: int,
-    max_batch: int,
-    max_model_len: int,
-    dtype: str,
-    gpu_memory_utilization: float,
-    backend: Literal["vllm", "trtllm"],
-    quantize: str | None,
-    extra: dict[str, str | int | float | bool],
-    *,
-    async_mode: bool = True,
-    model_loading_timeout: int | None = None,
-) -> ServingProperties:
-    """serving.properties for a plan. The caller passes max_model_len >= input + output and
-    max_batch >= concurrency; both are written as given (user options may only raise them).
-
-    dtype mapping (lmiflow names -> LMI):
-    - fp32/fp16/bf16: option.dtype as is.
-    - auto: vLLM `auto` (reads torch_dtype / quantization_config); TensorRT-LLM has no auto,
-      so option.dtype is left out (LMI's default).
-    - fp8: runtime FP8 quantization: option.quantize=fp8 with dtype auto (vLLM loads the bf16/fp16
-      checkpoint and quantizes). A checkpoint that is already FP8 should be planned as `auto`:
-      the LMI vLLM guide says setting quantize on a pre-quantized model limits optimisations.
-    - int8/int4: pre-quantized checkpoints (GPTQ/AWQ...): dtype auto, no runtime quantize;
-      vLLM reads quantization_config. Runtime bitsandbytes only when quantize says so.
-    An explicit `quantize` always wins. `async_mode=False` writes the pre-v15 vLLM form
-    (rolling_batch=vllm) for older LMI images.
-    """
-    if backend not in ("vllm", "trtllm"):
-        raise ValueError(f"backend: vllm or trtllm, got {backend!r}")
-    if max_batch < 1 or max_model_len < 1:
-        raise ValueError("max_batch and max_model_len must be >= 1")
-    lmi_dtype: str | None
-    runtime_quantize = quantize
-    if dtype in ("fp32", "fp16", "bf16"):
-        lmi_dtype = dtype
-    elif dtype in ("auto", "int8", "int4"):
-        lmi_dtype = "auto"
-    elif dtype == "fp8":
-        lmi_dtype = "auto"
-        runtime_quantize = quantize or "fp8"
-    else:
-        raise ValueError(f"dtype: one of fp32, fp16, bf16, fp8, int8, int4, auto; got {dtype!r}")
-    if backend == "trtllm" and lmi_dtype == "auto":
-        lmi_dtype = None
-
-    fields: dict[str, object] = {
-        "model_id": model_id,
-        "revision": revision,
-        "trust_remote_code": trust_remote_code,
-        "tensor_parallel_degree": tensor_parallel_degree,
-        "max_rolling_batch_size": max_batch,
-        "max_model_len": max_model_len,
-        "dtype": lmi_dtype,
-        "quantize": runtime_quantize,
-        "gpu_memory_utilization": gpu_memory_utilization,
-        "model_loading_timeout": model_loading_timeout,
-    }
-    if backend == "vllm":
-        fields["engine"] = "Python"
-        if async_mode:
-            fields |= {
-                "async_mode": True,
-                "entry_point": VLLM_ASYNC_ENTRYPOINT,
-                "rolling_batch": "disable",
-            }
-        else:
-            fields["rolling_batch"] = "vllm"
-    else:
-        fields |= {"engine": "MPI", "rolling_batch": "trtllm"}
-
-    other: dict[str, str] = {}
-    for key, value in extra.items():
-        check_key(key)
-        text = _extra_text(key, value)
-        check_value(key, text)
-        if key in _PLAN_KEYS:
-            raise ValueError(f"key {key!r}: set {_PLAN_KEYS[key]} in the config instead")
-        field = _FIELD_BY_KEY.get(key)
-        if field is None:
-            other[key] = text
-            continue
-        typed = _typed(field, key, text)
-        if field == "max_rolling_batch_size" and int(typed) < max_batch:  # type: ignore[call-overload]
-            raise ValueError(f"key {key!r}: {typed} is below the planned batch {max_batch}")
-        if field == "max_model_len" and int(typed) < max_model_len:  # type: ignore[call-overload]
-            raise ValueError(f"key {key!r}: {typed} is below input + output = {max_model_len}")
-        fields[field] = typed  # explicit user option beats the derived value
-    try:
-        return ServingProperties(**fields, extra=other)
-    except ValidationError as exc:
-        raise ValueError(_one_line(exc)) from None

@@ -67,6 +67,11 @@ class EndpointVariant(BaseModel):
     volume_size_gb: int | None = None
     model_data_download_timeout_s: int | None = None
     container_startup_health_check_timeout_s: int | None = None
+    inference_ami_version: str | None = Field(
+        default=None, description="Host AMI (and so NVIDIA driver); None: the fleet default.")
+    routing_strategy: Literal["LEAST_OUTSTANDING_REQUESTS", "RANDOM"] | None = Field(
+        default="LEAST_OUTSTANDING_REQUESTS",
+        description="How the endpoint spreads requests over instances; None: the platform's.")
 
 
 class ModelFiles(BaseModel):
@@ -123,6 +128,18 @@ class WaitTimeout(TimeoutError):
 
 class EndpointBusy(RuntimeError):
     """The endpoint is being created, updated or deleted: another run may own it."""
+
+
+class EndpointLock(AbstractContextManager):
+    """Held for a whole deploy of one endpoint (this base holds nothing). A lock that can be
+    lost while held (a lease that expired and was taken over) says so in assert_held(), which
+    a run calls before it changes production."""
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def assert_held(self) -> None:
+        """Raise when this run no longer holds the lock."""
 
 
 def check_name(what: str, name: str) -> None:
@@ -243,8 +260,29 @@ class Target(ABC):
         """Blue/green; raises EndpointBusy while the endpoint is being changed."""
 
     @abstractmethod
-    def endpoint_lock(self, name: str) -> AbstractContextManager:
-        """Held for a whole deploy of one endpoint, so two runs never interleave their steps."""
+    def endpoint_lock(self, name: str, run_id: str | None = None) -> EndpointLock:
+        """Held for a whole deploy of one endpoint, so two runs never interleave their steps;
+        entering it raises EndpointBusy when another run holds it. run_id names the holder."""
+
+    # ---- what a promotion needs of the platform (checked before anything is created) -----
+
+    shifts_traffic: ClassVar[bool] = False
+    """Whether promotion shifts traffic in steps (CANARY / LINEAR); else all at once."""
+
+    def missing_alarms(self, names: list[str]) -> list[str]:
+        """The rollback alarms among `names` that do not exist (none where the platform has
+        no alarms: there is nothing to roll back on)."""
+        return []
+
+    def endpoint_quotas(self, instance_types: list[str]) -> dict[str, float | None]:
+        """The account's limit on instances of each type behind endpoints (None: no limit
+        known)."""
+        return dict.fromkeys(instance_types)
+
+    def production_fleet(self, name: str) -> dict[str, int]:
+        """Instances per type the endpoint runs now ({} when it does not exist or runs on no
+        counted instances)."""
+        return {}
 
     # ---- status ---------------------------------------------------------------------------
 

@@ -148,6 +148,12 @@ def execution_role_policy(requests: list[AwsRequest], region: str, role_arn: str
     arns = Arns(region, account, partition)
     triples: list[tuple[str, str, dict | None]] = []
     for r in requests:
+        alarms = ((r.params.get("DeploymentConfig") or {}).get("AutoRollbackConfiguration")
+                  or {}).get("Alarms") or []
+        # SageMaker reads the rollback alarms with the execution role during the update
+        # (Developer Guide, deployment-guardrails-configuration.html)
+        triples += [("cloudwatch:DescribeAlarms", arns.alarm(a["AlarmName"]), None)
+                    for a in alarms]
         if r.operation != "CreateModel":
             continue
         container = r.params.get("PrimaryContainer") or {}

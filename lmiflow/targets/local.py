@@ -8,7 +8,8 @@ State lives in one directory (env LMIFLOW_STATE_DIR, else the user state dir):
 The endpoint state machine is advanced by whoever looks (describe, wait, list): Creating turns
 InService when /ping answers 200, Failed when the process exits (reason from its log) or the
 startup health-check timeout passes; an Updating endpoint switches to its new process once that
-one is healthy, then the old one is stopped (blue/green). No daemon is needed.
+one is healthy, then the old one is stopped (blue/green). No daemon is needed. The server
+processes themselves (start, recognize, stop, reap) are targets.processes's.
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ import logging
 import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -31,6 +29,7 @@ from typing import Any
 
 from lmiflow.targets.base import (
     EndpointBusy,
+    EndpointLock,
     EndpointStatus,
     EndpointVariant,
     ModelFiles,
@@ -38,15 +37,31 @@ from lmiflow.targets.base import (
     TrafficPolicy,
     check_name,
 )
+from lmiflow.targets.processes import (
+    exit_reason,
+    free_port,
+    ping,
+    process_alive,
+    start_server,
+    stop_server,
+)
 
 log = logging.getLogger(__name__)
 
 FILE_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
-FAILED_MARK = "lmiflow-server FAILED: "  # serving.server prints it (kept in sync by a test)
 DEFAULT_STARTUP_TIMEOUT_S = 900
-STOP_GRACE_S = 10.0
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
-_children: dict[int, subprocess.Popen] = {}  # servers this process started: reaped on poll
+
+
+class _FileEndpointLock(EndpointLock):
+    def __init__(self, lock: Any):
+        self.lock = lock
+
+    def __enter__(self) -> _FileEndpointLock:
+        self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
 
 
 class InvocationError(RuntimeError):
@@ -65,83 +80,6 @@ def default_state_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_state_dir("lmiflow"))
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def process_alive(pid: int) -> bool:
-    """True when pid runs and is one of our model servers (not a zombie, not a reused pid)."""
-    child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    proc = Path(f"/proc/{pid}")
-    try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state in ("Z", "X"):
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, os.WNOHANG)
-            return False
-        return b"serving.server" in (proc / "cmdline").read_bytes()
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): kill(0) is all we have
-
-
-def stop_server(proc: dict[str, Any], grace_s: float = STOP_GRACE_S) -> None:
-    """Stop a server process and wait (briefly) until its port no longer accepts connections:
-    the kernel can keep a dead listener's socket for a moment after the process is reaped."""
-    stop_process(proc["pid"], grace_s)
-    deadline = time.monotonic() + 5.0
-    while port_in_use(proc["port"]) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
-def stop_process(pid: int, grace_s: float = STOP_GRACE_S) -> None:
-    """SIGTERM the server's process group, SIGKILL what is left after grace_s; reap it."""
-    if not process_alive(pid):
-        _children.pop(pid, None)
-        return
-    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, sig)  # start_new_session: the group id is the server's pid
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if not process_alive(pid):
-                _children.pop(pid, None)
-                return
-            time.sleep(0.05)
-    _children.pop(pid, None)
-
-
-def failure_from_log(path: Path, limit: int = 600) -> str | None:
-    """The server's own FAILED line, else the last non-empty lines of its log."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.path.getsize(path) - 64_000))
-            lines = f.read().decode("utf-8", "replace").splitlines()
-    except OSError:
-        return None
-    for line in reversed(lines):
-        if FAILED_MARK in line:
-            return line.split(FAILED_MARK, 1)[1].strip()[:limit]
-    tail = [ln.strip() for ln in lines if ln.strip()][-2:]
-    return " | ".join(tail)[:limit] or None
 
 
 class LocalTarget(Target):
@@ -211,13 +149,16 @@ class LocalTarget(Target):
         self.state_dir.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.state_dir / "registry.json.lock"), timeout=60)
 
-    def endpoint_lock(self, name: str, timeout: float = -1):
-        """A file lock (context manager) that serializes deploys of one endpoint across
-        processes. timeout=-1 waits forever; otherwise filelock.Timeout is raised."""
+    def endpoint_lock(self, name: str, run_id: str | None = None,
+                      timeout: float = -1) -> EndpointLock:
+        """A file lock that serializes deploys of one endpoint across processes of this
+        machine (the only place local endpoints live); the OS drops a dead process's lock, so
+        it cannot be lost while held. timeout=-1 waits forever; otherwise filelock.Timeout."""
         from filelock import FileLock
 
         check_name("endpoint", name)
-        return FileLock(str(self._dir("locks") / f"{name}.lock"), timeout=timeout)
+        return _FileEndpointLock(FileLock(str(self._dir("locks") / f"{name}.lock"),
+                                          timeout=timeout))
 
     def _read(self) -> dict[str, dict[str, Any]]:
         try:
@@ -305,48 +246,19 @@ class LocalTarget(Target):
         logs = self._dir("logs")
         n = len(list(logs.glob(f"{endpoint}-*.log"))) + 1
         log_path = logs / f"{endpoint}-{n}.log"
-        env = {**os.environ, **model["env"]}
-        env["PYTHONUNBUFFERED"] = "1"
-        cmd = [self.python, "-m", "lmiflow.serving.server", "--model-dir", model["model_data"],
-               "--port", str(port), "--host", "127.0.0.1"]
-        with open(log_path, "ab") as logf:
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                env=env, cwd=str(self.state_dir), start_new_session=True, close_fds=True,
-            )
-        _children[proc.pid] = proc
-        log.info("endpoint %s: server pid %d on 127.0.0.1:%d (log %s)", endpoint, proc.pid,
-                 port, log_path)
+        identity = start_server(self.python, model["model_data"], port, log_path,
+                                {**os.environ, **model["env"]}, self.state_dir)
+        log.info("endpoint %s: server pid %d on 127.0.0.1:%d (log %s)", endpoint,
+                 identity["pid"], port, log_path)
         timeout = config["variant"].get("container_startup_health_check_timeout_s")
-        return {"pid": proc.pid, "port": port, "log": str(log_path), "config_name": config_name,
+        return {**identity, "port": port, "log": str(log_path), "config_name": config_name,
                 "started": time.time(), "startup_timeout_s": timeout or DEFAULT_STARTUP_TIMEOUT_S}
-
-    @staticmethod
-    def _ping(port: int) -> bool:
-        import httpx
-
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    @staticmethod
-    def _exit_reason(proc: dict) -> str:
-        child = _children.get(proc["pid"])
-        code = child.poll() if child is not None else None
-        head = f"server process {proc['pid']} exited"
-        if code == -signal.SIGKILL:
-            head += " (killed by SIGKILL: out of memory, or by hand)"
-        elif code:
-            head += f" with status {code}"
-        why = failure_from_log(Path(proc["log"]))
-        return f"{head}: {why}" if why else head
 
     def _probe(self, proc: dict) -> tuple[str, str | None]:
         """Creating / InService / Failed for one server process."""
-        if not process_alive(proc["pid"]):
-            return "Failed", self._exit_reason(proc)
-        if self._ping(proc["port"]):
+        if not process_alive(proc):
+            return "Failed", exit_reason(proc)
+        if ping(proc["port"]):
             return "InService", None
         if time.time() - proc["started"] > proc["startup_timeout_s"]:
             stop_server(proc)
@@ -363,15 +275,15 @@ class LocalTarget(Target):
                 return False
             rec["status"], rec["failure_reason"] = new, reason
             return True
-        if status == "InService" and not process_alive(rec["process"]["pid"]):
-            rec["status"], rec["failure_reason"] = "Failed", self._exit_reason(rec["process"])
+        if status == "InService" and not process_alive(rec["process"]):
+            rec["status"], rec["failure_reason"] = "Failed", exit_reason(rec["process"])
             return True
         if status == "Updating":
             pending = rec["pending"]
             new, reason = self._probe(pending)
             if new == "Creating":
-                if not process_alive(rec["process"]["pid"]):  # old one died meanwhile
-                    rec["failure_reason"] = self._exit_reason(rec["process"])
+                if not process_alive(rec["process"]):  # old one died meanwhile
+                    rec["failure_reason"] = exit_reason(rec["process"])
                 return False
             old = rec["process"]
             rec["pending"] = None
@@ -382,7 +294,7 @@ class LocalTarget(Target):
                 log.info("endpoint %s: now on %s; stopped pid %d", rec["name"],
                          rec["config_name"], old["pid"])
             else:  # the new server failed: keep serving from the old one, like a rollback
-                rec["status"] = "InService" if process_alive(old["pid"]) else "Failed"
+                rec["status"] = "InService" if process_alive(old) else "Failed"
                 rec["failure_reason"] = f"update to {pending['config_name']} failed: {reason}"
             return True
         return False
@@ -464,7 +376,7 @@ class LocalTarget(Target):
         # replaced atomically) when the endpoint serves and its process lives.
         rec = self._read()["endpoints"].get(name)
         if rec and rec["status"] in ("InService", "Updating") and rec["process"] \
-                and process_alive(rec["process"]["pid"]):
+                and process_alive(rec["process"]):
             return f"http://127.0.0.1:{rec['process']['port']}/invocations"
         st = self.describe(name)
         if st is None:

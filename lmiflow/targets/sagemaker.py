@@ -13,7 +13,6 @@ once, and a retry never hides an error or doubles a latency.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from lmiflow.targets.aws_requests import AwsRequest, guard, method_name, validate
 from lmiflow.targets.base import (
     EndpointBusy,
+    EndpointLock,
     EndpointStatus,
     EndpointVariant,
     ModelFiles,
@@ -194,6 +194,11 @@ def _is_existing(exc: Exception) -> bool:
     return code in ("ValidationException", "ValidationError") and "already exist" in msg
 
 
+def lease_key(prefix: str, endpoint: str) -> str:
+    """Where the run lease of an endpoint lives in the S3 prefix."""
+    return f"{prefix}leases/{endpoint}.json"
+
+
 def _split_s3(uri: str) -> tuple[str, str]:
     m = _S3_RE.match(uri)
     if not m:
@@ -267,6 +272,12 @@ def create_endpoint_config_request(
             "container_startup_health_check_timeout_s",
             variant.container_startup_health_check_timeout_s, 60, 3600,
         )
+    if variant.inference_ami_version is not None:
+        pv["InferenceAmiVersion"] = variant.inference_ami_version
+    if variant.routing_strategy is not None:
+        # LLM requests differ in length by orders of magnitude: random routing piles long ones
+        # on one instance while another idles.
+        pv["RoutingConfig"] = {"RoutingStrategy": variant.routing_strategy}
     return AwsRequest(service="sagemaker", operation="CreateEndpointConfig", params={
         "EndpointConfigName": name, "ProductionVariants": [pv], "Tags": _tag_list(tags)})
 
@@ -300,6 +311,12 @@ def staged_files_prefix(s3_uri: str, model_name: str) -> str:
     return f"s3://{bucket}/{prefix}{model_name}/"
 
 
+def describe_alarms_request(names: list[str]) -> AwsRequest:
+    """Which of the rollback alarms exist (metric and composite alarms alike)."""
+    return _request("cloudwatch", "DescribeAlarms", AlarmNames=list(names),
+                    AlarmTypes=["MetricAlarm", "CompositeAlarm"])
+
+
 def _request(service: str, operation: str, **params: Any) -> AwsRequest:
     return AwsRequest(service=service, operation=operation, params=params)
 
@@ -313,6 +330,7 @@ class SageMakerTarget(Target):
     guarded too, so requests boto3 builds itself (paginators, multipart uploads) are checked."""
 
     kind = "sagemaker"
+    shifts_traffic = True
 
     def __init__(
         self,
@@ -332,6 +350,7 @@ class SageMakerTarget(Target):
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         on_request: Callable[[AwsRequest], None] | None = None,
+        lease_ttl_s: int = 600,
     ):
         if invoke_read_timeout_s < 70:
             # above SageMaker's 60 s invocation limit, so its own timeout error surfaces
@@ -351,6 +370,7 @@ class SageMakerTarget(Target):
         self._clock = clock
         self._sleep = sleep
         self.on_request = on_request
+        self.lease_ttl_s = lease_ttl_s
 
     # -- clients (lazy; tests wrap them in botocore Stubber) --
 
@@ -389,6 +409,14 @@ class SageMakerTarget(Target):
         return self.client("s3")
 
     @cached_property
+    def cloudwatch(self) -> Any:
+        return self.client("cloudwatch")
+
+    @cached_property
+    def quotas(self) -> Any:
+        return self.client("service-quotas")
+
+    @cached_property
     def runtime(self) -> Any:
         from botocore.config import Config
 
@@ -405,7 +433,8 @@ class SageMakerTarget(Target):
         return self.client("sagemaker-runtime", cfg)
 
     def _client_for(self, service: str) -> Any:
-        return {"sagemaker": self.sm, "s3": self.s3, "sagemaker-runtime": self.runtime}[service]
+        return {"sagemaker": self.sm, "s3": self.s3, "sagemaker-runtime": self.runtime,
+                "cloudwatch": self.cloudwatch, "service-quotas": self.quotas}[service]
 
     def send(self, req: AwsRequest) -> Any:
         """Validate the request, then send it with the client of its service."""
@@ -450,12 +479,6 @@ class SageMakerTarget(Target):
             model_data_download_timeout_s=download,
             container_startup_health_check_timeout_s=startup,
         )
-
-    def endpoint_lock(self, name: str) -> contextlib.AbstractContextManager:
-        """No client-side lock: update_endpoint refuses a busy endpoint (EndpointBusy), which
-        serializes runs across machines."""
-        check_name("endpoint", name)
-        return contextlib.nullcontext()
 
     # -- staging and creation --
 
@@ -741,6 +764,68 @@ class SageMakerTarget(Target):
             raise
         variants = d.get("ProductionVariants") or []
         return variants[0].get("ModelName") if variants else None
+
+    def production_fleet(self, name: str) -> dict[str, int]:
+        """Instances per type the endpoint runs now ({} when it does not exist): the blue fleet
+        a blue/green update runs next to. Types come from its endpoint config, counts from the
+        endpoint (auto scaling may have moved them from the config's initial count)."""
+        current = self._describe_raw(name)
+        if current is None or not current.get("EndpointConfigName"):
+            return {}
+        counts = {v["VariantName"]: v.get("CurrentInstanceCount")
+                  for v in current.get("ProductionVariants") or []}
+        config = self.send(_request("sagemaker", "DescribeEndpointConfig",
+                                    EndpointConfigName=current["EndpointConfigName"]))
+        fleet: dict[str, int] = {}
+        for v in config.get("ProductionVariants") or []:
+            if "InstanceType" not in v:
+                continue  # serverless variants hold no instances
+            n = counts.get(v["VariantName"])
+            n = v.get("InitialInstanceCount", 0) if n is None else n
+            fleet[v["InstanceType"]] = fleet.get(v["InstanceType"], 0) + int(n)
+        return fleet
+
+    def missing_alarms(self, names: list[str]) -> list[str]:
+        """The CloudWatch alarms among `names` that do not exist: SageMaker would take a
+        misspelt rollback alarm as "never fires" and roll nothing back."""
+        if not names:
+            return []
+        found: set[str] = set()
+        pages = self._pages(describe_alarms_request(names))
+        for page in pages:
+            for kind in ("MetricAlarms", "CompositeAlarms"):
+                found.update(a["AlarmName"] for a in page.get(kind, []))
+        return [n for n in names if n not in found]
+
+    def endpoint_quotas(self, instance_types: list[str]) -> dict[str, float | None]:
+        """The account's "ml.<type> for endpoint usage" quota per instance type (Service
+        Quotas, applied values); None where the account lists no such quota."""
+        from lmiflow.targets.blue_green import QUOTA_NAME, QUOTA_SERVICE_CODE
+
+        wanted = {QUOTA_NAME.format(instance_type=t): t for t in instance_types}
+        out: dict[str, float | None] = dict.fromkeys(instance_types)
+        pages = self._pages(_request("service-quotas", "ListServiceQuotas",
+                                     ServiceCode=QUOTA_SERVICE_CODE))
+        for page in pages:
+            for q in page.get("Quotas", []):
+                t = wanted.get(q.get("QuotaName", ""))
+                if t is not None:
+                    out[t] = float(q["Value"])
+        return out
+
+    def endpoint_lock(self, name: str, run_id: str | None = None) -> EndpointLock:
+        """A lease in the S3 prefix (targets.s3_lease), so it holds across machines. Without an
+        S3 prefix there is nothing shared to hold it in, and only update_endpoint's refusal of
+        a busy endpoint protects production."""
+        from lmiflow.targets.s3_lease import S3Lease
+
+        check_name("endpoint", name)
+        if not self.s3_uri:
+            logger.warning("no target.s3_uri: endpoint %s is not locked across machines", name)
+            return EndpointLock()
+        bucket, prefix = _split_s3(self.s3_uri)
+        return S3Lease(self.send, bucket, lease_key(prefix, name), name, self.lease_ttl_s,
+                       run_id)
 
     # -- production's baseline: s3_uri/<endpoint>/baseline.json --
 

@@ -18,6 +18,7 @@ from typing import Any
 from lmiflow.redact import MASK
 from lmiflow.targets.aws_requests import AwsRequest
 from lmiflow.targets.base import PlannedRun
+from lmiflow.targets.s3_lease import planned_lease_requests
 from lmiflow.targets.staging import StagingConfig, planned_requests
 from lmiflow.targets.weights import s3_read_requests
 
@@ -60,9 +61,11 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
                     ) -> list[AwsRequest]:
     """The requests of one deploy on `target` (a SageMakerTarget), in the order they are sent."""
     from lmiflow.targets.sagemaker import (
+        _split_s3,
         create_endpoint_config_request,
         create_endpoint_request,
         create_model_request,
+        lease_key,
         lmi_image_uri,
         put_object_request,
         update_endpoint_request,
@@ -70,6 +73,13 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
 
     w = run.weights
     out: list[AwsRequest] = []
+    lease_release: list[AwsRequest] = []
+    if target.s3_uri:
+        bucket, prefix = _split_s3(target.s3_uri)
+        take, lease_release = planned_lease_requests(
+            bucket, lease_key(prefix, run.production), target.lease_ttl_s)
+        out += take
+    out += preflight_requests(target, run)
     if w.source.kind == "s3":
         out += s3_read_requests(w.source)
     if w.delivery == "staged" and w.prefix:
@@ -109,6 +119,9 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
                       Bucket=bucket, Key=key))
 
     out += describe_production("promote", run.production, target)[:2]
+    out.append(_r("promote", "sagemaker", "DeleteEndpoint",
+                  "before production changes (its benchmark is done): at most two fleets",
+                  EndpointName=run.endpoint))
     out.append(create_endpoint_request(run.production, run.endpoint_config, run.tags)
                .model_copy(update={"step": "promote",
                                    "when": "on the first deploy: no production yet"}))
@@ -136,6 +149,27 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
         _r("cleanup", "sagemaker", "DeleteEndpointConfig", not_promoted,
            EndpointConfigName=run.endpoint_config),
         _r("cleanup", "sagemaker", "DeleteModel", not_promoted, ModelName=run.model),
+    ]
+    return out + lease_release
+
+
+def preflight_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
+    """What lifecycle.preflight asks before anything is created: the rollback alarms exist,
+    production's fleet as it is, the account's quota for the peak's instance types."""
+    from lmiflow.targets.blue_green import QUOTA_SERVICE_CODE
+    from lmiflow.targets.sagemaker import describe_alarms_request
+
+    first = "before anything is created"
+    out = []
+    if run.policy.alarms:
+        out.append(describe_alarms_request(run.policy.alarms).model_copy(
+            update={"step": "preflight", "when": first}))
+    out += [
+        _r("preflight", "sagemaker", "DescribeEndpoint", first, EndpointName=run.production),
+        _r("preflight", "sagemaker", "DescribeEndpointConfig", "if production exists: its "
+           "instances", EndpointConfigName=f"{run.production}-ec-{UNKNOWN_HASH}"),
+        _r("preflight", "service-quotas", "ListServiceQuotas",
+           "all pages: the 'ml.<type> for endpoint usage' quotas", ServiceCode=QUOTA_SERVICE_CODE),
     ]
     return out
 

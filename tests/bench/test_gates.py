@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lmiflow.bench.gate_spec import GateSpec
-from lmiflow.bench.gates import evaluate
+from lmiflow.bench.gates import Check, evaluate
 from lmiflow.bench.metrics import BenchResult, LatencyStats, LevelResult
 
 
@@ -236,3 +236,92 @@ def test_repeats_measured_in_pairs_cancel_the_drift_between_pairs():
     unpaired = cand.model_copy(update={"settings": BenchSettings(source="local:cand")})
     v = evaluate([], unpaired, baseline=base, max_regression_pct=50)
     assert next(c for c in v.checks if c.metric == "ttft_ms").passed  # lost in the drift
+
+
+def test_throughput_exactly_at_the_regression_limit_passes():
+    """The limit is inclusive: 50 % worse than a 300 tok/s baseline is 300 / 1.5 = 200 tok/s,
+    and a candidate at exactly 200 passes (>=); one a hair below fails. Same for latency at
+    exactly +50 %."""
+    base = BenchResult(levels=[level(1, ttft=(100, 150, 200), tpot=(20, 25, 30), tps=300.0)])
+    at_limit = BenchResult(levels=[level(1, ttft=(150, 150, 200), tpot=(30, 25, 30),
+                                         tps=200.0)])
+    v = evaluate([], at_limit, baseline=base, max_regression_pct=50)
+    by_metric = {c.metric: c for c in v.checks}
+    tps = by_metric["output_tokens_per_s"]
+    assert (tps.op, tps.threshold, tps.observed, tps.baseline) == (">=", 200.0, 200.0, 300.0)
+    assert tps.passed and tps.margin == pytest.approx(0, abs=1e-9)
+    assert by_metric["ttft_ms"].threshold == 150.0 and by_metric["ttft_ms"].passed
+    assert by_metric["tpot_ms"].threshold == 30.0 and by_metric["tpot_ms"].passed
+    assert v.passed
+    below = BenchResult(levels=[level(1, tps=199.99)])
+    v = evaluate([], below, baseline=base, max_regression_pct=50)
+    tps = next(c for c in v.checks if c.metric == "output_tokens_per_s")
+    assert not tps.passed and tps.margin == pytest.approx(-0.01)
+    assert not v.passed
+
+
+# ---- every field of a check, for the cases that cannot be measured ----------------------------
+
+def test_unmeasurable_checks_fail_and_say_why():
+    no_samples = level(1).model_copy(update={"ttft_ms": LatencyStats(n=0)})
+    priced_none = level(2)
+    goodput_unset = level(3, goodput_note="goodput needs latency gates (...)")
+    result = BenchResult(levels=[no_samples, priced_none, goodput_unset, level(4)])
+    v = evaluate([g("ttft_ms", 200, conc=1), g("usd_per_1m_output_tokens", 2.0, conc=2),
+                  g("goodput", 1.0, op=">=", conc=3), g("goodput", 1.0, op=">=", conc=4),
+                  g("ttft_ms", 200, conc=5)], result)
+    common = dict(observed=None, passed=False, margin=None, kind="slo", baseline=None)
+    assert v.checks == [
+        Check(metric="ttft_ms", stat="p95", op="<=", threshold=200, concurrency=1,
+              note="no samples (every request failed?)", **common),
+        Check(metric="usd_per_1m_output_tokens", stat="value", op="<=", threshold=2.0,
+              concurrency=2, note="no price given (usd_per_hour) or no output tokens",
+              **common),
+        Check(metric="goodput", stat="value", op=">=", threshold=1.0, concurrency=3,
+              note="goodput needs latency gates (...)", **common),
+        Check(metric="goodput", stat="value", op=">=", threshold=1.0, concurrency=4,
+              note="goodput was not computed", **common),
+        Check(metric="ttft_ms", stat="p95", op="<=", threshold=200, concurrency=5,
+              note="no benchmark level at concurrency 5", **common),
+    ]
+    assert not v.passed and v.notes == []
+
+
+def test_a_passing_check_has_no_note():
+    v = evaluate([g("ttft_ms", 200, conc=1)], RESULT)
+    assert v.checks == [Check(metric="ttft_ms", stat="p95", op="<=", threshold=200,
+                              observed=150, passed=True, margin=50, concurrency=1)]
+    assert v.passed and v.notes == []
+
+
+def test_no_levels_and_no_gates_notes():
+    v = evaluate([g("error_rate", 0.1)], BenchResult(levels=[]))
+    assert v.checks == [Check(metric="error_rate", stat="value", op="<=", threshold=0.1,
+                              observed=None, passed=False, note="the benchmark has no levels")]
+    v = evaluate([], RESULT)
+    assert v.passed and v.checks == [] and v.notes == ["no gates configured: nothing to check"]
+    v = evaluate([], RESULT, baseline=None, max_regression_pct=10)
+    assert v.notes == ["no production baseline: regression not checked (first deploy?)",
+                       "no gates configured: nothing to check"]
+
+
+def test_regression_without_a_shared_level_is_one_failed_check():
+    v = evaluate([], RESULT, baseline=BenchResult(levels=[level(32)]), max_regression_pct=5)
+    assert v.checks == [Check(
+        metric="output_tokens_per_s", stat="value", op=">=", threshold=0.0, observed=None,
+        passed=False, kind="regression",
+        note="no concurrency level in common with the baseline: cannot compare")]
+
+
+def test_regression_skips_metrics_the_baseline_lacks_and_checks_the_rest():
+    base_lv = level(1).model_copy(update={"ttft_ms": LatencyStats(n=0)})
+    cand_lv = level(1).model_copy(update={"tpot_ms": LatencyStats(n=0)})
+    v = evaluate([], BenchResult(levels=[cand_lv]), baseline=BenchResult(levels=[base_lv]),
+                 max_regression_pct=10)
+    assert v.notes == ["baseline has no ttft_ms p50 at concurrency 1: not compared"]
+    assert [(c.metric, c.passed) for c in v.checks] == [("tpot_ms", False),
+                                                        ("output_tokens_per_s", True)]
+    tpot = v.checks[0]
+    assert (tpot.kind, tpot.baseline, tpot.observed, tpot.concurrency) == (
+        "regression", 20, None, 1)
+    assert tpot.note == "no samples (every request failed?)"

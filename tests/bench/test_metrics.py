@@ -8,14 +8,18 @@ from lmiflow.bench.gate_spec import GateSpec
 from lmiflow.bench.metrics import (
     BenchResult,
     GeneratorStats,
+    LatencyStats,
     RequestRecord,
     compute_level,
+    e2e_s,
     itl_s,
     latency_stats,
+    meets_slos,
     open_loop_saturation,
     saturation_rate,
     saturation_reason,
     tpot_s,
+    ttft_s,
 )
 
 
@@ -209,3 +213,140 @@ def test_open_loop_saturation_is_latency_that_keeps_growing():
     assert saturation_rate([lv_ok]) is None
     # closed-loop levels are never "saturated" in this sense
     assert not compute_level(growing, 64).saturated
+
+
+# ---- edges, each worked out by hand ----------------------------------------------------------
+
+def test_latency_stats_exact_and_which_percentiles_lack_samples():
+    s = latency_stats([50, 10, 40, 20, 30])
+    # linear interpolation over the sorted 10..50: rank q x (n - 1)
+    assert (s.mean, s.p50, s.p90, s.p95, s.p99, s.n) == (30.0, 30.0, 46.0, 48.0, 49.6, 5)
+    assert s.few_samples == ["p90", "p95", "p99"]  # need 10, 20, 100 samples
+    assert latency_stats([]) == LatencyStats(n=0, few_samples=["p50", "p90", "p95", "p99"])
+    assert latency_stats([7]).few_samples == ["p50", "p90", "p95", "p99"]
+    assert latency_stats([7, 9]).few_samples == ["p90", "p95", "p99"]
+
+
+def test_missing_timestamps_give_no_latency():
+    no_first = RequestRecord(start=1.0, end=2.0, output_tokens=3)
+    no_end = RequestRecord(start=1.0, first_token=1.1, output_tokens=3)
+    assert ttft_s(no_first) is None and e2e_s(no_end) is None
+    assert tpot_s(no_first) is None and tpot_s(no_end) is None
+    assert ttft_s(no_end) == pytest.approx(0.1) and e2e_s(no_first) == 1.0
+
+
+def test_tpot_of_two_tokens_is_the_gap_after_the_first():
+    r = rec(1.0, [1.1, 1.4])
+    assert tpot_s(r) == pytest.approx(0.3)
+    assert compute_level([r], 1).tpot_excluded_one_token == 0
+
+
+def test_itl_skips_chunks_that_carry_no_token_and_goes_on():
+    r = rec(0.0, [0.1, 0.2, 0.4], tokens=3)
+    r.chunk_tokens = [1, 0, 2]
+    assert itl_s(r) == pytest.approx([0.1, 0.1])  # 0.2 -> 0.4 spread over 2 tokens
+    assert itl_s(RequestRecord(start=0.0)) == []
+
+
+# R: TTFT 100 ms, E2E 200 ms, 4 tokens: TPOT 100/3 ms; ITL 10, 30, 60 ms
+# (mean 33.3, p50 30, p90 54).
+R = rec(0.0, [0.1, 0.11, 0.14, 0.2])
+
+
+@pytest.mark.parametrize(("metric", "stat", "meets", "misses"), [
+    ("ttft_ms", "p95", 100.1, 99.9),
+    ("e2e_ms", "p99", 200.1, 199.9),
+    ("tpot_ms", "p50", 33.4, 33.3),
+    ("itl_ms", "mean", 33.4, 33.3),
+    ("itl_ms", "p50", 30.1, 29.9),
+    ("itl_ms", "p90", 54.1, 53.9),
+])
+def test_a_request_meets_an_slo_by_its_own_value(metric, stat, meets, misses):
+    assert meets_slos(R, [GateSpec(metric=metric, stat=stat, threshold=meets)])
+    assert not meets_slos(R, [GateSpec(metric=metric, stat=stat, threshold=misses)])
+
+
+def test_failed_requests_never_meet_slos_and_missing_values_do_not_count():
+    assert not meets_slos(C, [])
+    one_token_no_gaps = rec(0.0, [0.05])
+    assert meets_slos(one_token_no_gaps, [GateSpec(metric="itl_ms", stat="p50", threshold=1),
+                                          GateSpec(metric="tpot_ms", threshold=1)])
+
+
+def test_error_examples_are_distinct_truncated_and_at_most_three():
+    long = "x" * 400
+    failed = [RequestRecord(start=0.0, end=1.0, error=long),
+              RequestRecord(start=0.0, end=1.0, error=long),
+              RequestRecord(start=0.0, end=1.0, timed_out=True),
+              RequestRecord(start=0.0, end=1.0, error="HTTP 503"),
+              RequestRecord(start=0.0, end=1.0, error="HTTP 500")]
+    lv = compute_level(failed, 1)
+    assert lv.error_examples == ["x" * 300, "timeout", "HTTP 503"]
+    assert (lv.errors, lv.timeouts) == (5, 1)
+
+
+def test_window_runs_from_the_first_start_to_the_last_end():
+    lv = compute_level([rec(10.0, [10.5, 11.0]), rec(10.5, [11.5, 12.0])], 2)
+    assert lv.window_s == pytest.approx(2.0)
+    assert lv.output_tokens_per_s == pytest.approx(2.0)
+    assert lv.requests_per_min == pytest.approx(60.0)
+
+
+def test_no_window_without_ends_or_with_zero_length():
+    no_end = compute_level([RequestRecord(start=3.0, error="refused")], 1)
+    assert (no_end.window_s, no_end.output_tokens_per_s, no_end.requests_per_min) == (
+        None, None, None)
+    instant = compute_level([RequestRecord(start=3.0, end=3.0, first_token=3.0,
+                                           token_times=[3.0], output_tokens=1)], 1,
+                            gates=[GateSpec(metric="ttft_ms", threshold=1)])
+    assert (instant.window_s, instant.output_tokens_per_s, instant.goodput) == (None, None, None)
+
+
+def test_token_count_mismatches_count_only_disagreements():
+    lv = compute_level([rec(0.0, [0.1, 0.2], reported=2), rec(0.0, [0.1], reported=3),
+                        rec(0.0, [0.1], reported=0), rec(0.0, [0.1])], 1)
+    assert (lv.token_count_checked, lv.token_count_mismatches) == (3, 2)
+
+
+def test_goodput_with_a_gate_for_this_level_and_its_settings_pass_through():
+    gen = GeneratorStats(cpu_pct=12.0)
+    lv = compute_level([R], 4, rate_rps=2.5, generator=gen,
+                       gates=[GateSpec(metric="ttft_ms", threshold=150)])
+    assert lv.goodput == pytest.approx(1 / 0.2) and lv.goodput_note is None
+    assert (lv.rate_rps, lv.generator, lv.concurrency) == (2.5, gen, 4)
+    # a gate pinned to closed-loop concurrency 4 is not about an open-loop level capped at 4
+    pinned = compute_level([R], 4, rate_rps=2.5,
+                           gates=[GateSpec(metric="ttft_ms", threshold=150, concurrency=4)])
+    assert pinned.goodput is None and compute_level(
+        [R], 4, gates=[GateSpec(metric="ttft_ms", threshold=150, concurrency=4)]).goodput
+    assert compute_level([R], 4).goodput_note == (
+        "goodput needs latency gates (ttft_ms, tpot_ms, itl_ms, e2e_ms)")
+
+
+def test_cost_defaults_to_one_instance():
+    r = RequestRecord(start=0.0, first_token=0.001, token_times=[0.001, 1.0], end=1.0,
+                      output_tokens=1000)
+    assert compute_level([r], 1, usd_per_hour=3.6).usd_per_1m_output_tokens == pytest.approx(
+        1.0, rel=1e-12)
+    assert compute_level([r], 1, usd_per_hour=3.6, instances=2
+                         ).usd_per_1m_output_tokens == pytest.approx(2.0, rel=1e-12)
+
+
+@pytest.mark.parametrize(("stats", "expected"), [
+    (GeneratorStats(loop_lag_p50_ms=2.0, loop_lag_p99_ms=10.0, cpu_pct=85.0), None),
+    (GeneratorStats(), None),
+    (GeneratorStats(loop_lag_p99_ms=12.0),
+     "event-loop lag p50 0.0 ms, p99 12.0 ms (limits 2, 10 ms): timestamps late by that much"),
+    (GeneratorStats(loop_lag_p50_ms=2.5),
+     "event-loop lag p50 2.5 ms, p99 0.0 ms (limits 2, 10 ms): timestamps late by that much"),
+    (GeneratorStats(loop_lag_p50_ms=3.0, loop_lag_p99_ms=20.0, cpu_pct=50.0),
+     "event-loop lag p50 3.0 ms, p99 20.0 ms (limits 2, 10 ms): timestamps late by that much"),
+    (GeneratorStats(loop_lag_p50_ms=3.0, loop_lag_p99_ms=20.0, cpu_pct=49.0),
+     "event-loop lag p50 3.0 ms, p99 20.0 ms (limits 2, 10 ms): timestamps late by that much"
+     "; the generator used only 49% of a core, so the machine was busy"),
+    (GeneratorStats(loop_lag_p99_ms=11.0, cpu_pct=90.0),
+     "event-loop lag p50 0.0 ms, p99 11.0 ms (limits 2, 10 ms): timestamps late by that much"
+     "; generator CPU 90% of a core > 85%"),
+])
+def test_saturation_reason_limits_are_exclusive_and_reasons_join(stats, expected):
+    assert saturation_reason(stats) == expected

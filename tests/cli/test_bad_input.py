@@ -75,6 +75,23 @@ CASES = {
                               "instance.max_count"),
     "canary above half the fleet": (with_("promotion.canary_size_pct", 80),
                                     "promotion.canary_size_pct"),
+    "canary on one instance": (with_("promotion.strategy", "CANARY", SAGEMAKER),
+                               "promotion.strategy"),
+    "canary smaller than one instance": (
+        with_("promotion", {"strategy": "CANARY", "canary_size_pct": 10},
+              yaml.safe_load(with_("instance.count", 4, SAGEMAKER))),
+        "promotion.canary_size_pct"),
+    "linear step smaller than one instance": (
+        with_("promotion", {"strategy": "LINEAR", "linear_step_pct": 10},
+              yaml.safe_load(with_("instance.count", 5, SAGEMAKER))),
+        "promotion.linear_step_pct"),
+    "termination wait above the API's bound": (with_("promotion.termination_wait_s", 4000),
+                                              "promotion.termination_wait_s"),
+    "inference AMI botocore does not know": (
+        with_("instance.inference_ami_version", "al2-ami-sagemaker-inference-gpu-9", SAGEMAKER),
+        "instance.inference_ami_version"),
+    "role from another partition": (with_("target.region", "cn-north-1", SAGEMAKER),
+                                    "target.role_arn"),
     "serving option injecting a line": (
         with_("serving.options", {"option.x": "1\nengine=MPI"}), "serving.options"),
     "serving option key with =": (with_("serving.options", {"option.a=b": "1"}),
@@ -89,6 +106,9 @@ CASES = {
 
 @pytest.fixture()
 def isolated(tmp_path, monkeypatch):
+    """A working directory with an empty local-target state folder, as after `make demo`'s
+    first run: anything a bad run wrote there would show."""
+    (tmp_path / "state").mkdir()
     monkeypatch.setenv("LMIFLOW_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # any AWS call would fail
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -101,6 +121,7 @@ def test_bad_config_exits_2_naming_the_field(case, isolated, capsys):
     text, field = CASES[case]
     cfg = isolated / "config.yaml"
     cfg.write_text(text)
+    before = files_under(isolated)
     code = main(["deploy", str(cfg), "--report-dir", str(isolated / "report")])
     err = capsys.readouterr().err
     assert code == 2, err
@@ -108,9 +129,15 @@ def test_bad_config_exits_2_naming_the_field(case, isolated, capsys):
     assert len(lines) == 1, err
     assert lines[0].startswith(f"lmiflow: error: {field}"), err
     assert "Traceback" not in err
-    # nothing created: no report, no local endpoint state
+    # nothing created: no report, and the state folder is still there and still empty
+    assert (isolated / "state").is_dir()
+    assert list((isolated / "state").iterdir()) == []
+    assert files_under(isolated) == before
     assert not (isolated / "report").exists()
-    assert not any((isolated / "state").rglob("*.json")) if (isolated / "state").exists() else True
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
 
 
 def test_corpus_is_large_enough():

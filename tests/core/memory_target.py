@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 
-from lmiflow.targets.base import EndpointStatus, EndpointVariant, Target, TrafficPolicy
+from lmiflow.targets.base import (
+    EndpointLock,
+    EndpointStatus,
+    EndpointVariant,
+    Target,
+    TrafficPolicy,
+)
 
 
 class MemoryTarget(Target):
@@ -36,8 +41,8 @@ class MemoryTarget(Target):
     def endpoint_variant(self, instance_type, instance_count, weights_bytes):
         return EndpointVariant(instance_type=instance_type, instance_count=instance_count)
 
-    def endpoint_lock(self, name):
-        return contextlib.nullcontext()
+    def endpoint_lock(self, name, run_id=None):
+        return EndpointLock()
 
     def stage(self, name, files):
         return f"mem://{name}/"

@@ -106,13 +106,38 @@ def test_promotion_updates_blue_green_and_removes_what_production_ran_before():
     assert seen == ["InService"]
 
 
-def test_rolled_back_update_fails_and_deletes_nothing():
+def test_rolled_back_update_fails_and_deletes_nothing_of_production():
     t = with_candidate()
     t.roll_back = True
     before = t.list_resources("prod")
     with pytest.raises(StepFailed, match="still serves prod-ec-aaaaaaaa"):
         lifecycle.promote(t, SPEC, NEW, {})
+    # only the candidate endpoint is gone (its benchmark was done before the update started)
+    before["endpoints"].remove("prod-c-bbbbbbbb")
     assert t.list_resources("prod") == before
+    assert t.describe("prod").config_name == "prod-ec-aaaaaaaa"
+
+
+def test_the_candidate_endpoint_is_gone_before_production_changes():
+    # at most two fleets: blue (production) and green (the candidate's config), never three
+    t = with_candidate()
+    fleets_at_update = []
+    update = t.update_endpoint
+
+    def counting_update(name, config_name, policy=None):
+        fleets_at_update.append(sorted(t.endpoints))
+        update(name, config_name, policy)
+
+    t.update_endpoint = counting_update
+    lifecycle.promote(t, SPEC, NEW, {})
+    assert fleets_at_update == [["prod"]]  # blue only; SageMaker adds green
+    first = with_candidate(production_on=None)
+    create = first.create_endpoint
+    seen = []
+    first.create_endpoint = lambda n, c, tags: (seen.append(sorted(first.endpoints)),
+                                                create(n, c, tags))
+    lifecycle.promote(first, SPEC, NEW, {})
+    assert seen == [[]]  # a first deploy: production is created after the candidate is gone
 
 
 def test_production_that_fails_its_smoke_test_is_not_a_promotion():

@@ -45,6 +45,7 @@ SPEC = DeploymentSpec.model_validate({
     "name": "prod",
     "model": {"id": "meta-llama/Llama-3.1-8B", "dtype": "bf16"},
     "workload": {"max_input_tokens": 1024, "max_output_tokens": 128, "concurrency": 4},
+    "instance": {"count": 4},  # a 25 % canary is one of four instances
     "target": {"kind": "sagemaker", "region": "us-east-1",
                "role_arn": "arn:aws:iam::123456789012:role/SageMakerExecution",
                "s3_uri": "s3://bucket/models/"},
@@ -84,10 +85,13 @@ def listed(sm, models, configs, endpoints):
 
 
 def expect_update(sm, update_params=None):
-    """promote's first calls: describe production (with tags), the busy check, the update."""
+    """promote's first calls: describe production (with tags), delete the candidate endpoint
+    (its benchmark is done: blue and green are the only fleets during the update), the busy
+    check, the update."""
     ep = {"EndpointName": "prod"}
     sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
     sm.add_response("list_tags", {"Tags": []}, {"ResourceArn": ARN + "endpoint/prod"})
+    sm.add_response("delete_endpoint", {}, {"EndpointName": "prod-c-bbbbbbbb"})
     sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
     sm.add_response("update_endpoint", {"EndpointArn": ARN + "endpoint/prod"}, update_params)
 
@@ -117,8 +121,7 @@ def test_promote_updates_blue_green_smoke_tests_and_removes_old(target):
                     {"EndpointConfigName": "prod-ec-bbbbbbbb"})
     listed(sm, models=["prod-m-aaaaaaaa", "prod-m-bbbbbbbb"],
            configs=["prod-ec-aaaaaaaa", "prod-ec-bbbbbbbb"],
-           endpoints=["prod", "prod-c-bbbbbbbb", "prod-2"])
-    sm.add_response("delete_endpoint", {}, {"EndpointName": "prod-c-bbbbbbbb"})
+           endpoints=["prod", "prod-2"])
     sm.add_response("delete_endpoint_config", {}, {"EndpointConfigName": "prod-ec-aaaaaaaa"})
     sm.add_response("delete_model", {}, {"ModelName": "prod-m-aaaaaaaa"})
     rt = Stubber(target.runtime)

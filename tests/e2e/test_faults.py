@@ -1,6 +1,10 @@
 """The fault matrix on the local target: each test injects a fault, checks the outcome, and
 checks that every resource the run created for the candidate is gone (resources before =
-after) and production is untouched unless the promotion completed."""
+after) and production is untouched unless the promotion completed.
+
+The failure-path tests run against a live production (deployed once for the module): after
+each failed candidate, production still serves the same config and model with the same
+instance count, from the same server process, and still answers."""
 
 from __future__ import annotations
 
@@ -22,7 +26,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CONTROL_PLANE = ("stage", "create_model", "create_endpoint_config", "create_endpoint",
                  "update_endpoint", "describe", "list_resources", "delete_endpoint",
                  "delete_endpoint_config", "delete_model", "config_model_name")
-NOTHING = {"models": [], "endpoint_configs": [], "endpoints": []}
 
 
 def throttling(op: str) -> ClientError:
@@ -57,31 +60,101 @@ def test_throttling_on_every_control_plane_call_is_retried(prefect_harness, demo
     assert res["endpoints"] == ["f-throttle"] and len(res["endpoint_configs"]) == 1
 
 
-def test_wait_that_exceeds_its_timeout(prefect_harness, demo_model, state_dir, tmp_path):
-    from lmiflow.targets.local import LocalTarget
+class Production:
+    """A live production endpoint on the local target, and what it looked like when deployed."""
 
-    spec = make_spec(demo_model, name="f-timeout", **{"promotion.endpoint_timeout_s": 0.2})
+    name = "f-prod"
+
+    def __init__(self, state_dir: Path, demo_model):
+        from lmiflow.targets.local import LocalTarget
+
+        self.state_dir = state_dir
+        self.demo_model = demo_model
+        self.target = LocalTarget(state_dir)
+        self.before: dict = {}
+        self.resources_before: dict = {}
+
+    def candidate_spec(self, **over):
+        """Same endpoint, another candidate (a different batch size: a different spec hash)."""
+        return make_spec(self.demo_model, name=self.name,
+                         **{"workload.concurrency": 2, **over})
+
+    def snapshot(self) -> dict:
+        st = self.target.describe(self.name)
+        reg = json.loads((self.state_dir / "registry.json").read_text())
+        return {"status": st.status, "config": st.config_name,
+                "model": self.target.config_model_name(st.config_name),
+                "instance_count": reg["endpoint_configs"][st.config_name]["variant"][
+                    "instance_count"],
+                "pid": reg["endpoints"][self.name]["process"]["pid"]}
+
+    def assert_untouched(self) -> None:
+        """Same config, model, instance count and server process; still answering; and the
+        failed candidate left nothing: the resources are production's alone, as before."""
+        from lmiflow import pipeline
+
+        assert self.snapshot() == self.before
+        assert self.target.list_resources(self.name) == self.resources_before
+        body = self.target.invoke(self.name, {"inputs": "Hello",
+                                              "parameters": {"max_new_tokens": 4}})
+        passed, _, why = pipeline.check_smoke_response(body)
+        assert passed, why
+
+
+@pytest.fixture(scope="module")
+def production(prefect_harness, demo_model, tmp_path_factory):
+    """Deployed once; each failure-path test runs a failing candidate of the same endpoint."""
+    from lmiflow import pipeline
+
+    state_dir = tmp_path_factory.mktemp("prod-state")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMIFLOW_STATE_DIR", str(state_dir))
+        mp.setenv("LMIFLOW_RETRY_BASE_S", "0.01")
+        pipeline._target.cache_clear()
+        prod = Production(state_dir, demo_model)
+        state, report = run(make_spec(demo_model, name=prod.name),
+                            tmp_path_factory.mktemp("prod-report"))
+        assert state.is_completed(), report["error"]
+        prod.before = prod.snapshot()
+        prod.resources_before = prod.target.list_resources(prod.name)
+        assert prod.before["status"] == "InService" and prod.before["instance_count"] == 1
+        assert prod.resources_before == {"models": [prod.before["model"]],
+                                         "endpoint_configs": [prod.before["config"]],
+                                         "endpoints": [prod.name]}
+        try:
+            yield prod
+        finally:
+            for ep in prod.target.list_endpoints():  # never leave a server running
+                prod.target.delete_endpoint(ep.name)
+            pipeline._target.cache_clear()
+
+
+def test_wait_that_exceeds_its_timeout(production, tmp_path):
+    spec = production.candidate_spec(**{"promotion.endpoint_timeout_s": 0.2})
     state, report = run(spec, tmp_path / "r")
     assert state.is_failed() and report["failed_step"] == "create_endpoint"
     assert "not InService within" in report["error"]
-    assert LocalTarget(state_dir).list_resources("f-timeout") == NOTHING
+    production.assert_untouched()
 
 
-def test_smoke_test_invoke_error(prefect_harness, demo_model, state_dir, tmp_path, monkeypatch):
+def test_smoke_test_invoke_error(production, tmp_path, monkeypatch):
     from lmiflow.targets.local import InvocationError, LocalTarget
 
+    real = LocalTarget.invoke
+
     def broken(self, name, payload, timeout_s=300.0):
+        if name == production.name:
+            return real(self, name, payload, timeout_s)
         raise InvocationError(424, b'{"code": 424, "error": "model failed (injected)"}')
 
     monkeypatch.setattr(LocalTarget, "invoke", broken)
-    state, report = run(make_spec(demo_model, name="f-smoke"), tmp_path / "r")
+    state, report = run(production.candidate_spec(), tmp_path / "r")
     assert state.is_failed() and report["failed_step"] == "smoke_test"
     assert report["smoke_test"]["passed"] is False
-    assert LocalTarget(state_dir).list_resources("f-smoke") == NOTHING
+    production.assert_untouched()
 
 
-def test_invoke_errors_during_benchmark_go_to_the_gate(prefect_harness, demo_model, state_dir,
-                                                       tmp_path, monkeypatch):
+def test_invoke_errors_during_benchmark_go_to_the_gate(production, tmp_path, monkeypatch):
     from lmiflow.targets.local import InvocationError, LocalTarget
 
     real = LocalTarget.invoke_stream
@@ -94,40 +167,60 @@ def test_invoke_errors_during_benchmark_go_to_the_gate(prefect_harness, demo_mod
         return real(self, name, payload, timeout_s)
 
     monkeypatch.setattr(LocalTarget, "invoke_stream", flaky)
-    state, report = run(make_spec(demo_model, name="f-bench"), tmp_path / "r")
+    state, report = run(production.candidate_spec(), tmp_path / "r")
     assert state.is_failed() and report["status"] == "rejected"  # the error_rate <= 0 gate decides
     levels = report["benchmark"]["levels"]
     assert all(0 < lv["error_rate"] < 1 for lv in levels)
-    assert LocalTarget(state_dir).list_resources("f-bench") == NOTHING
+    production.assert_untouched()
 
 
-def test_server_crash_mid_benchmark(prefect_harness, demo_model, state_dir, tmp_path):
+def test_server_crash_mid_benchmark(production, tmp_path):
     from lmiflow.tasks.common import add_progress_listener
 
-    from lmiflow.targets.local import LocalTarget
-
-    target = LocalTarget(state_dir)
     killed: list[int] = []
+    candidate_prefix = f"{production.name}-c-"
 
     def kill_candidate(step, fraction, text):
         if step == "benchmark" and not killed:
-            reg = json.loads((state_dir / "registry.json").read_text())
+            reg = json.loads((production.state_dir / "registry.json").read_text())
             for name, rec in reg["endpoints"].items():
-                if name.startswith("f-crash-c-"):
+                if name.startswith(candidate_prefix):
                     killed.append(rec["process"]["pid"])
                     os.kill(rec["process"]["pid"], signal.SIGKILL)
 
     remove = add_progress_listener(kill_candidate)
     try:
-        state, report = run(make_spec(demo_model, name="f-crash", **{
-            "benchmark.requests": 12}), tmp_path / "r")
+        state, report = run(production.candidate_spec(**{"benchmark.requests": 12}),
+                            tmp_path / "r")
     finally:
         remove()
-    assert killed
+    assert killed and production.before["pid"] not in killed
     assert state.is_failed() and report["status"] in ("rejected", "failed")
     if report["status"] == "rejected":
         assert any(lv["errors"] > 0 for lv in report["benchmark"]["levels"])
-    assert target.list_resources("f-crash") == NOTHING
+    production.assert_untouched()
+
+
+def test_failing_rerun_of_production_spec_keeps_production_config(production, tmp_path,
+                                                                  monkeypatch):
+    """A rerun of the spec production runs has the same names: its candidate's endpoint config
+    and model ARE production's. When that rerun fails, cleanup removes the candidate endpoint
+    and must leave the config and model production serves."""
+    from lmiflow.targets.local import InvocationError, LocalTarget
+
+    real = LocalTarget.invoke
+
+    def broken(self, name, payload, timeout_s=300.0):
+        if name == production.name:
+            return real(self, name, payload, timeout_s)
+        raise InvocationError(424, b'{"code": 424, "error": "model failed (injected)"}')
+
+    monkeypatch.setattr(LocalTarget, "invoke", broken)
+    state, report = run(make_spec(production.demo_model, name=production.name), tmp_path / "r")
+    assert state.is_failed() and report["failed_step"] == "smoke_test"
+    assert report["candidate_endpoint"].startswith(f"{production.name}-c-")
+    assert report["cleanup"] == [f"endpoint {report['candidate_endpoint']}"]
+    production.assert_untouched()
 
 
 def _lmiflow(cfg: Path, report_dir: Path, env: dict) -> subprocess.Popen:

@@ -100,6 +100,7 @@ def test_deploy_all_schedule_form_and_worker_run(prefect_server, tmp_path):
         "name": "ui-plan",
         "model": {"id": "meta-llama/Llama-2-13b-hf", "dtype": "fp16"},
         "workload": {"max_input_tokens": 3072, "max_output_tokens": 1024, "concurrency": 8},
+        "instance": {"allow": ["ml.g5.12xlarge"]},
         "target": {"kind": "sagemaker", "region": "us-east-1",
                    "role_arn": "arn:aws:iam::123456789012:role/SageMakerExecution",
                    "s3_uri": "s3://my-lmiflow-bucket/models/"}},
@@ -127,4 +128,8 @@ def test_deploy_all_schedule_form_and_worker_run(prefect_server, tmp_path):
     report = json.loads((report_dir / "report.json").read_text())
     assert report["status"] == "planned"
     assert report["plan"]["request"]["concurrency"] == 8
-    assert "option.tensor_parallel_degree" in report["serving_properties"]
+    # 26 GB of fp16 weights do not fit one 24 GB A10G: the four-GPU ml.g5.12xlarge shards each
+    # copy over 2 GPUs (13 GB weights + 6.7 GB KV for 4 requests + overhead < 21.7 GB usable),
+    # and the rendered properties must tell the container that degree.
+    assert report["plan"]["chosen"]["tensor_parallel_degree"] == 2
+    assert "option.tensor_parallel_degree=2\n" in report["serving_properties"]

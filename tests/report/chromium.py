@@ -1,9 +1,10 @@
-"""Headless Chromium as this project drives it, shared by the render test and
-perf/render_report_html.py: where the browser is, the flags this closed network needs, and a
-probe that reports every <img>'s decoded size."""
+"""Headless Chromium as this project drives it, shared by the render tests and
+perf/render_report_html.py: where the browser is, the flags this closed network needs, and
+probes that report what the page shows (every <img>'s decoded size; the layout a reader sees)."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -11,7 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from lmiflow.report.writer import CSP
+from lmiflow.report.html_page import CSP
 
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "/usr/bin/chromium")
 FLAGS = (
@@ -38,6 +39,37 @@ window.addEventListener("load", () => {
 </script>"""
 
 
+# What a reader sees: the status badge, the gate's verdict line, each plot as laid out, each
+# table against the box that holds it, and whether the page itself scrolls sideways.
+LAYOUT_PROBE = """<script>
+window.addEventListener("load", () => {
+  const box = e => { const r = e.getBoundingClientRect();
+    return {top: r.top, bottom: r.bottom, left: r.left, right: r.right, w: r.width,
+            h: r.height}; };
+  const style = e => { const s = getComputedStyle(e);
+    return {color: s.color, background: s.backgroundColor, visibility: s.visibility,
+            display: s.display}; };
+  const badge = document.querySelector("h1 .badge");
+  const verdict = document.querySelector("#gate p.strong");
+  const out = document.createElement("pre");
+  out.id = "probe";
+  out.textContent = JSON.stringify({
+    viewport: {w: window.innerWidth, h: window.innerHeight},
+    page_width: document.documentElement.scrollWidth,
+    main: box(document.querySelector("main")),
+    badge: badge && {text: badge.textContent, ...box(badge), ...style(badge)},
+    verdict: verdict && {text: verdict.textContent, ...box(verdict), ...style(verdict)},
+    plots: [...document.querySelectorAll("img.plot")].map(i => ({
+      id: i.id, natural_w: i.naturalWidth, complete: i.complete, ...box(i), ...style(i)})),
+    tables: [...document.querySelectorAll("table")].map(t => ({
+      section: t.closest("section").id, width: t.getBoundingClientRect().width,
+      holder: t.parentElement.clientWidth})),
+  });
+  document.body.appendChild(out);
+});
+</script>"""
+
+
 def find() -> str | None:
     return next((p for p in map(shutil.which, CANDIDATES) if p), None)
 
@@ -55,14 +87,15 @@ def run(browser: str, tmp: Path, *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
-def probe_page(html: str) -> str:
-    """The report with the probe script added and allowed by its CSP."""
-    return html.replace(CSP, CSP + "; script-src 'unsafe-inline'").replace(
-        "</body>", PROBE + "</body>"
+def probe_page(page: str, probe: str = PROBE) -> str:
+    """The report with a probe script added and allowed by its CSP."""
+    return page.replace(CSP, CSP + "; script-src 'unsafe-inline'").replace(
+        "</body>", probe + "</body>"
     )
 
 
-def probed_images(dom: str) -> list[dict] | None:
-    """The probe's findings from `--dump-dom` output; None when the probe did not run."""
-    match = re.search(r'<pre id="probe">(.*?)</pre>', dom)
-    return json.loads(match.group(1)) if match else None
+def probed(dom: str):
+    """A probe's findings from `--dump-dom` output; None when the probe did not run."""
+    match = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    return json.loads(html.unescape(match.group(1))) if match else None
+

@@ -1,15 +1,21 @@
-"""Realistic report dicts (the report.json contract) shared by the report tests and the flow's.
+"""Realistic run reports (typed RunReport objects) shared by the report tests and perf.
 
 Numbers follow the sizing rules in REFERENCE.md for Llama-3.1-8B-Instruct in bf16 (8,030,261,248
 parameters; KV 2 x 32 layers x 8 kv heads x 128 x 2 B = 131,072 B per token) with 4,096 tokens per
 request and 8 concurrent requests, on the instances of instances-researched.csv. Each function
-returns a fresh dict, so a test may mutate it freely.
+returns a fresh report, so a test may change it freely.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any
+
+from lmiflow.sizing.memory import DTypeChoice, MemoryBreakdown
+from lmiflow.sizing.planner import ModelSummary, Option, Plan, PlanRequest
+
+from lmiflow.bench.gates import Check, Verdict
+from lmiflow.bench.metrics import BenchResult, LatencyStats, LevelResult
+from lmiflow.report.model import ReportedModel, RunReport, SmokeTest, StepRecord, Versions
 
 GIB = 2**30
 MIB = 2**20
@@ -21,6 +27,8 @@ WEIGHTS = PARAMS * 2
 KV_TOTAL = KV_PER_TOKEN * 4096 * 8
 OVERHEAD = 2 * GIB
 NCCL = 400_000_000  # extra per-GPU overhead at tensor parallel >= 2
+# Percentiles need this many samples to mean something (DESIGN.md: say when they do not).
+ENOUGH = {"p50": 2, "p90": 10, "p95": 20, "p99": 100}
 
 _GPU_MIB = {
     "T4": 15_360,
@@ -33,7 +41,7 @@ _GPU_MIB = {
 }
 
 
-def _option(instance: str, gpu: str, count: int, tp: int, price: float | None) -> dict[str, Any]:
+def _option(instance: str, gpu: str, count: int, tp: int, price: float | None) -> Option:
     usable = int(_GPU_MIB[gpu] * MIB * 0.9)  # gpu_memory_utilization 0.9
     weights = WEIGHTS // tp
     kv = KV_TOTAL // tp
@@ -52,27 +60,35 @@ def _option(instance: str, gpu: str, count: int, tp: int, price: float | None) -
             f"needs {required / GIB:.2f} GiB per GPU at TP {tp}, "
             f"{gpu} has {usable / GIB:.2f} GiB usable"
         )
-    return {
-        "instance_type": instance,
-        "gpu_count": count,
-        "gpu_memory_bytes": _GPU_MIB[gpu] * MIB,
-        "tensor_parallel_degree": tp,
-        "model_copies": copies,
-        "fits": fits,
-        "reason": reason,
-        "per_gpu_required_bytes": required,
-        "usd_per_hour": price,
-        "max_concurrency": max_conc,
-        "per_gpu": {
+    return Option(
+        instance_type=instance,
+        accelerator=f"NVIDIA {gpu}",
+        gpu_count=count,
+        gpu_memory_bytes=_GPU_MIB[gpu] * MIB,
+        usable_bytes_per_gpu=usable,
+        tensor_parallel_degree=tp,
+        model_copies=copies,
+        instance_count=1,
+        dtype="bf16",
+        fits=fits,
+        eligible=fits,
+        reason=reason,
+        binding=None if fits else "kv_cache",
+        per_gpu_required_bytes=required,
+        per_gpu={
             "weights_bytes": weights,
             "kv_cache_bytes": kv,
             "overhead_bytes": overhead,
             "usable_bytes": usable,
         },
-    }
+        concurrency_per_copy=8,
+        usd_per_hour=price,
+        price_source="aws-pricing-page" if price is not None else "unknown",
+        max_concurrency=max_conc,
+    )
 
 
-def _plan() -> dict[str, Any]:
+def _plan() -> Plan:
     fitting = [
         _option("ml.g6e.xlarge", "L40S", 1, 1, 2.61),
         _option("ml.g6e.2xlarge", "L40S", 1, 1, 2.80),
@@ -89,22 +105,28 @@ def _plan() -> dict[str, Any]:
         _option("ml.g5.xlarge", "A10G", 1, 1, 1.4084),
         _option("ml.g5.2xlarge", "A10G", 1, 1, 1.515),
     ]
-    assert all(o["fits"] for o in fitting) and not any(o["fits"] for o in failing)
+    assert all(o.fits for o in fitting) and not any(o.fits for o in failing)
     options = fitting + failing
-    return {
-        "memory": {
-            "weights_bytes": WEIGHTS,
-            "kv_cache_bytes": KV_TOTAL,
-            "overhead_bytes": OVERHEAD,
-            "total_bytes": WEIGHTS + KV_TOTAL + OVERHEAD,
-        },
-        "options": options,
-        "chosen": copy.deepcopy(options[0]),
-        "chosen_reason": (
+    return Plan(
+        model=ModelSummary(model_type="llama", architecture="LlamaForCausalLM", parameters=PARAMS,
+                           active_parameters=PARAMS, parameter_source="safetensors",
+                           kv_cache_bytes_per_token=KV_PER_TOKEN),
+        request=PlanRequest(dtype="bf16", max_input_tokens=3840, max_output_tokens=256,
+                            concurrency=8),
+        dtypes=DTypeChoice(weights="bf16", kv_cache="bf16", activations="bf16"),
+        memory=MemoryBreakdown(
+            weights_bytes=WEIGHTS,
+            kv_cache_bytes=KV_TOTAL,
+            overhead_bytes=OVERHEAD,
+            total_bytes=WEIGHTS + KV_TOTAL + OVERHEAD,
+        ),
+        options=options,
+        chosen=copy.deepcopy(options[0]),
+        chosen_reason=(
             "cheapest option that fits: ml.g6e.xlarge at $2.61/h (1 x L40S, TP 1); "
             "its price source is marked uncertain"
         ),
-    }
+    )
 
 
 SERVING_PROPERTIES = """\
@@ -133,36 +155,38 @@ FORMULAS = {
 }
 
 
-def _dist(mean: float, p50: float, p90: float, p95: float, p99: float, n: int) -> dict[str, Any]:
-    return {"mean": mean, "p50": p50, "p90": p90, "p95": p95, "p99": p99, "n": n}
+def _dist(mean: float, p50: float, p90: float, p95: float, p99: float, n: int) -> LatencyStats:
+    few = [stat for stat, need in ENOUGH.items() if n < need]
+    return LatencyStats(mean=mean, p50=p50, p90=p90, p95=p95, p99=p99, n=n, few_samples=few)
 
 
 def _level(
     c: int, n: int, errors: int, ttft: tuple, tpot: tuple, tok_s: float, price: float = 2.61
-) -> dict[str, Any]:
+) -> LevelResult:
     ok = n - errors
     t_mean, t50, t90, t95, t99 = ttft
     p_mean, p50, p90, p95, p99 = tpot
     e2e = [t + 255 * p for t, p in zip(ttft, tpot, strict=True)]
-    return {
-        "concurrency": c,
-        "requests": n,
-        "errors": errors,
-        "error_rate": errors / n,
-        "ttft_ms": _dist(t_mean, t50, t90, t95, t99, ok),
-        "tpot_ms": _dist(p_mean, p50, p90, p95, p99, ok),
-        "itl_ms": _dist(p_mean, p50 * 0.98, p90 * 1.1, p95 * 1.2, p99 * 1.5, ok * 255),
-        "e2e_ms": _dist(*e2e, ok),
-        "output_tokens_per_s": tok_s,
-        "requests_per_min": tok_s / 256 * 60,
-        "goodput_per_s": tok_s / 256 * (ok / n),
-        "usd_per_1m_output_tokens": price / (tok_s * 3600) * 1e6,
-    }
+    return LevelResult(
+        concurrency=c,
+        requests=n,
+        completed=ok,
+        errors=errors,
+        error_rate=errors / n,
+        ttft_ms=_dist(t_mean, t50, t90, t95, t99, ok),
+        tpot_ms=_dist(p_mean, p50, p90, p95, p99, ok),
+        itl_ms=_dist(p_mean, p50 * 0.98, p90 * 1.1, p95 * 1.2, p99 * 1.5, ok * 255),
+        e2e_ms=_dist(*e2e, ok),
+        output_tokens_per_s=tok_s,
+        requests_per_min=tok_s / 256 * 60,
+        goodput=tok_s / 256 * (ok / n),
+        usd_per_1m_output_tokens=price / (tok_s * 3600) * 1e6,
+    )
 
 
-def _benchmark() -> dict[str, Any]:
-    return {
-        "levels": [
+def _benchmark() -> BenchResult:
+    return BenchResult(
+        levels=[
             _level(1, 32, 0, (65.2, 62.0, 75.1, 80.3, 95.0), (22.4, 22.1, 22.9, 23.3, 24.0), 44.1),
             _level(
                 8, 64, 0, (121.7, 110.4, 180.2, 205.9, 260.8), (25.9, 25.5, 27.8, 28.6, 31.0), 305.3
@@ -176,13 +200,13 @@ def _benchmark() -> dict[str, Any]:
                 781.9,
             ),
         ],
-        "formulas": dict(FORMULAS),
-    }
+        formulas=dict(FORMULAS),
+    )
 
 
-def _baseline() -> dict[str, Any]:
-    return {
-        "levels": [
+def _baseline() -> BenchResult:
+    return BenchResult(
+        levels=[
             _level(1, 32, 0, (70.3, 68.1, 81.0, 88.2, 101.7), (23.8, 23.5, 24.4, 24.9, 26.0), 41.5),
             _level(
                 8, 64, 0, (140.2, 131.0, 201.3, 230.0, 290.5), (27.9, 27.4, 30.1, 31.2, 34.0), 281.0
@@ -196,8 +220,8 @@ def _baseline() -> dict[str, Any]:
                 735.4,
             ),
         ],
-        "formulas": dict(FORMULAS),
-    }
+        formulas=dict(FORMULAS),
+    )
 
 
 def _check(
@@ -208,7 +232,8 @@ def _check(
     observed: float,
     concurrency: int | None,
     kind: str = "slo",
-) -> dict[str, Any]:
+    baseline: float | None = None,
+) -> Check:
     passed = {
         "<": observed < threshold,
         "<=": observed <= threshold,
@@ -216,39 +241,32 @@ def _check(
         ">=": observed >= threshold,
     }[op]
     margin = threshold - observed if op in ("<", "<=") else observed - threshold
-    return {
-        "metric": metric,
-        "stat": stat,
-        "op": op,
-        "threshold": threshold,
-        "observed": observed,
-        "passed": passed,
-        "margin": margin,
-        "concurrency": concurrency,
-        "kind": kind,
-    }
+    return Check(metric=metric, stat=stat, op=op, threshold=threshold, observed=observed,
+                 passed=passed, margin=margin, concurrency=concurrency, kind=kind,
+                 baseline=baseline)
 
 
-def _gate(benchmark: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
+def _gate(benchmark: BenchResult, baseline: BenchResult) -> Verdict:
     checks = []
-    for level in benchmark["levels"]:
-        c = level["concurrency"]
-        checks.append(_check("ttft_ms", "p95", "<=", 1000.0, level["ttft_ms"]["p95"], c))
-        checks.append(_check("tpot_ms", "p95", "<=", 60.0, level["tpot_ms"]["p95"], c))
-        checks.append(_check("error_rate", "value", "<=", 0.01, level["error_rate"], c))
-    base32 = baseline["levels"][-1]["output_tokens_per_s"]
+    for level in benchmark.levels:
+        c = level.concurrency
+        checks.append(_check("ttft_ms", "p95", "<=", 1000.0, level.ttft_ms.p95, c))
+        checks.append(_check("tpot_ms", "p95", "<=", 60.0, level.tpot_ms.p95, c))
+        checks.append(_check("error_rate", "value", "<=", 0.01, level.error_rate, c))
+    base32 = baseline.levels[-1].output_tokens_per_s
     checks.append(
         _check(
             "output_tokens_per_s",
             "value",
             ">=",
             round(base32 * 0.9, 2),
-            benchmark["levels"][-1]["output_tokens_per_s"],
+            benchmark.levels[-1].output_tokens_per_s,
             32,
-            kind="baseline",
+            kind="regression",
+            baseline=base32,
         )
     )
-    return {"passed": all(c["passed"] for c in checks), "checks": checks}
+    return Verdict(passed=all(c.passed for c in checks), checks=checks)
 
 
 _STEP_SECONDS = [
@@ -268,171 +286,144 @@ _STEP_SECONDS = [
 
 def _steps(
     fail_at: str | None = None, stop_after: str | None = None, fail_summary: str = ""
-) -> list[dict[str, Any]]:
+) -> list[StepRecord]:
     steps, t, state = [], T0, "completed"
     for name, seconds, summary in _STEP_SECONDS:
         if state == "completed" and name == fail_at:
-            steps.append(
-                {
-                    "name": name,
-                    "status": "failed",
-                    "seconds": seconds,
-                    "started_at": t,
-                    "summary": fail_summary,
-                }
-            )
+            steps.append(StepRecord(name=name, status="failed", seconds=seconds, started_at=t,
+                                    summary=fail_summary))
             state = "skipped"
         elif state == "skipped":
-            steps.append(
-                {
-                    "name": name,
-                    "status": "skipped",
-                    "seconds": 0.0,
-                    "started_at": None,
-                    "summary": "not run: an earlier step failed",
-                }
-            )
+            steps.append(StepRecord(name=name, status="skipped", seconds=0.0, started_at=None,
+                                    summary="not run: an earlier step failed"))
         else:
-            steps.append(
-                {
-                    "name": name,
-                    "status": "completed",
-                    "seconds": seconds,
-                    "started_at": t,
-                    "summary": summary,
-                }
-            )
+            steps.append(StepRecord(name=name, status="completed", seconds=seconds, started_at=t,
+                                    summary=summary))
         t += seconds + 0.35  # Prefect's own time between tasks
         if name == stop_after:
             break
     return steps
 
 
-def _versions() -> dict[str, Any]:
-    return {
-        "lmiflow": "0.1.0",
-        "lmi_image": "0.33.0-lmi15.0.0-cu128",
-        "model_revision": "0e9e39f249a16976918f6564b8830bc894c89659",
-        "prefect": "3.4.25",
-        "python": "3.11.7",
-        "boto3": "1.40.61",
-        "sagemaker_core": "2.1.1",
-    }
+def _versions() -> Versions:
+    return Versions(
+        lmiflow="0.1.0",
+        prefect="3.4.25",
+        lmi_image="0.33.0-lmi15.0.0-cu128",
+        model_revision="0e9e39f249a16976918f6564b8830bc894c89659",
+    )
 
 
-def _base(status: str) -> dict[str, Any]:
-    return {
-        "schema_version": 1,
-        "lmiflow_version": "0.1.0",
-        "run_id": "4b1f0a6e-52f1-4a8e-9a3c-2d9c1e7b8f10",
-        "started_at": "2026-11-29T19:46:40+00:00",
-        "finished_at": "2026-11-29T20:06:42+00:00",
-        "status": status,
-        "endpoint": "lmiflow-llama31-8b",
-        "candidate_endpoint": "lmiflow-llama31-8b-c-7f3a9c",
-        "target": "sagemaker",
-        "failed_step": None,
-        "error": None,
-        "model": {
-            "id": "meta-llama/Llama-3.1-8B-Instruct",
-            "revision": "0e9e39f249a16976918f6564b8830bc894c89659",
-            "parameters": PARAMS,
-            "active_parameters": PARAMS,
-            "kv_cache_bytes_per_token": KV_PER_TOKEN,
-            "architecture": "LlamaForCausalLM",
-            "dtype": "bf16",
-            "kv_cache_dtype": "bf16",
-            "num_hidden_layers": 32,
-            "num_key_value_heads": 8,
-        },
-        "steps": _steps(),
-        "plan": _plan(),
-        "serving_properties": SERVING_PROPERTIES,
-        "image_uri": (
+def _base(status: str) -> RunReport:
+    return RunReport(
+        lmiflow_version="0.1.0",
+        run_id="4b1f0a6e-52f1-4a8e-9a3c-2d9c1e7b8f10",
+        started_at="2026-11-29T19:46:40+00:00",
+        finished_at="2026-11-29T20:06:42+00:00",
+        status=status,
+        endpoint="lmiflow-llama31-8b",
+        candidate_endpoint="lmiflow-llama31-8b-c-7f3a9c",
+        target="sagemaker",
+        model=ReportedModel(
+            id="meta-llama/Llama-3.1-8B-Instruct",
+            revision="0e9e39f249a16976918f6564b8830bc894c89659",
+            model_type="llama",
+            architecture="LlamaForCausalLM",
+            num_layers=32,
+            num_kv_heads=8,
+            parameters=PARAMS,
+            active_parameters=PARAMS,
+            kv_cache_bytes_per_token=KV_PER_TOKEN,
+        ),
+        steps=_steps(),
+        plan=_plan(),
+        serving_properties=SERVING_PROPERTIES,
+        image_uri=(
             "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.33.0-lmi15.0.0-cu128"
         ),
-        "smoke_test": {
-            "passed": True,
-            "output": "The capital of France is Paris. It is known for the Eiffel Tower, the "
+        smoke_test=SmokeTest(
+            passed=True,
+            output="The capital of France is Paris. It is known for the Eiffel Tower, the "
             "Louvre and its cafés.",
-            "seconds": 1.84,
-        },
-        "benchmark": _benchmark(),
-        "gate": None,
-        "baseline": _baseline(),
-        "versions": _versions(),
-    }
+            seconds=1.84,
+        ),
+        benchmark=_benchmark(),
+        baseline=_baseline(),
+        versions=_versions(),
+        config={"name": "lmiflow-llama31-8b",
+                "model": {"id": "meta-llama/Llama-3.1-8B-Instruct"}},
+    )
 
 
-def full_report() -> dict[str, Any]:
+def full_report() -> RunReport:
     """A promoted run: every step completed, gate passed against SLOs and the baseline."""
     report = _base("promoted")
-    report["gate"] = _gate(report["benchmark"], report["baseline"])
-    assert report["gate"]["passed"]
+    report.gate = _gate(report.benchmark, report.baseline)
+    assert report.gate.passed
     return report
 
 
-def rejected_report() -> dict[str, Any]:
+def rejected_report() -> RunReport:
     """The gate failed (a tight TTFT SLO): candidate deleted, production untouched."""
     report = _base("rejected")
-    gate = _gate(report["benchmark"], report["baseline"])
-    level = report["benchmark"]["levels"][-1]
-    gate["checks"].insert(0, _check("ttft_ms", "p99", "<=", 800.0, level["ttft_ms"]["p99"], 32))
-    gate["passed"] = False
-    report["gate"] = gate
-    report["steps"] = _steps(fail_at="gate", fail_summary="1 of 14 checks failed: ttft_ms p99")
-    report["steps"][-1] = {**report["steps"][-1], "summary": "not run: the gate failed"}
-    report["failed_step"] = "gate"
-    report["error"] = "gate failed: ttft_ms p99 1150.3 > 800 at concurrency 32"
+    gate = _gate(report.benchmark, report.baseline)
+    level = report.benchmark.levels[-1]
+    gate.checks.insert(0, _check("ttft_ms", "p99", "<=", 800.0, level.ttft_ms.p99, 32))
+    gate.passed = False
+    report.gate = gate
+    report.steps = _steps(fail_at="gate", fail_summary="1 of 14 checks failed: ttft_ms p99")
+    report.steps[-1].summary = "not run: the gate failed"
+    report.failed_step = "gate"
+    report.error = "gate failed: ttft_ms p99 1150.3 > 800 at concurrency 32"
     return report
 
 
-def failed_early_report() -> dict[str, Any]:
+def failed_early_report() -> RunReport:
     """create_endpoint failed: plan and serving.properties exist, nothing after them does."""
     report = _base("failed")
-    report["steps"] = _steps(
+    report.steps = _steps(
         fail_at="create_endpoint",
         fail_summary="candidate Failed: CUDA out of memory while loading weights",
     )
-    report["failed_step"] = "create_endpoint"
-    report["error"] = (
+    report.failed_step = "create_endpoint"
+    report.error = (
         "Endpoint lmiflow-llama31-8b-c-7f3a9c status Failed: FailureReason: The primary "
         "container for production variant AllTraffic did not pass the ping health check. "
         "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1.96 GiB"
     )
-    report["smoke_test"] = None
-    report["benchmark"] = None
-    report["gate"] = None
-    report["baseline"] = None
-    report["finished_at"] = "2026-11-29T19:53:40+00:00"
+    report.smoke_test = None
+    report.benchmark = None
+    report.gate = None
+    report.baseline = None
+    report.finished_at = "2026-11-29T19:53:40+00:00"
     return report
 
 
-def failed_at_start_report() -> dict[str, Any]:
+def failed_at_start_report() -> RunReport:
     """fetch_config failed: no plan, no serving.properties, no image."""
     report = failed_early_report()
-    report["steps"] = _steps(
+    report.steps = _steps(
         fail_at="fetch_config", fail_summary="config.json not found for meta-llama/Llama-3.1-8B"
     )
-    report["failed_step"] = "fetch_config"
-    report["error"] = "RepositoryNotFoundError: 404 Client Error for meta-llama/Llama-3.1-8B"
-    report["candidate_endpoint"] = None
-    report["model"] = {"id": "meta-llama/Llama-3.1-8B", "revision": None}
-    report["plan"] = None
-    report["serving_properties"] = None
-    report["image_uri"] = None
-    report["finished_at"] = "2026-11-29T19:46:41+00:00"
+    report.failed_step = "fetch_config"
+    report.error = "RepositoryNotFoundError: 404 Client Error for meta-llama/Llama-3.1-8B"
+    report.candidate_endpoint = None
+    report.model = ReportedModel(id="meta-llama/Llama-3.1-8B", revision=None)
+    report.plan = None
+    report.serving_properties = None
+    report.image_uri = None
+    report.finished_at = "2026-11-29T19:46:41+00:00"
     return report
 
 
-def planned_report() -> dict[str, Any]:
+def planned_report() -> RunReport:
     """A dry run: stops after render_serving_properties, creates nothing."""
     report = _base("planned")
-    report["steps"] = _steps(stop_after="render_serving_properties")
-    report["candidate_endpoint"] = None
-    report["smoke_test"] = None
-    report["benchmark"] = None
-    report["gate"] = None
-    report["baseline"] = None
-    report["finished_at"] = "2026-11-29T19:46:41+00:00"
+    report.steps = _steps(stop_after="render_serving_properties")
+    report.candidate_endpoint = None
+    report.smoke_test = None
+    report.benchmark = None
+    report.gate = None
+    report.baseline = None
+    report.finished_at = "2026-11-29T19:46:41+00:00"
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -107,7 +108,7 @@ def test_sampling_follows_lmi_and_openai_defaults() -> None:
 
 def test_failure_marker_is_the_one_the_local_target_reads() -> None:
     from lmiflow.serving.server import FAILED_MARK as server_mark
-    from lmiflow.targets.local import FAILED_MARK as target_mark
+    from lmiflow.targets.processes import FAILED_MARK as target_mark
 
     assert server_mark == target_mark
 
@@ -130,10 +131,16 @@ class _ScriptedEngine:
 
     vocab_size, max_model_len, device = 100, 64, "cpu"
 
-    def __init__(self, fail_after: int | None = None, chat_template: bool = True):
+    def __init__(self, fail_after: int | None = None, chat_template: bool = True,
+                 delay_s: float = 0.0):
         self.fail_after = fail_after
         self.has_chat_template = chat_template
+        self.delay_s = delay_s
+        self.aborted: str | None = None
         self.closed = 0
+
+    def abort(self, reason: str) -> None:
+        self.aborted = reason
 
     def alive(self) -> bool:
         return True
@@ -157,10 +164,15 @@ class _ScriptedEngine:
         return T()
 
     async def generate(self, ids, max_new, sampling, stream=True):
+        import asyncio
+
         from lmiflow.serving.engine import EngineError, Step
 
         try:
             for i in range(1, max_new + 1):
+                await asyncio.sleep(self.delay_s)
+                if self.aborted:
+                    raise EngineError(self.aborted)
                 if self.fail_after is not None and i > self.fail_after:
                     raise EngineError("device on fire")
                 yield Step(i, -0.5, "length" if i == max_new else None)
@@ -168,24 +180,51 @@ class _ScriptedEngine:
             self.closed += 1
 
 
-def _client(engine: object):
-    from starlette.testclient import TestClient
-
+def _state(engine: object, **kw: object):
     from lmiflow.serving.engine import EngineOptions
     from lmiflow.serving.options import ServerOptions
-    from lmiflow.serving.server import ServerState, build_app
+    from lmiflow.serving.state import ServerState
 
-    state = ServerState(Path("."), max_body_bytes=1000)
+    state = ServerState(Path("."), **{"max_body_bytes": 1000, **kw})  # type: ignore[arg-type]
     state.options = ServerOptions(engine=EngineOptions(model_path="x", max_rolling_batch_size=2),
                                   model_source="x")
     state.engine = engine  # type: ignore[assignment]
-    return TestClient(build_app(state))
+    return state
+
+
+def _client(engine: object, **kw: object):
+    from starlette.testclient import TestClient
+
+    from lmiflow.serving.server import build_app
+
+    return TestClient(build_app(_state(engine, **kw)))
+
+
+@contextlib.contextmanager
+def _live(engine: object, drain_s: float = 0.0, **kw: object) -> Iterator[tuple[object, str]]:
+    """The app under the server main() runs, in a thread, over real sockets (the test client
+    can neither stall a body halfway nor stop a server)."""
+    from lmiflow.serving.server import http_server
+
+    server = http_server(_state(engine, **kw), "127.0.0.1", _free_port(), drain_s)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started
+    try:
+        yield server, f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 def test_not_ready_is_503_on_ping_and_invocations() -> None:
     from starlette.testclient import TestClient
 
-    from lmiflow.serving.server import ServerState, build_app
+    from lmiflow.serving.server import build_app
+    from lmiflow.serving.state import ServerState
 
     client = TestClient(build_app(ServerState(Path("."))))
     assert client.get("/ping").status_code == 503
@@ -225,6 +264,48 @@ def test_chat_needs_a_template_and_stop_sequences_cut_the_text() -> None:
     assert engine.closed == 1  # the engine request was closed (cancelled) at the stop
 
 
+def test_deeply_nested_json_is_a_400_not_a_crash() -> None:
+    client = _client(_ScriptedEngine(), max_body_bytes=1 << 20)
+    client.raise_server_exceptions = False  # a crash must show as the status a client sees
+    for depth in (100_000, 65):  # past the parser's recursion limit; past ours
+        body = b'{"inputs": "x", "parameters": {"seed": ' + b"[" * depth + b"]" * depth + b"}}"
+        r = client.post("/invocations", content=body)
+        assert r.status_code == 400, (depth, r.status_code)
+        assert r.json() == {"error": "request body nests deeper than 64 levels", "code": 424}
+    ok = client.post("/invocations", json={"inputs": "a", "parameters": {"max_new_tokens": 2}})
+    assert ok.status_code == 200
+
+
+def test_a_body_that_stops_arriving_gets_408() -> None:
+    with _live(_ScriptedEngine(), body_timeout_s=0.5) as (server, _url), \
+            socket.create_connection(("127.0.0.1", server.config.port), timeout=20) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: t\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+                     b'{"inputs": "half')  # ... and the other 84 bytes never come
+        head = sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 408"), head
+    assert b"request body not received within 0.5 s" in head
+
+
+def test_sigterm_ends_a_running_stream_with_an_error_line() -> None:
+    import signal as sig
+
+    engine = _ScriptedEngine(delay_s=0.05)
+    with _live(engine, drain_s=0.2) as (server, url):
+        body = {"inputs": "a", "stream": True, "parameters": {"max_new_tokens": 60}}
+        with httpx.stream("POST", url + "/invocations", json=body, timeout=20) as r:
+            lines = r.iter_lines()
+            first = [json.loads(next(lines)) for _ in range(2)]
+            server.handle_exit(sig.SIGTERM, None)  # what uvicorn's SIGTERM handler does
+            rest = [json.loads(x) for x in lines]  # a cut connection would raise here
+    tokens = first + rest[:-1]
+    assert [t["token"]["id"] for t in tokens] == list(range(1, len(tokens) + 1))
+    assert len(tokens) < 60  # ended early ...
+    assert rest[-1]["details"]["finish_reason"] == "error"  # ... and said so
+    assert rest[-1]["error"] == "the server is shutting down" and rest[-1]["code"] == 424
+    assert engine.closed == 1
+
+
 # ---- a real server on the demo model -----------------------------------------------------------
 
 MAX_MODEL_LEN = 512
@@ -250,23 +331,24 @@ class Server:
         return httpx.get(self.url + "/debug/stats", timeout=5).json()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def _boot(tmp: Path, max_model_len: int, *args: str) -> Server:
+    """A real server on the demo model, healthy (the first /ping status is kept)."""
     pytest.importorskip("torch")
     from lmiflow.serving.demo_model import ensure_demo_model
 
-    weights = ensure_demo_model(tmp_path_factory.getbasetemp() / "lmiflow-demo-model")
-    model_dir = tmp_path_factory.mktemp("model")
+    weights = ensure_demo_model(tmp.parent / "lmiflow-demo-model")
+    model_dir = tmp / "model"
+    model_dir.mkdir()
     (model_dir / "serving.properties").write_text(
         f"engine=Python\noption.model_id={weights}\noption.max_rolling_batch_size={MAX_BATCH}\n"
-        f"option.max_model_len={MAX_MODEL_LEN}\noption.tensor_parallel_degree=1\n"
+        f"option.max_model_len={max_model_len}\noption.tensor_parallel_degree=1\n"
     )
     port = _free_port()
     log = model_dir / "server.log"
     with open(log, "wb") as f:
         proc = subprocess.Popen(
             [sys.executable, "-m", "lmiflow.serving.server", "--model-dir", str(model_dir),
-             "--port", str(port), "--max-body-bytes", str(MAX_BODY)],
+             "--port", str(port), *args],
             stdout=f, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
         )
     first, deadline = None, time.monotonic() + 120
@@ -284,9 +366,21 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     else:
         proc.kill()
         pytest.fail("server did not become healthy:\n" + log.read_text())
-    yield Server(proc, port, log, first)
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=30)
+    return Server(proc, port, log, first)
+
+
+def _stop(server: Server) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.proc.pid, signal.SIGTERM)
+    server.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    srv = _boot(tmp_path_factory.mktemp("shared"), MAX_MODEL_LEN, "--max-body-bytes",
+                str(MAX_BODY))
+    yield srv
+    _stop(srv)
 
 
 @pytest.mark.slow
@@ -527,3 +621,24 @@ def test_more_requests_than_slots_queue_and_all_finish(server: Server) -> None:
     assert results == [200] * n
     assert peak <= MAX_BATCH
     assert max(ping_s) < 1.0  # SageMaker wants /ping within 2 s, also under load
+
+
+@pytest.mark.slow
+def test_sigterm_mid_stream_ends_it_with_an_error_line(tmp_path: Path) -> None:
+    srv = _boot(tmp_path, 2048, "--drain-s", "0")
+    try:
+        body = {"inputs": "Last words", "stream": True, "parameters": {"max_new_tokens": 2000}}
+        with httpx.stream("POST", srv.url + "/invocations", json=body, timeout=60) as r:
+            lines = r.iter_lines()
+            first = [json.loads(next(lines)) for _ in range(3)]
+            os.kill(srv.proc.pid, signal.SIGTERM)
+            rest = [json.loads(x) for x in lines]  # a cut connection would raise here
+        last = rest[-1]
+        assert last["details"]["finish_reason"] == "error"
+        assert last["error"] == "the server is shutting down"
+        tokens = first + rest[:-1]
+        assert last["generated_text"] == "".join(t["token"]["text"] for t in tokens)
+        assert len(tokens) < 2000
+        srv.proc.wait(timeout=30)  # and the server exits (TimeoutExpired if not)
+    finally:
+        _stop(srv)

@@ -59,11 +59,14 @@ def test_notes_g5_2xlarge_has_one_gpu():
     assert [o.gpu_count for o in g] == [1] and not g[0].fits
 
 
-def test_options_are_ranked_and_chosen_is_cheapest_eligible():
+def test_worked_example_chooses_one_l40s():
+    """41 GB (26 GB weights + 13.4 GB KV + overhead) fits one 48 GB L40S; the catalog's
+    cheapest L40S instance is ml.g6e.xlarge at $2.61/h, and nothing cheaper holds it: the
+    24 GB A10G/L4 and 16 GB T4 instances below $2.61 have one GPU."""
     p = worked_example()
-    eligible = [o for o in p.options if o.eligible and o.usd_per_hour is not None]
-    assert p.chosen == p.options[0]
-    assert p.chosen.usd_per_hour == min(o.usd_per_hour for o in eligible)
+    assert (p.chosen.instance_type, p.chosen.tensor_parallel_degree) == ("ml.g6e.xlarge", 1)
+    assert p.chosen.usd_per_hour == 2.61
+    assert p.chosen is p.options[0] and p.chosen.rank == 1
     assert [o.rank for o in p.options] == list(range(1, len(p.options) + 1))
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,12 +15,14 @@ from filelock import Timeout
 
 from lmiflow.targets import make_target
 from lmiflow.targets.base import EndpointBusy, EndpointVariant, Target
-from lmiflow.targets.local import (
-    InvocationError,
-    LocalTarget,
+from lmiflow.targets.local import InvocationError, LocalTarget
+from lmiflow.targets.processes import (
     failure_from_log,
+    free_port,
     port_in_use,
     process_alive,
+    start_ticks,
+    stop_server,
 )
 
 VARIANT = EndpointVariant(instance_type="local")
@@ -95,16 +99,13 @@ def test_names_must_be_sagemaker_names(target: LocalTarget) -> None:
 def test_endpoint_lock_is_exclusive_across_holders(target: LocalTarget) -> None:
     with target.endpoint_lock("ep"):
         other = LocalTarget(target.state_dir).endpoint_lock("ep", timeout=0.1)
-        with pytest.raises(Timeout):
-            other.acquire()
+        with pytest.raises(Timeout), other:
+            pass
         with LocalTarget(target.state_dir).endpoint_lock("other-ep", timeout=0.1):
             pass  # a different endpoint is not blocked
 
 
 def test_concurrent_writers_lose_nothing(target: LocalTarget) -> None:
-    import subprocess
-    import sys
-
     code = ("import sys; from pathlib import Path; from lmiflow.targets.local import LocalTarget\n"
             "t = LocalTarget(Path(sys.argv[1]))\n"
             "for i in range(15):\n"
@@ -124,6 +125,64 @@ def test_failure_reason_prefers_the_servers_own_line(tmp_path: Path) -> None:
     log.write_text("line one\nKilled\n")
     assert failure_from_log(log) == "line one | Killed"
     assert failure_from_log(tmp_path / "missing.log") is None
+
+
+# ---- which processes are ours ----------------------------------------------------------------
+
+
+@pytest.fixture()
+def impostor() -> subprocess.Popen:
+    """Another project's process whose command line names our server module."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
+                             "-m", "lmiflow.serving.server"], start_new_session=True)
+    cmdline = Path(f"/proc/{proc.pid}/cmdline")
+    deadline = time.monotonic() + 10
+    while cmdline.exists() and b"serving.server" not in cmdline.read_bytes() \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)  # the kernel fills it in as the new image starts
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_process_is_ours_only_with_its_recorded_start_time(impostor: subprocess.Popen) -> None:
+    assert b"lmiflow.serving.server" in Path(f"/proc/{impostor.pid}/cmdline").read_bytes()
+    ticks = start_ticks(impostor.pid)
+    assert isinstance(ticks, int)
+    assert process_alive({"pid": impostor.pid, "start_ticks": ticks})
+    # The same pid recycled: a record from a process that started at another time.
+    recycled = {"pid": impostor.pid, "start_ticks": ticks - 1, "port": free_port()}
+    assert not process_alive(recycled)
+    assert not process_alive({"pid": impostor.pid})  # a record without an identity
+    stop_server(recycled, grace_s=0.1)
+    assert impostor.poll() is None  # never signalled
+    impostor.kill()
+    impostor.wait()
+    assert not process_alive({"pid": impostor.pid, "start_ticks": ticks})
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_an_endpoint_whose_pid_was_recycled_is_failed_and_not_killed(
+    target: LocalTarget, impostor: subprocess.Popen
+) -> None:
+    target.create_model("m", target.stage("m", {"serving.properties": ""}), None, {}, {})
+    target.create_endpoint_config("c", "m", VARIANT, {})
+    log = target.state_dir / "ep-1.log"
+    log.write_text("")
+    with target._registry() as reg:  # what a server that died long ago left behind
+        reg["endpoints"]["ep"] = {
+            "name": "ep", "config_name": "c", "tags": {}, "status": "InService",
+            "failure_reason": None, "pending": None, "created": 0.0,
+            "process": {"pid": impostor.pid, "start_ticks": start_ticks(impostor.pid) + 1,
+                        "port": free_port(), "log": str(log), "config_name": "c",
+                        "started": 0.0, "startup_timeout_s": 900},
+        }
+    st = target.describe("ep")
+    assert st.status == "Failed" and st.url is None
+    assert f"server process {impostor.pid} exited" in st.failure_reason
+    assert target.delete_endpoint("ep") is True
+    assert impostor.poll() is None  # the other project's process lives on
 
 
 # ---- real servers -------------------------------------------------------------------------------
@@ -147,8 +206,8 @@ def _record(t: LocalTarget, endpoint: str) -> dict:
     return json.loads((t.state_dir / "registry.json").read_text())["endpoints"][endpoint]
 
 
-def _gone(pid: int, port: int) -> bool:
-    return not process_alive(pid) and not port_in_use(port)
+def _gone(proc: dict) -> bool:
+    return not process_alive(proc) and not port_in_use(proc["port"])
 
 
 @pytest.mark.slow
@@ -179,6 +238,7 @@ def test_endpoint_lifecycle_with_blue_green_update(target: LocalTarget, weights:
 
     # The server survives its creator: it runs in its own session, not as our child's group.
     old = _record(target, "ep")["process"]
+    assert old["start_ticks"] == start_ticks(old["pid"])  # its identity, in the registry
     assert os.getpgid(old["pid"]) == old["pid"]
     assert os.getsid(old["pid"]) != os.getsid(0)
 
@@ -193,7 +253,7 @@ def test_endpoint_lifecycle_with_blue_green_update(target: LocalTarget, weights:
     assert st.status == "InService" and st.config_name == green and st.failure_reason is None
     new = _record(target, "ep")["process"]
     assert new["pid"] != old["pid"] and st.url == f"http://127.0.0.1:{new['port']}/invocations"
-    assert _gone(old["pid"], old["port"])  # blue stopped, its port free
+    assert _gone(old)  # blue stopped, its port free
     big = {"inputs": "word " * 100, "parameters": {"max_new_tokens": 1}}  # ~300 tokens
     assert target.invoke("ep", big)  # fits green's max_model_len (384), not blue's (256)
 
@@ -206,7 +266,7 @@ def test_endpoint_lifecycle_with_blue_green_update(target: LocalTarget, weights:
     assert target.invoke("ep", {"inputs": "still up", "parameters": {"max_new_tokens": 1}})
 
     assert target.delete_endpoint("ep") is True
-    assert _gone(new["pid"], new["port"])
+    assert _gone(new)
     assert target.describe("ep") is None
     assert target.delete_endpoint("ep") is False
     assert target.list_resources("")["endpoints"] == []
@@ -215,9 +275,6 @@ def test_endpoint_lifecycle_with_blue_green_update(target: LocalTarget, weights:
 @pytest.mark.slow
 def test_endpoint_outlives_the_process_that_created_it(target: LocalTarget,
                                                        weights: Path) -> None:
-    import subprocess
-    import sys
-
     name = _deploy(target, "orphan", f"option.model_id={weights}\noption.max_model_len=128\n")
     code = ("import sys; from pathlib import Path; from lmiflow.targets.local import LocalTarget; "
             f"LocalTarget(Path(sys.argv[1])).create_endpoint('orphan-ep', '{name}', {{}})")
@@ -255,7 +312,7 @@ def test_server_killed_by_hand_shows_failed_in_list(target: LocalTarget, weights
     proc = _record(target, "victim")["process"]
     os.killpg(proc["pid"], signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while process_alive(proc["pid"]) and time.monotonic() < deadline:
+    while process_alive(proc) and time.monotonic() < deadline:
         time.sleep(0.05)
     [st] = LocalTarget(target.state_dir).list_endpoints()  # a fresh CLI would see the same
     assert st.status == "Failed"
@@ -286,9 +343,9 @@ def test_cli_list_invoke_delete(target: LocalTarget, weights: Path,
 
     assert main(["endpoints", "invoke", "missing", "Hello"]) == 2
     assert "missing" in capsys.readouterr().err
-    pid = _record(target, "cli-ep")["process"]["pid"]
+    proc = _record(target, "cli-ep")["process"]
     assert main(["endpoints", "delete", "cli-ep", "--with-config-and-model"]) == 0
-    assert not process_alive(pid)
+    assert not process_alive(proc)
     assert target.list_resources("cli") == {"models": [], "endpoint_configs": [],
                                             "endpoints": []}
     assert main(["endpoints", "delete", "cli-ep"]) == 2

@@ -22,10 +22,11 @@ import boto3
 import botocore.session
 import pytest
 from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ClientError
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from lmiflow.serving.properties import properties_for, render, to_env
+from lmiflow.serving.properties import ServingProperties, render, to_env
 from lmiflow.targets.base import (
     EndpointBusy,
     EndpointVariant,
@@ -74,6 +75,17 @@ def _no_aws(monkeypatch, tmp_path):
     }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+def _props(model_id: str, revision: str | None = None, tensor_parallel_degree: int = 1,
+           max_batch: int = 8, max_model_len: int = 8192, dtype: str = "bf16"
+           ) -> ServingProperties:
+    """An async-vLLM serving.properties (what a plan renders: tests/serving)."""
+    return ServingProperties(
+        model_id=model_id, revision=revision, entry_point="djl_python.lmi_vllm.vllm_async_service",
+        async_mode=True, rolling_batch="disable", tensor_parallel_degree=tensor_parallel_degree,
+        max_rolling_batch_size=max_batch, max_model_len=max_model_len, dtype=dtype,
+        gpu_memory_utilization=0.9)
 
 
 # ---- deep request validation ---------------------------------------------------------------
@@ -360,9 +372,8 @@ def test_clients_retry_on_the_control_plane_but_never_on_invocations(target):
 
 def test_create_and_wait_in_service_requests(target, sm, clock, caplog):
     stub, log = sm
-    props = properties_for(
-        "meta-llama/Llama-2-13b-hf", None, False, 2, 4, 4096, "fp16", 0.9, "vllm", None, {}
-    )
+    props = _props("meta-llama/Llama-2-13b-hf", tensor_parallel_degree=2, max_batch=4,
+                   max_model_len=4096, dtype="fp16")
     tags = {"spec-hash": "0123456789abcdef", "run-id": "run-1"}
     expect_tags = [
         {"Key": "project", "Value": "lmiflow"},
@@ -401,6 +412,8 @@ def test_create_and_wait_in_service_requests(target, sm, clock, caplog):
             "InstanceType": "ml.g5.12xlarge", "InitialInstanceCount": 1,
             "ModelDataDownloadTimeoutInSeconds": dl,
             "ContainerStartupHealthCheckTimeoutInSeconds": start,
+            "InferenceAmiVersion": "al2023-ami-sagemaker-inference-gpu-4-1",
+            "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"},
         }],
         "Tags": expect_tags,
     })
@@ -408,7 +421,8 @@ def test_create_and_wait_in_service_requests(target, sm, clock, caplog):
         names["endpoint_config"], names["model"],
         EndpointVariant(instance_type="ml.g5.12xlarge", volume_size_gb=vol,
                         model_data_download_timeout_s=dl,
-                        container_startup_health_check_timeout_s=start),
+                        container_startup_health_check_timeout_s=start,
+                        inference_ami_version="al2023-ami-sagemaker-inference-gpu-4-1"),
         tags,
     )
     stub.add_response("create_endpoint", {"EndpointArn": ARN + names["endpoint"]}, {
@@ -441,9 +455,9 @@ def test_volume_size_sent_for_ebs_instances(target, sm):
             "InitialInstanceCount": 2, "VolumeSizeInGB": 512}],
         "Tags": [{"Key": "project", "Value": "lmiflow"}],
     })
-    target.create_endpoint_config(
+    target.create_endpoint_config(  # routing left to the platform when asked
         "ec", "m", EndpointVariant(instance_type="ml.m5.xlarge", instance_count=2,
-                                   volume_size_gb=512), {})
+                                   volume_size_gb=512, routing_strategy=None), {})
     with pytest.raises(ValueError, match="volume_size_gb"):
         target.create_endpoint_config(
             "ec", "m", EndpointVariant(instance_type="ml.m5.xlarge", volume_size_gb=600), {})
@@ -491,8 +505,9 @@ def test_describe_missing_is_none_other_errors_raise(target, sm):
     stub, _ = sm
     _missing(stub, "describe_endpoint", "endpoint", {"EndpointName": "gone"})
     assert target.describe("gone") is None
-    stub.add_client_error("describe_endpoint", "AccessDeniedException", "no", 400)
-    with pytest.raises(Exception, match="AccessDenied"):
+    stub.add_client_error("describe_endpoint", "AccessDeniedException", "no", 400,
+                          expected_params={"EndpointName": "secret"})
+    with pytest.raises(ClientError, match="AccessDenied"):
         target.describe("secret")
     stub.add_response("describe_endpoint", _described("e", "InService"), {"EndpointName": "e"})
     stub.add_response("list_tags", {"Tags": [{"Key": "project", "Value": "lmiflow"},
@@ -511,8 +526,9 @@ def test_deletes_return_false_when_missing(target, sm):
     assert target.delete_endpoint("x") is False
     assert target.delete_endpoint_config("x") is False
     assert target.delete_model("x") is False
-    stub.add_client_error("delete_model", "ThrottlingException", "slow down", 400)
-    with pytest.raises(Exception, match="Throttling"):
+    stub.add_client_error("delete_model", "ThrottlingException", "slow down", 400,
+                          expected_params={"ModelName": "x"})
+    with pytest.raises(ClientError, match="Throttling"):
         target.delete_model("x")
 
 
@@ -553,21 +569,30 @@ def test_create_adopts_existing_resources(target, sm):
     stub, _ = sm
     stub.add_client_error(
         "create_model", "ValidationException",
-        f'Cannot create already existing model "{ARN}m".', 400)
+        f'Cannot create already existing model "{ARN}m".', 400, expected_params={
+            "ModelName": "m", "ExecutionRoleArn": ROLE,
+            "PrimaryContainer": {
+                "Image": IMAGE, "Environment": {},
+                "ModelDataSource": {"S3DataSource": {
+                    "S3Uri": "s3://b/p/m/", "S3DataType": "S3Prefix",
+                    "CompressionType": "None"}}},
+            "Tags": [{"Key": "project", "Value": "lmiflow"}]})
     target.create_model("m", "s3://b/p/m/", IMAGE, {}, {})
+    create_e = {"EndpointName": "e", "EndpointConfigName": "ec",
+                "Tags": [{"Key": "project", "Value": "lmiflow"}]}
     stub.add_client_error(
         "create_endpoint", "ValidationException",
-        f'Cannot create already existing endpoint "{ARN}e".', 400)
+        f'Cannot create already existing endpoint "{ARN}e".', 400, expected_params=create_e)
     target.create_endpoint("e", "ec", {})
-    stub.add_client_error("create_endpoint", "ResourceLimitExceeded", "quota", 400)
-    with pytest.raises(Exception, match="ResourceLimitExceeded"):
+    stub.add_client_error("create_endpoint", "ResourceLimitExceeded", "quota", 400,
+                          expected_params=create_e)
+    with pytest.raises(ClientError, match="ResourceLimitExceeded"):
         target.create_endpoint("e", "ec", {})
 
 
 def test_env_only_model_has_no_model_data_source(target, sm):
     stub, _ = sm
-    props = properties_for("meta-llama/Llama-3.1-8B-Instruct", None, False, 1, 8, 8192, "bf16",
-                           0.9, "vllm", None, {})
+    props = _props("meta-llama/Llama-3.1-8B-Instruct")
     env = to_env(props)
     stub.add_response("create_model", {"ModelArn": MODEL_ARN + "m"}, {
         "ModelName": "m", "ExecutionRoleArn": ROLE,
@@ -674,7 +699,7 @@ def test_throttling_then_success_is_retried_by_botocore(clock, monkeypatch):
     assert clock.sleeps == []  # retried inside botocore, not by the poll loop
 
     http.responses = [throttled] * 5
-    with pytest.raises(Exception, match="Throttling"):
+    with pytest.raises(ClientError, match="Throttling"):
         target.wait("e", 60)
     assert len(http.sent) == 3 + 5  # total_max_attempts=5, then the error surfaces
 
@@ -685,7 +710,7 @@ def test_invocations_are_never_retried():
         _json(503, {"__type": "ServiceUnavailable", "message": "busy"}),
         _json(200, {}),
     ])
-    with pytest.raises(Exception, match="ServiceUnavailable"):
+    with pytest.raises(ClientError, match="ServiceUnavailable"):
         target.invoke("e", {"inputs": "hi"})
     assert len(http.sent) == 1
 
@@ -788,8 +813,7 @@ def test_moto_stage_create_describe_delete_lifecycle(moto_target):
     t = moto_target
     names = resource_names("mistral-prod", "0123456789abcdef")
     tags = {"spec-hash": "0123456789abcdef", "run-id": "r1"}
-    props = properties_for("mistralai/Mistral-7B-Instruct-v0.3", None, False, 1, 8, 8192, "bf16",
-                           0.9, "vllm", None, {})
+    props = _props("mistralai/Mistral-7B-Instruct-v0.3")
     uri = t.stage(names["model"], {"serving.properties": render(props), "README.txt": "x"})
     assert uri == f"s3://lmiflow-bucket/models/{names['model']}/"
     got = t.s3.get_object(Bucket="lmiflow-bucket",
@@ -831,8 +855,7 @@ def test_moto_stage_create_describe_delete_lifecycle(moto_target):
 
 
 def test_moto_env_only_model(moto_target):
-    props = properties_for("meta-llama/Llama-3.1-8B-Instruct", "main", False, 1, 8, 8192,
-                           "bf16", 0.9, "vllm", None, {})
+    props = _props("meta-llama/Llama-3.1-8B-Instruct", revision="main")
     moto_target.create_model("envonly", "", IMAGE, to_env(props), {})
     container = moto_target.sm.describe_model(ModelName="envonly")["PrimaryContainer"]
     assert "ModelDataSource" not in container
@@ -867,15 +890,6 @@ def test_example_sagemaker_configs_validate_and_map_to_requests():
             type=p.strategy, wait_interval_s=p.wait_interval_s, canary_size_pct=p.canary_size_pct,
             linear_step_pct=p.linear_step_pct, alarms=p.alarms))
         assert deep_errors(SM_MODEL.shape_for("DeploymentConfig"), cfg) == [], path
-        w = spec.workload
-        props = properties_for(
-            spec.model.id, spec.model.revision, spec.model.trust_remote_code,
-            spec.instance.tensor_parallel_degree or 1, w.concurrency,
-            w.max_input_tokens + w.max_output_tokens, spec.model.dtype,
-            spec.instance.gpu_memory_utilization, spec.serving.backend, None,
-            spec.serving.options,
-        )
-        assert props.max_model_len == w.max_input_tokens + w.max_output_tokens
     worked = load_spec(root / "llama-2-13b-worked-example.yaml")
     assert (worked.model.dtype, worked.workload.max_input_tokens,
             worked.workload.max_output_tokens, worked.workload.concurrency) == ("fp16", 3072,

@@ -1,0 +1,353 @@
+"""The report's sections, in reading order, built from the typed RunReport.
+
+Every section copes with its part of the run missing (a run that failed early, a dry run): it
+then says "not run".
+"""
+
+from __future__ import annotations
+
+from lmiflow.bench.formulas import MIN_SAMPLES
+from lmiflow.bench.metrics import BenchResult, LatencyStats, LengthStats
+from lmiflow.report.document import (
+    NOT_RUN,
+    Block,
+    Bullets,
+    Code,
+    Para,
+    Plot,
+    Section,
+    Table,
+    duration,
+    fmt,
+    gib,
+    mark,
+    secs,
+    usd,
+    verdict,
+)
+from lmiflow.report.model import RunReport
+from lmiflow.sizing.planner import Option
+from lmiflow.targets.aws_requests import AwsRequest, compact
+
+STEP_ICONS = {"completed": "✅", "failed": "❌", "skipped": "⏭"}
+
+
+def title(report: RunReport) -> str:
+    return f"lmiflow run report: {fmt(report.endpoint)}"
+
+
+def option_name(option: Option) -> str:
+    copies = "copy" if option.model_copies == 1 else "copies"
+    return (
+        f"{fmt(option.instance_type)} ({fmt(option.gpu_count)} GPU, "
+        f"TP {fmt(option.tensor_parallel_degree)}, {fmt(option.model_copies)} {copies}, "
+        f"{usd(option.usd_per_hour)}/h)"
+    )
+
+
+def _same(a: Option | None, b: Option) -> bool:
+    return a is not None and (a.instance_type, a.tensor_parallel_degree) == (
+        b.instance_type, b.tensor_parallel_degree)
+
+
+def summary(r: RunReport) -> Section:
+    chosen = r.plan.chosen if r.plan else None
+    rows = [
+        ["status", r.status],
+        ["endpoint (production)", fmt(r.endpoint)],
+        ["candidate endpoint", fmt(r.candidate_endpoint)],
+        ["target", fmt(r.target)],
+        ["model", f"{fmt(r.model.id)} @ {fmt(r.model.revision)}"],
+        ["instance", option_name(chosen) if chosen else "—"],
+        ["image", fmt(r.image_uri)],
+        ["run id", fmt(r.run_id)],
+        ["started / finished", f"{fmt(r.started_at)} / {fmt(r.finished_at)}"],
+        ["duration", duration(r.started_at, r.finished_at)],
+        ["gate", verdict(r.gate.passed if r.gate else None)],
+    ]
+    blocks: list[Block] = []
+    if r.failed_step or r.error:
+        blocks.append(Para(f"Failed step: {fmt(r.failed_step)}", strong=True))
+        if r.error:
+            blocks.append(Code(r.error))
+    blocks.append(Table(["", "value"], rows))
+    # What fetch_config learnt about the model (only the fields it set).
+    known = r.model.model_dump(mode="json", exclude={"id", "revision"})
+    if known:
+        blocks.append(Table(["model", "value"], [[k, fmt(v)] for k, v in known.items()]))
+    return Section("summary", f"Summary: {r.status}", blocks)
+
+
+def steps(r: RunReport) -> Section:
+    if not r.steps:
+        return Section("steps", "Steps", [Para(NOT_RUN)])
+    rows = [
+        [
+            f"{STEP_ICONS.get(s.status, '')} {s.status}".strip(),
+            s.name,
+            secs(s.seconds) if s.status != "skipped" else "—",
+            fmt(s.summary),
+        ]
+        for s in r.steps
+    ]
+    total = sum(s.seconds for s in r.steps)
+    return Section("steps", "Steps", [
+        Table(["status", "step", "seconds", "summary"], rows),
+        Para(f"Steps' own time: {total:,.1f} s."),
+        Plot("step_timeline", "Step timeline"),
+    ])
+
+
+def memory(r: RunReport) -> Section:
+    plan = r.plan
+    if plan is None:
+        return Section("memory", "Memory", [Para(NOT_RUN)])
+    whole, chosen = plan.memory, plan.chosen
+    per_gpu = chosen.per_gpu if chosen else {}
+    blocks: list[Block] = []
+    if chosen:
+        blocks.append(Para(f"Chosen: {option_name(chosen)}"))
+        if plan.chosen_reason:
+            blocks.append(Para(f"Why: {plan.chosen_reason}"))
+    else:
+        blocks.append(Para(f"No option chosen: {fmt(plan.chosen_reason)}", strong=True))
+    usable = chosen.usable_bytes_per_gpu if chosen else None
+    required = chosen.per_gpu_required_bytes if chosen else None
+    rows = [
+        ["weights", gib(whole.weights_bytes), gib(per_gpu.get("weights_bytes"))],
+        ["KV cache", gib(whole.kv_cache_bytes), gib(per_gpu.get("kv_cache_bytes"))],
+        ["overhead", gib(whole.overhead_bytes), gib(per_gpu.get("overhead_bytes"))],
+        ["total / required", gib(whole.total_bytes), gib(required)],
+        ["usable", "—", gib(usable)],
+        ["headroom", "—", gib(usable - required if chosen else None)],
+    ]
+    blocks.append(Table(["component", "whole model", "per GPU (chosen)"], rows))
+    blocks.append(Plot("memory_per_gpu", "Memory per GPU by component"))
+    return Section("memory", "Memory", blocks)
+
+
+OPTION_HEADERS = ["#", "instance", "GPUs", "GPU memory", "TP", "copies", "fits", "per-GPU need",
+                  "$/h", "max concurrency", "reason"]
+
+
+def options(r: RunReport) -> Section:
+    if r.plan is None or not r.plan.options:
+        return Section("options", "Instance options", [Para(NOT_RUN)])
+    chosen = r.plan.chosen
+    rows = [
+        [
+            f"{rank}{' ★' if _same(chosen, o) else ''}",
+            fmt(o.instance_type),
+            fmt(o.gpu_count),
+            gib(o.gpu_memory_bytes),
+            fmt(o.tensor_parallel_degree),
+            fmt(o.model_copies),
+            mark(o.fits),
+            gib(o.per_gpu_required_bytes),
+            usd(o.usd_per_hour),
+            fmt(o.max_concurrency),
+            fmt(o.reason),
+        ]
+        for rank, o in enumerate(r.plan.options, 1)
+    ]
+    fit = sum(1 for o in r.plan.options if o.fits)
+    return Section("options", "Instance options", [
+        Para(f"{len(rows)} options in the planner's rank order, {fit} fit; ★ marks the chosen "
+             "one. The reason column says why the others do not fit."),
+        Table(OPTION_HEADERS, rows),
+        Plot("options_vs_price", "Instance options vs price"),
+    ])
+
+
+def serving_properties(r: RunReport) -> Section:
+    if not r.serving_properties:
+        return Section("serving-properties", "serving.properties", [Para(NOT_RUN)])
+    return Section("serving-properties", "serving.properties",
+                   [Code(r.serving_properties, "properties")])
+
+
+def weights(r: RunReport) -> list[Section]:
+    """Where the weights come from, who may read them, and what stage_weights uploaded."""
+    if r.weights is None:
+        return []
+    blocks: list[Block] = [Bullets(r.weights.summary())]
+    if r.staging is not None:
+        blocks += [Para(f"Staged: {r.staging.summary()}", strong=True), Table(
+            ["file", "size", "status", "seconds"],
+            [[f.name, f"{f.size / 1e6:,.1f} MB", f.status, secs(f.seconds)]
+             for f in r.staging.files])]
+    return [Section("weights", "Weights", blocks)]
+
+
+def aws_requests(r: RunReport) -> list[Section]:
+    """The AWS requests (compact; report.json has them in full) and the IAM policies."""
+    if not r.requests:
+        return []
+    import json
+
+    lines = compact([AwsRequest(**q.model_dump()) for q in r.requests])
+    out = [Section("aws-requests", "AWS requests", [
+        Para(f"{len(r.requests)} requests, in the order the run sends them, each valid for "
+             "botocore's service model; secrets masked. Full parameters: report.json."),
+        Code("\n".join(lines))])]
+    policies = (("The runner's IAM policy", r.iam_policy),
+                ("The execution role's", r.execution_role_policy))
+    blocks: list[Block] = [b for title, doc in policies if doc
+                           for b in (Para(title, strong=True),
+                                     Code(json.dumps(doc, indent=2), "json"))]
+    if blocks:
+        out.append(Section("iam", "IAM permissions", blocks))
+    return out
+
+
+def smoke_test(r: RunReport) -> Section:
+    smoke = r.smoke_test
+    if smoke is None:
+        return Section("smoke-test", "Smoke test", [Para(NOT_RUN)])
+    return Section("smoke-test", "Smoke test", [
+        Para(f"{verdict(smoke.passed)} in {fmt(smoke.seconds)} s", strong=True),
+        Code(smoke.output),
+    ])
+
+
+def _pct(stats: LatencyStats, stat: str) -> str:
+    value = getattr(stats, stat)
+    if value is None:
+        return "—"
+    return fmt(value) + (" †" if stat in stats.few_samples else "")
+
+
+LEVEL_HEADERS = ["concurrency", "requests", "errors", "error rate", "TTFT p50", "TTFT p90",
+                 "TTFT p99", "TPOT p50", "TPOT p90", "TPOT p99", "ITL p50", "ITL p99", "E2E p50",
+                 "E2E p99", "n", "tokens/s", "req/min", "goodput/s", "$/1M tokens"]
+
+
+def _levels_table(bench: BenchResult) -> tuple[Table, bool]:
+    rows = [
+        [
+            fmt(lv.concurrency),
+            fmt(lv.requests),
+            fmt(lv.errors),
+            "—" if lv.error_rate is None else f"{lv.error_rate:.2%}",
+            *(_pct(getattr(lv, m), s) for m in ("ttft_ms", "tpot_ms") for s in ("p50", "p90",
+                                                                                  "p99")),
+            _pct(lv.itl_ms, "p50"),
+            _pct(lv.itl_ms, "p99"),
+            _pct(lv.e2e_ms, "p50"),
+            _pct(lv.e2e_ms, "p99"),
+            fmt(lv.ttft_ms.n),
+            fmt(lv.output_tokens_per_s),
+            fmt(lv.requests_per_min),
+            fmt(lv.goodput),
+            usd(lv.usd_per_1m_output_tokens, 3),
+        ]
+        for lv in bench.levels
+    ]
+    few = any(cell.endswith("†") for row in rows for cell in row)
+    return Table(LEVEL_HEADERS, rows), few
+
+
+def _span(dist: LengthStats) -> str:
+    """A length distribution: one number when every request had it, else p50 (min–max)."""
+    if not dist.n:
+        return "—"
+    if dist.min == dist.max:
+        return fmt(dist.min)
+    return f"{fmt(dist.p50)} ({fmt(dist.min)}–{fmt(dist.max)})"
+
+
+LENGTH_HEADERS = ["level", "input tokens", "output tokens", "fixed length", "counted by",
+                  "server count − ours"]
+
+
+def _lengths_table(bench: BenchResult) -> Table:
+    """Request lengths in the model's tokens and where the output counts came from: a
+    fixed-length run shows every output at the configured length, or how many were not."""
+    rows = []
+    for lv in bench.levels:
+        level = f"{fmt(lv.rate_rps)}/s" if lv.rate_rps is not None else fmt(lv.concurrency)
+        expected, wrong = lv.expected_output_tokens, lv.output_length_mismatches
+        rows.append([
+            level, _span(lv.input_length), _span(lv.output_length),
+            "—" if expected is None else (f"all {expected}" if not wrong
+                                          else f"{wrong} not {expected}"),
+            ", ".join(f"{k} {v}" for k, v in lv.token_sources.items()) or "—",
+            ", ".join(f"{k}: {v}" for k, v in lv.token_count_differences.items()) or "none",
+        ])
+    return Table(LENGTH_HEADERS, rows)
+
+
+def benchmark(r: RunReport) -> Section:
+    bench = r.benchmark
+    if bench is None or not bench.levels:
+        return Section("benchmark", "Benchmark", [Para(NOT_RUN)])
+    table, few = _levels_table(bench)
+    blocks: list[Block] = [
+        Para("Latencies in ms; n is the number of successful requests "
+             "(ITL has one sample per token gap)."),
+        table,
+    ]
+    if few:
+        limits = ", ".join(f"{stat} < {n}" for stat, n in MIN_SAMPLES.items())
+        blocks.append(Para(f"† too few samples for this percentile to mean much ({limits})."))
+    settings = bench.settings
+    blocks += [
+        Para(f"Request lengths (api {settings.api}; "
+             + (f"outputs fixed through {settings.fixed_length}" if settings.fixed_length
+                else "outputs end at EOS")
+             + (f"; tokenizer {settings.tokenizer}" if settings.tokenizer else "") + "):"),
+        _lengths_table(bench),
+        *([Bullets(list(bench.notes))] if bench.notes else []),
+        Plot("latency_percentiles", "Latency percentiles vs concurrency"),
+        Plot("throughput_and_cost", "Throughput and cost vs concurrency"),
+    ]
+    if r.baseline is not None and r.baseline.levels:
+        base_table, _ = _levels_table(r.baseline)
+        blocks += [Para("Baseline (the production endpoint):", strong=True), base_table]
+    return Section("benchmark", "Benchmark", blocks)
+
+
+GATE_HEADERS = ["", "kind", "metric", "stat", "concurrency", "op", "threshold", "observed",
+                "margin"]
+
+
+def gate(r: RunReport) -> Section:
+    if r.gate is None:
+        return Section("gate", "Gate", [Para(NOT_RUN)])
+    rows = [
+        [
+            mark(c.passed),
+            fmt(c.kind),
+            fmt(c.metric),
+            fmt(c.stat),
+            fmt(c.concurrency) if c.concurrency is not None else "all",
+            fmt(c.op),
+            fmt(c.threshold),
+            fmt(c.observed),
+            fmt(c.margin),
+        ]
+        for c in r.gate.checks
+    ]
+    blocks: list[Block] = [Para(verdict(r.gate.passed), strong=True)]
+    blocks.append(Table(GATE_HEADERS, rows) if rows else Para("no checks"))
+    return Section("gate", "Gate", blocks)
+
+
+def formulas(r: RunReport) -> Section:
+    if r.benchmark is None or not r.benchmark.formulas:
+        return Section("formulas", "Metric formulas", [Para(NOT_RUN)])
+    return Section("formulas", "Metric formulas",
+                   [Bullets([f"{k}: {v}" for k, v in r.benchmark.formulas.items()])])
+
+
+def versions(r: RunReport) -> Section:
+    rows = [[k, fmt(v)] for k, v in r.versions.model_dump(mode="json").items()]
+    return Section("versions", "Versions", [Table(["component", "version"], rows)])
+
+
+def build_sections(report: RunReport) -> list[Section]:
+    """The report's sections in reading order (shared by the Markdown and HTML renderers)."""
+    head = [builder(report) for builder in (summary, steps, memory, options,
+                                            serving_properties)]
+    tail = [builder(report) for builder in (smoke_test, benchmark, gate, formulas, versions)]
+    return [*head, *weights(report), *aws_requests(report), *tail]

@@ -1,0 +1,58 @@
+"""`lmiflow deploy` (not a dry run) asks the platform before it starts the flow: a rollback
+alarm that does not exist, or a peak fleet over the account's quota, is exit 2 naming the
+field, with nothing created and no flow started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lmiflow.cli import main
+from lmiflow.targets.sagemaker import SageMakerTarget
+
+ROOT = Path(__file__).resolve().parents[2]
+CANARY = ROOT / "configs" / "llama-3.1-8b-g5-g6.yaml"  # alarms, CANARY on ml.g5.xlarge
+
+
+@pytest.fixture(autouse=True)
+def _no_aws(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # anything unstubbed fails
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("LMIFLOW_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path)
+    started = []
+    import lmiflow.commands.deploy as deploy
+
+    monkeypatch.setattr(deploy, "_run_flow", lambda *a: started.append(a) or 0)
+    monkeypatch.setattr(SageMakerTarget, "production_fleet", lambda self, name: {})
+    yield started
+    assert started == []  # the flow never started
+
+
+def _exit_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_missing_alarm(monkeypatch, capsys):
+    monkeypatch.setattr(SageMakerTarget, "missing_alarms",
+                        lambda self, names: [n for n in names if n.endswith("latency")])
+    assert main(["deploy", str(CANARY)]) == 2
+    line = _exit_line(capsys)
+    assert line.startswith("lmiflow: error: promotion.alarms: no CloudWatch alarm named "
+                           "llama-3-1-8b-prod-p99-latency")
+
+
+def test_fleet_over_quota(monkeypatch, capsys):
+    monkeypatch.setattr(SageMakerTarget, "missing_alarms", lambda self, names: [])
+    monkeypatch.setattr(SageMakerTarget, "endpoint_quotas",
+                        lambda self, types: dict.fromkeys(types, 2.0))
+    assert main(["deploy", str(CANARY)]) == 2
+    line = _exit_line(capsys)
+    assert line.startswith("lmiflow: error: instance.count: ")
+    assert "x ml.g5.xlarge at the peak but the quota 'ml.g5.xlarge for endpoint usage' is 2" in line

@@ -1,0 +1,112 @@
+"""The example configs, dry-run: every AWS request each would send (report.json `requests`)
+against a golden listing kept in tests/targets/golden/, plus what each config is an example
+of, checked from the requests themselves: the host AMI the image's CUDA needs, least-
+outstanding-requests routing, the engine's keys in serving.properties, the lease and the
+preflight before anything is created, and the candidate deleted before production changes.
+
+A change to what lmiflow sends shows up as a diff of the golden file. To accept one:
+LMIFLOW_UPDATE_GOLDEN=1 pytest tests/targets/test_golden_requests.py, and review the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lmiflow.cli import main
+from lmiflow.targets.aws_requests import AwsRequest, validate
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden"
+# config -> (InferenceAmiVersion its image's CUDA needs, lines its serving.properties holds)
+CASES = {
+    # vLLM 0.38.0 (cu130), CANARY on 4 instances
+    "llama-3.1-8b-g5-g6": ("al2023-ami-sagemaker-inference-gpu-4-1", [
+        "option.entryPoint=djl_python.lmi_vllm.vllm_async_service",
+        "option.max_rolling_batch_size=4"]),
+    # TensorRT-LLM 0.33.0 (cu128): its own keys, 3,072-token prompts
+    "llama-3.1-8b-trtllm": ("al2023-ami-sagemaker-inference-gpu-4-1", [
+        "option.entryPoint=djl_python.lmi_trtllm.trtllm_async_service",
+        "option.max_input_len=3072", "option.max_seq_len=4096"]),
+    # fp8 KV cache
+    "qwen2-7b-fp8-kv": ("al2023-ami-sagemaker-inference-gpu-4-1", [
+        "option.kv_cache_dtype=fp8", "option.max_model_len=18432"]),
+    # LMI 0.31.0 (cu124): rolling batch, the CUDA 12.4 AMI
+    "llama-2-13b-lmi13": ("al2-ami-sagemaker-inference-gpu-3-1", [
+        "option.rolling_batch=vllm"]),
+}
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # a dry run calls nothing
+    monkeypatch.setenv("LMIFLOW_STATE_DIR", str(tmp_path / "state"))
+
+
+def _dry_run(name: str, capsys) -> dict:
+    assert main(["deploy", str(ROOT / "configs" / f"{name}.yaml"), "--dry-run", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _ops(reqs: list[dict]) -> list[str]:
+    return [f"{r['service']} {r['operation']}" for r in reqs]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_requests_match_the_golden_listing(name, capsys):
+    report = _dry_run(name, capsys)
+    reqs = report["requests"]
+    path = GOLDEN / f"{name}.requests.json"
+    if os.environ.get("LMIFLOW_UPDATE_GOLDEN"):
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(reqs, indent=1) + "\n")
+    assert reqs == json.loads(path.read_text()), f"{path.name} differs"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_what_each_example_shows(name, capsys):
+    ami, property_lines = CASES[name]
+    report = _dry_run(name, capsys)
+    reqs = report["requests"]
+    for r in reqs:  # each is valid for botocore's service model as shown (secrets masked)
+        validate(AwsRequest(**{k: v for k, v in r.items() if v is not None}))
+    (config,) = [r for r in reqs if r["operation"] == "CreateEndpointConfig"]
+    variant = config["params"]["ProductionVariants"][0]
+    assert variant["InferenceAmiVersion"] == ami
+    assert variant["RoutingConfig"] == {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}
+    lines = report["serving_properties"].splitlines()
+    for line in property_lines:
+        assert line in lines, line
+    ops = _ops(reqs)
+    # the lease first, released last; the preflight before the first request that creates
+    assert ops[0] == "s3 PutObject" and reqs[0]["params"]["IfNoneMatch"] == "*"
+    assert ops[-1] == "s3 DeleteObject" and "IfMatch" in reqs[-1]["params"]
+    first_write = next(i for i, r in enumerate(reqs) if r["step"] not in ("lock", "preflight"))
+    assert "service-quotas ListServiceQuotas" in ops[:first_write]
+    # promotion: the candidate endpoint goes before production is created or updated
+    promote = [r for r in reqs if r["step"] == "promote"]
+    gone = next(i for i, r in enumerate(promote) if r["operation"] == "DeleteEndpoint"
+                and r["params"]["EndpointName"] == report["candidate_endpoint"])
+    changes = [i for i, r in enumerate(promote)
+               if r["operation"] in ("CreateEndpoint", "UpdateEndpoint")]
+    assert changes and gone < min(changes)
+
+
+def test_canary_example_sends_its_alarms_and_sizes(capsys):
+    report = _dry_run("llama-3.1-8b-g5-g6", capsys)
+    reqs = report["requests"]
+    (alarms,) = [r for r in reqs if r["operation"] == "DescribeAlarms"]
+    assert alarms["params"]["AlarmNames"] == ["llama-3-1-8b-prod-5xx",
+                                              "llama-3-1-8b-prod-p99-latency"]
+    (update,) = [r for r in reqs if r["operation"] == "UpdateEndpoint"]
+    policy = update["params"]["DeploymentConfig"]["BlueGreenUpdatePolicy"]
+    assert policy["TrafficRoutingConfiguration"]["CanarySize"] == {
+        "Type": "CAPACITY_PERCENT", "Value": 50}
+    plan = report["promotion_plan"]
+    n = plan["instance_count"]
+    assert n * 50 / 100 >= 1  # the canary is at least one whole instance
+    assert plan["peak_instances"] == {plan["instance_type"]: 2 * n}
