@@ -161,11 +161,11 @@ def prepare_serving(spec: DeploymentSpec, model: ResolvedModel, p: Plan
     return text, image, names_for(spec, text, image, p)
 
 
-CANDIDATE_RE = r"^{name}-(c|ec|m)-[0-9a-f]{{8}}$"
+CANDIDATE_RE = r"{name}-(c|ec|m)-[0-9a-f]{{8}}"
 
 
 def is_candidate_resource(production: str, resource: str) -> bool:
-    return re.match(CANDIDATE_RE.format(name=re.escape(production)), resource) is not None
+    return re.fullmatch(CANDIDATE_RE.format(name=re.escape(production)), resource) is not None
 
 
 def tags_for(names: Names, run_id: str | None) -> dict[str, str]:

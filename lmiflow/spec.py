@@ -5,22 +5,16 @@ Unknown keys are errors everywhere (extra="forbid"): a misspelt option must not 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lmiflow import patterns
 from lmiflow.bench.gate_spec import GateSpec
 from lmiflow.errors import UserInputError
 
-# SageMaker's rule for model, endpoint-config and endpoint names.
-NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
-ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
-S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
-REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 # Leave room for the suffixes lmiflow adds to candidate resources (-c-<hash>, -m-<hash>).
 MAX_ENDPOINT_NAME = 40
 
@@ -50,7 +44,7 @@ class ModelSection(_Strict):
     @field_validator("id", "revision")
     @classmethod
     def _no_control_chars(cls, v: str | None) -> str | None:
-        if v is not None and (not v.strip() or CONTROL_RE.search(v)):
+        if v is not None and (not v.strip() or patterns.has_control(v)):
             raise ValueError("must be non-empty and hold no line breaks or control characters")
         return v
 
@@ -90,6 +84,15 @@ class ServingSection(_Strict):
         description="Extra serving.properties entries, e.g. option.enable_prefix_caching: true",
     )
 
+    @field_validator("image_uri")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > patterns.IMAGE_URI_MAX
+                              or not patterns.matches(patterns.IMAGE_URI, v)):
+            raise ValueError("must be an image reference REGISTRY/REPOSITORY[:TAG][@sha256:...] "
+                             f"of at most {patterns.IMAGE_URI_MAX} characters")
+        return v
+
 
 class TargetSection(_Strict):
     kind: Literal["local", "sagemaker"] = Field(
@@ -111,14 +114,14 @@ class TargetSection(_Strict):
     @field_validator("region")
     @classmethod
     def _region(cls, v: str | None) -> str | None:
-        if v is not None and not REGION_RE.match(v):
+        if v is not None and not patterns.matches(patterns.REGION, v):
             raise ValueError(f"{v!r} is not an AWS region name such as us-east-1")
         return v
 
     @field_validator("role_arn")
     @classmethod
     def _role(cls, v: str | None) -> str | None:
-        if v is not None and not ROLE_ARN_RE.match(v):
+        if v is not None and not patterns.matches(patterns.ROLE_ARN, v):
             raise ValueError("must look like arn:aws:iam::123456789012:role/NAME")
         return v
 
@@ -126,7 +129,7 @@ class TargetSection(_Strict):
     @classmethod
     def _s3(cls, v: str | None) -> str | None:
         if v is not None:
-            if not S3_URI_RE.match(v):
+            if not patterns.matches(patterns.S3_URI, v):
                 raise ValueError("must look like s3://bucket/prefix/")
             if not v.endswith("/"):
                 v += "/"
@@ -203,7 +206,7 @@ class DeploymentSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not patterns.matches(patterns.NAME, v):
             raise ValueError("must match ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$ (SageMaker's rule)")
         if len(v) > MAX_ENDPOINT_NAME:
             raise ValueError(f"at most {MAX_ENDPOINT_NAME} characters (lmiflow adds suffixes)")

@@ -6,15 +6,13 @@ without torch. DJL's rule is kept: `option.X` may also come from env `OPTION_X`;
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmiflow import patterns
 from lmiflow.serving.engine import EngineOptions
 from lmiflow.serving.properties_text import parse_entries
-
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 # Keys that steer LMI on a GPU fleet and mean nothing to one CPU process: logged once, ignored.
 IGNORED_KEYS = {
@@ -93,7 +91,8 @@ def resolve_model_path(model_dir: Path, model_id: str | None) -> str:
     candidate = p if p.is_absolute() else model_dir / p
     if candidate.exists():
         return str(candidate.resolve())
-    if p.is_absolute() or model_id.startswith(".") or not HUB_ID_RE.match(model_id):
+    if (p.is_absolute() or model_id.startswith(".")
+            or not patterns.matches(patterns.HUB_ID, model_id)):
         raise OptionError(f"option.model_id={model_id}: no such directory ({candidate})")
     return model_id  # a Hub id: transformers resolves it (from its cache when offline)
 

@@ -18,7 +18,6 @@ import functools
 import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -29,12 +28,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from lmiflow import patterns
 from lmiflow.targets.base import EndpointStatus, EndpointVariant, TrafficPolicy, WaitTimeout
 
 log = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
-FILE_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
 FAILED_MARK = "lmiflow-server FAILED: "  # serving.server prints it (kept in sync by a test)
 DEFAULT_STARTUP_TIMEOUT_S = 900
 STOP_GRACE_S = 10.0
@@ -65,8 +63,8 @@ def default_state_dir() -> Path:
 
 
 def _check_name(what: str, name: str) -> None:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ValueError(f"{what} name {name!r} does not match {NAME_RE.pattern}")
+    if not patterns.matches(patterns.NAME, name):
+        raise ValueError(f"{what} name {name!r} does not match {patterns.NAME.pattern}")
 
 
 def free_port() -> int:
@@ -208,7 +206,7 @@ class LocalTarget:
         dest = self.state_dir / "staged" / name
         dest.mkdir(parents=True, exist_ok=True)
         for rel, text in files.items():
-            if not FILE_RE.match(rel) or ".." in rel.split("/"):
+            if not patterns.matches(patterns.REL_PATH, rel) or ".." in rel.split("/"):
                 raise ValueError(f"file name {rel!r}: a relative path of letters, digits, _.-")
             path = dest / rel
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from typing import Any, Literal
 
+from lmiflow import patterns
 from lmiflow.targets.base import (
     TERMINAL_STATUSES,
     EndpointStatus,
@@ -33,14 +33,9 @@ from lmiflow.targets.base import (
 
 logger = logging.getLogger(__name__)
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 PROJECT_TAGS = {"project": "lmiflow"}
 VARIANT_NAME = "AllTraffic"
 BUSY_STATUSES = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
-_ENV_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_TAG_RE = re.compile(r"^[\w.:/=+\-@ ]*$")
-_FILE_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
-_S3_RE = re.compile(r"^s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/?(.*)$")
 
 
 class EndpointBusy(RuntimeError):
@@ -76,8 +71,8 @@ def lmi_image_uri(region: str, version: str | None = None, framework: str = "djl
 def resource_names(endpoint: str, spec_hash: str) -> dict[str, str]:
     """Candidate resource names: deterministic from the production endpoint name and the hash
     of what is deployed, so a rerun of the same spec finds what an interrupted run made."""
-    if not NAME_RE.match(endpoint):
-        raise ValueError(f"endpoint name {endpoint!r} does not match {NAME_RE.pattern}")
+    if not patterns.matches(patterns.NAME, endpoint):
+        raise ValueError(f"endpoint name {endpoint!r} does not match {patterns.NAME.pattern}")
     h = spec_hash.lower()[:8]
     if len(h) < 8 or not h.isalnum():
         raise ValueError("spec_hash: at least 8 letters or digits")
@@ -165,17 +160,18 @@ def volume_size_supported(instance_type: str) -> bool:
 
 
 def _check_name(what: str, name: str) -> None:
-    if not NAME_RE.match(name):
-        raise ValueError(f"{what} name {name!r} does not match {NAME_RE.pattern}")
+    if not patterns.matches(patterns.NAME, name):
+        raise ValueError(f"{what} name {name!r} does not match {patterns.NAME.pattern}")
 
 
 def _tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
     merged = {**PROJECT_TAGS, **tags}
     out = []
     for k, v in merged.items():
-        if not (1 <= len(k) <= 128) or not _TAG_RE.match(k) or k.lower().startswith("aws:"):
+        if (not (1 <= len(k) <= 128) or not patterns.matches(patterns.TAG_TEXT, k)
+                or k.lower().startswith("aws:")):
             raise ValueError(f"tag key {k!r}: 1-128 letters, digits, spaces or _.:/=+-@")
-        if len(v) > 256 or not _TAG_RE.match(v):
+        if len(v) > 256 or not patterns.matches(patterns.TAG_TEXT, v):
             raise ValueError(f"tag {k}: value up to 256 letters, digits, spaces or _.:/=+-@")
         out.append({"Key": k, "Value": v})
     return out
@@ -185,7 +181,7 @@ def _check_env(env: dict[str, str]) -> None:
     if len(env) > 100:
         raise ValueError("environment: at most 100 variables")
     for k, v in env.items():
-        if not _ENV_KEY_RE.match(k) or len(k) > 1024:
+        if not patterns.matches(patterns.ENV_KEY, k) or len(k) > 1024:
             raise ValueError(f"environment variable name {k!r}: letters, digits and '_'")
         if not isinstance(v, str) or len(v) > 1024:
             raise ValueError(f"environment variable {k}: a string of at most 1024 characters")
@@ -208,13 +204,13 @@ def _is_existing(exc: Exception) -> bool:
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
-    m = _S3_RE.match(uri)
+    m = patterns.S3_URI.fullmatch(uri) if isinstance(uri, str) else None
     if not m:
         raise ValueError(f"target.s3_uri: {uri!r} is not s3://bucket/prefix/")
-    prefix = m.group(2)
+    prefix = m.group("key") or ""
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    return m.group(1), prefix
+    return m.group("bucket"), prefix
 
 
 # ---- the target -----------------------------------------------------------------------------
@@ -310,7 +306,7 @@ class SageMakerTarget:
         bucket, prefix = _split_s3(self.s3_uri)
         base = f"{prefix}{name}/"
         for rel in files:  # all names checked before the first upload
-            if not _FILE_RE.match(rel) or ".." in rel.split("/"):
+            if not patterns.matches(patterns.REL_PATH, rel) or ".." in rel.split("/"):
                 raise ValueError(f"file name {rel!r}: a relative path of letters, digits, _.-")
         for rel, text in files.items():
             self.s3.put_object(

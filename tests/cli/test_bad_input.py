@@ -82,6 +82,16 @@ CASES = {
               with_("model.id", str(ROOT / "configs" / "models" / "llama-3.1-70b"),
                     yaml.safe_load(with_("target", SM)))), "plan"),
     "model directory without config.json": (with_("model.id", "/nonexistent/model"), "model"),
+    # $ matches before a final newline: every check is a full match
+    "name with a trailing newline": (with_("name", "abc\n"), "name"),
+    "role arn with a trailing newline": (
+        with_("target.role_arn", SM["role_arn"] + "\n", SAGEMAKER), "target.role_arn"),
+    "s3 uri with a trailing newline": (with_("target.s3_uri", "s3://my-bucket/p\n", SAGEMAKER),
+                                       "target.s3_uri"),
+    "option key with a trailing newline": (with_("serving.options", {"option.x\n": 1}),
+                                           "serving.options"),
+    "image uri that is not an image": (with_("serving.image_uri", "x y", SAGEMAKER),
+                                       "serving.image_uri"),
 }
 
 
