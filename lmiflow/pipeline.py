@@ -105,7 +105,9 @@ def serving_dtype(spec: DeploymentSpec, p: Plan) -> str:
 
 
 def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Plan) -> str:
+    from lmiflow.serving.options import OptionError
     from lmiflow.serving.properties import properties_for, render
+    from lmiflow.targets import check_serving_properties
 
     w = spec.workload
     try:
@@ -117,11 +119,32 @@ def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Pla
             dtype=serving_dtype(spec, p),
             gpu_memory_utilization=spec.instance.gpu_memory_utilization,
             backend=spec.serving.backend, quantize=None, extra=spec.serving.options,
+            model_max_len=model.spec.max_position_embeddings,
         )
     except ValueError as exc:
         msg = str(exc)
         raise UserInputError("serving.options", msg) from None
-    return render(props)
+    text = render(props)
+    try:
+        check_serving_properties(spec.target.kind, text)
+    except OptionError as exc:
+        raise UserInputError(_field_of(spec, exc.key), str(exc)) from None
+    return text
+
+
+# Where a rendered key's value came from when the user did not set it in serving.options.
+_DERIVED_FROM = {
+    "option.max_rolling_batch_size": "workload.concurrency",
+    "option.max_model_len": "workload.max_input_tokens",
+    "option.dtype": "model.dtype",
+    "option.gpu_memory_utilization": "instance.gpu_memory_utilization",
+}
+
+
+def _field_of(spec: DeploymentSpec, key: str) -> str:
+    if key in spec.serving.options:
+        return f"serving.options.{key}"
+    return _DERIVED_FROM.get(key, "serving.options")
 
 
 def image_uri(spec: DeploymentSpec) -> str | None:

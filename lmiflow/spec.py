@@ -1,6 +1,8 @@
 """The deployment config: one typed model for the YAML file, the CLI and the Prefect UI form.
 
 Unknown keys are errors everywhere (extra="forbid"): a misspelt option must not be ignored.
+Values are strict (`true` is not the number 1, "8" is not 8) and floats finite (a NaN
+threshold compares false with everything, so a gate on it could never pass or fail honestly).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from lmiflow import patterns
+from lmiflow import limits, patterns
 from lmiflow.bench.gate_spec import GateSpec
 from lmiflow.errors import UserInputError
 
@@ -22,7 +24,7 @@ DType = Literal["auto", "fp32", "fp16", "bf16", "fp8", "int8", "int4"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ModelSection(_Strict):
@@ -213,6 +215,15 @@ class DeploymentSpec(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _limits(self) -> DeploymentSpec:
+        w, b = self.workload, self.benchmark
+        limits.check_benchmark_fits(b.input_tokens, b.max_new_tokens, w.max_input_tokens,
+                                    w.max_output_tokens)
+        limits.check_gate_levels(self.gates, b.concurrency)
+        limits.check_gates_agree(self.gates, b.concurrency)
+        return self
+
+    @model_validator(mode="after")
     def _sagemaker_needs(self) -> DeploymentSpec:
         if self.target.kind == "sagemaker":
             for field in ("region", "role_arn"):
@@ -231,7 +242,14 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> UserInput
     """The first error, as one line that names the field: what the user fixes first."""
     err = exc.errors()[0]
     loc = tuple(err.get("loc", ()))
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, UserInputError):  # a cross-field rule names its own field
+        inner = ".".join(str(p) for p in loc)
+        return UserInputError(prefix + (f"{inner}." if inner else "") + cause.field,
+                              cause.reason)
     msg = err.get("msg", "invalid")
+    if isinstance(err.get("input"), bool) and err.get("type") in ("int_type", "float_type"):
+        msg = f"must be a number, not the boolean {str(err['input']).lower()}"
     if err.get("type") == "extra_forbidden":
         msg = "unknown field (not part of the config)"
     msg = msg.removeprefix("Value error, ")
@@ -252,13 +270,38 @@ def parse_spec(data: object, prefix: str = "") -> DeploymentSpec:
         raise format_validation_error(exc, prefix) from None
 
 
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, first: int, second: int):
+        self.key, self.first, self.second = key, first, second
+        super().__init__(f"duplicate key {key}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently, so `gates:` written twice would drop the first list)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise DuplicateKey(str(key), seen[key], line)
+            if isinstance(key, str | int | float | bool):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: str | Path, overrides: dict | None = None) -> DeploymentSpec:
     """Read and validate a YAML config; overrides (e.g. --target) are merged on top."""
     p = Path(path)
     if not p.is_file():
         raise UserInputError("CONFIG", f"{path} is not a file")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except DuplicateKey as exc:
+        raise UserInputError(exc.key, f"appears twice in {path} (lines {exc.first} and "
+                                      f"{exc.second}); which one is meant?") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

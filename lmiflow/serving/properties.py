@@ -342,6 +342,7 @@ def properties_for(
     *,
     async_mode: bool = True,
     model_loading_timeout: int | None = None,
+    model_max_len: int | None = None,
 ) -> ServingProperties:
     """serving.properties for a plan. The caller passes max_model_len >= input + output and
     max_batch >= concurrency; both are written as given (user options may only raise them).
@@ -356,7 +357,8 @@ def properties_for(
     - int8/int4: pre-quantized checkpoints (GPTQ/AWQ...): dtype auto, no runtime quantize;
       vLLM reads quantization_config. Runtime bitsandbytes only when quantize says so.
     An explicit `quantize` always wins. `async_mode=False` writes the pre-v15 vLLM form
-    (rolling_batch=vllm) for older LMI images.
+    (rolling_batch=vllm) for older LMI images. `model_max_len` (the model's
+    max_position_embeddings) caps a user's option.max_model_len: vLLM refuses a longer one.
     """
     if backend not in ("vllm", "trtllm"):
         raise ValueError(f"backend: vllm or trtllm, got {backend!r}")
@@ -417,6 +419,9 @@ def properties_for(
             raise ValueError(f"key {key!r}: {typed} is below the planned batch {max_batch}")
         if field == "max_model_len" and int(typed) < max_model_len:  # type: ignore[call-overload]
             raise ValueError(f"key {key!r}: {typed} is below input + output = {max_model_len}")
+        if field == "max_model_len" and model_max_len and int(typed) > model_max_len:  # type: ignore[call-overload]
+            raise ValueError(f"key {key!r}: {typed} exceeds the model's "
+                             f"max_position_embeddings {model_max_len}")
         fields[field] = typed  # explicit user option beats the derived value
     try:
         return ServingProperties(**fields, extra=other)

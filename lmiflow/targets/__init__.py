@@ -32,3 +32,15 @@ def make_target(kind: str, **kwargs: Any) -> Target:
             kwargs["region"] = region
         return SageMakerTarget(**kwargs)
     raise ValueError(f"target kind {kind!r}: expected one of {', '.join(TARGET_KINDS)}")
+
+
+def check_serving_properties(kind: str, text: str) -> None:
+    """Refuse, before anything is created, a serving.properties the target's server would
+    refuse at start-up (OptionError naming the key). The local server's limits are its own
+    (serving.options.LIMITS); on SageMaker the LMI container has no documented hard caps on
+    these numbers, and the plan's memory check bounds batch and context already."""
+    if kind == "local":
+        from lmiflow.serving.options import check_entries
+        from lmiflow.serving.properties_text import parse_entries
+
+        check_entries(parse_entries(text))
