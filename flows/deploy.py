@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from lmiflow import pipeline
-from lmiflow.report.redact import redact_text
+from lmiflow.report.redact import install_log_redaction, redact_text, register_environment
 from lmiflow.spec import DeploymentSpec
 
 
@@ -25,6 +25,8 @@ from lmiflow.spec import DeploymentSpec
 def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
     """Size, deploy a candidate, smoke-test, benchmark, gate, and promote it to production;
     a rejected or failed candidate is removed and production is left as it was."""
+    register_environment()  # a worker's HF_TOKEN and AWS keys are masked in its logs too
+    install_log_redaction()
     log = get_run_logger()
     rec = RunRecord(spec, str(flow_run.id) if flow_run.id else None)
     status, names = "failed", None

@@ -34,6 +34,8 @@ ENV_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 TAG_TEXT = re.compile(r"[\w.:/=+\-@ ]*")
 # A relative file path inside a model directory or prefix (no '..' is checked separately).
 REL_PATH = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
+# A Prefect block document name (a slug).
+BLOCK_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]{0,95}/[\w.\-]{1,96}")
 REVISION = re.compile(r"[A-Za-z0-9_.\-/]+")
 MODULE_NAME = re.compile(r"[A-Za-z0-9_.\-/]+")

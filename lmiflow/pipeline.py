@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from lmiflow.errors import UserInputError
 from lmiflow.model_source import ResolvedModel, resolve_model
+from lmiflow.secrets import check_env_refs, fill_properties, masked_entries
 from lmiflow.sizing.memory import resolve_dtypes, total_estimate
 from lmiflow.sizing.planner import Plan, PlanRequest, plan
 from lmiflow.spec import DeploymentSpec
@@ -105,10 +106,13 @@ def serving_dtype(spec: DeploymentSpec, p: Plan) -> str:
 
 
 def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Plan) -> str:
+    """The file's text as every report and printout shows it: secret entries masked (the
+    staged copy gets their values: staged_properties)."""
     from lmiflow.serving.options import OptionError
     from lmiflow.serving.properties import properties_for, render
     from lmiflow.targets import check_serving_properties
 
+    check_env_refs(spec.serving.secret_options, "serving.secret_options")
     w = spec.workload
     try:
         props = properties_for(
@@ -118,7 +122,8 @@ def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Pla
             max_batch=w.concurrency, max_model_len=w.max_input_tokens + w.max_output_tokens,
             dtype=serving_dtype(spec, p),
             gpu_memory_utilization=spec.instance.gpu_memory_utilization,
-            backend=spec.serving.backend, quantize=None, extra=spec.serving.options,
+            backend=spec.serving.backend, quantize=None,
+            extra={**spec.serving.options, **masked_entries(spec.serving.secret_options)},
             model_max_len=model.spec.max_position_embeddings,
         )
     except ValueError as exc:
@@ -145,6 +150,11 @@ def _field_of(spec: DeploymentSpec, key: str) -> str:
     if key in spec.serving.options:
         return f"serving.options.{key}"
     return _DERIVED_FROM.get(key, "serving.options")
+
+
+def staged_properties(spec: DeploymentSpec, text: str) -> str:
+    """The text to stage: the rendered file with each secret entry's real value."""
+    return fill_properties(text, spec.serving.secret_options, "serving.secret_options")
 
 
 def image_uri(spec: DeploymentSpec) -> str | None:

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lmiflow import limits, patterns
 from lmiflow.bench.gate_spec import GateSpec
 from lmiflow.errors import UserInputError
+from lmiflow.report.redact import looks_secret
+from lmiflow.secrets import SecretRef
 
 # Leave room for the suffixes lmiflow adds to candidate resources (-c-<hash>, -m-<hash>).
 MAX_ENDPOINT_NAME = 40
@@ -85,6 +87,24 @@ class ServingSection(_Strict):
         default_factory=dict,
         description="Extra serving.properties entries, e.g. option.enable_prefix_caching: true",
     )
+    secret_options: dict[str, SecretRef] = Field(
+        default_factory=dict,
+        description="serving.properties entries that hold a secret, e.g. option.hf_token: "
+        "{secret_block: hf-token} (a Prefect Secret block), {env: HF_TOKEN}, or the value "
+        "(CLI runs only). Masked in every output; staged in a file only its owner can read.",
+    )
+
+    @model_validator(mode="after")
+    def _secrets_in_their_home(self) -> ServingSection:
+        for key, value in self.options.items():
+            if looks_secret(key, value):
+                raise UserInputError(
+                    f"options.{key}", "looks like a secret: move it to serving.secret_options "
+                    "(a Prefect Secret block name, an environment variable or the value)")
+        both = sorted(set(self.options) & set(self.secret_options))
+        if both:
+            raise UserInputError(f"secret_options.{both[0]}", "also set in serving.options")
+        return self
 
     @field_validator("image_uri")
     @classmethod

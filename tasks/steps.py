@@ -153,12 +153,13 @@ def create_model(spec: DeploymentSpec, names: Names, properties: str, image: str
     if removed:
         log.warning("removed leftovers of an earlier run: %s", ", ".join(removed))
     env: dict[str, str] = {}
+    staged = pipeline.staged_properties(spec, properties)  # secrets filled in, never logged
     if spec.target.kind == "sagemaker" and spec.target.packaging == "env":
         from lmiflow.serving.properties import parse, to_env
 
-        env, model_data = to_env(parse(properties)), ""
+        env, model_data = to_env(parse(staged)), ""
     else:
-        model_data = target.stage(names.model, {"serving.properties": properties})
+        model_data = target.stage(names.model, {"serving.properties": staged})
     target.create_model(names.model, model_data, image, env, tags)
     _md(spec, "create_model", f"# Model `{names.model}`\n\ndata: `{model_data or 'env'}`\n\n"
         f"image: `{image or 'local'}`\n" + (f"\nremoved leftovers: {', '.join(removed)}\n"

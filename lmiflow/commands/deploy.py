@@ -22,7 +22,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from lmiflow.report.redact import install_log_redaction, register_environment
     from lmiflow.spec import load_spec
+
+    register_environment()  # HF_TOKEN, AWS keys: masked wherever they would surface
+    install_log_redaction()
 
     overrides = {"target.kind": args.target} if args.target else None
     spec = load_spec(args.config, overrides)

@@ -67,6 +67,11 @@ def _check_name(what: str, name: str) -> None:
         raise ValueError(f"{what} name {name!r} does not match {patterns.NAME.pattern}")
 
 
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)  # mkdir's mode is masked by the umask, and an existing dir keeps its own
+
+
 def free_port() -> int:
     """A port free on 127.0.0.1 now (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -154,8 +159,9 @@ class LocalTarget:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.python = python or sys.executable
         self.poll_interval_s = poll_interval_s
-        for sub in ("staged", "logs", "locks"):
+        for sub in ("logs", "locks"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
+        _private_dir(self.state_dir / "staged")
         self._registry_path = self.state_dir / "registry.json"
 
     # ---- registry -------------------------------------------------------------------------
@@ -203,14 +209,19 @@ class LocalTarget:
         _check_name("model", name)
         if "serving.properties" not in files:
             raise ValueError("files: serving.properties is required")
-        dest = self.state_dir / "staged" / name
-        dest.mkdir(parents=True, exist_ok=True)
-        for rel, text in files.items():
+        for rel in files:  # all names checked before the first write
             if not patterns.matches(patterns.REL_PATH, rel) or ".." in rel.split("/"):
                 raise ValueError(f"file name {rel!r}: a relative path of letters, digits, _.-")
+        # Staged files may hold secrets (serving.secret_options): owner-only, like registry.json.
+        dest = self.state_dir / "staged" / name
+        _private_dir(dest)
+        for rel, text in files.items():
             path = dest / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            _private_dir(path.parent)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
         return str(dest)
 
     def create_model(self, name: str, model_data: str, image_uri: str | None,
