@@ -6,6 +6,7 @@ resources are removed unless they became production, and the report is written."
 from __future__ import annotations
 
 import contextlib
+import signal
 from pathlib import Path
 
 from lmiflow.flows.record import RunRecord, plan_steps, write_report
@@ -88,6 +89,11 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
         status = "failed"
         log.error("deploy of %s failed in %s: %s", spec.name, rec.report["failed_step"],
                   redact_text(str(exc)))
+    except BaseException as exc:  # SIGTERM (Prefect's TerminationSignal) or Ctrl-C
+        rec.report["error"] = f"interrupted ({_signal_name(exc)}) during " + (
+            rec.report["failed_step"] or "the run")
+        log.error("deploy of %s: %s", spec.name, rec.report["error"])
+        raise
     finally:
         if status != "promoted" and names is not None:
             try:
@@ -107,6 +113,11 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
             f" at {rec.report['failed_step']}" if rec.report["failed_step"] else "")
             + (f": {rec.report['error']}" if rec.report["error"] else ""))
     return report
+
+
+def _signal_name(exc: BaseException) -> str:
+    signum = getattr(exc, "signal", None) or getattr(exc, "signum", None)
+    return signal.Signals(signum).name if signum else type(exc).__name__
 
 
 def _link(spec: DeploymentSpec, path: Path) -> None:

@@ -49,9 +49,12 @@ class RunRecord:
             rec["status"] = "completed"
         except BaseException as exc:
             rec["status"] = "failed"
-            rec["summary"] = redact_text(f"{type(exc).__name__}: {exc}")[:500]
             self.report["failed_step"] = name
-            self.report["error"] = redact_text(str(exc))[:2000]
+            if isinstance(exc, Exception):
+                rec["summary"] = redact_text(f"{type(exc).__name__}: {exc}")[:500]
+                self.report["error"] = redact_text(str(exc))[:2000]
+            else:  # SIGTERM or Ctrl-C: the flow names the signal in the report's error
+                rec["summary"] = "interrupted"
             raise
         finally:
             rec["seconds"] = round(time.perf_counter() - t0, 3)

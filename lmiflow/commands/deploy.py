@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -63,15 +64,56 @@ def dry_run(spec, report_dir: str | None) -> int:
     return 0
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so the run ends the same clean way:
+    the flow removes its candidate and writes its report, then the API server stops."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
 def _run_flow(spec, report_dir: str) -> int:
+    from prefect.settings import PREFECT_HOME
     from rich.console import Console
+
+    from lmiflow.api_server import ApiServerError, prefect_api
+
+    console = Console(stderr=True)
+    console.print(f"[bold]lmiflow deploy[/bold] {spec.name} on {spec.target.kind}")
+    # During the flow Prefect turns SIGTERM into its TerminationSignal and, once the flow has
+    # ended, sends it again to the handler it found: this one.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        with prefect_api(Path(PREFECT_HOME.value()) / "lmiflow-api-server.log"):
+            state = _flow_with_progress(spec, report_dir, console)
+    except ApiServerError as exc:
+        print(f"lmiflow: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        _summary(Path(report_dir) / "report.json", spec, console)
+        print(f"lmiflow: interrupted by {signal.Signals(signum).name}: the run was stopped and "
+              "its candidate removed; production was not changed unless the report says "
+              "promoted", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    code = 0 if state.is_completed() else 1
+    _summary(Path(report_dir) / "report.json", spec, console)
+    return code
+
+
+def _flow_with_progress(spec, report_dir: str, console):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from lmiflow.flows.deploy import deploy_llm
     from lmiflow.tasks.common import add_progress_listener
 
-    console = Console(stderr=True)
-    console.print(f"[bold]lmiflow deploy[/bold] {spec.name} on {spec.target.kind}")
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         bars: dict[str, int] = {}
@@ -83,12 +125,9 @@ def _run_flow(spec, report_dir: str) -> int:
 
         remove = add_progress_listener(on_progress)
         try:
-            state = deploy_llm(spec, report_dir=report_dir, return_state=True)
+            return deploy_llm(spec, report_dir=report_dir, return_state=True)
         finally:
             remove()
-    code = 0 if state.is_completed() else 1
-    _summary(Path(report_dir) / "report.json", spec, console)
-    return code
 
 
 def _summary(path: Path, spec, console) -> None:

@@ -39,7 +39,7 @@ def test_plain_secrets_are_refused_with_the_way_to_their_home(options, field):
     with pytest.raises(UserInputError) as exc:
         parse_spec(with_serving({"options": options}))
     assert exc.value.field == field and "secret_options" in exc.value.reason
-    assert list(options.values())[0] not in str(exc.value)
+    assert next(iter(options.values())) not in str(exc.value)
 
 
 def test_resolution_and_filling(monkeypatch):
