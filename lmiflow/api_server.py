@@ -125,14 +125,14 @@ class ApiServer:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the group is its pid
-        try:
-            proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+                os.killpg(proc.pid, sig)  # its own session: the group id is its pid
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=wait_s)
+                return
 
 
 def _last_line(path: Path) -> str | None:

@@ -42,3 +42,13 @@ def test_sigterm_removes_the_candidate_writes_the_report_and_stops_the_server(sa
     assert report["cleanup"], report["cleanup"]
     # nothing left at all: there was no production to keep
     assert wait_until(lambda: sandbox.leaks() == ([], []), 15), sandbox.leaks()
+
+
+def test_an_api_server_that_cannot_start_is_one_line_and_creates_nothing(sandbox):
+    broken = {"PREFECT_API_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:////proc/none/x.db"}
+    done = sandbox.deploy(env=broken, timeout_s=600)
+    assert done.code == 1, done.stderr
+    assert done.last_line.startswith("lmiflow: error: the temporary Prefect API server did not "
+                                     "start (3 tries"), done.stderr
+    assert "Traceback" not in done.stderr
+    assert sandbox.processes() == {} and sandbox.registry()["endpoints"] == {}
