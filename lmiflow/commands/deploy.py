@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -25,21 +27,42 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from lmiflow.report.redact import install_log_redaction, register_environment
     from lmiflow.spec import load_spec
+    from lmiflow.state_files import check_writable
 
     register_environment()  # HF_TOKEN, AWS keys: masked wherever they would surface
     install_log_redaction()
+    # Prefect warns on import when it cannot create its home; _check_outputs says it once.
+    warnings.filterwarnings("ignore", "Failed to create the Prefect home directory")
 
     overrides = {"target.kind": args.target} if args.target else None
     spec = load_spec(args.config, overrides)
+    report_dir = args.report_dir or str(Path("reports") / spec.name)
     if args.dry_run:
+        if args.report_dir:
+            check_writable(Path(args.report_dir), "--report-dir")
         return dry_run(spec, args.report_dir)
     # Validate everything that can be validated before anything is created (exit 2).
     _plan_directly(spec)
+    _check_outputs(spec, Path(report_dir))
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     # The ephemeral API server would try to send telemetry: not from an unattended deploy.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    return _run_flow(spec, args.report_dir or str(Path("reports") / spec.name))
+    return _run_flow(spec, report_dir)
+
+
+def _check_outputs(spec, report_dir: Path) -> None:
+    """Every place the run will write, checked before it creates anything: the report
+    directory, Prefect's home (its database) and the target's own state."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    from lmiflow.state_files import check_writable
+    from lmiflow.targets import check_state
+
+    check_writable(report_dir, "--report-dir")
+    if not PREFECT_API_URL.value():
+        check_writable(Path(PREFECT_HOME.value()), "PREFECT_HOME")
+    check_state(spec.target.kind)
 
 
 def _plan_directly(spec):
@@ -133,10 +156,11 @@ def _flow_with_progress(spec, report_dir: str, console):
 def _summary(path: Path, spec, console) -> None:
     import json
 
-    if not path.is_file():
-        console.print(f"[red]no report at {path}[/red]")
+    try:
+        r = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]no readable report at {path}[/red] ({type(exc).__name__})")
         return
-    r = json.loads(path.read_text())
     color = {"promoted": "green", "rejected": "yellow"}.get(r["status"], "red")
     console.print(f"\n[bold {color}]{r['status'].upper()}[/bold {color}] {r['endpoint']}"
                   + (f" — failed at {r['failed_step']}: {r['error']}" if r.get("failed_step")
@@ -145,10 +169,9 @@ def _summary(path: Path, spec, console) -> None:
         mark = {"completed": "✓", "failed": "✗", "skipped": "·"}.get(s["status"], "?")
         console.print(f"  {mark} {s['name']:<27} {s['seconds']:>7.2f} s  {s.get('summary', '')}")
     for c in (r.get("gate") or {}).get("checks", []):
-        obs = c["observed"]
-        obs = f"{obs:.4g}" if isinstance(obs, int | float) else str(obs)
         console.print(f"    {'✓' if c['passed'] else '✗'} {c['kind']} {c['metric']} {c['stat']}"
-                      f" c={c.get('concurrency')}: {obs} {c['op']} {c['threshold']:.4g}")
+                      f" c={c.get('concurrency')}: {_num(c['observed'])} {c['op']} "
+                      f"{_num(c['threshold'])}")
     console.print(f"\nreport: {path.parent}/report.html (and report.json, report.md)")
     if r["status"] == "promoted":
         t = f" --target {spec.target.kind}"
@@ -159,3 +182,10 @@ def _summary(path: Path, spec, console) -> None:
     if r.get("cleanup"):
         console.print("removed candidate resources: " + ", ".join(r["cleanup"]))
     sys.stderr.flush()
+
+
+def _num(value) -> str:
+    """A gate figure for the summary: report.json writes NaN and infinity as null."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "—" if value is None else str(value)
+    return f"{value:.4g}" if math.isfinite(value) else str(value)

@@ -44,3 +44,12 @@ def check_serving_properties(kind: str, text: str) -> None:
         from lmiflow.serving.properties_text import parse_entries
 
         check_entries(parse_entries(text))
+
+
+def check_state(kind: str) -> None:
+    """Before anything is created: can the target's own state be read and written? (The
+    local registry and state directory; SageMaker keeps none on this machine.)"""
+    if kind == "local":
+        from lmiflow.targets.local import check_state_dir, default_state_dir
+
+        check_state_dir(default_state_dir())

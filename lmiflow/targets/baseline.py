@@ -4,8 +4,9 @@ the local state directory, or the target's S3 prefix on SageMaker."""
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
+
+from lmiflow.state_files import ensure_dir, read_json, write_atomic
 
 BASELINE_FILE = "baseline.json"
 
@@ -20,7 +21,8 @@ def _s3_location(target: Any, endpoint: str) -> tuple[str, str]:
 def load_baseline(target: Any, endpoint: str) -> dict | None:
     if target.kind == "local":
         path = target.state_dir / "baselines" / f"{endpoint}.json"
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_json(path, "LMIFLOW_STATE_DIR", f"remove it with `rm {path}` (the next "
+                         "promotion records a new baseline)")
     if not getattr(target, "s3_uri", None):
         return None
     bucket, key = _s3_location(target, endpoint)
@@ -38,10 +40,8 @@ def save_baseline(target: Any, endpoint: str, data: dict) -> str | None:
     text = json.dumps(data, indent=2, sort_keys=True)
     if target.kind == "local":
         path = target.state_dir / "baselines" / f"{endpoint}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        ensure_dir(path.parent, "LMIFLOW_STATE_DIR")
+        write_atomic(path, text, "LMIFLOW_STATE_DIR", mode=0o644)
         return str(path)
     if not getattr(target, "s3_uri", None):
         return None

@@ -29,9 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from lmiflow import patterns
+from lmiflow.errors import StateError
+from lmiflow.state_files import check_writable, ensure_dir, read_json, write_atomic
 from lmiflow.targets.base import EndpointStatus, EndpointVariant, TrafficPolicy, WaitTimeout
 
 log = logging.getLogger(__name__)
+
+STATE_FIELD = "LMIFLOW_STATE_DIR"
 
 FAILED_MARK = "lmiflow-server FAILED: "  # serving.server prints it (kept in sync by a test)
 DEFAULT_STARTUP_TIMEOUT_S = 900
@@ -65,11 +69,6 @@ def default_state_dir() -> Path:
 def _check_name(what: str, name: str) -> None:
     if not patterns.matches(patterns.NAME, name):
         raise ValueError(f"{what} name {name!r} does not match {patterns.NAME.pattern}")
-
-
-def _private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)  # mkdir's mode is masked by the umask, and an existing dir keeps its own
 
 
 def free_port() -> int:
@@ -149,6 +148,46 @@ def failure_from_log(path: Path, limit: int = 600) -> str | None:
     return " | ".join(tail)[:limit] or None
 
 
+def check_state_dir(state_dir: Path) -> None:
+    """The state directory is writable and its registry readable (StateError otherwise);
+    creates nothing."""
+    check_writable(state_dir, STATE_FIELD)
+    RegistryFile(state_dir).read()
+
+
+class RegistryFile:
+    """registry.json: read defensively, written atomically with the previous version kept
+    beside it (registry.json.bak), so a corrupt file names its path and how to recover."""
+
+    def __init__(self, state_dir: Path):
+        self.path = state_dir / "registry.json"
+        self.backup = state_dir / "registry.json.bak"
+
+    def recovery(self) -> str:
+        path, backup = self.path, self.backup
+        if backup.is_file():
+            return (f"restore the previous version (one change behind) with `cp {backup} "
+                    f"{path}`, or start empty with `mv {path} {path}.corrupt`")
+        return (f"start empty with `mv {path} {path}.corrupt` (servers it listed keep "
+                "running until stopped)")
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        data = read_json(self.path, STATE_FIELD, self.recovery()) or {}
+        kinds = ("models", "endpoint_configs", "endpoints")
+        if not isinstance(data, dict) or not all(isinstance(data.get(k, {}), dict)
+                                                 for k in kinds):
+            raise StateError(STATE_FIELD, f"{self.path} is corrupt (not a registry): "
+                                          f"{self.recovery()}")
+        for key in kinds:
+            data.setdefault(key, {})
+        return data
+
+    def write(self, data: dict) -> None:
+        # 0600: model env may hold tokens.
+        write_atomic(self.path, json.dumps(data, indent=2, sort_keys=True), STATE_FIELD,
+                     keep_previous=self.backup)
+
+
 class LocalTarget:
     """targets.base.Target on this machine."""
 
@@ -160,9 +199,9 @@ class LocalTarget:
         self.python = python or sys.executable
         self.poll_interval_s = poll_interval_s
         for sub in ("logs", "locks"):
-            (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
-        _private_dir(self.state_dir / "staged")
-        self._registry_path = self.state_dir / "registry.json"
+            ensure_dir(self.state_dir / sub, STATE_FIELD)
+        ensure_dir(self.state_dir / "staged", STATE_FIELD, mode=0o700)
+        self._registry_file = RegistryFile(self.state_dir)
 
     # ---- registry -------------------------------------------------------------------------
 
@@ -180,20 +219,10 @@ class LocalTarget:
         return FileLock(str(self.state_dir / "locks" / f"{name}.lock"), timeout=timeout)
 
     def _read(self) -> dict[str, dict[str, Any]]:
-        try:
-            data = json.loads(self._registry_path.read_text())
-        except FileNotFoundError:
-            data = {}
-        for key in ("models", "endpoint_configs", "endpoints"):
-            data.setdefault(key, {})
-        return data
+        return self._registry_file.read()
 
     def _write(self, data: dict) -> None:
-        tmp = self._registry_path.with_suffix(".json.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # env may hold tokens
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-        os.replace(tmp, self._registry_path)
+        self._registry_file.write(data)
 
     @contextlib.contextmanager
     def _registry(self) -> Iterator[dict]:
@@ -214,14 +243,11 @@ class LocalTarget:
                 raise ValueError(f"file name {rel!r}: a relative path of letters, digits, _.-")
         # Staged files may hold secrets (serving.secret_options): owner-only, like registry.json.
         dest = self.state_dir / "staged" / name
-        _private_dir(dest)
+        ensure_dir(dest, STATE_FIELD, mode=0o700)
         for rel, text in files.items():
             path = dest / rel
-            _private_dir(path.parent)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
+            ensure_dir(path.parent, STATE_FIELD, mode=0o700)
+            write_atomic(path, text, STATE_FIELD, mode=0o600)
         return str(dest)
 
     def create_model(self, name: str, model_data: str, image_uri: str | None,
