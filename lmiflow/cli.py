@@ -10,7 +10,7 @@ import sys
 
 from lmiflow.errors import UserInputError
 
-COMMANDS = ("plan", "deploy", "bench", "endpoints", "demo_model")
+COMMANDS = ("plan", "deploy", "bench", "endpoints", "demo_model", "calibrate")
 
 
 class _Parser(argparse.ArgumentParser):

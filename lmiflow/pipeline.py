@@ -15,7 +15,7 @@ from lmiflow.errors import UserInputError
 from lmiflow.model_source import ResolvedModel, resolve_model
 from lmiflow.secrets import check_env_refs, fill_properties, masked_entries
 from lmiflow.sizing.memory import resolve_dtypes, total_estimate
-from lmiflow.sizing.planner import Plan, PlanRequest, plan
+from lmiflow.sizing.planner import LatencyLimit, Plan, PlanRequest, plan
 from lmiflow.spec import DeploymentSpec
 
 PROJECT_TAG = "lmiflow"
@@ -40,6 +40,14 @@ def fetch_config(spec: DeploymentSpec) -> ResolvedModel:
     return resolve_model(spec.model.id, spec.model.revision)
 
 
+def latency_limits(spec: DeploymentSpec) -> list[LatencyLimit]:
+    """The latency gates that bound from above (TTFT, TPOT, E2E), as limits the plan must meet."""
+    return [LatencyLimit(metric=g.metric, stat=g.stat, threshold=g.threshold,
+                         concurrency=g.concurrency, source="gate")
+            for g in spec.gates
+            if g.metric in ("ttft_ms", "tpot_ms", "e2e_ms") and g.op in ("<", "<=")]
+
+
 def plan_request(spec: DeploymentSpec) -> PlanRequest:
     inst = spec.instance
     return PlanRequest(
@@ -49,7 +57,9 @@ def plan_request(spec: DeploymentSpec) -> PlanRequest:
         concurrency=spec.workload.concurrency, instance_count=inst.count,
         gpu_memory_utilization=inst.gpu_memory_utilization, allow=inst.allow,
         instance_type=inst.instance_type, tensor_parallel_degree=inst.tensor_parallel_degree,
-        max_usd_per_hour=inst.max_usd_per_hour,
+        max_usd_per_hour=inst.max_usd_per_hour, max_instance_count=inst.max_count,
+        engine="local" if spec.target.kind == "local" else spec.serving.backend,
+        latency_limits=latency_limits(spec),
     )
 
 
@@ -77,7 +87,13 @@ def catalog_for(spec: DeploymentSpec):
 
 
 def choose_instance(spec: DeploymentSpec, model: ResolvedModel, catalog=None) -> Plan:
-    p = plan(model.spec, plan_request(spec), catalog if catalog is not None else catalog_for(spec))
+    from lmiflow.calibration_store import planning_calibration
+
+    calibration, problem = planning_calibration()
+    p = plan(model.spec, plan_request(spec), catalog if catalog is not None else catalog_for(spec),
+             calibration=calibration)
+    if problem:
+        p.warnings.append(problem)
     if p.chosen is None:
         raise UserInputError("plan", p.chosen_reason)
     return p

@@ -70,9 +70,22 @@ class InstanceSection(_Strict):
     )
     max_usd_per_hour: float | None = Field(default=None, gt=0, description="Price ceiling.")
     count: int = Field(default=1, ge=1, le=100, description="Instances behind the endpoint.")
+    max_count: int | None = Field(
+        default=None, ge=1, le=100,
+        description="Scale out up to this many instances when memory or the latency gates "
+        "need more copies, or several small instances cost less; empty: count.",
+    )
     gpu_memory_utilization: float = Field(
         default=0.9, gt=0.1, le=1.0, description="Fraction of GPU memory the engine may use."
     )
+
+    @field_validator("max_count")
+    @classmethod
+    def _max_count(cls, v: int | None, info) -> int | None:
+        count = info.data.get("count", 1)
+        if v is not None and v < count:
+            raise ValueError(f"{v} is below count {count}")
+        return v
 
 
 class ServingSection(_Strict):

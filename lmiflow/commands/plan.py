@@ -13,7 +13,28 @@ KV cache per token = 2 (K,V) x layers x kv_heads x head_dim x kv-dtype bytes (GQ
 MLA: (kv_lora_rank + rope_dim) x layers x bytes). Per GPU at tensor-parallel degree tp:
 weights / tp + KV (kv_heads / tp, at least 1) + overhead (CUDA context, CUDA graphs, NCCL at
 tp >= 2, prefill activations, sampler logits) must fit in gpu_memory_utilization x memory.
+
+Latency (per option, for --concurrency requests spread over its copies): a decode step
+reads the weights and the KV cache at the average context over the memory bandwidth (or is
+bound by FLOPs over the tensor peak), plus all-reduces and a step overhead; TTFT is the
+prefill (FLOPs over the peak) plus the wait behind other requests' prefills. A --max-*-ms
+limit must be met with a 10 % margin; options that miss say by how much. Factors come from
+`lmiflow calibrate` where benchmarks recorded them, else from the engine's defaults.
 """
+
+
+def positive_float(flag: str):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+        if not value > 0 or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+        return value
+
+    parse.__name__ = flag
+    return parse
 
 
 def positive_int(flag: str):
@@ -43,12 +64,24 @@ def add_parser(sub) -> None:
     p.add_argument("--max-output-tokens", type=positive_int("max-output-tokens"), required=True)
     p.add_argument("--concurrency", type=positive_int("concurrency"), required=True)
     p.add_argument("--instance-count", type=positive_int("instance-count"), default=1)
+    p.add_argument("--max-instance-count", type=positive_int("max-instance-count"),
+                   default=None, help="Scale out up to this many instances.")
     p.add_argument("--instance-types", default="",
                    help="Comma-separated globs to consider, e.g. 'ml.g5.*,ml.g6e.*'.")
     p.add_argument("--instance-type", default=None, help="Force one instance type.")
     p.add_argument("--tensor-parallel-degree", type=int, choices=(1, 2, 4, 8), default=None)
     p.add_argument("--max-usd-per-hour", type=float, default=None, help="Price ceiling.")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--max-ttft-ms", type=positive_float("max-ttft-ms"), default=None,
+                   help="TTFT p50 limit the chosen option's prediction must meet.")
+    p.add_argument("--max-tpot-ms", type=positive_float("max-tpot-ms"), default=None,
+                   help="TPOT p50 limit the chosen option's prediction must meet.")
+    p.add_argument("--engine", choices=("vllm", "trtllm"), default="vllm",
+                   help="LMI backend the latency prediction assumes.")
+    p.add_argument("--calibration", default=None,
+                   help="Calibration store (default: calibration.json in the state dir).")
+    p.add_argument("--uncalibrated", action="store_true",
+                   help="Ignore the calibration store: the engine's default factors.")
     p.add_argument("--catalog", default=None, help="Instance catalog CSV (default: bundled).")
     p.add_argument("--all", action="store_true", help="Show every option, not the top 15.")
     p.add_argument("--json", action="store_true", help="Print one JSON object.")
@@ -56,10 +89,11 @@ def add_parser(sub) -> None:
 
 
 def build_plan(args):
+    from lmiflow.calibration_store import default_store_path, fitted, load_store
     from lmiflow.model_source import resolve_model
     from lmiflow.sizing.catalog import CatalogError, load_catalog
     from lmiflow.sizing.memory import KV_DTYPES, WEIGHT_DTYPES
-    from lmiflow.sizing.planner import PlanRequest, plan
+    from lmiflow.sizing.planner import LatencyLimit, PlanRequest, plan
 
     if args.dtype not in ("auto", *WEIGHT_DTYPES):
         raise UserInputError("--dtype", f"{args.dtype!r} is not one of auto, "
@@ -71,6 +105,17 @@ def build_plan(args):
         raise UserInputError("--gpu-memory-utilization", "must be in (0.1, 1]")
     if args.max_usd_per_hour is not None and args.max_usd_per_hour <= 0:
         raise UserInputError("--max-usd-per-hour", "must be positive")
+    if args.max_instance_count is not None and args.max_instance_count < args.instance_count:
+        raise UserInputError("--max-instance-count", f"{args.max_instance_count} is below "
+                                                     f"--instance-count {args.instance_count}")
+    calibration = {}
+    if not args.uncalibrated:
+        from lmiflow.calibration_store import CalibrationStoreError
+
+        try:
+            calibration = fitted(load_store(args.calibration or default_store_path()))
+        except CalibrationStoreError as exc:
+            raise UserInputError("--calibration", str(exc)) from None
     resolved = resolve_model(args.model, args.revision)
     try:
         catalog = load_catalog(args.catalog)
@@ -83,9 +128,13 @@ def build_plan(args):
         gpu_memory_utilization=args.gpu_memory_utilization,
         allow=[g.strip() for g in args.instance_types.split(",") if g.strip()],
         instance_type=args.instance_type, tensor_parallel_degree=args.tensor_parallel_degree,
-        max_usd_per_hour=args.max_usd_per_hour,
+        max_usd_per_hour=args.max_usd_per_hour, max_instance_count=args.max_instance_count,
+        engine=args.engine,
+        latency_limits=[LatencyLimit(metric=m, threshold=v, source=f"--max-{m[:4]}-ms")
+                        for m, v in (("ttft_ms", args.max_ttft_ms),
+                                     ("tpot_ms", args.max_tpot_ms)) if v is not None],
     )
-    return resolved, plan(resolved.spec, req, catalog)
+    return resolved, plan(resolved.spec, req, catalog, calibration=calibration)
 
 
 def run(args) -> int:

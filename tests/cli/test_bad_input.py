@@ -72,6 +72,8 @@ CASES = {
                           "instance.tensor_parallel_degree"),
     "gpu memory utilization above 1": (with_("instance.gpu_memory_utilization", 1.5),
                                        "instance.gpu_memory_utilization"),
+    "max_count below count": (with_("instance", {"count": 3, "max_count": 2}),
+                              "instance.max_count"),
     "canary above half the fleet": (with_("promotion.canary_size_pct", 80),
                                     "promotion.canary_size_pct"),
     "serving option injecting a line": (

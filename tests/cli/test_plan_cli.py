@@ -15,6 +15,7 @@ EXAMPLE = ["--model", "configs/models/llama-2-13b", "--dtype", "fp16", "--max-in
 
 def lmiflow(*args, env=None):
     e = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    e.setdefault("LMIFLOW_STATE_DIR", "/nonexistent/lmiflow-test-state")  # no stored fits
     return subprocess.run([sys.executable, "-m", "lmiflow", *args], cwd=ROOT, env=e,
                           capture_output=True, text=True, timeout=120)
 
@@ -64,6 +65,10 @@ def test_plan_that_fits_nowhere_prints_null_chosen_and_exits_2():
         (["--model", "configs/models/llama-2-13b", "--concurrency", "-3"], "--concurrency"),
         (["--model", "configs/models/llama-2-13b", "--max-output-tokens", "x"],
          "--max-output-tokens"),
+        (["--model", "configs/models/llama-2-13b", "--max-tpot-ms", "-5"], "--max-tpot-ms"),
+        (["--model", "configs/models/llama-2-13b", "--max-ttft-ms", "nan"], "--max-ttft-ms"),
+        (["--model", "configs/models/llama-2-13b", "--instance-count", "3",
+          "--max-instance-count", "2"], "--max-instance-count"),
     ],
 )
 def test_bad_input_exits_2_naming_the_field(args, field):
@@ -89,3 +94,83 @@ def test_missing_config_json(tmp_path):
     r = lmiflow("plan", "--model", str(tmp_path), "--max-input-tokens", "10",
                 "--max-output-tokens", "10", "--concurrency", "1")
     assert r.returncode == 2 and "config.json" in r.stderr
+
+
+PREDICTED = {"ttft_ms", "tpot_ms", "e2e_ms", "output_tokens_per_s", "calibrated"}
+LLAMA8B = ["--model", "configs/models/llama-3.1-8b", "--max-input-tokens", "2048",
+           "--max-output-tokens", "512", "--concurrency", "16",
+           "--instance-types", "ml.g5.*,ml.g6.*"]
+
+
+def plan_json(*args):
+    r = lmiflow("plan", *args, "--json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_plan_json_predicts_latency_for_fitting_and_forced_options():
+    out = plan_json(*LLAMA8B)
+    for o in out["options"]:
+        if o["fits"]:
+            assert set(o["predicted"]) >= PREDICTED and o["predicted"]["calibrated"] is False
+    forced = plan_json(*EXAMPLE, "--instance-type", "ml.p4d.24xlarge",
+                       "--tensor-parallel-degree", "2")
+    (only,) = forced["options"]
+    assert set(only["predicted"]) >= PREDICTED and only["predicted"]["tpot_ms"] > 0
+
+
+def test_latency_limits_bind_only_when_tight():
+    plain = plan_json(*LLAMA8B)["chosen"]
+    loose = plan_json(*LLAMA8B, "--max-tpot-ms", "10000", "--max-ttft-ms", "600000")["chosen"]
+    same = ("instance_type", "tensor_parallel_degree", "instance_count", "usd_per_hour")
+    assert [loose[k] for k in same] == [plain[k] for k in same]
+    limit = plain["predicted"]["tpot_ms"] * 0.6
+    tight = plan_json(*LLAMA8B, "--max-tpot-ms", f"{limit:.1f}")
+    assert tight["chosen"]["predicted"]["tpot_ms"] <= limit
+    rejected = [o for o in tight["options"] if o["binding"] == "latency"]
+    assert rejected and all("predicted TPOT p50" in o["reason"] and "--max-tpot-ms" in o["reason"]
+                            for o in rejected)
+
+
+def test_table_shows_latency_cost_and_layout():
+    r = lmiflow("plan", *LLAMA8B, "--max-tpot-ms", "50", "--max-instance-count", "4")
+    assert r.returncode == 0, r.stderr
+    assert "TTFT" in r.stdout and "TPOT" in r.stdout and "$/1M" in r.stdout
+    assert "n x c x r" in r.stdout and "predicted p50 at 16 concurrent" in r.stdout
+
+
+def test_example_config_chooses_an_option_that_meets_its_tpot_gate(tmp_path):
+    r = lmiflow("deploy", "configs/llama-3.1-8b-g5-g6.yaml", "--dry-run", "--report-dir",
+                str(tmp_path), env={"LMIFLOW_STATE_DIR": str(tmp_path / "state")})
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    chosen = report["plan"]["chosen"]
+    assert chosen["predicted"]["tpot_ms"] <= 50 * 0.9  # the gate, with the planner's margin
+    g6 = [o for o in report["plan"]["options"] if o["instance_type"] == "ml.g6.xlarge"]
+    assert g6 and g6[0]["binding"] == "latency" and "gate 50 ms" in g6[0]["reason"]
+
+
+def test_calibrate_shows_fits_and_rejects_a_damaged_store(tmp_path):
+    r = lmiflow("calibrate", "--store", str(tmp_path / "none.json"))
+    assert r.returncode == 0 and "No records yet" in r.stdout
+    assert not (tmp_path / "none.json").exists()
+    from lmiflow.sizing.calibration import CalibrationStore
+
+    from tests.core.test_calibration_store import a_record
+
+    store = tmp_path / "calibration.json"
+    store.write_text(CalibrationStore(records=[a_record(1.5, c) for c in (1, 4, 16)])
+                     .model_dump_json())
+    r = lmiflow("calibrate", "--store", str(store))
+    assert r.returncode == 0, r.stderr
+    assert "NVIDIA L4 / vllm: 3 record(s)" in r.stdout and "memory efficiency" in r.stdout
+    fits = json.loads(lmiflow("calibrate", "--store", str(store), "--json").stdout)["fits"]
+    assert fits[0]["mape_after"]["tpot_ms"] < fits[0]["mape_before"]["tpot_ms"]
+    # The plan uses the store: L4 predictions are calibrated, A10G ones are not.
+    out = plan_json(*LLAMA8B, "--calibration", str(store))
+    by_acc = {o["accelerator"]: o["predicted"]["calibrated"] for o in out["options"]
+              if o["predicted"]}
+    assert by_acc == {"NVIDIA L4": True, "NVIDIA A10G": False}
+    store.write_text("{broken")
+    r = lmiflow("calibrate", "--store", str(store))
+    assert r.returncode == 2 and "--store" in r.stderr and "Traceback" not in r.stderr
