@@ -1,25 +1,27 @@
 """The flows: deploy (the whole pipeline, benchmark-gated), plan-only, and teardown.
 
-Control flow only: each step is a task in tasks/steps.py. Whatever happens, the candidate's
-resources are removed unless they became production, and the report is written."""
+Control flow only: every step, side effect and artifact is a task in tasks/steps.py. Whatever
+happens, the candidate's resources are removed unless they became production, and the report
+is written."""
 
 from __future__ import annotations
 
-import contextlib
 import signal
-from pathlib import Path
 
-from lmiflow.flows.record import RunRecord, plan_steps, write_report
 from lmiflow.tasks import steps
-from lmiflow.tasks.common import artifact_key
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from lmiflow import pipeline
+from lmiflow.report.model import RunReport, SmokeTest
 from lmiflow.report.redact import install_log_redaction, redact_text, register_environment
+from lmiflow.run_record import RunRecord, plan_steps
 from lmiflow.spec import DeploymentSpec
+
+
+def _run_id() -> str | None:
+    return str(flow_run.id) if flow_run.id else None
 
 
 @flow(name="deploy-llm", flow_run_name="deploy-{spec.name}", log_prints=True)
@@ -29,90 +31,79 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
     register_environment()  # a worker's HF_TOKEN and AWS keys are masked in its logs too
     install_log_redaction()
     log = get_run_logger()
-    rec = RunRecord(spec, str(flow_run.id) if flow_run.id else None)
+    rec = RunRecord(spec, _run_id())
+    report = rec.report
     status, names = "failed", None
-    target = steps.target_for(spec)
-    lock = target.endpoint_lock(spec.name) if hasattr(target, "endpoint_lock") else (
-        contextlib.nullcontext())
     try:
-        with lock:
-            model, p, props, image, names = plan_steps(spec, rec, steps)
-            tags = pipeline.tags_for(names, rec.report["run_id"])
+        with pipeline.target_for(spec).endpoint_lock(spec.name):
+            model, p, candidate = plan_steps(spec, rec, steps)
+            names = candidate.names
+            tags = pipeline.tags_for(names, report.run_id)
             with rec.step("create_model") as s:
-                created = steps.create_model(spec, names, props, image, tags)
-                s["summary"] = names.model + (
-                    f" (removed leftovers: {', '.join(created['removed_leftovers'])})"
-                    if created["removed_leftovers"] else "")
+                created = steps.create_model(spec, candidate, tags)
+                s.summary = names.model + (
+                    f" (removed leftovers: {', '.join(created.removed_leftovers)})"
+                    if created.removed_leftovers else "")
             with rec.step("configure_endpoint") as s:
                 steps.configure_endpoint(spec, names, p, tags)
-                s["summary"] = names.endpoint_config
+                s.summary = names.endpoint_config
             with rec.step("create_endpoint") as s:
                 ep = steps.create_endpoint(spec, names, tags)
-                s["summary"] = f"{names.endpoint} InService after {ep['seconds']:.0f} s"
+                s.summary = f"{names.endpoint} InService after {ep.seconds:.0f} s"
             with rec.step("smoke_test") as s:
                 try:
-                    rec.report["smoke_test"] = steps.smoke_test(spec, names.endpoint)
+                    report.smoke_test = steps.smoke_test(spec, names.endpoint)
                 except Exception as exc:
-                    rec.report["smoke_test"] = {"passed": False, "output": "",
-                                                "error": redact_text(str(exc))[:500]}
+                    report.smoke_test = SmokeTest(passed=False, output="",
+                                                  error=redact_text(str(exc))[:500])
                     raise
-                s["summary"] = repr(rec.report["smoke_test"]["output"][:60])
+                s.summary = repr(report.smoke_test.output[:60])
             with rec.step("benchmark") as s:
-                bench = steps.benchmark(spec, names.endpoint, p,
-                                        model.local_dir if model.local_dir else None)
-                rec.report["benchmark"] = bench
-                s["summary"] = ", ".join(
-                    f"c={lv['concurrency']}: {lv['output_tokens_per_s']:.0f} tok/s"
-                    for lv in bench["levels"])
-            from lmiflow.targets.baseline import load_baseline, save_baseline
-
+                bench = steps.benchmark(spec, names.endpoint, p, model.local_dir or None)
+                report.benchmark = bench
+                s.summary = ", ".join(f"c={lv.concurrency}: {lv.output_tokens_per_s:.0f} tok/s"
+                                      for lv in bench.levels)
             with rec.step("gate") as s:
-                baseline = load_baseline(target, spec.name)
-                rec.report["baseline"] = baseline
-                verdict = steps.gate(spec, bench, baseline)
-                rec.report["gate"] = verdict
-                failed = [c for c in verdict["checks"] if not c["passed"]]
-                s["summary"] = "passed" if verdict["passed"] else (
+                report.baseline = steps.load_baseline(spec)
+                verdict = report.gate = steps.gate(spec, bench, report.baseline)
+                failed = [c for c in verdict.checks if not c.passed]
+                s.summary = "passed" if verdict.passed else (
                     f"rejected: {len(failed)} check(s) failed")
-            if verdict["passed"]:
+            if verdict.passed:
                 with rec.step("promote") as s:
-                    rec.report["promotion"] = steps.promote(spec, names, tags)
-                    s["summary"] = rec.report["promotion"]["action"]
-                    save_baseline(target, spec.name, bench)
+                    report.promotion = steps.promote(spec, names, tags)
+                    s.summary = report.promotion.action
+                    steps.save_baseline(spec, bench)
                 status = "promoted"
             else:
                 status = "rejected"
-                rec.report["error"] = "gate rejected the candidate: " + "; ".join(
-                    f"{c['metric']} {c['stat']} {c['observed']} {c['op']} {c['threshold']}"
-                    f" (c={c.get('concurrency')})" for c in failed)
+                report.error = "gate rejected the candidate: " + "; ".join(
+                    f"{c.metric} {c.stat} {c.observed} {c.op} {c.threshold}"
+                    f" (c={c.concurrency})" for c in failed)
     except Exception as exc:
         status = "failed"
-        log.error("deploy of %s failed in %s: %s", spec.name, rec.report["failed_step"],
+        log.error("deploy of %s failed in %s: %s", spec.name, report.failed_step,
                   redact_text(str(exc)))
     except BaseException as exc:  # SIGTERM (Prefect's TerminationSignal) or Ctrl-C
-        rec.report["error"] = f"interrupted ({_signal_name(exc)}) during " + (
-            rec.report["failed_step"] or "the run")
-        log.error("deploy of %s: %s", spec.name, rec.report["error"])
+        report.error = f"interrupted ({_signal_name(exc)}) during " + (
+            report.failed_step or "the run")
+        log.error("deploy of %s: %s", spec.name, report.error)
         raise
     finally:
         if status != "promoted" and names is not None:
             try:
-                rec.report["cleanup"] = steps.cleanup_candidate(spec, names)
-                log.warning("removed candidate resources: %s",
-                            ", ".join(rec.report["cleanup"]) or "none existed")
+                report.cleanup = steps.cleanup_candidate(spec, names)
             except Exception as exc:
-                rec.report["cleanup"] = [f"CLEANUP FAILED: {redact_text(str(exc))}"]
+                report.cleanup = [f"CLEANUP FAILED: {redact_text(str(exc))}"]
                 log.error("cleanup of %s failed: %s", names.endpoint, redact_text(str(exc)))
-        report = rec.finish(status)
-        path = write_report(report, report_dir, spec.name)
-        _link(spec, path)
+        steps.report(rec.finish(status), report_dir)
     if status != "promoted":
         # A returned Failed state ends the run Failed without a traceback in the logs: the
         # report already says which step failed and why.
         return Failed(message=f"{spec.name}: {status}" + (
-            f" at {rec.report['failed_step']}" if rec.report["failed_step"] else "")
-            + (f": {rec.report['error']}" if rec.report["error"] else ""))
-    return report
+            f" at {report.failed_step}" if report.failed_step else "")
+            + (f": {report.error}" if report.error else ""))
+    return report.to_json_dict()
 
 
 def _signal_name(exc: BaseException) -> str:
@@ -120,19 +111,11 @@ def _signal_name(exc: BaseException) -> str:
     return signal.Signals(signum).name if signum else type(exc).__name__
 
 
-def _link(spec: DeploymentSpec, path: Path) -> None:
-    # An artifact must not fail a finished run.
-    with contextlib.suppress(Exception):
-        create_link_artifact(key=artifact_key(spec.name, "report"),
-                             link=path.resolve().as_uri(), link_text=f"report of {spec.name}",
-                             description=f"{spec.name}: report.json / report.md / report.html")
-
-
 @flow(name="plan-llm", flow_run_name="plan-{spec.name}")
 def plan_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
     """Plan only: size the model, choose the instance, render serving.properties. Creates
     nothing and calls no cloud API."""
-    rec = RunRecord(spec, str(flow_run.id) if flow_run.id else None)
+    rec = RunRecord(spec, _run_id())
     try:
         plan_steps(spec, rec, steps)
         status = "planned"
@@ -140,32 +123,15 @@ def plan_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
         status = "failed"
         raise
     finally:
-        report = rec.finish(status)
-        write_report(report, report_dir, spec.name)
-    return report
+        report: RunReport = rec.finish(status)
+        steps.report(report, report_dir)
+    return report.to_json_dict()
 
 
 @flow(name="teardown-llm", flow_run_name="teardown-{spec.name}")
 def teardown_llm(spec: DeploymentSpec) -> list[str]:
     """Delete production and every candidate resource of this endpoint."""
-    log = get_run_logger()
-    target = steps.target_for(spec)
-    removed: list[str] = []
-    prod = target.describe(spec.name)
-    config = prod.config_name if prod else None
-    if target.delete_endpoint(spec.name):
-        removed.append(f"endpoint {spec.name}")
-    removed += steps.remove_leftovers(target, spec.name)
-    if config:
-        model = steps._config_model(target, config)
-        if target.delete_endpoint_config(config):
-            removed.append(f"endpoint config {config}")
-        if model and target.delete_model(model):
-            removed.append(f"model {model}")
-    log.info("teardown of %s removed: %s", spec.name, ", ".join(removed) or "nothing")
-    create_markdown_artifact(key=artifact_key(spec.name, "teardown"),
-                             markdown="# Teardown\n\n" + "\n".join(f"- {r}" for r in removed))
-    return removed
+    return steps.teardown(spec)
 
 
 @flow(name="redeploy-from-config", flow_run_name="redeploy-{config}")

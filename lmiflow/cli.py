@@ -10,7 +10,7 @@ import sys
 
 from lmiflow.errors import UserInputError
 
-COMMANDS = ("plan", "deploy", "bench", "endpoints", "demo_model", "calibrate")
+COMMANDS = ("plan", "deploy", "bench", "endpoints", "demo_model", "calibrate", "report_schema")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -6,19 +6,36 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from pathlib import Path
+import os
+from functools import lru_cache
 
 from pydantic import BaseModel
 
 from lmiflow.errors import UserInputError
 from lmiflow.model_source import ResolvedModel, resolve_model
 from lmiflow.secrets import check_env_refs, fill_properties, masked_entries
-from lmiflow.sizing.memory import resolve_dtypes, total_estimate
+from lmiflow.sizing.memory import DTypeChoice, MemoryBreakdown, resolve_dtypes, total_estimate
 from lmiflow.sizing.planner import LatencyLimit, Plan, PlanRequest, plan
 from lmiflow.spec import DeploymentSpec
+from lmiflow.targets import configured_target
+from lmiflow.targets.base import Target
 
 PROJECT_TAG = "lmiflow"
+
+
+@lru_cache(maxsize=8)
+def _target(kind: str, region: str | None, role_arn: str | None, s3_uri: str | None,
+            block: str | None, packaging: str, state_dir: str | None) -> Target:
+    return configured_target(kind, state_dir=state_dir, region=region, role_arn=role_arn,
+                             s3_uri=s3_uri, credentials_block=block, packaging=packaging)
+
+
+def target_for(spec: DeploymentSpec) -> Target:
+    """One target per process and config (credentials come from the block, not a client).
+    Building one creates nothing: a dry run plans with it."""
+    t = spec.target
+    return _target(t.kind, t.region, t.role_arn, t.s3_uri, t.aws_credentials_block, t.packaging,
+                   os.environ.get("LMIFLOW_STATE_DIR"))
 
 
 class Names(BaseModel):
@@ -31,9 +48,19 @@ class Names(BaseModel):
     model: str
     spec_hash: str
 
-    def as_dict(self) -> dict[str, str]:
-        return {"endpoint": self.endpoint, "endpoint_config": self.endpoint_config,
-                "model": self.model}
+
+class MemoryEstimate(MemoryBreakdown):
+    """The whole model copy (unsharded), with the dtypes the engine will use."""
+
+    dtypes: DTypeChoice
+
+
+class Candidate(BaseModel):
+    """What one candidate deployment is: its serving.properties, image and names."""
+
+    properties: str
+    image_uri: str | None
+    names: Names
 
 
 def fetch_config(spec: DeploymentSpec) -> ResolvedModel:
@@ -48,7 +75,7 @@ def latency_limits(spec: DeploymentSpec) -> list[LatencyLimit]:
             if g.metric in ("ttft_ms", "tpot_ms", "e2e_ms") and g.op in ("<", "<=")]
 
 
-def plan_request(spec: DeploymentSpec) -> PlanRequest:
+def plan_request(spec: DeploymentSpec, target: Target) -> PlanRequest:
     inst = spec.instance
     return PlanRequest(
         dtype=spec.model.dtype, kv_cache_dtype=spec.model.kv_cache_dtype,
@@ -58,12 +85,12 @@ def plan_request(spec: DeploymentSpec) -> PlanRequest:
         gpu_memory_utilization=inst.gpu_memory_utilization, allow=inst.allow,
         instance_type=inst.instance_type, tensor_parallel_degree=inst.tensor_parallel_degree,
         max_usd_per_hour=inst.max_usd_per_hour, max_instance_count=inst.max_count,
-        engine="local" if spec.target.kind == "local" else spec.serving.backend,
+        engine=target.serving_engine(spec.serving.backend),
         latency_limits=latency_limits(spec),
     )
 
 
-def compute_memory(spec: DeploymentSpec, model: ResolvedModel) -> dict:
+def compute_memory(spec: DeploymentSpec, model: ResolvedModel) -> MemoryEstimate:
     """The whole-model estimate (unsharded); per-GPU figures come with each plan option."""
     try:
         dtypes = resolve_dtypes(model.spec, spec.model.dtype, spec.model.kv_cache_dtype)
@@ -71,26 +98,16 @@ def compute_memory(spec: DeploymentSpec, model: ResolvedModel) -> dict:
         raise UserInputError("model.dtype", str(exc)) from None
     tokens = spec.workload.max_input_tokens + spec.workload.max_output_tokens
     est = total_estimate(model.spec, dtypes, tokens, spec.workload.concurrency)
-    return {"dtypes": dtypes.model_dump(), **est.model_dump()}
+    return MemoryEstimate(dtypes=dtypes, **est.model_dump())
 
 
-def catalog_for(spec: DeploymentSpec):
-    """SageMaker plans over the instance catalog; the local target over this machine."""
-    if spec.target.kind == "local":
-        from lmiflow.sizing.catalog import catalog_with
-        from lmiflow.targets.local_machine import detect
-
-        return catalog_with([detect()])
-    from lmiflow.sizing.catalog import load_catalog
-
-    return load_catalog()
-
-
-def choose_instance(spec: DeploymentSpec, model: ResolvedModel, catalog=None) -> Plan:
+def choose_instance(spec: DeploymentSpec, model: ResolvedModel, target: Target) -> Plan:
+    """The plan over the target's instances (the catalog, or this machine for local), with
+    the latency model calibrated by earlier benchmarks where there are any."""
     from lmiflow.calibration_store import planning_calibration
 
     calibration, problem = planning_calibration()
-    p = plan(model.spec, plan_request(spec), catalog if catalog is not None else catalog_for(spec),
+    p = plan(model.spec, plan_request(spec, target), target.instance_catalog(),
              calibration=calibration)
     if problem:
         p.warnings.append(problem)
@@ -99,17 +116,10 @@ def choose_instance(spec: DeploymentSpec, model: ResolvedModel, catalog=None) ->
     return p
 
 
-def serving_model_id(spec: DeploymentSpec, model: ResolvedModel) -> str:
-    """What option.model_id names: the Hub id on SageMaker; the directory for the local target
-    (resolved, since the server runs with another working directory)."""
-    if spec.target.kind == "local":
-        if model.source.startswith("local:"):
-            return str(Path(model.local_dir).resolve())
-        return spec.model.id
-    if model.source.startswith("local:"):
-        raise UserInputError("model.id", "a local directory cannot be served on SageMaker: use "
-                                         "a Hub id (or upload the weights and use s3://...)")
-    return spec.model.id
+def serving_model_id(spec: DeploymentSpec, model: ResolvedModel, target: Target) -> str:
+    """What option.model_id names: the target decides what a local directory becomes."""
+    local_dir = model.local_dir if model.source.startswith("local:") else None
+    return target.serving_model_id(spec.model.id, local_dir)
 
 
 def serving_dtype(spec: DeploymentSpec, p: Plan) -> str:
@@ -121,18 +131,18 @@ def serving_dtype(spec: DeploymentSpec, p: Plan) -> str:
     return p.chosen.dtype
 
 
-def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Plan) -> str:
+def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Plan,
+                              target: Target) -> str:
     """The file's text as every report and printout shows it: secret entries masked (the
     staged copy gets their values: staged_properties)."""
     from lmiflow.serving.options import OptionError
     from lmiflow.serving.properties import properties_for, render
-    from lmiflow.targets import check_serving_properties
 
     check_env_refs(spec.serving.secret_options, "serving.secret_options")
     w = spec.workload
     try:
         props = properties_for(
-            model_id=serving_model_id(spec, model), revision=spec.model.revision,
+            model_id=serving_model_id(spec, model, target), revision=spec.model.revision,
             trust_remote_code=spec.model.trust_remote_code,
             tensor_parallel_degree=p.chosen.tensor_parallel_degree,
             max_batch=w.concurrency, max_model_len=w.max_input_tokens + w.max_output_tokens,
@@ -147,7 +157,7 @@ def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Pla
         raise UserInputError("serving.options", msg) from None
     text = render(props)
     try:
-        check_serving_properties(spec.target.kind, text)
+        target.check_properties(text)
     except OptionError as exc:
         raise UserInputError(_field_of(spec, exc.key), str(exc)) from None
     return text
@@ -173,48 +183,34 @@ def staged_properties(spec: DeploymentSpec, text: str) -> str:
     return fill_properties(text, spec.serving.secret_options, "serving.secret_options")
 
 
-def image_uri(spec: DeploymentSpec) -> str | None:
-    """The LMI image (SageMaker SDK's offline tables); the local target runs no image."""
-    if spec.target.kind == "local":
-        return None
-    if spec.serving.image_uri:
-        return spec.serving.image_uri
-    from lmiflow.targets.sagemaker import lmi_image_uri
-
-    framework = "djl-tensorrtllm" if spec.serving.backend == "trtllm" else "djl-lmi"
+def image_uri(spec: DeploymentSpec, target: Target) -> str | None:
+    """The serving image the target runs for this backend and version (None: no image)."""
+    sv = spec.serving
     try:
-        return lmi_image_uri(spec.target.region, spec.serving.image_version, framework)
+        return target.image_uri(sv.backend, sv.image_version, sv.image_uri)
     except ValueError as exc:
         raise UserInputError("serving.image_version", str(exc).split(": ", 1)[-1]) from None
 
 
-def names_for(spec: DeploymentSpec, properties: str, image: str | None, p: Plan) -> Names:
+def names_for(spec: DeploymentSpec, properties: str, image: str | None, p: Plan,
+              target: Target) -> Names:
     """Names from a hash of everything that makes the deployment what it is."""
     blob = json.dumps({
         "properties": properties, "image": image, "instance": p.chosen.instance_type,
         "count": p.chosen.instance_count, "target": spec.target.kind,
     }, sort_keys=True)
     h = hashlib.sha256(blob.encode()).hexdigest()[:8]
-    from lmiflow.targets.sagemaker import resource_names
-
-    n = resource_names(spec.name, h)
-    return Names(production=spec.name, spec_hash=h, **n)
+    return Names(production=spec.name, spec_hash=h, **target.resource_names(spec.name, h))
 
 
-def prepare_serving(spec: DeploymentSpec, model: ResolvedModel, p: Plan
-                    ) -> tuple[str, str | None, Names]:
+def prepare_serving(spec: DeploymentSpec, model: ResolvedModel, p: Plan, target: Target
+                    ) -> Candidate:
     """serving.properties text, the image URI and the candidate's names: what one candidate
     is, shared by the Prefect task and the dry run."""
-    text = render_serving_properties(spec, model, p)
-    image = image_uri(spec)
-    return text, image, names_for(spec, text, image, p)
-
-
-CANDIDATE_RE = r"{name}-(c|ec|m)-[0-9a-f]{{8}}"
-
-
-def is_candidate_resource(production: str, resource: str) -> bool:
-    return re.fullmatch(CANDIDATE_RE.format(name=re.escape(production)), resource) is not None
+    text = render_serving_properties(spec, model, p, target)
+    image = image_uri(spec, target)
+    return Candidate(properties=text, image_uri=image, names=names_for(spec, text, image, p,
+                                                                       target))
 
 
 def tags_for(names: Names, run_id: str | None) -> dict[str, str]:

@@ -242,7 +242,7 @@ class DeploymentSpec(_Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         if not patterns.matches(patterns.NAME, v):
-            raise ValueError("must match ^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$ (SageMaker's rule)")
+            raise ValueError(f"must match {patterns.NAME.pattern} (SageMaker's rule)")
         if len(v) > MAX_ENDPOINT_NAME:
             raise ValueError(f"at most {MAX_ENDPOINT_NAME} characters (lmiflow adds suffixes)")
         return v

@@ -10,7 +10,7 @@ import re
 import time
 from collections.abc import Callable
 
-from lmiflow.errors import UserInputError
+from lmiflow.errors import StepFailed, UserInputError
 
 TRANSIENT_AWS_CODES = {
     "Throttling", "ThrottlingException", "ThrottledException", "RequestLimitExceeded",
@@ -21,19 +21,11 @@ TRANSIENT_AWS_CODES = {
 RETRIES = 5  # a step makes up to five control-plane calls; each may be throttled once
 
 
-class TransientError(RuntimeError):
-    """Raised by lmiflow code for faults that a retry may clear."""
-
-
-class StepFailed(RuntimeError):
-    """A step failed for a reason a retry cannot fix (endpoint Failed, gate rejected...)."""
-
-
 def is_transient(exc: BaseException) -> bool:
     """Throttling, 5xx, dropped connections: yes. Bad input, validation, Failed: no."""
     if isinstance(exc, UserInputError | StepFailed):
         return False
-    if isinstance(exc, TransientError | ConnectionError):
+    if isinstance(exc, ConnectionError):
         return True
     if isinstance(exc, TimeoutError) and type(exc).__name__ != "WaitTimeout":
         return True

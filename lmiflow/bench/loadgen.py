@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -34,6 +34,9 @@ from lmiflow.bench.metrics import (
     compute_level,
     saturation_reason,
 )
+
+if TYPE_CHECKING:
+    from lmiflow.targets.base import Target
 
 ProgressFn = Callable[[int, int, int], None]
 
@@ -564,12 +567,12 @@ def bench_url(
 
 
 def bench_endpoint(
-    target: Any, endpoint: str, cfg: LoadConfig, *, tokenizer: Any | None = None,
+    target: Target, endpoint: str, cfg: LoadConfig, *, tokenizer: Any | None = None,
     gates: Sequence[GateSpec] | None = None, on_progress: ProgressFn | None = None,
 ) -> BenchResult:
     """Benchmark a named endpoint of a Target (its invoke_stream). Blocking."""
     return _run_sync(run_benchmark_async(
         lambda c: TargetTransport(target, endpoint, c), cfg,
-        source=f"{getattr(target, 'kind', 'target')}:{endpoint}", client="target.invoke_stream",
+        source=f"{target.kind}:{endpoint}", client="target.invoke_stream",
         tokenizer=tokenizer, gates=gates, on_progress=on_progress,
     ))

@@ -163,11 +163,11 @@ def _load_tokenizer(path: str) -> Any:
 
 def _target(kind: str, endpoint: str, region: str | None) -> Any:
     try:
-        from lmiflow.targets import make_target
+        from lmiflow.targets import configured_target
     except ImportError as exc:
         raise UserInputError("--target", f"target support is not available: {exc}") from None
     try:
-        target = make_target(kind, region=region)
+        target = configured_target(kind, region=region)
     except (ValueError, TypeError) as exc:  # e.g. no region for sagemaker
         raise UserInputError("--target", str(exc)) from None
     if target.describe(endpoint) is None:

@@ -26,6 +26,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from lmiflow.report.redact import install_log_redaction, register_environment
+    from lmiflow.run_record import report_path
     from lmiflow.spec import load_spec
     from lmiflow.state_files import check_writable
 
@@ -36,7 +37,7 @@ def run(args) -> int:
 
     overrides = {"target.kind": args.target} if args.target else None
     spec = load_spec(args.config, overrides)
-    report_dir = args.report_dir or str(Path("reports") / spec.name)
+    report_dir = str(report_path(args.report_dir, spec.name))
     if args.dry_run:
         if args.report_dir:
             check_writable(Path(args.report_dir), "--report-dir")
@@ -56,33 +57,34 @@ def _check_outputs(spec, report_dir: Path) -> None:
     directory, Prefect's home (its database) and the target's own state."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
+    from lmiflow.pipeline import target_for
     from lmiflow.state_files import check_writable
-    from lmiflow.targets import check_state
 
     check_writable(report_dir, "--report-dir")
     if not PREFECT_API_URL.value():
         check_writable(Path(PREFECT_HOME.value()), "PREFECT_HOME")
-    check_state(spec.target.kind)
+    target_for(spec).check_state()
 
 
 def _plan_directly(spec):
-    from lmiflow.flows.record import DirectSteps, RunRecord, plan_steps
+    from lmiflow.run_record import DirectSteps, RunRecord, plan_steps
 
     rec = RunRecord(spec, None)
     return rec, plan_steps(spec, rec, DirectSteps)
 
 
 def dry_run(spec, report_dir: str | None) -> int:
-    from lmiflow.flows.record import write_report
     from lmiflow.plan_table import print_plan
+    from lmiflow.run_record import write_report
 
-    rec, (model, p, props, image, names) = _plan_directly(spec)
+    rec, (model, p, candidate) = _plan_directly(spec)
+    names = candidate.names
     print_plan(p, model.source)
-    print(f"\nimage: {image or 'none (local target runs the model server directly)'}")
+    print(f"\nimage: {candidate.image_uri or 'none (local target runs the model server directly)'}")
     print(f"candidate: {names.endpoint} (config {names.endpoint_config}, model {names.model})")
-    print("\n# serving.properties\n" + props, end="")
+    print("\n# serving.properties\n" + candidate.properties, end="")
     if report_dir:
-        path = write_report(rec.finish("planned"), report_dir, spec.name)
+        path = write_report(rec.finish("planned"), report_dir)
         print(f"\nreport: {path}")
     return 0
 

@@ -45,15 +45,10 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _target(args: Any) -> Any:
-    from lmiflow.targets import make_target
+    from lmiflow.targets import configured_target
 
-    kwargs: dict[str, Any] = {}
-    if args.target == "local" and args.state_dir:
-        kwargs["state_dir"] = args.state_dir
-    if args.target == "sagemaker":
-        kwargs["region"] = args.region
     try:
-        return make_target(args.target, **kwargs)
+        return configured_target(args.target, state_dir=args.state_dir, region=args.region)
     except ValueError as exc:
         raise UserInputError("--target", str(exc)) from None
 
@@ -127,18 +122,12 @@ def _delete(target: Any, args: Any) -> int:
         raise UserInputError("NAME", f"no endpoint named {args.name!r} on target {target.kind}")
     print(f"deleted endpoint {args.name}")
     if args.with_config_and_model and st is not None and st.config_name:
-        model = _config_model(target, st.config_name)
+        model = target.config_model_name(st.config_name)
         if target.delete_endpoint_config(st.config_name):
             print(f"deleted endpoint config {st.config_name}")
         if model and target.delete_model(model):
             print(f"deleted model {model}")
     return 0
-
-
-def _config_model(target: Any, config_name: str) -> str | None:
-    """The model behind an endpoint config, where the target can say (local registry)."""
-    reader = getattr(target, "config_model_name", None)
-    return reader(config_name) if reader else None
 
 
 def run(args: Any) -> int:

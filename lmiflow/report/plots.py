@@ -11,7 +11,8 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-GIB = 2**30
+from lmiflow.sizing.memory import GiB
+
 DPI = 100
 
 # Okabe-Ito (colour-blind-safe) colours, except RED: failures should read as plainly red.
@@ -98,7 +99,7 @@ def memory_per_gpu(plan: dict[str, Any] | None) -> bytes | None:
             ("kv_cache_bytes", ORANGE, "KV cache"),
             ("overhead_bytes", GREY, "overhead"),
         ):
-            width = (_num(per.get(key)) or 0.0) / GIB
+            width = (_num(per.get(key)) or 0.0) / GiB
             ax.barh(
                 y, width, left=left, color=colour, height=0.6, label=name if y == ys[0] else None
             )
@@ -106,16 +107,16 @@ def memory_per_gpu(plan: dict[str, Any] | None) -> bytes | None:
         usable = _num(per.get("usable_bytes"))
         if usable is not None:
             ax.plot(
-                [usable / GIB] * 2,
+                [usable / GiB] * 2,
                 [y - 0.42, y + 0.42],
                 color="black",
                 linewidth=2.5,
                 label="usable per GPU" if y == ys[0] else None,
             )
-        need = f"needs {left:.1f}" + (f" of {usable / GIB:.1f} GiB" if usable else " GiB")
+        need = f"needs {left:.1f}" + (f" of {usable / GiB:.1f} GiB" if usable else " GiB")
         verdict = "fits" if option.get("fits") else "does not fit"
         ax.text(
-            max(left, (usable or 0) / GIB) * 1.01 + 0.2,
+            max(left, (usable or 0) / GiB) * 1.01 + 0.2,
             y,
             f"{need}: {verdict}",
             va="center",
@@ -141,7 +142,7 @@ def memory_per_gpu(plan: dict[str, Any] | None) -> bytes | None:
         )
         for o in picked
     )
-    ax.set_xlim(0, widest / GIB * 1.5 + 1)
+    ax.set_xlim(0, widest / GiB * 1.5 + 1)
     fig.legend(loc="outside lower center", fontsize=8, ncols=4, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)

@@ -72,8 +72,7 @@ def _mask_registered(text: str) -> str:
 
 # Words that make a key secret on their own, and word pairs that do so together.
 _SECRET_WORDS = frozenset(
-    {"secret", "secrets", "token", "password", "passwd", "credential", "credentials", "creds",
-     "apikey"}
+    {"secret", "secrets", "token", "password", "passwd", "credential", "credentials", "apikey"}
 )
 _SECRET_PAIRS = frozenset(
     {("access", "key"), ("session", "key"), ("api", "key"), ("private", "key")}
@@ -183,6 +182,12 @@ def install_log_redaction() -> None:
 def looks_secret(key: str, value: object) -> bool:
     """A plain config entry that is probably a credential: its key names one, or its value has
     a credential's shape. Used to refuse such entries outside their typed home."""
-    if _key_is_secret(key):
+    words = [w.lower() for w in _WORD_RE.findall(key)]
+    if _key_is_secret(key) or (words and words[-1] in _GUARD_WORDS):
         return True
     return isinstance(value, str) and any(p.search(value) for p in _PATTERNS)
+
+
+# Refusing a plain entry costs one exit 2 that points at the right place, so this guard may
+# guess wider than redaction (where a false positive would hide data).
+_GUARD_WORDS = frozenset({"creds", "cred", "pwd", "passphrase", "key", "keys"})

@@ -22,42 +22,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmiflow.bench.formulas import MIN_SAMPLES
+from lmiflow.report.model import RunReport
 from lmiflow.report.redact import redact
+from lmiflow.sizing.memory import GiB
 
-GIB = 2**30
 NOT_RUN = "not run"
 
-# report.json key order (DESIGN.md "lmiflow deploy" contract); unknown keys follow, sorted.
-TOP_LEVEL_KEYS = (
-    "lmiflow_version",
-    "run_id",
-    "started_at",
-    "finished_at",
-    "status",
-    "endpoint",
-    "candidate_endpoint",
-    "target",
-    "failed_step",
-    "error",
-    "model",
-    "steps",
-    "plan",
-    "serving_properties",
-    "image_uri",
-    "smoke_test",
-    "benchmark",
-    "gate",
-    "baseline",
-    "versions",
-)
+# report.json key order: the RunReport's fields (DESIGN.md's contract first); keys a caller's
+# dict adds follow, sorted.
+TOP_LEVEL_KEYS = tuple(RunReport.model_fields)
 STATUS_COLOURS = {
     "promoted": "#1a7f37",
     "planned": "#0969da",
     "rejected": "#bc4c00",
     "failed": "#cf222e",
 }
-# A percentile from fewer samples than this says little (p99 of 20 samples is the maximum).
-MIN_SAMPLES = {"p90": 10, "p95": 20, "p99": 100}
 
 
 # ---------------------------------------------------------------- document model
@@ -125,7 +105,7 @@ def _fmt(value: Any) -> str:
 def _gib(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return "—"
-    return f"{value / GIB:,.2f} GiB"
+    return f"{value / GiB:,.2f} GiB"
 
 
 def _usd(value: Any, digits: int = 2) -> str:
@@ -726,11 +706,13 @@ def render_json(report: Mapping[str, Any]) -> str:
     return json.dumps(_ordered(_jsonable(report)), indent=2, ensure_ascii=False) + "\n"
 
 
-def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+def write_report(report: RunReport | Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
     """Redact ``report`` and write report.json, report.md and report.html into ``out_dir``.
 
-    Returns the paths by kind ("json", "md", "html"). The caller's dict is not modified.
+    Returns the paths by kind ("json", "md", "html"). The caller's report is not modified.
     """
+    if isinstance(report, RunReport):
+        report = report.to_json_dict()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Plain JSON types first, so a pydantic model or dataclass inside is redacted too.

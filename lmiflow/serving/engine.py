@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmiflow.sizing.memory import GiB
+
 log = logging.getLogger("lmiflow.server")
 
 # What the manager reports per request; kept as plain data so the server never touches torch.
@@ -82,7 +84,7 @@ def _physical_memory_bytes() -> int:
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return 8 * 1024**3
+        return 8 * GiB
 
 
 class Engine:

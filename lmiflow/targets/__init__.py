@@ -34,22 +34,13 @@ def make_target(kind: str, **kwargs: Any) -> Target:
     raise ValueError(f"target kind {kind!r}: expected one of {', '.join(TARGET_KINDS)}")
 
 
-def check_serving_properties(kind: str, text: str) -> None:
-    """Refuse, before anything is created, a serving.properties the target's server would
-    refuse at start-up (OptionError naming the key). The local server's limits are its own
-    (serving.options.LIMITS); on SageMaker the LMI container has no documented hard caps on
-    these numbers, and the plan's memory check bounds batch and context already."""
+def configured_target(kind: str, *, state_dir: str | None = None, region: str | None = None,
+                      role_arn: str | None = None, s3_uri: str | None = None,
+                      credentials_block: str | None = None, packaging: str | None = None
+                      ) -> Target:
+    """The target a deployment config's `target` section (or a command line) describes: each
+    kind takes the settings that apply to it and ignores the others."""
     if kind == "local":
-        from lmiflow.serving.options import check_entries
-        from lmiflow.serving.properties_text import parse_entries
-
-        check_entries(parse_entries(text))
-
-
-def check_state(kind: str) -> None:
-    """Before anything is created: can the target's own state be read and written? (The
-    local registry and state directory; SageMaker keeps none on this machine.)"""
-    if kind == "local":
-        from lmiflow.targets.local import check_state_dir, default_state_dir
-
-        check_state_dir(default_state_dir())
+        return make_target("local", state_dir=state_dir)
+    return make_target(kind, region=region, role_arn=role_arn, s3_uri=s3_uri,
+                       credentials_block=credentials_block, packaging=packaging)

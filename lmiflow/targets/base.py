@@ -2,15 +2,33 @@
 
 Names follow SageMaker's API so the flow reads the same for both targets. Every method that
 creates something is idempotent on its name where the platform allows it, so a rerun after an
-interruption can adopt or remove what the earlier run left.
+interruption can adopt or remove what the earlier run left. Everything that differs between
+the targets (packaging, timeouts, the catalog to plan over, the image, the baseline store)
+is a method here, so no caller needs to know which target it holds.
 """
 
 from __future__ import annotations
 
+import logging
+import re
+import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from typing import Literal, Protocol, runtime_checkable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, Field
+
+from lmiflow import patterns
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# SageMaker's rule for model, endpoint-config and endpoint names; the local target keeps it so
+# a config that deploys locally deploys on SageMaker too. Matched in full (lmiflow.patterns).
+NAME_RE = patterns.NAME
+# A candidate's resources: <production>-c-<hash> (endpoint), -ec- (config), -m- (model).
+CANDIDATE_RE = r"{name}-(c|ec|m)-[0-9a-f]{{8}}"
 
 Status = Literal[
     "Creating",
@@ -56,57 +74,203 @@ class TrafficPolicy(BaseModel):
     alarms: list[str] = Field(default_factory=list)
 
 
+class ModelPackage(BaseModel):
+    """Where a model's serving settings went: a location holding serving.properties, or (env
+    packaging) no files and the settings as container environment variables."""
+
+    model_data: str = ""
+    env: dict[str, str] = Field(default_factory=dict)
+
+
 class WaitTimeout(TimeoutError):
     """The endpoint did not reach a terminal status in time."""
 
 
-@runtime_checkable
-class Target(Protocol):
-    kind: str
+class EndpointBusy(RuntimeError):
+    """The endpoint is being created, updated or deleted: another run may own it."""
 
+
+def check_name(what: str, name: str) -> None:
+    if not patterns.matches(NAME_RE, name):
+        raise ValueError(f"{what} name {name!r} does not match {NAME_RE.pattern}")
+
+
+class Target(ABC):
+    """An endpoint platform. Subclasses implement the platform calls; wait() is shared."""
+
+    kind: ClassVar[str]
+    poll_interval_s: float = 1.0
+    _clock: Callable[[], float] = staticmethod(time.monotonic)
+    _sleep: Callable[[float], None] = staticmethod(time.sleep)
+
+    # ---- planning: no side effects ------------------------------------------------------
+
+    @abstractmethod
+    def instance_catalog(self) -> pd.DataFrame:
+        """The instances to plan over (sizing.catalog's frame)."""
+
+    @abstractmethod
+    def serving_model_id(self, model_id: str, local_dir: str | None) -> str:
+        """What option.model_id names. local_dir is set when the config named a directory."""
+
+    @abstractmethod
+    def image_uri(self, backend: str, version: str | None, override: str | None) -> str | None:
+        """The serving image for an LMI backend and version (None: the target runs no image)."""
+
+    @abstractmethod
+    def serving_engine(self, backend: str) -> str:
+        """The engine whose speed the latency model predicts for the config's LMI backend."""
+
+    @abstractmethod
+    def endpoint_variant(self, instance_type: str, instance_count: int,
+                         weights_bytes: int) -> EndpointVariant:
+        """The endpoint config's variant for a model of this size (timeouts, volume)."""
+
+    def check_properties(self, text: str) -> None:
+        """Refuse a serving.properties the target's server would refuse at start-up (an
+        OptionError naming the key), so it is exit 2 before any endpoint exists. The LMI
+        container documents no hard caps beyond what the plan's memory check bounds."""
+        return None
+
+    def check_state(self) -> None:
+        """Before anything is created: the target's own state on this machine can be read
+        and written (StateError naming the path otherwise). Nothing to check by default."""
+        return None
+
+    @staticmethod
+    def resource_names(production: str, spec_hash: str) -> dict[str, str]:
+        """A candidate's endpoint, endpoint config and model names: deterministic from the
+        production endpoint's name and the hash of what is deployed, so a rerun of the same
+        spec finds what an interrupted run made."""
+        check_name("endpoint", production)
+        h = spec_hash.lower()[:8]
+        if len(h) < 8 or not h.isalnum():
+            raise ValueError("spec_hash: at least 8 letters or digits")
+        out = {}
+        for kind, tag in (("endpoint", "c"), ("endpoint_config", "ec"), ("model", "m")):
+            suffix = f"-{tag}-{h}"
+            out[kind] = production[: 63 - len(suffix)].rstrip("-") + suffix
+        return out
+
+    @staticmethod
+    def is_candidate_resource(production: str, name: str) -> bool:
+        return re.fullmatch(CANDIDATE_RE.format(name=re.escape(production)), name) is not None
+
+    # ---- packaging and creation ---------------------------------------------------------
+
+    @abstractmethod
     def stage(self, name: str, files: dict[str, str]) -> str:
         """Put the model files (name -> text; serving.properties at least) where the serving
         container reads them; returns their location (s3:// prefix ending in / or a dir)."""
 
+    def package(self, name: str, properties: str) -> ModelPackage:
+        """Hand serving.properties to the container: staged as a file unless the target is
+        configured otherwise."""
+        return ModelPackage(model_data=self.stage(name, {"serving.properties": properties}))
+
+    @abstractmethod
     def create_model(
         self, name: str, model_data: str, image_uri: str | None, env: dict[str, str],
         tags: dict[str, str],
     ) -> None: ...
 
+    @abstractmethod
     def create_endpoint_config(
         self, name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str]
     ) -> None: ...
 
+    @abstractmethod
     def create_endpoint(self, name: str, config_name: str, tags: dict[str, str]) -> None: ...
 
+    @abstractmethod
     def update_endpoint(
         self, name: str, config_name: str, policy: TrafficPolicy | None = None
-    ) -> None: ...
+    ) -> None:
+        """Blue/green; raises EndpointBusy while the endpoint is being changed."""
+
+    @abstractmethod
+    def endpoint_lock(self, name: str) -> AbstractContextManager:
+        """Held for a whole deploy of one endpoint, so two runs never interleave their steps."""
+
+    # ---- status ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def describe(self, name: str) -> EndpointStatus | None:
+        """None when the endpoint does not exist."""
+
+    def poll(self, name: str) -> EndpointStatus | None:
+        """What wait() polls: describe(), or a cheaper call where the platform has one."""
+        return self.describe(name)
 
     def wait(
         self, name: str, timeout_s: float,
         on_status: Callable[[EndpointStatus, float], None] | None = None,
     ) -> EndpointStatus:
-        """Poll until a terminal status; on_status(status, elapsed_s) on each change.
-        Raises WaitTimeout when timeout_s passes first."""
+        """Poll every poll_interval_s until a terminal status; on_status(status, elapsed_s) on
+        each change. Raises WaitTimeout when timeout_s passes first. After an update with
+        auto-rollback, InService may mean the old config: compare config_name."""
+        start = self._clock()
+        last: str | None = None
+        while True:
+            st = self.poll(name)
+            elapsed = self._clock() - start
+            if st is None:
+                raise LookupError(f"endpoint {name} does not exist")
+            if st.status != last:
+                extra = f": {st.failure_reason}" if st.failure_reason else ""
+                logging.getLogger(type(self).__module__).info(
+                    "endpoint %s %s after %.0f s%s", name, st.status, elapsed, extra)
+                last = st.status
+                if on_status is not None:
+                    on_status(st, elapsed)
+            if st.status in TERMINAL_STATUSES:
+                return st
+            remaining = timeout_s - elapsed
+            if remaining <= 0:
+                raise WaitTimeout(f"endpoint {name} still {st.status} after {elapsed:.0f} s "
+                                  f"(limit {timeout_s:.0f} s)")
+            self._sleep(min(self.poll_interval_s, remaining))
 
-    def describe(self, name: str) -> EndpointStatus | None:
-        """None when the endpoint does not exist."""
-
-    def invoke(self, name: str, payload: dict) -> bytes: ...
-
-    def invoke_stream(self, name: str, payload: dict) -> Iterator[bytes]:
-        """Whole JSON lines (without the newline), reassembled across transport chunks."""
-
-    def delete_endpoint(self, name: str) -> bool: ...
-
-    def delete_endpoint_config(self, name: str) -> bool: ...
-
-    def delete_model(self, name: str) -> bool:
-        """Each delete returns False when there was nothing to delete (never raises for that)."""
-
+    @abstractmethod
     def list_endpoints(self) -> list[EndpointStatus]: ...
 
+    @abstractmethod
     def list_resources(self, prefix: str) -> dict[str, list[str]]:
         """Names of models, endpoint configs and endpoints starting with prefix: lets a rerun
         find what an interrupted run left, and lets tests compare before and after."""
+
+    @abstractmethod
+    def config_model_name(self, config_name: str) -> str | None:
+        """The model an endpoint config serves (None when there is no such config)."""
+
+    # ---- invocation -----------------------------------------------------------------------
+
+    @abstractmethod
+    def invoke(self, name: str, payload: dict) -> bytes: ...
+
+    @abstractmethod
+    def invoke_stream(self, name: str, payload: dict) -> Iterator[bytes]:
+        """Whole JSON lines (without the newline), reassembled across transport chunks."""
+
+    # ---- deletion -------------------------------------------------------------------------
+    # Each delete returns False when there was nothing to delete (never raises for that).
+
+    @abstractmethod
+    def delete_endpoint(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def delete_endpoint_config(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def delete_model(self, name: str) -> bool: ...
+
+    # ---- production's baseline ------------------------------------------------------------
+
+    @abstractmethod
+    def load_baseline(self, endpoint: str) -> dict | None:
+        """Production's last promoted benchmark (bench --json), None when there is none."""
+
+    @abstractmethod
+    def save_baseline(self, endpoint: str, data: dict) -> str | None:
+        """Keep it where the next run of this endpoint finds it; returns where (or None when
+        the target has nowhere to keep it)."""

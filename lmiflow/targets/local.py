@@ -24,28 +24,30 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lmiflow import patterns
 from lmiflow.errors import StateError
 from lmiflow.state_files import check_writable, ensure_dir, read_json, write_atomic
-from lmiflow.targets.base import EndpointStatus, EndpointVariant, TrafficPolicy, WaitTimeout
+from lmiflow.targets.base import (
+    EndpointBusy,
+    EndpointStatus,
+    EndpointVariant,
+    Target,
+    TrafficPolicy,
+    check_name,
+)
 
 log = logging.getLogger(__name__)
 
 STATE_FIELD = "LMIFLOW_STATE_DIR"
-
 FAILED_MARK = "lmiflow-server FAILED: "  # serving.server prints it (kept in sync by a test)
 DEFAULT_STARTUP_TIMEOUT_S = 900
 STOP_GRACE_S = 10.0
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 _children: dict[int, subprocess.Popen] = {}  # servers this process started: reaped on poll
-
-
-class EndpointBusy(RuntimeError):
-    """The endpoint is being created or updated: another run may own it."""
 
 
 class InvocationError(RuntimeError):
@@ -64,11 +66,6 @@ def default_state_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_state_dir("lmiflow"))
-
-
-def _check_name(what: str, name: str) -> None:
-    if not patterns.matches(patterns.NAME, name):
-        raise ValueError(f"{what} name {name!r} does not match {patterns.NAME.pattern}")
 
 
 def free_port() -> int:
@@ -148,13 +145,6 @@ def failure_from_log(path: Path, limit: int = 600) -> str | None:
     return " | ".join(tail)[:limit] or None
 
 
-def check_state_dir(state_dir: Path) -> None:
-    """The state directory is writable and its registry readable (StateError otherwise);
-    creates nothing."""
-    check_writable(state_dir, STATE_FIELD)
-    RegistryFile(state_dir).read()
-
-
 class RegistryFile:
     """registry.json: read defensively, written atomically with the previous version kept
     beside it (registry.json.bak), so a corrupt file names its path and how to recover."""
@@ -188,8 +178,9 @@ class RegistryFile:
                      keep_previous=self.backup)
 
 
-class LocalTarget:
-    """targets.base.Target on this machine."""
+class LocalTarget(Target):
+    """targets.base.Target on this machine. Nothing is written to the state directory until
+    something is created, so planning with this target (a dry run) leaves no trace."""
 
     kind = "local"
 
@@ -198,16 +189,69 @@ class LocalTarget:
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.python = python or sys.executable
         self.poll_interval_s = poll_interval_s
-        for sub in ("logs", "locks"):
-            ensure_dir(self.state_dir / sub, STATE_FIELD)
-        ensure_dir(self.state_dir / "staged", STATE_FIELD, mode=0o700)
         self._registry_file = RegistryFile(self.state_dir)
+
+    def _dir(self, sub: str, mode: int | None = None) -> Path:
+        return ensure_dir(self.state_dir / sub, STATE_FIELD, mode)
+
+    def check_state(self) -> None:
+        """The state directory can be written and its registry read; creates nothing."""
+        check_writable(self.state_dir, STATE_FIELD)
+        self._registry_file.read()
+
+    def check_properties(self, text: str) -> None:
+        """The local server's own limits (serving.options.LIMITS)."""
+        from lmiflow.serving.options import check_entries
+        from lmiflow.serving.properties_text import parse_entries
+
+        check_entries(parse_entries(text))
+
+    # ---- planning -------------------------------------------------------------------------
+
+    def instance_catalog(self):
+        """This machine, as the one row to plan over."""
+        from lmiflow.sizing.catalog import catalog_with
+        from lmiflow.targets.local_machine import detect
+
+        return catalog_with([detect()])
+
+    def serving_model_id(self, model_id: str, local_dir: str | None) -> str:
+        # resolved: the server runs with the state directory as its working directory
+        return str(Path(local_dir).resolve()) if local_dir else model_id
+
+    def image_uri(self, backend: str, version: str | None, override: str | None) -> None:
+        return None  # the model server runs directly, no container image
+
+    def serving_engine(self, backend: str) -> str:
+        return "local"  # lmiflow's own model server, whatever backend the config names
+
+    def endpoint_variant(self, instance_type: str, instance_count: int,
+                         weights_bytes: int) -> EndpointVariant:
+        return EndpointVariant(instance_type=instance_type, instance_count=instance_count)
+
+    # ---- production's baseline --------------------------------------------------------------
+
+    def _baseline_path(self, endpoint: str) -> Path:
+        check_name("endpoint", endpoint)
+        return self.state_dir / "baselines" / f"{endpoint}.json"
+
+    def load_baseline(self, endpoint: str) -> dict | None:
+        path = self._baseline_path(endpoint)
+        return read_json(path, STATE_FIELD, f"remove it with `rm {path}` (the next promotion "
+                         "records a new baseline)")
+
+    def save_baseline(self, endpoint: str, data: dict) -> str:
+        path = self._baseline_path(endpoint)
+        self._dir("baselines")
+        write_atomic(path, json.dumps(data, indent=2, sort_keys=True), STATE_FIELD, mode=0o644)
+        return str(path)
 
     # ---- registry -------------------------------------------------------------------------
 
     def _lock(self):
         from filelock import FileLock
 
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.state_dir / "registry.json.lock"), timeout=60)
 
     def endpoint_lock(self, name: str, timeout: float = -1):
@@ -215,8 +259,8 @@ class LocalTarget:
         processes. timeout=-1 waits forever; otherwise filelock.Timeout is raised."""
         from filelock import FileLock
 
-        _check_name("endpoint", name)
-        return FileLock(str(self.state_dir / "locks" / f"{name}.lock"), timeout=timeout)
+        check_name("endpoint", name)
+        return FileLock(str(self._dir("locks") / f"{name}.lock"), timeout=timeout)
 
     def _read(self) -> dict[str, dict[str, Any]]:
         return self._registry_file.read()
@@ -235,15 +279,14 @@ class LocalTarget:
     # ---- models and configs ---------------------------------------------------------------
 
     def stage(self, name: str, files: dict[str, str]) -> str:
-        _check_name("model", name)
+        check_name("model", name)
         if "serving.properties" not in files:
             raise ValueError("files: serving.properties is required")
         for rel in files:  # all names checked before the first write
             if not patterns.matches(patterns.REL_PATH, rel) or ".." in rel.split("/"):
                 raise ValueError(f"file name {rel!r}: a relative path of letters, digits, _.-")
         # Staged files may hold secrets (serving.secret_options): owner-only, like registry.json.
-        dest = self.state_dir / "staged" / name
-        ensure_dir(dest, STATE_FIELD, mode=0o700)
+        dest = ensure_dir(self._dir("staged", mode=0o700) / name, STATE_FIELD, mode=0o700)
         for rel, text in files.items():
             path = dest / rel
             ensure_dir(path.parent, STATE_FIELD, mode=0o700)
@@ -252,7 +295,7 @@ class LocalTarget:
 
     def create_model(self, name: str, model_data: str, image_uri: str | None,
                      env: dict[str, str], tags: dict[str, str]) -> None:
-        _check_name("model", name)
+        check_name("model", name)
         if not (Path(model_data) / "serving.properties").is_file():
             raise ValueError(f"model_data {model_data}: no serving.properties there")
         record = {"model_data": str(Path(model_data).resolve()), "image_uri": image_uri,
@@ -267,7 +310,7 @@ class LocalTarget:
 
     def create_endpoint_config(self, name: str, model_name: str, variant: EndpointVariant,
                                tags: dict[str, str]) -> None:
-        _check_name("endpoint config", name)
+        check_name("endpoint config", name)
         record = {"model_name": model_name, "variant": variant.model_dump(), "tags": dict(tags),
                   "created": time.time()}
         with self._registry() as reg:
@@ -290,8 +333,9 @@ class LocalTarget:
         if model is None:
             raise LookupError(f"model {config['model_name']} does not exist")
         port = free_port()
-        n = len(list((self.state_dir / "logs").glob(f"{endpoint}-*.log"))) + 1
-        log_path = self.state_dir / "logs" / f"{endpoint}-{n}.log"
+        logs = self._dir("logs")
+        n = len(list(logs.glob(f"{endpoint}-*.log"))) + 1
+        log_path = logs / f"{endpoint}-{n}.log"
         env = {**os.environ, **model["env"]}
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [self.python, "-m", "lmiflow.serving.server", "--model-dir", model["model_data"],
@@ -387,7 +431,7 @@ class LocalTarget:
     # ---- endpoints ------------------------------------------------------------------------
 
     def create_endpoint(self, name: str, config_name: str, tags: dict[str, str]) -> None:
-        _check_name("endpoint", name)
+        check_name("endpoint", name)
         with self._registry() as reg:
             old = reg["endpoints"].get(name)
             if old is not None:
@@ -409,7 +453,7 @@ class LocalTarget:
         meaning for one local process and run as all-at-once. When the new server fails, the
         endpoint stays InService on its old config with failure_reason set (like SageMaker's
         rollback): after wait(), compare config_name."""
-        _check_name("endpoint", name)
+        check_name("endpoint", name)
         if policy is not None and policy.type != "ALL_AT_ONCE":
             log.info("local target: %s traffic shifting runs as ALL_AT_ONCE", policy.type)
         with self._registry() as reg:
@@ -437,28 +481,6 @@ class LocalTarget:
                 self._advance(rec)
                 out.append(self._status(rec))
             return out
-
-    def wait(self, name: str, timeout_s: float,
-             on_status: Callable[[EndpointStatus, float], None] | None = None) -> EndpointStatus:
-        from lmiflow.targets.base import TERMINAL_STATUSES
-
-        start = time.monotonic()
-        last: str | None = None
-        while True:
-            st = self.describe(name)
-            elapsed = time.monotonic() - start
-            if st is None:
-                raise LookupError(f"endpoint {name} does not exist")
-            if st.status != last:
-                last = st.status
-                if on_status is not None:
-                    on_status(st, elapsed)
-            if st.status in TERMINAL_STATUSES:
-                return st
-            if elapsed >= timeout_s:
-                raise WaitTimeout(f"endpoint {name} still {st.status} after {elapsed:.0f} s "
-                                  f"(limit {timeout_s:.0f} s)")
-            time.sleep(min(self.poll_interval_s, max(0.0, timeout_s - elapsed)))
 
     @functools.cached_property
     def _http(self) -> Any:
@@ -506,12 +528,6 @@ class LocalTarget:
                         yield line.encode()
 
         return lines()
-
-    def close(self) -> None:
-        """Close the invocation connection pool (if one was opened)."""
-        http = self.__dict__.pop("_http", None)
-        if http is not None:
-            http.close()
 
     # ---- deletion and listing ---------------------------------------------------------------
 

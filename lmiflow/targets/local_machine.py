@@ -7,6 +7,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from lmiflow.sizing.memory import GiB, MiB
+
 
 def detect() -> dict:
     """The local accelerator: NVIDIA GPUs (nvidia-smi) if present, else system RAM.
@@ -24,12 +26,12 @@ def detect() -> dict:
             if gpus:
                 name = gpus[0][0].strip()
                 mib = min(int(float(m)) for _, m in gpus)
-                return local_instance_row(name, len(gpus), mib * 1024**2, os.cpu_count())
+                return local_instance_row(name, len(gpus), mib * MiB, os.cpu_count())
         except (OSError, subprocess.SubprocessError, ValueError):
             pass
     total = _meminfo_bytes("MemTotal")
     return local_instance_row("CPU (system RAM)", 1, total, os.cpu_count(),
-                              round(total / 1024**3, 1))
+                              round(total / GiB, 1))
 
 
 def _meminfo_bytes(key: str, path: str = "/proc/meminfo") -> int:

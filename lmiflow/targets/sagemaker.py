@@ -13,6 +13,7 @@ once, and a retry never hides an error or doubles a latency.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -22,13 +23,15 @@ from functools import cached_property
 from typing import Any, Literal
 
 from lmiflow import patterns
+from lmiflow.errors import UserInputError
 from lmiflow.targets.base import (
-    TERMINAL_STATUSES,
+    EndpointBusy,
     EndpointStatus,
     EndpointVariant,
+    ModelPackage,
     Target,
     TrafficPolicy,
-    WaitTimeout,
+    check_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -36,10 +39,7 @@ logger = logging.getLogger(__name__)
 PROJECT_TAGS = {"project": "lmiflow"}
 VARIANT_NAME = "AllTraffic"
 BUSY_STATUSES = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
-
-
-class EndpointBusy(RuntimeError):
-    """The endpoint is being created, updated or deleted: another run may own it."""
+BASELINE_FILE = "baseline.json"
 
 
 class StreamError(RuntimeError):
@@ -66,22 +66,6 @@ def lmi_image_uri(region: str, version: str | None = None, framework: str = "djl
         return image_uris.retrieve(framework=framework, region=region, version=version)
     except ValueError as exc:
         raise ValueError(f"serving.image_version: {exc}") from None
-
-
-def resource_names(endpoint: str, spec_hash: str) -> dict[str, str]:
-    """Candidate resource names: deterministic from the production endpoint name and the hash
-    of what is deployed, so a rerun of the same spec finds what an interrupted run made."""
-    if not patterns.matches(patterns.NAME, endpoint):
-        raise ValueError(f"endpoint name {endpoint!r} does not match {patterns.NAME.pattern}")
-    h = spec_hash.lower()[:8]
-    if len(h) < 8 or not h.isalnum():
-        raise ValueError("spec_hash: at least 8 letters or digits")
-    out = {}
-    for kind, tag in (("endpoint", "c"), ("endpoint_config", "ec"), ("model", "m")):
-        suffix = f"-{tag}-{h}"
-        base = endpoint[: 63 - len(suffix)].rstrip("-")
-        out[kind] = base + suffix
-    return out
 
 
 def sizing_timeouts(weights_bytes: int) -> tuple[int, int, int]:
@@ -159,11 +143,6 @@ def volume_size_supported(instance_type: str) -> bool:
     return supported(instance_type)
 
 
-def _check_name(what: str, name: str) -> None:
-    if not patterns.matches(patterns.NAME, name):
-        raise ValueError(f"{what} name {name!r} does not match {patterns.NAME.pattern}")
-
-
 def _tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
     merged = {**PROJECT_TAGS, **tags}
     out = []
@@ -216,7 +195,7 @@ def _split_s3(uri: str) -> tuple[str, str]:
 # ---- the target -----------------------------------------------------------------------------
 
 
-class SageMakerTarget:
+class SageMakerTarget(Target):
     """Target on SageMaker real-time endpoints (targets.base.Target)."""
 
     kind = "sagemaker"
@@ -230,6 +209,7 @@ class SageMakerTarget:
         session: Any = None,
         poll_interval_s: float = 30,
         *,
+        packaging: Literal["s3", "env"] = "s3",
         retry_mode: Literal["standard", "adaptive"] = "standard",
         max_attempts: int = 5,
         invoke_read_timeout_s: float = 75,
@@ -243,6 +223,7 @@ class SageMakerTarget:
         self.role_arn = role_arn
         self.s3_uri = s3_uri
         self.credentials_block = credentials_block
+        self.packaging = packaging
         self._session = session
         self.poll_interval_s = poll_interval_s
         self.retry_mode = retry_mode
@@ -295,12 +276,63 @@ class SageMakerTarget:
         )
         return self.session.client("sagemaker-runtime", config=cfg)
 
+    # -- planning --
+
+    def instance_catalog(self):
+        """The SageMaker instance catalog (configs/instances.csv, with its sources)."""
+        from lmiflow.sizing.catalog import load_catalog
+
+        return load_catalog()
+
+    def serving_model_id(self, model_id: str, local_dir: str | None) -> str:
+        if local_dir:
+            raise UserInputError("model.id", "a local directory cannot be served on SageMaker: "
+                                             "use a Hub id (or upload the weights and use "
+                                             "s3://...)")
+        return model_id
+
+    def image_uri(self, backend: str, version: str | None, override: str | None) -> str:
+        if override:
+            return override
+        framework = "djl-tensorrtllm" if backend == "trtllm" else "djl-lmi"
+        return lmi_image_uri(self.region, version, framework)
+
+    def serving_engine(self, backend: str) -> str:
+        return backend  # the LMI container runs the backend the config names
+
+    def endpoint_variant(self, instance_type: str, instance_count: int,
+                         weights_bytes: int) -> EndpointVariant:
+        """Download and start-up timeouts for a model of this size, and the volume where the
+        instance takes one (instances with local NVMe storage reject VolumeSizeInGB)."""
+        volume, download, startup = sizing_timeouts(weights_bytes)
+        return EndpointVariant(
+            instance_type=instance_type, instance_count=instance_count,
+            volume_size_gb=volume if volume_size_supported(instance_type) else None,
+            model_data_download_timeout_s=download,
+            container_startup_health_check_timeout_s=startup,
+        )
+
+    def endpoint_lock(self, name: str) -> contextlib.AbstractContextManager:
+        """No client-side lock: update_endpoint refuses a busy endpoint (EndpointBusy), which
+        serializes runs across machines."""
+        check_name("endpoint", name)
+        return contextlib.nullcontext()
+
     # -- staging and creation --
+
+    def package(self, name: str, properties: str) -> ModelPackage:
+        """s3: serving.properties uploaded under s3_uri; env: its options as OPTION_* variables
+        (no S3 upload)."""
+        if self.packaging == "env":
+            from lmiflow.serving.properties import parse, to_env
+
+            return ModelPackage(env=to_env(parse(properties)))
+        return super().package(name, properties)
 
     def stage(self, name: str, files: dict[str, str]) -> str:
         if not self.s3_uri:
             raise ValueError("target.s3_uri is required to stage files (or use packaging env)")
-        _check_name("model", name)
+        check_name("model", name)
         if "serving.properties" not in files:
             raise ValueError("files: serving.properties is required")
         bucket, prefix = _split_s3(self.s3_uri)
@@ -320,7 +352,7 @@ class SageMakerTarget:
         self, name: str, model_data: str, image_uri: str | None, env: dict[str, str],
         tags: dict[str, str],
     ) -> None:
-        _check_name("model", name)
+        check_name("model", name)
         if not self.role_arn:
             raise ValueError("target.role_arn is required to create a SageMaker model")
         _check_env(env)
@@ -355,8 +387,8 @@ class SageMakerTarget:
     def create_endpoint_config(
         self, name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str]
     ) -> None:
-        _check_name("endpoint config", name)
-        _check_name("model", model_name)
+        check_name("endpoint config", name)
+        check_name("model", model_name)
         pv: dict[str, Any] = {
             "VariantName": VARIANT_NAME,
             "ModelName": model_name,
@@ -391,8 +423,8 @@ class SageMakerTarget:
                     variant.instance_count)
 
     def create_endpoint(self, name: str, config_name: str, tags: dict[str, str]) -> None:
-        _check_name("endpoint", name)
-        _check_name("endpoint config", config_name)
+        check_name("endpoint", name)
+        check_name("endpoint config", config_name)
         try:
             self.sm.create_endpoint(
                 EndpointName=name, EndpointConfigName=config_name, Tags=_tag_list(tags)
@@ -408,8 +440,8 @@ class SageMakerTarget:
         self, name: str, config_name: str, policy: TrafficPolicy | None = None
     ) -> None:
         """Blue/green update; refuses while the endpoint is busy so two runs never fight."""
-        _check_name("endpoint", name)
-        _check_name("endpoint config", config_name)
+        check_name("endpoint", name)
+        check_name("endpoint config", config_name)
         current = self._describe(name)
         if current is None:
             raise LookupError(f"endpoint {name} does not exist: create it instead of updating")
@@ -463,34 +495,8 @@ class SageMakerTarget:
             tags=tags,
         )
 
-    def wait(
-        self, name: str, timeout_s: float,
-        on_status: Callable[[EndpointStatus, float], None] | None = None,
-    ) -> EndpointStatus:
-        """Poll describe_endpoint every poll_interval_s until a terminal status. After an update
-        with auto-rollback, InService may mean the old config: compare config_name."""
-        start = self._clock()
-        last: str | None = None
-        while True:
-            st = self._describe(name)
-            elapsed = self._clock() - start
-            if st is None:
-                raise LookupError(f"endpoint {name} does not exist")
-            if st.status != last:
-                extra = f": {st.failure_reason}" if st.failure_reason else ""
-                logger.info("endpoint %s %s after %.0f s%s", name, st.status, elapsed, extra)
-                last = st.status
-                if on_status is not None:
-                    on_status(st, elapsed)
-            if st.status in TERMINAL_STATUSES:
-                return st
-            remaining = timeout_s - elapsed
-            if remaining <= 0:
-                raise WaitTimeout(
-                    f"endpoint {name} still {st.status} after {elapsed:.0f} s "
-                    f"(limit {timeout_s:.0f} s)"
-                )
-            self._sleep(min(self.poll_interval_s, remaining))
+    def poll(self, name: str) -> EndpointStatus | None:
+        return self._describe(name)  # no tags: one call per poll
 
     # -- invocation --
 
@@ -535,8 +541,6 @@ class SageMakerTarget:
         return self._delete("model", lambda: self.sm.delete_model(ModelName=name), name)
 
     def config_model_name(self, config_name: str) -> str | None:
-        """The model an endpoint config serves (None when there is no such config): lets a
-        promotion delete the model of the configuration production ran before."""
         try:
             d = self.sm.describe_endpoint_config(EndpointConfigName=config_name)
         except Exception as exc:
@@ -545,6 +549,33 @@ class SageMakerTarget:
             raise
         variants = d.get("ProductionVariants") or []
         return variants[0].get("ModelName") if variants else None
+
+    # -- production's baseline: s3_uri/<endpoint>/baseline.json --
+
+    def _baseline_key(self, endpoint: str) -> tuple[str, str]:
+        check_name("endpoint", endpoint)
+        bucket, prefix = _split_s3(self.s3_uri or "")
+        return bucket, f"{prefix}{endpoint}/{BASELINE_FILE}"
+
+    def load_baseline(self, endpoint: str) -> dict | None:
+        if not self.s3_uri:
+            return None
+        bucket, key = self._baseline_key(endpoint)
+        try:
+            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as exc:
+            if _error(exc)[0] in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        return json.loads(body)
+
+    def save_baseline(self, endpoint: str, data: dict) -> str | None:
+        if not self.s3_uri:
+            return None
+        bucket, key = self._baseline_key(endpoint)
+        self.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(data, indent=2, sort_keys=True)
+                           .encode(), ContentType="application/json")
+        return f"s3://{bucket}/{key}"
 
     def list_endpoints(self) -> list[EndpointStatus]:
         out = []
@@ -597,16 +628,3 @@ def _payload_parts(events: Iterable[dict]) -> Iterator[bytes]:
         elif "InternalStreamFailure" in event:
             raise StreamError("InternalStreamFailure",
                               event["InternalStreamFailure"].get("Message", ""))
-
-
-def delete_resources(target: Target, names: dict[str, str]) -> dict[str, bool]:
-    """Delete a candidate's endpoint, endpoint config and model (keys as resource_names gives);
-    returns which existed. Order matters: the endpoint first, it uses the other two."""
-    done = {}
-    if "endpoint" in names:
-        done["endpoint"] = target.delete_endpoint(names["endpoint"])
-    if "endpoint_config" in names:
-        done["endpoint_config"] = target.delete_endpoint_config(names["endpoint_config"])
-    if "model" in names:
-        done["model"] = target.delete_model(names["model"])
-    return done

@@ -10,8 +10,9 @@ from lmiflow import patterns
 from lmiflow.serving.properties import check_key, properties_for
 from lmiflow.serving.properties_text import parse_entries, render_entries
 from lmiflow.spec import DeploymentSpec
+from lmiflow.targets.base import Target
 from lmiflow.targets.local import LocalTarget
-from lmiflow.targets.sagemaker import _split_s3, resource_names
+from lmiflow.targets.sagemaker import _split_s3
 
 BASE = {
     "name": "ok",
@@ -72,7 +73,7 @@ def test_lower_layers_use_full_matches(tmp_path):
     with pytest.raises(ValueError):
         _split_s3("s3://my-bucket/p\n")
     with pytest.raises(ValueError):
-        resource_names("prod\n", "deadbeef")
+        Target.resource_names("prod\n", "deadbeef")
     t = LocalTarget(tmp_path)
     with pytest.raises(ValueError):
         t.stage("model\n", {"serving.properties": "engine=Python\n"})

@@ -12,6 +12,9 @@ import pytest
 def prefect_harness(tmp_path_factory):
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+    # Importing prefect.main sets up Prefect's log handlers on the stderr of that moment: do
+    # it here, not inside a test whose captured stderr (capfd) is closed when it ends.
+    import prefect.main  # noqa: F401
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):
@@ -30,13 +33,13 @@ def state_dir(tmp_path, monkeypatch):
     d = tmp_path / "state"
     monkeypatch.setenv("LMIFLOW_STATE_DIR", str(d))
     monkeypatch.setenv("LMIFLOW_RETRY_BASE_S", "0.01")
-    from lmiflow.tasks import steps
+    from lmiflow import pipeline
 
-    steps._target.cache_clear()
+    pipeline._target.cache_clear()
     yield d
     from lmiflow.targets.local import LocalTarget
 
     t = LocalTarget(d)
     for ep in t.list_endpoints():  # never leave a server running
         t.delete_endpoint(ep.name)
-    steps._target.cache_clear()
+    pipeline._target.cache_clear()

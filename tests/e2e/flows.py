@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from lmiflow.spec import DeploymentSpec
+from tests.report.schema import validate_report
 
 
 def make_spec(model_dir, **over) -> DeploymentSpec:
@@ -34,4 +35,5 @@ def run(spec, report_dir):
 
     state = deploy_llm(spec, report_dir=str(report_dir), return_state=True)
     report = json.loads((report_dir / "report.json").read_text())
+    validate_report(report)  # every run's report.json, against the shipped schema
     return state, report

@@ -322,6 +322,7 @@ def _versions() -> dict[str, Any]:
 
 def _base(status: str) -> dict[str, Any]:
     return {
+        "schema_version": 1,
         "lmiflow_version": "0.1.0",
         "run_id": "4b1f0a6e-52f1-4a8e-9a3c-2d9c1e7b8f10",
         "started_at": "2026-11-29T19:46:40+00:00",

@@ -12,9 +12,8 @@ import pytest
 from filelock import Timeout
 
 from lmiflow.targets import make_target
-from lmiflow.targets.base import EndpointVariant, Target
+from lmiflow.targets.base import EndpointBusy, EndpointVariant, Target
 from lmiflow.targets.local import (
-    EndpointBusy,
     InvocationError,
     LocalTarget,
     failure_from_log,
@@ -293,3 +292,26 @@ def test_cli_list_invoke_delete(target: LocalTarget, weights: Path,
     assert target.list_resources("cli") == {"models": [], "endpoint_configs": [],
                                             "endpoints": []}
     assert main(["endpoints", "delete", "cli-ep"]) == 2
+
+
+def test_planning_writes_nothing(tmp_path: Path) -> None:
+    t = LocalTarget(tmp_path / "state")
+    assert len(t.instance_catalog()) == 1  # this machine
+    assert t.image_uri("vllm", "0.33.0", None) is None
+    assert t.serving_engine("trtllm") == "local"  # its own server, whatever the config says
+    assert t.serving_model_id("org/m", None) == "org/m"
+    assert t.serving_model_id("m", str(tmp_path / "m")) == str((tmp_path / "m").resolve())
+    v = t.endpoint_variant("local", 1, 10**12)
+    assert v.volume_size_gb is None and v.container_startup_health_check_timeout_s is None
+    assert t.load_baseline("prod") is None
+    assert t.list_resources("") == {"models": [], "endpoint_configs": [], "endpoints": []}
+    assert not (tmp_path / "state").exists()  # a dry run leaves no trace
+
+
+def test_baseline_is_kept_per_endpoint(target: LocalTarget) -> None:
+    where = target.save_baseline("prod", {"levels": [{"concurrency": 1}]})
+    assert Path(where) == target.state_dir / "baselines" / "prod.json"
+    assert target.load_baseline("prod") == {"levels": [{"concurrency": 1}]}
+    assert target.load_baseline("prod-2") is None
+    with pytest.raises(ValueError, match="endpoint name"):
+        target.save_baseline("../escape", {})

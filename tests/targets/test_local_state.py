@@ -12,8 +12,7 @@ import subprocess
 import pytest
 
 from lmiflow.errors import StateError
-from lmiflow.targets.baseline import load_baseline, save_baseline
-from lmiflow.targets.local import LocalTarget, check_state_dir
+from lmiflow.targets.local import LocalTarget
 
 
 @pytest.mark.parametrize(("text", "why"), [
@@ -59,23 +58,23 @@ def test_registry_and_staged_files_are_private(tmp_path):
 def test_a_state_dir_that_cannot_be_created(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(StateError) as exc:
-        LocalTarget(blocker / "state")
+    t = LocalTarget(blocker / "state")
+    with pytest.raises(StateError, match="not a directory") as exc:
+        t.check_state()
     assert exc.value.field == "LMIFLOW_STATE_DIR" and str(blocker) in str(exc.value)
-    with pytest.raises(StateError, match="not a directory"):
-        check_state_dir(blocker / "state")
-    assert not (blocker / "state").exists()
+    with pytest.raises(StateError, match="cannot create"):
+        t.stage("m", {"serving.properties": "engine=Python\n"})
 
 
-def test_check_state_dir_creates_nothing(tmp_path):
-    check_state_dir(tmp_path / "new" / "state")
+def test_check_state_creates_nothing(tmp_path):
+    LocalTarget(tmp_path / "new" / "state").check_state()
     assert not (tmp_path / "new").exists()
 
 
 def test_a_corrupt_baseline(tmp_path):
     t = LocalTarget(tmp_path)
-    save_baseline(t, "prod", {"levels": []})
-    assert load_baseline(t, "prod") == {"levels": []}
+    t.save_baseline("prod", {"levels": []})
+    assert t.load_baseline("prod") == {"levels": []}
     (tmp_path / "baselines" / "prod.json").write_text('{"levels": [')
     with pytest.raises(StateError, match=r"rm .*prod\.json"):
-        load_baseline(t, "prod")
+        t.load_baseline("prod")

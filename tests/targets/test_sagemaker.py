@@ -26,18 +26,31 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
 from lmiflow.serving.properties import properties_for, render, to_env
-from lmiflow.targets.base import EndpointVariant, Target, TrafficPolicy, WaitTimeout
-from lmiflow.targets.sagemaker import (
+from lmiflow.targets.base import (
     EndpointBusy,
+    EndpointVariant,
+    Target,
+    TrafficPolicy,
+    WaitTimeout,
+)
+from lmiflow.targets.sagemaker import (
     SageMakerTarget,
     StreamError,
-    delete_resources,
     deployment_config,
     iter_json_lines,
     lmi_image_uri,
-    resource_names,
     sizing_timeouts,
 )
+
+resource_names = Target.resource_names
+
+
+def delete_all(target, names):
+    """The candidate's three deletes, endpoint first (it uses the other two)."""
+    return {kind: delete(names[kind]) for kind, delete in (
+        ("endpoint", target.delete_endpoint),
+        ("endpoint_config", target.delete_endpoint_config),
+        ("model", target.delete_model))}
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/lmiflow-test"
@@ -456,7 +469,7 @@ def test_creating_to_failed_surfaces_reason_and_candidate_is_deleted(target, sm,
     stub.add_response("delete_endpoint_config", {},
                       {"EndpointConfigName": names["endpoint_config"]})
     _missing(stub, "delete_model", "model", {"ModelName": names["model"]})
-    done = delete_resources(target, names)
+    done = delete_all(target, names)
     assert done == {"endpoint": True, "endpoint_config": True, "model": False}
     assert log.ops()[-3:] == ["DeleteEndpoint", "DeleteEndpointConfig", "DeleteModel"]
 
@@ -808,10 +821,10 @@ def test_moto_stage_create_describe_delete_lifecycle(moto_target):
     }
     assert [e.name for e in t.list_endpoints()] == [names["endpoint"]]
 
-    assert delete_resources(t, names) == {"endpoint": True, "endpoint_config": True,
+    assert delete_all(t, names) == {"endpoint": True, "endpoint_config": True,
                                           "model": True}
     assert t.describe(names["endpoint"]) is None
-    assert delete_resources(t, names) == {"endpoint": False, "endpoint_config": False,
+    assert delete_all(t, names) == {"endpoint": False, "endpoint_config": False,
                                           "model": False}
     assert t.list_resources("mistral-prod") == {"models": [], "endpoint_configs": [],
                                                 "endpoints": []}
@@ -865,3 +878,63 @@ def test_example_sagemaker_configs_validate_and_map_to_requests():
     assert (worked.model.dtype, worked.workload.max_input_tokens,
             worked.workload.max_output_tokens, worked.workload.concurrency) == ("fp16", 3072,
                                                                                 1024, 4)
+
+
+# ---- what the flow asks the target instead of branching on its kind ------------------------
+
+
+def test_endpoint_variant_sizes_timeouts_and_leaves_volume_to_ebs_instances(target):
+    # 26 GB of weights: disk 26 x 1.5 + 30 = 69 GB; download 600 + 260 s; start 600 + 520 s.
+    ebs = target.endpoint_variant("ml.m5.xlarge", 2, 26 * 10**9)
+    assert (ebs.instance_count, ebs.volume_size_gb, ebs.model_data_download_timeout_s,
+            ebs.container_startup_health_check_timeout_s) == (2, 69, 860, 1120)
+    nvme = target.endpoint_variant("ml.g5.12xlarge", 1, 26 * 10**9)  # local NVMe storage
+    assert nvme.volume_size_gb is None and nvme.model_data_download_timeout_s == 860
+
+
+def test_packaging_s3_uploads_and_env_passes_options(target):
+    props = "engine=Python\noption.model_id=org/m\noption.tensor_parallel_degree=2\n"
+    s3 = Stubber(target.s3)
+    s3.add_response("put_object", {}, {"Bucket": "lmiflow-bucket",
+                                       "Key": "models/m-1/serving.properties",
+                                       "Body": props.encode(),
+                                       "ContentType": "text/plain; charset=utf-8"})
+    with s3:
+        pkg = target.package("m-1", props)
+    assert (pkg.model_data, pkg.env) == ("s3://lmiflow-bucket/models/m-1/", {})
+    env_target = SageMakerTarget(REGION, role_arn=ROLE, session=_session(), packaging="env")
+    pkg = env_target.package("m-1", props)  # no S3 client call: nothing stubbed
+    assert pkg.model_data == ""
+    assert pkg.env["OPTION_MODEL_ID"] == "org/m"
+    assert pkg.env["OPTION_TENSOR_PARALLEL_DEGREE"] == "2"
+
+
+def test_baseline_lives_under_the_s3_prefix(target):
+    s3 = Stubber(target.s3)
+    key = {"Bucket": "lmiflow-bucket", "Key": "models/prod/baseline.json"}
+    s3.add_client_error("get_object", service_error_code="NoSuchKey", http_status_code=404,
+                        expected_params=key)
+    body = json.dumps({"levels": []}, indent=2, sort_keys=True).encode()
+    s3.add_response("put_object", {}, {**key, "Body": body, "ContentType": "application/json"})
+    s3.add_response("get_object", {"Body": StreamingBody(io.BytesIO(body), len(body))}, key)
+    with s3:
+        assert target.load_baseline("prod") is None
+        assert target.save_baseline("prod", {"levels": []}) == (
+            "s3://lmiflow-bucket/models/prod/baseline.json")
+        assert target.load_baseline("prod") == {"levels": []}
+        s3.assert_no_pending_responses()
+    no_store = SageMakerTarget(REGION, session=_session())
+    assert no_store.load_baseline("prod") is None and no_store.save_baseline("prod", {}) is None
+
+
+def test_planning_answers(target):
+    from lmiflow.errors import UserInputError
+
+    assert target.serving_model_id("org/m", None) == "org/m"
+    assert target.serving_engine("trtllm") == "trtllm"
+    with pytest.raises(UserInputError, match=r"model\.id"):
+        target.serving_model_id("./m", "/tmp/m")
+    assert target.image_uri("vllm", None, "my/image:1") == "my/image:1"
+    assert "djl-inference" in target.image_uri("vllm", "0.33.0", None)
+    assert "tensorrtllm" in target.image_uri("trtllm", None, None)
+    assert "ml.p5.48xlarge" in set(target.instance_catalog()["instance_type"])

@@ -1,5 +1,5 @@
-"""Promotion and cleanup steps against the SageMaker target, every request checked by
-botocore's Stubber against the real service model: the blue/green update_endpoint with its
+"""Promotion and cleanup against the SageMaker target, without Prefect, every request checked
+by botocore's Stubber against the real service model: the blue/green update_endpoint with its
 DeploymentConfig, the production smoke test, and the deletes (candidate, and the config and
 model production ran before); on failure the candidate's three resources are deleted."""
 
@@ -13,11 +13,12 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
+from lmiflow import lifecycle
+from lmiflow.errors import StepFailed
 from lmiflow.pipeline import Names
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.sagemaker import SageMakerTarget
 
-pytestmark = pytest.mark.slow
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:"
 
 
@@ -31,15 +32,12 @@ def aws_env(monkeypatch, tmp_path):
 
 
 @pytest.fixture()
-def target(aws_env, monkeypatch):
+def target(aws_env):
     session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
                             region_name="us-east-1")
     t = SageMakerTarget("us-east-1", role_arn="arn:aws:iam::123456789012:role/SageMakerExecution",
                         s3_uri="s3://bucket/models/", session=session, poll_interval_s=0.01,
                         sleep=lambda s: None)
-    from lmiflow.tasks import steps
-
-    monkeypatch.setattr(steps, "target_for", lambda spec: t)
     return t
 
 
@@ -94,15 +92,11 @@ def expect_update(sm, update_params=None):
     sm.add_response("update_endpoint", {"EndpointArn": ARN + "endpoint/prod"}, update_params)
 
 
-def promote_only():
-    from lmiflow.tasks import steps
-    from prefect import flow
-
-    return flow(lambda: steps.promote(SPEC, NAMES, {"project": "lmiflow"}),
-                name="promote-only")()
+def promote_only(target):
+    return lifecycle.promote(target, SPEC, NAMES, {"project": "lmiflow"})
 
 
-def test_promote_updates_blue_green_smoke_tests_and_removes_old(prefect_harness, target):
+def test_promote_updates_blue_green_smoke_tests_and_removes_old(target):
     sm = Stubber(target.sm)
     expect_update(sm, {
         "EndpointName": "prod", "EndpointConfigName": "prod-ec-bbbbbbbb",
@@ -138,21 +132,19 @@ def test_promote_updates_blue_green_smoke_tests_and_removes_old(prefect_harness,
                          "max_new_tokens": 4, "details": True}}).encode()})
 
     with sm, rt:
-        result = promote_only()
+        result = promote_only(target)
         sm.assert_no_pending_responses()
         rt.assert_no_pending_responses()
-    assert result["action"] == "updated (CANARY)"
-    assert result["previous_config"] == "prod-ec-aaaaaaaa"
+    assert result.action == "updated (CANARY)"
+    assert result.previous_config == "prod-ec-aaaaaaaa"
     # "prod-2" is another endpoint's name, never touched.
-    assert result["removed"] == ["endpoint prod-c-bbbbbbbb", "endpoint_config prod-ec-aaaaaaaa",
-                                 "model prod-m-aaaaaaaa"]
-    assert result["production_smoke_test"]["passed"]
+    assert result.removed == ["endpoint prod-c-bbbbbbbb", "endpoint_config prod-ec-aaaaaaaa",
+                              "model prod-m-aaaaaaaa"]
+    assert result.production_smoke_test.passed
 
 
-def test_rolled_back_update_is_not_a_promotion(prefect_harness, target):
+def test_rolled_back_update_is_not_a_promotion(target):
     """Auto-rollback: production InService again but on the old config: the step fails."""
-    from lmiflow.tasks.common import StepFailed
-
     sm = Stubber(target.sm)
     ep = {"EndpointName": "prod"}
     expect_update(sm)
@@ -160,12 +152,10 @@ def test_rolled_back_update_is_not_a_promotion(prefect_harness, target):
     sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
 
     with sm, pytest.raises(StepFailed, match="rolled back"):
-        promote_only()
+        promote_only(target)
 
 
 def test_cleanup_on_failure_deletes_the_candidate_only(target):
-    from lmiflow.tasks import steps
-
     sm = Stubber(target.sm)
     ep = {"EndpointName": "prod"}
     sm.add_response("describe_endpoint", described("InService", "prod-ec-aaaaaaaa"), ep)
@@ -181,6 +171,6 @@ def test_cleanup_on_failure_deletes_the_candidate_only(target):
                         service_message='Could not find model "prod-m-bbbbbbbb".',
                         http_status_code=400, expected_params={"ModelName": "prod-m-bbbbbbbb"})
     with sm:
-        removed = steps.cleanup_candidate.fn(SPEC, NAMES)
+        removed = lifecycle.cleanup_candidate(target, NAMES)
         sm.assert_no_pending_responses()
     assert removed == ["endpoint prod-c-bbbbbbbb", "endpoint config prod-ec-bbbbbbbb"]

@@ -1,0 +1,236 @@
+"""A candidate endpoint's life, free of Prefect: create it, wait for it, test and benchmark it,
+promote it to production or remove it, and tear everything down. Tasks call these once each
+(adding retries, artifacts and log lines); tests call them directly, without an API server.
+
+Every function takes the Target it acts on, so the same code runs on SageMaker and locally.
+What production uses is never deleted: cleanup, leftover removal and promotion all ask first.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from pydantic import BaseModel
+
+from lmiflow import pipeline
+from lmiflow.bench.loadgen import ProgressFn, bench_endpoint
+from lmiflow.bench.metrics import BenchResult
+from lmiflow.errors import StepFailed
+from lmiflow.pipeline import Candidate, Names
+from lmiflow.report.model import Promotion, SmokeTest
+from lmiflow.sizing.planner import Plan
+from lmiflow.spec import DeploymentSpec
+from lmiflow.targets.base import (
+    EndpointStatus,
+    EndpointVariant,
+    Target,
+    TrafficPolicy,
+    WaitTimeout,
+)
+
+log = logging.getLogger(__name__)
+OnStatus = Callable[[EndpointStatus, float], None]
+
+
+class CreatedModel(BaseModel):
+    model: str
+    model_data: str = ""
+    removed_leftovers: list[str] = []
+
+
+class CreatedEndpoint(BaseModel):
+    endpoint: str
+    status: str
+    seconds: float
+    url: str | None = None
+
+
+# ---- what production uses, and what is left over ---------------------------------------------
+
+def production_in_use(target: Target, production: str) -> set[str]:
+    """The endpoint config and model production serves (empty when there is no production)."""
+    prod = target.describe(production)
+    if prod is None or not prod.config_name:
+        return set()
+    model = target.config_model_name(prod.config_name)
+    return {prod.config_name, model} if model else {prod.config_name}
+
+
+def remove_leftovers(target: Target, production: str) -> list[str]:
+    """Candidate resources of this endpoint that production does not use (what an interrupted
+    run left, or what production ran before a promotion): deleted. Returns what was removed."""
+    in_use = production_in_use(target, production)
+    found = target.list_resources(f"{production}-")
+    removed = []
+    for kind, delete in (("endpoints", target.delete_endpoint),
+                         ("endpoint_configs", target.delete_endpoint_config),
+                         ("models", target.delete_model)):
+        for name in found.get(kind, []):
+            if (target.is_candidate_resource(production, name) and name not in in_use
+                    and delete(name)):
+                removed.append(f"{kind[:-1]} {name}")
+    return removed
+
+
+# ---- the candidate ------------------------------------------------------------------------------
+
+def create_model(target: Target, candidate: Candidate, tags: dict[str, str],
+                 staged_properties: str | None = None) -> CreatedModel:
+    """Remove what an earlier interrupted run left, package serving.properties the way the
+    target takes it, and create the model. staged_properties: the text to package when it
+    differs from the one reported (secret entries filled in: pipeline.staged_properties)."""
+    names = candidate.names
+    removed = remove_leftovers(target, names.production)
+    if removed:
+        log.warning("removed leftovers of an earlier run: %s", ", ".join(removed))
+    package = target.package(names.model, staged_properties or candidate.properties)
+    target.create_model(names.model, package.model_data, candidate.image_uri, package.env, tags)
+    return CreatedModel(model=names.model, model_data=package.model_data,
+                        removed_leftovers=removed)
+
+
+def configure_endpoint(target: Target, names: Names, p: Plan, tags: dict[str, str]
+                       ) -> EndpointVariant:
+    chosen = p.chosen
+    variant = target.endpoint_variant(chosen.instance_type, chosen.instance_count,
+                                      int(p.memory.weights_bytes))
+    target.create_endpoint_config(names.endpoint_config, names.model, variant, tags)
+    return variant
+
+
+def wait_in_service(target: Target, endpoint: str, timeout_s: float,
+                    on_status: OnStatus | None = None) -> EndpointStatus:
+    """Wait (bounded) for InService; Failed or a timeout raise StepFailed with the reason."""
+    try:
+        st = target.wait(endpoint, timeout_s, on_status=on_status)
+    except WaitTimeout as exc:
+        raise StepFailed(f"{endpoint} not InService within {timeout_s:.0f} s: {exc}") from None
+    if st.status != "InService":
+        raise StepFailed(f"{endpoint} is {st.status}: {st.failure_reason or 'no reason given'}")
+    return st
+
+
+def create_endpoint(target: Target, names: Names, tags: dict[str, str], timeout_s: float,
+                    on_status: OnStatus | None = None) -> CreatedEndpoint:
+    t0 = time.monotonic()
+    target.create_endpoint(names.endpoint, names.endpoint_config, tags)
+    st = wait_in_service(target, names.endpoint, timeout_s, on_status)
+    return CreatedEndpoint(endpoint=names.endpoint, status=st.status,
+                           seconds=time.monotonic() - t0, url=st.url)
+
+
+def smoke_test(target: Target, spec: DeploymentSpec, endpoint: str) -> SmokeTest:
+    """One prompt; passed says whether the answer is a real generation."""
+    t0 = time.monotonic()
+    body = target.invoke(endpoint, pipeline.smoke_payload(spec))
+    passed, output, why = pipeline.check_smoke_response(body)
+    return SmokeTest(passed=passed, output=output, endpoint=endpoint,
+                     seconds=time.monotonic() - t0, error=why)
+
+
+def benchmark(target: Target, spec: DeploymentSpec, endpoint: str, p: Plan,
+              tokenizer_dir: str | None, on_progress: ProgressFn | None = None) -> BenchResult:
+    """The config's benchmark against the endpoint, priced at the chosen instance's rate."""
+    cfg = pipeline.load_config(spec).model_copy(update={
+        "usd_per_hour": (p.chosen.usd_per_hour / p.chosen.instance_count
+                         if p.chosen.usd_per_hour else None),
+        "instances": p.chosen.instance_count})
+    return bench_endpoint(target, endpoint, cfg, tokenizer=_tokenizer(tokenizer_dir),
+                          gates=spec.gates, on_progress=on_progress)
+
+
+def _tokenizer(path: str | None):
+    """The model's own tokenizer for exact prompt lengths, when it is on disk."""
+    if not path:
+        return None
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path)
+    except Exception:
+        return None
+
+
+# ---- production -------------------------------------------------------------------------------
+
+def traffic_policy(spec: DeploymentSpec) -> TrafficPolicy:
+    pr = spec.promotion
+    return TrafficPolicy(
+        type=pr.strategy, wait_interval_s=pr.wait_interval_s,
+        canary_size_pct=pr.canary_size_pct if pr.strategy == "CANARY" else None,
+        linear_step_pct=pr.linear_step_pct if pr.strategy == "LINEAR" else None,
+        alarms=pr.alarms)
+
+
+def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, str],
+            on_status: OnStatus | None = None) -> Promotion:
+    """Candidate config becomes production: create production on a first deploy, else a
+    blue/green update; then smoke-test production, and delete the candidate endpoint and the
+    configuration production ran before. Safe to retry: a second try finds production already
+    on the new config and only finishes the cleanup."""
+    prod = target.describe(spec.name)
+    previous = prod.config_name if prod else None
+    if prod is None:
+        target.create_endpoint(spec.name, names.endpoint_config, tags)
+        action = "created"
+    elif prod.config_name == names.endpoint_config and prod.status == "InService":
+        action = "already serving this config"
+    else:
+        target.update_endpoint(spec.name, names.endpoint_config, traffic_policy(spec))
+        action = f"updated ({spec.promotion.strategy})"
+    st = wait_in_service(target, spec.name, spec.promotion.endpoint_timeout_s, on_status)
+    if st.config_name and st.config_name != names.endpoint_config:
+        raise StepFailed(f"{spec.name} still serves {st.config_name} after the update "
+                         "(rolled back?)")
+    smoke = smoke_test(target, spec, spec.name)
+    if not smoke.passed:
+        raise StepFailed(f"smoke test of {spec.name} failed: {smoke.error}")
+    # Everything of this endpoint that production no longer uses: the candidate endpoint and
+    # the config and model production ran before (also those of an earlier interrupted try).
+    removed = remove_leftovers(target, spec.name)
+    return Promotion(action=action, previous_config=previous, removed=removed,
+                     production_smoke_test=smoke)
+
+
+def cleanup_candidate(target: Target, names: Names) -> list[str]:
+    """Delete the candidate's endpoint, config and model unless production uses them (a
+    promotion that went half-way may already serve the candidate's config)."""
+    in_use = production_in_use(target, names.production)
+    removed = []
+    if target.delete_endpoint(names.endpoint):
+        removed.append(f"endpoint {names.endpoint}")
+    if names.endpoint_config not in in_use and target.delete_endpoint_config(
+            names.endpoint_config):
+        removed.append(f"endpoint config {names.endpoint_config}")
+    if names.model not in in_use and target.delete_model(names.model):
+        removed.append(f"model {names.model}")
+    return removed
+
+
+def teardown(target: Target, production: str) -> list[str]:
+    """Delete production (endpoint, its config and model) and every candidate resource."""
+    removed: list[str] = []
+    prod = target.describe(production)
+    config = prod.config_name if prod else None
+    model = target.config_model_name(config) if config else None
+    if target.delete_endpoint(production):
+        removed.append(f"endpoint {production}")
+    removed += remove_leftovers(target, production)
+    if config and target.delete_endpoint_config(config):
+        removed.append(f"endpoint config {config}")
+    if model and target.delete_model(model):
+        removed.append(f"model {model}")
+    return removed
+
+
+# ---- production's baseline ----------------------------------------------------------------------
+
+def load_baseline(target: Target, production: str) -> BenchResult | None:
+    data = target.load_baseline(production)
+    return None if data is None else BenchResult.model_validate(data)
+
+
+def save_baseline(target: Target, production: str, bench: BenchResult) -> str | None:
+    return target.save_baseline(production, bench.model_dump(mode="json"))

@@ -1,0 +1,152 @@
+"""The run report as one typed object: what a deploy, plan or dry run produced, step by step.
+
+The flow fills a RunReport with the typed results of each step (the sizing Plan, the
+BenchResult, the gate Verdict...) and it is dumped to JSON once, when the report is written.
+Field order is report.json's key order; every field DESIGN.md names keeps its place and shape.
+`schema_version` counts incompatible changes to this shape; the JSON Schema that ships with
+the package (report_schema.json, `lmiflow report-schema`) is generated from this model.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.resources import files
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_serializer
+
+from lmiflow.bench.gates import Verdict
+from lmiflow.bench.metrics import BenchResult
+from lmiflow.sizing.model_spec import ModelSpec
+from lmiflow.sizing.planner import Plan
+
+SCHEMA_VERSION = 1
+SCHEMA_FILE = "report.schema.json"  # package data next to this module
+RunStatus = Literal["promoted", "rejected", "failed", "planned"]
+StepStatus = Literal["running", "completed", "failed", "skipped"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StepRecord(_Strict):
+    """One pipeline step: its status, when it started (epoch seconds) and how long it took."""
+
+    name: str
+    status: StepStatus
+    started_at: float | None = None
+    seconds: float = 0.0
+    summary: str = ""
+
+
+class SmokeTest(_Strict):
+    """One prompt sent to an endpoint, and what came back."""
+
+    passed: bool
+    output: str
+    endpoint: str | None = None
+    seconds: float | None = None
+    error: str | None = Field(default=None, description="Why it failed (None when it passed).")
+
+
+class Promotion(_Strict):
+    """What promotion did to production."""
+
+    action: str = Field(description="created, updated (<strategy>), or already serving it.")
+    previous_config: str | None = Field(description="The endpoint config production ran before.")
+    removed: list[str] = Field(default_factory=list, description="Resources deleted after.")
+    production_smoke_test: SmokeTest
+
+
+class Versions(_Strict):
+    lmiflow: str
+    prefect: str | None = None
+    lmi_image: str | None = None
+    model_revision: str
+
+
+class _ReportedModelBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    revision: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _only_what_is_known(self, handler: Any) -> Any:
+        # A run that failed before fetch_config knows only the config's id and revision: the
+        # report then says just that, rather than a column of nulls.
+        data = handler(self)
+        return {k: v for k, v in data.items() if k in self.model_fields_set}
+
+
+# The model as the report names it: the config's id and revision, then (after fetch_config)
+# every ModelSpec field at the same level, where it came from, and the KV bytes per token from
+# the plan. Built from ModelSpec's fields so a field added to the sizing model appears here.
+ReportedModel = create_model(
+    "ReportedModel",
+    __base__=_ReportedModelBase,
+    __doc__="The model: config id and revision, then ModelSpec's fields once they are known.",
+    **{name: (info.annotation | None, None) for name, info in ModelSpec.model_fields.items()},
+    source=(str | None, Field(default=None, description="local:<path>, hub:<id>@<rev> or "
+                                                       "snapshot:<dir>")),
+    kv_cache_bytes_per_token=(int | None, None),
+)
+
+
+class RunReport(_Strict):
+    """report.json. `status` is `failed` until the run says otherwise."""
+
+    schema_version: int = SCHEMA_VERSION
+    lmiflow_version: str
+    run_id: str | None = None
+    started_at: str = Field(description="ISO 8601, UTC, seconds.")
+    finished_at: str | None = None
+    status: RunStatus = "failed"
+    endpoint: str = Field(description="The production endpoint's name.")
+    candidate_endpoint: str | None = None
+    target: str = Field(description="Where the endpoints live: local or sagemaker.")
+    failed_step: str | None = None
+    error: str | None = None
+    model: ReportedModel  # type: ignore[valid-type]
+    steps: list[StepRecord] = Field(default_factory=list)
+    plan: Plan | None = Field(default=None, description="As `lmiflow plan --json` prints it.")
+    serving_properties: str | None = Field(default=None, description="The file's text.")
+    image_uri: str | None = None
+    smoke_test: SmokeTest | None = None
+    benchmark: BenchResult | None = Field(default=None, description="As `bench --json`.")
+    gate: Verdict | None = None
+    baseline: BenchResult | None = Field(
+        default=None, description="Production's last promoted benchmark, when there is one.")
+    versions: Versions
+    cleanup: list[str] | None = Field(
+        default=None, description="Candidate resources removed after a run that did not promote.")
+    config: dict[str, Any] = Field(description="The deployment config the run used.")
+    promotion: Promotion | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Plain JSON types, in report.json's key order (the one dump of a run)."""
+        return self.model_dump(mode="json")
+
+
+def report_json_schema() -> dict[str, Any]:
+    """The JSON Schema of report.json (what `to_json_dict` writes)."""
+    schema = RunReport.model_json_schema(mode="serialization")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def schema_text(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def shipped_schema_text() -> str:
+    """The schema file that ships with the package (a test keeps it equal to the model's)."""
+    return files("lmiflow.report").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
+
+
+if __name__ == "__main__":  # regenerate the shipped file: python -m lmiflow.report.model
+    from pathlib import Path
+
+    Path(__file__).with_name(SCHEMA_FILE).write_text(schema_text(report_json_schema()),
+                                                      encoding="utf-8")

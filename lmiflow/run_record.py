@@ -1,0 +1,135 @@
+"""The run record and the planning steps shared by every flow and by `--dry-run`. No Prefect
+import here: a dry run must not start an API server."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import lmiflow
+from lmiflow import pipeline
+from lmiflow.model_source import ResolvedModel
+from lmiflow.pipeline import Candidate, MemoryEstimate
+from lmiflow.report.model import ReportedModel, RunReport, RunStatus, StepRecord, Versions
+from lmiflow.report.redact import redact_text
+from lmiflow.sizing.planner import Plan
+from lmiflow.spec import DeploymentSpec
+
+STEP_NAMES = ("fetch_config", "compute_memory", "choose_instance", "render_serving_properties",
+              "create_model", "configure_endpoint", "create_endpoint", "smoke_test",
+              "benchmark", "gate", "promote")
+
+
+class RunRecord:
+    """The report being assembled: each step's status and seconds, and each step's result."""
+
+    def __init__(self, spec: DeploymentSpec, run_id: str | None):
+        self.report = RunReport(
+            lmiflow_version=lmiflow.__version__, run_id=run_id, started_at=_now(),
+            endpoint=spec.name, target=spec.target.kind,
+            model=ReportedModel(id=spec.model.id, revision=spec.model.revision),
+            config=spec.model_dump(mode="json"), versions=_versions(spec),
+        )
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[StepRecord]:
+        rec = StepRecord(name=name, status="running", started_at=time.time())
+        self.report.steps.append(rec)
+        t0 = time.perf_counter()
+        try:
+            yield rec
+            rec.status = "completed"
+        except BaseException as exc:
+            rec.status = "failed"
+            rec.summary = redact_text(f"{type(exc).__name__}: {exc}")[:500]
+            self.report.failed_step = name
+            self.report.error = redact_text(str(exc))[:2000]
+            raise
+        finally:
+            rec.seconds = round(time.perf_counter() - t0, 3)
+
+    def finish(self, status: RunStatus) -> RunReport:
+        ran = {s.name for s in self.report.steps}
+        self.report.steps += [StepRecord(name=n, status="skipped") for n in STEP_NAMES
+                              if n not in ran]
+        self.report.status = status
+        self.report.finished_at = _now()
+        return self.report
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _versions(spec: DeploymentSpec) -> Versions:
+    try:
+        prefect_version = version("prefect")
+    except PackageNotFoundError:
+        prefect_version = None
+    return Versions(lmiflow=lmiflow.__version__, prefect=prefect_version,
+                    model_revision=spec.model.revision or "main")
+
+
+def report_path(report_dir: str | Path | None, name: str) -> Path:
+    """Where a run's report files go: --report-dir, else reports/<endpoint name>."""
+    return Path(report_dir) if report_dir else Path("reports") / name
+
+
+def write_report(report: RunReport, report_dir: str | Path | None) -> Path:
+    """report.json, .md and .html; returns report.json's path."""
+    from lmiflow.report.writer import write_report as write
+
+    return write(report, report_path(report_dir, report.endpoint))["json"]
+
+
+class DirectSteps:
+    """The planning steps without Prefect (no API server, no artifacts): `--dry-run` and the
+    CLI's up-front validation use these, so bad input exits before anything starts. The
+    Prefect tasks in lmiflow.tasks.steps have the same signatures."""
+
+    fetch_config = staticmethod(pipeline.fetch_config)
+    compute_memory = staticmethod(pipeline.compute_memory)
+
+    @staticmethod
+    def choose_instance(spec: DeploymentSpec, model: ResolvedModel) -> Plan:
+        return pipeline.choose_instance(spec, model, pipeline.target_for(spec))
+
+    @staticmethod
+    def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Plan
+                                  ) -> Candidate:
+        return pipeline.prepare_serving(spec, model, p, pipeline.target_for(spec))
+
+
+def plan_steps(spec: DeploymentSpec, rec: RunRecord, impl: Any
+               ) -> tuple[ResolvedModel, Plan, Candidate]:
+    """fetch_config .. render_serving_properties, shared by deploy, plan-only and dry runs.
+    impl: DirectSteps, or the Prefect tasks."""
+    report = rec.report
+    with rec.step("fetch_config") as s:
+        model: ResolvedModel = impl.fetch_config(spec)
+        report.model = ReportedModel(id=spec.model.id, revision=spec.model.revision,
+                                     **model.spec.model_dump(), source=model.source)
+        s.summary = f"{model.spec.model_type}, {model.spec.parameters:,} parameters"
+    with rec.step("compute_memory") as s:
+        mem: MemoryEstimate = impl.compute_memory(spec, model)
+        s.summary = f"{mem.total_bytes / 1e9:.1f} GB unsharded"
+    with rec.step("choose_instance") as s:
+        p: Plan = impl.choose_instance(spec, model)
+        report.plan = p  # the `lmiflow plan --json` shape
+        report.model = report.model.model_copy(
+            update={"kv_cache_bytes_per_token": p.model.kv_cache_bytes_per_token})
+        s.summary = (f"{p.chosen.instance_type} x{p.chosen.instance_count}, tp "
+                     f"{p.chosen.tensor_parallel_degree}")
+    with rec.step("render_serving_properties") as s:
+        cand: Candidate = impl.render_serving_properties(spec, model, p)
+        report.serving_properties = cand.properties
+        report.image_uri = cand.image_uri
+        report.versions.lmi_image = cand.image_uri
+        report.candidate_endpoint = cand.names.endpoint
+        s.summary = f"candidate {cand.names.endpoint}"
+    return model, p, cand
