@@ -40,6 +40,7 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
             names = candidate.names
             tags = pipeline.tags_for(names, report.run_id)
             with rec.step("create_model") as s:
+                steps.check_production(spec)
                 created = steps.create_model(spec, candidate, tags)
                 s.summary = names.model + (
                     f" (removed leftovers: {', '.join(created.removed_leftovers)})"

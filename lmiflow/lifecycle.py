@@ -15,9 +15,10 @@ from collections.abc import Callable
 from pydantic import BaseModel
 
 from lmiflow import pipeline
+from lmiflow.bench.gates import Verdict, evaluate
 from lmiflow.bench.loadgen import ProgressFn, bench_endpoint
 from lmiflow.bench.metrics import BenchResult
-from lmiflow.errors import StepFailed
+from lmiflow.errors import StepFailed, UserInputError
 from lmiflow.pipeline import Candidate, Names
 from lmiflow.report.model import Promotion, SmokeTest
 from lmiflow.sizing.planner import Plan
@@ -72,6 +73,46 @@ def remove_leftovers(target: Target, production: str) -> list[str]:
                     and delete(name)):
                 removed.append(f"{kind[:-1]} {name}")
     return removed
+
+
+# ---- production before anything is created ---------------------------------------------------
+
+def check_production(target: Target, spec: DeploymentSpec) -> EndpointStatus | None:
+    """Production's status, asked before anything is created. A Failed production serves
+    nothing and takes no blue/green update, so a run would create and benchmark a candidate
+    only to fail at promote: unless promotion.replace_failed allows replacing it, stop now."""
+    prod = target.describe(spec.name)
+    if prod is not None and prod.status == "Failed" and not spec.promotion.replace_failed:
+        raise UserInputError(
+            "promotion.replace_failed",
+            f"production endpoint {spec.name} is Failed "
+            f"({(prod.failure_reason or 'no reason given')[:160]}): it serves nothing and "
+            "cannot be updated; rerun with --replace-failed (or set promotion.replace_failed: "
+            "true) to replace it with this run's candidate")
+    return prod
+
+
+def regression_baseline(production: EndpointStatus | None, baseline: BenchResult | None
+                        ) -> tuple[BenchResult | None, str | None]:
+    """The baseline the regression check compares with, and a note when it is set aside.
+    With production down, anything that passes the SLO gates beats what serves now
+    (nothing): holding a repair to the old benchmark could keep production down."""
+    if baseline is not None and production is not None and production.status == "Failed":
+        return None, (f"production {production.name} is Failed: the regression check against "
+                      "its last benchmark (report.baseline) is not enforced; the SLO gates "
+                      "decide")
+    return baseline, None
+
+
+def gate(target: Target, spec: DeploymentSpec, bench: BenchResult,
+         baseline: BenchResult | None) -> Verdict:
+    """The SLO gates, and the regression check against production's last benchmark unless
+    production is down (regression_baseline)."""
+    enforced, note = regression_baseline(target.describe(spec.name), baseline)
+    verdict = evaluate(spec.gates, bench, enforced, spec.regression.max_regression_pct)
+    if note:
+        verdict.notes.append(note)
+    return verdict
 
 
 # ---- the candidate ------------------------------------------------------------------------------
@@ -172,9 +213,18 @@ def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, 
     on the new config and only finishes the cleanup."""
     prod = target.describe(spec.name)
     previous = prod.config_name if prod else None
+    if prod is not None and prod.status == "Failed" and spec.promotion.replace_failed:
+        # A Failed endpoint takes no update: delete it, then create it on the candidate's
+        # config. What it ran before goes with the leftovers below.
+        target.delete_endpoint(spec.name)
+        _wait_gone(target, spec.name, spec.promotion.endpoint_timeout_s)
+        prod = None
+        replaced = True
+    else:
+        replaced = False
     if prod is None:
         target.create_endpoint(spec.name, names.endpoint_config, tags)
-        action = "created"
+        action = "replaced the Failed production" if replaced else "created"
     elif prod.config_name == names.endpoint_config and prod.status == "InService":
         action = "already serving this config"
     else:
@@ -192,6 +242,15 @@ def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, 
     removed = remove_leftovers(target, spec.name)
     return Promotion(action=action, previous_config=previous, removed=removed,
                      production_smoke_test=smoke)
+
+
+def _wait_gone(target: Target, name: str, timeout_s: float) -> None:
+    """Deleting an endpoint can take a while (SageMaker: Deleting); its name is free after."""
+    deadline = time.monotonic() + timeout_s
+    while target.describe(name) is not None:
+        if time.monotonic() >= deadline:
+            raise StepFailed(f"{name} still exists {timeout_s:.0f} s after it was deleted")
+        time.sleep(target.poll_interval_s)
 
 
 def cleanup_candidate(target: Target, names: Names) -> list[str]:

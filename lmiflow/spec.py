@@ -221,6 +221,13 @@ class PromotionSection(_Strict):
     endpoint_timeout_s: float = Field(
         default=3600, gt=0, le=4 * 3600, description="Longest wait for an endpoint to be ready."
     )
+    replace_failed: bool = Field(
+        default=False,
+        description="Replace a production endpoint that is Failed (it serves nothing and "
+        "cannot be updated): promotion deletes it and creates it on the candidate's config, "
+        "and the regression check is not enforced. Off: such a run stops before creating "
+        "anything.",
+    )
 
 
 class DeploymentSpec(_Strict):

@@ -21,7 +21,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from lmiflow import lifecycle, pipeline
-from lmiflow.bench.gates import Verdict, evaluate
+from lmiflow.bench.gates import Verdict
 from lmiflow.bench.metrics import BenchResult
 from lmiflow.errors import StepFailed
 from lmiflow.lifecycle import CreatedEndpoint, CreatedModel
@@ -29,7 +29,7 @@ from lmiflow.model_source import ResolvedModel
 from lmiflow.pipeline import Candidate, MemoryEstimate, Names, target_for
 from lmiflow.report.model import Promotion, RunReport, SmokeTest
 from lmiflow.report.redact import redact_text
-from lmiflow.run_record import write_report
+from lmiflow.run_record import ReportNotWritten, write_report_somewhere
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.base import EndpointStatus, EndpointVariant
 
@@ -102,6 +102,17 @@ def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Pla
 
 
 # ---- the candidate ---------------------------------------------------------------------------
+
+@step_task("check_production")
+def check_production(spec: DeploymentSpec) -> EndpointStatus | None:
+    """Before anything is created: a Failed production stops the run unless it may be
+    replaced (promotion.replace_failed)."""
+    prod = lifecycle.check_production(target_for(spec), spec)
+    if prod is not None and prod.status == "Failed":
+        get_run_logger().warning("production %s is Failed (%s): this run replaces it",
+                                 spec.name, redact_text(prod.failure_reason or "no reason"))
+    return prod
+
 
 @step_task("create_model")
 def create_model(spec: DeploymentSpec, candidate: Candidate, tags: dict[str, str]
@@ -208,7 +219,7 @@ def load_baseline(spec: DeploymentSpec) -> BenchResult | None:
 
 @step_task("gate", retries=0)
 def gate(spec: DeploymentSpec, bench: BenchResult, baseline: BenchResult | None) -> Verdict:
-    verdict = evaluate(spec.gates, bench, baseline, spec.regression.max_regression_pct)
+    verdict = lifecycle.gate(target_for(spec), spec, bench, baseline)
     lines = [f"# Gate: {'PASSED' if verdict.passed else 'REJECTED'}\n",
              "| check | c | observed | op | threshold | ok |", "|---|---|---|---|---|---|"]
     for c in verdict.checks:
@@ -266,15 +277,27 @@ def teardown(spec: DeploymentSpec) -> list[str]:
 
 
 @task(name="report", retries=0, cache_policy=NO_CACHE)
-def report(run_report: RunReport, report_dir: str | None) -> Path:
-    """Write report.json / .md / .html and link them from the run. Never fails the run for
-    the link: the files are what matter."""
-    path = write_report(run_report, report_dir)
+def report(run_report: RunReport, report_dir: str | None) -> Path | None:
+    """Write report.json / .md / .html and link them from the run. Never fails the run: a
+    report directory that cannot take the files sends them to a fallback directory, and the
+    link is a convenience."""
+    log = get_run_logger()
+    try:
+        path, why = write_report_somewhere(run_report, report_dir)
+    except ReportNotWritten as exc:
+        log.error("no report could be written: %s", redact_text(str(exc)))
+        return None
+    except Exception as exc:  # a rendering bug must not undo what the run did either
+        log.error("the report could not be rendered: %s", redact_text(str(exc)))
+        return None
+    if why:
+        log.warning("report not written where asked (%s): written to %s", redact_text(why),
+                    path)
     name = run_report.endpoint
     try:
         create_link_artifact(key=artifact_key(name, "report"), link=path.resolve().as_uri(),
                              link_text=f"report of {name}",
                              description=f"{name}: report.json / report.md / report.html")
     except Exception as exc:
-        get_run_logger().warning("could not link the report: %s", redact_text(str(exc)))
+        log.warning("could not link the report: %s", redact_text(str(exc)))
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -20,6 +21,9 @@ def add_parser(sub) -> None:
                    help="Where report.json/.md/.html go (default reports/<name>).")
     p.add_argument("--dry-run", action="store_true",
                    help="Stop after render_serving_properties: no cloud call, nothing created.")
+    p.add_argument("--replace-failed", action="store_true",
+                   help="Replace a Failed production endpoint with this run's candidate "
+                   "(sets promotion.replace_failed).")
     p.add_argument("--verbose", "-v", action="store_true", help="Show Prefect's logs.")
     p.set_defaults(run=run)
 
@@ -35,7 +39,9 @@ def run(args) -> int:
     # Prefect warns on import when it cannot create its home; _check_outputs says it once.
     warnings.filterwarnings("ignore", "Failed to create the Prefect home directory")
 
-    overrides = {"target.kind": args.target} if args.target else None
+    overrides = {"target.kind": args.target} if args.target else {}
+    if args.replace_failed:
+        overrides["promotion.replace_failed"] = True
     spec = load_spec(args.config, overrides)
     report_dir = str(report_path(args.report_dir, spec.name))
     if args.dry_run:
@@ -54,16 +60,26 @@ def run(args) -> int:
 
 def _check_outputs(spec, report_dir: Path) -> None:
     """Every place the run will write, checked before it creates anything: the report
-    directory, Prefect's home (its database) and the target's own state."""
+    directory, Prefect's home (its database) and the target's own state; and production, which
+    must not be Failed unless it may be replaced (the flow checks that again, with retries)."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME
 
+    from lmiflow.errors import UserInputError
+    from lmiflow.lifecycle import check_production
     from lmiflow.pipeline import target_for
     from lmiflow.state_files import check_writable
 
     check_writable(report_dir, "--report-dir")
     if not PREFECT_API_URL.value():
         check_writable(Path(PREFECT_HOME.value()), "PREFECT_HOME")
-    target_for(spec).check_state()
+    target = target_for(spec)
+    target.check_state()
+    try:
+        check_production(target, spec)
+    except UserInputError:
+        raise
+    except Exception:  # unreachable now (throttled, offline): the flow's own check retries
+        pass
 
 
 def _plan_directly(spec):
@@ -128,9 +144,34 @@ def _run_flow(spec, report_dir: str) -> int:
         return 128 + signum
     finally:
         signal.signal(signal.SIGTERM, previous)
+    # The exit code says what happened to production (0: promoted), wherever the report went.
     code = 0 if state.is_completed() else 1
-    _summary(Path(report_dir) / "report.json", spec, console)
+    path = _find_report(Path(report_dir), spec.name, str(state.state_details.flow_run_id))
+    if path is None:
+        print(f"lmiflow: warning: no report of this run could be written (see the log above); "
+              f"{'production was promoted' if code == 0 else 'production was not changed'}",
+              file=sys.stderr)
+        return code
+    _summary(path, spec, console)
+    if path.parent != Path(report_dir):
+        print(f"lmiflow: warning: the report could not be written to {report_dir}; it is in "
+              f"{path.parent}", file=sys.stderr)
     return code
+
+
+def _find_report(report_dir: Path, name: str, run_id: str) -> Path | None:
+    """This run's report.json: in report_dir, or where the flow put it when report_dir could
+    not take it (run_record.fallback_report_dirs)."""
+    from lmiflow.run_record import fallback_report_dirs
+
+    for directory in (report_dir, *fallback_report_dirs(name, run_id)):
+        path = directory / "report.json"
+        try:
+            if json.loads(path.read_text()).get("run_id") == run_id:
+                return path
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
 
 
 def _flow_with_progress(spec, report_dir: str, console):
@@ -156,8 +197,6 @@ def _flow_with_progress(spec, report_dir: str, console):
 
 
 def _summary(path: Path, spec, console) -> None:
-    import json
-
     try:
         r = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

@@ -97,3 +97,26 @@ def test_summary_reads_gates_written_as_null(tmp_path):
     console.file.close()
     assert "ttft_ms p95 c=1: — <= —" in (tmp_path / "out.txt").read_text()
     _summary(Path(tmp_path / "missing.json"), spec, Console(file=open(tmp_path / "o2", "w")))  # noqa: SIM115
+
+
+def test_a_failed_production_is_exit_2_before_anything_is_created(config, tmp_path, capsys):
+    state = tmp_path / "state"
+    state.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    proc = {"pid": dead.pid, "port": 9, "log": str(tmp_path / "none.log"),
+            "config_name": "bad-input-test-ec-00000000", "started": 0.0,
+            "startup_timeout_s": 60}
+    registry = {"models": {}, "endpoint_configs": {}, "endpoints": {"bad-input-test": {
+        "name": "bad-input-test", "config_name": "bad-input-test-ec-00000000", "tags": {},
+        "status": "InService", "failure_reason": None, "process": proc, "pending": None,
+        "created": 0.0}}}
+    (state / "registry.json").write_text(json.dumps(registry))
+    assert main(["deploy", str(config), "--report-dir", str(tmp_path / "r")]) == 2
+    line = _one_line(capsys)
+    assert line.startswith("lmiflow: error: promotion.replace_failed: production endpoint "
+                           "bad-input-test is Failed (server process")
+    assert "--replace-failed" in line
+    assert not (tmp_path / "r").exists()
+    after = json.loads((state / "registry.json").read_text())
+    assert list(after["endpoints"]) == ["bad-input-test"] and after["models"] == {}
