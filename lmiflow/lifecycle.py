@@ -51,12 +51,17 @@ class CreatedEndpoint(BaseModel):
 # ---- what production uses, and what is left over ---------------------------------------------
 
 def production_in_use(target: Target, production: str) -> set[str]:
-    """The endpoint config and model production serves (empty when there is no production)."""
+    """The endpoint configs and models production serves or is being updated to (empty when
+    there is no production): a promotion interrupted half-way still owns its new config."""
     prod = target.describe(production)
-    if prod is None or not prod.config_name:
+    if prod is None:
         return set()
-    model = target.config_model_name(prod.config_name)
-    return {prod.config_name, model} if model else {prod.config_name}
+    in_use: set[str] = set()
+    for config in (prod.config_name, prod.pending_config_name):
+        if config:
+            model = target.config_model_name(config)
+            in_use |= {config, model} if model else {config}
+    return in_use
 
 
 def remove_leftovers(target: Target, production: str) -> list[str]:

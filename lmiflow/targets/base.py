@@ -49,6 +49,9 @@ class EndpointStatus(BaseModel):
     status: Status
     failure_reason: str | None = None
     config_name: str | None = None
+    pending_config_name: str | None = Field(
+        default=None, description="The config an update in progress is moving to: in use too, "
+        "so a run interrupted mid-promotion must not delete it.")
     url: str | None = Field(default=None, description="The /invocations URL, where one exists.")
     tags: dict[str, str] = Field(default_factory=dict)
 

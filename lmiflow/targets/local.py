@@ -424,15 +424,28 @@ class LocalTarget(Target):
         return EndpointStatus(
             name=rec["name"], status=rec["status"], failure_reason=rec.get("failure_reason"),
             config_name=rec["config_name"],
+            pending_config_name=(rec.get("pending") or {}).get("config_name"),
             url=f"http://127.0.0.1:{proc['port']}/invocations" if serving else None,
             tags=rec.get("tags", {}),
         )
+
+    @contextlib.contextmanager
+    def _recorded_or_stopped(self) -> Iterator[list[dict[str, Any]]]:
+        """Servers started inside are stopped again when the registry that records them
+        cannot be written (a full disk): no process runs that the registry does not know."""
+        started: list[dict[str, Any]] = []
+        try:
+            yield started
+        except BaseException:
+            for proc in started:
+                stop_server(proc)
+            raise
 
     # ---- endpoints ------------------------------------------------------------------------
 
     def create_endpoint(self, name: str, config_name: str, tags: dict[str, str]) -> None:
         check_name("endpoint", name)
-        with self._registry() as reg:
+        with self._recorded_or_stopped() as started, self._registry() as reg:
             old = reg["endpoints"].get(name)
             if old is not None:
                 if old["config_name"] == config_name and old["status"] != "Failed":
@@ -440,6 +453,7 @@ class LocalTarget(Target):
                 raise ValueError(f"endpoint {name} exists (status {old['status']}, config "
                                  f"{old['config_name']}): update or delete it")
             proc = self._start_server(reg, name, config_name)
+            started.append(proc)
             reg["endpoints"][name] = {
                 "name": name, "config_name": config_name, "tags": dict(tags),
                 "status": "Creating", "failure_reason": None, "process": proc, "pending": None,
@@ -456,7 +470,7 @@ class LocalTarget(Target):
         check_name("endpoint", name)
         if policy is not None and policy.type != "ALL_AT_ONCE":
             log.info("local target: %s traffic shifting runs as ALL_AT_ONCE", policy.type)
-        with self._registry() as reg:
+        with self._recorded_or_stopped() as started, self._registry() as reg:
             rec = reg["endpoints"].get(name)
             if rec is None:
                 raise LookupError(f"endpoint {name} does not exist: create it instead of updating")
@@ -464,6 +478,7 @@ class LocalTarget(Target):
             if rec["status"] != "InService":
                 raise EndpointBusy(f"endpoint {name} is {rec['status']}: cannot update it now")
             rec["pending"] = self._start_server(reg, name, config_name)
+            started.append(rec["pending"])
             rec["status"], rec["failure_reason"] = "Updating", None
 
     def describe(self, name: str) -> EndpointStatus | None:

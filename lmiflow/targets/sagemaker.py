@@ -477,6 +477,8 @@ class SageMakerTarget(Target):
             status=d["EndpointStatus"],
             failure_reason=d.get("FailureReason"),
             config_name=d.get("EndpointConfigName"),
+            pending_config_name=(d.get("PendingDeploymentSummary") or {}).get(
+                "EndpointConfigName"),
         )
 
     def describe(self, name: str) -> EndpointStatus | None:
@@ -492,6 +494,8 @@ class SageMakerTarget(Target):
             status=d["EndpointStatus"],
             failure_reason=d.get("FailureReason"),
             config_name=d.get("EndpointConfigName"),
+            pending_config_name=(d.get("PendingDeploymentSummary") or {}).get(
+                "EndpointConfigName"),
             tags=tags,
         )
 

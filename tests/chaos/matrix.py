@@ -67,9 +67,9 @@ class Matrix:
         if "Traceback" in done.stderr:
             row.problems.append("a traceback on stderr")
 
-    def recover(self, row: Row) -> None:
+    def recover(self, row: Row, *args: str) -> None:
         """Run the deploy again: it must promote, and leave exactly production behind."""
-        done = self.sb.deploy()
+        done = self.sb.deploy(*args)
         row.seconds = done.seconds
         self.expect(row, done, 0)
         report = self.sb.report() or {}
@@ -147,10 +147,10 @@ class Matrix:
         self.next_config()
         with full_directory(self.sb.root / "full") as full:
             done = self.sb.deploy(report_dir=full / "report")
-            report_line = done.stderr
-        report = json.loads(Path(_fallback_path(report_line)).read_text()) \
-            if _fallback_path(report_line) else None
-        self.expect(row, done, 0)
+        moved = re.search(r"could not be written to \S+; it is in (\S+)", done.stderr)
+        self.expect(row, done, 0, "lmiflow: warning: the report could not be written")
+        report = json.loads((Path(moved.group(1)) / "report.json").read_text()) if moved \
+            else None
         if report is None or report.get("status") != "promoted":
             row.problems.append("no report written elsewhere after a promotion")
         row.outcome = "promoted; report written elsewhere"
@@ -168,14 +168,12 @@ class Matrix:
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: pid not in self.sb.processes(), 10)
         self.next_config()
-        row.outcome = "rerun replaced the Failed production"
-        self.recover(row)
+        refused = self.sb.deploy()  # detected before anything is created
+        self.expect(row, refused, 2, "lmiflow: error: promotion.replace_failed: production "
+                                     f"endpoint {self.sb.name} is Failed")
+        row.outcome = "exit 2; --replace-failed promoted"
+        self.recover(row, "--replace-failed")
         return row
-
-
-def _fallback_path(stderr: str) -> str | None:
-    m = re.search(r"report written to (\S+report\.json)", stderr)
-    return m.group(1) if m else None
 
 
 @contextlib.contextmanager

@@ -78,3 +78,27 @@ def test_a_corrupt_baseline(tmp_path):
     (tmp_path / "baselines" / "prod.json").write_text('{"levels": [')
     with pytest.raises(StateError, match=r"rm .*prod\.json"):
         t.load_baseline("prod")
+
+
+def test_a_server_the_registry_cannot_record_is_stopped(tmp_path, monkeypatch):
+    from lmiflow.targets.base import EndpointVariant
+    from lmiflow.targets.local import RegistryFile, process_alive
+
+    t = LocalTarget(tmp_path)
+    t.create_model("m", t.stage("m", {"serving.properties": "engine=Python\n"}), None, {}, {})
+    t.create_endpoint_config("c", "m", EndpointVariant(instance_type="local"), {})
+    started = []
+    real_start = LocalTarget._start_server
+
+    def start(self, *a):
+        started.append(real_start(self, *a))
+        return started[-1]
+
+    def full_disk(self, data):
+        raise StateError("LMIFLOW_STATE_DIR", "cannot write registry.json: No space left")
+
+    monkeypatch.setattr(LocalTarget, "_start_server", start)
+    monkeypatch.setattr(RegistryFile, "write", full_disk)
+    with pytest.raises(StateError, match="No space left"):
+        t.create_endpoint("e", "c", {})
+    assert started and not process_alive(started[0]["pid"])
