@@ -24,6 +24,7 @@ from lmiflow.report.model import Promotion, SmokeTest
 from lmiflow.sizing.planner import Plan
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.base import (
+    TERMINAL_STATUSES,
     EndpointStatus,
     EndpointVariant,
     Target,
@@ -217,6 +218,9 @@ def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, 
     configuration production ran before. Safe to retry: a second try finds production already
     on the new config and only finishes the cleanup."""
     prod = target.describe(spec.name)
+    if prod is not None and prod.status not in TERMINAL_STATUSES:
+        # An update in flight (an interrupted run's, or another runner's): let it settle.
+        prod = target.wait(spec.name, spec.promotion.endpoint_timeout_s, on_status)
     previous = prod.config_name if prod else None
     if prod is not None and prod.status == "Failed" and spec.promotion.replace_failed:
         # A Failed endpoint takes no update: delete it, then create it on the candidate's

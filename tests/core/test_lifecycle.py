@@ -178,3 +178,21 @@ def test_an_update_in_progress_owns_its_new_config():
     assert lifecycle.cleanup_candidate(t, NEW) == ["endpoint prod-c-bbbbbbbb"]
     assert lifecycle.remove_leftovers(t, "prod") == []
     assert set(t.configs) == {OLD.endpoint_config, NEW.endpoint_config}
+
+
+def test_promotion_waits_for_an_update_already_in_flight():
+    # A rerun after a promotion that was interrupted mid-update: production is still Updating
+    # to this very config. Promotion waits for it to settle instead of failing as busy.
+    t = with_candidate()
+    t.endpoints["prod"] = t.endpoints["prod"].model_copy(
+        update={"status": "Updating", "pending_config_name": NEW.endpoint_config})
+
+    def settle(name, timeout_s, on_status=None):
+        t.endpoints[name] = t.endpoints[name].model_copy(update={
+            "status": "InService", "config_name": NEW.endpoint_config,
+            "pending_config_name": None})
+        return t.describe(name)
+
+    t.wait = settle
+    result = lifecycle.promote(t, SPEC, NEW, {})
+    assert result.action == "already serving this config" and t.updates == []
