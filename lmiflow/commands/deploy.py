@@ -48,13 +48,14 @@ def run(args) -> int:
         if args.report_dir:
             check_writable(Path(args.report_dir), "--report-dir")
         return dry_run(spec, args.report_dir)
+    # Before Prefect is first imported (_check_outputs): it reads its settings once.
+    if not args.verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # The API server would try to send telemetry: not from an unattended deploy.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Validate everything that can be validated before anything is created (exit 2).
     _plan_directly(spec)
     _check_outputs(spec, Path(report_dir))
-    if not args.verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    # The ephemeral API server would try to send telemetry: not from an unattended deploy.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     return _run_flow(spec, report_dir)
 
 
