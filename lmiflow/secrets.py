@@ -4,8 +4,9 @@ A config never holds a secret as a plain string that travels with it. `serving.s
 maps a serving.properties key to a reference: a Prefect `Secret` block (`{secret_block: NAME}`),
 an environment variable of the runner (`{env: NAME}`), or a literal (`{value: ...}` or a bare
 string) kept as a `SecretStr`. Prefect stores flow parameters as JSON, where a `SecretStr`
-becomes `**********`, so a literal serves CLI runs only; a run started from Prefect names a
-block. Everything lmiflow prints, reports or uploads is rendered with the value masked; the
+becomes `**********`, so a literal serves only runs that read the config file themselves
+(the CLI, the redeploy-from-config flow); a run whose config is a flow parameter names a block
+or a variable. Everything lmiflow prints, reports or uploads is rendered with the value masked; the
 value is resolved at staging time only, written to a file of mode 0600 in a 0700 directory
 (local) or to the S3 prefix (SageMaker), and registered with report.redact so that it is masked
 wherever else it could surface.
@@ -33,7 +34,7 @@ class SecretRef(BaseModel):
 
     secret_block: str | None = Field(default=None, description="Prefect Secret block name.")
     env: str | None = Field(default=None, description="Environment variable of the runner.")
-    value: SecretStr | None = Field(default=None, description="The secret itself (CLI runs).")
+    value: SecretStr | None = Field(default=None, description="The secret itself.")
 
     @model_validator(mode="before")
     @classmethod

@@ -104,7 +104,8 @@ class ServingSection(_Strict):
         default_factory=dict,
         description="serving.properties entries that hold a secret, e.g. option.hf_token: "
         "{secret_block: hf-token} (a Prefect Secret block), {env: HF_TOKEN}, or the value "
-        "(CLI runs only). Masked in every output; staged in a file only its owner can read.",
+        "(kept only when the config file is read by the run itself). Masked in every output; "
+        "staged in a file only its owner can read.",
     )
 
     @model_validator(mode="after")
