@@ -138,7 +138,7 @@ class Matrix:
             row.problems.append("no recovery command in the message")
             return row
         subprocess.run(shlex.split(match.group(1)), check=True)  # what the message says to do
-        row.outcome = "exit 2 + recovery command; rerun promoted"
+        row.outcome = "exit 2; recovered, promoted"
         self.recover(row)
         return row
 
@@ -153,7 +153,7 @@ class Matrix:
             else None
         if report is None or report.get("status") != "promoted":
             row.problems.append("no report written elsewhere after a promotion")
-        row.outcome = "promoted; report written elsewhere"
+        row.outcome = "promoted; report moved"
         row.seconds = done.seconds
         self.settle(row)
         return row
@@ -171,7 +171,7 @@ class Matrix:
         refused = self.sb.deploy()  # detected before anything is created
         self.expect(row, refused, 2, "lmiflow: error: promotion.replace_failed: production "
                                      f"endpoint {self.sb.name} is Failed")
-        row.outcome = "exit 2; --replace-failed promoted"
+        row.outcome = "exit 2; replaced, promoted"
         self.recover(row, "--replace-failed")
         return row
 
@@ -202,11 +202,11 @@ def full_directory(path: Path) -> Iterator[Path]:
 
 
 def _print(rows: list[Row]) -> None:
-    print(f"\n{'fault':<30} {'outcome':<26} {'procs':>5} {'endpts':>6} {'recover':>8}")
+    print(f"\n{'fault':<29} {'outcome':<28} {'procs':>5} {'endpts':>6} {'recover':>7}")
     print("-" * 79)
     for r in rows:
         secs = f"{r.seconds:.0f} s" if r.seconds is not None else "-"
-        print(f"{r.fault:<30} {r.outcome[:26]:<26} {r.procs:>5} {r.resources:>6} {secs:>8}")
+        print(f"{r.fault:<29} {r.outcome[:28]:<28} {r.procs:>5} {r.resources:>6} {secs:>7}")
         for p in r.problems:
             print(f"    ! {p}")
     bad = sum(1 for r in rows if r.problems)
