@@ -14,8 +14,8 @@ from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from lmiflow import pipeline
+from lmiflow.redact import install_log_redaction, redact_text, register_environment
 from lmiflow.report.model import RunReport, SmokeTest
-from lmiflow.report.redact import install_log_redaction, redact_text, register_environment
 from lmiflow.run_record import RunRecord, plan_steps
 from lmiflow.spec import DeploymentSpec
 
@@ -39,6 +39,10 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
             model, p, candidate = plan_steps(spec, rec, steps)
             names = candidate.names
             tags = pipeline.tags_for(names, report.run_id)
+            with rec.step("stage_weights") as s:
+                report.staging = steps.stage_weights(spec, candidate.weights)
+                s.summary = (report.staging.summary() if report.staging
+                             else f"nothing to stage ({candidate.weights.delivery})")
             with rec.step("create_model") as s:
                 steps.check_production(spec)
                 created = steps.create_model(spec, candidate, tags)

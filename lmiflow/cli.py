@@ -10,7 +10,8 @@ import sys
 
 from lmiflow.errors import UserInputError
 
-COMMANDS = ("plan", "deploy", "bench", "endpoints", "demo_model", "calibrate", "report_schema")
+COMMANDS = ("plan", "deploy", "iam", "bench", "endpoints", "demo_model", "calibrate",
+            "report_schema")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -28,9 +28,10 @@ from lmiflow.targets.base import (
     EndpointStatus,
     EndpointVariant,
     Target,
-    TrafficPolicy,
     WaitTimeout,
 )
+from lmiflow.targets.staging import Progress, StagingReport
+from lmiflow.targets.weights import WeightsPlan, hub_token
 
 log = logging.getLogger(__name__)
 OnStatus = Callable[[EndpointStatus, float], None]
@@ -123,17 +124,35 @@ def gate(target: Target, spec: DeploymentSpec, bench: BenchResult,
 
 # ---- the candidate ------------------------------------------------------------------------------
 
-def create_model(target: Target, candidate: Candidate, tags: dict[str, str],
-                 staged_properties: str | None = None) -> CreatedModel:
+def stage_weights(target: Target, spec: DeploymentSpec, weights: WeightsPlan,
+                  on_progress: Callable[[Progress], None] | None = None) -> StagingReport | None:
+    """Copy the weights where the container reads them, with the runner's Hub token (read
+    here, never passed around): None when the plan has nothing to copy."""
+    token = hub_token(spec.model.hf_token_secret) if weights.source.kind == "hub" else None
+    return target.stage_weights(weights, token, on_progress)
+
+
+def create_model(target: Target, spec: DeploymentSpec, candidate: Candidate,
+                 tags: dict[str, str]) -> CreatedModel:
     """Remove what an earlier interrupted run left, package serving.properties the way the
-    target takes it, and create the model. staged_properties: the text to package when it
-    differs from the one reported (secret entries filled in: pipeline.staged_properties)."""
-    names = candidate.names
+    target takes it (secret entries filled in only here: pipeline.staged_properties), and
+    create the model (network-isolated when its weights come from S3; with the runner's Hub
+    token only when the config opts in)."""
+    names, weights = candidate.names, candidate.weights
     removed = remove_leftovers(target, names.production)
     if removed:
         log.warning("removed leftovers of an earlier run: %s", ", ".join(removed))
-    package = target.package(names.model, staged_properties or candidate.properties)
-    target.create_model(names.model, package.model_data, candidate.image_uri, package.env, tags)
+    package = target.package(names.model,
+                             pipeline.staged_properties(spec, candidate.properties), weights)
+    env = dict(package.env)
+    if weights.token_to_container:
+        token = hub_token(spec.model.hf_token_secret)
+        if token is None:
+            raise StepFailed("model.token_to_container is set but there is no Hub token "
+                             "(HF_TOKEN or model.hf_token_secret)")
+        env["HF_TOKEN"] = token.get_secret_value()
+    target.create_model(names.model, package.model_data, candidate.image_uri, env, tags,
+                        network_isolation=weights.network_isolation)
     return CreatedModel(model=names.model, model_data=package.model_data,
                         removed_leftovers=removed)
 
@@ -202,15 +221,6 @@ def _tokenizer(path: str | None):
 
 # ---- production -------------------------------------------------------------------------------
 
-def traffic_policy(spec: DeploymentSpec) -> TrafficPolicy:
-    pr = spec.promotion
-    return TrafficPolicy(
-        type=pr.strategy, wait_interval_s=pr.wait_interval_s,
-        canary_size_pct=pr.canary_size_pct if pr.strategy == "CANARY" else None,
-        linear_step_pct=pr.linear_step_pct if pr.strategy == "LINEAR" else None,
-        alarms=pr.alarms)
-
-
 def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, str],
             on_status: OnStatus | None = None) -> Promotion:
     """Candidate config becomes production: create production on a first deploy, else a
@@ -237,7 +247,7 @@ def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, 
     elif prod.config_name == names.endpoint_config and prod.status == "InService":
         action = "already serving this config"
     else:
-        target.update_endpoint(spec.name, names.endpoint_config, traffic_policy(spec))
+        target.update_endpoint(spec.name, names.endpoint_config, pipeline.traffic_policy(spec))
         action = f"updated ({spec.promotion.strategy})"
     st = wait_in_service(target, spec.name, spec.promotion.endpoint_timeout_s, on_status)
     if st.config_name and st.config_name != names.endpoint_config:

@@ -19,6 +19,7 @@ from lmiflow.sizing.model_spec import (
     read_config_file,
     with_exact_counts,
 )
+from lmiflow.targets.weights import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +28,10 @@ SNAPSHOTS = Path(__file__).resolve().parents[1] / "configs" / "models"
 
 class ResolvedModel(BaseModel):
     spec: ModelSpec
-    source: str  # "local:<path>", "hub:<id>@<rev>", "snapshot:<dir>"
+    source: str  # "local:<path>", "hub:<id>@<rev>", "snapshot:<dir>", "s3:<uri>"
     local_dir: str | None = None
     note: str | None = None
+    origin: ModelSource | None = None  # where the weights are (deploys set it)
 
 
 def _snapshot_for(model_id: str) -> Path | None:
@@ -44,16 +46,20 @@ def _snapshot_for(model_id: str) -> Path | None:
     return None
 
 
-def _spec_from_dict(cfg: dict) -> ModelSpec:
+def spec_from_config(cfg: dict) -> ModelSpec:
     try:
         return parse_model_config(cfg)
     except ModelConfigError as exc:
         raise UserInputError(f"model ({exc.field})", exc.reason) from None
 
 
-def resolve_model(model: str, revision: str | None = None, exact_counts: bool = True
-                  ) -> ResolvedModel:
-    """The ModelSpec for a path, a Hub id or a bundled snapshot name."""
+def resolve_model(model: str, revision: str | None = None, exact_counts: bool = True,
+                  token: str | None = None) -> ResolvedModel:
+    """The ModelSpec for a path, a Hub id or a bundled snapshot name. token: the Hub token
+    (default: HF_TOKEN)."""
+    token = token or os.environ.get("HF_TOKEN") or None
+    if model.startswith("s3://"):
+        return _resolve_s3(model if model.endswith("/") else model + "/")
     if not model or any(c in model for c in "\r\n\x00"):
         raise UserInputError("model", "must be a path or a Hub id without line breaks")
     p = Path(model).expanduser()
@@ -62,33 +68,61 @@ def resolve_model(model: str, revision: str | None = None, exact_counts: bool = 
             cfg = read_config_file(p)
         except ModelConfigError as exc:
             raise UserInputError("model", exc.reason) from None
-        return ResolvedModel(spec=_spec_from_dict(cfg), source=f"local:{p}",
+        return ResolvedModel(spec=spec_from_config(cfg), source=f"local:{p}",
                              local_dir=str(p if p.is_dir() else p.parent))
     if model.startswith((".", "/", "~")) or not patterns.matches(patterns.HUB_ID, model):
         snap = _snapshot_for(model)
         if snap:
-            return ResolvedModel(spec=_spec_from_dict(read_config_file(snap)),
+            return ResolvedModel(spec=spec_from_config(read_config_file(snap)),
                                  source=f"snapshot:{snap}", local_dir=str(snap))
         raise UserInputError("model", f"{model!r} is neither an existing path nor a Hub id "
                                       "(org/name) nor a bundled snapshot in configs/models/")
     try:
-        cfg = _hub_config(model, revision)
+        cfg = _hub_config(model, revision, token)
     except Exception as exc:
         snap = _snapshot_for(model)
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
         if snap is None:
             raise UserInputError("model", f"cannot fetch config.json of {model} from the Hub "
                                           f"({reason}) and no bundled snapshot matches") from None
-        log.warning("Hub unreachable for %s (%s): using bundled snapshot %s", model, reason, snap)
-        return ResolvedModel(spec=_spec_from_dict(read_config_file(snap)),
+        why = ("not readable with this Hub token" if _is_access_error(exc)
+               else "Hub unreachable")
+        log.warning("%s for %s (%s): using bundled snapshot %s", why, model, reason, snap)
+        return ResolvedModel(spec=spec_from_config(read_config_file(snap)),
                              source=f"snapshot:{snap}", local_dir=str(snap),
-                             note=f"Hub unreachable ({reason}); used bundled snapshot")
-    spec = _spec_from_dict(cfg)
+                             note=f"{why} ({reason}); used bundled snapshot")
+    spec = spec_from_config(cfg)
     if exact_counts and spec.quantization in (None, "fp8"):
-        total = _hub_safetensors_total(model, revision)
+        total = _hub_safetensors_total(model, revision, token)
         if total:
             spec = with_exact_counts(spec, total)
     return ResolvedModel(spec=spec, source=f"hub:{model}@{revision or 'main'}")
+
+
+def resolved_from_s3(origin: ModelSource, cfg: dict, total: int | None) -> ResolvedModel:
+    """An s3:// model: its config.json, with the exact count from its safetensors headers."""
+    spec = spec_from_config(cfg)
+    if total and spec.quantization in (None, "fp8"):
+        spec = with_exact_counts(spec, total)
+    return ResolvedModel(spec=spec, source=f"s3:{origin.id}", origin=origin, note=origin.note)
+
+
+def _resolve_s3(uri: str) -> ResolvedModel:
+    """`lmiflow plan --model s3://...`: read the prefix with boto3's default credentials."""
+    import boto3
+
+    from lmiflow.targets.aws_requests import guard
+    from lmiflow.targets.weights import s3_source
+
+    try:
+        origin, cfg, total = s3_source(guard(boto3.Session().client("s3")), uri)
+    except UserInputError:
+        raise
+    except Exception as exc:
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise UserInputError("model", f"cannot read {uri} ({type(exc).__name__}: {first})"
+                             ) from None
+    return resolved_from_s3(origin, cfg, total)
 
 
 def _hub_resolvable() -> bool:
@@ -105,27 +139,38 @@ def _hub_resolvable() -> bool:
     return True
 
 
-def _hub_config(model_id: str, revision: str | None) -> dict:
-    """config.json through huggingface_hub: its cache, HF_TOKEN and HF_HUB_OFFLINE apply."""
+def _is_access_error(exc: Exception) -> bool:
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    return isinstance(exc, GatedRepoError | RepositoryNotFoundError)
+
+
+def _endpoint() -> str:
+    """HF_ENDPOINT read at each call (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def _hub_config(model_id: str, revision: str | None, token: str | None) -> dict:
+    """config.json through huggingface_hub: its cache and HF_HUB_OFFLINE apply."""
     from huggingface_hub import hf_hub_download
 
     # Offline in fact: only huggingface_hub's cache can answer.
     cache_only = not _hub_resolvable()
-    path = hf_hub_download(model_id, "config.json", revision=revision,
-                           token=os.environ.get("HF_TOKEN") or None,
+    path = hf_hub_download(model_id, "config.json", revision=revision, token=token or False,
+                           endpoint=_endpoint(),
                            **({"local_files_only": True} if cache_only else {}))
     return read_config_file(path)
 
 
-def _hub_safetensors_total(model_id: str, revision: str | None) -> int | None:
+def _hub_safetensors_total(model_id: str, revision: str | None, token: str | None) -> int | None:
     """Exact parameter count from the safetensors headers (no weights downloaded)."""
     if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "TRUE") or not _hub_resolvable():
         return None
     try:
-        from huggingface_hub import get_safetensors_metadata
+        from huggingface_hub import HfApi
 
-        meta = get_safetensors_metadata(model_id, revision=revision,
-                                        token=os.environ.get("HF_TOKEN") or None)
+        meta = HfApi(endpoint=_endpoint()).get_safetensors_metadata(
+            model_id, revision=revision, token=token or False)
         return int(sum(meta.parameter_count.values())) or None
     except Exception as exc:
         log.info("no safetensors metadata for %s: %s", model_id, type(exc).__name__)

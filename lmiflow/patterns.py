@@ -18,6 +18,8 @@ ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}")
 S3_URI = re.compile(
     r"s3://(?P<bucket>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(?P<key>[^\s\x00-\x1f\x7f]*))?"
 )
+SUBNET_ID = re.compile(r"subnet-[0-9a-f]{8,17}")
+SECURITY_GROUP_ID = re.compile(r"sg-[0-9a-f]{8,17}")
 REGION = re.compile(r"[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d")
 # A container image reference: registry[:port]/repository[:tag][@sha256:digest]
 # (botocore's ContainerImage only says "no whitespace, at most 255").

@@ -8,34 +8,42 @@ import hashlib
 import json
 import os
 from functools import lru_cache
+from pathlib import Path
 
 from pydantic import BaseModel
 
+from lmiflow import patterns
 from lmiflow.errors import UserInputError
-from lmiflow.model_source import ResolvedModel, resolve_model
+from lmiflow.model_source import ResolvedModel, resolve_model, resolved_from_s3
 from lmiflow.secrets import check_env_refs, fill_properties, masked_entries
 from lmiflow.sizing.memory import DTypeChoice, MemoryBreakdown, resolve_dtypes, total_estimate
 from lmiflow.sizing.planner import LatencyLimit, Plan, PlanRequest, plan
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets import configured_target
-from lmiflow.targets.base import Target
+from lmiflow.targets.aws_requests import AwsRequest, InvalidRequest, validate_all
+from lmiflow.targets.base import PlannedRun, Target, TrafficPolicy
+from lmiflow.targets.weights import ModelSource, WeightsPlan, hub_source, hub_token, local_source
+from lmiflow.targets.weights import plan_weights as weights_plan
 
 PROJECT_TAG = "lmiflow"
 
 
 @lru_cache(maxsize=8)
 def _target(kind: str, region: str | None, role_arn: str | None, s3_uri: str | None,
-            block: str | None, packaging: str, state_dir: str | None) -> Target:
+            block: str | None, packaging: str, state_dir: str | None,
+            vpc: tuple[tuple[str, ...], tuple[str, ...]] | None) -> Target:
     return configured_target(kind, state_dir=state_dir, region=region, role_arn=role_arn,
-                             s3_uri=s3_uri, credentials_block=block, packaging=packaging)
+                             s3_uri=s3_uri, credentials_block=block, packaging=packaging,
+                             vpc=vpc)
 
 
 def target_for(spec: DeploymentSpec) -> Target:
     """One target per process and config (credentials come from the block, not a client).
     Building one creates nothing: a dry run plans with it."""
     t = spec.target
+    vpc = (tuple(t.vpc.subnets), tuple(t.vpc.security_group_ids)) if t.vpc else None
     return _target(t.kind, t.region, t.role_arn, t.s3_uri, t.aws_credentials_block, t.packaging,
-                   os.environ.get("LMIFLOW_STATE_DIR"))
+                   os.environ.get("LMIFLOW_STATE_DIR"), vpc)
 
 
 class Names(BaseModel):
@@ -56,15 +64,48 @@ class MemoryEstimate(MemoryBreakdown):
 
 
 class Candidate(BaseModel):
-    """What one candidate deployment is: its serving.properties, image and names."""
+    """What one candidate deployment is: its serving.properties, image and names, and how
+    its container gets the weights."""
 
     properties: str
     image_uri: str | None
     names: Names
+    weights: WeightsPlan
 
 
 def fetch_config(spec: DeploymentSpec) -> ResolvedModel:
-    return resolve_model(spec.model.id, spec.model.revision)
+    """The model's config.json and where its weights are. A Hub id is checked for access
+    with the token the run would download with, before anything is created; an s3:// model
+    is read from its prefix by the target."""
+    m = spec.model
+    token = hub_token(m.hf_token_secret)
+    plain = token.get_secret_value() if token is not None else None
+    if m.id.startswith("s3://"):
+        return resolved_from_s3(*target_for(spec).read_s3_model(m.id))
+    origin = None
+    if not Path(m.id).expanduser().exists() and patterns.matches(patterns.HUB_ID, m.id):
+        try:  # access first: a gated repository must say so, not look unreachable
+            origin = hub_source(m.id, m.revision, token, m.trust_remote_code)
+        except UserInputError:
+            raise
+        except Exception as exc:  # the Hub cannot be reached: plan from a bundled snapshot
+            origin = ModelSource(kind="hub", id=m.id, revision=m.revision, access="unknown",
+                                 note=f"Hub unreachable ({type(exc).__name__}): file list "
+                                      "and access not checked")
+    resolved = resolve_model(m.id, m.revision, token=plain)
+    if resolved.source.startswith("local:"):
+        origin = local_source(resolved.local_dir, m.trust_remote_code)
+    return resolved.model_copy(update={"origin": origin})
+
+
+def plan_weights(spec: DeploymentSpec, model: ResolvedModel) -> WeightsPlan:
+    """How the container gets the weights (hub download, staged into S3, an s3:// prefix)."""
+    origin = model.origin or ModelSource(kind="hub", id=spec.model.id, access="unknown")
+    plan_ = weights_plan(spec, origin)
+    if plan_.token_to_container and hub_token(spec.model.hf_token_secret) is None:
+        raise UserInputError("model.token_to_container", "there is no Hub token to pass: set "
+                             "HF_TOKEN or model.hf_token_secret")
+    return plan_
 
 
 def latency_limits(spec: DeploymentSpec) -> list[LatencyLimit]:
@@ -132,17 +173,20 @@ def serving_dtype(spec: DeploymentSpec, p: Plan) -> str:
 
 
 def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Plan,
-                              target: Target) -> str:
+                              target: Target, weights: WeightsPlan) -> str:
     """The file's text as every report and printout shows it: secret entries masked (the
-    staged copy gets their values: staged_properties)."""
+    staged copy gets their values: staged_properties). The weights in /opt/ml/model (staged
+    or an s3:// model) need no option.model_id."""
     from lmiflow.serving.options import OptionError
     from lmiflow.serving.properties import properties_for, render
 
     check_env_refs(spec.serving.secret_options, "serving.secret_options")
     w = spec.workload
+    from_s3 = weights.container_loads_from_s3
     try:
         props = properties_for(
-            model_id=serving_model_id(spec, model, target), revision=spec.model.revision,
+            model_id=None if from_s3 else serving_model_id(spec, model, target),
+            revision=None if from_s3 else spec.model.revision,
             trust_remote_code=spec.model.trust_remote_code,
             tensor_parallel_degree=p.chosen.tensor_parallel_degree,
             max_batch=w.concurrency, max_model_len=w.max_input_tokens + w.max_output_tokens,
@@ -193,11 +237,13 @@ def image_uri(spec: DeploymentSpec, target: Target) -> str | None:
 
 
 def names_for(spec: DeploymentSpec, properties: str, image: str | None, p: Plan,
-              target: Target) -> Names:
+              target: Target, weights: WeightsPlan) -> Names:
     """Names from a hash of everything that makes the deployment what it is."""
     blob = json.dumps({
         "properties": properties, "image": image, "instance": p.chosen.instance_type,
         "count": p.chosen.instance_count, "target": spec.target.kind,
+        "weights": [weights.delivery, weights.prefix, weights.network_isolation,
+                    weights.token_to_container],
     }, sort_keys=True)
     h = hashlib.sha256(blob.encode()).hexdigest()[:8]
     return Names(production=spec.name, spec_hash=h, **target.resource_names(spec.name, h))
@@ -207,10 +253,11 @@ def prepare_serving(spec: DeploymentSpec, model: ResolvedModel, p: Plan, target:
                     ) -> Candidate:
     """serving.properties text, the image URI and the candidate's names: what one candidate
     is, shared by the Prefect task and the dry run."""
-    text = render_serving_properties(spec, model, p, target)
+    weights = plan_weights(spec, model)
+    text = render_serving_properties(spec, model, p, target, weights)
     image = image_uri(spec, target)
-    return Candidate(properties=text, image_uri=image, names=names_for(spec, text, image, p,
-                                                                       target))
+    return Candidate(properties=text, image_uri=image, weights=weights,
+                     names=names_for(spec, text, image, p, target, weights))
 
 
 def tags_for(names: Names, run_id: str | None) -> dict[str, str]:
@@ -253,3 +300,43 @@ def load_config(spec: DeploymentSpec):
         input_tokens=b.input_tokens or max(1, w.max_input_tokens // 4),
         timeout_s=b.timeout_s,
     )
+
+
+def traffic_policy(spec: DeploymentSpec) -> TrafficPolicy:
+    pr = spec.promotion
+    return TrafficPolicy(
+        type=pr.strategy, wait_interval_s=pr.wait_interval_s,
+        canary_size_pct=pr.canary_size_pct if pr.strategy == "CANARY" else None,
+        linear_step_pct=pr.linear_step_pct if pr.strategy == "LINEAR" else None,
+        alarms=pr.alarms)
+
+
+def planned_run(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Target,
+                tags: dict[str, str]) -> PlannedRun:
+    """Everything decided before the first request: what the target lists requests from."""
+    from lmiflow.bench.loadgen import build_prompts, make_payload
+
+    names, chosen = candidate.names, p.chosen
+    cfg = load_config(spec)
+    prompt = build_prompts(1, cfg.input_tokens)[0][0]
+    return PlannedRun(
+        production=names.production, endpoint=names.endpoint,
+        endpoint_config=names.endpoint_config, model=names.model,
+        properties=candidate.properties, image_uri=candidate.image_uri,
+        variant=target.endpoint_variant(chosen.instance_type, chosen.instance_count,
+                                        int(p.memory.weights_bytes)),
+        tags=tags, weights=candidate.weights, policy=traffic_policy(spec),
+        smoke_payload=smoke_payload(spec), bench_payload=make_payload(prompt, cfg),
+        bench_requests=(cfg.warmup + cfg.requests) * len(cfg.concurrency),
+        endpoint_timeout_s=spec.promotion.endpoint_timeout_s)
+
+
+def run_requests(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Target,
+                 tags: dict[str, str]) -> list[AwsRequest]:
+    """Every request the run will send, each valid for botocore's service model: a request
+    the service would reject stops the run here, before anything is created."""
+    reqs = target.planned_requests(planned_run(spec, candidate, p, target, tags))
+    try:
+        return validate_all(reqs)
+    except (InvalidRequest, ValueError) as exc:
+        raise UserInputError("request", str(exc)) from None

@@ -17,14 +17,21 @@ from lmiflow import pipeline
 from lmiflow.errors import StateError
 from lmiflow.model_source import ResolvedModel
 from lmiflow.pipeline import Candidate, MemoryEstimate
-from lmiflow.report.model import ReportedModel, RunReport, RunStatus, StepRecord, Versions
-from lmiflow.report.redact import redact_text
+from lmiflow.redact import redact_text
+from lmiflow.report.model import (
+    ReportedModel,
+    RunReport,
+    RunStatus,
+    ShownRequest,
+    StepRecord,
+    Versions,
+)
 from lmiflow.sizing.planner import Plan
 from lmiflow.spec import DeploymentSpec
 
 STEP_NAMES = ("fetch_config", "compute_memory", "choose_instance", "render_serving_properties",
-              "create_model", "configure_endpoint", "create_endpoint", "smoke_test",
-              "benchmark", "gate", "promote")
+              "stage_weights", "create_model", "configure_endpoint", "create_endpoint",
+              "smoke_test", "benchmark", "gate", "promote")
 
 
 class RunRecord:
@@ -170,5 +177,17 @@ def plan_steps(spec: DeploymentSpec, rec: RunRecord, impl: Any
         report.image_uri = cand.image_uri
         report.versions.lmi_image = cand.image_uri
         report.candidate_endpoint = cand.names.endpoint
-        s.summary = f"candidate {cand.names.endpoint}"
+        report.weights = cand.weights
+        # Every request the run will send, validated before anything is created, and the
+        # permissions they need.
+        target = pipeline.target_for(spec)
+        reqs = pipeline.run_requests(spec, cand, p, target,
+                                     pipeline.tags_for(cand.names, report.run_id))
+        if reqs:
+            report.requests = [ShownRequest(**r.shown()) for r in reqs]
+            policies = target.iam_policies(reqs)
+            if policies:
+                report.iam_policy, report.execution_role_policy = policies
+        s.summary = f"candidate {cand.names.endpoint}" + (
+            f"; {len(reqs)} AWS requests planned" if reqs else "")
     return model, p, cand

@@ -8,7 +8,7 @@ becomes `**********`, so a literal serves only runs that read the config file th
 (the CLI, the redeploy-from-config flow); a run whose config is a flow parameter names a block
 or a variable. Everything lmiflow prints, reports or uploads is rendered with the value masked; the
 value is resolved at staging time only, written to a file of mode 0600 in a 0700 directory
-(local) or to the S3 prefix (SageMaker), and registered with report.redact so that it is masked
+(local) or to the S3 prefix (SageMaker), and registered with lmiflow.redact so that it is masked
 wherever else it could surface.
 """
 
@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from lmiflow import patterns
 from lmiflow.errors import UserInputError
-from lmiflow.report.redact import MASK, register_secret
+from lmiflow.redact import MASK, register_secret
 
 # How pydantic (and so Prefect's stored parameters) writes a SecretStr.
 PYDANTIC_MASK = "**********"

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lmiflow import limits, patterns
 from lmiflow.bench.gate_spec import GateSpec
 from lmiflow.errors import UserInputError
-from lmiflow.report.redact import looks_secret
+from lmiflow.redact import looks_secret
 from lmiflow.secrets import SecretRef
 
 # Leave room for the suffixes lmiflow adds to candidate resources (-c-<hash>, -m-<hash>).
@@ -31,9 +31,28 @@ class _Strict(BaseModel):
 
 class ModelSection(_Strict):
     id: str = Field(
-        description="Hugging Face model id (org/name) or a local directory holding config.json."
+        description="Hugging Face model id (org/name), an s3://bucket/prefix/ holding the model "
+        "files, or a local directory holding config.json."
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag, commit).")
+    weights: Literal["auto", "stage", "hub"] = Field(
+        default="auto",
+        description="How a SageMaker container gets the weights. stage: copied into target.s3_uri "
+        "from the machine that runs the flow (no token reaches SageMaker); hub: the container "
+        "downloads them; auto: hub for public models, stage for gated, private and local ones "
+        "(an s3:// model is always loaded from its own prefix).",
+    )
+    hf_token_secret: str | None = Field(
+        default=None,
+        description="Prefect Secret block holding the Hub token for gated or private models; "
+        "empty: the HF_TOKEN environment variable of the machine that runs the flow.",
+    )
+    token_to_container: bool = Field(
+        default=False,
+        description="Opt-in: pass the runner's Hub token to the container as HF_TOKEN so it "
+        "downloads a gated or private model itself. The token is then readable by anyone "
+        "allowed sagemaker:DescribeModel.",
+    )
     dtype: DType = Field(
         default="auto",
         description="Weights dtype; auto reads torch_dtype / quantization_config from config.json.",
@@ -45,11 +64,21 @@ class ModelSection(_Strict):
         default=False, description="Run the model repository's own code. Off unless you trust it."
     )
 
-    @field_validator("id", "revision")
+    @field_validator("id", "revision", "hf_token_secret")
     @classmethod
     def _no_control_chars(cls, v: str | None) -> str | None:
         if v is not None and (not v.strip() or patterns.has_control(v)):
             raise ValueError("must be non-empty and hold no line breaks or control characters")
+        return v
+
+    @field_validator("id")
+    @classmethod
+    def _s3_prefix(cls, v: str) -> str:
+        if v.startswith("s3://"):
+            if not patterns.matches(patterns.S3_URI, v):
+                raise ValueError("an s3:// model id must look like s3://bucket/prefix/")
+            if not v.endswith("/"):
+                v += "/"
         return v
 
 
@@ -130,6 +159,28 @@ class ServingSection(_Strict):
         return v
 
 
+class VpcSection(_Strict):
+    subnets: list[str] = Field(min_length=1, max_length=16, description="Subnet ids, subnet-...")
+    security_group_ids: list[str] = Field(
+        min_length=1, max_length=5, description="Security group ids, sg-...")
+
+    @field_validator("subnets")
+    @classmethod
+    def _subnets(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not patterns.matches(patterns.SUBNET_ID, s)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a subnet id such as subnet-0123456789abcdef0")
+        return v
+
+    @field_validator("security_group_ids")
+    @classmethod
+    def _groups(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if not patterns.matches(patterns.SECURITY_GROUP_ID, s)]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a security group id such as sg-0123456789abcdef0")
+        return v
+
+
 class TargetSection(_Strict):
     kind: Literal["local", "sagemaker"] = Field(
         default="local", description="Where the endpoint runs: this machine or SageMaker."
@@ -144,8 +195,18 @@ class TargetSection(_Strict):
     )
     packaging: Literal["s3", "env"] = Field(
         default="s3",
-        description="s3: upload serving.properties to s3_uri; env: pass options as OPTION_* env.",
+        description="s3: upload serving.properties to s3_uri; env: pass options as OPTION_* env "
+        "(always env when the weights come from S3: their prefix is shared by every config).",
     )
+    network_isolation: bool | None = Field(
+        default=None,
+        description="Run the container without network access (EnableNetworkIsolation). Empty: "
+        "on when the weights come from S3 (staged or an s3:// model), off when the container "
+        "downloads them from the Hub.",
+    )
+    vpc: VpcSection | None = Field(
+        default=None, description="Run the container in your VPC (VpcConfig): subnets and "
+        "security groups.")
 
     @field_validator("region")
     @classmethod

@@ -27,11 +27,13 @@ from lmiflow.errors import StepFailed
 from lmiflow.lifecycle import CreatedEndpoint, CreatedModel
 from lmiflow.model_source import ResolvedModel
 from lmiflow.pipeline import Candidate, MemoryEstimate, Names, target_for
+from lmiflow.redact import redact_text
 from lmiflow.report.model import Promotion, RunReport, SmokeTest
-from lmiflow.report.redact import redact_text
 from lmiflow.run_record import ReportNotWritten, write_report_somewhere
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.base import EndpointStatus, EndpointVariant
+from lmiflow.targets.staging import Progress, StagingReport
+from lmiflow.targets.weights import WeightsPlan
 
 
 def step_task(name: str, retries: int = RETRIES):
@@ -101,6 +103,38 @@ def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Pla
     return c
 
 
+# ---- the weights ------------------------------------------------------------------------------
+
+@step_task("stage_weights")
+def stage_weights(spec: DeploymentSpec, weights: WeightsPlan) -> StagingReport | None:
+    """Copy the weights into S3 when the plan says so (resumable: a retry skips what is
+    there), with a progress artifact and a line in the log every 10 %."""
+    log = get_run_logger()
+    plan_text = "\n".join(f"- {line}" for line in weights.summary())
+    if weights.delivery != "staged":
+        _md(spec, "stage_weights", f"# Weights: nothing to stage\n\n{plan_text}\n")
+        return None
+    progress = create_progress_artifact(progress=0.0, key=artifact_key(spec.name,
+                                                                       "stage-weights"),
+                                        description=f"staging {weights.source.id}")
+    logged = [-10.0]
+
+    def on_progress(p: Progress) -> None:
+        update_progress_artifact(progress, progress=p.fraction * 100)
+        report_progress("stage_weights", p.fraction, p.text())
+        if p.fraction * 100 - logged[0] >= 10 or p.fraction >= 1:
+            logged[0] = p.fraction * 100
+            log.info("staging %s: %s", weights.source.id, p.text())
+
+    result = lifecycle.stage_weights(target_for(spec), spec, weights, on_progress)
+    rows = "\n".join(f"| {f.name} | {f.size / 1e6:,.1f} MB | {f.status} | {f.seconds:.1f} |"
+                     for f in result.files)
+    _md(spec, "stage_weights", f"# Weights staged to `{result.destination}`\n\n"
+        f"{result.summary()}\n\n{plan_text}\n\n| file | size | status | seconds |\n"
+        f"|---|---|---|---|\n{rows}\n")
+    return result
+
+
 # ---- the candidate ---------------------------------------------------------------------------
 
 @step_task("check_production")
@@ -117,8 +151,7 @@ def check_production(spec: DeploymentSpec) -> EndpointStatus | None:
 @step_task("create_model")
 def create_model(spec: DeploymentSpec, candidate: Candidate, tags: dict[str, str]
                  ) -> CreatedModel:
-    created = lifecycle.create_model(  # secret values filled in only here, never logged
-        target_for(spec), candidate, tags, pipeline.staged_properties(spec, candidate.properties))
+    created = lifecycle.create_model(target_for(spec), spec, candidate, tags)
     removed = created.removed_leftovers
     if removed:
         get_run_logger().warning("removed leftovers of an earlier run: %s", ", ".join(removed))

@@ -20,7 +20,10 @@ def add_parser(sub) -> None:
     p.add_argument("--report-dir", default=None,
                    help="Where report.json/.md/.html go (default reports/<name>).")
     p.add_argument("--dry-run", action="store_true",
-                   help="Stop after render_serving_properties: no cloud call, nothing created.")
+                   help="Stop after render_serving_properties: nothing created. Prints the plan, "
+                        "serving.properties, how the weights get there and every AWS request.")
+    p.add_argument("--json", action="store_true",
+                   help="With --dry-run: print the planned report.json (every request in full).")
     p.add_argument("--replace-failed", action="store_true",
                    help="Replace a Failed production endpoint with this run's candidate "
                    "(sets promotion.replace_failed).")
@@ -29,7 +32,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from lmiflow.report.redact import install_log_redaction, register_environment
+    from lmiflow.errors import UserInputError
+    from lmiflow.redact import install_log_redaction, register_environment
     from lmiflow.run_record import report_path
     from lmiflow.spec import load_spec
     from lmiflow.state_files import check_writable
@@ -47,7 +51,9 @@ def run(args) -> int:
     if args.dry_run:
         if args.report_dir:
             check_writable(Path(args.report_dir), "--report-dir")
-        return dry_run(spec, args.report_dir)
+        return dry_run(spec, args.report_dir, as_json=args.json, config=args.config)
+    if args.json:
+        raise UserInputError("--json", "applies to --dry-run (a run writes report.json)")
     # Before Prefect is first imported (_check_outputs): it reads its settings once.
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -90,20 +96,49 @@ def _plan_directly(spec):
     return rec, plan_steps(spec, rec, DirectSteps)
 
 
-def dry_run(spec, report_dir: str | None) -> int:
+def dry_run(spec, report_dir: str | None, as_json: bool = False, config: str = "CONFIG"
+            ) -> int:
+    import json
+    import textwrap
+
     from lmiflow.plan_table import print_plan
     from lmiflow.run_record import write_report
 
     rec, (model, p, candidate) = _plan_directly(spec)
+    report = rec.finish("planned")
+    if as_json:
+        print(json.dumps(report.to_json_dict(), indent=2))
+        if report_dir:
+            write_report(report, report_dir)
+        return 0
     names = candidate.names
     print_plan(p, model.source)
     print(f"\nimage: {candidate.image_uri or 'none (local target runs the model server directly)'}")
     print(f"candidate: {names.endpoint} (config {names.endpoint_config}, model {names.model})")
+    for line in candidate.weights.summary():
+        print(textwrap.fill(line, 80, subsequent_indent="  ", break_on_hyphens=False))
     print("\n# serving.properties\n" + candidate.properties, end="")
+    if report.requests:
+        _print_requests(report, config)
     if report_dir:
-        path = write_report(rec.finish("planned"), report_dir)
+        path = write_report(report, report_dir)
         print(f"\nreport: {path}")
     return 0
+
+
+def _print_requests(report, config: str) -> None:
+    """The compact list: one line per request, under the step that sends it."""
+    import botocore
+
+    from lmiflow.targets.aws_requests import AwsRequest, compact
+
+    reqs = [AwsRequest(**r.model_dump()) for r in report.requests]
+    print(f"\n# AWS requests: {len(reqs)}, in order, each valid for botocore "
+          f"{botocore.__version__} (full: --dry-run --json)")
+    print("\n".join(compact(reqs)))
+    if report.iam_policy:
+        print(f"\nIAM: `lmiflow iam {config}` prints the runner's policy and the execution "
+              "role's.")
 
 
 class Interrupted(KeyboardInterrupt):

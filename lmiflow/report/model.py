@@ -19,6 +19,8 @@ from lmiflow.bench.gates import Verdict
 from lmiflow.bench.metrics import BenchResult
 from lmiflow.sizing.model_spec import ModelSpec
 from lmiflow.sizing.planner import Plan
+from lmiflow.targets.staging import StagingReport
+from lmiflow.targets.weights import WeightsPlan
 
 SCHEMA_VERSION = 1
 SCHEMA_FILE = "report.schema.json"  # package data next to this module
@@ -57,6 +59,17 @@ class Promotion(_Strict):
     previous_config: str | None = Field(description="The endpoint config production ran before.")
     removed: list[str] = Field(default_factory=list, description="Resources deleted after.")
     production_smoke_test: SmokeTest
+
+
+class ShownRequest(_Strict):
+    """One AWS request of the run: botocore's service and operation names and the exact
+    parameters, secrets masked; `step` sends it, `when` says when if not exactly once."""
+
+    service: str
+    operation: str
+    params: dict[str, Any]
+    step: str | None = None
+    when: str | None = None
 
 
 class Versions(_Strict):
@@ -123,6 +136,21 @@ class RunReport(_Strict):
         default=None, description="Candidate resources removed after a run that did not promote.")
     config: dict[str, Any] = Field(description="The deployment config the run used.")
     promotion: Promotion | None = None
+    weights: WeightsPlan | None = Field(
+        default=None, description="Where the weights are, who may read them, and how the "
+        "container gets them (Hub download, staged into S3, or an s3:// prefix).")
+    staging: StagingReport | None = Field(
+        default=None, description="The stage_weights step: files uploaded or skipped, bytes, "
+        "seconds.")
+    requests: list[ShownRequest] | None = Field(
+        default=None, description="Every AWS request the run sends, in order, valid for "
+        "botocore's service model (SageMaker target).")
+    iam_policy: dict[str, Any] | None = Field(
+        default=None, description="The least-privilege IAM policy of the identity that runs "
+        "the flow, generated from `requests`.")
+    execution_role_policy: dict[str, Any] | None = Field(
+        default=None, description="What the SageMaker execution role needs (S3 read of the "
+        "model prefixes, ECR pull, logs, VPC network interfaces).")
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types, in report.json's key order (the one dump of a run)."""

@@ -23,9 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from lmiflow.bench.formulas import MIN_SAMPLES
+from lmiflow.redact import redact
 from lmiflow.report.model import RunReport
-from lmiflow.report.redact import redact
 from lmiflow.sizing.memory import GiB
+from lmiflow.targets.aws_requests import AwsRequest, compact
+from lmiflow.targets.staging import StagingReport
+from lmiflow.targets.weights import WeightsPlan
 
 NOT_RUN = "not run"
 
@@ -323,6 +326,40 @@ def _serving(r: Mapping[str, Any]) -> Section:
     return Section("serving-properties", "serving.properties", [Code(str(text), "properties")])
 
 
+def _weights(r: Mapping[str, Any]) -> list[Section]:
+    plan = r.get("weights")
+    if not plan:
+        return []
+    blocks: list[Any] = [Bullets(WeightsPlan.model_validate(plan).summary())]
+    staging = r.get("staging")
+    if staging:
+        result = StagingReport.model_validate(staging)
+        blocks += [Para(f"Staged: {result.summary()}", strong=True), Table(
+            ["file", "size", "status", "seconds"],
+            [[f.name, f"{f.size / 1e6:,.1f} MB", f.status, _secs(f.seconds)]
+             for f in result.files])]
+    return [Section("weights", "Weights", blocks)]
+
+
+def _requests(r: Mapping[str, Any]) -> list[Section]:
+    """The AWS requests (compact; report.json has them in full) and the IAM policies."""
+    reqs = r.get("requests")
+    if not reqs:
+        return []
+    lines = compact([AwsRequest(**q) for q in reqs])
+    out = [Section("aws-requests", "AWS requests", [
+        Para(f"{len(reqs)} requests, in the order the run sends them, each valid for "
+             "botocore's service model; secrets masked. Full parameters: report.json."),
+        Code("\n".join(lines))])]
+    policies = [(t, r.get(k)) for t, k in (("The runner's IAM policy", "iam_policy"),
+                                            ("The execution role's", "execution_role_policy"))]
+    blocks = [b for title, doc in policies if doc
+              for b in (Para(title, strong=True), Code(json.dumps(doc, indent=2), "json"))]
+    if blocks:
+        out.append(Section("iam", "IAM permissions", blocks))
+    return out
+
+
 def _smoke(r: Mapping[str, Any]) -> Section:
     smoke = r.get("smoke_test")
     if not smoke:
@@ -496,6 +533,8 @@ def build_sections(report: Mapping[str, Any]) -> list[Section]:
         _memory(report),
         _options(report),
         _serving(report),
+        *_weights(report),
+        *_requests(report),
         _smoke(report),
         _benchmark(report),
         _gate(report),

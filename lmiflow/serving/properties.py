@@ -283,17 +283,25 @@ def _one_line(exc: ValidationError) -> str:
     return f"{key}: {msg}" if key else msg
 
 
+_ENV_MODEL_KEYS = {"option.model_id": "HF_MODEL_ID", "option.revision": "HF_REVISION"}
+
+
 def to_env(props: ServingProperties) -> dict[str, str]:
     """The same options as container environment (env-only packaging, no serving.properties).
 
-    option.x -> OPTION_X; server key x -> SERVING_X; engine=MPI -> OPTION_MPI_MODE=true;
-    engine=Python needs no variable (LMI's default once a model id is set).
+    option.model_id -> HF_MODEL_ID and option.revision -> HF_REVISION: the variables DJL
+    Serving reads to create the model it serves (serving/.../util/ModelStore.java); OPTION_*
+    variables only configure a model that exists. option.x -> OPTION_X; server key x -> SERVING_X;
+    engine=MPI -> OPTION_MPI_MODE=true; engine=Python needs no variable (LMI's default).
     """
     env: dict[str, str] = {}
     for key, value in props.entries().items():
         if key == "engine":
             if value == "MPI":
                 env["OPTION_MPI_MODE"] = "true"
+            continue
+        if key in _ENV_MODEL_KEYS:
+            env[_ENV_MODEL_KEYS[key]] = value
             continue
         if key.startswith("option."):
             name = "OPTION_" + key.removeprefix("option.")

@@ -36,11 +36,14 @@ def make_target(kind: str, **kwargs: Any) -> Target:
 
 def configured_target(kind: str, *, state_dir: str | None = None, region: str | None = None,
                       role_arn: str | None = None, s3_uri: str | None = None,
-                      credentials_block: str | None = None, packaging: str | None = None
-                      ) -> Target:
+                      credentials_block: str | None = None, packaging: str | None = None,
+                      vpc: tuple[tuple[str, ...], tuple[str, ...]] | None = None) -> Target:
     """The target a deployment config's `target` section (or a command line) describes: each
-    kind takes the settings that apply to it and ignores the others."""
+    kind takes the settings that apply to it and ignores the others. vpc: (subnets, security
+    groups)."""
     if kind == "local":
         return make_target("local", state_dir=state_dir)
+    vpc_config = ({"Subnets": list(vpc[0]), "SecurityGroupIds": list(vpc[1])} if vpc
+                  else None)
     return make_target(kind, region=region, role_arn=role_arn, s3_uri=s3_uri,
-                       credentials_block=credentials_block, packaging=packaging)
+                       credentials_block=credentials_block, packaging=packaging, vpc=vpc_config)

@@ -20,9 +20,15 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import BaseModel, Field
 
 from lmiflow import patterns
+from lmiflow.targets.weights import WeightsPlan
 
 if TYPE_CHECKING:
     import pandas as pd
+    from pydantic import SecretStr
+
+    from lmiflow.targets.aws_requests import AwsRequest
+    from lmiflow.targets.staging import Progress, StagingReport
+    from lmiflow.targets.weights import ModelSource
 
 # SageMaker's rule for model, endpoint-config and endpoint names; the local target keeps it so
 # a config that deploys locally deploys on SageMaker too. Matched in full (lmiflow.patterns).
@@ -83,6 +89,26 @@ class ModelPackage(BaseModel):
 
     model_data: str = ""
     env: dict[str, str] = Field(default_factory=dict)
+
+
+class PlannedRun(BaseModel):
+    """What the pipeline decided for one deploy before anything is created: enough for a
+    target to list the requests the run will send."""
+
+    production: str
+    endpoint: str
+    endpoint_config: str
+    model: str
+    properties: str
+    image_uri: str | None
+    variant: EndpointVariant
+    tags: dict[str, str]
+    weights: WeightsPlan
+    policy: TrafficPolicy
+    smoke_payload: dict
+    bench_payload: dict
+    bench_requests: int = Field(description="warm-up and measured requests over all levels")
+    endpoint_timeout_s: float
 
 
 class WaitTimeout(TimeoutError):
@@ -166,16 +192,46 @@ class Target(ABC):
         """Put the model files (name -> text; serving.properties at least) where the serving
         container reads them; returns their location (s3:// prefix ending in / or a dir)."""
 
-    def package(self, name: str, properties: str) -> ModelPackage:
+    def package(self, name: str, properties: str, weights: WeightsPlan | None = None
+                ) -> ModelPackage:
         """Hand serving.properties to the container: staged as a file unless the target is
-        configured otherwise."""
+        configured otherwise (or the weights plan says where the model is)."""
         return ModelPackage(model_data=self.stage(name, {"serving.properties": properties}))
+
+    # ---- model weights ----------------------------------------------------------------------
+
+    def read_s3_model(self, uri: str) -> tuple[ModelSource, dict, int | None]:
+        """An s3:// model's files, config.json and exact parameter count (None: unknown)."""
+        from lmiflow.errors import UserInputError
+
+        raise UserInputError("model.id", f"an s3:// model needs target.kind sagemaker "
+                             f"({self.kind} serves a directory or a Hub id)")
+
+    def stage_weights(self, weights: WeightsPlan, token: SecretStr | None,
+                      on_progress: Callable[[Progress], None] | None = None
+                      ) -> StagingReport | None:
+        """Copy the weights where the container reads them, when the plan says so; None when
+        there is nothing to copy (the server reads them where they are)."""
+        return None
+
+    # ---- what the run will ask of the platform ----------------------------------------------
+
+    def planned_requests(self, run: PlannedRun) -> list[AwsRequest]:
+        """Every platform request the run sends, in order (empty where there is no API)."""
+        return []
+
+    def iam_policies(self, requests: list[AwsRequest]) -> tuple[dict, dict] | None:
+        """(the runner's policy, the execution role's) for these requests, where the platform
+        has IAM."""
+        return None
 
     @abstractmethod
     def create_model(
         self, name: str, model_data: str, image_uri: str | None, env: dict[str, str],
-        tags: dict[str, str],
-    ) -> None: ...
+        tags: dict[str, str], *, network_isolation: bool = False,
+    ) -> None:
+        """network_isolation: the model server gets no network (the weights must already be
+        where model_data or this machine holds them)."""
 
     @abstractmethod
     def create_endpoint_config(

@@ -294,8 +294,11 @@ class LocalTarget(Target):
         return str(dest)
 
     def create_model(self, name: str, model_data: str, image_uri: str | None,
-                     env: dict[str, str], tags: dict[str, str]) -> None:
+                     env: dict[str, str], tags: dict[str, str], *,
+                     network_isolation: bool = False) -> None:
         check_name("model", name)
+        if network_isolation:  # the server may read only what is on this machine
+            env = {**env, "HF_HUB_OFFLINE": "1"}
         if not (Path(model_data) / "serving.properties").is_file():
             raise ValueError(f"model_data {model_data}: no serving.properties there")
         record = {"model_data": str(Path(model_data).resolve()), "image_uri": image_uri,

@@ -20,19 +20,26 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from lmiflow import patterns
-from lmiflow.errors import UserInputError
+from lmiflow.targets.aws_requests import AwsRequest, guard, method_name, validate
 from lmiflow.targets.base import (
     EndpointBusy,
     EndpointStatus,
     EndpointVariant,
     ModelPackage,
+    PlannedRun,
     Target,
     TrafficPolicy,
     check_name,
 )
+from lmiflow.targets.weights import ModelSource, WeightsPlan, s3_source
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from lmiflow.targets.staging import Progress, StagingReport
 
 logger = logging.getLogger(__name__)
 
@@ -192,11 +199,114 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return m.group("bucket"), prefix
 
 
+# ---- requests as data (pure): the target sends these, dry runs list them ------------------
+
+
+def create_model_request(
+    name: str, role_arn: str, image_uri: str, env: dict[str, str], model_data: str,
+    tags: dict[str, str], *, network_isolation: bool = False, vpc: dict | None = None,
+) -> AwsRequest:
+    """CreateModel for the LMI container. model_data: the S3 prefix SageMaker copies to
+    /opt/ml/model before the container starts (serving.properties, and the weights when they
+    are staged); empty for env-only packaging. network_isolation: the container gets no
+    network at all, which only works when the weights come through model_data."""
+    check_name("model", name)
+    _check_env(env)
+    container: dict[str, Any] = {"Image": image_uri, "Environment": dict(env)}
+    if model_data:
+        if not model_data.startswith("s3://") or not model_data.endswith("/"):
+            raise ValueError(f"model_data {model_data!r}: an s3:// prefix ending in /")
+        container["ModelDataSource"] = {
+            "S3DataSource": {
+                "S3Uri": model_data,
+                "S3DataType": "S3Prefix",
+                "CompressionType": "None",
+            }
+        }
+    elif "HF_MODEL_ID" not in env:
+        raise ValueError("env-only packaging needs HF_MODEL_ID (no model files in S3)")
+    params: dict[str, Any] = {
+        "ModelName": name, "ExecutionRoleArn": role_arn, "PrimaryContainer": container,
+        "Tags": _tag_list(tags),
+    }
+    if network_isolation:
+        params["EnableNetworkIsolation"] = True
+    if vpc:
+        params["VpcConfig"] = dict(vpc)
+    return AwsRequest(service="sagemaker", operation="CreateModel", params=params)
+
+
+def create_endpoint_config_request(
+    name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str]
+) -> AwsRequest:
+    check_name("endpoint config", name)
+    check_name("model", model_name)
+    pv: dict[str, Any] = {
+        "VariantName": VARIANT_NAME,
+        "ModelName": model_name,
+        "InstanceType": variant.instance_type,
+        "InitialInstanceCount": variant.instance_count,
+    }
+    if variant.volume_size_gb is not None:
+        if not volume_size_supported(variant.instance_type):
+            logger.info("%s has local NVMe storage: VolumeSizeInGB left out",
+                        variant.instance_type)
+        else:
+            pv["VolumeSizeInGB"] = _bounded("volume_size_gb", variant.volume_size_gb, 1, 512)
+    if variant.model_data_download_timeout_s is not None:
+        pv["ModelDataDownloadTimeoutInSeconds"] = _bounded(
+            "model_data_download_timeout_s", variant.model_data_download_timeout_s, 60, 3600
+        )
+    if variant.container_startup_health_check_timeout_s is not None:
+        pv["ContainerStartupHealthCheckTimeoutInSeconds"] = _bounded(
+            "container_startup_health_check_timeout_s",
+            variant.container_startup_health_check_timeout_s, 60, 3600,
+        )
+    return AwsRequest(service="sagemaker", operation="CreateEndpointConfig", params={
+        "EndpointConfigName": name, "ProductionVariants": [pv], "Tags": _tag_list(tags)})
+
+
+def create_endpoint_request(name: str, config_name: str, tags: dict[str, str]) -> AwsRequest:
+    check_name("endpoint", name)
+    check_name("endpoint config", config_name)
+    return AwsRequest(service="sagemaker", operation="CreateEndpoint", params={
+        "EndpointName": name, "EndpointConfigName": config_name, "Tags": _tag_list(tags)})
+
+
+def update_endpoint_request(name: str, config_name: str, policy: TrafficPolicy) -> AwsRequest:
+    check_name("endpoint", name)
+    check_name("endpoint config", config_name)
+    return AwsRequest(service="sagemaker", operation="UpdateEndpoint", params={
+        "EndpointName": name, "EndpointConfigName": config_name,
+        "DeploymentConfig": deployment_config(policy)})
+
+
+def put_object_request(uri: str, body: bytes, content_type: str) -> AwsRequest:
+    m = patterns.S3_URI.fullmatch(uri) if isinstance(uri, str) else None
+    if not m or not m.group("key") or uri.endswith("/"):
+        raise ValueError(f"{uri!r} is not s3://bucket/key")
+    return AwsRequest(service="s3", operation="PutObject", params={
+        "Bucket": m.group("bucket"), "Key": m.group("key"), "Body": body,
+        "ContentType": content_type})
+
+
+def staged_files_prefix(s3_uri: str, model_name: str) -> str:
+    """Where a model's serving.properties goes: its own folder under target.s3_uri."""
+    bucket, prefix = _split_s3(s3_uri)
+    return f"s3://{bucket}/{prefix}{model_name}/"
+
+
+def _request(service: str, operation: str, **params: Any) -> AwsRequest:
+    return AwsRequest(service=service, operation=operation, params=params)
+
+
 # ---- the target -----------------------------------------------------------------------------
 
 
 class SageMakerTarget(Target):
-    """Target on SageMaker real-time endpoints (targets.base.Target)."""
+    """Target on SageMaker real-time endpoints (targets.base.Target). Every request is built
+    as an AwsRequest, checked against botocore's service model and then sent; the clients are
+    guarded too, so requests boto3 builds itself (paginators, multipart uploads) are checked."""
 
     kind = "sagemaker"
 
@@ -210,11 +320,13 @@ class SageMakerTarget(Target):
         poll_interval_s: float = 30,
         *,
         packaging: Literal["s3", "env"] = "s3",
+        vpc: dict | None = None,
         retry_mode: Literal["standard", "adaptive"] = "standard",
         max_attempts: int = 5,
         invoke_read_timeout_s: float = 75,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        on_request: Callable[[AwsRequest], None] | None = None,
     ):
         if invoke_read_timeout_s < 70:
             # above SageMaker's 60 s invocation limit, so its own timeout error surfaces
@@ -224,6 +336,7 @@ class SageMakerTarget(Target):
         self.s3_uri = s3_uri
         self.credentials_block = credentials_block
         self.packaging = packaging
+        self.vpc = vpc
         self._session = session
         self.poll_interval_s = poll_interval_s
         self.retry_mode = retry_mode
@@ -231,6 +344,7 @@ class SageMakerTarget(Target):
         self.invoke_read_timeout_s = invoke_read_timeout_s
         self._clock = clock
         self._sleep = sleep
+        self.on_request = on_request
 
     # -- clients (lazy; tests wrap them in botocore Stubber) --
 
@@ -255,13 +369,18 @@ class SageMakerTarget(Target):
             user_agent_extra="lmiflow",
         )
 
+    def client(self, service: str, config: Any = None) -> Any:
+        """A boto3 client whose every request is checked against the service model."""
+        c = self.session.client(service, config=config or self._control_config())
+        return guard(c, self.on_request)
+
     @cached_property
     def sm(self) -> Any:
-        return self.session.client("sagemaker", config=self._control_config())
+        return self.client("sagemaker")
 
     @cached_property
     def s3(self) -> Any:
-        return self.session.client("s3", config=self._control_config())
+        return self.client("s3")
 
     @cached_property
     def runtime(self) -> Any:
@@ -274,7 +393,20 @@ class SageMakerTarget(Target):
             connect_timeout=10,
             user_agent_extra="lmiflow",
         )
-        return self.session.client("sagemaker-runtime", config=cfg)
+        return self.client("sagemaker-runtime", cfg)
+
+    def _client_for(self, service: str) -> Any:
+        return {"sagemaker": self.sm, "s3": self.s3, "sagemaker-runtime": self.runtime}[service]
+
+    def send(self, req: AwsRequest) -> Any:
+        """Validate the request, then send it with the client of its service."""
+        validate(req)
+        return getattr(self._client_for(req.service), method_name(req.operation))(**req.params)
+
+    def _pages(self, req: AwsRequest) -> Iterator[dict]:
+        validate(req)
+        paginator = self._client_for(req.service).get_paginator(method_name(req.operation))
+        return iter(paginator.paginate(**req.params))
 
     # -- planning --
 
@@ -285,10 +417,8 @@ class SageMakerTarget(Target):
         return load_catalog()
 
     def serving_model_id(self, model_id: str, local_dir: str | None) -> str:
-        if local_dir:
-            raise UserInputError("model.id", "a local directory cannot be served on SageMaker: "
-                                             "use a Hub id (or upload the weights and use "
-                                             "s3://...)")
+        """The Hub id the container downloads (a local directory is staged into S3 instead:
+        see weights.plan_weights, so it never gets here)."""
         return model_id
 
     def image_uri(self, backend: str, version: str | None, override: str | None) -> str:
@@ -320,14 +450,30 @@ class SageMakerTarget(Target):
 
     # -- staging and creation --
 
-    def package(self, name: str, properties: str) -> ModelPackage:
-        """s3: serving.properties uploaded under s3_uri; env: its options as OPTION_* variables
-        (no S3 upload)."""
-        if self.packaging == "env":
-            from lmiflow.serving.properties import parse, to_env
+    def package_plan(self, name: str, properties: str, weights: WeightsPlan | None = None
+                     ) -> tuple[ModelPackage, str | None]:
+        """(the package, the S3 folder serving.properties is uploaded to, if it is). Weights
+        in S3 (staged or an s3:// model): the container gets that prefix as /opt/ml/model and
+        the options as environment variables, since the prefix is shared by every config of
+        the model. env packaging: options as environment variables, nothing uploaded. s3
+        packaging: serving.properties in the model's own folder under s3_uri."""
+        from lmiflow.serving.properties import parse, to_env
 
-            return ModelPackage(env=to_env(parse(properties)))
-        return super().package(name, properties)
+        if weights is not None and weights.container_loads_from_s3 and weights.prefix:
+            return ModelPackage(model_data=weights.prefix, env=to_env(parse(properties))), None
+        if self.packaging == "env":
+            return ModelPackage(env=to_env(parse(properties))), None
+        if not self.s3_uri:
+            raise ValueError("target.s3_uri is required to stage files (or use packaging env)")
+        files = staged_files_prefix(self.s3_uri, name)
+        return ModelPackage(model_data=files), files
+
+    def package(self, name: str, properties: str, weights: WeightsPlan | None = None
+                ) -> ModelPackage:
+        pkg, upload = self.package_plan(name, properties, weights)
+        if upload:
+            self.stage(name, {"serving.properties": properties})
+        return pkg
 
     def stage(self, name: str, files: dict[str, str]) -> str:
         if not self.s3_uri:
@@ -335,48 +481,27 @@ class SageMakerTarget(Target):
         check_name("model", name)
         if "serving.properties" not in files:
             raise ValueError("files: serving.properties is required")
-        bucket, prefix = _split_s3(self.s3_uri)
-        base = f"{prefix}{name}/"
+        base = staged_files_prefix(self.s3_uri, name)
         for rel in files:  # all names checked before the first upload
             if not patterns.matches(patterns.REL_PATH, rel) or ".." in rel.split("/"):
                 raise ValueError(f"file name {rel!r}: a relative path of letters, digits, _.-")
         for rel, text in files.items():
-            self.s3.put_object(
-                Bucket=bucket, Key=base + rel, Body=text.encode("utf-8"),
-                ContentType="text/plain; charset=utf-8",
-            )
-        logger.info("staged %d file(s) at s3://%s/%s", len(files), bucket, base)
-        return f"s3://{bucket}/{base}"
+            self.send(put_object_request(base + rel, text.encode("utf-8"),
+                                         "text/plain; charset=utf-8"))
+        logger.info("staged %d file(s) at %s", len(files), base)
+        return base
 
     def create_model(
         self, name: str, model_data: str, image_uri: str | None, env: dict[str, str],
-        tags: dict[str, str],
+        tags: dict[str, str], *, network_isolation: bool = False,
     ) -> None:
-        check_name("model", name)
         if not self.role_arn:
             raise ValueError("target.role_arn is required to create a SageMaker model")
-        _check_env(env)
-        container: dict[str, Any] = {
-            "Image": image_uri or lmi_image_uri(self.region),
-            "Environment": dict(env),
-        }
-        if model_data:
-            if not model_data.startswith("s3://") or not model_data.endswith("/"):
-                raise ValueError(f"model_data {model_data!r}: an s3:// prefix ending in /")
-            container["ModelDataSource"] = {
-                "S3DataSource": {
-                    "S3Uri": model_data,
-                    "S3DataType": "S3Prefix",
-                    "CompressionType": "None",
-                }
-            }
-        elif not ({"OPTION_MODEL_ID", "HF_MODEL_ID"} & env.keys()):
-            raise ValueError("env-only packaging needs OPTION_MODEL_ID (no model files in S3)")
+        req = create_model_request(name, self.role_arn, image_uri or lmi_image_uri(self.region),
+                                   env, model_data, tags, network_isolation=network_isolation,
+                                   vpc=self.vpc)
         try:
-            self.sm.create_model(
-                ModelName=name, ExecutionRoleArn=self.role_arn, PrimaryContainer=container,
-                Tags=_tag_list(tags),
-            )
+            self.send(req)
         except Exception as exc:
             if not _is_existing(exc):
                 raise
@@ -387,33 +512,8 @@ class SageMakerTarget(Target):
     def create_endpoint_config(
         self, name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str]
     ) -> None:
-        check_name("endpoint config", name)
-        check_name("model", model_name)
-        pv: dict[str, Any] = {
-            "VariantName": VARIANT_NAME,
-            "ModelName": model_name,
-            "InstanceType": variant.instance_type,
-            "InitialInstanceCount": variant.instance_count,
-        }
-        if variant.volume_size_gb is not None:
-            if not volume_size_supported(variant.instance_type):
-                logger.info("%s has local NVMe storage: VolumeSizeInGB left out",
-                            variant.instance_type)
-            else:
-                pv["VolumeSizeInGB"] = _bounded("volume_size_gb", variant.volume_size_gb, 1, 512)
-        if variant.model_data_download_timeout_s is not None:
-            pv["ModelDataDownloadTimeoutInSeconds"] = _bounded(
-                "model_data_download_timeout_s", variant.model_data_download_timeout_s, 60, 3600
-            )
-        if variant.container_startup_health_check_timeout_s is not None:
-            pv["ContainerStartupHealthCheckTimeoutInSeconds"] = _bounded(
-                "container_startup_health_check_timeout_s",
-                variant.container_startup_health_check_timeout_s, 60, 3600,
-            )
         try:
-            self.sm.create_endpoint_config(
-                EndpointConfigName=name, ProductionVariants=[pv], Tags=_tag_list(tags)
-            )
+            self.send(create_endpoint_config_request(name, model_name, variant, tags))
         except Exception as exc:
             if not _is_existing(exc):
                 raise
@@ -423,12 +523,8 @@ class SageMakerTarget(Target):
                     variant.instance_count)
 
     def create_endpoint(self, name: str, config_name: str, tags: dict[str, str]) -> None:
-        check_name("endpoint", name)
-        check_name("endpoint config", config_name)
         try:
-            self.sm.create_endpoint(
-                EndpointName=name, EndpointConfigName=config_name, Tags=_tag_list(tags)
-            )
+            self.send(create_endpoint_request(name, config_name, tags))
         except Exception as exc:
             if not _is_existing(exc):
                 raise
@@ -440,8 +536,7 @@ class SageMakerTarget(Target):
         self, name: str, config_name: str, policy: TrafficPolicy | None = None
     ) -> None:
         """Blue/green update; refuses while the endpoint is busy so two runs never fight."""
-        check_name("endpoint", name)
-        check_name("endpoint config", config_name)
+        req = update_endpoint_request(name, config_name, policy or TrafficPolicy())
         current = self._describe(name)
         if current is None:
             raise LookupError(f"endpoint {name} does not exist: create it instead of updating")
@@ -450,19 +545,53 @@ class SageMakerTarget(Target):
                 f"endpoint {name} is {current.status}: another deployment may be running; "
                 "wait for it to finish (lmiflow never updates a busy endpoint)"
             )
-        self.sm.update_endpoint(
-            EndpointName=name,
-            EndpointConfigName=config_name,
-            DeploymentConfig=deployment_config(policy or TrafficPolicy()),
-        )
+        self.send(req)
         logger.info("updating endpoint %s to %s (%s)", name, config_name,
                     (policy or TrafficPolicy()).type)
+
+    # -- model weights --
+
+    def read_s3_model(self, uri: str) -> tuple[ModelSource, dict, int | None]:
+        return s3_source(self.s3, uri)
+
+    def stage_weights(self, weights: WeightsPlan, token: SecretStr | None,
+                      on_progress: Callable[[Progress], None] | None = None
+                      ) -> StagingReport | None:
+        if weights.delivery != "staged" or not weights.prefix:
+            return None
+        from lmiflow.targets.staging import stage
+
+        return stage(self.s3, weights.source, weights.prefix, token=token,
+                     on_progress=on_progress)
+
+    # -- the run's requests and the permissions they need --
+
+    def planned_requests(self, run: PlannedRun) -> list[AwsRequest]:
+        from lmiflow.targets.sagemaker_plan import deploy_requests
+
+        return deploy_requests(self, run)
+
+    def iam_policies(self, requests: list[AwsRequest]) -> tuple[dict, dict] | None:
+        if not self.role_arn:
+            return None
+        from lmiflow.targets.iam import execution_role_policy, runner_policy
+
+        return (runner_policy(requests, self.region, self.role_arn),
+                execution_role_policy(requests, self.region, self.role_arn))
+
+    def endpoint_arn(self, name: str) -> str:
+        """The endpoint's ARN as SageMaker writes it (lower case), in the execution role's
+        account: what a dry run shows without asking AWS."""
+        from lmiflow.targets.iam import account_of
+
+        partition, account = account_of(self.role_arn or "arn:aws:iam::000000000000:role/x")
+        return f"arn:{partition}:sagemaker:{self.region}:{account}:endpoint/{name.lower()}"
 
     # -- status --
 
     def _describe_raw(self, name: str) -> dict | None:
         try:
-            return self.sm.describe_endpoint(EndpointName=name)
+            return self.send(_request("sagemaker", "DescribeEndpoint", EndpointName=name))
         except Exception as exc:
             if _is_missing(exc):
                 return None
@@ -487,7 +616,8 @@ class SageMakerTarget(Target):
         if d is None:
             return None
         tags: dict[str, str] = {}
-        for page in self.sm.get_paginator("list_tags").paginate(ResourceArn=d["EndpointArn"]):
+        for page in self._pages(_request("sagemaker", "ListTags",
+                                         ResourceArn=d["EndpointArn"])):
             tags.update({t["Key"]: t["Value"] for t in page.get("Tags", [])})
         return EndpointStatus(
             name=d["EndpointName"],
@@ -505,26 +635,26 @@ class SageMakerTarget(Target):
     # -- invocation --
 
     def invoke(self, name: str, payload: dict) -> bytes:
-        resp = self.runtime.invoke_endpoint(
-            EndpointName=name, ContentType="application/json", Accept="application/json",
-            Body=json.dumps(payload).encode("utf-8"),
-        )
+        resp = self.send(_request(
+            "sagemaker-runtime", "InvokeEndpoint", EndpointName=name,
+            ContentType="application/json", Accept="application/json",
+            Body=json.dumps(payload).encode("utf-8")))
         return resp["Body"].read()
 
     def invoke_stream(self, name: str, payload: dict) -> Iterator[bytes]:
         body = dict(payload)
         body.setdefault("stream", True)
-        resp = self.runtime.invoke_endpoint_with_response_stream(
-            EndpointName=name, ContentType="application/json",
-            Accept="application/jsonlines", Body=json.dumps(body).encode("utf-8"),
-        )
+        resp = self.send(_request(
+            "sagemaker-runtime", "InvokeEndpointWithResponseStream", EndpointName=name,
+            ContentType="application/json", Accept="application/jsonlines",
+            Body=json.dumps(body).encode("utf-8")))
         return iter_json_lines(_payload_parts(resp["Body"]))
 
     # -- deletion and listing --
 
-    def _delete(self, what: str, call: Callable[[], Any], name: str) -> bool:
+    def _delete(self, what: str, req: AwsRequest, name: str) -> bool:
         try:
-            call()
+            self.send(req)
         except Exception as exc:
             if _is_missing(exc):
                 return False
@@ -533,20 +663,20 @@ class SageMakerTarget(Target):
         return True
 
     def delete_endpoint(self, name: str) -> bool:
-        return self._delete("endpoint", lambda: self.sm.delete_endpoint(EndpointName=name), name)
+        return self._delete("endpoint", _request("sagemaker", "DeleteEndpoint",
+                                                 EndpointName=name), name)
 
     def delete_endpoint_config(self, name: str) -> bool:
-        return self._delete(
-            "endpoint config",
-            lambda: self.sm.delete_endpoint_config(EndpointConfigName=name), name,
-        )
+        return self._delete("endpoint config", _request(
+            "sagemaker", "DeleteEndpointConfig", EndpointConfigName=name), name)
 
     def delete_model(self, name: str) -> bool:
-        return self._delete("model", lambda: self.sm.delete_model(ModelName=name), name)
+        return self._delete("model", _request("sagemaker", "DeleteModel", ModelName=name), name)
 
     def config_model_name(self, config_name: str) -> str | None:
         try:
-            d = self.sm.describe_endpoint_config(EndpointConfigName=config_name)
+            d = self.send(_request("sagemaker", "DescribeEndpointConfig",
+                                   EndpointConfigName=config_name))
         except Exception as exc:
             if _is_missing(exc):
                 return None
@@ -556,7 +686,8 @@ class SageMakerTarget(Target):
 
     # -- production's baseline: s3_uri/<endpoint>/baseline.json --
 
-    def _baseline_key(self, endpoint: str) -> tuple[str, str]:
+    def baseline_location(self, endpoint: str) -> tuple[str, str]:
+        """(bucket, key) of production's baseline: s3_uri/<endpoint>/baseline.json."""
         check_name("endpoint", endpoint)
         bucket, prefix = _split_s3(self.s3_uri or "")
         return bucket, f"{prefix}{endpoint}/{BASELINE_FILE}"
@@ -564,9 +695,9 @@ class SageMakerTarget(Target):
     def load_baseline(self, endpoint: str) -> dict | None:
         if not self.s3_uri:
             return None
-        bucket, key = self._baseline_key(endpoint)
+        bucket, key = self.baseline_location(endpoint)
         try:
-            body = self.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            body = self.send(_request("s3", "GetObject", Bucket=bucket, Key=key))["Body"].read()
         except Exception as exc:
             if _error(exc)[0] in ("NoSuchKey", "404", "NotFound"):
                 return None
@@ -576,14 +707,14 @@ class SageMakerTarget(Target):
     def save_baseline(self, endpoint: str, data: dict) -> str | None:
         if not self.s3_uri:
             return None
-        bucket, key = self._baseline_key(endpoint)
-        self.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(data, indent=2, sort_keys=True)
-                           .encode(), ContentType="application/json")
+        bucket, key = self.baseline_location(endpoint)
+        self.send(put_object_request(f"s3://{bucket}/{key}", json.dumps(
+            data, indent=2, sort_keys=True).encode(), "application/json"))
         return f"s3://{bucket}/{key}"
 
     def list_endpoints(self) -> list[EndpointStatus]:
         out = []
-        for page in self.sm.get_paginator("list_endpoints").paginate():
+        for page in self._pages(_request("sagemaker", "ListEndpoints")):
             for e in page.get("Endpoints", []):
                 out.append(EndpointStatus(name=e["EndpointName"], status=e["EndpointStatus"]))
         return out
@@ -591,18 +722,17 @@ class SageMakerTarget(Target):
     def list_resources(self, prefix: str) -> dict[str, list[str]]:
         def names(op: str, key: str, field: str) -> list[str]:
             found = []
-            for page in self.sm.get_paginator(op).paginate(NameContains=prefix):
+            for page in self._pages(_request("sagemaker", op, NameContains=prefix)):
                 found += [r[field] for r in page.get(key, []) if r[field].startswith(prefix)]
             return sorted(found)
 
         return {
-            "models": names("list_models", "Models", "ModelName"),
+            "models": names("ListModels", "Models", "ModelName"),
             "endpoint_configs": names(
-                "list_endpoint_configs", "EndpointConfigs", "EndpointConfigName"
+                "ListEndpointConfigs", "EndpointConfigs", "EndpointConfigName"
             ),
-            "endpoints": names("list_endpoints", "Endpoints", "EndpointName"),
+            "endpoints": names("ListEndpoints", "Endpoints", "EndpointName"),
         }
-
 
 def _bounded(field: str, value: int, lo: int, hi: int) -> int:
     if not lo <= value <= hi:

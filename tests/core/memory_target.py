@@ -42,7 +42,7 @@ class MemoryTarget(Target):
     def stage(self, name, files):
         return f"mem://{name}/"
 
-    def create_model(self, name, model_data, image_uri, env, tags):
+    def create_model(self, name, model_data, image_uri, env, tags, *, network_isolation=False):
         self.models[name] = model_data
 
     def create_endpoint_config(self, name, model_name, variant, tags):

@@ -18,13 +18,14 @@ BELOW = {
     "serving": {"sizing", "errors"},
     "targets": {"serving", "sizing", "errors"},
     "bench": {"targets", "sizing", "errors"},
-    "report": {"bench", "sizing"},
+    "report": {"bench", "targets", "sizing", "errors"},
     "core": {"report", "bench", "targets", "serving", "sizing", "errors"},
     "tasks": {"core", "report", "bench", "targets", "serving", "sizing", "errors"},
     "flows": {"tasks", "core", "report", "bench", "targets", "serving", "sizing", "errors"},
 }
-# Leaf modules every layer may use: error types, text patterns, state-file I/O.
-LEAVES = ("lmiflow.errors", "lmiflow.patterns", "lmiflow.state_files")
+# Leaf modules every layer may use (they import no other layer): error types, secret
+# scrubbing, text patterns, state-file I/O.
+LEAVES = ("lmiflow.errors", "lmiflow.redact", "lmiflow.patterns", "lmiflow.state_files")
 PACKAGES = ("sizing", "serving", "targets", "bench", "report", "tasks", "flows", "commands")
 
 

@@ -11,6 +11,7 @@ from lmiflow.errors import StepFailed
 from lmiflow.pipeline import Candidate, Names
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.base import EndpointStatus
+from lmiflow.targets.weights import ModelSource, WeightsPlan
 from tests.core.memory_target import MemoryTarget
 
 SPEC = DeploymentSpec.model_validate({
@@ -137,8 +138,11 @@ def test_a_retried_promotion_finishes_the_cleanup():
 def test_create_model_removes_leftovers_then_creates_from_the_package():
     t = MemoryTarget()
     t.deployed("prod-c-cccccccc", "prod-ec-cccccccc", "prod-m-cccccccc")
-    created = lifecycle.create_model(t, Candidate(properties="option.x=1\n", image_uri=None,
-                                                  names=NEW), {})
+    weights = WeightsPlan(source=ModelSource(kind="hub", id="org/model", access="public"),
+                          delivery="hub")
+    created = lifecycle.create_model(t, SPEC, Candidate(properties="option.x=1\n",
+                                                        image_uri=None, names=NEW,
+                                                        weights=weights), {})
     assert created.model_data == "mem://prod-m-bbbbbbbb/"
     assert len(created.removed_leftovers) == 3
     assert t.models == {"prod-m-bbbbbbbb": "mem://prod-m-bbbbbbbb/"}

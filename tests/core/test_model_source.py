@@ -25,13 +25,13 @@ def test_hub_id_uses_huggingface_hub_and_exact_safetensors_counts(monkeypatch, t
     calls = []
     monkeypatch.setattr(model_source, "_hub_resolvable", lambda: True)
 
-    def fake_download(repo_id, filename, revision=None, token=None):
+    def fake_download(repo_id, filename, revision=None, token=None, endpoint=None):
         calls.append((repo_id, filename, revision, token))
         return str(cfg)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(huggingface_hub, "get_safetensors_metadata",
-                        lambda repo, revision=None, token=None: SimpleNamespace(
+    monkeypatch.setattr(huggingface_hub.HfApi, "get_safetensors_metadata",
+                        lambda self, repo, revision=None, token=None: SimpleNamespace(
                             parameter_count={"BF16": 8_030_261_249}))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_TOKEN", "hf_" + "x" * 34)

@@ -51,7 +51,10 @@ def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_mode
     state, report = run(spec, tmp_path / "r1")
     assert state.is_completed(), report["error"]
     assert report["status"] == "promoted"
-    assert [s["status"] for s in report["steps"]] == ["completed"] * 11
+    assert [s["status"] for s in report["steps"]] == ["completed"] * 12
+    names = [s["name"] for s in report["steps"]]
+    assert names[3:6] == ["render_serving_properties", "stage_weights", "create_model"]
+    assert report["weights"]["delivery"] == "local"  # the demo model is on this machine
     assert report["smoke_test"]["passed"]
     assert report["gate"]["passed"] and report["gate"]["checks"]
     assert {lv["concurrency"] for lv in report["benchmark"]["levels"]} == {1, 2}

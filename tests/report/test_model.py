@@ -14,7 +14,8 @@ from tests.report.schema import validate_report
 KEYS = ["schema_version", "lmiflow_version", "run_id", "started_at", "finished_at", "status",
         "endpoint", "candidate_endpoint", "target", "failed_step", "error", "model", "steps",
         "plan", "serving_properties", "image_uri", "smoke_test", "benchmark", "gate",
-        "baseline", "versions", "cleanup", "config", "promotion"]
+        "baseline", "versions", "cleanup", "config", "promotion", "weights", "staging",
+        "requests", "iam_policy", "execution_role_policy"]
 
 
 def _fresh() -> RunReport:

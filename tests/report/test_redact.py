@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from lmiflow.report.redact import MASK, redact, redact_text
+from lmiflow.redact import MASK, redact, redact_text
 
 HF = "hf_" + "aB3dE5gH7jK9mN1pQ3sT5vW7yZ9bC1dE3"
 AKID = "AKIA" + "IOSFODNN7EXAMPLE"
@@ -133,7 +133,7 @@ def test_keys_that_only_mention_a_secret_word_keep_their_values():
 
 
 def test_a_registered_secret_is_masked_under_any_key_and_in_any_sentence() -> None:
-    from lmiflow.report.redact import register_secret
+    from lmiflow.redact import register_secret
 
     value = "zq-registered-" + "9f3b2c71"
     register_secret(value)
@@ -150,7 +150,7 @@ def test_secret_types_are_masked_whatever_their_key() -> None:
 
 
 def test_short_values_are_not_registered() -> None:
-    from lmiflow.report.redact import register_secret
+    from lmiflow.redact import register_secret
 
     register_secret("on")
     assert redact_text("option.async_mode=on") == "option.async_mode=on"
@@ -159,7 +159,7 @@ def test_short_values_are_not_registered() -> None:
 def test_log_records_are_masked_before_any_handler_sees_them(caplog) -> None:
     import logging
 
-    from lmiflow.report.redact import install_log_redaction, register_secret
+    from lmiflow.redact import install_log_redaction, register_secret
 
     value = "zq-logged-" + "4e1d9a"
     register_secret(value)

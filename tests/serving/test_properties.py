@@ -190,6 +190,11 @@ def test_parse_rejects_bad_files_naming_the_key():
         parse("batchsize=4\n")
 
 
+def test_to_env_pins_the_revision_with_hf_revision():
+    env = to_env(_worked_example(revision="0123abcd"))
+    assert env["HF_REVISION"] == "0123abcd" and "OPTION_REVISION" not in env
+
+
 def test_local_path_model_id_allowed():
     p = _worked_example(model_id="/home/me/models/tiny-llama")
     assert parse(render(p)).model_id == "/home/me/models/tiny-llama"
@@ -197,7 +202,8 @@ def test_local_path_model_id_allowed():
 
 def test_to_env_follows_lmi_translation():
     env = to_env(_worked_example(extra={"job_queue_size": 64, "option.enable_lora": True}))
-    assert env["OPTION_MODEL_ID"] == "meta-llama/Llama-2-13b-hf"
+    # DJL's ModelStore creates the served model from HF_MODEL_ID, not OPTION_MODEL_ID
+    assert env["HF_MODEL_ID"] == "meta-llama/Llama-2-13b-hf" and "OPTION_MODEL_ID" not in env
     assert env["OPTION_TENSOR_PARALLEL_DEGREE"] == "2"
     assert env["OPTION_ENTRYPOINT"] == "djl_python.lmi_vllm.vllm_async_service"
     assert env["OPTION_ASYNC_MODE"] == "true"

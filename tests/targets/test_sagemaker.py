@@ -575,7 +575,7 @@ def test_env_only_model_has_no_model_data_source(target, sm):
         "Tags": [{"Key": "project", "Value": "lmiflow"}],
     })
     target.create_model("m", "", IMAGE, env, {})
-    with pytest.raises(ValueError, match="OPTION_MODEL_ID"):
+    with pytest.raises(ValueError, match="HF_MODEL_ID"):
         target.create_model("m", "", IMAGE, {"OPTION_DTYPE": "bf16"}, {})
 
 
@@ -836,8 +836,10 @@ def test_moto_env_only_model(moto_target):
     moto_target.create_model("envonly", "", IMAGE, to_env(props), {})
     container = moto_target.sm.describe_model(ModelName="envonly")["PrimaryContainer"]
     assert "ModelDataSource" not in container
-    assert container["Environment"]["OPTION_MODEL_ID"] == "meta-llama/Llama-3.1-8B-Instruct"
-    assert container["Environment"]["OPTION_REVISION"] == "main"
+    # DJL creates the served model from HF_MODEL_ID (+ HF_REVISION), not from OPTION_MODEL_ID
+    assert container["Environment"]["HF_MODEL_ID"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert container["Environment"]["HF_REVISION"] == "main"
+    assert "OPTION_MODEL_ID" not in container["Environment"]
 
 
 # ---- the example configs ------------------------------------------------------------------
@@ -905,7 +907,7 @@ def test_packaging_s3_uploads_and_env_passes_options(target):
     env_target = SageMakerTarget(REGION, role_arn=ROLE, session=_session(), packaging="env")
     pkg = env_target.package("m-1", props)  # no S3 client call: nothing stubbed
     assert pkg.model_data == ""
-    assert pkg.env["OPTION_MODEL_ID"] == "org/m"
+    assert pkg.env["HF_MODEL_ID"] == "org/m"
     assert pkg.env["OPTION_TENSOR_PARALLEL_DEGREE"] == "2"
 
 
@@ -928,12 +930,8 @@ def test_baseline_lives_under_the_s3_prefix(target):
 
 
 def test_planning_answers(target):
-    from lmiflow.errors import UserInputError
-
     assert target.serving_model_id("org/m", None) == "org/m"
     assert target.serving_engine("trtllm") == "trtllm"
-    with pytest.raises(UserInputError, match=r"model\.id"):
-        target.serving_model_id("./m", "/tmp/m")
     assert target.image_uri("vllm", None, "my/image:1") == "my/image:1"
     assert "djl-inference" in target.image_uri("vllm", "0.33.0", None)
     assert "tensorrtllm" in target.image_uri("trtllm", None, None)

@@ -101,7 +101,7 @@ _PATTERNS = (
 )
 
 
-def _key_is_secret(key: object) -> bool:
+def is_secret_key(key: object) -> bool:
     if not isinstance(key, str):
         return False
     words = [w.lower() for w in _WORD_RE.findall(key)]
@@ -141,7 +141,7 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, SecretStr | SecretBytes):
         return MASK
     if isinstance(obj, Mapping):
-        return {k: _mask_all(v) if _key_is_secret(k) else redact(v) for k, v in obj.items()}
+        return {k: _mask_all(v) if is_secret_key(k) else redact(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [redact(v) for v in obj]
     return obj
@@ -183,7 +183,7 @@ def looks_secret(key: str, value: object) -> bool:
     """A plain config entry that is probably a credential: its key names one, or its value has
     a credential's shape. Used to refuse such entries outside their typed home."""
     words = [w.lower() for w in _WORD_RE.findall(key)]
-    if _key_is_secret(key) or (words and words[-1] in _GUARD_WORDS):
+    if is_secret_key(key) or (words and words[-1] in _GUARD_WORDS):
         return True
     return isinstance(value, str) and any(p.search(value) for p in _PATTERNS)
 

@@ -1,0 +1,149 @@
+"""Every AWS request a SageMaker deploy sends, in order, before any is sent: what `--dry-run`
+prints and report.json's `requests` holds. Each is built by the same functions the target
+sends with (sagemaker.*_request, staging.planned_requests), so what is shown is what runs;
+tests run the pipeline against moto and Stubber and compare.
+
+Requests that depend on what the run finds carry `when`: polls repeat, a first deploy
+creates production where a later one updates it, leftovers of an interrupted run are deleted
+only if there are any, and the candidate is removed only when the run does not promote. A
+name the run learns only then (production's endpoint config, a leftover's spec hash) is
+shown with `xxxxxxxx` for its hash, still valid for the service model.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lmiflow.redact import MASK
+from lmiflow.targets.aws_requests import AwsRequest
+from lmiflow.targets.base import PlannedRun
+from lmiflow.targets.staging import StagingConfig, planned_requests
+from lmiflow.targets.weights import s3_read_requests
+
+UNKNOWN_HASH = "xxxxxxxx"
+
+
+def _r(step: str, service: str, operation: str, when: str | None = None, **params: Any
+       ) -> AwsRequest:
+    return AwsRequest(service=service, operation=operation, params=params, step=step, when=when)
+
+
+def describe_production(step: str, production: str, target: Any) -> list[AwsRequest]:
+    """What `production_in_use` asks: the endpoint, its tags and its config's model."""
+    return [
+        _r(step, "sagemaker", "DescribeEndpoint", EndpointName=production),
+        _r(step, "sagemaker", "ListTags", "if production exists",
+           ResourceArn=target.endpoint_arn(production)),
+        _r(step, "sagemaker", "DescribeEndpointConfig", "if production exists",
+           EndpointConfigName=f"{production}-ec-{UNKNOWN_HASH}"),
+    ]
+
+
+def sweep(step: str, production: str, target: Any) -> list[AwsRequest]:
+    """remove_leftovers: find this endpoint's candidate resources production does not use."""
+    prefix = f"{production}-"
+    gone = "for each one that production does not use"
+    return [
+        *describe_production(step, production, target),
+        _r(step, "sagemaker", "ListModels", NameContains=prefix),
+        _r(step, "sagemaker", "ListEndpointConfigs", NameContains=prefix),
+        _r(step, "sagemaker", "ListEndpoints", NameContains=prefix),
+        _r(step, "sagemaker", "DeleteEndpoint", gone, EndpointName=f"{prefix}c-{UNKNOWN_HASH}"),
+        _r(step, "sagemaker", "DeleteEndpointConfig", gone,
+           EndpointConfigName=f"{prefix}ec-{UNKNOWN_HASH}"),
+        _r(step, "sagemaker", "DeleteModel", gone, ModelName=f"{prefix}m-{UNKNOWN_HASH}"),
+    ]
+
+
+def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None = None
+                    ) -> list[AwsRequest]:
+    """The requests of one deploy on `target` (a SageMakerTarget), in the order they are sent."""
+    from lmiflow.targets.sagemaker import (
+        create_endpoint_config_request,
+        create_endpoint_request,
+        create_model_request,
+        lmi_image_uri,
+        put_object_request,
+        update_endpoint_request,
+    )
+
+    w = run.weights
+    out: list[AwsRequest] = []
+    if w.source.kind == "s3":
+        out += s3_read_requests(w.source)
+    if w.delivery == "staged" and w.prefix:
+        out += planned_requests(w.source, w.prefix, staging)
+
+    out += sweep("create_model", run.production, target)
+    package, upload = target.package_plan(run.model, run.properties, w)
+    if upload:
+        out.append(put_object_request(upload + "serving.properties", run.properties.encode(),
+                                      "text/plain; charset=utf-8")
+                   .model_copy(update={"step": "create_model"}))
+    env = dict(package.env)
+    if w.token_to_container:
+        env["HF_TOKEN"] = MASK
+    out.append(create_model_request(
+        run.model, target.role_arn, run.image_uri or lmi_image_uri(target.region), env,
+        package.model_data, run.tags,
+        network_isolation=w.network_isolation, vpc=target.vpc).model_copy(
+            update={"step": "create_model"}))
+    out.append(create_endpoint_config_request(run.endpoint_config, run.model, run.variant,
+                                              run.tags).model_copy(
+        update={"step": "configure_endpoint"}))
+
+    poll = (f"every {target.poll_interval_s:g} s until InService or Failed, at most "
+            f"{run.endpoint_timeout_s:.0f} s")
+    out.append(create_endpoint_request(run.endpoint, run.endpoint_config, run.tags)
+               .model_copy(update={"step": "create_endpoint"}))
+    out.append(_r("create_endpoint", "sagemaker", "DescribeEndpoint", poll,
+                  EndpointName=run.endpoint))
+    out.append(_invoke("smoke_test", "InvokeEndpoint", run.endpoint, run.smoke_payload))
+    out.append(_invoke("benchmark", "InvokeEndpointWithResponseStream", run.endpoint,
+                       {**run.bench_payload, "stream": True},
+                       f"x {run.bench_requests}: the benchmark's requests, concurrently"))
+    if target.s3_uri:
+        bucket, key = target.baseline_location(run.production)
+        out.append(_r("gate", "s3", "GetObject", "production's last benchmark, if any",
+                      Bucket=bucket, Key=key))
+
+    out += describe_production("promote", run.production, target)[:2]
+    out.append(create_endpoint_request(run.production, run.endpoint_config, run.tags)
+               .model_copy(update={"step": "promote",
+                                   "when": "on the first deploy: no production yet"}))
+    update = update_endpoint_request(run.production, run.endpoint_config, run.policy)
+    out.append(_r("promote", "sagemaker", "DescribeEndpoint",
+                  "when production exists: refuse a busy endpoint",
+                  EndpointName=run.production))
+    out.append(update.model_copy(update={"step": "promote",
+                                         "when": "when production exists: blue/green"}))
+    out.append(_r("promote", "sagemaker", "DescribeEndpoint", poll,
+                  EndpointName=run.production))
+    out.append(_invoke("promote", "InvokeEndpoint", run.production, run.smoke_payload))
+    out += sweep("promote", run.production, target)
+    if target.s3_uri:
+        bucket, key = target.baseline_location(run.production)
+        out.append(_r("promote", "s3", "PutObject", "the candidate's benchmark",
+                      Bucket=bucket, Key=key, Body="<benchmark JSON>",
+                      ContentType="application/json"))
+
+    not_promoted = "only when the run does not promote"
+    out += [r.model_copy(update={"step": "cleanup", "when": not_promoted})
+            for r in describe_production("cleanup", run.production, target)]
+    out += [
+        _r("cleanup", "sagemaker", "DeleteEndpoint", not_promoted, EndpointName=run.endpoint),
+        _r("cleanup", "sagemaker", "DeleteEndpointConfig", not_promoted,
+           EndpointConfigName=run.endpoint_config),
+        _r("cleanup", "sagemaker", "DeleteModel", not_promoted, ModelName=run.model),
+    ]
+    return out
+
+
+def _invoke(step: str, operation: str, endpoint: str, payload: dict, when: str | None = None
+            ) -> AwsRequest:
+    accept = ("application/jsonlines" if operation == "InvokeEndpointWithResponseStream"
+              else "application/json")
+    return _r(step, "sagemaker-runtime", operation, when, EndpointName=endpoint,
+              ContentType="application/json", Accept=accept,
+              Body=json.dumps(payload).encode("utf-8"))

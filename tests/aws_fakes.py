@@ -1,0 +1,46 @@
+"""Fakes of the outside world for tests and `make perf`: S3 through moto in server mode (a real
+HTTP endpoint on 127.0.0.1, so boto3's transfer manager, retries and multipart uploads run
+as they would against AWS), and the helpers to build clients for it."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",
+                    "region_name": "us-east-1"}
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """A moto server on a kernel-chosen port; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    url = f"http://{host}:{port}"
+    reset(url)  # moto keeps its state per process, not per server
+    try:
+        yield url
+    finally:
+        reset(url)
+        server.stop()
+
+
+def reset(url: str) -> None:
+    import httpx
+
+    httpx.post(f"{url}/moto-api/reset", timeout=10).raise_for_status()
+
+
+def session():
+    import boto3
+
+    return boto3.Session(**FAKE_CREDENTIALS)
+
+
+def s3_client(endpoint_url: str):
+    return session().client("s3", endpoint_url=endpoint_url)
