@@ -15,7 +15,6 @@ from lmiflow.serving.plan_properties import PlanError, ServingPlan, render_plan
 from lmiflow.serving.properties import ServingProperties
 from lmiflow.sizing.planner import Plan
 from lmiflow.spec import DeploymentSpec
-from lmiflow.targets.base import Target
 from lmiflow.targets.blue_green import fleet_peak, traffic_shift_error
 from lmiflow.targets.inference_ami import SOURCE as AMI_SOURCE
 from lmiflow.targets.inference_ami import ami_for_cuda, by_name
@@ -90,15 +89,15 @@ def host_settings(spec: DeploymentSpec, image: LmiImage) -> HostSettings:
              f"it ({AMI_SOURCE})"))
 
 
-def promotion_plan(spec: DeploymentSpec, p: Plan, target: Target) -> PromotionPlan:
-    """The promotion on the plan's fleet. Where the target moves traffic in steps (SageMaker),
-    CANARY / LINEAR sizes are checked against the instance count the plan chose."""
+def promotion_plan(spec: DeploymentSpec, p: Plan, shifts_traffic: bool) -> PromotionPlan:
+    """The promotion on the plan's fleet. shifts_traffic: the target moves traffic in steps
+    (SageMaker), so CANARY / LINEAR sizes are checked against the instance count it chose."""
     o, pr = p.chosen, spec.promotion
     if o is None:
         raise UserInputError("plan", p.chosen_reason)
     n = o.instance_count
     step = None
-    if target.shifts_traffic:
+    if shifts_traffic:
         shift = traffic_shift_error(pr.strategy, pr.canary_size_pct, pr.linear_step_pct, n)
         if shift:
             raise UserInputError(shift[0], f"{shift[1]} (the plan chose {n} x "
@@ -109,15 +108,13 @@ def promotion_plan(spec: DeploymentSpec, p: Plan, target: Target) -> PromotionPl
     return with_peak(PromotionPlan(
         strategy=pr.strategy, instance_type=o.instance_type, instance_count=n,
         traffic_step=step, termination_wait_s=pr.termination_wait_s, alarms=list(pr.alarms),
-        peak_instances={}, peak_assumption="", quota_names={}), None, target)
+        peak_instances={}, peak_assumption="", quota_names={}), None)
 
 
-def with_peak(plan: PromotionPlan, production: dict[str, int] | None,
-              target: Target) -> PromotionPlan:
+def with_peak(plan: PromotionPlan, production: dict[str, int] | None) -> PromotionPlan:
     """The plan with its peak fleet: assumed (production None: a redeploy of the same shape)
-    or from production as described (targets.blue_green.fleet_peak), and the target's quota
-    for each instance type, where it has one."""
+    or from production as described (targets.blue_green.fleet_peak)."""
     peak = fleet_peak(plan.instance_type, plan.instance_count, production)
-    names = {t: n for t in peak.instances if (n := target.quota_name(t)) is not None}
     return plan.model_copy(update={"peak_instances": peak.instances,
-                                   "peak_assumption": peak.assumption, "quota_names": names})
+                                   "peak_assumption": peak.assumption,
+                                   "quota_names": peak.quota_names})

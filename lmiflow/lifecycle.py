@@ -122,11 +122,10 @@ def preflight(target: Target, candidate: Candidate) -> PromotionPlan | None:
         raise UserInputError("promotion.alarms", f"no CloudWatch alarm named "
                                                  f"{', '.join(missing)} in this account and "
                                                  "region (SageMaker would never roll back on it)")
-    plan = endpoint_plan.with_peak(plan, target.production_fleet(candidate.names.production),
-                                   target)
+    plan = endpoint_plan.with_peak(plan, target.production_fleet(candidate.names.production))
     quotas = target.endpoint_quotas(list(plan.peak_instances))
-    over = quota_error(FleetPeak(instances=plan.peak_instances, assumption=plan.peak_assumption),
-                       quotas)
+    over = quota_error(FleetPeak(instances=plan.peak_instances, assumption=plan.peak_assumption,
+                                 quota_names=plan.quota_names), quotas)
     if over:
         raise UserInputError("instance.count", over)
     return plan

@@ -233,7 +233,7 @@ def prepare_serving(spec: DeploymentSpec, model: ResolvedModel, p: Plan, target:
     host = endpoint_plan.host_settings(spec, image) if uri else None
     return Candidate(properties=text, image_uri=uri, weights=weights,
                      names=names_for(spec, text, uri, p, target, weights, host), host=host,
-                     promotion=endpoint_plan.promotion_plan(spec, p, target))
+                     promotion=endpoint_plan.promotion_plan(spec, p, target.shifts_traffic))
 
 
 def tags_for(names: Names, run_id: str | None) -> dict[str, str]:

@@ -103,9 +103,9 @@ def _print_endpoint_plan(candidate) -> None:
                      + (f"; rollback alarms (must exist): {', '.join(pr.alarms)}"
                         if pr.alarms else ""))
         peak = ", ".join(f"{n} x {t}" for t, n in pr.peak_instances.items())
-        lines.append(f"peak fleet: {peak} ({pr.peak_assumption})" + (
-            f"; checked against the quota {', '.join(repr(q) for q in pr.quota_names.values())}"
-            " before anything is created" if pr.quota_names else ""))
+        lines.append(f"peak fleet: {peak} ({pr.peak_assumption}); checked against the "
+                     f"quota {', '.join(repr(q) for q in pr.quota_names.values())} before "
+                     "anything is created")
     for line in lines:
         print(fill(line, width=80, subsequent_indent="  "))
 

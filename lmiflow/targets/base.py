@@ -264,11 +264,6 @@ class Target(ABC):
         no alarms: there is nothing to roll back on)."""
         return []
 
-    def quota_name(self, instance_type: str) -> str | None:
-        """The name of the account's limit on endpoint instances of a type (None: no such
-        limit on this platform)."""
-        return None
-
     def endpoint_quotas(self, instance_types: list[str]) -> dict[str, float | None]:
         """The account's limit on instances of each type behind endpoints (None: no limit
         known)."""

@@ -64,6 +64,7 @@ class FleetPeak(BaseModel):
 
     instances: dict[str, int] = Field(description="instance type -> instances at the peak")
     assumption: str
+    quota_names: dict[str, str] = Field(description="instance type -> Service Quotas name")
 
 
 def fleet_peak(instance_type: str, count: int,
@@ -82,21 +83,19 @@ def fleet_peak(instance_type: str, count: int,
                       else "no production endpoint yet: the candidate, then production")
     peak = dict(prod)
     peak[instance_type] = peak.get(instance_type, 0) + count
-    return FleetPeak(instances=dict(sorted(peak.items())), assumption=assumption)
-
-
-def quota_name(instance_type: str) -> str:
-    return QUOTA_NAME.format(instance_type=instance_type)
+    return FleetPeak(instances=dict(sorted(peak.items())), assumption=assumption,
+                     quota_names={t: QUOTA_NAME.format(instance_type=t) for t in sorted(peak)})
 
 
 def quota_error(peak: FleetPeak, quotas: dict[str, float | None]) -> str | None:
     """Why the peak does not fit the account's quotas (None when it fits, or when a quota is
-    unknown)."""
+    unknown: the run then says it could not check)."""
     over = []
     for t, n in peak.instances.items():
         q = quotas.get(t)
         if q is not None and n > q:
-            over.append(f"{n} x {t} at the peak but the quota '{quota_name(t)}' is {q:g}")
+            over.append(f"{n} x {t} at the peak but the quota '{peak.quota_names[t]}' is "
+                        f"{q:g}")
     if not over:
         return None
     return ("; ".join(over) + f" ({peak.assumption}); request a quota increase (Service Quotas, "

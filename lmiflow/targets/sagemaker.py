@@ -737,17 +737,12 @@ class SageMakerTarget(Target):
                 found.update(a["AlarmName"] for a in page.get(kind, []))
         return [n for n in names if n not in found]
 
-    def quota_name(self, instance_type: str) -> str:
-        from lmiflow.targets.blue_green import quota_name
-
-        return quota_name(instance_type)
-
     def endpoint_quotas(self, instance_types: list[str]) -> dict[str, float | None]:
         """The account's "ml.<type> for endpoint usage" quota per instance type (Service
         Quotas, applied values); None where the account lists no such quota."""
-        from lmiflow.targets.blue_green import QUOTA_SERVICE_CODE
+        from lmiflow.targets.blue_green import QUOTA_NAME, QUOTA_SERVICE_CODE
 
-        wanted = {self.quota_name(t): t for t in instance_types}
+        wanted = {QUOTA_NAME.format(instance_type=t): t for t in instance_types}
         out: dict[str, float | None] = dict.fromkeys(instance_types)
         pages = self._pages(_request("service-quotas", "ListServiceQuotas",
                                      ServiceCode=QUOTA_SERVICE_CODE))

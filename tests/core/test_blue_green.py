@@ -35,6 +35,7 @@ def test_traffic_shift_sizes(strategy, canary, linear, count, field, smallest):
 def test_peak_at_plan_time_assumes_a_redeploy_of_the_same_shape():
     peak = fleet_peak("ml.p5.48xlarge", 2)
     assert peak.instances == {"ml.p5.48xlarge": 4}
+    assert peak.quota_names == {"ml.p5.48xlarge": "ml.p5.48xlarge for endpoint usage"}
 
 
 def test_peak_with_the_production_described():

@@ -25,14 +25,11 @@ def test_chosen_tensor_parallel_degree_is_rendered_into_serving_properties(offli
     model = pipeline.fetch_config(spec)
     p = pipeline.choose_instance(spec, model, target)
     assert (p.chosen.instance_type, p.chosen.tensor_parallel_degree) == ("ml.g5.12xlarge", 2)
-    candidate = pipeline.prepare_serving(spec, model, p, target)
-    props = parse(candidate.properties)
+    props = parse(pipeline.prepare_serving(spec, model, p, target).properties)
     assert props.tensor_parallel_degree == 2
-    # 4 requests over the instance's 2 model copies: each copy's engine admits 2
+    # each of the two copies takes 2 of the 4 concurrent requests of 3072 + 1024 tokens
     assert props.max_rolling_batch_size == 2 and props.max_model_len == 4096
     assert props.dtype == "fp16"
-    # gated on the Hub: the weights are staged into S3 and read from /opt/ml/model
-    assert candidate.weights.delivery == "staged" and props.model_id is None
     forced = load_spec(CONFIG, {"instance": {"allow": ["ml.g5.12xlarge"],
                                              "tensor_parallel_degree": 4}})
     p4 = pipeline.choose_instance(forced, model, target)
