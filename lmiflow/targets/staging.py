@@ -302,7 +302,8 @@ def stage(
         rate = state["uploaded"] / elapsed if elapsed >= 1 and state["uploaded"] else None
         left = report.bytes_total - state["done"]
         on_progress(Progress(done_bytes=state["done"], total_bytes=report.bytes_total,
-                             bytes_per_s=rate, eta_s=left / rate if rate else None,
+                             bytes_per_s=rate,
+                             eta_s=0.0 if left <= 0 else (left / rate if rate else None),
                              file=state["file"]))
 
     def sent(n: int) -> None:  # s3transfer calls this from its worker threads

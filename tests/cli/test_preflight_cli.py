@@ -17,7 +17,12 @@ CANARY = ROOT / "configs" / "llama-3.1-8b-g5-g6.yaml"  # alarms, CANARY on ml.g5
 
 @pytest.fixture(autouse=True)
 def _no_aws(monkeypatch, tmp_path):
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: import it here (online) and patch
+    # its constant for this test only, so later tests that serve a Hub stand-in stay online.
+    import huggingface_hub.constants as hf_constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # anything unstubbed fails
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
