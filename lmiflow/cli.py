@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import textwrap
 
@@ -81,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmiflow: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `lmiflow ... | head`: the reader has what it wanted. Point stdout at /dev/null so
+        # the interpreter's last flush does not fail too, and exit as a shell would (SIGPIPE).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -220,3 +220,15 @@ def test_calibrate_shows_fits_and_rejects_a_damaged_store(tmp_path):
     store.write_text("{broken")
     r = lmiflow("calibrate", "--store", str(store))
     assert r.returncode == 2 and "--store" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`lmiflow plan --json | head -1`: the JSON is larger than a pipe holds."""
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "LMIFLOW_STATE_DIR": "/nonexistent/state"}
+    p = subprocess.Popen([sys.executable, "-m", "lmiflow", "plan", *EXAMPLE, "--json"], cwd=ROOT,
+                         env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline() == b"{\n"
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141  # 128 + SIGPIPE, as a shell reports it
+    assert "Traceback" not in err and "BrokenPipe" not in err
