@@ -277,10 +277,10 @@ def gate(spec: DeploymentSpec, bench: BenchResult, baseline: BenchResult | None)
     if verdict.passed:
         log.info("gate passed: %d checks", len(verdict.checks))
     else:
-        log.warning("gate rejected the candidate: %d of %d checks failed",
-                    len(failed), len(verdict.checks))
-    for c in failed:
-        log.warning("failed: %s", explain_check(c))
+        log.info("gate rejected the candidate: %d of %d checks failed",
+                 len(failed), len(verdict.checks))
+    for c in failed:  # the run's story, at INFO: the CLI prints its own summary of it
+        log.info("failed: %s", explain_check(c))
     lines = [f"# Gate: {'passed' if verdict.passed else 'rejected'}\n",
              "| | kind | check |", "|---|---|---|"]
     lines += [f"| {'✅' if c.passed else '❌'} | {c.kind} | {explain_check(c)} |"
@@ -319,8 +319,7 @@ def save_baseline(spec: DeploymentSpec, bench: BenchResult) -> str | None:
 def cleanup_candidate(spec: DeploymentSpec, names: Names) -> list[str]:
     """Delete the candidate's endpoint, config and model unless production uses them."""
     removed = lifecycle.cleanup_candidate(target_for(spec), names)
-    get_run_logger().warning("removed candidate resources: %s",
-                             ", ".join(removed) or "none existed")
+    get_run_logger().info("removed candidate resources: %s", ", ".join(removed) or "none existed")
     _md(spec, "cleanup", "# Candidate removed\n\n" + (
         "\n".join(f"- {r}" for r in removed) or "nothing existed"))
     return removed
