@@ -6,12 +6,15 @@ is written."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from lmiflow.tasks import steps
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from lmiflow import pipeline
+from lmiflow.errors import UserInputError
 from lmiflow.redact import redact_text
 from lmiflow.report.model import RunReport, SmokeTest
 from lmiflow.run_record import RunRecord, plan_steps
@@ -25,7 +28,12 @@ def _run_id() -> str | None:
 @flow(name="deploy-llm", flow_run_name="deploy-{spec.name}", log_prints=True)
 def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
     """Size, deploy a candidate, smoke-test, benchmark, gate, and promote it to production;
-    a rejected or failed candidate is removed and production is left as it was."""
+    a rejected or failed candidate is removed and production is left as it was.
+
+    Args:
+        spec: The whole deployment config (what a YAML config file holds).
+        report_dir: Where report.json/.md/.html go on the worker (default reports/<name>).
+    """
     log = get_run_logger()
     rec = RunRecord(spec, _run_id())
     report = rec.report
@@ -52,7 +60,7 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
                 s.summary = names.endpoint_config
             with rec.step("create_endpoint") as s:
                 ep = steps.create_endpoint(spec, names, tags)
-                s.summary = f"{names.endpoint} InService after {ep.seconds:.0f} s"
+                s.summary = f"InService after {ep.seconds:.0f} s: {names.endpoint}"
             with rec.step("smoke_test") as s:
                 try:
                     report.smoke_test = steps.smoke_test(spec, names.endpoint)
@@ -81,9 +89,6 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
                 status = "promoted"
             else:
                 status = "rejected"
-                report.error = "gate rejected the candidate: " + "; ".join(
-                    f"{c.metric} {c.stat} {c.observed} {c.op} {c.threshold}"
-                    f" (c={c.concurrency})" for c in failed)
     except Exception as exc:
         status = "failed"
         log.error("deploy of %s failed in %s: %s", spec.name, report.failed_step,
@@ -95,13 +100,16 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
             except Exception as exc:
                 report.cleanup = [f"CLEANUP FAILED: {redact_text(str(exc))}"]
                 log.error("cleanup of %s failed: %s", names.endpoint, redact_text(str(exc)))
-        steps.report(rec.finish(status), report_dir)
+        try:
+            production = steps.production_state(spec)
+        except Exception as exc:  # the report is written whatever happens
+            production = None
+            log.warning("could not look at production %s: %s", spec.name, redact_text(str(exc)))
+        steps.report(rec.finish(status, production), report_dir, spec)
     if status != "promoted":
         # A returned Failed state ends the run Failed without a traceback in the logs: the
-        # report already says which step failed and why.
-        return Failed(message=f"{spec.name}: {status}" + (
-            f" at {report.failed_step}" if report.failed_step else "")
-            + (f": {report.error}" if report.error else ""))
+        # report says which step or check failed and why.
+        return Failed(message=f"{spec.name}: {report.outcome.headline}")
     return report.to_json_dict()
 
 
@@ -116,7 +124,12 @@ def _peak_summary(plan) -> str:
 @flow(name="plan-llm", flow_run_name="plan-{spec.name}")
 def plan_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
     """Plan only: size the model, choose the instance, render serving.properties. Creates
-    nothing and calls no cloud API."""
+    nothing and calls no cloud API.
+
+    Args:
+        spec: The whole deployment config (what a YAML config file holds).
+        report_dir: Where report.json/.md/.html go on the worker (default reports/<name>).
+    """
     rec = RunRecord(spec, _run_id())
     try:
         plan_steps(spec, rec, steps)
@@ -126,34 +139,71 @@ def plan_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
         raise
     finally:
         report: RunReport = rec.finish(status)
-        steps.report(report, report_dir)
+        steps.report(report, report_dir, spec)
     return report.to_json_dict()
 
 
 @flow(name="teardown-llm", flow_run_name="teardown-{spec.name}")
 def teardown_llm(spec: DeploymentSpec) -> list[str]:
-    """Delete production and every candidate resource of this endpoint."""
+    """Delete production and every candidate resource of this endpoint.
+
+    Args:
+        spec: The deployment config whose endpoint is torn down.
+    """
     return steps.teardown(spec)
 
 
 @flow(name="redeploy-from-config", flow_run_name="redeploy-{config}")
 def redeploy_from_config(config: str = "configs/local-demo.yaml",
+                         overrides: dict[str, Any] | None = None,
                          report_dir: str | None = None) -> dict:
-    """Scheduled redeploys: read the YAML config at run time (so a new model revision or LMI
-    version in the file takes effect on the next run) and run deploy-llm as a subflow."""
-    from lmiflow.spec import load_spec
+    """Deploy from a config file read at run time (so a new model revision or LMI version in
+    the file takes effect on the next scheduled run), with a few fields changed for this run:
+    what a UI run needs instead of the whole config.
 
-    spec = load_spec(config)
+    Args:
+        config: Path of a deployment config (YAML) on the worker, relative to the lmiflow
+            checkout, e.g. configs/local-demo.yaml.
+        overrides: Fields to change for this run, by dotted name, e.g.
+            {"model.revision": "main", "workload.concurrency": 8,
+            "instance.instance_type": "ml.g6e.xlarge"}; validated like the file.
+        report_dir: Where report.json/.md/.html go on the worker (default reports/<name>).
+    """
+    spec = _load(config, overrides)
+    if not isinstance(spec, DeploymentSpec):
+        return spec
     state = deploy_llm(spec, report_dir=report_dir, return_state=True)
     if not state.is_completed():
         return Failed(message=state.message or f"{spec.name}: not promoted")
     return state.result()
 
 
-@flow(name="plan-from-config", flow_run_name="plan-{config}")
-def plan_from_config(config: str = "configs/local-demo.yaml",
-                     report_dir: str | None = None) -> dict:
-    """Plan only, from a config file: what would be deployed, at what cost. Creates nothing."""
+def _load(config: str, overrides: dict[str, Any] | None) -> DeploymentSpec | Any:
+    """The spec, or a Failed state naming the bad field (no traceback: it is the user's to
+    fix, like the CLI's exit 2)."""
     from lmiflow.spec import load_spec
 
-    return plan_llm(load_spec(config), report_dir=report_dir)
+    try:
+        return load_spec(config, overrides)
+    except UserInputError as exc:
+        get_run_logger().error("config %s: %s", config, exc)
+        return Failed(message=f"config {config}: {exc}")
+
+
+@flow(name="plan-from-config", flow_run_name="plan-{config}")
+def plan_from_config(config: str = "configs/local-demo.yaml",
+                     overrides: dict[str, Any] | None = None,
+                     report_dir: str | None = None) -> dict:
+    """Plan only, from a config file: what would be deployed, at what cost. Creates nothing.
+
+    Args:
+        config: Path of a deployment config (YAML) on the worker, e.g.
+            configs/llama-3.1-8b-g5-g6.yaml.
+        overrides: Fields to change for this plan, by dotted name, e.g.
+            {"workload.concurrency": 16}.
+        report_dir: Where report.json/.md/.html go on the worker (default reports/<name>).
+    """
+    spec = _load(config, overrides)
+    if not isinstance(spec, DeploymentSpec):
+        return spec
+    return plan_llm(spec, report_dir=report_dir)

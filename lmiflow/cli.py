@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import textwrap
 
 from lmiflow.errors import UserInputError
 
@@ -14,14 +16,50 @@ COMMANDS = ("plan", "deploy", "iam", "bench", "endpoints", "demo_model", "calibr
             "report_schema", "images")
 
 
+DESCRIPTION = """\
+Size, deploy, benchmark and promote an open LLM on a SageMaker LMI endpoint,
+or on this machine (the local target: a real model served on 127.0.0.1)."""
+
+EPILOG = """\
+start here:
+  lmiflow plan --model configs/models/llama-2-13b --max-input-tokens 3072 \\
+      --max-output-tokens 1024 --concurrency 4   which instance, and why
+  lmiflow deploy configs/local-demo.yaml --dry-run   the plan, nothing created
+  lmiflow deploy configs/local-demo.yaml             the whole pipeline, locally
+
+'lmiflow COMMAND --help' describes each command. Exit status: 0 done; 1 rejected
+or failed (production unchanged); 2 bad input (nothing created)."""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Paragraphs refilled to the terminal's width (docstrings are written at 100 columns);
+    indented lines (examples, commands) kept as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        out = []
+        for para in textwrap.dedent(text).strip("\n").split("\n\n"):
+            lines = para.splitlines()
+            if any(line.startswith(" ") for line in lines[1:]) or para.startswith(" "):
+                out.append("\n".join(indent + line for line in lines))
+            else:
+                out.append(textwrap.fill(" ".join(lines), width, initial_indent=indent,
+                                         subsequent_indent=indent, break_on_hyphens=False))
+        return "\n\n".join(out)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs["formatter_class"] = _Formatter
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # argparse exits 2 already; keep it to one line
         self.exit(2, f"lmiflow: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="lmiflow", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(prog="lmiflow", description=DESCRIPTION, epilog=EPILOG)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=_Parser)
     for name in COMMANDS:
         try:
             mod = importlib.import_module(f"lmiflow.commands.{name}")
@@ -37,12 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except UserInputError as exc:
-        print(f"lmiflow: error: {exc}", file=sys.stderr)
+    except UserInputError as exc:  # one line per problem
+        for line in str(exc).splitlines():
+            print(f"lmiflow: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lmiflow: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `lmiflow ... | head`: the reader has what it wanted. Point stdout at /dev/null so
+        # the interpreter's last flush does not fail too, and exit as a shell would (SIGPIPE).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

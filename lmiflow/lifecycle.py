@@ -20,6 +20,7 @@ from lmiflow.bench.metrics import BenchResult
 from lmiflow.errors import StepFailed, UserInputError
 from lmiflow.pipeline import Candidate, Names
 from lmiflow.report.model import Promotion, PromotionPlan, SmokeTest
+from lmiflow.report.outcome import ProductionState
 from lmiflow.sizing.planner import Plan
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.base import (
@@ -58,6 +59,16 @@ def production_in_use(target: Target, production: str) -> set[str]:
         return set()
     model = target.config_model_name(prod.config_name)
     return {prod.config_name, model} if model else {prod.config_name}
+
+
+def production_state(target: Target, production: str) -> ProductionState:
+    """What production serves now and since when: what a rejected or failed run tells its
+    reader is unchanged."""
+    st = target.describe(production)
+    if st is None:
+        return ProductionState(endpoint=production)
+    return ProductionState(endpoint=production, status=st.status, config=st.config_name,
+                           since=st.since)
 
 
 def remove_leftovers(target: Target, production: str) -> list[str]:
@@ -113,7 +124,13 @@ def preflight(target: Target, candidate: Candidate) -> PromotionPlan | None:
     """What must hold before anything is created, asked of the platform: the rollback alarms
     exist (a misspelt one would never fire, so nothing would roll back) and the peak fleet,
     with production as it is now, fits the account's quota for the instance type. Raises
-    UserInputError naming the config field; returns the plan with the described peak."""
+    UserInputError naming the config field; returns the plan with the described peak.
+    First of all: may these credentials act here at all (region, identity, the permissions
+    the run needs; the target's preflight), so a missing credential is one line, not a
+    traceback from the first call that needs it."""
+    names = candidate.names
+    for note in target.preflight(target.deploy_needs(names.production, names.model_dump())):
+        log.info(note)
     plan = candidate.promotion
     if plan is None:
         return None

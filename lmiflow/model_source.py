@@ -47,6 +47,37 @@ def _snapshot_for(model_id: str) -> Path | None:
     return None
 
 
+def _shown(path: Path) -> str:
+    """A path as short as it can be said: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def hub_failure(exc: Exception) -> str:
+    """Why the Hub did not answer, as one complete clause: the upstream messages run to
+    several sentences of advice about other settings, and cut at a fixed length they end
+    mid-word."""
+    import huggingface_hub.errors as hf
+    from huggingface_hub import constants
+
+    if isinstance(exc, hf.OfflineModeIsEnabled) or (
+            isinstance(exc, hf.LocalEntryNotFoundError) and constants.HF_HUB_OFFLINE):
+        return "offline: HF_HUB_OFFLINE is set"
+    if isinstance(exc, hf.LocalEntryNotFoundError):
+        return "no connection to the Hub and not in the local cache"
+    if isinstance(exc, hf.GatedRepoError):
+        return "gated model: accept its license on the Hub and set HF_TOKEN"
+    if isinstance(exc, hf.RepositoryNotFoundError):
+        return "no such model on the Hub, or private without HF_TOKEN"
+    if isinstance(exc, hf.RevisionNotFoundError):
+        return "no such revision"
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    sentence = first.split(". ")[0].rstrip(".")
+    return f"{type(exc).__name__}: {sentence}" if sentence else type(exc).__name__
+
+
 def spec_from_config(cfg: dict) -> ModelSpec:
     try:
         return parse_model_config(cfg)
@@ -82,13 +113,14 @@ def resolve_model(model: str, revision: str | None = None, exact_counts: bool = 
         cfg = _hub_config(model, revision, token)
     except Exception as exc:
         snap = _snapshot_for(model)
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+        reason = hub_failure(exc)
         if snap is None:
             raise UserInputError("model", f"cannot fetch config.json of {model} from the Hub "
                                           f"({reason}) and no bundled snapshot matches") from None
         why = ("not readable with this Hub token" if _is_access_error(exc)
                else "Hub unreachable")
-        log.warning("%s for %s (%s): using bundled snapshot %s", why, model, reason, snap)
+        log.warning("%s for %s (%s): planning from the bundled snapshot %s", why, model,
+                    reason, _shown(snap))
         return ResolvedModel(spec=spec_from_config(read_config_file(snap)),
                              source=f"snapshot:{snap}", local_dir=str(snap),
                              note=f"{why} ({reason}); used bundled snapshot")

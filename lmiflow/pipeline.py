@@ -152,10 +152,18 @@ def choose_instance(spec: DeploymentSpec, model: ResolvedModel, target: Target) 
     from lmiflow.calibration_store import planning_calibration
 
     calibration, problem = planning_calibration()
-    p = plan(model.spec, plan_request(spec, target), target.instance_catalog(),
-             calibration=calibration)
+    catalog = target.instance_catalog()
+    p = plan(model.spec, plan_request(spec, target), catalog, calibration=calibration)
     if problem:
         p.warnings.append(problem)
+    offered = [str(t) for t in catalog["instance_type"]]
+    if not p.options and (spec.instance.allow or spec.instance.instance_type) \
+            and len(offered) <= 3:
+        # A config written for one target run on another (--target local on a SageMaker
+        # config): say what this target has, not only that nothing matched.
+        raise UserInputError("instance.allow", f"{p.chosen_reason}; this target has only "
+                                               f"{', '.join(offered)}: remove instance.allow "
+                                               "and instance.instance_type, or match it")
     if p.chosen is None:
         raise UserInputError("plan", p.chosen_reason)
     return p

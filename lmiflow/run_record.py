@@ -24,7 +24,9 @@ from lmiflow.report.model import (
     StepRecord,
     Versions,
 )
+from lmiflow.report.outcome import ProductionState, outcome
 from lmiflow.sizing.planner import Plan
+from lmiflow.sizing.units import gb
 from lmiflow.spec import DeploymentSpec
 
 STEP_NAMES = ("fetch_config", "compute_memory", "choose_instance", "render_serving_properties",
@@ -60,12 +62,17 @@ class RunRecord:
         finally:
             rec.seconds = round(time.perf_counter() - t0, 3)
 
-    def finish(self, status: RunStatus) -> RunReport:
+    def finish(self, status: RunStatus, production: ProductionState | None = None
+               ) -> RunReport:
+        """Close the record: steps that never ran are skipped; the outcome is put in words
+        (with production as the run left it, when the caller looked)."""
         ran = {s.name for s in self.report.steps}
         self.report.steps += [StepRecord(name=n, status="skipped") for n in STEP_NAMES
                               if n not in ran]
         self.report.status = status
         self.report.finished_at = _now()
+        self.report.production = production
+        self.report.outcome = outcome(self.report, production)
         return self.report
 
 
@@ -124,14 +131,17 @@ def plan_steps(spec: DeploymentSpec, rec: RunRecord, impl: Any
         s.summary = f"{model.spec.model_type}, {model.spec.parameters:,} parameters"
     with rec.step("compute_memory") as s:
         mem: MemoryEstimate = impl.compute_memory(spec, model)
-        s.summary = f"{mem.total_bytes / 1e9:.1f} GB unsharded"
+        s.summary = f"{gb(mem.total_bytes)} unsharded"
     with rec.step("choose_instance") as s:
         p: Plan = impl.choose_instance(spec, model)
         report.plan = p  # the `lmiflow plan --json` shape
         report.model = report.model.model_copy(
             update={"kv_cache_bytes_per_token": p.model.kv_cache_bytes_per_token})
-        s.summary = (f"{p.chosen.instance_type} x{p.chosen.instance_count}, tp "
-                     f"{p.chosen.tensor_parallel_degree}")
+        c = p.chosen
+        s.summary = (f"{c.instance_type}" + (f" x{c.instance_count}" if c.instance_count > 1
+                                             else "")
+                     + f": {c.gpu_count}x {c.accelerator.removeprefix('NVIDIA ')}, tp "
+                     f"{c.tensor_parallel_degree}")
     with rec.step("render_serving_properties") as s:
         cand: Candidate = impl.render_serving_properties(spec, model, p)
         report.serving_properties = cand.properties

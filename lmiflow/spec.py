@@ -233,7 +233,8 @@ class TargetSection(_Strict):
 
 class SmokeTestSection(_Strict):
     prompt: str = Field(default="What is Amazon SageMaker?", description="Prompt to send.")
-    max_new_tokens: int = Field(default=16, ge=1, le=4096)
+    max_new_tokens: int = Field(default=16, ge=1, le=4096,
+                                description="Tokens the smoke test asks for.")
 
 
 class BenchmarkSection(_Strict):
@@ -272,9 +273,15 @@ class PromotionSection(_Strict):
     strategy: Literal["ALL_AT_ONCE", "CANARY", "LINEAR"] = Field(
         default="ALL_AT_ONCE", description="Blue/green traffic shifting on SageMaker."
     )
-    canary_size_pct: int = Field(default=10, ge=1, le=50)
-    linear_step_pct: int = Field(default=20, ge=10, le=50)
-    wait_interval_s: int = Field(default=300, ge=0, le=3600)
+    canary_size_pct: int = Field(
+        default=10, ge=1, le=50,
+        description="CANARY: share of the fleet that gets the new config first (percent).")
+    linear_step_pct: int = Field(
+        default=20, ge=10, le=50,
+        description="LINEAR: share of the fleet moved to the new config per step (percent).")
+    wait_interval_s: int = Field(
+        default=300, ge=0, le=3600,
+        description="CANARY/LINEAR: seconds each step bakes (alarms watched) before the next.")
     alarms: list[str] = Field(
         default_factory=list, max_length=10,
         description="CloudWatch alarms that roll the update back (they must exist).",
@@ -297,16 +304,31 @@ class DeploymentSpec(_Strict):
     """A deployment: which model, for which workload, where, and what it must prove."""
 
     name: str = Field(description="Production endpoint name (SageMaker's name rule).")
-    model: ModelSection
-    workload: WorkloadSection
-    instance: InstanceSection = Field(default_factory=InstanceSection)
-    serving: ServingSection = Field(default_factory=ServingSection)
-    target: TargetSection = Field(default_factory=TargetSection)
-    smoke_test: SmokeTestSection = Field(default_factory=SmokeTestSection)
-    benchmark: BenchmarkSection = Field(default_factory=BenchmarkSection)
+    model: ModelSection = Field(description="The model: Hub id or directory, revision, dtype.")
+    workload: WorkloadSection = Field(
+        description="What it must serve: prompt and output lengths, concurrent requests.")
+    instance: InstanceSection = Field(
+        default_factory=InstanceSection,
+        description="Which instances the planner may choose from, and how many.")
+    serving: ServingSection = Field(
+        default_factory=ServingSection,
+        description="The LMI engine, image version and extra serving.properties options.")
+    target: TargetSection = Field(
+        default_factory=TargetSection,
+        description="Where the endpoint lives: local (this machine) or SageMaker.")
+    smoke_test: SmokeTestSection = Field(
+        default_factory=SmokeTestSection,
+        description="One request each new endpoint must answer before it is benchmarked.")
+    benchmark: BenchmarkSection = Field(
+        default_factory=BenchmarkSection,
+        description="The load the candidate is measured under, per concurrency level.")
     gates: list[GateSpec] = Field(default_factory=list, description="Benchmark checks to pass.")
-    regression: RegressionSection = Field(default_factory=RegressionSection)
-    promotion: PromotionSection = Field(default_factory=PromotionSection)
+    regression: RegressionSection = Field(
+        default_factory=RegressionSection,
+        description="How much worse than production the candidate may be.")
+    promotion: PromotionSection = Field(
+        default_factory=PromotionSection,
+        description="How production is updated when the candidate passes.")
 
     @field_validator("name")
     @classmethod

@@ -48,23 +48,30 @@ def load_catalog(path: str | Path | None = None) -> pd.DataFrame:
     return _load(str(p), p.stat().st_mtime)
 
 
+# The local target's accelerator when there is no GPU: system RAM holds weights and KV cache,
+# the cores compute. Memory then bounds nothing a person plans by, so no "holds N" is claimed.
+CPU = "CPU"
+
+
 def local_instance_row(accelerator: str, count: int, memory_bytes: int,
-                       vcpu: int | None = None, host_memory_gib: float | None = None) -> dict:
+                       vcpu: int | None = None, host_memory_gib: float | None = None,
+                       memory_source: str = "this machine") -> dict:
     """The machine lmiflow runs on, as a catalog row: the local target plans like SageMaker.
 
-    On a CPU-only machine the 'accelerator' is system RAM, one device, free of charge."""
+    No price: nothing is billed by the hour, and a $0.00 would put a meaningless point on every
+    price and cost figure."""
     return {
         "instance_type": "local",
         "family": "local",
         "accelerator": accelerator,
         "accelerator_count": count,
         "memory_per_accelerator_bytes": memory_bytes,
-        "memory_source": "this machine",
+        "memory_source": memory_source,
         "vcpu": vcpu,
         "host_memory_gib": host_memory_gib,
-        "usd_per_hour": 0.0,
+        "usd_per_hour": float("nan"),
         "price_region": "",
-        "price_source": "this machine (no charge)",
+        "price_source": "this machine is not billed by the hour",
         "price_date": "",
         "planned": True,
         "not_planned_reason": "",

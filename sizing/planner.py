@@ -18,7 +18,7 @@ from typing import Literal
 
 import pandas as pd
 from lmiflow.sizing.accelerators import Accelerator, facts_for, load_accelerators
-from lmiflow.sizing.catalog import load_catalog
+from lmiflow.sizing.catalog import CPU, load_catalog
 from lmiflow.sizing.latency import (
     Efficiency,
     Roofline,
@@ -124,6 +124,8 @@ class Option(BaseModel):
     concurrency_per_copy: int
     usd_per_hour: float | None
     price_source: str
+    memory_source: str = Field(default="", description="Where the memory figure comes from "
+                                                       "(the local target: what is available).")
     max_concurrency: int = Field(description="Requests the option holds, all instances: memory "
                                              "and, with latency limits, the limits.")
     max_concurrency_per_copy: int = 0
@@ -420,8 +422,9 @@ def _option(ctx: SimpleNamespace, r: SimpleNamespace, tp: int, facts: Accelerato
                   + (f", {idle} GPU(s) idle" if idle else
                      (f" use all {gpus} GPUs" if gpus > 1 else ""))
                   + (f" on each of {count} instances" if count > 1 else "")
-                  + f"; holds {total_max} concurrent requests"
-                  + (f" ({per_copy_max} per copy)" if copies * count > 1 else "")
+                  + ("" if r.accelerator == CPU else
+                     f"; holds {total_max} concurrent requests"
+                     + (f" ({per_copy_max} per copy)" if copies * count > 1 else ""))
                   + (" within the latency limits" if req.latency_limits and facts else ""))
         if serve_dtype != dtypes.activations:
             reason += "; served in fp16 (no bf16 on this GPU)"
@@ -444,7 +447,8 @@ def _option(ctx: SimpleNamespace, r: SimpleNamespace, tp: int, facts: Accelerato
         per_gpu={"weights_bytes": est.weights_bytes, "kv_cache_bytes": est.kv_cache_bytes,
                  "overhead_bytes": est.overhead_bytes, "usable_bytes": usable},
         concurrency_per_copy=per_copy, usd_per_hour=total_price,
-        price_source=r.price_source or "", max_concurrency=total_max,
+        price_source=r.price_source or "", memory_source=r.memory_source or "",
+        max_concurrency=total_max,
         max_concurrency_per_copy=per_copy_max, predicted=predicted,
         usd_per_1m_output_tokens=usd_per_1m,
     )
@@ -495,14 +499,18 @@ def _choose(options: list[Option], req: PlanRequest,
         largest = max(ranked, key=lambda o: o.gpu_memory_bytes * o.gpu_count)
         return None, (f"no option fits: constraints hit: {', '.join(bindings)}; even "
                       f"{largest.instance_type} fails ({largest.reason})")
-    why = f"cheapest option that fits the workload: {best.instance_type}"
+    priced = any(o.usd_per_hour is not None for o in ranked)
+    why = (f"cheapest option that fits the workload: {best.instance_type}" if priced
+           else f"fits the workload: {best.instance_type}")
     if best.instance_count > 1:
         why += f" x{best.instance_count}"
     why += f" with tp {best.tensor_parallel_degree}"
     if req.latency_limits and best.predicted:
         why += " and meets the latency limits"
     if best.usd_per_hour is None:
-        why += " (no known price; no priced option fits)"
+        why += (" (no known price; no priced option fits)" if priced
+                else " (no known price" + (f": {best.price_source})" if best.price_source
+                                           else ")"))
     else:
         why += f" at ${best.usd_per_hour:.2f}/h"
         src = best.price_source

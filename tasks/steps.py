@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 from lmiflow.sizing.planner import Plan
+from lmiflow.sizing.units import gb
 from lmiflow.tasks.common import RETRIES, artifact_key, report_progress, retry_transient
 from prefect import get_run_logger, task
 from prefect.artifacts import (
@@ -28,7 +29,9 @@ from lmiflow.lifecycle import CreatedEndpoint, CreatedModel
 from lmiflow.model_source import ResolvedModel
 from lmiflow.pipeline import Candidate, MemoryEstimate, Names, target_for
 from lmiflow.redact import redact_text
+from lmiflow.report.digest import digest
 from lmiflow.report.model import Promotion, PromotionPlan, RunReport, SmokeTest
+from lmiflow.report.outcome import ProductionState, explain_check, figure, sig
 from lmiflow.run_record import write_report
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.base import EndpointStatus, EndpointVariant
@@ -44,10 +47,6 @@ def step_task(name: str, retries: int = RETRIES):
 def _md(spec: DeploymentSpec, step: str, text: str) -> None:
     create_markdown_artifact(key=artifact_key(spec.name, step), markdown=redact_text(text),
                              description=f"{spec.name}: {step}")
-
-
-def _gb(b: float | None) -> str:
-    return "-" if b is None else f"{b / 1e9:.2f} GB"
 
 
 # ---- planning --------------------------------------------------------------------------------
@@ -68,13 +67,14 @@ def fetch_config(spec: DeploymentSpec) -> ResolvedModel:
 @step_task("compute_memory", retries=0)
 def compute_memory(spec: DeploymentSpec, model: ResolvedModel) -> MemoryEstimate:
     mem = pipeline.compute_memory(spec, model)
-    terms = "\n".join(f"| {k} | {_gb(v)} |" for k, v in mem.overhead_terms.items())
+    terms = "\n".join(f"| {k} | {gb(v)} |" for k, v in mem.overhead_terms.items())
     _md(spec, "compute_memory",
-        f"# Memory, whole model (unsharded)\n\n| component | bytes |\n|---|---|\n"
-        f"| weights ({mem.dtypes.weights}) | {_gb(mem.weights_bytes)} |\n"
-        f"| KV cache ({mem.dtypes.kv_cache}) | {_gb(mem.kv_cache_bytes)} |\n"
-        f"| overhead | {_gb(mem.overhead_bytes)} |\n| **total** | "
-        f"**{_gb(mem.total_bytes)}** |\n\n## Overhead terms\n\n| term | bytes |\n|---|---|\n"
+        f"# Memory, whole model (unsharded; GB = 10^9 bytes)\n\n| component | size |\n"
+        f"|---|---|\n"
+        f"| weights ({mem.dtypes.weights}) | {gb(mem.weights_bytes)} |\n"
+        f"| KV cache ({mem.dtypes.kv_cache}) | {gb(mem.kv_cache_bytes)} |\n"
+        f"| overhead | {gb(mem.overhead_bytes)} |\n| **total** | "
+        f"**{gb(mem.total_bytes)}** |\n\n## Overhead terms\n\n| term | size |\n|---|---|\n"
         f"{terms}\n")
     return mem
 
@@ -82,13 +82,22 @@ def compute_memory(spec: DeploymentSpec, model: ResolvedModel) -> MemoryEstimate
 @step_task("choose_instance", retries=0)
 def choose_instance(spec: DeploymentSpec, model: ResolvedModel) -> Plan:
     p = pipeline.choose_instance(spec, model, target_for(spec))
-    rows = [{"rank": o.rank, "instance_type": o.instance_type, "tp": o.tensor_parallel_degree,
-             "copies": o.model_copies, "fits": o.fits, "per_gpu_gb": round(
-                 o.per_gpu_required_bytes / 1e9, 2), "usd_per_hour": o.usd_per_hour,
-             "max_concurrency": o.max_concurrency, "reason": o.reason} for o in p.options]
+    c = p.chosen
+    get_run_logger().info("chose %s x%d (%dx %s, tp %d, %d model copies): %s", c.instance_type,
+                          c.instance_count, c.gpu_count, c.accelerator,
+                          c.tensor_parallel_degree, c.model_copies, p.chosen_reason)
+    rows = [{"rank": o.rank, "instance": o.instance_type, "count": o.instance_count,
+             "GPUs": f"{o.gpu_count}x {o.accelerator}", "tp": o.tensor_parallel_degree,
+             "copies": o.model_copies, "fits": o.fits,
+             "GB per GPU": gb(o.per_gpu_required_bytes, unit=False),
+             "TTFT p50": figure("ttft_ms", o.predicted.ttft_ms) if o.predicted else "-",
+             "TPOT p50": figure("tpot_ms", o.predicted.tpot_ms) if o.predicted else "-",
+             "$/h": "-" if o.usd_per_hour is None else f"{o.usd_per_hour:.2f}",
+             "reason": o.reason} for o in p.options]
     create_table_artifact(key=artifact_key(spec.name, "choose-instance"), table=rows,
-                          description=f"{spec.name}: options ranked; chosen: "
-                                      f"{p.chosen.instance_type} — {p.chosen_reason}")
+                          description=f"{spec.name}: options ranked (TTFT, TPOT predicted; "
+                                      f"GB = 10^9 bytes); chosen: {c.instance_type} — "
+                                      f"{p.chosen_reason}")
     return p
 
 
@@ -110,6 +119,7 @@ def stage_weights(spec: DeploymentSpec, weights: WeightsPlan) -> StagingReport |
     """Copy the weights into S3 when the plan says so (resumable: a retry skips what is
     there), with a progress artifact and a line in the log every 10 %."""
     log = get_run_logger()
+    target = target_for(spec)
     plan_text = "\n".join(f"- {line}" for line in weights.summary())
     if weights.delivery != "staged":
         _md(spec, "stage_weights", f"# Weights: nothing to stage\n\n{plan_text}\n")
@@ -126,7 +136,7 @@ def stage_weights(spec: DeploymentSpec, weights: WeightsPlan) -> StagingReport |
             logged[0] = p.fraction * 100
             log.info("staging %s: %s", weights.source.id, p.text())
 
-    result = lifecycle.stage_weights(target_for(spec), spec, weights, on_progress)
+    result = lifecycle.stage_weights(target, spec, weights, on_progress)
     rows = "\n".join(f"| {f.name} | {f.size / 1e6:,.1f} MB | {f.status} | {f.seconds:.1f} |"
                      for f in result.files)
     _md(spec, "stage_weights", f"# Weights staged to `{result.destination}`\n\n"
@@ -231,13 +241,21 @@ def benchmark(spec: DeploymentSpec, endpoint: str, p: Plan, tokenizer_dir: str |
     result = lifecycle.benchmark(target_for(spec), spec, endpoint, p, tokenizer_dir,
                                  on_progress)
     update_progress_artifact(progress, progress=100.0)
+    # Rounded to what one run on a shared machine supports; report.json has full precision.
     rows = [{"concurrency": lv.concurrency, "requests": lv.requests, "errors": lv.errors,
-             "ttft_p50_ms": lv.ttft_ms.p50, "ttft_p95_ms": lv.ttft_ms.p95,
-             "tpot_p50_ms": lv.tpot_ms.p50, "e2e_p95_ms": lv.e2e_ms.p95,
-             "output_tokens_per_s": lv.output_tokens_per_s,
-             "usd_per_1m_output_tokens": lv.usd_per_1m_output_tokens} for lv in result.levels]
+             "TTFT p50": figure("ttft_ms", lv.ttft_ms.p50),
+             "TTFT p95": figure("ttft_ms", lv.ttft_ms.p95),
+             "TPOT p50": figure("tpot_ms", lv.tpot_ms.p50),
+             "E2E p95": figure("e2e_ms", lv.e2e_ms.p95),
+             "output tokens/s": "-" if lv.output_tokens_per_s is None
+             else sig(lv.output_tokens_per_s),
+             "$/1M output tokens": "-" if lv.usd_per_1m_output_tokens is None
+             else f"${sig(lv.usd_per_1m_output_tokens)}"} for lv in result.levels]
     create_table_artifact(key=artifact_key(spec.name, "benchmark-levels"), table=rows,
                           description=f"{spec.name}: benchmark of {endpoint}")
+    get_run_logger().info("benchmark of %s: %s", endpoint, "; ".join(
+        f"c={r['concurrency']}: TTFT p50 {r['TTFT p50']}, {r['output tokens/s']} tokens/s"
+        for r in rows))
     return result
 
 
@@ -254,11 +272,19 @@ def load_baseline(spec: DeploymentSpec) -> BenchResult | None:
 @step_task("gate", retries=0)
 def gate(spec: DeploymentSpec, bench: BenchResult, baseline: BenchResult | None) -> Verdict:
     verdict = evaluate(spec.gates, bench, baseline, spec.regression.max_regression_pct)
-    lines = [f"# Gate: {'PASSED' if verdict.passed else 'REJECTED'}\n",
-             "| check | c | observed | op | threshold | ok |", "|---|---|---|---|---|---|"]
-    for c in verdict.checks:
-        lines.append(f"| {c.kind} {c.metric} {c.stat} | {c.concurrency} | {c.observed} | "
-                     f"{c.op} | {c.threshold} | {'✅' if c.passed else '❌'} |")
+    failed = [c for c in verdict.checks if not c.passed]
+    log = get_run_logger()
+    if verdict.passed:
+        log.info("gate passed: %d checks", len(verdict.checks))
+    else:
+        log.info("gate rejected the candidate: %d of %d checks failed",
+                 len(failed), len(verdict.checks))
+    for c in failed:  # the run's story, at INFO: the CLI prints its own summary of it
+        log.info("failed: %s", explain_check(c))
+    lines = [f"# Gate: {'passed' if verdict.passed else 'rejected'}\n",
+             "| | kind | check |", "|---|---|---|"]
+    lines += [f"| {'✅' if c.passed else '❌'} | {c.kind} | {explain_check(c)} |"
+              for c in verdict.checks]
     lines += [f"\n- {n}" for n in verdict.notes]
     _md(spec, "gate", "\n".join(lines))
     return verdict
@@ -293,11 +319,16 @@ def save_baseline(spec: DeploymentSpec, bench: BenchResult) -> str | None:
 def cleanup_candidate(spec: DeploymentSpec, names: Names) -> list[str]:
     """Delete the candidate's endpoint, config and model unless production uses them."""
     removed = lifecycle.cleanup_candidate(target_for(spec), names)
-    get_run_logger().warning("removed candidate resources: %s",
-                             ", ".join(removed) or "none existed")
+    get_run_logger().info("removed candidate resources: %s", ", ".join(removed) or "none existed")
     _md(spec, "cleanup", "# Candidate removed\n\n" + (
         "\n".join(f"- {r}" for r in removed) or "nothing existed"))
     return removed
+
+
+@step_task("production")
+def production_state(spec: DeploymentSpec) -> ProductionState:
+    """Production as the run leaves it (what a rejection or failure left unchanged)."""
+    return lifecycle.production_state(target_for(spec), spec.name)
 
 
 @step_task("teardown")
@@ -311,15 +342,38 @@ def teardown(spec: DeploymentSpec) -> list[str]:
 
 
 @task(name="report", retries=0, cache_policy=NO_CACHE)
-def report(run_report: RunReport, report_dir: str | None) -> Path:
-    """Write report.json / .md / .html and link them from the run. Never fails the run for
-    the link: the files are what matter."""
+def report(run_report: RunReport, report_dir: str | None, spec: DeploymentSpec | None = None
+           ) -> Path:
+    """Write report.json / .md / .html; keep them where the target's people look (S3 for
+    SageMaker); put their substance in a Markdown artifact. Never fails the run for the
+    artifact or the upload: the files are what matter."""
+    log = get_run_logger()
     path = write_report(run_report, report_dir)
     name = run_report.endpoint
+    location, url = str(path.with_name("report.html").resolve()), None
+    if spec is not None:
+        try:
+            files = {p.name: p.read_bytes() for p in sorted(path.parent.glob("report.*"))
+                     if p.suffix in (".json", ".md", ".html")}
+            stored = target_for(spec).store_report(
+                name, run_report.candidate_endpoint or name, files)
+            if stored:
+                location, url = stored.location, stored.url
+        except Exception as exc:
+            log.warning("could not store the report with the target: %s",
+                        redact_text(str(exc)))
+    log.info("%s: report at %s", (run_report.outcome.headline if run_report.outcome
+                                   else run_report.status), location)
     try:
-        create_link_artifact(key=artifact_key(name, "report"), link=path.resolve().as_uri(),
-                             link_text=f"report of {name}",
-                             description=f"{name}: report.json / report.md / report.html")
+        from lmiflow.report.plots import all_plots
+
+        text = digest(run_report, location, all_plots(run_report))
+        create_markdown_artifact(key=artifact_key(name, "report"), markdown=redact_text(text),
+                                 description=f"{name}: {run_report.status}")
+        if url:
+            create_link_artifact(key=artifact_key(name, "report-link"), link=url,
+                                 link_text=f"report of {name} ({location})",
+                                 description=f"{name}: report.html in S3")
     except Exception as exc:
-        get_run_logger().warning("could not link the report: %s", redact_text(str(exc)))
+        log.warning("could not create the report artifact: %s", redact_text(str(exc)))
     return path

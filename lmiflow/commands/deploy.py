@@ -72,8 +72,11 @@ def dry_run(spec, report_dir: str | None, as_json: bool = False, config: str = "
         return 0
     names = candidate.names
     print_plan(p, model.source)
-    print(f"\nimage: {candidate.image_uri or 'none (local target runs the model server directly)'}")
-    print(f"candidate: {names.endpoint} (config {names.endpoint_config}, model {names.model})")
+    # An image URI is an identifier: on a line of its own, never wrapped.
+    print("\nimage:" + (f"\n{candidate.image_uri}" if candidate.image_uri
+                        else " none (the local target runs the model server directly)"))
+    print(f"candidate:\n  endpoint         {names.endpoint}\n  endpoint config  "
+          f"{names.endpoint_config}\n  model            {names.model}")
     for line in candidate.weights.summary():
         print(textwrap.fill(line, 80, subsequent_indent="  ", break_on_hyphens=False))
     _print_endpoint_plan(candidate)
@@ -82,7 +85,7 @@ def dry_run(spec, report_dir: str | None, as_json: bool = False, config: str = "
         _print_requests(report, config)
     if report_dir:
         path = write_report(report, report_dir)
-        print(f"\nreport: {path}")
+        print(f"\nreport:\n{path}")  # a path: on a line of its own
     return 0
 
 
@@ -118,11 +121,11 @@ def _print_requests(report, config: str) -> None:
 
     reqs = [AwsRequest(**r.model_dump()) for r in report.requests]
     print(f"\n# AWS requests: {len(reqs)}, in order, each valid for botocore "
-          f"{botocore.__version__} (full: --dry-run --json)")
+          f"{botocore.__version__}\n# (every parameter: --dry-run --json)")
     print("\n".join(compact(reqs)))
     if report.iam_policy:
-        print(f"\nIAM: `lmiflow iam {config}` prints the runner's policy and the execution "
-              "role's.")
+        print("\nIAM: the runner's policy and the execution role's:\n"
+              f"  lmiflow iam {config}")
 
 
 def _run_flow(spec, report_dir: str) -> int:
@@ -154,31 +157,39 @@ def _run_flow(spec, report_dir: str) -> int:
 
 
 def _summary(path: Path, spec, console) -> None:
-    import json
+    from pydantic import ValidationError
 
-    if not path.is_file():
-        console.print(f"[red]no report at {path}[/red]")
+    from lmiflow.report.console import summary_lines
+    from lmiflow.report.model import RunReport
+
+    try:
+        report = RunReport.model_validate_json(path.read_text())
+    except (OSError, ValidationError) as exc:
+        console.print(f"[red]no readable report at {path}[/red] ({type(exc).__name__})")
         return
-    r = json.loads(path.read_text())
-    color = {"promoted": "green", "rejected": "yellow"}.get(r["status"], "red")
-    console.print(f"\n[bold {color}]{r['status'].upper()}[/bold {color}] {r['endpoint']}"
-                  + (f" — failed at {r['failed_step']}: {r['error']}" if r.get("failed_step")
-                     else (f" — {r['error']}" if r.get("error") else "")))
-    for s in r["steps"]:
-        mark = {"completed": "✓", "failed": "✗", "skipped": "·"}.get(s["status"], "?")
-        console.print(f"  {mark} {s['name']:<27} {s['seconds']:>7.2f} s  {s.get('summary', '')}")
-    for c in (r.get("gate") or {}).get("checks", []):
-        obs = c["observed"]
-        obs = f"{obs:.4g}" if isinstance(obs, int | float) else str(obs)
-        console.print(f"    {'✓' if c['passed'] else '✗'} {c['kind']} {c['metric']} {c['stat']}"
-                      f" c={c.get('concurrency')}: {obs} {c['op']} {c['threshold']:.4g}")
-    console.print(f"\nreport: {path.parent}/report.html (and report.json, report.md)")
-    if r["status"] == "promoted":
-        t = f" --target {spec.target.kind}"
-        exe = Path(sys.executable).parent / "lmiflow"
-        cli = str(exe) if exe.exists() else "lmiflow"
-        console.print(f"invoke: {cli} endpoints invoke {spec.name} 'Hello'{t}\n"
-                      f"delete: {cli} endpoints delete {spec.name}{t}")
-    if r.get("cleanup"):
-        console.print("removed candidate resources: " + ", ".join(r["cleanup"]))
+    console.print()
+    for text, style in summary_lines(report, cli_name(), _shown(path.parent / "report.html"),
+                                     console.width):
+        console.print(text, style=style, markup=False, highlight=False, soft_wrap=True)
     sys.stderr.flush()
+
+
+def _shown(path: Path) -> str:
+    """Relative to the working directory when inside it: shorter, and what a user typed."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def cli_name() -> str:
+    """How to call this lmiflow again: the name when PATH finds this one, else its path."""
+    import shutil
+
+    exe = Path(sys.executable).parent / "lmiflow"
+    if not exe.exists():
+        return "lmiflow"
+    found = shutil.which("lmiflow")
+    if found and Path(found).resolve() == exe.resolve():
+        return "lmiflow"
+    return _shown(exe)

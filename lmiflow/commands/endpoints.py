@@ -48,9 +48,23 @@ def _target(args: Any) -> Any:
     from lmiflow.targets import configured_target
 
     try:
-        return configured_target(args.target, state_dir=args.state_dir, region=args.region)
+        target = configured_target(args.target, state_dir=args.state_dir, region=args.region)
     except ValueError as exc:
         raise UserInputError("--target", str(exc)) from None
+    target.preflight(_needs(args))
+    return target
+
+
+def _needs(args: Any) -> list[tuple[str, str]]:
+    """What the action will ask of the platform, for the target's preflight check."""
+    if args.action == "list":
+        return [("sagemaker:ListEndpoints", "*")]
+    endpoint = f"arn:{{partition}}:sagemaker:{{region}}:{{account}}:endpoint/{args.name.lower()}"
+    if args.action == "invoke":
+        return [("sagemaker:DescribeEndpoint", endpoint),
+                ("sagemaker:InvokeEndpoint" + ("WithResponseStream" if args.stream else ""),
+                 endpoint)]
+    return [("sagemaker:DescribeEndpoint", endpoint), ("sagemaker:DeleteEndpoint", endpoint)]
 
 
 def _require(target: Any, name: str) -> Any:

@@ -60,18 +60,24 @@ def add_parser(sub) -> None:
     p.add_argument("--revision", default=None, help="Hub revision.")
     p.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16, fp8, int8, int4.")
     p.add_argument("--kv-cache-dtype", default="auto", help="auto, fp32, fp16, bf16, fp8.")
-    p.add_argument("--max-input-tokens", type=positive_int("max-input-tokens"), required=True)
-    p.add_argument("--max-output-tokens", type=positive_int("max-output-tokens"), required=True)
-    p.add_argument("--concurrency", type=positive_int("concurrency"), required=True)
-    p.add_argument("--instance-count", type=positive_int("instance-count"), default=1)
+    p.add_argument("--max-input-tokens", type=positive_int("max-input-tokens"), required=True,
+                   help="Longest prompt a request sends, in tokens.")
+    p.add_argument("--max-output-tokens", type=positive_int("max-output-tokens"), required=True,
+                   help="Most tokens a request generates.")
+    p.add_argument("--concurrency", type=positive_int("concurrency"), required=True,
+                   help="Requests in flight at once; each holds KV cache for input + output.")
+    p.add_argument("--instance-count", type=positive_int("instance-count"), default=1,
+                   help="Instances behind the endpoint (default 1).")
     p.add_argument("--max-instance-count", type=positive_int("max-instance-count"),
                    default=None, help="Scale out up to this many instances.")
     p.add_argument("--instance-types", default="",
                    help="Comma-separated globs to consider, e.g. 'ml.g5.*,ml.g6e.*'.")
     p.add_argument("--instance-type", default=None, help="Force one instance type.")
-    p.add_argument("--tensor-parallel-degree", type=int, choices=(1, 2, 4, 8), default=None)
+    p.add_argument("--tensor-parallel-degree", type=int, choices=(1, 2, 4, 8), default=None,
+                   help="Force the GPUs one model copy spans (default: every degree).")
     p.add_argument("--max-usd-per-hour", type=float, default=None, help="Price ceiling.")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="Share of each GPU's memory the engine may use (default 0.9).")
     p.add_argument("--max-ttft-ms", type=positive_float("max-ttft-ms"), default=None,
                    help="TTFT p50 limit the chosen option's prediction must meet.")
     p.add_argument("--max-tpot-ms", type=positive_float("max-tpot-ms"), default=None,
@@ -83,7 +89,8 @@ def add_parser(sub) -> None:
     p.add_argument("--uncalibrated", action="store_true",
                    help="Ignore the calibration store: the engine's default factors.")
     p.add_argument("--catalog", default=None, help="Instance catalog CSV (default: bundled).")
-    p.add_argument("--all", action="store_true", help="Show every option, not the top 15.")
+    p.add_argument("--all", action="store_true",
+                   help="Every option (not the top 15), with layout, $/1M tokens and reason.")
     p.add_argument("--json", action="store_true", help="Print one JSON object.")
     p.set_defaults(run=run)
 

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmiflow.sizing.memory import GiB
+from lmiflow.sizing.units import gb as _gb
 
 NOT_RUN = "not run"
 
@@ -76,8 +76,9 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
-def gib(value: int | float | None) -> str:
-    return "—" if value is None else f"{value / GiB:,.2f} GiB"
+def gb(value: int | float | None) -> str:
+    """Memory in GB (10^9 bytes), the unit of every human-facing output (sizing.units)."""
+    return "—" if value is None else _gb(value, digits=2)
 
 
 def usd(value: float | None, digits: int = 2) -> str:

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_serialize
 
 from lmiflow.bench.gates import Verdict
 from lmiflow.bench.metrics import BenchResult
+from lmiflow.report.outcome import Outcome, ProductionState
 from lmiflow.sizing.model_spec import ModelSpec
 from lmiflow.sizing.planner import Plan
 from lmiflow.targets.staging import StagingReport
@@ -180,6 +181,10 @@ class RunReport(_Strict):
         default=None, description="SageMaker: InferenceAmiVersion and RoutingConfig.")
     promotion_plan: PromotionPlan | None = Field(
         default=None, description="Planned before anything exists; the peak fleet and quota.")
+    production: ProductionState | None = Field(
+        default=None, description="The production endpoint as the run left it.")
+    outcome: Outcome | None = Field(
+        default=None, description="The run in words: verdict, production, reasons, next steps.")
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types, in report.json's key order (the one dump of a run)."""

@@ -11,7 +11,7 @@ import io
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from lmiflow.sizing.memory import GiB
+from lmiflow.sizing.units import GB
 
 if TYPE_CHECKING:
     from lmiflow.bench.gates import Verdict
@@ -98,14 +98,14 @@ def memory_per_gpu(plan: Plan | None) -> bytes | None:
             ("kv_cache_bytes", ORANGE, "KV cache"),
             ("overhead_bytes", GREY, "overhead"),
         ):
-            width = per.get(key, 0) / GiB
+            width = per.get(key, 0) / GB
             ax.barh(
                 y, width, left=left, color=colour, height=0.6, label=name if y == ys[0] else None
             )
             left += width
         usable = option.usable_bytes_per_gpu
         ax.plot(
-            [usable / GiB] * 2,
+            [usable / GB] * 2,
             [y - 0.42, y + 0.42],
             color="black",
             linewidth=2.5,
@@ -113,9 +113,9 @@ def memory_per_gpu(plan: Plan | None) -> bytes | None:
         )
         verdict = "fits" if option.fits else "does not fit"
         ax.text(
-            max(left, usable / GiB) * 1.01 + 0.2,
+            max(left, usable / GB) * 1.01 + 0.2,
             y,
-            f"needs {left:.1f} of {usable / GiB:.1f} GiB: {verdict}",
+            f"needs {left:.1f} of {usable / GB:.1f} GB: {verdict}",
             va="center",
             fontsize=8,
             color=GREEN if option.fits else RED,
@@ -129,22 +129,23 @@ def memory_per_gpu(plan: Plan | None) -> bytes | None:
         tick.set_color("black" if option.fits else RED)
         if _same_option(chosen, option):
             tick.set_fontweight("bold")
-    ax.set_xlabel("GiB per GPU")
+    ax.set_xlabel("GB per GPU (10^9 bytes)")
     ax.set_title("Memory per GPU by component (bar) vs usable memory (black mark)")
-    # Room on the right for the "needs X of Y GiB" labels.
+    # Room on the right for the "needs X of Y GB" labels.
     widest = max(
         max(sum(o.per_gpu.get(k, 0) for k in PER_GPU_PARTS), o.usable_bytes_per_gpu)
         for o in picked
     )
-    ax.set_xlim(0, widest / GiB * 1.5 + 1)
+    ax.set_xlim(0, widest / GB * 1.5 + 1)
     fig.legend(loc="outside lower center", fontsize=8, ncols=4, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
 
 def options_vs_price(plan: Plan | None, limit: int = 24) -> bytes | None:
-    """Hourly price per option, green when it fits, red when not; the chosen one outlined."""
-    if plan is None or not plan.options:
+    """Hourly price per option, green when it fits, red when not; the chosen one outlined.
+    None when no option has a price (this machine): a chart of $0 says nothing."""
+    if plan is None or not any(o.usd_per_hour is not None for o in plan.options):
         return None
     chosen = plan.chosen
     options = sorted(plan.options, key=_price_order)

@@ -19,13 +19,14 @@ from lmiflow.report.document import (
     Table,
     duration,
     fmt,
-    gib,
+    gb,
     mark,
     secs,
     usd,
     verdict,
 )
 from lmiflow.report.model import RunReport
+from lmiflow.sizing.catalog import CPU
 from lmiflow.sizing.planner import Option
 from lmiflow.targets.aws_requests import AwsRequest, compact
 
@@ -36,12 +37,17 @@ def title(report: RunReport) -> str:
     return f"lmiflow run report: {fmt(report.endpoint)}"
 
 
+def devices(option: Option) -> str:
+    """'4x A10G', '1x CPU': what the option computes on, by name (a CPU is not a GPU)."""
+    return f"{option.gpu_count}x {option.accelerator.removeprefix('NVIDIA ')}"
+
+
 def option_name(option: Option) -> str:
     copies = "copy" if option.model_copies == 1 else "copies"
+    price = "" if option.usd_per_hour is None else f", {usd(option.usd_per_hour)}/h"
     return (
-        f"{fmt(option.instance_type)} ({fmt(option.gpu_count)} GPU, "
-        f"TP {fmt(option.tensor_parallel_degree)}, {fmt(option.model_copies)} {copies}, "
-        f"{usd(option.usd_per_hour)}/h)"
+        f"{fmt(option.instance_type)} ({devices(option)}, "
+        f"TP {fmt(option.tensor_parallel_degree)}, {fmt(option.model_copies)} {copies}{price})"
     )
 
 
@@ -66,10 +72,16 @@ def summary(r: RunReport) -> Section:
         ["gate", verdict(r.gate.passed if r.gate else None)],
     ]
     blocks: list[Block] = []
-    if r.failed_step or r.error:
+    if r.outcome:
+        # The verdict in words first: what happened to production, why, what to try.
+        blocks.append(Para(r.outcome.headline, strong=True))
+        if r.outcome.reasons or r.outcome.next_steps:
+            blocks.append(Bullets([*r.outcome.reasons,
+                                   *(f"Next: {step}" for step in r.outcome.next_steps)]))
+    if r.failed_step:
         blocks.append(Para(f"Failed step: {fmt(r.failed_step)}", strong=True))
-        if r.error:
-            blocks.append(Code(r.error))
+    if r.error:
+        blocks.append(Code(r.error))
     blocks.append(Table(["", "value"], rows))
     # What fetch_config learnt about the model (only the fields it set).
     known = r.model.model_dump(mode="json", exclude={"id", "revision"})
@@ -114,12 +126,12 @@ def memory(r: RunReport) -> Section:
     usable = chosen.usable_bytes_per_gpu if chosen else None
     required = chosen.per_gpu_required_bytes if chosen else None
     rows = [
-        ["weights", gib(whole.weights_bytes), gib(per_gpu.get("weights_bytes"))],
-        ["KV cache", gib(whole.kv_cache_bytes), gib(per_gpu.get("kv_cache_bytes"))],
-        ["overhead", gib(whole.overhead_bytes), gib(per_gpu.get("overhead_bytes"))],
-        ["total / required", gib(whole.total_bytes), gib(required)],
-        ["usable", "—", gib(usable)],
-        ["headroom", "—", gib(usable - required if chosen else None)],
+        ["weights", gb(whole.weights_bytes), gb(per_gpu.get("weights_bytes"))],
+        ["KV cache", gb(whole.kv_cache_bytes), gb(per_gpu.get("kv_cache_bytes"))],
+        ["overhead", gb(whole.overhead_bytes), gb(per_gpu.get("overhead_bytes"))],
+        ["total / required", gb(whole.total_bytes), gb(required)],
+        ["usable", "—", gb(usable)],
+        ["headroom", "—", gb(usable - required if chosen else None)],
     ]
     blocks.append(Table(["component", "whole model", "per GPU (chosen)"], rows))
     blocks.append(Plot("memory_per_gpu", "Memory per GPU by component"))
@@ -138,14 +150,15 @@ def options(r: RunReport) -> Section:
         [
             f"{rank}{' ★' if _same(chosen, o) else ''}",
             fmt(o.instance_type),
-            fmt(o.gpu_count),
-            gib(o.gpu_memory_bytes),
+            devices(o),
+            gb(o.gpu_memory_bytes),
             fmt(o.tensor_parallel_degree),
             fmt(o.model_copies),
             mark(o.fits),
-            gib(o.per_gpu_required_bytes),
+            gb(o.per_gpu_required_bytes),
             usd(o.usd_per_hour),
-            fmt(o.max_concurrency),
+            # On a CPU memory bounds nothing a person plans by (see sizing.catalog.CPU).
+            "—" if o.accelerator == CPU else fmt(o.max_concurrency),
             fmt(o.reason),
         ]
         for rank, o in enumerate(r.plan.options, 1)
@@ -155,7 +168,8 @@ def options(r: RunReport) -> Section:
         Para(f"{len(rows)} options in the planner's rank order, {fit} fit; ★ marks the chosen "
              "one. The reason column says why the others do not fit."),
         Table(OPTION_HEADERS, rows),
-        Plot("options_vs_price", "Instance options vs price"),
+        *([Plot("options_vs_price", "Instance options vs price")]
+          if any(o.usd_per_hour is not None for o in r.plan.options) else []),
     ])
 
 
@@ -164,6 +178,27 @@ def serving_properties(r: RunReport) -> Section:
         return Section("serving-properties", "serving.properties", [Para(NOT_RUN)])
     return Section("serving-properties", "serving.properties",
                    [Code(r.serving_properties, "properties")])
+
+
+def endpoint(r: RunReport) -> list[Section]:
+    """The production variant's host (AMI, routing) and the promotion plan with its peak."""
+    lines: list[str] = []
+    if r.host is not None:
+        lines += [f"host AMI: {r.host.inference_ami_version} ({r.host.why})",
+                  f"routing: {r.host.routing_strategy}"]
+        if r.host.warning:
+            lines.append(f"warning: {r.host.warning}")
+    pr = r.promotion_plan
+    if pr is not None:
+        peak = ", ".join(f"{n} x {t}" for t, n in pr.peak_instances.items())
+        lines += [f"promotion: {pr.strategy}" + (f", first step {pr.traffic_step}"
+                                                 if pr.traffic_step else "")
+                  + f", old fleet kept {pr.termination_wait_s} s after the shift",
+                  "rollback alarms (must exist): " + (", ".join(pr.alarms) or "none"),
+                  f"peak fleet: {peak} ({pr.peak_assumption})"
+                  + (f"; quota {', '.join(pr.quota_names.values())}" if pr.quota_names
+                     else "")]
+    return [Section("endpoint", "Endpoint and promotion", [Bullets(lines)])] if lines else []
 
 
 def weights(r: RunReport) -> list[Section]:
@@ -313,4 +348,4 @@ def build_sections(report: RunReport) -> list[Section]:
     head = [builder(report) for builder in (summary, steps, memory, options,
                                             serving_properties)]
     tail = [builder(report) for builder in (smoke_test, benchmark, gate, formulas, versions)]
-    return [*head, *weights(report), *aws_requests(report), *tail]
+    return [*head, *endpoint(report), *weights(report), *aws_requests(report), *tail]

@@ -9,11 +9,12 @@ is a method here, so no caller needs to know which target it holds.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -56,6 +57,9 @@ class EndpointStatus(BaseModel):
     config_name: str | None = None
     url: str | None = Field(default=None, description="The /invocations URL, where one exists.")
     tags: dict[str, str] = Field(default_factory=dict)
+    since: dt.datetime | None = Field(
+        default=None, description="When the endpoint last changed (created, or switched to the "
+                                  "config it serves), UTC: 'serving X since T'.")
 
 
 class EndpointVariant(BaseModel):
@@ -90,6 +94,13 @@ class ModelPackage(BaseModel):
 
     model_data: str = ""
     env: dict[str, str] = Field(default_factory=dict)
+
+
+class StoredReport(BaseModel):
+    """Where a target keeps a run's report files, for people and for links."""
+
+    location: str = Field(description="s3://... or a path.")
+    url: str | None = Field(default=None, description="A link a browser opens, where one exists.")
 
 
 class PlannedRun(BaseModel):
@@ -186,6 +197,26 @@ class Target(ABC):
     @staticmethod
     def is_candidate_resource(production: str, name: str) -> bool:
         return re.match(CANDIDATE_RE.format(name=re.escape(production)), name) is not None
+
+    # ---- before anything is created -----------------------------------------------------
+
+    def preflight(self, needs: Sequence[tuple[str, str]] = ()) -> list[str]:
+        """Can this target be used as configured (credentials, region, and permission for
+        `needs`: (action, resource) pairs)? Returns notes for the log; raises
+        errors.UserInputError naming each failed check, one line each. Nothing to check by
+        default: a target that needs no account has nothing to be refused."""
+        return []
+
+    def store_report(self, endpoint: str, run: str, files: dict[str, bytes]
+                     ) -> StoredReport | None:
+        """Keep the report files (name -> bytes) where people of this target look for them;
+        None when the files written on this machine are where they belong."""
+        return None
+
+    def deploy_needs(self, production: str, names: dict[str, str]) -> list[tuple[str, str]]:
+        """The (action, resource) pairs a deploy of these candidate names asks for, for
+        preflight (names: endpoint, endpoint_config, model)."""
+        return []
 
     # ---- packaging and creation ---------------------------------------------------------
 

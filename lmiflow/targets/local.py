@@ -15,6 +15,7 @@ processes themselves (start, recognize, stop, reap) are targets.processes's.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import json
 import logging
@@ -306,6 +307,9 @@ class LocalTarget(Target):
             config_name=rec["config_name"],
             url=f"http://127.0.0.1:{proc['port']}/invocations" if serving else None,
             tags=rec.get("tags", {}),
+            # the serving process started when the endpoint got the config it serves
+            since=dt.datetime.fromtimestamp(proc["started"], dt.timezone.utc)
+            if proc and proc.get("started") else None,
         )
 
     # ---- endpoints ------------------------------------------------------------------------

@@ -18,9 +18,10 @@ import logging
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlencode
 
 from lmiflow.targets.aws_requests import AwsRequest, guard, method_name, validate
 from lmiflow.targets.base import (
@@ -30,6 +31,7 @@ from lmiflow.targets.base import (
     EndpointVariant,
     ModelPackage,
     PlannedRun,
+    StoredReport,
     Target,
     TrafficPolicy,
     check_name,
@@ -439,6 +441,29 @@ class SageMakerTarget(Target):
         paginator = self._client_for(req.service).get_paginator(method_name(req.operation))
         return iter(paginator.paginate(**req.params))
 
+    # -- before anything is created --
+
+    def preflight(self, needs: Sequence[tuple[str, str]] = ()) -> list[str]:
+        """Region, identity (STS) and permissions for `needs`; raises
+        aws_preflight.AccessProblem, one line per failed check (see that module)."""
+        from botocore.exceptions import BotoCoreError
+
+        from lmiflow.targets.aws_preflight import AccessProblem, check_access
+
+        try:
+            session = self.session
+        except (BotoCoreError, ValueError) as exc:  # AWS_PROFILE or credentials block missing
+            what = "target.aws_credentials_block" if self.credentials_block else "AWS identity"
+            raise AccessProblem([(what, str(exc).strip().splitlines()[0])]) from None
+        access = check_access(session, self.region, needs, client=self.client)
+        return [f"AWS identity: {access.arn} (account {access.account}, {self.region})",
+                *access.notes]
+
+    def deploy_needs(self, production: str, names: dict[str, str]) -> list[tuple[str, str]]:
+        from lmiflow.targets.aws_preflight import deploy_needs
+
+        return deploy_needs(production, names, self.role_arn, self.s3_uri)
+
     # -- planning --
 
     def instance_catalog(self):
@@ -631,6 +656,7 @@ class SageMakerTarget(Target):
             status=d["EndpointStatus"],
             failure_reason=d.get("FailureReason"),
             config_name=d.get("EndpointConfigName"),
+            since=d.get("LastModifiedTime"),
         )
 
     def describe(self, name: str) -> EndpointStatus | None:
@@ -794,6 +820,32 @@ class SageMakerTarget(Target):
         self.send(put_object_request(f"s3://{bucket}/{key}", json.dumps(
             data, indent=2, sort_keys=True).encode(), "application/json"))
         return f"s3://{bucket}/{key}"
+
+    # ---- the run's report -----------------------------------------------------------------
+
+    def report_folder(self, endpoint: str, run: str) -> tuple[str, str]:
+        """(bucket, key prefix ending in /) of a run's report: <prefix><endpoint>/reports/<run>/
+        next to the baseline; run is the candidate's name, so a rerun of the same spec
+        replaces its report and each candidate keeps its own."""
+        bucket, prefix = _split_s3(self.s3_uri)
+        return bucket, f"{prefix}{endpoint}/reports/{run}/"
+
+    def store_report(self, endpoint: str, run: str, files: dict[str, bytes]) -> StoredReport | None:
+        """The report files in the S3 prefix, so a remote worker's report outlives it; the
+        link opens report.html in the S3 console."""
+        if not self.s3_uri:
+            return None
+        bucket, folder = self.report_folder(endpoint, run)
+        types = {"html": "text/html; charset=utf-8", "json": "application/json",
+                 "md": "text/markdown; charset=utf-8"}
+        for name, body in files.items():
+            self.send(put_object_request(f"s3://{bucket}/{folder}{name}", body,
+                                         types.get(name.rsplit(".", 1)[-1], "text/plain")))
+        key = folder + "report.html"
+        return StoredReport(
+            location=f"s3://{bucket}/{key}",
+            url=f"https://{self.region}.console.aws.amazon.com/s3/object/{bucket}?"
+                + urlencode({"region": self.region, "prefix": key}))
 
     def list_endpoints(self) -> list[EndpointStatus]:
         out = []

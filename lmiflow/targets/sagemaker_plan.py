@@ -79,7 +79,7 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
         take, lease_release = planned_lease_requests(
             bucket, lease_key(prefix, run.production), target.lease_ttl_s)
         out += take
-    out += preflight_requests(target, run)
+    out += access_requests(target, run) + preflight_requests(target, run)
     if w.source.kind == "s3":
         out += s3_read_requests(w.source)
     if w.delivery == "staged" and w.prefix:
@@ -150,7 +150,41 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
            EndpointConfigName=run.endpoint_config),
         _r("cleanup", "sagemaker", "DeleteModel", not_promoted, ModelName=run.model),
     ]
-    return out + lease_release
+    # the lease is listed last, as the run holds it throughout
+    return out + report_requests(target, run) + lease_release
+
+
+def access_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
+    """aws_preflight: who calls, and may it (the preflight step's first question)."""
+    from lmiflow.targets.iam import account_of
+
+    names = {"endpoint": run.endpoint, "endpoint_config": run.endpoint_config,
+             "model": run.model}
+    actions = list(dict.fromkeys(a for a, _ in target.deploy_needs(run.production, names)))
+    partition, account = account_of(target.role_arn) if target.role_arn else ("aws", "")
+    caller = f"arn:{partition}:iam::{account or '<account>'}:role/<the caller's role>"
+    return [
+        _r("preflight", "sts", "GetCallerIdentity"),
+        _r("preflight", "iam", "SimulatePrincipalPolicy",
+           "once per resource: the caller's permissions for this run",
+           PolicySourceArn=caller, ActionNames=actions),
+        _r("preflight", "sagemaker", "ListEndpoints",
+           "only when the caller may not simulate its permissions", MaxResults=1),
+    ]
+
+
+def report_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
+    """After the run: production as the run leaves it, and the report files kept in S3."""
+    out = describe_production("report", run.production, target)[:2]
+    folder = target.report_folder(run.production, run.endpoint) if target.s3_uri else None
+    for name, kind in (("report.json", "application/json"),
+                       ("report.md", "text/markdown; charset=utf-8"),
+                       ("report.html", "text/html; charset=utf-8")):
+        if folder:
+            bucket, key = folder
+            out.append(_r("report", "s3", "PutObject", "the run's report", Bucket=bucket,
+                          Key=key + name, Body=f"<{name}>", ContentType=kind))
+    return out
 
 
 def preflight_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:

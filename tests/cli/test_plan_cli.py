@@ -135,14 +135,60 @@ def test_latency_limits_bind_only_when_tight():
 def test_table_shows_latency_cost_and_layout():
     r = lmiflow("plan", *LLAMA8B, "--max-tpot-ms", "50", "--max-instance-count", "4")
     assert r.returncode == 0, r.stderr
-    assert "TTFT" in r.stdout and "TPOT" in r.stdout and "$/1M" in r.stdout
-    assert "n x c x r" in r.stdout and "predicted p50 at 16 concurrent" in r.stdout
+    assert "TTFT" in r.stdout and "TPOT" in r.stdout
+    assert "predicted p50 at 16 concurrent" in r.stdout
+    wide = lmiflow("plan", *LLAMA8B, "--max-tpot-ms", "50", "--max-instance-count", "4", "--all",
+                   env={"COLUMNS": "200"})
+    header = next(line for line in wide.stdout.splitlines() if "instance" in line)
+    assert "layout" in header and "$/1M" in header and "holds" in header
+
+
+def lines_at(width: int, *args: str) -> list[str]:
+    r = lmiflow(*args, env={"COLUMNS": str(width)})
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+@pytest.mark.parametrize("extra", [[], ["--all"]])
+def test_worked_example_reads_at_80_columns(extra):
+    """No line longer than the terminal (or a CI log's 80), a number never split from its
+    unit, the table's rows one line each."""
+    lines = lines_at(80, "plan", *EXAMPLE, *extra)
+    assert max(len(line) for line in lines) <= 80
+    text = "\n".join(lines)
+    assert "Chosen: ml.g6e.xlarge" in text and "weights 26.0 GB" in text
+    assert not any(line.rstrip().endswith((" 26.0", " 41.0", " tp")) for line in lines)
+    rows = [line for line in lines if line.split()[:1] == ["1"]]
+    assert len(rows) == 1 and "ml.g6e.xlarge" in rows[0] and "469 ms" in rows[0]
+    assert sum("not planned:" in line for line in lines) == 1  # one entry per reason
+
+
+def test_wide_terminal_gets_the_wide_table_with_all():
+    lines = lines_at(200, "plan", *EXAMPLE, "--all")
+    assert max(len(line) for line in lines) <= 200
+    row = next(line for line in lines if line.split()[:2] == ["1", "ml.g6e.xlarge"])
+    assert "1x1x4" in row  # 1 instance x 1 model copy x all 4 requests on it
+
+
+def test_help_summarises_and_every_plan_flag_has_help():
+    top = lmiflow("--help", env={"COLUMNS": "80"}).stdout
+    assert "Size, deploy, benchmark and promote an open LLM" in top and "subcommand" not in top
+    r = lmiflow("plan", "--help", env={"COLUMNS": "80"})
+    from lmiflow.cli import build_parser
+
+    plan = build_parser()._subparsers._group_actions[0].choices["plan"]
+    assert all(a.help for a in plan._actions), [a.dest for a in plan._actions if not a.help]
+    assert "Longest prompt" in r.stdout
+    assert max(len(line) for line in (top + r.stdout).splitlines()) <= 80
 
 
 def test_example_config_chooses_an_option_that_meets_its_tpot_gate(tmp_path):
     r = lmiflow("deploy", "configs/llama-3.1-8b-g5-g6.yaml", "--dry-run", "--report-dir",
-                str(tmp_path), env={"LMIFLOW_STATE_DIR": str(tmp_path / "state")})
+                str(tmp_path), env={"LMIFLOW_STATE_DIR": str(tmp_path / "state"),
+                                    "COLUMNS": "80"})
     assert r.returncode == 0, r.stderr
+    # 80 columns, except an identifier too long to have any (the image URI, on its own line).
+    assert all(len(line) <= 80 or " " not in line for line in r.stdout.splitlines())
     report = json.loads((tmp_path / "report.json").read_text())
     chosen = report["plan"]["chosen"]
     assert chosen["predicted"]["tpot_ms"] <= 50 * 0.9  # the gate, with the planner's margin
@@ -174,3 +220,15 @@ def test_calibrate_shows_fits_and_rejects_a_damaged_store(tmp_path):
     store.write_text("{broken")
     r = lmiflow("calibrate", "--store", str(store))
     assert r.returncode == 2 and "--store" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`lmiflow plan --json | head -1`: the JSON is larger than a pipe holds."""
+    e = {**os.environ, "HF_HUB_OFFLINE": "1", "LMIFLOW_STATE_DIR": "/nonexistent/state"}
+    p = subprocess.Popen([sys.executable, "-m", "lmiflow", "plan", *EXAMPLE, "--json"], cwd=ROOT,
+                         env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert p.stdout.readline() == b"{\n"
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141  # 128 + SIGPIPE, as a shell reports it
+    assert "Traceback" not in err and "BrokenPipe" not in err

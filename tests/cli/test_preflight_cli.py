@@ -33,6 +33,9 @@ def _no_aws(monkeypatch, tmp_path):
 
     monkeypatch.setattr(deploy, "_run_flow", lambda *a: started.append(a) or 0)
     monkeypatch.setattr(SageMakerTarget, "production_fleet", lambda self, name: {})
+    # Credentials, region and permissions pass here (tests/targets/test_aws_preflight.py has
+    # their own checks): these tests are about alarms and quotas.
+    monkeypatch.setattr(SageMakerTarget, "preflight", lambda self, needs=(): [])
     yield started
     assert started == []  # the flow never started
 

@@ -104,6 +104,14 @@ def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_mode
     assert target.list_resources("e2e-demo") == before
     assert target.describe("e2e-demo").config_name == prod2.config_name
     assert len(report3["cleanup"]) == 3
+    # It reads as a verdict, not a crash: production named and unchanged, the check, a next step.
+    outcome = report3["outcome"]
+    assert outcome["headline"].startswith("REJECTED by the gate")
+    assert f"still serving {prod2.config_name} since " in outcome["headline"]
+    assert outcome["reasons"] and outcome["next_steps"] and report3["error"] is None
+    assert report3["production"]["config"] == prod2.config_name
+    assert "Failed step" not in (tmp_path / "r3" / "report.md").read_text()
+    assert outcome["headline"] in artifact_texts("e2e-demo-report")
 
     # No planted secret in any report file, artifact, log line or the local state.
     out = capfd.readouterr()
@@ -173,3 +181,34 @@ def test_permanent_fault_is_not_retried(prefect_harness, demo_model, state_dir, 
     assert PLANTED_HF_TOKEN not in text and PLANTED_AWS_SECRET not in text
     assert LocalTarget(state_dir).list_resources("e2e-perm") == {
         "models": [], "endpoint_configs": [], "endpoints": []}
+
+
+def test_cli_deploy_summary_fits_80_columns_without_a_terminal(demo_model, tmp_path):
+    """What a CI log shows: no terminal, so 80 columns; no line longer, no command split."""
+    import os
+    import subprocess
+    import sys
+
+    from lmiflow.targets.local import LocalTarget
+
+    cfg = tmp_path / "demo.yaml"
+    spec = make_spec(demo_model, name="e2e-cli").model_dump(mode="json", exclude_defaults=True)
+    cfg.write_text(json.dumps(spec))  # JSON is YAML
+    env = {**os.environ, "COLUMNS": "80", "LMIFLOW_STATE_DIR": str(tmp_path / "state"),
+           "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600"}
+    env.pop("PREFECT_API_URL", None)
+    try:
+        r = subprocess.run([sys.executable, "-m", "lmiflow", "deploy", str(cfg), "--report-dir",
+                            str(tmp_path / "r")], env=env, capture_output=True, text=True,
+                           timeout=900)
+        assert r.returncode == 0, r.stderr[-3000:]
+        lines = r.stderr.splitlines()
+        assert max(len(line) for line in lines) <= 80, max(lines, key=len)
+        assert lines[lines.index("try it:") + 1].endswith(
+            "endpoints invoke e2e-cli 'Hello' --target local")
+        assert any(line.startswith("PROMOTED: e2e-cli now serves e2e-cli-ec-") for line in lines)
+    finally:
+        t = LocalTarget(tmp_path / "state")
+        for ep in t.list_endpoints():
+            t.delete_endpoint(ep.name)

@@ -80,8 +80,9 @@ def test_deploy_all_schedule_form_and_worker_run(prefect_server, tmp_path):
             return deps
 
     deps = asyncio.run(inspect())
-    assert {"redeploy-from-config/local-demo-nightly", "deploy-llm/deploy-from-ui",
-            "plan-llm/plan-only", "redeploy-from-config/sagemaker-llama-3-1-8b-weekly"} <= set(deps)
+    assert {"redeploy-from-config/local-demo-nightly", "redeploy-from-config/deploy-from-ui",
+            "deploy-llm/deploy-spec-from-ui", "plan-llm/plan-only",
+            "redeploy-from-config/sagemaker-llama-3-1-8b-weekly"} <= set(deps)
     nightly = deps["redeploy-from-config/local-demo-nightly"]
     assert [s.schedule.cron for s in nightly.schedules] == ["0 3 * * *"]
     assert nightly.schedules[0].active
@@ -89,10 +90,17 @@ def test_deploy_all_schedule_form_and_worker_run(prefect_server, tmp_path):
     # concurrency_limit 1: one run at a time touches the endpoint.
     assert nightly.global_concurrency_limit is not None
     assert nightly.global_concurrency_limit.limit == 1
-    # The UI form is the DeploymentSpec, with its field descriptions.
-    schema = json.dumps(deps["deploy-llm/deploy-from-ui"].parameter_openapi_schema)
-    assert "Production endpoint name" in schema and "max_input_tokens" in schema
-    assert "Longest prompt, in tokens." in schema
+    # The UI's short form: a config path and overrides, each described.
+    short = deps["redeploy-from-config/deploy-from-ui"].parameter_openapi_schema["properties"]
+    assert set(short) == {"config", "overrides", "report_dir"}
+    assert all(p.get("description") for p in short.values())
+    # The full form is the DeploymentSpec, every field with its description.
+    full = deps["deploy-llm/deploy-spec-from-ui"].parameter_openapi_schema
+    schema = json.dumps(full)
+    assert "Production endpoint name" in schema and "Longest prompt, in tokens." in schema
+    for model in full["definitions"].values():
+        for name, field in model.get("properties", {}).items():
+            assert field.get("description"), f"{model.get('title')}.{name} has no description"
 
     # A parameterized run through the API, executed by a process worker.
     report_dir = tmp_path / "plan-report"

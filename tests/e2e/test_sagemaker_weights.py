@@ -78,6 +78,9 @@ def world(monkeypatch, tmp_path):
         s3_client(url).create_bucket(Bucket=BUCKET)
         monkeypatch.setattr(SageMakerTarget, "invoke", _invoke)
         monkeypatch.setattr(SageMakerTarget, "invoke_stream", _invoke_stream)
+        # moto has no Service Quotas: the account lists no endpoint quota (None per type).
+        monkeypatch.setattr(SageMakerTarget, "endpoint_quotas",
+                            lambda self, types: dict.fromkeys(types))
         pipeline._target.cache_clear()
         yield hub, url
         pipeline._target.cache_clear()

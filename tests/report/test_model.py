@@ -15,7 +15,8 @@ KEYS = ["schema_version", "lmiflow_version", "run_id", "started_at", "finished_a
         "endpoint", "candidate_endpoint", "target", "failed_step", "error", "model", "steps",
         "plan", "serving_properties", "image_uri", "smoke_test", "benchmark", "gate",
         "baseline", "versions", "cleanup", "config", "promotion", "weights", "staging",
-        "requests", "iam_policy", "execution_role_policy", "host", "promotion_plan"]
+        "requests", "iam_policy", "execution_role_policy", "host", "promotion_plan",
+        "production", "outcome"]
 
 
 def _fresh() -> RunReport:

@@ -109,8 +109,9 @@ def test_markdown_of_a_full_run_has_every_section(written: dict[str, dict[str, P
     steps = _section(md, "## Steps")
     assert steps.count("✅ completed") == 11
     memory = _section(md, "## Memory")
-    assert "| weights | 14.96 GiB | 14.96 GiB |" in memory
-    assert "| headroom | — | 19.53 GiB |" in memory
+    # GB = 10^9 bytes: 8,030,261,248 x 2 bytes; 46,068 MiB x 0.9 - weights - KV - overhead
+    assert "| weights | 16.06 GB | 16.06 GB |" in memory
+    assert "| headroom | — | 20.97 GB |" in memory
     options = _section(md, "## Instance options")
     assert "| 1 ★ | ml.g6e.xlarge |" in options
     assert "L4 has 20.24 GiB usable" in options  # why the cheaper g6.xlarge does not fit
@@ -322,7 +323,9 @@ def test_writer_copes_with_sparse_data(tmp_path: Path) -> None:
     assert "**No option chosen: no option fits: needs 300 GiB**" in md
     assert "no checks" in md
     assert "| 1 | 32 | 0 | 0.00% | 62.00 | 75.10 | 95.00 † | — | — | — |" in md
-    assert set(_plots(paths["html"].read_text())) == ALL_PLOTS
+    # No option has a price: no price chart (a chart of nothing), every other plot.
+    assert set(_plots(paths["html"].read_text())) == ALL_PLOTS - {"options_vs_price"}
+    assert "Instance options vs price" not in paths["html"].read_text()
 
 
 def test_same_report_gives_the_same_bytes(

@@ -1,6 +1,7 @@
 """The instance catalog: the CSV as a frame (cached per file version) and the local machine as
 one more row."""
 
+import math
 import os
 
 import pytest
@@ -17,12 +18,14 @@ HEADER = ("instance_type,family,accelerator,accelerator_count,memory_per_acceler
           "price_date,planned,not_planned_reason\n")
 
 
-def test_local_machine_row_is_free_planned_and_says_where_it_comes_from():
-    assert local_instance_row("NVIDIA L4", 2, 24 * 2**30, vcpu=8, host_memory_gib=31.5) == {
+def test_local_machine_row_is_unpriced_planned_and_says_where_it_comes_from():
+    row = local_instance_row("NVIDIA L4", 2, 24 * 2**30, vcpu=8, host_memory_gib=31.5)
+    assert math.isnan(row.pop("usd_per_hour"))  # no price: no $0.00 on any chart
+    assert row == {
         "instance_type": "local", "family": "local", "accelerator": "NVIDIA L4",
         "accelerator_count": 2, "memory_per_accelerator_bytes": 24 * 2**30,
         "memory_source": "this machine", "vcpu": 8, "host_memory_gib": 31.5,
-        "usd_per_hour": 0.0, "price_region": "", "price_source": "this machine (no charge)",
+        "price_region": "", "price_source": "this machine is not billed by the hour",
         "price_date": "", "planned": True, "not_planned_reason": ""}
     row = local_instance_row("CPU (system RAM)", 1, 8 * 2**30)
     assert (row["vcpu"], row["host_memory_gib"]) == (None, None)
