@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= configs/local-demo.yaml
 REPORT_DIR ?= reports/local-demo
 
-.PHONY: install demo test lint perf soak mutate clean
+.PHONY: install demo test lint perf soak chaos mutate clean
 
 install: $(STAMP)
 
@@ -39,6 +39,10 @@ perf: $(STAMP)
 
 soak: $(STAMP)
 	$(PY) perf/soak.py --minutes $${MINUTES:-5}
+
+# Kill/fault matrix against real deploys (about 25 min on 2 cores; mounts a tmpfs when root).
+chaos: $(STAMP)
+	$(PY) -m tests.chaos.matrix
 
 clean:
 	rm -rf $(VENV) .lmiflow reports .pytest_cache .ruff_cache

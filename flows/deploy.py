@@ -6,6 +6,7 @@ is written."""
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from lmiflow.tasks import steps
@@ -15,7 +16,7 @@ from prefect.states import Failed
 
 from lmiflow import pipeline
 from lmiflow.errors import UserInputError
-from lmiflow.redact import redact_text
+from lmiflow.redact import install_log_redaction, redact_text, register_environment
 from lmiflow.report.model import RunReport, SmokeTest
 from lmiflow.run_record import RunRecord, plan_steps
 from lmiflow.spec import DeploymentSpec
@@ -34,6 +35,8 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
         spec: The whole deployment config (what a YAML config file holds).
         report_dir: Where report.json/.md/.html go on the worker (default reports/<name>).
     """
+    register_environment()  # a worker's HF_TOKEN and AWS keys are masked in its logs too
+    install_log_redaction()
     log = get_run_logger()
     rec = RunRecord(spec, _run_id())
     report = rec.report
@@ -44,6 +47,7 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
             names = candidate.names
             tags = pipeline.tags_for(names, report.run_id)
             with rec.step("preflight") as s:
+                steps.check_production(spec)
                 report.promotion_plan = steps.preflight(spec, candidate)
                 s.summary = _peak_summary(report.promotion_plan)
             with rec.step("stage_weights") as s:
@@ -93,6 +97,11 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
         status = "failed"
         log.error("deploy of %s failed in %s: %s", spec.name, report.failed_step,
                   redact_text(str(exc)))
+    except BaseException as exc:  # SIGTERM (Prefect's TerminationSignal) or Ctrl-C
+        report.error = f"interrupted ({_signal_name(exc)}) during " + (
+            report.failed_step or "the run")
+        log.error("deploy of %s: %s", spec.name, report.error)
+        raise
     finally:
         if status != "promoted" and names is not None:
             try:
@@ -119,6 +128,11 @@ def _peak_summary(plan) -> str:
     peak = ", ".join(f"{n} x {t}" for t, n in plan.peak_instances.items())
     return (f"{len(plan.alarms)} rollback alarm(s) exist; " if plan.alarms else "") + (
         f"peak {peak} within quota")
+
+
+def _signal_name(exc: BaseException) -> str:
+    signum = getattr(exc, "signal", None) or getattr(exc, "signum", None)
+    return signal.Signals(signum).name if signum else type(exc).__name__
 
 
 @flow(name="plan-llm", flow_run_name="plan-{spec.name}")

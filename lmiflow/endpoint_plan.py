@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from lmiflow.errors import UserInputError
 from lmiflow.report.model import HostSettings, PromotionPlan
+from lmiflow.secrets import masked_entries
 from lmiflow.serving.images import LmiImage, resolve
 from lmiflow.serving.plan_properties import PlanError, ServingPlan, render_plan
 from lmiflow.serving.properties import ServingProperties
@@ -55,7 +56,8 @@ def serving_plan(spec: DeploymentSpec, p: Plan, model_id: str, dtype: str,
 def serving_properties(spec: DeploymentSpec, plan: ServingPlan,
                        image: LmiImage) -> ServingProperties:
     try:
-        return render_plan(plan, image, extra=spec.serving.options)
+        return render_plan(plan, image, extra={**spec.serving.options,
+                                               **masked_entries(spec.serving.secret_options)})
     except PlanError as exc:
         raise UserInputError(exc.field, exc.reason) from None
     except ValueError as exc:

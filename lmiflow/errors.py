@@ -12,5 +12,11 @@ class UserInputError(ValueError):
         super().__init__(f"{field}: {reason}")
 
 
+class StateError(UserInputError):
+    """A file or directory lmiflow keeps (local registry, baseline, report directory) cannot
+    be read or written. The reason names the path and the command that recovers; the CLI
+    prints it as one line and exits 2, like any input the user has to fix."""
+
+
 class StepFailed(RuntimeError):
     """A step failed for a reason a retry cannot fix (endpoint Failed, smoke test failed...)."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pydantic import BaseModel
 
 from lmiflow import endpoint_plan, pipeline
+from lmiflow.bench.gates import Verdict, evaluate
 from lmiflow.bench.loadgen import ProgressFn, bench_endpoint
 from lmiflow.bench.metrics import BenchResult
 from lmiflow.errors import StepFailed, UserInputError
@@ -24,6 +25,7 @@ from lmiflow.report.outcome import ProductionState
 from lmiflow.sizing.planner import Plan
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.base import (
+    TERMINAL_STATUSES,
     EndpointStatus,
     EndpointVariant,
     Target,
@@ -53,12 +55,17 @@ class CreatedEndpoint(BaseModel):
 # ---- what production uses, and what is left over ---------------------------------------------
 
 def production_in_use(target: Target, production: str) -> set[str]:
-    """The endpoint config and model production serves (empty when there is no production)."""
+    """The endpoint configs and models production serves or is being updated to (empty when
+    there is no production): a promotion interrupted half-way still owns its new config."""
     prod = target.describe(production)
-    if prod is None or not prod.config_name:
+    if prod is None:
         return set()
-    model = target.config_model_name(prod.config_name)
-    return {prod.config_name, model} if model else {prod.config_name}
+    in_use: set[str] = set()
+    for config in (prod.config_name, prod.pending_config_name):
+        if config:
+            model = target.config_model_name(config)
+            in_use |= {config, model} if model else {config}
+    return in_use
 
 
 def production_state(target: Target, production: str) -> ProductionState:
@@ -87,6 +94,46 @@ def remove_leftovers(target: Target, production: str) -> list[str]:
     return removed
 
 
+# ---- production before anything is created ---------------------------------------------------
+
+def check_production(target: Target, spec: DeploymentSpec) -> EndpointStatus | None:
+    """Production's status, asked before anything is created. A Failed production serves
+    nothing and takes no blue/green update, so a run would create and benchmark a candidate
+    only to fail at promote: unless promotion.replace_failed allows replacing it, stop now."""
+    prod = target.describe(spec.name)
+    if prod is not None and prod.status == "Failed" and not spec.promotion.replace_failed:
+        raise UserInputError(
+            "promotion.replace_failed",
+            f"production endpoint {spec.name} is Failed "
+            f"({(prod.failure_reason or 'no reason given')[:160]}): it serves nothing and "
+            "cannot be updated; rerun with --replace-failed (or set promotion.replace_failed: "
+            "true) to replace it with this run's candidate")
+    return prod
+
+
+def regression_baseline(production: EndpointStatus | None, baseline: BenchResult | None
+                        ) -> tuple[BenchResult | None, str | None]:
+    """The baseline the regression check compares with, and a note when it is set aside.
+    With production down, anything that passes the SLO gates beats what serves now
+    (nothing): holding a repair to the old benchmark could keep production down."""
+    if baseline is not None and production is not None and production.status == "Failed":
+        return None, (f"production {production.name} is Failed: the regression check against "
+                      "its last benchmark (report.baseline) is not enforced; the SLO gates "
+                      "decide")
+    return baseline, None
+
+
+def gate(target: Target, spec: DeploymentSpec, bench: BenchResult,
+         baseline: BenchResult | None) -> Verdict:
+    """The SLO gates, and the regression check against production's last benchmark unless
+    production is down (regression_baseline)."""
+    enforced, note = regression_baseline(target.describe(spec.name), baseline)
+    verdict = evaluate(spec.gates, bench, enforced, spec.regression.max_regression_pct)
+    if note:
+        verdict.notes.append(note)
+    return verdict
+
+
 # ---- the candidate ------------------------------------------------------------------------------
 
 def stage_weights(target: Target, spec: DeploymentSpec, weights: WeightsPlan,
@@ -100,13 +147,15 @@ def stage_weights(target: Target, spec: DeploymentSpec, weights: WeightsPlan,
 def create_model(target: Target, spec: DeploymentSpec, candidate: Candidate,
                  tags: dict[str, str]) -> CreatedModel:
     """Remove what an earlier interrupted run left, package serving.properties the way the
-    target takes it, and create the model (network-isolated when its weights come from S3;
-    with the runner's Hub token only when the config opts in)."""
+    target takes it (secret entries filled in only here: pipeline.staged_properties), and
+    create the model (network-isolated when its weights come from S3; with the runner's Hub
+    token only when the config opts in)."""
     names, weights = candidate.names, candidate.weights
     removed = remove_leftovers(target, names.production)
     if removed:
         log.warning("removed leftovers of an earlier run: %s", ", ".join(removed))
-    package = target.package(names.model, candidate.properties, weights)
+    package = target.package(names.model,
+                             pipeline.staged_properties(spec, candidate.properties), weights)
     env = dict(package.env)
     if weights.token_to_container:
         token = hub_token(spec.model.hf_token_secret)
@@ -222,15 +271,25 @@ def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, 
     would hold three fleets. Safe to retry: a second try finds production already on the new
     config and only finishes the cleanup."""
     prod = target.describe(spec.name)
+    if prod is not None and prod.status not in TERMINAL_STATUSES:
+        # An update in flight (an interrupted run's, or another runner's): let it settle.
+        prod = target.wait(spec.name, spec.promotion.endpoint_timeout_s, on_status)
     previous = prod.config_name if prod else None
     serving = (prod is not None and prod.config_name == names.endpoint_config
                and prod.status == "InService")
     early: list[str] = []
     if not serving and target.delete_endpoint(names.endpoint):
         early.append(f"endpoint {names.endpoint}")
+    replaced = prod is not None and prod.status == "Failed" and spec.promotion.replace_failed
+    if replaced:
+        # A Failed endpoint takes no update: delete it, then create it on the candidate's
+        # config. What it ran before goes with the leftovers below.
+        target.delete_endpoint(spec.name)
+        _wait_gone(target, spec.name, spec.promotion.endpoint_timeout_s)
+        prod = None
     if prod is None:
         target.create_endpoint(spec.name, names.endpoint_config, tags)
-        action = "created"
+        action = "replaced the Failed production" if replaced else "created"
     elif serving:
         action = "already serving this config"
     else:
@@ -248,6 +307,15 @@ def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, 
     removed = early + remove_leftovers(target, spec.name)
     return Promotion(action=action, previous_config=previous, removed=removed,
                      production_smoke_test=smoke)
+
+
+def _wait_gone(target: Target, name: str, timeout_s: float) -> None:
+    """Deleting an endpoint can take a while (SageMaker: Deleting); its name is free after."""
+    deadline = time.monotonic() + timeout_s
+    while target.describe(name) is not None:
+        if time.monotonic() >= deadline:
+            raise StepFailed(f"{name} still exists {timeout_s:.0f} s after it was deleted")
+        time.sleep(target.poll_interval_s)
 
 
 def cleanup_candidate(target: Target, names: Names) -> list[str]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from lmiflow import patterns
 from lmiflow.errors import UserInputError
 from lmiflow.sizing.model_spec import (
     ModelConfigError,
@@ -24,7 +24,6 @@ from lmiflow.targets.weights import ModelSource
 log = logging.getLogger(__name__)
 
 SNAPSHOTS = Path(__file__).resolve().parents[1] / "configs" / "models"
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]{0,95}/[\w.\-]{1,96}$")
 
 
 class ResolvedModel(BaseModel):
@@ -102,7 +101,7 @@ def resolve_model(model: str, revision: str | None = None, exact_counts: bool = 
             raise UserInputError("model", exc.reason) from None
         return ResolvedModel(spec=spec_from_config(cfg), source=f"local:{p}",
                              local_dir=str(p if p.is_dir() else p.parent))
-    if model.startswith((".", "/", "~")) or not HUB_ID_RE.match(model):
+    if model.startswith((".", "/", "~")) or not patterns.matches(patterns.HUB_ID, model):
         snap = _snapshot_for(model)
         if snap:
             return ResolvedModel(spec=spec_from_config(read_config_file(snap)),

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from lmiflow import endpoint_plan
+from lmiflow import endpoint_plan, patterns
 from lmiflow.errors import UserInputError
-from lmiflow.model_source import HUB_ID_RE, ResolvedModel, resolve_model, resolved_from_s3
+from lmiflow.model_source import ResolvedModel, resolve_model, resolved_from_s3
 from lmiflow.report.model import HostSettings, PromotionPlan
+from lmiflow.secrets import check_env_refs, fill_properties
 from lmiflow.serving.images import LmiImage
 from lmiflow.sizing.memory import DTypeChoice, MemoryBreakdown, resolve_dtypes, total_estimate
 from lmiflow.sizing.planner import LatencyLimit, Plan, PlanRequest, plan
@@ -87,7 +88,7 @@ def fetch_config(spec: DeploymentSpec) -> ResolvedModel:
     if m.id.startswith("s3://"):
         return resolved_from_s3(*target_for(spec).read_s3_model(m.id))
     origin = None
-    if not Path(m.id).expanduser().exists() and HUB_ID_RE.match(m.id):
+    if not Path(m.id).expanduser().exists() and patterns.matches(patterns.HUB_ID, m.id):
         try:  # access first: a gated repository must say so, not look unreachable
             origin = hub_source(m.id, m.revision, token, m.trust_remote_code)
         except UserInputError:
@@ -186,12 +187,16 @@ def serving_dtype(spec: DeploymentSpec, p: Plan) -> str:
 
 def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Plan,
                               target: Target, weights: WeightsPlan, image: LmiImage) -> str:
-    """serving.properties for the plan, in the words `image` understands. Weights in
-    /opt/ml/model (staged or an s3:// model) need no option.model_id. LMI's own model-loading
-    timeout follows the endpoint's start-up timeout, so the container does not give up on a
-    large model before SageMaker would."""
+    """serving.properties for the plan, in the words `image` understands, as every report and
+    printout shows it: secret entries masked (the staged copy gets their values:
+    staged_properties). Weights in /opt/ml/model (staged or an s3:// model) need no
+    option.model_id. LMI's own model-loading timeout follows the endpoint's start-up timeout,
+    so the container does not give up on a large model before SageMaker would. A value the
+    target's server would refuse at start-up is exit 2 here, naming the field it came from."""
+    from lmiflow.serving.options import OptionError
     from lmiflow.serving.properties import render
 
+    check_env_refs(spec.serving.secret_options, "serving.secret_options")
     chosen = p.chosen
     variant = target.endpoint_variant(chosen.instance_type, chosen.instance_count,
                                       int(p.memory.weights_bytes))
@@ -199,9 +204,34 @@ def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Pla
     plan = endpoint_plan.serving_plan(
         spec, p, None if from_s3 else serving_model_id(spec, model, target),
         serving_dtype(spec, p), variant.container_startup_health_check_timeout_s)
-    if from_s3:
-        plan = plan.model_copy(update={"revision": None})
-    return render(endpoint_plan.serving_properties(spec, plan, image))
+    plan = plan.model_copy(update={"model_max_len": model.spec.max_position_embeddings,
+                                   **({"revision": None} if from_s3 else {})})
+    text = render(endpoint_plan.serving_properties(spec, plan, image))
+    try:
+        target.check_properties(text)
+    except OptionError as exc:
+        raise UserInputError(_field_of(spec, exc.key), str(exc)) from None
+    return text
+
+
+# Where a rendered key's value came from when the user did not set it in serving.options.
+_DERIVED_FROM = {
+    "option.max_rolling_batch_size": "workload.concurrency",
+    "option.max_model_len": "workload.max_input_tokens",
+    "option.dtype": "model.dtype",
+    "option.gpu_memory_utilization": "instance.gpu_memory_utilization",
+}
+
+
+def _field_of(spec: DeploymentSpec, key: str) -> str:
+    if key in spec.serving.options:
+        return f"serving.options.{key}"
+    return _DERIVED_FROM.get(key, "serving.options")
+
+
+def staged_properties(spec: DeploymentSpec, text: str) -> str:
+    """The text to stage: the rendered file with each secret entry's real value."""
+    return fill_properties(text, spec.serving.secret_options, "serving.secret_options")
 
 
 def image_uri(spec: DeploymentSpec, target: Target, image: LmiImage) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import tempfile
 import time
 from collections.abc import Iterator
 from importlib.metadata import PackageNotFoundError, version
@@ -13,6 +14,7 @@ from typing import Any
 
 import lmiflow
 from lmiflow import pipeline
+from lmiflow.errors import StateError
 from lmiflow.model_source import ResolvedModel
 from lmiflow.pipeline import Candidate, MemoryEstimate
 from lmiflow.redact import redact_text
@@ -99,6 +101,43 @@ def write_report(report: RunReport, report_dir: str | Path | None) -> Path:
     from lmiflow.report.writer import write_report as write
 
     return write(report, report_path(report_dir, report.endpoint))["json"]
+
+
+def fallback_report_dirs(name: str, run_id: str | None) -> list[Path]:
+    """Where a report goes when its own directory cannot take it (disk full, removed,
+    read-only): the user's state directory, then the system's temporary directory. One
+    directory per run, so the CLI finds this run's report and no other. (The state directory
+    is LMIFLOW_STATE_DIR or the user's, whatever the target.)"""
+    from lmiflow.targets.local import default_state_dir
+
+    leaf = Path(name) / (run_id or "no-run-id")
+    return [default_state_dir() / "reports" / leaf,
+            Path(tempfile.gettempdir()) / "lmiflow-reports" / leaf]
+
+
+class ReportNotWritten(RuntimeError):
+    """Neither the report directory nor any fallback could take the report."""
+
+
+def write_report_somewhere(report: RunReport, report_dir: str | Path | None
+                           ) -> tuple[Path, str | None]:
+    """write_report, and when that fails, the fallback directories in turn: writing a report
+    must never turn a finished run (a promotion above all) into a failure. Returns the path
+    and, when a fallback took it, why the report directory did not."""
+    try:
+        return write_report(report, report_dir), None
+    except (OSError, StateError) as exc:
+        why = f"{report_path(report_dir, report.endpoint)}: {_reason(exc)}"
+    for directory in fallback_report_dirs(report.endpoint, report.run_id):
+        try:
+            return write_report(report, directory), why
+        except (OSError, StateError) as exc:
+            why += f"; {directory}: {_reason(exc)}"
+    raise ReportNotWritten(why)
+
+
+def _reason(exc: Exception) -> str:
+    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))[:200]
 
 
 class DirectSteps:

@@ -1,6 +1,8 @@
 """The deployment config: one typed model for the YAML file, the CLI and the Prefect UI form.
 
 Unknown keys are errors everywhere (extra="forbid"): a misspelt option must not be ignored.
+Values are strict (`true` is not the number 1, "8" is not 8) and floats finite (a NaN
+threshold compares false with everything, so a gate on it could never pass or fail honestly).
 """
 
 from __future__ import annotations
@@ -12,18 +14,16 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lmiflow import limits, patterns
 from lmiflow.bench.gate_spec import GateSpec
 from lmiflow.errors import UserInputError
+from lmiflow.redact import looks_secret
 from lmiflow.regions import partition_of
-from lmiflow.targets.base import NAME_RE
+from lmiflow.secrets import SecretRef
 from lmiflow.targets.blue_green import traffic_shift_error
 
-ROLE_ARN_RE = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
-S3_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?$")
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-FIELD_FIRST_RE = re.compile(r"^(target|instance|promotion)\.[a-z_]+ ")
-SUBNET_RE = re.compile(r"^subnet-[0-9a-f]{8,17}$")
-SG_RE = re.compile(r"^sg-[0-9a-f]{8,17}$")
+# A model-level validator's message that starts with the field it is about.
+FIELD_FIRST_RE = re.compile(r"(target|instance|promotion)\.[a-z_]+ ")
 # Leave room for the suffixes lmiflow adds to candidate resources (-c-<hash>, -m-<hash>).
 MAX_ENDPOINT_NAME = 40
 
@@ -31,7 +31,7 @@ DType = Literal["auto", "fp32", "fp16", "bf16", "fp8", "int8", "int4"]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ModelSection(_Strict):
@@ -72,7 +72,7 @@ class ModelSection(_Strict):
     @field_validator("id", "revision", "hf_token_secret")
     @classmethod
     def _no_control_chars(cls, v: str | None) -> str | None:
-        if v is not None and (not v.strip() or CONTROL_RE.search(v)):
+        if v is not None and (not v.strip() or patterns.has_control(v)):
             raise ValueError("must be non-empty and hold no line breaks or control characters")
         return v
 
@@ -80,7 +80,7 @@ class ModelSection(_Strict):
     @classmethod
     def _s3_prefix(cls, v: str) -> str:
         if v.startswith("s3://"):
-            if not S3_URI_RE.match(v):
+            if not patterns.matches(patterns.S3_URI, v):
                 raise ValueError("an s3:// model id must look like s3://bucket/prefix/")
             if not v.endswith("/"):
                 v += "/"
@@ -154,6 +154,34 @@ class ServingSection(_Strict):
         default_factory=dict,
         description="Extra serving.properties entries, e.g. option.enable_prefix_caching: true",
     )
+    secret_options: dict[str, SecretRef] = Field(
+        default_factory=dict,
+        description="serving.properties entries that hold a secret, e.g. option.hf_token: "
+        "{secret_block: hf-token} (a Prefect Secret block), {env: HF_TOKEN}, or the value "
+        "(kept only when the config file is read by the run itself). Masked in every output; "
+        "staged in a file only its owner can read.",
+    )
+
+    @model_validator(mode="after")
+    def _secrets_in_their_home(self) -> ServingSection:
+        for key, value in self.options.items():
+            if looks_secret(key, value):
+                raise UserInputError(
+                    f"options.{key}", "looks like a secret: move it to serving.secret_options "
+                    "(a Prefect Secret block name, an environment variable or the value)")
+        both = sorted(set(self.options) & set(self.secret_options))
+        if both:
+            raise UserInputError(f"secret_options.{both[0]}", "also set in serving.options")
+        return self
+
+    @field_validator("image_uri")
+    @classmethod
+    def _image(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > patterns.IMAGE_URI_MAX
+                              or not patterns.matches(patterns.IMAGE_URI, v)):
+            raise ValueError("must be an image reference REGISTRY/REPOSITORY[:TAG][@sha256:...] "
+                             f"of at most {patterns.IMAGE_URI_MAX} characters")
+        return v
 
 
 class VpcSection(_Strict):
@@ -164,7 +192,7 @@ class VpcSection(_Strict):
     @field_validator("subnets")
     @classmethod
     def _subnets(cls, v: list[str]) -> list[str]:
-        bad = [s for s in v if not SUBNET_RE.match(s)]
+        bad = [s for s in v if not patterns.matches(patterns.SUBNET_ID, s)]
         if bad:
             raise ValueError(f"{bad[0]!r} is not a subnet id such as subnet-0123456789abcdef0")
         return v
@@ -172,7 +200,7 @@ class VpcSection(_Strict):
     @field_validator("security_group_ids")
     @classmethod
     def _groups(cls, v: list[str]) -> list[str]:
-        bad = [s for s in v if not SG_RE.match(s)]
+        bad = [s for s in v if not patterns.matches(patterns.SECURITY_GROUP_ID, s)]
         if bad:
             raise ValueError(f"{bad[0]!r} is not a security group id such as sg-0123456789abcdef0")
         return v
@@ -216,7 +244,7 @@ class TargetSection(_Strict):
     @field_validator("role_arn")
     @classmethod
     def _role(cls, v: str | None) -> str | None:
-        if v is not None and not ROLE_ARN_RE.match(v):
+        if v is not None and not patterns.matches(patterns.ROLE_ARN, v):
             raise ValueError("must look like arn:aws:iam::123456789012:role/NAME")
         return v
 
@@ -224,7 +252,7 @@ class TargetSection(_Strict):
     @classmethod
     def _s3(cls, v: str | None) -> str | None:
         if v is not None:
-            if not S3_URI_RE.match(v):
+            if not patterns.matches(patterns.S3_URI, v):
                 raise ValueError("must look like s3://bucket/prefix/")
             if not v.endswith("/"):
                 v += "/"
@@ -298,6 +326,13 @@ class PromotionSection(_Strict):
         description="SageMaker: the run's lease on the endpoint expires this long after its "
         "last renewal (renewed every third of it), so a killed run blocks no one for longer.",
     )
+    replace_failed: bool = Field(
+        default=False,
+        description="Replace a production endpoint that is Failed (it serves nothing and "
+        "cannot be updated): promotion deletes it and creates it on the candidate's config, "
+        "and the regression check is not enforced. Off: such a run stops before creating "
+        "anything.",
+    )
 
 
 class DeploymentSpec(_Strict):
@@ -333,11 +368,20 @@ class DeploymentSpec(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not NAME_RE.match(v):
-            raise ValueError(f"must match {NAME_RE.pattern} (SageMaker's rule)")
+        if not patterns.matches(patterns.NAME, v):
+            raise ValueError(f"must match {patterns.NAME.pattern} (SageMaker's rule)")
         if len(v) > MAX_ENDPOINT_NAME:
             raise ValueError(f"at most {MAX_ENDPOINT_NAME} characters (lmiflow adds suffixes)")
         return v
+
+    @model_validator(mode="after")
+    def _limits(self) -> DeploymentSpec:
+        w, b = self.workload, self.benchmark
+        limits.check_benchmark_fits(b.input_tokens, b.max_new_tokens, w.max_input_tokens,
+                                    w.max_output_tokens)
+        limits.check_gate_levels(self.gates, b.concurrency)
+        limits.check_gates_agree(self.gates, b.concurrency)
+        return self
 
     @model_validator(mode="after")
     def _sagemaker_needs(self) -> DeploymentSpec:
@@ -368,7 +412,14 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> UserInput
     """The first error, as one line that names the field: what the user fixes first."""
     err = exc.errors()[0]
     loc = tuple(err.get("loc", ()))
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, UserInputError):  # a cross-field rule names its own field
+        inner = ".".join(str(p) for p in loc)
+        return UserInputError(prefix + (f"{inner}." if inner else "") + cause.field,
+                              cause.reason)
     msg = err.get("msg", "invalid")
+    if isinstance(err.get("input"), bool) and err.get("type") in ("int_type", "float_type"):
+        msg = f"must be a number, not the boolean {str(err['input']).lower()}"
     if err.get("type") == "extra_forbidden":
         msg = "unknown field (not part of the config)"
     msg = msg.removeprefix("Value error, ")
@@ -389,13 +440,38 @@ def parse_spec(data: object, prefix: str = "") -> DeploymentSpec:
         raise format_validation_error(exc, prefix) from None
 
 
+class DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: str, first: int, second: int):
+        self.key, self.first, self.second = key, first, second
+        super().__init__(f"duplicate key {key}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one
+    silently, so `gates:` written twice would drop the first list)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise DuplicateKey(str(key), seen[key], line)
+            if isinstance(key, str | int | float | bool):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: str | Path, overrides: dict | None = None) -> DeploymentSpec:
     """Read and validate a YAML config; overrides (e.g. --target) are merged on top."""
     p = Path(path)
     if not p.is_file():
         raise UserInputError("CONFIG", f"{path} is not a file")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+    except DuplicateKey as exc:
+        raise UserInputError(exc.key, f"appears twice in {path} (lines {exc.first} and "
+                                      f"{exc.second}); which one is meant?") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

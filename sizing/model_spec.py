@@ -153,10 +153,21 @@ def parse_model_config(raw: dict) -> ModelSpec:
     hidden = _pos_int(cfg, "hidden_size", "n_embd", "d_model")
     layers = _pos_int(cfg, "num_hidden_layers", "n_layer", "num_layers")
     heads = _pos_int(cfg, "num_attention_heads", "n_head", "num_heads")
-    kv_heads = cfg.get("num_key_value_heads") or cfg.get("num_kv_heads") or heads
+    kv_key = next((k for k in ("num_key_value_heads", "num_kv_heads") if cfg.get(k) is not None),
+                  None)
+    kv_heads = _pos_int(cfg, kv_key) if kv_key else heads
     if cfg.get("multi_query") is True:  # Falcon/StarCoder style MQA
         kv_heads = 1
-    head_dim = cfg.get("head_dim") or hidden // heads
+    if kv_heads > heads or heads % kv_heads:
+        raise ModelConfigError(f"config.json:{kv_key}", f"{kv_heads} key/value heads cannot "
+                               f"serve {heads} attention heads (needs a divisor of {heads})")
+    if cfg.get("head_dim") is not None:
+        head_dim = _pos_int(cfg, "head_dim")
+    elif hidden % heads:
+        raise ModelConfigError("config.json:hidden_size", f"{hidden} is not divisible by "
+                               f"num_attention_heads {heads} (and no head_dim is given)")
+    else:
+        head_dim = hidden // heads
     vocab = _pos_int(cfg, "vocab_size")
     intermediate = cfg.get("intermediate_size") or cfg.get("n_inner") or cfg.get("ffn_dim")
     if not intermediate:
@@ -296,6 +307,10 @@ def read_config_file(path: str | Path) -> dict:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelConfigError("model", f"{p} is not valid JSON: {exc}") from None
+    except RecursionError:  # json's C parser recurses once per nesting level
+        raise ModelConfigError("model", f"{p} is nested too deeply to be a model config") from None
+    except OSError as exc:
+        raise ModelConfigError("model", f"{p} cannot be read: {exc.strerror}") from None
     if not isinstance(data, dict):
         raise ModelConfigError("model", f"{p} must hold a JSON object")
     return data

@@ -22,7 +22,7 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from lmiflow import lifecycle, pipeline
-from lmiflow.bench.gates import Verdict, evaluate
+from lmiflow.bench.gates import Verdict
 from lmiflow.bench.metrics import BenchResult
 from lmiflow.errors import StepFailed
 from lmiflow.lifecycle import CreatedEndpoint, CreatedModel
@@ -32,7 +32,7 @@ from lmiflow.redact import redact_text
 from lmiflow.report.digest import digest
 from lmiflow.report.model import Promotion, PromotionPlan, RunReport, SmokeTest
 from lmiflow.report.outcome import ProductionState, explain_check, figure, sig
-from lmiflow.run_record import write_report
+from lmiflow.run_record import ReportNotWritten, write_report_somewhere
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.base import EndpointStatus, EndpointVariant
 from lmiflow.targets.staging import Progress, StagingReport
@@ -146,6 +146,17 @@ def stage_weights(spec: DeploymentSpec, weights: WeightsPlan) -> StagingReport |
 
 
 # ---- the candidate ---------------------------------------------------------------------------
+
+@step_task("check_production")
+def check_production(spec: DeploymentSpec) -> EndpointStatus | None:
+    """Before anything is created: a Failed production stops the run unless it may be
+    replaced (promotion.replace_failed)."""
+    prod = lifecycle.check_production(target_for(spec), spec)
+    if prod is not None and prod.status == "Failed":
+        get_run_logger().warning("production %s is Failed (%s): this run replaces it",
+                                 spec.name, redact_text(prod.failure_reason or "no reason"))
+    return prod
+
 
 @step_task("preflight")
 def preflight(spec: DeploymentSpec, candidate: Candidate) -> PromotionPlan | None:
@@ -271,7 +282,7 @@ def load_baseline(spec: DeploymentSpec) -> BenchResult | None:
 
 @step_task("gate", retries=0)
 def gate(spec: DeploymentSpec, bench: BenchResult, baseline: BenchResult | None) -> Verdict:
-    verdict = evaluate(spec.gates, bench, baseline, spec.regression.max_regression_pct)
+    verdict = lifecycle.gate(target_for(spec), spec, bench, baseline)
     failed = [c for c in verdict.checks if not c.passed]
     log = get_run_logger()
     if verdict.passed:
@@ -343,12 +354,23 @@ def teardown(spec: DeploymentSpec) -> list[str]:
 
 @task(name="report", retries=0, cache_policy=NO_CACHE)
 def report(run_report: RunReport, report_dir: str | None, spec: DeploymentSpec | None = None
-           ) -> Path:
+           ) -> Path | None:
     """Write report.json / .md / .html; keep them where the target's people look (S3 for
-    SageMaker); put their substance in a Markdown artifact. Never fails the run for the
-    artifact or the upload: the files are what matter."""
+    SageMaker); put their substance in a Markdown artifact. Never fails the run: a report
+    directory that cannot take the files sends them to a fallback directory, and the artifact
+    and the upload are conveniences."""
     log = get_run_logger()
-    path = write_report(run_report, report_dir)
+    try:
+        path, why = write_report_somewhere(run_report, report_dir)
+    except ReportNotWritten as exc:
+        log.error("no report could be written: %s", redact_text(str(exc)))
+        return None
+    except Exception as exc:  # a rendering bug must not undo what the run did either
+        log.error("the report could not be rendered: %s", redact_text(str(exc)))
+        return None
+    if why:
+        log.warning("report not written where asked (%s): written to %s", redact_text(why),
+                    path)
     name = run_report.endpoint
     location, url = str(path.with_name("report.html").resolve()), None
     if spec is not None:

@@ -35,7 +35,8 @@ Op = Literal["<", "<=", ">", ">="]
 class GateSpec(BaseModel):
     """One service-level check: `metric`'s `stat` compared with `threshold` by `op`."""
 
-    model_config = ConfigDict(extra="forbid")
+    # strict: `threshold: true` is not 1; finite: a NaN threshold compares false with everything
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     metric: Metric = Field(description="Benchmark metric to check, e.g. ttft_ms or error_rate.")
     stat: Stat = Field(

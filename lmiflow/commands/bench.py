@@ -24,8 +24,8 @@ EPILOG = "metrics:\n" + "\n".join(
     "  Latency gates also define goodput. Exit 1 when a gate fails."
 )
 _GATE_RE = re.compile(
-    r"^\s*(?P<metric>[a-z_0-9]+)(?::(?P<stat>[a-z0-9]+))?\s*(?P<op><=|>=|<|>)\s*"
-    r"(?P<threshold>[-+0-9.eE]+)\s*(?:@\s*(?P<conc>\d+))?\s*$"
+    r"\s*(?P<metric>[a-z_0-9]+)(?::(?P<stat>[a-z0-9]+))?\s*(?P<op><=|>=|<|>)\s*"
+    r"(?P<threshold>[-+0-9.eE]+)\s*(?:@\s*(?P<conc>\d+))?\s*"
 )
 
 
@@ -103,7 +103,7 @@ def parse_gate(text: str) -> Any:
 
     from lmiflow.bench.gate_spec import LATENCY_METRICS, GateSpec
 
-    m = _GATE_RE.match(text)
+    m = _GATE_RE.fullmatch(text)
     if not m:
         raise UserInputError("--gate", f"{text!r} is not METRIC[:STAT]OP THRESHOLD[@CONCURRENCY]")
     stat = m["stat"] or ("p95" if m["metric"] in LATENCY_METRICS else "value")

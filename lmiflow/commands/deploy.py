@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -20,32 +23,74 @@ def add_parser(sub) -> None:
                         "serving.properties, how the weights get there and every AWS request.")
     p.add_argument("--json", action="store_true",
                    help="With --dry-run: print the planned report.json (every request in full).")
+    p.add_argument("--replace-failed", action="store_true",
+                   help="Replace a Failed production endpoint with this run's candidate "
+                   "(sets promotion.replace_failed).")
     p.add_argument("--verbose", "-v", action="store_true", help="Show Prefect's logs.")
     p.set_defaults(run=run)
 
 
 def run(args) -> int:
     from lmiflow.errors import UserInputError
+    from lmiflow.redact import install_log_redaction, register_environment
     from lmiflow.run_record import report_path
     from lmiflow.spec import load_spec
+    from lmiflow.state_files import check_writable
 
-    overrides = {"target.kind": args.target} if args.target else None
+    register_environment()  # HF_TOKEN, AWS keys: masked wherever they would surface
+    install_log_redaction()
+    # Prefect warns on import when it cannot create its home; _check_outputs says it once.
+    warnings.filterwarnings("ignore", "Failed to create the Prefect home directory")
+
+    overrides = {"target.kind": args.target} if args.target else {}
+    if args.replace_failed:
+        overrides["promotion.replace_failed"] = True
     spec = load_spec(args.config, overrides)
+    report_dir = str(report_path(args.report_dir, spec.name))
     if args.dry_run:
+        if args.report_dir:
+            check_writable(Path(args.report_dir), "--report-dir")
         return dry_run(spec, args.report_dir, as_json=args.json, config=args.config)
     if args.json:
         raise UserInputError("--json", "applies to --dry-run (a run writes report.json)")
+    # Before Prefect is first imported (_check_outputs): it reads its settings once.
+    if not args.verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    # The API server would try to send telemetry: not from an unattended deploy.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Validate everything that can be validated before anything is created (exit 2): the
-    # plan, then what only the platform knows (rollback alarms exist, the peak fleet fits).
+    # plan, every place the run writes and production's state, then what only the platform
+    # knows (rollback alarms exist, the peak fleet fits).
     _, (_, _, candidate) = _plan_directly(spec)
+    _check_outputs(spec, Path(report_dir))
     from lmiflow import lifecycle, pipeline
 
     lifecycle.preflight(pipeline.target_for(spec), candidate)
-    if not args.verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    # The ephemeral API server would try to send telemetry: not from an unattended deploy.
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    return _run_flow(spec, str(report_path(args.report_dir, spec.name)))
+    return _run_flow(spec, report_dir)
+
+
+def _check_outputs(spec, report_dir: Path) -> None:
+    """Every place the run will write, checked before it creates anything: the report
+    directory, Prefect's home (its database) and the target's own state; and production, which
+    must not be Failed unless it may be replaced (the flow checks that again, with retries)."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    from lmiflow.errors import UserInputError
+    from lmiflow.lifecycle import check_production
+    from lmiflow.pipeline import target_for
+    from lmiflow.state_files import check_writable
+
+    check_writable(report_dir, "--report-dir")
+    if not PREFECT_API_URL.value():
+        check_writable(Path(PREFECT_HOME.value()), "PREFECT_HOME")
+    target = target_for(spec)
+    target.check_state()
+    try:
+        check_production(target, spec)
+    except UserInputError:
+        raise
+    except Exception:  # unreachable now (throttled, offline): the flow's own check retries
+        pass
 
 
 def _plan_directly(spec):
@@ -128,15 +173,81 @@ def _print_requests(report, config: str) -> None:
               f"  lmiflow iam {config}")
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so the run ends the same clean way:
+    the flow removes its candidate and writes its report, then the API server stops."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(signum)
+
+
 def _run_flow(spec, report_dir: str) -> int:
+    from prefect.settings import PREFECT_HOME
     from rich.console import Console
+
+    from lmiflow.api_server import ApiServerError, prefect_api
+
+    console = Console(stderr=True)
+    console.print(f"[bold]lmiflow deploy[/bold] {spec.name} on {spec.target.kind}")
+    # During the flow Prefect turns SIGTERM into its TerminationSignal and, once the flow has
+    # ended, sends it again to the handler it found: this one.
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        with prefect_api(Path(PREFECT_HOME.value()) / "lmiflow-api-server.log"):
+            state = _flow_with_progress(spec, report_dir, console)
+    except ApiServerError as exc:
+        print(f"lmiflow: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as exc:
+        signum = exc.signum if isinstance(exc, Interrupted) else signal.SIGINT
+        _summary(Path(report_dir) / "report.json", spec, console)
+        print(f"lmiflow: interrupted by {signal.Signals(signum).name}: the run was stopped and "
+              "its candidate removed; production was not changed unless the report says "
+              "promoted", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    # The exit code says what happened to production (0: promoted), wherever the report went.
+    code = 0 if state.is_completed() else 1
+    path = _find_report(Path(report_dir), spec.name, str(state.state_details.flow_run_id))
+    if path is None:
+        print(f"lmiflow: warning: no report of this run could be written (see the log above); "
+              f"{'production was promoted' if code == 0 else 'production was not changed'}",
+              file=sys.stderr)
+        return code
+    _summary(path, spec, console)
+    if path.parent != Path(report_dir):
+        print(f"lmiflow: warning: the report could not be written to {report_dir}; it is in "
+              f"{path.parent}", file=sys.stderr)
+    return code
+
+
+def _find_report(report_dir: Path, name: str, run_id: str) -> Path | None:
+    """This run's report.json: in report_dir, or where the flow put it when report_dir could
+    not take it (run_record.fallback_report_dirs)."""
+    from lmiflow.run_record import fallback_report_dirs
+
+    for directory in (report_dir, *fallback_report_dirs(name, run_id)):
+        path = directory / "report.json"
+        try:
+            if json.loads(path.read_text()).get("run_id") == run_id:
+                return path
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
+
+
+def _flow_with_progress(spec, report_dir: str, console):
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from lmiflow.flows.deploy import deploy_llm
     from lmiflow.tasks.common import add_progress_listener
 
-    console = Console(stderr=True)
-    console.print(f"[bold]lmiflow deploy[/bold] {spec.name} on {spec.target.kind}")
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         bars: dict[str, int] = {}
@@ -148,12 +259,9 @@ def _run_flow(spec, report_dir: str) -> int:
 
         remove = add_progress_listener(on_progress)
         try:
-            state = deploy_llm(spec, report_dir=report_dir, return_state=True)
+            return deploy_llm(spec, report_dir=report_dir, return_state=True)
         finally:
             remove()
-    code = 0 if state.is_completed() else 1
-    _summary(Path(report_dir) / "report.json", spec, console)
-    return code
 
 
 def _summary(path: Path, spec, console) -> None:

@@ -32,15 +32,15 @@ SDK_DATA = "sagemaker/core/image_uri_config/{framework}.json"
 
 # <djl>-lmi<release>-cu<NNN>[-suffix] and <djl>-tensorrtllm<version>-cu<NNN>[-suffix]
 TAG_RE = re.compile(
-    r"^(?P<djl>\d+\.\d+\.\d+)-(?P<kind>lmi|tensorrtllm)(?P<release>\d+\.\d+\.\d+(?:rc\d+)?)"
-    r"-cu(?P<cuda>\d{3})(?:-.*)?$"
+    r"(?P<djl>\d+\.\d+\.\d+)-(?P<kind>lmi|tensorrtllm)(?P<release>\d+\.\d+\.\d+(?:rc\d+)?)"
+    r"-cu(?P<cuda>\d{3})(?:-[^\s]*)?"
 )
-_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+_VERSION_RE = re.compile(r"\d+\.\d+\.\d+")  # matched in full, like lmiflow.patterns
 
 
 def version_key(v: str) -> tuple[int, ...]:
     """'0.33.0' -> (0, 33, 0), for comparing DJL versions."""
-    if not _VERSION_RE.match(v):
+    if not _VERSION_RE.fullmatch(v):
         raise ValueError(f"{v!r} is not a DJL version such as 0.33.0")
     return tuple(int(p) for p in v.split("."))
 
@@ -166,7 +166,7 @@ class LmiImage(BaseModel):
 
 def parse_tag(tag: str) -> dict[str, str]:
     """djl, kind (lmi | tensorrtllm), release and CUDA (as 12.8) of an LMI tag."""
-    m = TAG_RE.match(tag)
+    m = TAG_RE.fullmatch(tag)
     if not m:
         raise ValueError(f"tag {tag!r} is not an LMI tag such as 0.33.0-lmi15.0.0-cu128")
     cuda = m.group("cuda")
@@ -221,7 +221,7 @@ def resolve(backend: Backend, image_version: str | None = None,
     config field at fault."""
     if image_uri:
         tag = image_uri.rpartition(":")[2] if ":" in image_uri.rpartition("/")[2] else ""
-        if TAG_RE.match(tag):
+        if TAG_RE.fullmatch(tag):
             img = image_from_tag(tag, "serving.image_uri")
             if img.backend != backend:
                 raise ValueError(f"serving.image_uri: {tag} is a {img.backend} image, "

@@ -6,15 +6,13 @@ without torch. DJL's rule is kept: `option.X` may also come from env `OPTION_X`;
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lmiflow import patterns
 from lmiflow.serving.engine import EngineOptions
 from lmiflow.serving.properties_text import parse_entries
-
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 # Keys that steer LMI on a GPU fleet and mean nothing to one CPU process: logged once, ignored.
 IGNORED_KEYS = {
@@ -39,7 +37,11 @@ IGNORED_KEYS = {
 
 
 class OptionError(ValueError):
-    """serving.properties holds a value the server cannot use; the message names the key."""
+    """serving.properties holds a value the server cannot use; `key` names the entry."""
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(message)
 
 
 @dataclass
@@ -50,28 +52,43 @@ class ServerOptions:
     max_new_tokens_default: int = 30  # LMI's default
 
 
-def _int(entries: Mapping[str, str], key: str, lo: int, hi: int) -> int | None:
-    if key not in entries:
-        return None
-    try:
-        v = int(entries[key])
-    except ValueError:
-        raise OptionError(f"{key}={entries[key]!r}: expected an integer") from None
-    if not lo <= v <= hi:
-        raise OptionError(f"{key}={v}: expected {lo}..{hi}")
-    return v
+# The numbers this server accepts: (type, lowest, highest). Planning checks a rendered file
+# against them too, so a value the server would refuse at start-up is exit 2 before any
+# endpoint exists.
+LIMITS: dict[str, tuple[type, float, float]] = {
+    "option.max_rolling_batch_size": (int, 1, 1024),
+    "option.max_model_len": (int, 16, 10_000_000),
+    "option.max_rolling_batch_prefill_tokens": (int, 16, 1_000_000),
+    "option.gpu_memory_utilization": (float, 0.05, 1.0),
+}
+DTYPES = ("auto", "fp32", "fp16", "bf16")
 
 
-def _float(entries: Mapping[str, str], key: str, lo: float, hi: float) -> float | None:
-    if key not in entries:
-        return None
-    try:
-        v = float(entries[key])
-    except ValueError:
-        raise OptionError(f"{key}={entries[key]!r}: expected a number") from None
-    if not lo <= v <= hi:
-        raise OptionError(f"{key}={v}: expected {lo}..{hi}")
-    return v
+def check_entries(entries: Mapping[str, str]) -> dict[str, int | float | str | bool]:
+    """The entries this server reads, typed and range-checked (OptionError naming the key)."""
+    out: dict[str, int | float | str | bool] = {}
+    for key, (kind, lo, hi) in LIMITS.items():
+        if key not in entries:
+            continue
+        text = entries[key]
+        try:
+            v = kind(text)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise OptionError(key, f"{key}={text!r}: expected {what}") from None
+        if not lo <= v <= hi:
+            raise OptionError(key, f"{key}={v}: the local server accepts {lo:g}..{hi:g}")
+        out[key] = v
+    dtype = entries.get("option.dtype", "auto")
+    if dtype not in DTYPES:
+        raise OptionError("option.dtype", f"option.dtype={dtype}: the local server takes "
+                          + ", ".join(DTYPES))
+    trust = entries.get("option.trust_remote_code", "false").lower()
+    if trust not in ("true", "false"):
+        raise OptionError("option.trust_remote_code",
+                          f"option.trust_remote_code={trust}: expected true or false")
+    out["option.dtype"], out["option.trust_remote_code"] = dtype, trust == "true"
+    return out
 
 
 def env_entries(environ: Mapping[str, str]) -> dict[str, str]:
@@ -88,13 +105,16 @@ def resolve_model_path(model_dir: Path, model_id: str | None) -> str:
     if not model_id:
         return str(model_dir)
     if model_id.startswith("s3://"):
-        raise OptionError(f"option.model_id={model_id}: s3:// locations need SageMaker")
+        raise OptionError("option.model_id",
+                          f"option.model_id={model_id}: s3:// locations need SageMaker")
     p = Path(model_id).expanduser()
     candidate = p if p.is_absolute() else model_dir / p
     if candidate.exists():
         return str(candidate.resolve())
-    if p.is_absolute() or model_id.startswith(".") or not HUB_ID_RE.match(model_id):
-        raise OptionError(f"option.model_id={model_id}: no such directory ({candidate})")
+    if (p.is_absolute() or model_id.startswith(".")
+            or not patterns.matches(patterns.HUB_ID, model_id)):
+        raise OptionError("option.model_id",
+                          f"option.model_id={model_id}: no such directory ({candidate})")
     return model_id  # a Hub id: transformers resolves it (from its cache when offline)
 
 
@@ -111,21 +131,16 @@ def load_options(model_dir: Path, environ: Mapping[str, str] | None = None) -> S
     }
     ignored = sorted(k for k in entries if k in IGNORED_KEYS or k not in known)
 
-    dtype = entries.get("option.dtype", "auto")
-    if dtype not in ("auto", "fp32", "fp16", "bf16"):
-        raise OptionError(f"option.dtype={dtype}: the local server takes auto, fp32, fp16, bf16")
-    trust = entries.get("option.trust_remote_code", "false").lower()
-    if trust not in ("true", "false"):
-        raise OptionError(f"option.trust_remote_code={trust}: expected true or false")
+    checked = check_entries(entries)
     model_id = entries.get("option.model_id")
     engine = EngineOptions(
         model_path=resolve_model_path(model_dir, model_id),
-        dtype=dtype,
-        max_rolling_batch_size=_int(entries, "option.max_rolling_batch_size", 1, 1024) or 32,
-        max_model_len=_int(entries, "option.max_model_len", 16, 10_000_000),
-        max_batch_tokens=_int(entries, "option.max_rolling_batch_prefill_tokens", 16, 1_000_000),
-        trust_remote_code=trust == "true",
+        dtype=checked["option.dtype"],
+        max_rolling_batch_size=checked.get("option.max_rolling_batch_size") or 32,
+        max_model_len=checked.get("option.max_model_len"),
+        max_batch_tokens=checked.get("option.max_rolling_batch_prefill_tokens"),
+        trust_remote_code=checked["option.trust_remote_code"],
         revision=entries.get("option.revision") or None,
-        gpu_memory_utilization=_float(entries, "option.gpu_memory_utilization", 0.05, 1.0),
+        gpu_memory_utilization=checked.get("option.gpu_memory_utilization"),
     )
     return ServerOptions(engine=engine, model_source=model_id or str(model_dir), ignored=ignored)

@@ -73,6 +73,9 @@ class ServingPlan(BaseModel):
         default=None, description="Weights + runtime overhead on one GPU (the plan's).")
     prefill_tokens: int = Field(default=MAX_BATCHED_TOKENS, ge=1)
     model_loading_timeout_s: int | None = Field(default=None, ge=1)
+    model_max_len: int | None = Field(
+        default=None, ge=1, description="The model's max_position_embeddings: vLLM refuses a "
+        "longer option.max_model_len.")
 
     @property
     def max_model_len(self) -> int:
@@ -254,6 +257,9 @@ def render_plan(plan: ServingPlan, image: LmiImage,
         if field in _FLOOR_KEYS and planned is not None and int(typed) < int(planned):  # type: ignore[call-overload]
             raise PlanError("serving.options", f"key {key!r}: {typed} is below the planned "
                                                f"{planned}")
+        if field == "max_model_len" and plan.model_max_len and int(typed) > plan.model_max_len:  # type: ignore[call-overload]
+            raise PlanError("serving.options", f"key {key!r}: {typed} exceeds the model's "
+                                               f"max_position_embeddings {plan.model_max_len}")
         fields[field] = typed  # an explicit user option beats the derived value
     try:
         return ServingProperties(**fields, extra=other)

@@ -17,12 +17,12 @@ this module is the file's grammar:
 from __future__ import annotations
 
 import logging
-import re
 import warnings
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lmiflow import patterns
 from lmiflow.serving.properties_text import check_entry, parse_entries, render_entries
 
 logger = logging.getLogger(__name__)
@@ -46,10 +46,6 @@ TOP_LEVEL_KEYS = frozenset(
     }
 )
 
-_QUANTIZE_RE = re.compile(r"^[a-z0-9_]+$")
-_QUANT_ALGO_RE = re.compile(r"^[A-Z0-9_]+$")
-_REVISION_RE = re.compile(r"^[A-Za-z0-9_.\-/]+$")
-_ENTRYPOINT_RE = re.compile(r"^[A-Za-z0-9_.\-/]+$")
 
 
 class TrustRemoteCodeWarning(UserWarning):
@@ -157,28 +153,28 @@ class ServingProperties(BaseModel):
     @field_validator("quantize")
     @classmethod
     def _quantize(cls, v: str | None) -> str | None:
-        if v is not None and not _QUANTIZE_RE.match(v):
+        if v is not None and not patterns.matches(patterns.LOWER_NAME, v):
             raise ValueError("lower-case name such as fp8 or bitsandbytes")
         return v
 
     @field_validator("quant_algo", "kv_cache_quant_algo")
     @classmethod
     def _quant_algo(cls, v: str | None) -> str | None:
-        if v is not None and not _QUANT_ALGO_RE.match(v):
+        if v is not None and not patterns.matches(patterns.UPPER_NAME, v):
             raise ValueError("upper-case TensorRT-LLM QuantAlgo name such as FP8")
         return v
 
     @field_validator("revision")
     @classmethod
     def _revision(cls, v: str | None) -> str | None:
-        if v is not None and not _REVISION_RE.match(v):
+        if v is not None and not patterns.matches(patterns.REVISION, v):
             raise ValueError("branch, tag or commit: letters, digits, '_', '.', '-', '/'")
         return v
 
     @field_validator("entry_point")
     @classmethod
     def _entry(cls, v: str | None) -> str | None:
-        if v is not None and not _ENTRYPOINT_RE.match(v):
+        if v is not None and not patterns.matches(patterns.MODULE_NAME, v):
             raise ValueError("a module name such as djl_python.lmi_vllm.vllm_async_service")
         return v
 

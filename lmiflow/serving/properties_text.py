@@ -7,17 +7,14 @@ line continuations) that DJL's own files never use and that would let a value sm
 
 from __future__ import annotations
 
-import re
-
-KEY_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
-CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+from lmiflow import patterns
 
 
 def check_entry(key: str, value: str) -> None:
     """Reject what could inject a line or a key into the file."""
-    if not KEY_RE.match(key):
+    if not patterns.matches(patterns.PROPERTY_KEY, key):
         raise ValueError(f"key {key!r}: only letters, digits, '_', '.', '-' (no '=', spaces)")
-    if CONTROL_RE.search(value):
+    if patterns.has_control(value):
         raise ValueError(f"value of {key}: line breaks and control characters are not allowed")
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
+from lmiflow import patterns
 from lmiflow.targets.weights import WeightsPlan
 
 if TYPE_CHECKING:
@@ -31,10 +32,10 @@ if TYPE_CHECKING:
     from lmiflow.targets.weights import ModelSource
 
 # SageMaker's rule for model, endpoint-config and endpoint names; the local target keeps it so
-# a config that deploys locally deploys on SageMaker too.
-NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+# a config that deploys locally deploys on SageMaker too. Matched in full (lmiflow.patterns).
+NAME_RE = patterns.NAME
 # A candidate's resources: <production>-c-<hash> (endpoint), -ec- (config), -m- (model).
-CANDIDATE_RE = r"^{name}-(c|ec|m)-[0-9a-f]{{8}}$"
+CANDIDATE_RE = r"{name}-(c|ec|m)-[0-9a-f]{{8}}"
 
 Status = Literal[
     "Creating",
@@ -55,6 +56,9 @@ class EndpointStatus(BaseModel):
     status: Status
     failure_reason: str | None = None
     config_name: str | None = None
+    pending_config_name: str | None = Field(
+        default=None, description="The config an update in progress is moving to: in use too, "
+        "so a run interrupted mid-promotion must not delete it.")
     url: str | None = Field(default=None, description="The /invocations URL, where one exists.")
     tags: dict[str, str] = Field(default_factory=dict)
     since: dt.datetime | None = Field(
@@ -144,7 +148,7 @@ class EndpointLock(AbstractContextManager):
 
 
 def check_name(what: str, name: str) -> None:
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not patterns.matches(NAME_RE, name):
         raise ValueError(f"{what} name {name!r} does not match {NAME_RE.pattern}")
 
 
@@ -179,6 +183,17 @@ class Target(ABC):
                          weights_bytes: int) -> EndpointVariant:
         """The endpoint config's variant for a model of this size (timeouts, volume)."""
 
+    def check_properties(self, text: str) -> None:
+        """Refuse a serving.properties the target's server would refuse at start-up (an
+        OptionError naming the key), so it is exit 2 before any endpoint exists. The LMI
+        container documents no hard caps beyond what the plan's memory check bounds."""
+        return None
+
+    def check_state(self) -> None:
+        """Before anything is created: the target's own state on this machine can be read
+        and written (StateError naming the path otherwise). Nothing to check by default."""
+        return None
+
     @staticmethod
     def resource_names(production: str, spec_hash: str) -> dict[str, str]:
         """A candidate's endpoint, endpoint config and model names: deterministic from the
@@ -196,7 +211,7 @@ class Target(ABC):
 
     @staticmethod
     def is_candidate_resource(production: str, name: str) -> bool:
-        return re.match(CANDIDATE_RE.format(name=re.escape(production)), name) is not None
+        return re.fullmatch(CANDIDATE_RE.format(name=re.escape(production)), name) is not None
 
     # ---- before anything is created -----------------------------------------------------
 

@@ -20,7 +20,6 @@ import functools
 import json
 import logging
 import os
-import re
 import shutil
 import sys
 import time
@@ -28,6 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lmiflow import patterns
+from lmiflow.errors import StateError
+from lmiflow.state_files import check_writable, ensure_dir, read_json, write_atomic
 from lmiflow.targets.base import (
     EndpointBusy,
     EndpointLock,
@@ -48,7 +50,7 @@ from lmiflow.targets.processes import (
 
 log = logging.getLogger(__name__)
 
-FILE_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
+STATE_FIELD = "LMIFLOW_STATE_DIR"
 DEFAULT_STARTUP_TIMEOUT_S = 900
 
 
@@ -82,6 +84,39 @@ def default_state_dir() -> Path:
     return Path(platformdirs.user_state_dir("lmiflow"))
 
 
+class RegistryFile:
+    """registry.json: read defensively, written atomically with the previous version kept
+    beside it (registry.json.bak), so a corrupt file names its path and how to recover."""
+
+    def __init__(self, state_dir: Path):
+        self.path = state_dir / "registry.json"
+        self.backup = state_dir / "registry.json.bak"
+
+    def recovery(self) -> str:
+        path, backup = self.path, self.backup
+        if backup.is_file():
+            return (f"restore the previous version (one change behind) with `cp {backup} "
+                    f"{path}`, or start empty with `mv {path} {path}.corrupt`")
+        return (f"start empty with `mv {path} {path}.corrupt` (servers it listed keep "
+                "running until stopped)")
+
+    def read(self) -> dict[str, dict[str, Any]]:
+        data = read_json(self.path, STATE_FIELD, self.recovery()) or {}
+        kinds = ("models", "endpoint_configs", "endpoints")
+        if not isinstance(data, dict) or not all(isinstance(data.get(k, {}), dict)
+                                                 for k in kinds):
+            raise StateError(STATE_FIELD, f"{self.path} is corrupt (not a registry): "
+                                          f"{self.recovery()}")
+        for key in kinds:
+            data.setdefault(key, {})
+        return data
+
+    def write(self, data: dict) -> None:
+        # 0600: model env may hold tokens.
+        write_atomic(self.path, json.dumps(data, indent=2, sort_keys=True), STATE_FIELD,
+                     keep_previous=self.backup)
+
+
 class LocalTarget(Target):
     """targets.base.Target on this machine. Nothing is written to the state directory until
     something is created, so planning with this target (a dry run) leaves no trace."""
@@ -93,12 +128,22 @@ class LocalTarget(Target):
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.python = python or sys.executable
         self.poll_interval_s = poll_interval_s
-        self._registry_path = self.state_dir / "registry.json"
+        self._registry_file = RegistryFile(self.state_dir)
 
-    def _dir(self, sub: str) -> Path:
-        path = self.state_dir / sub
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    def _dir(self, sub: str, mode: int | None = None) -> Path:
+        return ensure_dir(self.state_dir / sub, STATE_FIELD, mode)
+
+    def check_state(self) -> None:
+        """The state directory can be written and its registry read; creates nothing."""
+        check_writable(self.state_dir, STATE_FIELD)
+        self._registry_file.read()
+
+    def check_properties(self, text: str) -> None:
+        """The local server's own limits (serving.options.LIMITS)."""
+        from lmiflow.serving.options import check_entries
+        from lmiflow.serving.properties_text import parse_entries
+
+        check_entries(parse_entries(text))
 
     # ---- planning -------------------------------------------------------------------------
 
@@ -131,14 +176,13 @@ class LocalTarget(Target):
 
     def load_baseline(self, endpoint: str) -> dict | None:
         path = self._baseline_path(endpoint)
-        return json.loads(path.read_text()) if path.is_file() else None
+        return read_json(path, STATE_FIELD, f"remove it with `rm {path}` (the next promotion "
+                         "records a new baseline)")
 
     def save_baseline(self, endpoint: str, data: dict) -> str:
         path = self._baseline_path(endpoint)
         self._dir("baselines")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(data, indent=2, sort_keys=True), STATE_FIELD, mode=0o644)
         return str(path)
 
     # ---- registry -------------------------------------------------------------------------
@@ -161,20 +205,10 @@ class LocalTarget(Target):
                                           timeout=timeout))
 
     def _read(self) -> dict[str, dict[str, Any]]:
-        try:
-            data = json.loads(self._registry_path.read_text())
-        except FileNotFoundError:
-            data = {}
-        for key in ("models", "endpoint_configs", "endpoints"):
-            data.setdefault(key, {})
-        return data
+        return self._registry_file.read()
 
     def _write(self, data: dict) -> None:
-        tmp = self._registry_path.with_suffix(".json.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # env may hold tokens
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-        os.replace(tmp, self._registry_path)
+        self._registry_file.write(data)
 
     @contextlib.contextmanager
     def _registry(self) -> Iterator[dict]:
@@ -190,14 +224,15 @@ class LocalTarget(Target):
         check_name("model", name)
         if "serving.properties" not in files:
             raise ValueError("files: serving.properties is required")
-        dest = self._dir("staged") / name
-        dest.mkdir(parents=True, exist_ok=True)
-        for rel, text in files.items():
-            if not FILE_RE.match(rel) or ".." in rel.split("/"):
+        for rel in files:  # all names checked before the first write
+            if not patterns.matches(patterns.REL_PATH, rel) or ".." in rel.split("/"):
                 raise ValueError(f"file name {rel!r}: a relative path of letters, digits, _.-")
+        # Staged files may hold secrets (serving.secret_options): owner-only, like registry.json.
+        dest = ensure_dir(self._dir("staged", mode=0o700) / name, STATE_FIELD, mode=0o700)
+        for rel, text in files.items():
             path = dest / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            ensure_dir(path.parent, STATE_FIELD, mode=0o700)
+            write_atomic(path, text, STATE_FIELD, mode=0o600)
         return str(dest)
 
     def create_model(self, name: str, model_data: str, image_uri: str | None,
@@ -305,6 +340,7 @@ class LocalTarget(Target):
         return EndpointStatus(
             name=rec["name"], status=rec["status"], failure_reason=rec.get("failure_reason"),
             config_name=rec["config_name"],
+            pending_config_name=(rec.get("pending") or {}).get("config_name"),
             url=f"http://127.0.0.1:{proc['port']}/invocations" if serving else None,
             tags=rec.get("tags", {}),
             # the serving process started when the endpoint got the config it serves
@@ -312,11 +348,23 @@ class LocalTarget(Target):
             if proc and proc.get("started") else None,
         )
 
+    @contextlib.contextmanager
+    def _recorded_or_stopped(self) -> Iterator[list[dict[str, Any]]]:
+        """Servers started inside are stopped again when the registry that records them
+        cannot be written (a full disk): no process runs that the registry does not know."""
+        started: list[dict[str, Any]] = []
+        try:
+            yield started
+        except BaseException:
+            for proc in started:
+                stop_server(proc)
+            raise
+
     # ---- endpoints ------------------------------------------------------------------------
 
     def create_endpoint(self, name: str, config_name: str, tags: dict[str, str]) -> None:
         check_name("endpoint", name)
-        with self._registry() as reg:
+        with self._recorded_or_stopped() as started, self._registry() as reg:
             old = reg["endpoints"].get(name)
             if old is not None:
                 if old["config_name"] == config_name and old["status"] != "Failed":
@@ -324,6 +372,7 @@ class LocalTarget(Target):
                 raise ValueError(f"endpoint {name} exists (status {old['status']}, config "
                                  f"{old['config_name']}): update or delete it")
             proc = self._start_server(reg, name, config_name)
+            started.append(proc)
             reg["endpoints"][name] = {
                 "name": name, "config_name": config_name, "tags": dict(tags),
                 "status": "Creating", "failure_reason": None, "process": proc, "pending": None,
@@ -340,7 +389,7 @@ class LocalTarget(Target):
         check_name("endpoint", name)
         if policy is not None and policy.type != "ALL_AT_ONCE":
             log.info("local target: %s traffic shifting runs as ALL_AT_ONCE", policy.type)
-        with self._registry() as reg:
+        with self._recorded_or_stopped() as started, self._registry() as reg:
             rec = reg["endpoints"].get(name)
             if rec is None:
                 raise LookupError(f"endpoint {name} does not exist: create it instead of updating")
@@ -348,6 +397,7 @@ class LocalTarget(Target):
             if rec["status"] != "InService":
                 raise EndpointBusy(f"endpoint {name} is {rec['status']}: cannot update it now")
             rec["pending"] = self._start_server(reg, name, config_name)
+            started.append(rec["pending"])
             rec["status"], rec["failure_reason"] = "Updating", None
 
     def describe(self, name: str) -> EndpointStatus | None:

@@ -16,13 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode
 
+from lmiflow import patterns
 from lmiflow.targets.aws_requests import AwsRequest, guard, method_name, validate
 from lmiflow.targets.base import (
     EndpointBusy,
@@ -49,10 +49,6 @@ PROJECT_TAGS = {"project": "lmiflow"}
 VARIANT_NAME = "AllTraffic"
 BUSY_STATUSES = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
 BASELINE_FILE = "baseline.json"
-_ENV_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-_TAG_RE = re.compile(r"^[\w.:/=+\-@ ]*$")
-_FILE_RE = re.compile(r"^[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*$")
-_S3_RE = re.compile(r"^s3://([a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])/?(.*)$")
 
 
 class StreamError(RuntimeError):
@@ -160,9 +156,10 @@ def _tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
     merged = {**PROJECT_TAGS, **tags}
     out = []
     for k, v in merged.items():
-        if not (1 <= len(k) <= 128) or not _TAG_RE.match(k) or k.lower().startswith("aws:"):
+        if (not (1 <= len(k) <= 128) or not patterns.matches(patterns.TAG_TEXT, k)
+                or k.lower().startswith("aws:")):
             raise ValueError(f"tag key {k!r}: 1-128 letters, digits, spaces or _.:/=+-@")
-        if len(v) > 256 or not _TAG_RE.match(v):
+        if len(v) > 256 or not patterns.matches(patterns.TAG_TEXT, v):
             raise ValueError(f"tag {k}: value up to 256 letters, digits, spaces or _.:/=+-@")
         out.append({"Key": k, "Value": v})
     return out
@@ -172,7 +169,7 @@ def _check_env(env: dict[str, str]) -> None:
     if len(env) > 100:
         raise ValueError("environment: at most 100 variables")
     for k, v in env.items():
-        if not _ENV_KEY_RE.match(k) or len(k) > 1024:
+        if not patterns.matches(patterns.ENV_KEY, k) or len(k) > 1024:
             raise ValueError(f"environment variable name {k!r}: letters, digits and '_'")
         if not isinstance(v, str) or len(v) > 1024:
             raise ValueError(f"environment variable {k}: a string of at most 1024 characters")
@@ -200,13 +197,13 @@ def lease_key(prefix: str, endpoint: str) -> str:
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
-    m = _S3_RE.match(uri)
+    m = patterns.S3_URI.fullmatch(uri) if isinstance(uri, str) else None
     if not m:
         raise ValueError(f"target.s3_uri: {uri!r} is not s3://bucket/prefix/")
-    prefix = m.group(2)
+    prefix = m.group("key") or ""
     if prefix and not prefix.endswith("/"):
         prefix += "/"
-    return m.group(1), prefix
+    return m.group("bucket"), prefix
 
 
 # ---- requests as data (pure): the target sends these, dry runs list them ------------------
@@ -298,11 +295,12 @@ def update_endpoint_request(name: str, config_name: str, policy: TrafficPolicy) 
 
 
 def put_object_request(uri: str, body: bytes, content_type: str) -> AwsRequest:
-    m = _S3_RE.match(uri)
-    if not m or not m.group(2) or uri.endswith("/"):
+    m = patterns.S3_URI.fullmatch(uri) if isinstance(uri, str) else None
+    if not m or not m.group("key") or uri.endswith("/"):
         raise ValueError(f"{uri!r} is not s3://bucket/key")
     return AwsRequest(service="s3", operation="PutObject", params={
-        "Bucket": m.group(1), "Key": m.group(2), "Body": body, "ContentType": content_type})
+        "Bucket": m.group("bucket"), "Key": m.group("key"), "Body": body,
+        "ContentType": content_type})
 
 
 def staged_files_prefix(s3_uri: str, model_name: str) -> str:
@@ -533,7 +531,7 @@ class SageMakerTarget(Target):
             raise ValueError("files: serving.properties is required")
         base = staged_files_prefix(self.s3_uri, name)
         for rel in files:  # all names checked before the first upload
-            if not _FILE_RE.match(rel) or ".." in rel.split("/"):
+            if not patterns.matches(patterns.REL_PATH, rel) or ".." in rel.split("/"):
                 raise ValueError(f"file name {rel!r}: a relative path of letters, digits, _.-")
         for rel, text in files.items():
             self.send(put_object_request(base + rel, text.encode("utf-8"),
@@ -657,6 +655,8 @@ class SageMakerTarget(Target):
             failure_reason=d.get("FailureReason"),
             config_name=d.get("EndpointConfigName"),
             since=d.get("LastModifiedTime"),
+            pending_config_name=(d.get("PendingDeploymentSummary") or {}).get(
+                "EndpointConfigName"),
         )
 
     def describe(self, name: str) -> EndpointStatus | None:
@@ -673,6 +673,8 @@ class SageMakerTarget(Target):
             status=d["EndpointStatus"],
             failure_reason=d.get("FailureReason"),
             config_name=d.get("EndpointConfigName"),
+            pending_config_name=(d.get("PendingDeploymentSummary") or {}).get(
+                "EndpointConfigName"),
             tags=tags,
         )
 

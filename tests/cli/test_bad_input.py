@@ -3,6 +3,7 @@ no traceback, nothing created, and no cloud call made (AWS_ENDPOINT_URL points n
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -101,7 +102,73 @@ CASES = {
               with_("model.id", str(ROOT / "configs" / "models" / "llama-3.1-70b"),
                     yaml.safe_load(with_("target", SM)))), "plan"),
     "model directory without config.json": (with_("model.id", "/nonexistent/model"), "model"),
+    # $ matches before a final newline: every check is a full match
+    "name with a trailing newline": (with_("name", "abc\n"), "name"),
+    "role arn with a trailing newline": (
+        with_("target.role_arn", SM["role_arn"] + "\n", SAGEMAKER), "target.role_arn"),
+    "s3 uri with a trailing newline": (with_("target.s3_uri", "s3://my-bucket/p\n", SAGEMAKER),
+                                       "target.s3_uri"),
+    "option key with a trailing newline": (with_("serving.options", {"option.x\n": 1}),
+                                           "serving.options"),
+    "image uri that is not an image": (with_("serving.image_uri", "x y", SAGEMAKER),
+                                       "serving.image_uri"),
+    # limits checked when the config is read (each used to fail after a candidate existed)
+    "boolean as a token count": (with_("workload.max_input_tokens", True),
+                                 "workload.max_input_tokens"),
+    "NaN gate threshold": (with_("gates", [{"metric": "ttft_ms", "threshold": float("nan")}]),
+                           "gates.0.threshold"),
+    "infinite regression bound": (with_("regression.max_regression_pct", float("inf")),
+                                  "regression.max_regression_pct"),
+    "gate on a level not benchmarked": (
+        with_("gates", [{"metric": "ttft_ms", "threshold": 500, "concurrency": 8}]),
+        "gates.0.concurrency"),
+    "contradicting gates": (with_("gates", [
+        {"metric": "ttft_ms", "stat": "p95", "op": "<=", "threshold": 100},
+        {"metric": "ttft_ms", "stat": "p95", "op": ">=", "threshold": 200}]), "gates.1"),
+    "benchmark prompt of a billion tokens": (with_("benchmark.input_tokens", 10**9),
+                                             "benchmark.input_tokens"),
+    "benchmark answer of a billion tokens": (with_("benchmark.max_new_tokens", 10**9),
+                                             "benchmark.max_new_tokens"),
+    "duplicate key": ("name: a\n" + with_("name", "b"), "name"),
 }
+
+# Config and model limits that need a model small enough to plan on this machine.
+TINY = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "vocab_size": 512, "max_position_embeddings": 2048}
+TINY_CASES = {
+    # (config.json changes, deployment config changes, field named)
+    "concurrency over the server's batch limit": (
+        {}, {"workload.concurrency": 100_000, "workload.max_input_tokens": 8,
+             "workload.max_output_tokens": 8}, "workload.concurrency"),
+    "context below the server's minimum": (
+        {}, {"workload.max_input_tokens": 8, "workload.max_output_tokens": 4,
+             "smoke_test.max_new_tokens": 4},
+        "workload.max_input_tokens"),
+    "max_model_len beyond the model": (
+        {}, {"serving.options": {"option.max_model_len": 10**12}}, "serving.options"),
+    "zero key/value heads": ({"num_key_value_heads": 0}, {}, "model (config.json:num_key_"),
+    "more key/value heads than heads": ({"num_key_value_heads": 8}, {},
+                                        "model (config.json:num_key_"),
+    "hidden size not divisible by heads": ({"hidden_size": 66}, {},
+                                           "model (config.json:hidden_size)"),
+    "config.json nested 100k deep": (None, {}, "model"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TINY_CASES))
+def test_model_and_server_limits_exit_2_at_plan_time(case, isolated, capsys):
+    model_changes, config_changes, field = TINY_CASES[case]
+    model = isolated / "tiny"
+    model.mkdir()
+    text = ("[" * 100_000 + "]" * 100_000 if model_changes is None
+            else json.dumps({**TINY, **model_changes}))
+    (model / "config.json").write_text(text)
+    config = with_("model.id", str(model))
+    for dotted, value in config_changes.items():
+        config = with_(dotted, value, config)
+    check_exits_2(config, field, isolated, capsys)
+
 
 
 @pytest.fixture()
@@ -118,7 +185,10 @@ def isolated(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_config_exits_2_naming_the_field(case, isolated, capsys):
-    text, field = CASES[case]
+    check_exits_2(*CASES[case], isolated, capsys)
+
+
+def check_exits_2(text, field, isolated, capsys):
     cfg = isolated / "config.yaml"
     cfg.write_text(text)
     before = files_under(isolated)

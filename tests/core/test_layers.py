@@ -15,7 +15,7 @@ FOLDERS = {"lmiflow": ROOT / "lmiflow", "lmiflow.sizing": ROOT / "sizing",
 BELOW = {
     "errors": set(),
     "sizing": set(),
-    "serving": {"sizing"},
+    "serving": {"sizing", "errors"},
     "targets": {"serving", "sizing", "errors"},
     "bench": {"targets", "sizing", "errors"},
     "report": {"bench", "targets", "sizing", "errors"},
@@ -23,6 +23,9 @@ BELOW = {
     "tasks": {"core", "report", "bench", "targets", "serving", "sizing", "errors"},
     "flows": {"tasks", "core", "report", "bench", "targets", "serving", "sizing", "errors"},
 }
+# Leaf modules every layer may use (they import no other layer): error types, secret
+# scrubbing, text patterns, state-file I/O.
+LEAVES = ("lmiflow.errors", "lmiflow.redact", "lmiflow.patterns", "lmiflow.state_files")
 PACKAGES = ("sizing", "serving", "targets", "bench", "report", "tasks", "flows", "commands")
 
 
@@ -30,7 +33,7 @@ def layer(module: str) -> str:
     parts = module.split(".")
     if len(parts) > 1 and parts[1] in PACKAGES:
         return parts[1]
-    if module in ("lmiflow.errors", "lmiflow.redact"):  # leaves: they import nothing of ours
+    if module in LEAVES:
         return "errors"
     return "commands" if module in ("lmiflow.cli", "lmiflow.__main__") else "core"
 

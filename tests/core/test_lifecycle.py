@@ -196,3 +196,32 @@ def test_wait_turns_failed_into_step_failed_with_the_reason():
     t.endpoints["e"] = EndpointStatus(name="e", status="Failed", failure_reason="out of memory")
     with pytest.raises(StepFailed, match="e is Failed: out of memory"):
         lifecycle.wait_in_service(t, "e", 5)
+
+
+def test_an_update_in_progress_owns_its_new_config():
+    # Interrupted mid-promotion: production is Updating to NEW's config. The interrupted run's
+    # cleanup removes the candidate endpoint but not what production is switching to.
+    t = with_candidate()
+    t.endpoints["prod"] = t.endpoints["prod"].model_copy(
+        update={"status": "Updating", "pending_config_name": NEW.endpoint_config})
+    assert lifecycle.cleanup_candidate(t, NEW) == ["endpoint prod-c-bbbbbbbb"]
+    assert lifecycle.remove_leftovers(t, "prod") == []
+    assert set(t.configs) == {OLD.endpoint_config, NEW.endpoint_config}
+
+
+def test_promotion_waits_for_an_update_already_in_flight():
+    # A rerun after a promotion that was interrupted mid-update: production is still Updating
+    # to this very config. Promotion waits for it to settle instead of failing as busy.
+    t = with_candidate()
+    t.endpoints["prod"] = t.endpoints["prod"].model_copy(
+        update={"status": "Updating", "pending_config_name": NEW.endpoint_config})
+
+    def settle(name, timeout_s, on_status=None):
+        t.endpoints[name] = t.endpoints[name].model_copy(update={
+            "status": "InService", "config_name": NEW.endpoint_config,
+            "pending_config_name": None})
+        return t.describe(name)
+
+    t.wait = settle
+    result = lifecycle.promote(t, SPEC, NEW, {})
+    assert result.action == "already serving this config" and t.updates == []

@@ -13,15 +13,22 @@ from tests.e2e.flows import make_spec, run
 pytestmark = pytest.mark.slow
 
 
-def artifact_keys(prefix: str) -> set[str]:
+def _artifacts(prefix: str) -> list:
+    """Every artifact whose key starts with prefix. Filtered by the server: an unfiltered
+    read returns only the API's default page (200), which the session's other e2e tests fill."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     async def read():
         async with get_client() as c:
-            arts = await c.read_artifacts()
-            return {a.key for a in arts if a.key and a.key.startswith(prefix)}
+            return await c.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_=prefix)))
 
-    return asyncio.run(read())
+    return [a for a in asyncio.run(read()) if a.key and a.key.startswith(prefix)]
+
+
+def artifact_keys(prefix: str) -> set[str]:
+    return {a.key for a in _artifacts(prefix)}
 
 
 PLANTED_AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYPLANTEDKEY"
@@ -29,13 +36,7 @@ PLANTED_HF_TOKEN = "hf_PlantedTokenAbCdEfGhIjKlMnOpQrStUvWx"
 
 
 def artifact_texts(prefix: str) -> str:
-    from prefect.client.orchestration import get_client
-
-    async def read():
-        async with get_client() as c:
-            return [a for a in await c.read_artifacts() if a.key and a.key.startswith(prefix)]
-
-    return "\n".join(f"{a.data} {a.description}" for a in asyncio.run(read()))
+    return "\n".join(f"{a.data} {a.description}" for a in _artifacts(prefix))
 
 
 def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_model, state_dir,

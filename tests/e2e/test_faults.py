@@ -330,3 +330,53 @@ def test_concurrent_runs(prefect_harness, demo_model, state_dir, tmp_path):
     end = lambda r: max(s["started_at"] + s["seconds"] for s in r["steps"]  # noqa: E731
                         if s["started_at"])
     assert start(rc) < end(rd) and start(rd) < end(rc), "different endpoints did not overlap"
+
+
+def test_a_report_dir_that_cannot_take_the_report_does_not_undo_a_promotion(
+        prefect_harness, demo_model, state_dir, tmp_path):
+    from lmiflow.flows.deploy import deploy_llm
+
+    from lmiflow.run_record import fallback_report_dirs
+
+    (tmp_path / "file").write_text("")  # the report dir's parent is a file: every write fails
+    state = deploy_llm(make_spec(demo_model, name="f-report"),
+                       report_dir=str(tmp_path / "file" / "r"), return_state=True)
+    assert state.is_completed(), state.message
+    run_id = str(state.state_details.flow_run_id)
+    path = fallback_report_dirs("f-report", run_id)[0] / "report.json"
+    report = json.loads(path.read_text())
+    assert report["status"] == "promoted" and report["run_id"] == run_id
+    assert path.is_relative_to(state_dir)
+
+
+def test_a_failed_production_is_replaced_only_when_allowed(prefect_harness, demo_model,
+                                                           state_dir, tmp_path):
+    from lmiflow.targets.local import LocalTarget
+
+    target = LocalTarget(state_dir)
+    state, first = run(make_spec(demo_model, name="f-failed"), tmp_path / "r1")
+    assert state.is_completed(), first["error"]
+    pid = json.loads((state_dir / "registry.json").read_text())["endpoints"]["f-failed"][
+        "process"]["pid"]
+    os.kill(pid, signal.SIGKILL)  # production dies
+    deadline = time.monotonic() + 30
+    while target.describe("f-failed").status != "Failed" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert target.describe("f-failed").status == "Failed"
+    before = target.list_resources("f-failed")
+
+    new = {"workload.concurrency": 2}  # a different candidate than the one that failed
+    state, refused = run(make_spec(demo_model, name="f-failed", **new), tmp_path / "r2")
+    assert state.is_failed() and refused["failed_step"] == "preflight"
+    assert "promotion.replace_failed" in refused["error"]
+    assert target.list_resources("f-failed") == before  # nothing created
+
+    state, repaired = run(make_spec(demo_model, name="f-failed", **new,
+                                    **{"promotion.replace_failed": True}), tmp_path / "r3")
+    assert state.is_completed(), repaired["error"]
+    assert repaired["promotion"]["action"] == "replaced the Failed production"
+    prod = target.describe("f-failed")
+    assert prod.status == "InService"
+    assert prod.config_name.endswith(repaired["candidate_endpoint"][-8:])
+    res = target.list_resources("f-failed")
+    assert res["endpoints"] == ["f-failed"] and len(res["endpoint_configs"]) == 1

@@ -130,3 +130,40 @@ def test_keys_that_only_mention_a_secret_word_keep_their_values():
     assert out["token_count_mismatches"] == data["token_count_mismatches"]
     assert out["aws_credentials_block"] == "prod-aws"
     assert out["hf_token"] == "***" and out["session_token"] == "***"
+
+
+def test_a_registered_secret_is_masked_under_any_key_and_in_any_sentence() -> None:
+    from lmiflow.redact import register_secret
+
+    value = "zq-registered-" + "9f3b2c71"
+    register_secret(value)
+    data = {"option.my_creds": value, "nested": [f"failed with {value}!"], "note": value[:-1]}
+    out = redact(data)
+    assert out["option.my_creds"] == MASK and out["nested"] == [f"failed with {MASK}!"]
+    assert out["note"] == value[:-1]  # only the whole value is the secret
+
+
+def test_secret_types_are_masked_whatever_their_key() -> None:
+    from pydantic import SecretStr
+
+    assert redact({"plain_name": SecretStr("x")}) == {"plain_name": MASK}
+
+
+def test_short_values_are_not_registered() -> None:
+    from lmiflow.redact import register_secret
+
+    register_secret("on")
+    assert redact_text("option.async_mode=on") == "option.async_mode=on"
+
+
+def test_log_records_are_masked_before_any_handler_sees_them(caplog) -> None:
+    import logging
+
+    from lmiflow.redact import install_log_redaction, register_secret
+
+    value = "zq-logged-" + "4e1d9a"
+    register_secret(value)
+    install_log_redaction()
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("prefect.anything").info("token is %s", value)
+    assert value not in caplog.text and f"token is {MASK}" in caplog.text
