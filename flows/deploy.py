@@ -79,7 +79,8 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
                 s.summary = ", ".join(f"c={lv.concurrency}: {lv.output_tokens_per_s:.0f} tok/s"
                                       for lv in bench.levels)
             with rec.step("gate") as s:
-                report.baseline = steps.load_baseline(spec)
+                # production measured beside the candidate in this run, else its saved one
+                report.baseline = bench.production or steps.load_baseline(spec)
                 verdict = report.gate = steps.gate(spec, bench, report.baseline)
                 failed = [c for c in verdict.checks if not c.passed]
                 s.summary = "passed" if verdict.passed else (

@@ -18,6 +18,7 @@ from lmiflow import endpoint_plan, pipeline
 from lmiflow.bench.gates import Verdict, evaluate
 from lmiflow.bench.loadgen import ProgressFn, bench_endpoint
 from lmiflow.bench.metrics import BenchResult
+from lmiflow.bench.tokens import TokenizerNotFound, load_tokenizer
 from lmiflow.errors import StepFailed, UserInputError
 from lmiflow.pipeline import Candidate, Names
 from lmiflow.report.model import Promotion, PromotionPlan, SmokeTest
@@ -128,7 +129,9 @@ def gate(target: Target, spec: DeploymentSpec, bench: BenchResult,
     """The SLO gates, and the regression check against production's last benchmark unless
     production is down (regression_baseline)."""
     enforced, note = regression_baseline(target.describe(spec.name), baseline)
-    verdict = evaluate(spec.gates, bench, enforced, spec.regression.max_regression_pct)
+    verdict = evaluate(spec.gates, bench, enforced, spec.regression.max_regression_pct,
+                       confidence=spec.regression.confidence,
+                       noise_floor_pct=spec.regression.noise_floor_pct)
     if note:
         verdict.notes.append(note)
     return verdict
@@ -231,33 +234,42 @@ def create_endpoint(target: Target, names: Names, tags: dict[str, str], timeout_
 def smoke_test(target: Target, spec: DeploymentSpec, endpoint: str) -> SmokeTest:
     """One prompt; passed says whether the answer is a real generation."""
     t0 = time.monotonic()
-    body = target.invoke(endpoint, pipeline.smoke_payload(spec))
-    passed, output, why = pipeline.check_smoke_response(body)
-    return SmokeTest(passed=passed, output=output, endpoint=endpoint,
-                     seconds=time.monotonic() - t0, error=why)
+    outputs: list[str] = []
+    why = None
+    for payload in pipeline.smoke_payloads(spec):  # inputs, and messages if benchmarked
+        ok, text, reason = pipeline.check_smoke_response(target.invoke(endpoint, payload))
+        outputs.append(text)
+        if not ok:
+            why = reason if "inputs" in payload else f"messages form: {reason}"
+            break
+    return SmokeTest(passed=why is None, output=outputs[0] if why is None else outputs[-1],
+                     endpoint=endpoint, seconds=time.monotonic() - t0, error=why)
 
 
 def benchmark(target: Target, spec: DeploymentSpec, endpoint: str, p: Plan,
               tokenizer_dir: str | None, on_progress: ProgressFn | None = None) -> BenchResult:
-    """The config's benchmark against the endpoint, priced at the chosen instance's rate."""
+    """The config's benchmark against the endpoint, priced at the chosen instance's rate.
+    The tokenizer comes from the model's directory when it is on disk, else bench finds it
+    where the endpoint's weights are. With regression.compare_with production_now, production
+    is measured in the same run, interleaved (BenchResult.production)."""
     cfg = pipeline.load_config(spec).model_copy(update={
         "usd_per_hour": (p.chosen.usd_per_hour / p.chosen.instance_count
                          if p.chosen.usd_per_hour else None),
         "instances": p.chosen.instance_count})
-    return bench_endpoint(target, endpoint, cfg, tokenizer=_tokenizer(tokenizer_dir),
-                          gates=spec.gates, on_progress=on_progress)
-
-
-def _tokenizer(path: str | None):
-    """The model's own tokenizer for exact prompt lengths, when it is on disk."""
-    if not path:
-        return None
-    try:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(path)
-    except Exception:
-        return None
+    tokenizer = None
+    if tokenizer_dir:
+        try:
+            tokenizer = load_tokenizer(tokenizer_dir,
+                                       trust_remote_code=spec.model.trust_remote_code)
+        except TokenizerNotFound as exc:
+            log.warning("benchmark: %s; looking where the endpoint's weights are", exc)
+    production = None
+    if spec.regression.compare_with == "production_now":
+        prod = target.describe(spec.name)
+        production = spec.name if prod is not None and prod.status == "InService" else None
+    return bench_endpoint(target, endpoint, cfg, tokenizer=tokenizer,
+                          tokenizer_source=tokenizer_dir if tokenizer else None,
+                          gates=spec.gates, on_progress=on_progress, production=production)
 
 
 # ---- production -------------------------------------------------------------------------------

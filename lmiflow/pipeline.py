@@ -284,6 +284,16 @@ def smoke_payload(spec: DeploymentSpec) -> dict:
             "parameters": {"max_new_tokens": spec.smoke_test.max_new_tokens, "details": True}}
 
 
+def smoke_payloads(spec: DeploymentSpec) -> list[dict]:
+    """The inputs form always; the chat form too when the benchmark speaks it (LMI answers
+    `messages` in OpenAI's chat-completion format)."""
+    out = [smoke_payload(spec)]
+    if spec.benchmark.api == "messages":
+        out.append({"messages": [{"role": "user", "content": spec.smoke_test.prompt}],
+                    "max_tokens": spec.smoke_test.max_new_tokens})
+    return out
+
+
 def check_smoke_response(body: bytes) -> tuple[bool, str, str | None]:
     """(passed, generated text, why not). LMI answers a dict, or a one-item list of dicts."""
     try:
@@ -292,6 +302,14 @@ def check_smoke_response(body: bytes) -> tuple[bool, str, str | None]:
         return False, body[:200].decode("utf-8", "replace"), "response is not JSON"
     if isinstance(data, list) and data:
         data = data[0]
+    if isinstance(data, dict) and isinstance(data.get("choices"), list) and data["choices"]:
+        choice = data["choices"][0] if isinstance(data["choices"][0], dict) else {}
+        text = (choice.get("message") or {}).get("content")
+        if not isinstance(text, str):
+            return False, str(data)[:200], "no choices[0].message.content in the chat response"
+        if choice.get("finish_reason") == "error":
+            return False, text, "finish_reason error"
+        return True, text, None
     if not isinstance(data, dict) or "generated_text" not in data:
         return False, str(data)[:200], "no generated_text in the response"
     details = data.get("details") or {}
@@ -309,9 +327,11 @@ def load_config(spec: DeploymentSpec):
 
     b, w = spec.benchmark, spec.workload
     return LoadConfig(
-        concurrency=b.concurrency, requests=b.requests, warmup=b.warmup_requests,
-        max_new_tokens=b.max_new_tokens or min(w.max_output_tokens, 64),
-        input_tokens=b.input_tokens or max(1, w.max_input_tokens // 4),
+        concurrency=b.concurrency, rates=b.rates, max_concurrency=b.max_in_flight,
+        duration_s=b.duration_s, requests=b.requests, warmup=b.warmup_requests,
+        repeats=b.repeats, max_new_tokens=b.max_new_tokens or min(w.max_output_tokens, 64),
+        input_tokens=b.input_tokens or max(1, w.max_input_tokens // 4), api=b.api,
+        prompts_file=b.prompts, fixed_length=b.fixed_length, seed=b.seed,
         timeout_s=b.timeout_s,
     )
 
@@ -341,19 +361,18 @@ def endpoint_variant(candidate: Candidate, p: Plan, target: Target) -> EndpointV
 def planned_run(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Target,
                 tags: dict[str, str]) -> PlannedRun:
     """Everything decided before the first request: what the target lists requests from."""
-    from lmiflow.bench.loadgen import build_prompts, make_payload
+    from lmiflow.bench.loadgen import example_payload, planned_requests
 
     names = candidate.names
     cfg = load_config(spec)
-    prompt = build_prompts(1, cfg.input_tokens)[0][0]
     return PlannedRun(
         production=names.production, endpoint=names.endpoint,
         endpoint_config=names.endpoint_config, model=names.model,
         properties=candidate.properties, image_uri=candidate.image_uri,
         variant=endpoint_variant(candidate, p, target),
         tags=tags, weights=candidate.weights, policy=traffic_policy(spec),
-        smoke_payload=smoke_payload(spec), bench_payload=make_payload(prompt, cfg),
-        bench_requests=(cfg.warmup + cfg.requests) * len(cfg.concurrency),
+        smoke_payload=smoke_payload(spec), bench_payload=example_payload(cfg),
+        bench_requests=planned_requests(cfg),
         endpoint_timeout_s=spec.promotion.endpoint_timeout_s)
 
 

@@ -12,7 +12,16 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lmiflow import limits, patterns
 from lmiflow.bench.gate_spec import GateSpec
@@ -266,34 +275,116 @@ class SmokeTestSection(_Strict):
 
 
 class BenchmarkSection(_Strict):
-    concurrency: list[int] = Field(
-        default_factory=lambda: [1, 4], description="Concurrency levels to sweep."
+    concurrency: list[StrictInt] = Field(
+        default_factory=lambda: [1, 4],
+        description="Closed-loop concurrency levels to sweep (empty: only the rates).",
     )
-    requests: int = Field(default=16, ge=1, le=100_000, description="Measured requests per level.")
-    warmup_requests: int = Field(default=2, ge=0, le=1000, description="Excluded from metrics.")
+    rates: list[StrictFloat] = Field(
+        default_factory=list,
+        description="Open-loop levels: Poisson arrival rates in requests/s, run after the "
+        "concurrency levels; goodput and saturation are reported per rate.",
+    )
+    max_in_flight: int = Field(
+        default=256, strict=True, ge=1, le=4096, description="Open loop: most requests in flight."
+    )
+    duration_s: float | None = Field(
+        default=None, strict=True, gt=0, le=3600, allow_inf_nan=False,
+        description="Open loop: stop sending arrivals after this many seconds.",
+    )
+    requests: int = Field(
+        default=16, strict=True, ge=1, le=100_000, description="Measured requests per level."
+    )
+    warmup_requests: int = Field(
+        default=2, strict=True, ge=0, le=1000, description="Excluded from metrics."
+    )
+    repeats: int = Field(
+        default=1, strict=True, ge=1, le=20,
+        description="Measure every level this many times (interleaved): the regression gate "
+        "then compares with a confidence interval instead of one noisy run.",
+    )
     input_tokens: int | None = Field(
-        default=None, ge=1, description="Prompt length; empty: a quarter of max_input_tokens."
+        default=None, strict=True, ge=1, le=2_000_000,
+        description="Prompt length in the model's tokens; empty: a quarter of max_input_tokens.",
     )
     max_new_tokens: int | None = Field(
-        default=None, ge=1, description="Output length; empty: min(max_output_tokens, 64)."
+        default=None, strict=True, ge=1, le=1_000_000,
+        description="Output length; empty: min(max_output_tokens, 64).",
     )
-    timeout_s: float = Field(default=120, gt=0, le=3600, description="Per-request timeout.")
+    api: Literal["inputs", "messages"] = Field(
+        default="inputs", description="Request form: LMI's inputs, or chat messages."
+    )
+    prompts: str | None = Field(
+        default=None,
+        description="A JSONL file of prompts to replay (a string, {prompt} or {messages} "
+        "per line) instead of synthetic ones of input_tokens.",
+    )
+    fixed_length: bool = Field(
+        default=True,
+        description="Greedy, seeded, and every output exactly max_new_tokens long (ignore "
+        "EOS): runs comparable between candidate and production.",
+    )
+    seed: int = Field(
+        default=0, strict=True, ge=0, le=2**31 - 1, description="Prompt and sampling seed."
+    )
+    timeout_s: float = Field(
+        default=120, strict=True, gt=0, le=3600, description="Per-request timeout."
+    )
 
     @field_validator("concurrency")
     @classmethod
     def _levels(cls, v: list[int]) -> list[int]:
-        if not v or any(c < 1 or c > 4096 for c in v):
-            raise ValueError("must be a non-empty list of integers between 1 and 4096")
+        if any(c < 1 or c > 4096 for c in v):
+            raise ValueError("each level must be an integer between 1 and 4096")
         return sorted(set(v))
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, v: list[float]) -> list[float]:
+        if any(not (0 < r <= 10_000) for r in v):  # NaN fails too
+            raise ValueError("each rate must be between 0 and 10000 requests/s")
+        return sorted(set(v))
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).is_file():
+            raise ValueError(f"{v} is not a file")
+        return v
+
+    @model_validator(mode="after")
+    def _some_level(self) -> BenchmarkSection:
+        if not self.concurrency and not self.rates:
+            raise ValueError("benchmark.concurrency: give concurrency levels or rates")
+        return self
 
 
 class RegressionSection(_Strict):
     max_regression_pct: float | None = Field(
         default=None,
+        strict=True,
         ge=0,
         le=1000,
-        description="Reject when the candidate is worse than production's last promoted "
-        "benchmark by more than this percent (p50 TTFT, p50 TPOT, tokens/s). Empty: off.",
+        allow_inf_nan=False,
+        description="Reject when the candidate is confidently worse than production's last "
+        "promoted benchmark by more than this percent: p50 TTFT or p50 TPOT above (1 + pct/100)"
+        " x production's, or tokens/s below production's / (1 + pct/100), so no bound reaches "
+        "zero. Empty: off.",
+    )
+    confidence: float = Field(
+        default=0.95, strict=True, ge=0.5, le=0.999, allow_inf_nan=False,
+        description="Confidence of the interval the comparison uses (benchmark.repeats).",
+    )
+    compare_with: Literal["last_promoted", "production_now"] = Field(
+        default="last_promoted",
+        description="last_promoted: production's benchmark saved when it was promoted. "
+        "production_now: benchmark production too, in the same run, level by level beside the "
+        "candidate (a shared or busy machine then weighs on both alike; it sends benchmark "
+        "traffic to production).",
+    )
+    noise_floor_pct: float = Field(
+        default=0.0, strict=True, ge=0, le=1000, allow_inf_nan=False,
+        description="Run-to-run noise to allow for on top of the interval, in percent (e.g. "
+        "what production's own repeats spread over).",
     )
 
 
@@ -427,6 +518,8 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> UserInput
     # model-level validators name their own field in the message ("section.field why").
     if not loc and FIELD_FIRST_RE.match(msg):
         field, _, msg = msg.partition(" ")
+    elif msg.startswith("benchmark.") and ": " in msg.split(" ")[0] + " ":
+        field, _, msg = msg.partition(": ")
     return UserInputError(prefix + field, msg)
 
 

@@ -6,6 +6,7 @@ itself in the report; anything that cannot be measured fails, with a note saying
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal
 
@@ -13,13 +14,8 @@ from pydantic import BaseModel, Field
 
 from lmiflow.bench.gate_spec import LATENCY_METRICS, GateSpec
 from lmiflow.bench.metrics import BenchResult, LevelResult, compare
-
-# (metric, stat, higher_is_worse) compared against the baseline at each shared level.
-REGRESSION_METRICS: tuple[tuple[str, str, bool], ...] = (
-    ("ttft_ms", "p50", True),
-    ("tpot_ms", "p50", True),
-    ("output_tokens_per_s", "value", False),
-)
+from lmiflow.bench.regression import REGRESSION_METRICS, values
+from lmiflow.bench.regression import compare as compare_runs
 
 
 class Check(BaseModel):
@@ -33,8 +29,15 @@ class Check(BaseModel):
         default=None, description="Headroom in the metric's unit: positive passes, negative fails."
     )
     concurrency: int | None = None
+    rate_rps: float | None = Field(default=None, description="Open-loop level's arrival rate.")
     kind: Literal["slo", "regression"] = "slo"
     baseline: float | None = Field(default=None, description="Regression: production's value.")
+    worsening: float | None = Field(
+        default=None, description="Regression: candidate vs production as a factor (> 1 worse)."
+    )
+    worsening_low: float | None = Field(default=None, description="Its interval's lower end.")
+    worsening_high: float | None = Field(default=None, description="Its interval's upper end.")
+    method: str | None = Field(default=None, description="Regression: how it was compared.")
     note: str | None = None
 
 
@@ -84,7 +87,8 @@ def _check(
     return Check(
         metric=metric, stat=stat, op=op, threshold=threshold, observed=observed,
         passed=compare(observed, op, threshold), margin=_margin(observed, op, threshold),
-        concurrency=level.concurrency, kind=kind, baseline=baseline, note=note,
+        concurrency=level.concurrency, rate_rps=level.rate_rps, kind=kind, baseline=baseline,
+        note=note,
     )
 
 
@@ -104,11 +108,13 @@ def _slo_checks(gates: Sequence[GateSpec], result: BenchResult) -> list[Check]:
 
 
 def _regression_checks(
-    result: BenchResult, baseline: BenchResult, pct: float
+    result: BenchResult, baseline: BenchResult, pct: float, confidence: float,
+    noise_floor_pct: float,
 ) -> tuple[list[Check], list[str]]:
     checks: list[Check] = []
     notes: list[str] = []
-    shared = [lv for lv in result.levels if baseline.level(lv.concurrency) is not None]
+    shared = [lv for lv in result.levels
+              if lv.rate_rps is None and baseline.level(lv.concurrency) is not None]
     if not shared:
         checks.append(Check(
             metric="output_tokens_per_s", stat="value", op=">=", threshold=0.0, observed=None,
@@ -116,22 +122,54 @@ def _regression_checks(
             note="no concurrency level in common with the baseline: cannot compare",
         ))
         return checks, notes
+    allowed = 1 + pct / 100
+    paired = baseline.settings.source in result.settings.interleaved_with
+    if paired:
+        notes.append(f"production ({baseline.settings.source}) was measured in the same run, "
+                     "level by level: repeats are compared in pairs")
     for lv in shared:
         base_lv = baseline.level(lv.concurrency)
         assert base_lv is not None
-        for metric, stat, higher_is_worse in REGRESSION_METRICS:
-            base = observed_value(base_lv, metric, stat)
-            if base is None:
+        for metric, stat, higher_is_worse, field in REGRESSION_METRICS:
+            base_vals = values(base_lv, metric, stat, field)
+            if not base_vals:
                 notes.append(f"baseline has no {metric} {stat} at concurrency "
                              f"{lv.concurrency}: not compared")
                 continue
-            if higher_is_worse:
-                op, threshold = "<=", base * (1 + pct / 100)
-            else:
-                op, threshold = ">=", base * (1 - pct / 100)
-            checks.append(_check(metric, stat, op, threshold, lv, lv.concurrency,
-                                 kind="regression", baseline=base))
+            base = _geomean(base_vals)
+            op = "<=" if higher_is_worse else ">="
+            threshold = base * allowed if higher_is_worse else base / allowed
+            cand_vals = values(lv, metric, stat, field)
+            if not cand_vals:
+                checks.append(_check(metric, stat, op, threshold, lv, lv.concurrency,
+                                     kind="regression", baseline=base))
+                continue
+            c = compare_runs(cand_vals, base_vals, higher_is_worse, confidence,
+                             noise_floor_pct, paired=paired)
+            observed = _geomean(cand_vals)
+            best = base * c.low if higher_is_worse else base / c.low
+            passed = c.low <= allowed
+            verdict = "within noise of" if c.low <= 1 <= c.high else (
+                "better than" if c.high < 1 else "worse than")
+            checks.append(Check(
+                metric=metric, stat=stat, op=op, threshold=threshold, observed=observed,
+                passed=passed, margin=_margin(best, op, threshold), concurrency=lv.concurrency,
+                kind="regression", baseline=base, worsening=c.worsening, worsening_low=c.low,
+                worsening_high=c.high, method=c.method,
+                note=(f"{_pct(c.worsening)} ({confidence:.0%} interval {_pct(c.low)} to "
+                      f"{_pct(c.high)}; {c.method}): {verdict} production"
+                      + ("" if passed else f", beyond the allowed {pct:g} %")),
+            ))
     return checks, notes
+
+
+def _geomean(vals: list[float]) -> float:
+    """The typical value of repeats whose spread is multiplicative (one value: itself)."""
+    return vals[0] if len(vals) == 1 else math.exp(sum(map(math.log, vals)) / len(vals))
+
+
+def _pct(factor: float) -> str:
+    return f"{(factor - 1) * 100:+.0f} %"
 
 
 def evaluate(
@@ -139,18 +177,28 @@ def evaluate(
     result: BenchResult,
     baseline: BenchResult | None = None,
     max_regression_pct: float | None = None,
+    *,
+    confidence: float = 0.95,
+    noise_floor_pct: float = 0.0,
 ) -> Verdict:
     """Gate `result`. A gate with `concurrency` checks that level only, else every level.
-    With a baseline and `max_regression_pct`, the candidate must not be worse than the
-    baseline by more than that percent at any shared level (p50 TTFT, p50 TPOT: higher is
-    worse; output tokens/s: lower is worse). No gates and no baseline: passes, with a note."""
+    With a baseline and `max_regression_pct`, the candidate must not be confidently worse
+    than the baseline by more than that percent at any shared closed-loop level (p50 TTFT,
+    p50 TPOT, output tokens/s: bench.regression). No gates and no baseline: passes, with a
+    note."""
+    for name, value, lo, hi in (("max_regression_pct", max_regression_pct, 0, 1000),
+                                ("confidence", confidence, 0.5, 0.999),
+                                ("noise_floor_pct", noise_floor_pct, 0, 1000)):
+        if value is not None and not (lo <= value <= hi):  # NaN fails too
+            raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
     checks = _slo_checks(gates, result)
     notes: list[str] = []
     if max_regression_pct is not None:
         if baseline is None:
             notes.append("no production baseline: regression not checked (first deploy?)")
         else:
-            reg, reg_notes = _regression_checks(result, baseline, max_regression_pct)
+            reg, reg_notes = _regression_checks(result, baseline, max_regression_pct,
+                                                confidence, noise_floor_pct)
             checks.extend(reg)
             notes.extend(reg_notes)
     if not checks:

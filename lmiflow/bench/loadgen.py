@@ -1,79 +1,93 @@
-"""Load generator: a concurrency sweep (closed loop) or Poisson arrivals (open loop) against
-an LMI-contract URL or a named endpoint of a Target, one RequestRecord per request.
+"""The load generator: concurrency sweeps (closed loop) and Poisson arrivals (open loop)
+against an LMI or OpenAI-compatible URL, or a named endpoint of a Target.
 
-Accuracy first: each streamed line is timestamped with time.perf_counter the moment it is
-parsed (in the worker thread for a Target, so the event loop never delays it); prompts are
-built before a level starts; and each level watches its own event-loop lag and CPU so a level
-where the generator, not the endpoint, set the pace is flagged `generator_saturated`.
+Accuracy first. Every request is serialized before its level starts; the clock is read in the
+socket's read callback (bench.http) and the stream is parsed and its tokens counted only after
+the level (bench.records), so nothing but a timestamp sits between a byte and its time. Levels
+too big for one event loop run in several processes (bench.runner). Each level watches its own
+event-loop lag and CPU, so a level where the generator, not the endpoint, set the pace is
+flagged `generator_saturated`.
+
+Gate runs are reproducible: greedy decoding, a fixed seed, and every output exactly
+max_new_tokens long through the first fixed-length parameter the endpoint accepts (a probe
+request tries them in turn: bench.apis.FIXED_LENGTH); each request's output length is checked.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
-import ssl
-import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-import numpy as np
 from pydantic import BaseModel, Field
 
+from lmiflow.bench.apis import CHAT_APIS, FIXED_LENGTH, ApiName, payload
 from lmiflow.bench.gate_spec import GateSpec
+from lmiflow.bench.http import RawResponse
 from lmiflow.bench.metrics import (
     BenchResult,
     BenchSettings,
-    GeneratorStats,
-    LevelResult,
     RequestRecord,
     compute_level,
+    saturation_rate,
     saturation_reason,
 )
+from lmiflow.bench.prompts import Prompt, for_api, load_prompts_file, synthetic_prompts
+from lmiflow.bench.records import to_record
+from lmiflow.bench.runner import LevelPlan, auto_processes, run_in_processes, run_plan
+from lmiflow.bench.transports import Req, TargetTransport, Transport, UrlTransport
+
+if TYPE_CHECKING:
+    from lmiflow.targets.base import Target
 
 if TYPE_CHECKING:
     from lmiflow.targets.base import Target
 
 ProgressFn = Callable[[int, int, int], None]
-
-# Short common English words: nearly all are one token (with their leading space) in BPE and
-# SentencePiece vocabularies, so N words approximate N tokens when no tokenizer is given.
-_WORDS = (  # noqa: SIM905 (a word list reads better as text)
-    "the of and to in is that for it as was with be by on not he this are or his from at "
-    "which but have an they you were her she there one all we their can has more when will "
-    "would if so out up no what about into than them only other new some time could these "
-    "two may then do first any my now such like our over man me even most made after also "
-    "did many before must through back years where much your way well down should because "
-    "each just those people how too little state good very make world still own see men "
-    "work long get here between both life being under never day same another know while"
-).split()
+PROBE_ATTEMPTS = 3
 
 
 class LoadConfig(BaseModel):
     """One benchmark run: what to send and how hard."""
 
     concurrency: list[int] = Field(default_factory=lambda: [1], description="Closed-loop levels.")
-    rates: list[float] | None = Field(
-        default=None, description="Open loop: Poisson arrival rates (req/s), one level each."
+    rates: list[float] = Field(
+        default_factory=list,
+        description="Open-loop levels: Poisson arrival rates (requests/s), run after the "
+        "closed-loop ones.",
     )
     max_concurrency: int = Field(
         256, ge=1, description="Open loop: cap on requests in flight (the level's concurrency)."
     )
-    requests: int = Field(16, ge=1, description="Measured requests per level.")
+    duration_s: float | None = Field(
+        default=None, gt=0,
+        description="Open loop: stop sending arrivals after this many seconds (bounds a level "
+        "whose rate is low or whose requests are many).",
+    )
+    requests: int = Field(16, ge=1, description="Measured requests per level and repeat.")
     warmup: int = Field(2, ge=0, description="Requests per level issued first and excluded.")
+    repeats: int = Field(
+        1, ge=1, le=20,
+        description="Run the whole sweep this many times (levels interleaved), so the "
+        "regression gate can tell a change from the machine's noise.",
+    )
     max_new_tokens: int = Field(64, ge=1)
     input_tokens: int = Field(128, ge=1)
-    timeout_s: float = Field(120.0, gt=0, description="Per request, first byte to last line.")
-    ignore_eos: bool = Field(
-        False,
-        description="Send parameters.ignore_eos_token so every output is max_new_tokens long. "
-        "LMI's vLLM service maps it to vLLM's ignore_eos (djl_python/lmi_vllm/"
-        "request_response_utils.py); a strict server may reject it, hence off by default.",
+    api: ApiName = Field("inputs", description="Request form (bench.apis).")
+    model: str | None = Field(default=None, description="OpenAI APIs: the `model` field.")
+    prompts_file: str | None = Field(
+        default=None, description="JSONL prompts to replay instead of synthetic ones."
     )
+    fixed_length: bool = Field(
+        True, description="Ask for outputs of exactly max_new_tokens (ignore EOS), greedy, "
+        "with a fixed seed, and check every output's length.",
+    )
+    timeout_s: float = Field(120.0, gt=0, description="Per request, first byte to last line.")
     usd_per_hour: float | None = Field(default=None, ge=0)
     instances: int = Field(1, ge=1)
     ramp_up_s: float = Field(
@@ -82,131 +96,17 @@ class LoadConfig(BaseModel):
         "requests do not arrive in lock-step waves (set it near one E2E, with warmup ≥ the "
         "concurrency, to measure a steady state).",
     )
+    processes: int | None = Field(
+        default=None, ge=1, le=64,
+        description="Load-generator processes for a URL (empty: one per "
+        "64 concurrent streams, at most one per CPU).",
+    )
     seed: int = 0
     lag_tick_s: float = Field(0.005, gt=0, description="Event-loop lag probe interval.")
-    http_client: Literal["auto", "aiohttp", "httpx"] = Field(
-        "auto", description="URL transport: aiohttp when installed (auto), or httpx."
-    )
 
 
-# --- prompts -----------------------------------------------------------------------------
-
-
-def build_prompts(
-    n: int, input_tokens: int, tokenizer: Any | None = None, seed: int = 0
-) -> tuple[list[str], bool]:
-    """n distinct prompts of about input_tokens tokens (distinct so that a prefix cache does not
-    turn the benchmark into a cache test). With a tokenizer (encode/decode) the length is exact
-    up to re-tokenization at the cut; returns (prompts, exact)."""
-    rng = random.Random(seed)
-    prompts = []
-    for _ in range(n):
-        words = [rng.choice(_WORDS) for _ in range(input_tokens + 8)]
-        text = " ".join(words)
-        if tokenizer is not None:
-            ids = _encode(tokenizer, text)[:input_tokens]
-            text = tokenizer.decode(ids)
-        else:
-            text = " ".join(words[:input_tokens])
-        prompts.append(text)
-    return prompts, tokenizer is not None
-
-
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    try:
-        return list(tokenizer.encode(text, add_special_tokens=False))
-    except TypeError:  # tokenizers without the keyword
-        return list(tokenizer.encode(text))
-
-
-def make_payload(prompt: str, cfg: LoadConfig) -> dict:
-    params: dict[str, Any] = {"max_new_tokens": cfg.max_new_tokens, "details": True}
-    if cfg.ignore_eos:
-        params["ignore_eos_token"] = True
-    return {"inputs": prompt, "parameters": params, "stream": True}
-
-
-# --- parsing the stream ----------------------------------------------------------------------
-
-
-class _Recorder:
-    """Builds a RequestRecord from (timestamp, line) pairs as they arrive."""
-
-    def __init__(self, start: float, warmup: bool):
-        self.rec = RequestRecord(start=start, warmup=warmup)
-        self.last: float | None = None
-        self.closed = False  # set once the record is handed back: a late thread must stop
-        self._buf = b""
-
-    def chunk(self, t: float, data: bytes) -> None:
-        """Raw transport bytes: whole lines are parsed at t, a partial line waits."""
-        self._buf += data
-        *lines, self._buf = self._buf.split(b"\n")
-        for line in lines:
-            self.line(t, line)
-
-    def end_of_stream(self, t: float) -> None:
-        if self._buf.strip():
-            self.line(t, self._buf)
-        self._buf = b""
-
-    def line(self, t: float, raw: bytes | str) -> None:
-        raw = raw.strip()
-        if not raw:
-            return
-        self.last = t
-        try:
-            obj = json.loads(raw)
-        except ValueError:
-            self.fail(t, f"unparsable stream line: {raw[:120]!r}")
-            return
-        if not isinstance(obj, dict):
-            self.fail(t, f"unexpected stream line: {raw[:120]!r}")
-            return
-        rec = self.rec
-        token = obj.get("token")
-        if isinstance(token, dict):
-            rec.token_times.append(t)
-            rec.output_tokens += 1
-            if rec.first_token is None and token.get("text"):
-                rec.first_token = t
-        details = obj.get("details")
-        if isinstance(details, dict):
-            if details.get("generated_tokens") is not None:
-                rec.generated_tokens_reported = int(details["generated_tokens"])
-            if details.get("finish_reason") == "error":
-                self.fail(t, "server: stream ended with finish_reason=error"
-                          + (f" ({obj['error']})" if obj.get("error") else ""))
-        elif obj.get("error") or (obj.get("code") not in (None, 200) and "token" not in obj):
-            msg = obj.get("error") or obj.get("message") or obj
-            self.fail(t, f"server error: {str(msg)[:200]}")
-
-    def fail(self, t: float, msg: str) -> None:
-        if self.rec.error is None:
-            self.rec.error = msg
-        self.rec.end = t
-
-    def finish(self, t_fallback: float) -> RequestRecord:
-        self.closed = True
-        rec = self.rec
-        if rec.end is None:
-            rec.end = self.last if self.last is not None else t_fallback
-        if rec.error is None and rec.first_token is None and rec.token_times:
-            rec.first_token = rec.token_times[0]  # only empty-text tokens: the first still counts
-        if rec.error is None and rec.output_tokens == 0:
-            rec.error = "stream ended without a token"
-        return rec
-
-
-# --- transports ------------------------------------------------------------------------------
-
-
-class Transport(Protocol):
-    """Sends one streaming request; fills the recorder as lines arrive; raises on failure."""
-
-    async def send(self, payload: dict, rec: _Recorder) -> None: ...
-
-    async def aclose(self) -> None: ...
+class EndpointRejected(ValueError):
+    """The endpoint refuses the benchmark's requests before any level runs."""
 
 
 def redact_url(url: str) -> str:
@@ -218,333 +118,90 @@ def redact_url(url: str) -> str:
     return urlunsplit((p.scheme, host, p.path, "", ""))
 
 
-class HttpxTransport:
-    """POST to a URL speaking the LMI contract, streamed with httpx (used without aiohttp).
+@dataclass
+class Endpoint:
+    """Where requests go: a URL (socket client, may use several processes) or a target."""
 
-    One single-connection client per concurrent request, handed out from a queue: httpcore's
-    shared pool rescans every connection on each request and response (O(n²) per level),
-    which measured ~55 requests/s at 64 connections on 2 cores and inflated p50 TTFT by
-    80 % (perf/bench_fidelity.py); private pools keep the cost per request flat."""
+    source: str
+    url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    target: Target | None = None
+    name: str | None = None
 
-    def __init__(self, url: str, concurrency: int, timeout_s: float, headers: dict | None = None):
-        import certifi
-        import httpx
+    @property
+    def client(self) -> str:
+        return "socket" if self.url is not None else "target.invoke_stream"
 
-        self.url = url
-        self.clients: asyncio.Queue = asyncio.Queue()
-        self.all = []
-        # Loading CA certificates costs ~30 ms per client: build one context, https or not.
-        verify = ssl.create_default_context(cafile=certifi.where())
-        for _ in range(concurrency):
-            client = httpx.AsyncClient(
-                verify=verify,
-                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-                timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0)),
-                headers={"Accept": "application/jsonlines", **(headers or {})},
-            )
-            self.all.append(client)
-            self.clients.put_nowait(client)
-
-    async def send(self, payload: dict, rec: _Recorder) -> None:
-        client = await self.clients.get()
-        try:
-            await self._send(client, payload, rec)
-        finally:
-            self.clients.put_nowait(client)
-
-    async def _send(self, client: Any, payload: dict, rec: _Recorder) -> None:
-        perf = time.perf_counter
-        rec.rec.start = perf()
-        async with client.stream("POST", self.url, json=payload) as resp:
-            if resp.status_code != 200:
-                body = (await resp.aread())[:300].decode("utf-8", "replace")
-                rec.fail(perf(), f"HTTP {resp.status_code}: {body}")
-                return
-            async for chunk in resp.aiter_bytes():
-                rec.chunk(perf(), chunk)
-            rec.end_of_stream(perf())
-
-    async def aclose(self) -> None:
-        await asyncio.gather(*(c.aclose() for c in self.all))
+    def transport(self) -> Transport:
+        if self.url is not None:
+            return UrlTransport(self.url, self.headers)
+        return TargetTransport(self.target, self.name)
 
 
-class AiohttpTransport:
-    """POST to a URL speaking the LMI contract, streamed with aiohttp: the default client.
-    Measured here against httpx (perf/bench_fidelity.py, same 2-core machine): ~4x the
-    requests/s at 64 connections, and less client time inside each TTFT."""
-
-    def __init__(self, url: str, concurrency: int, timeout_s: float, headers: dict | None = None):
-        import aiohttp
-
-        self.url = url
-        self.headers = {"Accept": "application/jsonlines", **(headers or {})}
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=concurrency),
-            timeout=aiohttp.ClientTimeout(
-                total=None, sock_connect=min(timeout_s, 30.0), sock_read=timeout_s
-            ),
-        )
-
-    async def send(self, payload: dict, rec: _Recorder) -> None:
-        perf = time.perf_counter
-        rec.rec.start = perf()
-        async with self.session.post(self.url, json=payload, headers=self.headers) as resp:
-            if resp.status != 200:
-                body = (await resp.read())[:300].decode("utf-8", "replace")
-                rec.fail(perf(), f"HTTP {resp.status}: {body}")
-                return
-            async for chunk in resp.content.iter_any():
-                rec.chunk(perf(), chunk)
-            rec.end_of_stream(perf())
-
-    async def aclose(self) -> None:
-        await self.session.close()
+# --- requests ------------------------------------------------------------------------------
 
 
-HttpClient = Literal["auto", "aiohttp", "httpx"]
+def make_req(prompt: Prompt, cfg: LoadConfig, fixed: str | None, warmup: bool = False) -> Req:
+    body = payload(cfg.api, text=prompt.text, messages=prompt.message_dicts(),
+                   max_new_tokens=cfg.max_new_tokens, fixed_length=fixed,
+                   seed=cfg.seed if cfg.fixed_length else None, model=cfg.model)
+    return Req(body, json.dumps(body).encode(), warmup)
 
 
-def http_client_name(choice: HttpClient = "auto") -> str:
-    """The HTTP client `choice` resolves to: aiohttp when installed (faster), else httpx."""
-    if choice != "auto":
-        return choice
-    try:
-        import aiohttp  # noqa: F401
-    except ImportError:
-        return "httpx"
-    return "aiohttp"
+def example_payload(cfg: LoadConfig) -> dict:
+    """The benchmark's first request as planned (before the probe picks the fixed-length
+    parameter the endpoint accepts): what a dry run lists."""
+    fixed = FIXED_LENGTH[cfg.api][0] if cfg.fixed_length else None
+    prompt = synthetic_prompts(1, cfg.input_tokens, chat=cfg.api in CHAT_APIS, seed=cfg.seed)[0]
+    return make_req(prompt, cfg, fixed).payload
 
 
-def http_transport(
-    url: str, concurrency: int, timeout_s: float, headers: dict | None = None,
-    client: HttpClient = "auto",
-) -> Transport:
-    cls = AiohttpTransport if http_client_name(client) == "aiohttp" else HttpxTransport
-    return cls(url, concurrency, timeout_s, headers)
+def planned_requests(cfg: LoadConfig) -> int:
+    """Requests one endpoint's benchmark sends: the probe, then every level of every repeat
+    (open-loop levels at most: duration_s may cut them)."""
+    levels = len(cfg.concurrency) + len(cfg.rates)
+    return 1 + levels * cfg.repeats * (cfg.warmup + cfg.requests)
 
 
-class TargetTransport:
-    """A named endpoint of a Target: its blocking invoke_stream runs in a thread per request,
-    which timestamps each line itself (the event loop's delay never enters a timestamp)."""
-
-    def __init__(self, target: Any, endpoint: str, concurrency: int):
-        self.target = target
-        self.endpoint = endpoint
-        self.pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="bench")
-        self.cancelled = threading.Event()
-
-    def _blocking(self, payload: dict, rec: _Recorder) -> None:
-        perf = time.perf_counter
-        rec.rec.start = perf()
-        stream = self.target.invoke_stream(self.endpoint, payload)
-        try:
-            for line in stream:
-                rec.line(perf(), line)
-                if self.cancelled.is_set() or rec.closed or rec.rec.error is not None:
-                    break
-        finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    close()
-
-    async def send(self, payload: dict, rec: _Recorder) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.pool, self._blocking, payload, rec)
-
-    async def aclose(self) -> None:
-        # A timed-out request's thread cannot be interrupted; tell it to stop at its next line.
-        self.cancelled.set()
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-
-# --- generator health ----------------------------------------------------------------------
-
-
-class _Health:
-    """Event-loop lag (a ticker that should wake every tick_s) and process CPU over a level."""
-
-    def __init__(self, tick_s: float):
-        self.tick_s = tick_s
-        self.lags: list[float] = []
-        self._task: asyncio.Task | None = None
-
-    async def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            t0 = loop.time()
-            await asyncio.sleep(self.tick_s)
-            self.lags.append(max(0.0, loop.time() - t0 - self.tick_s))
-
-    def start(self) -> None:
-        self.cpu0, self.wall0 = time.process_time(), time.perf_counter()
-        self._task = asyncio.get_running_loop().create_task(self._tick())
-
-    async def stop(self) -> GeneratorStats:
-        cpu = time.process_time() - self.cpu0
-        wall = time.perf_counter() - self.wall0
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        lags = np.asarray(self.lags or [0.0]) * 1000
-        return GeneratorStats(
-            loop_lag_p50_ms=float(np.percentile(lags, 50)),
-            loop_lag_p99_ms=float(np.percentile(lags, 99)),
-            loop_lag_max_ms=float(lags.max()),
-            cpu_pct=100.0 * cpu / wall if wall > 0 else None,
-        )
-
-
-# --- running a level ---------------------------------------------------------------------
-
-
-async def _one(
-    transport: Transport, payload: dict, warmup: bool, timeout_s: float
-) -> RequestRecord:
-    rec = _Recorder(time.perf_counter(), warmup)
-    try:
-        await asyncio.wait_for(transport.send(payload, rec), timeout_s)
-    except asyncio.TimeoutError:
-        rec.rec.timed_out = True
-        rec.fail(time.perf_counter(), f"timeout after {timeout_s:g} s")
-    except Exception as exc:  # any transport failure is a failed request, not a failed run
-        rec.fail(time.perf_counter(), f"{type(exc).__name__}: {exc}"[:300])
-    return rec.finish(time.perf_counter())
-
-
-async def run_level(
-    transport: Transport,
-    payloads: Sequence[dict],
-    warmup: int,
-    concurrency: int,
-    timeout_s: float,
-    *,
-    rate_rps: float | None = None,
-    ramp_up_s: float = 0.0,
-    seed: int = 0,
-    on_done: Callable[[int], None] | None = None,
-    counters: dict[str, int] | None = None,
-) -> list[RequestRecord]:
-    """Closed loop (rate_rps None): `concurrency` workers each send the next payload as soon as
-    their previous request ends (worker k starts at ramp_up_s × k / concurrency). Open loop:
-    Poisson arrivals at rate_rps, at most `concurrency` in flight (later arrivals wait).
-    The first `warmup` payloads are warm-up.
-    counters["cap_waits"] counts open-loop arrivals that found the cap full (their wait is not
-    in their latency: the client held them)."""
-    records: list[RequestRecord] = []
-    next_i = 0
-
-    def done(rec: RequestRecord) -> None:
-        records.append(rec)
-        if on_done is not None:
-            on_done(len(records))
-
-    if rate_rps is None:
-        async def worker(k: int) -> None:
-            nonlocal next_i
-            if ramp_up_s > 0:
-                await asyncio.sleep(ramp_up_s * k / concurrency)
-            while next_i < len(payloads):
-                i = next_i
-                next_i += 1
-                done(await _one(transport, payloads[i], i < warmup, timeout_s))
-
-        await asyncio.gather(*(worker(k) for k in range(min(concurrency, len(payloads)))))
-        return records
-
+def arrivals(n: int, rate_rps: float, seed: int, duration_s: float | None = None) -> list[float]:
+    """Poisson arrival offsets (s) from the level's start, cut at duration_s."""
     rng = random.Random(seed)
-    sem = asyncio.Semaphore(concurrency)
-
-    if counters is not None:
-        counters.setdefault("cap_waits", 0)
-
-    async def fire(i: int) -> None:
-        if sem.locked() and counters is not None:
-            counters["cap_waits"] += 1
-        async with sem:
-            done(await _one(transport, payloads[i], i < warmup, timeout_s))
-
-    loop = asyncio.get_running_loop()
-    t = loop.time()
-    tasks = []
-    for i in range(len(payloads)):
+    out, t = [], 0.0
+    for _ in range(n):
         t += rng.expovariate(rate_rps)
-        delay = t - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(fire(i)))
-    await asyncio.gather(*tasks)
-    return records
+        if duration_s is not None and t > duration_s:
+            break
+        out.append(t)
+    return out
 
 
-TransportFactory = Callable[[int], Transport]
+class _Prompts:
+    """Each level's prompts: the replay file from its start, or synthetic ones seeded per level
+    and repeat (distinct, so a prefix cache does not shortcut a level)."""
+
+    def __init__(self, cfg: LoadConfig, tokenizer: Any | None):
+        self.cfg, self.tokenizer = cfg, tokenizer
+        chat = cfg.api in CHAT_APIS
+        self.file = (for_api(load_prompts_file(cfg.prompts_file, tokenizer), chat, tokenizer)
+                     if cfg.prompts_file else None)
+
+    def get(self, n: int, seed: int) -> list[Prompt]:
+        if self.file is not None:
+            return [self.file[i % len(self.file)] for i in range(n)]
+        return synthetic_prompts(n, self.cfg.input_tokens, self.tokenizer,
+                                 chat=self.cfg.api in CHAT_APIS, seed=seed)
+
+    @property
+    def exact(self) -> bool:
+        return self.tokenizer is not None
 
 
-async def run_benchmark_async(
-    make_transport: TransportFactory,
-    cfg: LoadConfig,
-    *,
-    source: str = "",
-    client: str = "",
-    tokenizer: Any | None = None,
-    gates: Sequence[GateSpec] | None = None,
-    on_progress: ProgressFn | None = None,
-) -> BenchResult:
-    """Run every level in turn (a fresh transport per level, sized to it) and compute metrics.
-    on_progress(level, done, total): level is the concurrency (open loop: the level's index)."""
-    levels: list[LevelResult] = []
-    mode: Literal["closed", "open"] = "open" if cfg.rates else "closed"
-    specs: list[tuple[int, float | None]] = (
-        [(cfg.max_concurrency, r) for r in cfg.rates] if cfg.rates
-        else [(c, None) for c in cfg.concurrency]
-    )
-    exact = False
-    for idx, (conc, rate) in enumerate(specs):
-        total = cfg.warmup + cfg.requests
-        prompts, exact = build_prompts(total, cfg.input_tokens, tokenizer, seed=cfg.seed + idx)
-        payloads = [make_payload(p, cfg) for p in prompts]
-        label = conc if rate is None else idx
-        transport = make_transport(conc)
-        health = _Health(cfg.lag_tick_s)
-        progress = None
-        if on_progress is not None:
-            on_progress(label, 0, total)
-
-            def progress(n: int, label: int = label, total: int = total) -> None:
-                on_progress(label, n, total)
-        counters: dict[str, int] = {}
-        try:
-            health.start()
-            records = await run_level(
-                transport, payloads, cfg.warmup, conc, cfg.timeout_s,
-                rate_rps=rate, ramp_up_s=cfg.ramp_up_s, seed=cfg.seed + idx,
-                on_done=progress, counters=counters,
-            )
-        finally:
-            stats = await health.stop()
-            await transport.aclose()
-        reason = saturation_reason(stats)
-        if counters.get("cap_waits"):
-            cap = f"{counters['cap_waits']} arrivals waited for the in-flight cap {conc}"
-            reason = f"{reason}; {cap}" if reason else cap
-        levels.append(compute_level(
-            records, conc, rate_rps=rate, gates=gates, usd_per_hour=cfg.usd_per_hour,
-            instances=cfg.instances, generator=stats, saturated_reason=reason,
-        ))
-    settings = BenchSettings(
-        source=source, client=client, mode=mode, requests=cfg.requests, warmup=cfg.warmup,
-        ramp_up_s=cfg.ramp_up_s,
-        max_new_tokens=cfg.max_new_tokens, input_tokens=cfg.input_tokens,
-        prompt_tokens_exact=exact, ignore_eos=cfg.ignore_eos, timeout_s=cfg.timeout_s,
-        usd_per_hour=cfg.usd_per_hour, instances=cfg.instances,
-    )
-    return BenchResult(levels=levels, settings=settings)
+# --- running -----------------------------------------------------------------------------------
 
 
 def _run_sync(coro: Any) -> Any:
     """asyncio.run, also from a thread that already runs an event loop (an async flow or a
-    notebook): then the benchmark gets its own thread and loop, as it would anyway."""
+    notebook): then the level gets its own thread and loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -553,26 +210,177 @@ def _run_sync(coro: Any) -> Any:
         return pool.submit(asyncio.run, coro).result()
 
 
+def _send_one(ep: Endpoint, req: Req, timeout_s: float) -> RawResponse:
+    plan = LevelPlan(reqs=[req], concurrency=1, timeout_s=timeout_s)
+    raws, _, _ = _run_sync(run_plan(ep.transport(), plan))
+    return raws[0]
+
+
+def probe(ep: Endpoint, cfg: LoadConfig, prompt: Prompt, tokenizer: Any | None
+          ) -> tuple[str | None, list[str]]:
+    """Find the fixed-length parameter the endpoint accepts: send one request with each in
+    turn (bench.apis.FIXED_LENGTH), then none. Returns (parameter or None, notes). Raises
+    EndpointRejected when the endpoint answers every form with a client error (4xx): then no
+    level could succeed, and the server's message says why (too long a prompt, say)."""
+    variants: list[str | None] = [*FIXED_LENGTH[cfg.api], None] if cfg.fixed_length else [None]
+    notes: list[str] = []
+    rejected: list[str] = []
+    for v in variants:
+        for _attempt in range(PROBE_ATTEMPTS):  # one flaky answer is not a verdict
+            raw = _send_one(ep, make_req(prompt, cfg, v), cfg.timeout_s)
+            if not (raw.status is not None and 400 <= raw.status < 500):
+                break
+        if raw.status is not None and 400 <= raw.status < 500:
+            rejected.append(f"{v or 'no fixed-length parameter'}: "
+                            f"{to_record(raw, cfg.api, tokenizer).error}")
+            continue
+        if rejected and v is not None:
+            notes.append(f"fixed length through {v} (the endpoint refused "
+                         f"{', '.join(r.split(':')[0] for r in rejected)})")
+        if cfg.fixed_length and v is None and rejected:
+            notes.append("the endpoint accepts no fixed-length parameter "
+                         f"({', '.join(FIXED_LENGTH[cfg.api])}): outputs end at EOS and "
+                         "output lengths vary")
+        return v, notes
+    raise EndpointRejected("the endpoint rejected the benchmark's first request: "
+                           + rejected[-1].split(": ", 1)[1])
+
+
+def run_benchmark(
+    ep: Endpoint, cfg: LoadConfig, *, tokenizer: Any | None = None,
+    tokenizer_source: str | None = None, gates: Sequence[GateSpec] | None = None,
+    on_progress: ProgressFn | None = None,
+) -> BenchResult:
+    """Probe, then every level `repeats` times (levels interleaved, so slow drifts of the
+    machine spread over all of them), then metrics. Blocking."""
+    return run_interleaved([ep], cfg, tokenizer=tokenizer, tokenizer_source=tokenizer_source,
+                           gates=gates, on_progress=on_progress)[0]
+
+
+def run_interleaved(
+    eps: Sequence[Endpoint], cfg: LoadConfig, *, tokenizer: Any | None = None,
+    tokenizer_source: str | None = None, gates: Sequence[GateSpec] | None = None,
+    on_progress: ProgressFn | None = None,
+) -> list[BenchResult]:
+    """run_benchmark for several endpoints at once: each level of each repeat runs on every
+    endpoint in turn, with the same prompts, the order alternating between repeats (ABBA). A
+    shared machine's load then falls on all of them alike, and repeat r of one endpoint is
+    paired in time with repeat r of the others (the regression gate uses that)."""
+    prompts = _Prompts(cfg, tokenizer)
+    total = cfg.warmup + cfg.requests
+    probes = [probe(ep, cfg, prompts.get(1, cfg.seed - 1)[0], tokenizer) for ep in eps]
+    specs: list[tuple[int, float | None]] = [(c, None) for c in cfg.concurrency]
+    specs += [(cfg.max_concurrency, r) for r in cfg.rates]
+    records: list[list[list[RequestRecord]]] = [[[] for _ in specs] for _ in eps]
+    cap_waits = [[0] * len(specs) for _ in eps]
+    stats: list[list[Any]] = [[None] * len(specs) for _ in eps]
+    for rep in range(cfg.repeats):
+        for idx, (conc, rate) in enumerate(specs):
+            level_prompts = prompts.get(total, cfg.seed + 1000 * idx + rep)
+            times = arrivals(total, rate, cfg.seed + idx, cfg.duration_s) if rate else None
+            n = len(times) if times is not None else total  # duration_s may cut arrivals
+            order = range(len(eps)) if rep % 2 == 0 else reversed(range(len(eps)))
+            for e in order:
+                reqs = [make_req(p, cfg, probes[e][0], warmup=i < cfg.warmup)
+                        for i, p in enumerate(level_prompts[:n])]
+                plan = LevelPlan(reqs=reqs, concurrency=conc, timeout_s=cfg.timeout_s,
+                                 arrivals=times, ramp_up_s=0.0 if rate else cfg.ramp_up_s,
+                                 lag_tick_s=cfg.lag_tick_s)
+                label = conc if rate is None else idx
+                raws, st, waits = _run_level(eps[e], cfg, plan, label, on_progress)
+                cap_waits[e][idx] += waits
+                worst = stats[e][idx]
+                if worst is None or (st.loop_lag_p99_ms or 0) > (worst.loop_lag_p99_ms or 0):
+                    stats[e][idx] = st
+                records[e][idx] += [
+                    to_record(raw, cfg.api, tokenizer, warmup=req.warmup, repeat=rep,
+                              prompt_tokens=p.input_tokens)
+                    for raw, req, p in zip(raws, reqs, level_prompts, strict=False)
+                ]
+    mode: Literal["closed", "open", "mixed"] = (
+        "mixed" if cfg.concurrency and cfg.rates else "open" if cfg.rates else "closed")
+    results = []
+    for e, ep in enumerate(eps):
+        levels = [compute_level(
+            records[e][idx], conc, rate_rps=rate, gates=gates, usd_per_hour=cfg.usd_per_hour,
+            instances=cfg.instances, generator=stats[e][idx],
+            saturated_reason=saturation_reason(stats[e][idx]),
+            expected_output_tokens=cfg.max_new_tokens if cfg.fixed_length else None,
+            cap_waits=cap_waits[e][idx],
+        ) for idx, (conc, rate) in enumerate(specs)]
+        settings = BenchSettings(
+            source=ep.source, client=ep.client, mode=mode, requests=cfg.requests,
+            warmup=cfg.warmup, ramp_up_s=cfg.ramp_up_s, max_new_tokens=cfg.max_new_tokens,
+            input_tokens=cfg.input_tokens, prompt_tokens_exact=prompts.exact, api=cfg.api,
+            prompts_file=cfg.prompts_file, tokenizer=tokenizer_source,
+            fixed_length=probes[e][0], seed=cfg.seed if cfg.fixed_length else None,
+            repeats=cfg.repeats, timeout_s=cfg.timeout_s, usd_per_hour=cfg.usd_per_hour,
+            instances=cfg.instances,
+            interleaved_with=[o.source for o in eps if o is not ep],
+        )
+        results.append(BenchResult(levels=levels, settings=settings,
+                                   saturation_rps=saturation_rate(levels), notes=probes[e][1]))
+    return results
+
+
+def _run_level(ep: Endpoint, cfg: LoadConfig, plan: LevelPlan, label: int,
+               on_progress: ProgressFn | None) -> tuple[list[RawResponse], Any, int]:
+    total = len(plan.reqs)
+    if on_progress is not None:
+        on_progress(label, 0, total)
+    processes = 1
+    if ep.url is not None:  # an open loop's cap may far exceed what is ever in flight
+        processes = cfg.processes or auto_processes(min(plan.concurrency, total))
+    if processes > 1:
+        out = run_in_processes(ep.url, ep.headers, plan, processes)  # type: ignore[arg-type]
+        if on_progress is not None:
+            on_progress(label, total, total)
+        return out
+
+    def done(n: int) -> None:
+        if on_progress is not None:
+            on_progress(label, n, total)
+
+    return _run_sync(run_plan(ep.transport(), plan, on_done=done))
+
+
 def bench_url(
     url: str, cfg: LoadConfig, *, tokenizer: Any | None = None,
-    gates: Sequence[GateSpec] | None = None, on_progress: ProgressFn | None = None,
-    headers: dict | None = None,
+    tokenizer_source: str | None = None, gates: Sequence[GateSpec] | None = None,
+    on_progress: ProgressFn | None = None, headers: dict[str, str] | None = None,
 ) -> BenchResult:
-    """Benchmark any URL that speaks the LMI contract (its /invocations). Blocking."""
-    return _run_sync(run_benchmark_async(
-        lambda c: http_transport(url, c, cfg.timeout_s, headers, cfg.http_client), cfg,
-        source=redact_url(url), client=http_client_name(cfg.http_client),
-        tokenizer=tokenizer, gates=gates, on_progress=on_progress,
-    ))
+    """Benchmark a URL: LMI's /invocations, or an OpenAI-compatible /v1/chat/completions or
+    /v1/completions (cfg.api). Blocking."""
+    ep = Endpoint(source=redact_url(url), url=url, headers=dict(headers or {}))
+    return run_benchmark(ep, cfg, tokenizer=tokenizer, tokenizer_source=tokenizer_source,
+                         gates=gates, on_progress=on_progress)
 
 
 def bench_endpoint(
     target: Target, endpoint: str, cfg: LoadConfig, *, tokenizer: Any | None = None,
-    gates: Sequence[GateSpec] | None = None, on_progress: ProgressFn | None = None,
+    tokenizer_source: str | None = None, gates: Sequence[GateSpec] | None = None,
+    on_progress: ProgressFn | None = None, find_tokenizer: bool = True,
+    production: str | None = None,
 ) -> BenchResult:
-    """Benchmark a named endpoint of a Target (its invoke_stream). Blocking."""
-    return _run_sync(run_benchmark_async(
-        lambda c: TargetTransport(target, endpoint, c), cfg,
-        source=f"{target.kind}:{endpoint}", client="target.invoke_stream",
-        tokenizer=tokenizer, gates=gates, on_progress=on_progress,
-    ))
+    """Benchmark a named endpoint of a Target, through its invoke_stream (the target owns
+    every way to reach an endpoint: its faults, retries and routing stay in the measurement).
+    Without a tokenizer (and find_tokenizer) the endpoint's own model's is found
+    (bench.endpoint_model).
+    production: another endpoint to measure in the same run, interleaved level by level
+    (run_interleaved); its result is the returned one's `production`. Blocking."""
+    notes: list[str] = []
+    if tokenizer is None and find_tokenizer:
+        from lmiflow.bench.endpoint_model import endpoint_model
+
+        info = endpoint_model(target, endpoint)
+        tokenizer, tokenizer_source, notes = info.tokenizer, info.tokenizer_source, info.notes
+
+    eps = [Endpoint(source=f"{target.kind}:{name}", target=target, name=name)
+           for name in [endpoint, *([production] if production else [])]]
+    results = run_interleaved(eps, cfg, tokenizer=tokenizer, tokenizer_source=tokenizer_source,
+                              gates=gates, on_progress=on_progress)
+    result = results[0]
+    result.notes = notes + result.notes
+    if production:
+        result.production = results[1]
+    return result

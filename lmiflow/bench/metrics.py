@@ -38,9 +38,17 @@ class RequestRecord(BaseModel):
     error: str | None = None
     timed_out: bool = False
     generated_tokens_reported: int | None = Field(
-        default=None, description="details.generated_tokens from the server's last line."
+        default=None, description="The server's own output count (LMI details.generated_tokens, "
+        "OpenAI usage.completion_tokens)."
+    )
+    token_source: str = Field(
+        "lines", description="Where output_tokens came from (bench.tokens.count_tokens)."
+    )
+    input_tokens: int | None = Field(
+        default=None, description="Prompt tokens: the server's count, else the tokenizer's."
     )
     warmup: bool = False
+    repeat: int = 0
 
     @property
     def ok(self) -> bool:
@@ -60,13 +68,35 @@ class LatencyStats(BaseModel):
     )
 
 
+class LengthStats(BaseModel):
+    """A distribution of request lengths in tokens."""
+
+    n: int = 0
+    mean: float | None = None
+    min: int | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    max: int | None = None
+
+
 class GeneratorStats(BaseModel):
-    """How busy the load generator itself was during a level."""
+    """How busy the load generator itself was during a level (the worst of its processes)."""
 
     loop_lag_p50_ms: float | None = None
     loop_lag_p99_ms: float | None = None
     loop_lag_max_ms: float | None = None
     cpu_pct: float | None = Field(default=None, description="Process CPU / wall time, % of a core.")
+    processes: int = Field(1, description="Load-generator processes the level ran in.")
+
+
+class RepeatStats(BaseModel):
+    """One repeat of a level: the figures the regression gate compares across repeats."""
+
+    requests: int = 0
+    ttft_ms_p50: float | None = None
+    tpot_ms_p50: float | None = None
+    output_tokens_per_s: float | None = None
 
 
 class LevelResult(BaseModel):
@@ -83,7 +113,9 @@ class LevelResult(BaseModel):
     tpot_ms: LatencyStats = Field(default_factory=LatencyStats)
     itl_ms: LatencyStats = Field(default_factory=LatencyStats)
     e2e_ms: LatencyStats = Field(default_factory=LatencyStats)
-    chunk_gap_ms: LatencyStats = Field(default_factory=LatencyStats)
+    chunk_itl_ms: LatencyStats = Field(
+        default_factory=LatencyStats, description="Gaps between streamed chunks (lines)."
+    )
     tpot_excluded_one_token: int = Field(
         0, description="Successful requests with one output token: no TPOT."
     )
@@ -95,8 +127,26 @@ class LevelResult(BaseModel):
     goodput_per_min: float | None = None
     goodput_note: str | None = None
     usd_per_1m_output_tokens: float | None = None
+    input_length: LengthStats = Field(default_factory=LengthStats)
+    output_length: LengthStats = Field(default_factory=LengthStats)
+    expected_output_tokens: int | None = Field(
+        default=None, description="Fixed-length run: every output should be this long."
+    )
+    output_length_mismatches: int = Field(
+        0, description="Successful requests whose output length differs from the expected."
+    )
+    output_length_examples: list[int] = Field(default_factory=list)
+    token_sources: dict[str, int] = Field(
+        default_factory=dict, description="Successful requests per token-count source."
+    )
     token_count_mismatches: int = 0
     token_count_checked: int = Field(0, description="Requests whose server reported a count.")
+    token_count_differences: dict[str, int] = Field(
+        default_factory=dict, description="server count − lmiflow's count: requests per value."
+    )
+    saturated: bool = Field(False, description="Open loop: latency grows without bound here.")
+    saturation_reason: str | None = None
+    repeats: list[RepeatStats] = Field(default_factory=list)
     generator_saturated: bool = False
     generator_saturated_reason: str | None = None
     generator: GeneratorStats | None = None
@@ -106,7 +156,9 @@ class BenchSettings(BaseModel):
     """What was run; enough to rerun it. `source` never holds URL credentials or a query."""
 
     source: str = ""
-    client: str = Field("", description="What sent the requests (aiohttp, httpx, a target).")
+    client: str = Field(
+        "", description="What sent the requests: socket (bench.http) or target.invoke_stream."
+    )
     mode: str = "closed"
     requests: int = 0
     warmup: int = 0
@@ -114,7 +166,19 @@ class BenchSettings(BaseModel):
     max_new_tokens: int = 0
     input_tokens: int = 0
     prompt_tokens_exact: bool = Field(False, description="Prompt built with the model tokenizer.")
-    ignore_eos: bool = False
+    api: str = "inputs"
+    prompts_file: str | None = None
+    tokenizer: str | None = Field(default=None, description="Where the model tokenizer came from.")
+    fixed_length: str | None = Field(
+        default=None, description="The parameter that fixed output lengths (None: outputs end at "
+        "EOS).",
+    )
+    seed: int | None = None
+    repeats: int = 1
+    interleaved_with: list[str] = Field(
+        default_factory=list,
+        description="Endpoints measured in the same run, level by level (repeats paired).",
+    )
     timeout_s: float = 0
     usd_per_hour: float | None = None
     instances: int = 1
@@ -125,10 +189,24 @@ class BenchResult(BaseModel):
 
     levels: list[LevelResult] = Field(default_factory=list)
     settings: BenchSettings = Field(default_factory=BenchSettings)
+    saturation_rps: float | None = Field(
+        default=None, description="Open loop: the lowest rate at which latency grew without "
+        "bound (None: no rate saturated the endpoint).",
+    )
+    notes: list[str] = Field(default_factory=list)
+    production: BenchResult | None = Field(
+        default=None, description="Production, measured in the same run, interleaved level by "
+        "level with this endpoint (regression.compare_with: production_now).",
+    )
     formulas: dict[str, str] = Field(default_factory=lambda: dict(FORMULAS))
 
     def level(self, concurrency: int) -> LevelResult | None:
-        return next((lv for lv in self.levels if lv.concurrency == concurrency), None)
+        """The closed-loop level at this concurrency."""
+        return next((lv for lv in self.levels
+                     if lv.concurrency == concurrency and lv.rate_rps is None), None)
+
+    def rate_level(self, rate_rps: float) -> LevelResult | None:
+        return next((lv for lv in self.levels if lv.rate_rps == rate_rps), None)
 
 
 def latency_stats(samples_ms: Sequence[float]) -> LatencyStats:
@@ -174,6 +252,7 @@ def itl_s(rec: RequestRecord) -> list[float]:
 
 
 def chunk_gaps_s(rec: RequestRecord) -> list[float]:
+    """Chunk ITL: the gaps between streamed chunks (lines) as they arrived."""
     t = rec.token_times
     return [b - a for a, b in pairwise(t)]
 
@@ -220,11 +299,72 @@ def meets_slos(rec: RequestRecord, gates: Iterable[GateSpec]) -> bool:
     return True
 
 
-def _slo_gates(gates: Iterable[GateSpec] | None, concurrency: int) -> list[GateSpec]:
+def _slo_gates(gates: Iterable[GateSpec] | None, concurrency: int | None) -> list[GateSpec]:
+    """Latency gates for a closed-loop level at `concurrency`, or an open-loop level (None):
+    a gate pinned to a concurrency applies to that closed-loop level only."""
     return [
         g for g in (gates or [])
         if g.metric in LATENCY_METRICS and g.concurrency in (None, concurrency)
     ]
+
+
+def length_stats(values: Sequence[int]) -> LengthStats:
+    if not values:
+        return LengthStats()
+    arr = np.asarray(values, dtype=float)
+    p50, p90, p99 = np.percentile(arr, (50, 90, 99), method="linear")
+    return LengthStats(n=len(values), mean=float(arr.mean()), min=int(arr.min()),
+                       p50=float(p50), p90=float(p90), p99=float(p99), max=int(arr.max()))
+
+
+def _window(records: Sequence[RequestRecord]) -> float | None:
+    """First start to last end of each repeat, summed: repeats of a level run at different
+    times (between other levels), and the gaps between them are no one's throughput."""
+    total = 0.0
+    for rep in sorted({r.repeat for r in records}):
+        group = [r for r in records if r.repeat == rep]
+        ends = [r.end for r in group if r.end is not None]
+        if group and ends:
+            total += max(0.0, max(ends) - min(r.start for r in group))
+    return total or None
+
+
+def _repeat_stats(measured: Sequence[RequestRecord]) -> list[RepeatStats]:
+    reps = sorted({r.repeat for r in measured})
+    if len(reps) < 2:
+        return []
+    out = []
+    for rep in reps:
+        group = [r for r in measured if r.repeat == rep]
+        ok = [r for r in group if r.ok]
+        ttft = [v * 1000 for r in ok if (v := ttft_s(r)) is not None]
+        tpot = [v * 1000 for r in ok if (v := tpot_s(r)) is not None]
+        window = _window(group)
+        out.append(RepeatStats(
+            requests=len(group),
+            ttft_ms_p50=float(np.median(ttft)) if ttft else None,
+            tpot_ms_p50=float(np.median(tpot)) if tpot else None,
+            output_tokens_per_s=(sum(r.output_tokens for r in ok) / window) if window else None,
+        ))
+    return out
+
+
+def open_loop_saturation(
+    records: Sequence[RequestRecord], *, growth_limit: float = 1.5, min_requests: int = 8
+) -> str | None:
+    """Why an open-loop level looks past saturation; None when it kept up. Past saturation
+    requests queue, so each waits longer than the one before: TTFT of the later half of the
+    arrivals exceeds the earlier half's by more than growth_limit×."""
+    ok = sorted((r for r in records if r.ok and not r.warmup), key=lambda r: r.start)
+    ttft = [v * 1000 for r in ok if (v := ttft_s(r)) is not None]
+    if len(ttft) < min_requests:
+        return None
+    half = len(ttft) // 2
+    early, late = float(np.median(ttft[:half])), float(np.median(ttft[half:]))
+    if early > 0 and late / early > growth_limit:
+        return (f"TTFT p50 grew from {early:.0f} ms (first half of the arrivals) to "
+                f"{late:.0f} ms (second half): requests queue faster than they are served")
+    return None
 
 
 def compute_level(
@@ -237,8 +377,12 @@ def compute_level(
     instances: int = 1,
     generator: GeneratorStats | None = None,
     saturated_reason: str | None = None,
+    expected_output_tokens: int | None = None,
+    cap_waits: int = 0,
 ) -> LevelResult:
-    """All metrics of one level. Warm-up records are dropped here, so callers may pass all."""
+    """All metrics of one level. Warm-up records are dropped here, so callers may pass all.
+    expected_output_tokens: a fixed-length run's output length, checked per request.
+    cap_waits: open-loop arrivals that found the in-flight cap full (the client held them)."""
     measured = [r for r in records if not r.warmup]
     ok = [r for r in measured if r.ok]
     failed = [r for r in measured if not r.ok]
@@ -259,19 +403,26 @@ def compute_level(
     chunk = [g * 1000 for r in ok for g in chunk_gaps_s(r)]
     one_token = sum(1 for r in ok if r.output_tokens < 2)
 
-    starts = [r.start for r in measured]
-    ends = [r.end for r in measured if r.end is not None]
-    window = (max(ends) - min(starts)) if starts and ends else None
-    if window is not None and window <= 0:
-        window = None
+    window = _window(measured)
     out_tokens = sum(r.output_tokens for r in ok)
     tps = out_tokens / window if window else None
     rpm = len(ok) / window * 60 if window else None
 
     checked = [r for r in ok if r.generated_tokens_reported is not None]
-    mismatches = sum(1 for r in checked if r.generated_tokens_reported != r.output_tokens)
+    diffs: dict[str, int] = {}
+    for r in checked:
+        d = r.generated_tokens_reported - r.output_tokens  # type: ignore[operator]
+        if d:
+            key = f"{d:+d}"
+            diffs[key] = diffs.get(key, 0) + 1
+    sources: dict[str, int] = {}
+    for r in ok:
+        sources[r.token_source] = sources.get(r.token_source, 0) + 1
+    wrong_length = [r.output_tokens for r in ok
+                    if expected_output_tokens is not None
+                    and r.output_tokens != expected_output_tokens]
 
-    slo = _slo_gates(gates, concurrency)
+    slo = _slo_gates(gates, concurrency if rate_rps is None else None)
     goodput = goodput_min = None
     note = None
     if not slo:
@@ -283,6 +434,15 @@ def compute_level(
     cost = None
     if usd_per_hour is not None and tps:
         cost = usd_per_hour * instances / (tps * 3600) * 1e6
+
+    open_reason = None
+    if rate_rps is not None:
+        reasons = [x for x in (
+            open_loop_saturation(records),
+            f"{cap_waits} arrivals found all {concurrency} in-flight slots busy" if cap_waits
+            else None,
+        ) if x]
+        open_reason = "; ".join(reasons) or None
 
     return LevelResult(
         concurrency=concurrency,
@@ -298,7 +458,7 @@ def compute_level(
         tpot_ms=latency_stats(tpot),
         itl_ms=latency_stats(itl),
         e2e_ms=latency_stats(e2e),
-        chunk_gap_ms=latency_stats(chunk),
+        chunk_itl_ms=latency_stats(chunk),
         tpot_excluded_one_token=one_token,
         output_tokens=out_tokens,
         window_s=window,
@@ -308,12 +468,28 @@ def compute_level(
         goodput_per_min=goodput_min,
         goodput_note=note,
         usd_per_1m_output_tokens=cost,
-        token_count_mismatches=mismatches,
+        input_length=length_stats([r.input_tokens for r in ok if r.input_tokens is not None]),
+        output_length=length_stats([r.output_tokens for r in ok]),
+        expected_output_tokens=expected_output_tokens,
+        output_length_mismatches=len(wrong_length),
+        output_length_examples=sorted(set(wrong_length))[:5],
+        token_sources=sources,
+        token_count_mismatches=sum(diffs.values()),
         token_count_checked=len(checked),
+        token_count_differences=diffs,
+        saturated=open_reason is not None,
+        saturation_reason=open_reason,
+        repeats=_repeat_stats(measured),
         generator_saturated=saturated_reason is not None,
         generator_saturated_reason=saturated_reason,
         generator=generator,
     )
+
+
+def saturation_rate(levels: Sequence[LevelResult]) -> float | None:
+    """The lowest open-loop rate whose level saturated."""
+    rates = sorted(lv.rate_rps for lv in levels if lv.rate_rps is not None and lv.saturated)
+    return rates[0] if rates else None
 
 
 def saturation_reason(

@@ -7,7 +7,7 @@ then says "not run".
 from __future__ import annotations
 
 from lmiflow.bench.formulas import MIN_SAMPLES
-from lmiflow.bench.metrics import BenchResult, LatencyStats
+from lmiflow.bench.metrics import BenchResult, LatencyStats, LengthStats
 from lmiflow.report.document import (
     NOT_RUN,
     Block,
@@ -282,6 +282,36 @@ def _levels_table(bench: BenchResult) -> tuple[Table, bool]:
     return Table(LEVEL_HEADERS, rows), few
 
 
+def _span(dist: LengthStats) -> str:
+    """A length distribution: one number when every request had it, else p50 (min–max)."""
+    if not dist.n:
+        return "—"
+    if dist.min == dist.max:
+        return fmt(dist.min)
+    return f"{fmt(dist.p50)} ({fmt(dist.min)}–{fmt(dist.max)})"
+
+
+LENGTH_HEADERS = ["level", "input tokens", "output tokens", "fixed length", "counted by",
+                  "server count − ours"]
+
+
+def _lengths_table(bench: BenchResult) -> Table:
+    """Request lengths in the model's tokens and where the output counts came from: a
+    fixed-length run shows every output at the configured length, or how many were not."""
+    rows = []
+    for lv in bench.levels:
+        level = f"{fmt(lv.rate_rps)}/s" if lv.rate_rps is not None else fmt(lv.concurrency)
+        expected, wrong = lv.expected_output_tokens, lv.output_length_mismatches
+        rows.append([
+            level, _span(lv.input_length), _span(lv.output_length),
+            "—" if expected is None else (f"all {expected}" if not wrong
+                                          else f"{wrong} not {expected}"),
+            ", ".join(f"{k} {v}" for k, v in lv.token_sources.items()) or "—",
+            ", ".join(f"{k}: {v}" for k, v in lv.token_count_differences.items()) or "none",
+        ])
+    return Table(LENGTH_HEADERS, rows)
+
+
 def benchmark(r: RunReport) -> Section:
     bench = r.benchmark
     if bench is None or not bench.levels:
@@ -295,7 +325,14 @@ def benchmark(r: RunReport) -> Section:
     if few:
         limits = ", ".join(f"{stat} < {n}" for stat, n in MIN_SAMPLES.items())
         blocks.append(Para(f"† too few samples for this percentile to mean much ({limits})."))
+    settings = bench.settings
     blocks += [
+        Para(f"Request lengths (api {settings.api}; "
+             + (f"outputs fixed through {settings.fixed_length}" if settings.fixed_length
+                else "outputs end at EOS")
+             + (f"; tokenizer {settings.tokenizer}" if settings.tokenizer else "") + "):"),
+        _lengths_table(bench),
+        *([Bullets(list(bench.notes))] if bench.notes else []),
         Plot("latency_percentiles", "Latency percentiles vs concurrency"),
         Plot("throughput_and_cost", "Throughput and cost vs concurrency"),
     ]

@@ -45,6 +45,7 @@ class Sampling:
     temperature: float = 1.0
     top_k: int = 1
     top_p: float = 1.0
+    ignore_eos: bool = False  # run to max_new_tokens (an EOS token is just another token)
 
 
 @dataclass
@@ -250,9 +251,11 @@ class Engine:
 
         # Register before adding, so no output can reach the shared queue instead.
         self.manager.register_result_handler(rid, on_output)
+        # eos_token_id -1: the manager stops on no token (requests.py: negative ids dropped).
+        eos = -1 if sampling.ignore_eos else (sorted(self.eos_ids) or -1)
         added = self.manager.add_request(
             input_ids, request_id=rid, max_new_tokens=max_new_tokens, streaming=stream,
-            eos_token_id=sorted(self.eos_ids) or -1,
+            eos_token_id=eos,
             temperature=float(sampling.temperature), top_k=int(sampling.top_k),
             top_p=float(sampling.top_p),
         )
@@ -276,7 +279,8 @@ class Engine:
                     lp = float(logprobs[i]) if i < len(logprobs) else None
                     reason = None
                     if finished and i == len(tokens) - 1:
-                        reason = FINISH_EOS if tok in self.eos_ids else FINISH_LENGTH
+                        stopped = tok in self.eos_ids and not sampling.ignore_eos
+                        reason = FINISH_EOS if stopped else FINISH_LENGTH
                     yield Step(tok, lp, reason)
         finally:
             self._requests.pop(rid, None)

@@ -39,6 +39,10 @@ class GenerationParameters(BaseModel):
     seed: int | None = None
     repetition_penalty: float | None = None
     decoder_input_details: bool = False
+    # LMI's vLLM generation parameter (lmi_input_output_schema.md, "Additional vLLM Generation
+    # Parameters"), mapped to vLLM's ignore_eos: generate max_new_tokens whatever the model
+    # says. Benchmarks use it for fixed-length runs.
+    ignore_eos_token: bool = False
 
     @field_validator("stop_sequences")
     @classmethod
@@ -70,6 +74,15 @@ class ChatMessage(BaseModel):
     content: str
 
 
+class StreamOptions(BaseModel):
+    """OpenAI's stream_options; the local server puts usage on the last chunk either way."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool = False
+    continuous_usage_stats: bool = False  # vLLM's extension, accepted for compatibility
+
+
 class ChatRequest(BaseModel):
     """LMI chat-completions request (OpenAI-compatible subset)."""
 
@@ -90,7 +103,9 @@ class ChatRequest(BaseModel):
     user: str | None = None
     frequency_penalty: Literal[0, 0.0] = 0.0
     presence_penalty: Literal[0, 0.0] = 0.0
-    ignore_eos: Literal[False] = False
+    # vLLM's extra chat parameter (LMI passes chat bodies to vLLM's ChatCompletionRequest).
+    ignore_eos: bool = False
+    stream_options: StreamOptions | None = None
 
     def stops(self) -> list[str]:
         if self.stop is None:
@@ -133,23 +148,26 @@ def lmi_sampling(p: GenerationParameters, vocab_size: int) -> Sampling:
             or (p.top_p is not None and p.top_p < 1.0)
             or (p.top_k is not None and p.top_k > 0)
         )
-    return _sampling(do_sample, p.temperature, p.top_k, p.top_p, vocab_size)
+    return _sampling(do_sample, p.temperature, p.top_k, p.top_p, vocab_size,
+                     p.ignore_eos_token)
 
 
 def chat_sampling(r: ChatRequest, vocab_size: int) -> Sampling:
     """OpenAI semantics: sampling at temperature 1.0 unless temperature is 0."""
-    return _sampling(r.temperature != 0, r.temperature, r.top_k, r.top_p, vocab_size)
+    return _sampling(r.temperature != 0, r.temperature, r.top_k, r.top_p, vocab_size,
+                     r.ignore_eos)
 
 
 def _sampling(
     do_sample: bool, temperature: float | None, top_k: int | None, top_p: float | None,
-    vocab_size: int,
+    vocab_size: int, ignore_eos: bool = False,
 ) -> Sampling:
     if not do_sample or temperature == 0:
-        return Sampling(temperature=1.0, top_k=1, top_p=1.0)
+        return Sampling(temperature=1.0, top_k=1, top_p=1.0, ignore_eos=ignore_eos)
     k = top_k if top_k and top_k > 0 else vocab_size
     return Sampling(
         temperature=temperature if temperature else 1.0,
         top_k=min(k, vocab_size),
         top_p=top_p if top_p is not None else 1.0,
+        ignore_eos=ignore_eos,
     )

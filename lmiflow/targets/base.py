@@ -16,6 +16,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, Field
@@ -81,6 +82,14 @@ class EndpointVariant(BaseModel):
         description="How the endpoint spreads requests over instances; None: the platform's.")
 
 
+class ModelFiles(BaseModel):
+    """What Target.model_files found of an endpoint's model (for a benchmark: its tokenizer
+    and max_model_len)."""
+
+    directory: Path
+    properties: dict[str, str] = Field(default_factory=dict, description="serving.properties")
+
+
 class TrafficPolicy(BaseModel):
     """Blue/green update policy (SageMaker's BlueGreenUpdatePolicy; local: ALL_AT_ONCE)."""
 
@@ -123,7 +132,8 @@ class PlannedRun(BaseModel):
     policy: TrafficPolicy
     smoke_payload: dict
     bench_payload: dict
-    bench_requests: int = Field(description="warm-up and measured requests over all levels")
+    bench_requests: int = Field(
+        description="the probe, warm-up and measured requests over all levels and repeats")
     endpoint_timeout_s: float
 
 
@@ -379,6 +389,18 @@ class Target(ABC):
     @abstractmethod
     def invoke_stream(self, name: str, payload: dict) -> Iterator[bytes]:
         """Whole JSON lines (without the newline), reassembled across transport chunks."""
+
+    def reserve_invocations(self, concurrency: int) -> None:  # noqa: B027 (a no-op default)
+        """Be ready for this many invocations at once (a benchmark level): connection pools
+        that hold them all, so no request waits for a connection inside its latency."""
+
+    def model_files(self, endpoint: str, dest: Path, names: Sequence[str]) -> ModelFiles | None:
+        """The serving.properties entries the endpoint serves, and a local directory holding
+        those of `names` (tokenizer and config files) that sit beside its weights where this
+        target can read them (a local directory, the model's S3 prefix, an s3:// model_id).
+        The local target answers with its staged directory; others copy into dest. None when
+        the endpoint does not exist or the target cannot read its files (this default)."""
+        return None
 
     # ---- deletion -------------------------------------------------------------------------
     # Each delete returns False when there was nothing to delete (never raises for that).

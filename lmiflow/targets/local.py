@@ -23,7 +23,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from lmiflow.targets.base import (
     EndpointLock,
     EndpointStatus,
     EndpointVariant,
+    ModelFiles,
     Target,
     TrafficPolicy,
     check_name,
@@ -462,6 +463,21 @@ class LocalTarget(Target):
                         yield line.encode()
 
         return lines()
+
+    def model_files(self, endpoint: str, dest: Path, names: Sequence[str]) -> ModelFiles | None:
+        """The staged directory: its serving.properties names the weights' directory
+        (option.model_id), which is readable here as it is."""
+        from lmiflow.serving.properties_text import parse_entries
+
+        reg = self._read()
+        rec = reg["endpoints"].get(endpoint)
+        config = reg["endpoint_configs"].get(rec["config_name"]) if rec else None
+        model = reg["models"].get(config["model_name"]) if config else None
+        if model is None:
+            return None
+        staged = Path(model["model_data"])
+        props = parse_entries((staged / "serving.properties").read_text())
+        return ModelFiles(directory=staged, properties=props)
 
     # ---- deletion and listing ---------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode
 
@@ -29,6 +30,7 @@ from lmiflow.targets.base import (
     EndpointLock,
     EndpointStatus,
     EndpointVariant,
+    ModelFiles,
     ModelPackage,
     PlannedRun,
     StoredReport,
@@ -344,6 +346,7 @@ class SageMakerTarget(Target):
         retry_mode: Literal["standard", "adaptive"] = "standard",
         max_attempts: int = 5,
         invoke_read_timeout_s: float = 75,
+        invoke_pool_size: int = 64,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         on_request: Callable[[AwsRequest], None] | None = None,
@@ -363,6 +366,7 @@ class SageMakerTarget(Target):
         self.retry_mode = retry_mode
         self.max_attempts = max_attempts
         self.invoke_read_timeout_s = invoke_read_timeout_s
+        self.invoke_pool_size = invoke_pool_size
         self._clock = clock
         self._sleep = sleep
         self.on_request = on_request
@@ -422,6 +426,9 @@ class SageMakerTarget(Target):
             read_timeout=self.invoke_read_timeout_s,
             connect_timeout=10,
             user_agent_extra="lmiflow",
+            # botocore's default pool holds 10: an 11th concurrent stream would wait for a
+            # connection inside its measured latency.
+            max_pool_connections=self.invoke_pool_size,
         )
         return self.client("sagemaker-runtime", cfg)
 
@@ -698,6 +705,59 @@ class SageMakerTarget(Target):
             ContentType="application/json", Accept="application/jsonlines",
             Body=json.dumps(body).encode("utf-8")))
         return iter_json_lines(_payload_parts(resp["Body"]))
+
+    def reserve_invocations(self, concurrency: int) -> None:
+        """Grow the runtime client's connection pool to hold `concurrency` streams (a new
+        client when the pool is too small; urllib3 cannot resize one)."""
+        if concurrency > self.invoke_pool_size:
+            self.invoke_pool_size = concurrency
+            self.__dict__.pop("runtime", None)
+
+    def model_files(self, endpoint: str, dest: Path, names: Sequence[str]) -> ModelFiles | None:
+        """The model's serving.properties from its S3 prefix (for env packaging: the few
+        OPTION_* entries that say which model and how long a context, never a secret), and
+        those of `names` found in the prefix or an s3:// option.model_id, copied into dest."""
+        from lmiflow.serving.properties_text import parse_entries
+
+        d = self._describe_raw(endpoint)
+        model_name = self.config_model_name(d["EndpointConfigName"]) if d else None
+        if model_name is None:
+            return None
+        container = self.send(_request("sagemaker", "DescribeModel", ModelName=model_name)
+                              ).get("PrimaryContainer", {})
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        prefix = container.get("ModelDataSource", {}).get("S3DataSource", {}).get("S3Uri")
+        if prefix:
+            self._copy_s3_files(prefix, ["serving.properties", *names], dest)
+        props = dest / "serving.properties"
+        if props.is_file():
+            entries = parse_entries(props.read_text())
+            props.unlink()  # the entries travel as data; the file may hold a secret
+        else:
+            env = container.get("Environment") or {}
+            keep = ("OPTION_MODEL_ID", "OPTION_MAX_MODEL_LEN", "OPTION_REVISION")
+            entries = {"option." + k[len("OPTION_"):].lower(): v for k, v in env.items()
+                       if k in keep}
+            if env.get("HF_MODEL_ID"):
+                entries.setdefault("option.model_id", env["HF_MODEL_ID"])
+        model_id = entries.get("option.model_id", "")
+        if model_id.startswith("s3://"):
+            self._copy_s3_files(model_id if model_id.endswith("/") else model_id + "/",
+                                list(names), dest)
+        return ModelFiles(directory=dest, properties=entries)
+
+    def _copy_s3_files(self, prefix: str, names: Sequence[str], dest: Path) -> None:
+        bucket, key_prefix = _split_s3(prefix)
+        for name in names:
+            try:
+                body = self.send(_request("s3", "GetObject", Bucket=bucket,
+                                          Key=key_prefix + name))["Body"].read()
+            except Exception as exc:
+                if _error(exc)[0] in ("NoSuchKey", "404", "NotFound", "AccessDenied"):
+                    continue
+                raise
+            (dest / name).write_bytes(body)
 
     # -- deletion and listing --
 

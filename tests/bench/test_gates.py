@@ -154,21 +154,106 @@ def test_slo_and_regression_combine():
     assert ("slo", True) in kinds and ("regression", False) in kinds and not v.passed
 
 
+def with_repeats(lv: LevelResult, ttfts, tps=None) -> LevelResult:
+    """lv with one RepeatStats per TTFT p50 (TPOT as lv's, tokens/s as given or lv's)."""
+    from lmiflow.bench.metrics import RepeatStats
+
+    tps = tps or [lv.output_tokens_per_s] * len(ttfts)
+    return lv.model_copy(update={"repeats": [
+        RepeatStats(requests=10, ttft_ms_p50=t, tpot_ms_p50=lv.tpot_ms.p50, output_tokens_per_s=x)
+        for t, x in zip(ttfts, tps, strict=True)]})
+
+
+def test_noisy_repeats_do_not_reject_a_healthy_candidate():
+    # The demo's case: TTFT p50 of identical runs on a shared machine spread 30 -> 326 ms.
+    base = BenchResult(levels=[with_repeats(level(4), [30, 139, 326])])
+    cand = BenchResult(levels=[with_repeats(level(4), [150, 200, 250])])
+    v = evaluate([], cand, baseline=base, max_regression_pct=50)
+    ttft = next(c for c in v.checks if c.metric == "ttft_ms")
+    assert ttft.worsening > 1.5  # the point estimate alone would reject it...
+    assert ttft.worsening_low < 1.5 < ttft.worsening_high and ttft.passed  # ...noise cannot
+    assert "within noise" in ttft.note and "Welch" in ttft.method
+    assert v.passed
+
+
+def test_a_consistent_regression_is_rejected_despite_repeats():
+    base = BenchResult(levels=[with_repeats(level(4), [100, 104, 98])])
+    cand = BenchResult(levels=[with_repeats(level(4), [200, 208, 196])])
+    v = evaluate([], cand, baseline=base, max_regression_pct=50)
+    ttft = next(c for c in v.checks if c.metric == "ttft_ms")
+    assert not ttft.passed and ttft.worsening == pytest.approx(2.0, rel=0.01)
+    assert ttft.worsening_low > 1.5 and "beyond the allowed 50 %" in ttft.note
+    assert ttft.margin < 0 and not v.passed
+
+
+def test_one_sided_repeats_lend_their_spread_and_a_noise_floor_widens():
+    base = BenchResult(levels=[with_repeats(level(4), [90, 100, 110])])
+    cand = BenchResult(levels=[level(4, ttft=(125, 150, 200))])  # one run, 25 % slower
+    v = evaluate([], cand, baseline=base, max_regression_pct=10)
+    ttft = next(c for c in v.checks if c.metric == "ttft_ms")
+    assert "production's spread" in ttft.method and ttft.passed
+    one_run = BenchResult(levels=[level(4)])
+    strict = evaluate([], cand, baseline=one_run, max_regression_pct=10)
+    assert not next(c for c in strict.checks if c.metric == "ttft_ms").passed
+    floor = evaluate([], cand, baseline=one_run, max_regression_pct=10, noise_floor_pct=20)
+    c = next(c for c in floor.checks if c.metric == "ttft_ms")
+    assert c.passed and "noise floor 20 %" in c.method  # 1.25 / 1.2 = 1.04 <= 1.1
+
+
+def test_a_loose_limit_keeps_the_throughput_bound_above_zero_and_able_to_fail():
+    # max_regression_pct 300: tokens/s may fall to production / 4, never below zero.
+    v = evaluate([], scaled(tps=0.3), baseline=RESULT, max_regression_pct=300)
+    tps = [c for c in v.checks if c.metric == "output_tokens_per_s"]
+    assert [c.threshold for c in tps] == pytest.approx([250.0, 1000.0])
+    assert all(c.passed for c in tps)
+    v = evaluate([], scaled(tps=0.2), baseline=RESULT, max_regression_pct=300)
+    assert not any(c.passed for c in v.checks if c.metric == "output_tokens_per_s")
+
+
+@pytest.mark.parametrize(("kw", "name"), [
+    ({"max_regression_pct": float("nan")}, "max_regression_pct"),
+    ({"max_regression_pct": -1}, "max_regression_pct"),
+    ({"max_regression_pct": 10, "confidence": 1.0}, "confidence"),
+    ({"max_regression_pct": 10, "noise_floor_pct": float("inf")}, "noise_floor_pct"),
+])
+def test_meaningless_bounds_are_refused(kw, name):
+    with pytest.raises(ValueError, match=name):
+        evaluate([], RESULT, baseline=RESULT, **kw)
+
+
+def test_repeats_measured_in_pairs_cancel_the_drift_between_pairs():
+    # The machine got slower over the run; candidate and production drifted together.
+    from lmiflow.bench.metrics import BenchSettings
+
+    base = BenchResult(levels=[with_repeats(level(4), [50, 150, 400])],
+                       settings=BenchSettings(source="local:prod"))
+    cand = BenchResult(levels=[with_repeats(level(4), [90, 280, 700])],
+                       settings=BenchSettings(source="local:cand",
+                                              interleaved_with=["local:prod"]))
+    v = evaluate([], cand, baseline=base, max_regression_pct=50)
+    ttft = next(c for c in v.checks if c.metric == "ttft_ms")
+    assert "paired" in ttft.method and not ttft.passed  # consistently ~1.8x: a regression
+    unpaired = cand.model_copy(update={"settings": BenchSettings(source="local:cand")})
+    v = evaluate([], unpaired, baseline=base, max_regression_pct=50)
+    assert next(c for c in v.checks if c.metric == "ttft_ms").passed  # lost in the drift
+
+
 def test_throughput_exactly_at_the_regression_limit_passes():
-    """The limit is inclusive: 50 % below a 200 tok/s baseline is 100 tok/s, and a candidate
-    at exactly 100 passes (>=); one a hair below fails. Same for latency at exactly +50 %."""
-    base = BenchResult(levels=[level(1, ttft=(100, 150, 200), tpot=(20, 25, 30), tps=200.0)])
+    """The limit is inclusive: 50 % worse than a 300 tok/s baseline is 300 / 1.5 = 200 tok/s,
+    and a candidate at exactly 200 passes (>=); one a hair below fails. Same for latency at
+    exactly +50 %."""
+    base = BenchResult(levels=[level(1, ttft=(100, 150, 200), tpot=(20, 25, 30), tps=300.0)])
     at_limit = BenchResult(levels=[level(1, ttft=(150, 150, 200), tpot=(30, 25, 30),
-                                         tps=100.0)])
+                                         tps=200.0)])
     v = evaluate([], at_limit, baseline=base, max_regression_pct=50)
     by_metric = {c.metric: c for c in v.checks}
     tps = by_metric["output_tokens_per_s"]
-    assert (tps.op, tps.threshold, tps.observed, tps.baseline) == (">=", 100.0, 100.0, 200.0)
-    assert tps.passed and tps.margin == 0
+    assert (tps.op, tps.threshold, tps.observed, tps.baseline) == (">=", 200.0, 200.0, 300.0)
+    assert tps.passed and tps.margin == pytest.approx(0, abs=1e-9)
     assert by_metric["ttft_ms"].threshold == 150.0 and by_metric["ttft_ms"].passed
     assert by_metric["tpot_ms"].threshold == 30.0 and by_metric["tpot_ms"].passed
     assert v.passed
-    below = BenchResult(levels=[level(1, tps=99.99)])
+    below = BenchResult(levels=[level(1, tps=199.99)])
     v = evaluate([], below, baseline=base, max_regression_pct=50)
     tps = next(c for c in v.checks if c.metric == "output_tokens_per_s")
     assert not tps.passed and tps.margin == pytest.approx(-0.01)

@@ -15,6 +15,8 @@ from lmiflow.bench.metrics import (
     itl_s,
     latency_stats,
     meets_slos,
+    open_loop_saturation,
+    saturation_rate,
     saturation_reason,
     tpot_s,
     ttft_s,
@@ -90,7 +92,7 @@ def test_itl_spreads_multi_token_chunks_and_keeps_chunk_gaps():
     assert gaps == pytest.approx([0.0, 0.1 / 3, 0.1 / 3, 0.1 / 3])
     assert sum(gaps) / len(gaps) == pytest.approx(tpot_s(r))  # mean ITL == TPOT
     lv = compute_level([r], 1)
-    assert lv.chunk_gap_ms.n == 1 and lv.chunk_gap_ms.p50 == pytest.approx(100.0)
+    assert lv.chunk_itl_ms.n == 1 and lv.chunk_itl_ms.p50 == pytest.approx(100.0)
     assert lv.itl_ms.n == 4
 
 
@@ -163,6 +165,54 @@ def test_json_shape_matches_design():
         assert {"mean", "p50", "p90", "p95", "p99", "n"} <= set(lv[metric])
     assert "TPOT" in out["formulas"]["tpot_ms"]
     assert BenchResult.model_validate(out) == res  # a stored result loads back (baseline)
+
+
+def test_lengths_and_the_fixed_length_check():
+    # three requests of a 4-token run: one came back short (3 tokens)
+    recs = [rec(0.0, [0.1, 0.2, 0.3, 0.4], input_tokens=12, token_source="stream"),
+            rec(0.0, [0.1, 0.2, 0.3, 0.4], input_tokens=12, token_source="stream"),
+            rec(0.0, [0.1, 0.2, 0.3], input_tokens=14, token_source="tokenizer")]
+    lv = compute_level(recs, 1, expected_output_tokens=4)
+    assert (lv.output_length.min, lv.output_length.max, lv.output_length.n) == (3, 4, 3)
+    assert (lv.input_length.min, lv.input_length.max) == (12, 14)
+    assert lv.input_length.mean == pytest.approx(38 / 3)
+    assert lv.output_length_mismatches == 1 and lv.output_length_examples == [3]
+    assert lv.token_sources == {"stream": 2, "tokenizer": 1}
+    assert compute_level(recs, 1).output_length_mismatches == 0  # no length asked for
+
+
+def test_repeats_have_their_own_windows_and_figures():
+    # two repeats of one request each, run 100 s apart: the gap is nobody's throughput
+    r0 = rec(0.0, [0.1, 0.2, 0.3, 0.5])
+    r1 = rec(100.0, [100.2, 100.3, 100.4, 101.0])
+    r1.repeat = 1
+    lv = compute_level([r0, r1], 1)
+    assert lv.window_s == pytest.approx(0.5 + 1.0)
+    assert lv.output_tokens_per_s == pytest.approx(8 / 1.5)
+    assert [r.ttft_ms_p50 for r in lv.repeats] == pytest.approx([100.0, 200.0])
+    assert [r.output_tokens_per_s for r in lv.repeats] == pytest.approx([8.0, 4.0])
+    assert compute_level([r0], 1).repeats == []  # one repeat: nothing to list
+
+
+def arrivals_with_ttft(ttfts_ms):
+    return [rec(float(i), [i + t / 1000, i + t / 1000 + 0.01]) for i, t in enumerate(ttfts_ms)]
+
+
+def test_open_loop_saturation_is_latency_that_keeps_growing():
+    steady = arrivals_with_ttft([100, 110, 95, 105, 100, 98, 104, 101])
+    growing = arrivals_with_ttft([100, 150, 220, 300, 380, 460, 540, 620])
+    assert open_loop_saturation(steady) is None
+    assert "grew from" in open_loop_saturation(growing)
+    assert open_loop_saturation(growing[:5]) is None  # too few to tell
+    lv_ok = compute_level(steady, 64, rate_rps=1.0)
+    lv_sat = compute_level(growing, 64, rate_rps=4.0)
+    held = compute_level(steady, 64, rate_rps=2.0, cap_waits=3)
+    assert not lv_ok.saturated and lv_sat.saturated and held.saturated
+    assert "in-flight" in held.saturation_reason
+    assert saturation_rate([lv_ok, lv_sat, held]) == 2.0
+    assert saturation_rate([lv_ok]) is None
+    # closed-loop levels are never "saturated" in this sense
+    assert not compute_level(growing, 64).saturated
 
 
 # ---- edges, each worked out by hand ----------------------------------------------------------
@@ -261,9 +311,14 @@ def test_token_count_mismatches_count_only_disagreements():
 def test_goodput_with_a_gate_for_this_level_and_its_settings_pass_through():
     gen = GeneratorStats(cpu_pct=12.0)
     lv = compute_level([R], 4, rate_rps=2.5, generator=gen,
-                       gates=[GateSpec(metric="ttft_ms", threshold=150, concurrency=4)])
+                       gates=[GateSpec(metric="ttft_ms", threshold=150)])
     assert lv.goodput == pytest.approx(1 / 0.2) and lv.goodput_note is None
     assert (lv.rate_rps, lv.generator, lv.concurrency) == (2.5, gen, 4)
+    # a gate pinned to closed-loop concurrency 4 is not about an open-loop level capped at 4
+    pinned = compute_level([R], 4, rate_rps=2.5,
+                           gates=[GateSpec(metric="ttft_ms", threshold=150, concurrency=4)])
+    assert pinned.goodput is None and compute_level(
+        [R], 4, gates=[GateSpec(metric="ttft_ms", threshold=150, concurrency=4)]).goodput
     assert compute_level([R], 4).goodput_note == (
         "goodput needs latency gates (ttft_ms, tpot_ms, itl_ms, e2e_ms)")
 

@@ -64,6 +64,15 @@ def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_mode
     assert report["gate"]["passed"] and report["gate"]["checks"]
     assert {lv["concurrency"] for lv in report["benchmark"]["levels"]} == {1, 2}
     assert "option.max_model_len=144" in report["serving_properties"]
+    # A fixed-length gate run: every request exactly 8 tokens out, 16 in (the model's tokens).
+    bench = report["benchmark"]
+    assert bench["settings"]["fixed_length"] == "ignore_eos_token"
+    assert bench["settings"]["prompt_tokens_exact"]
+    for lv in bench["levels"]:
+        assert lv["output_length_mismatches"] == 0 and lv["errors"] == 0
+        assert (lv["output_length"]["min"], lv["output_length"]["max"]) == (8, 8)
+        assert (lv["input_length"]["min"], lv["input_length"]["max"]) == (16, 16)
+        assert lv["token_count_mismatches"] == 0
     for f in ("report.json", "report.md", "report.html"):
         assert (tmp_path / "r1" / f).is_file()
     prod = target.describe("e2e-demo")
@@ -75,6 +84,16 @@ def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_mode
     assert res["endpoints"] == ["e2e-demo"]
     assert json.loads(target.invoke("e2e-demo", {"inputs": "hi",
                                                  "parameters": {"max_new_tokens": 2}}))
+    # `lmiflow bench --endpoint` with default flags: the endpoint's own tokenizer and its
+    # max_model_len (144) set the lengths, and every request succeeds.
+    from lmiflow.cli import main
+
+    capfd.readouterr()
+    assert main(["bench", "--endpoint", "e2e-demo", "--requests", "2", "--json"]) == 0
+    cli = json.loads(capfd.readouterr().out)
+    assert cli["settings"]["tokenizer"] == str(demo_model)
+    assert cli["settings"]["input_tokens"] + cli["settings"]["max_new_tokens"] <= 144
+    assert cli["levels"][0]["errors"] == 0 and cli["levels"][0]["output_length_mismatches"] == 0
     keys = artifact_keys("e2e-demo-")
     assert {"e2e-demo-fetch-config", "e2e-demo-choose-instance", "e2e-demo-benchmark-levels",
             "e2e-demo-gate", "e2e-demo-promote", "e2e-demo-report"} <= keys

@@ -950,3 +950,40 @@ def test_planning_answers(target):
     assert "djl-inference" in target.image_uri("vllm", "0.33.0", None)
     assert "tensorrtllm" in target.image_uri("trtllm", None, None)
     assert "ml.p5.48xlarge" in set(target.instance_catalog()["instance_type"])
+
+
+# ---- benchmarking a SageMaker endpoint ----------------------------------------------------
+
+
+def test_runtime_pool_holds_the_highest_concurrency(target):
+    assert target.runtime.meta.config.max_pool_connections == 64  # botocore's default is 10
+    target.reserve_invocations(200)
+    assert target.runtime.meta.config.max_pool_connections == 200
+    assert target.runtime.meta.config.retries["total_max_attempts"] == 1
+    target.reserve_invocations(8)  # never shrinks
+    assert target.runtime.meta.config.max_pool_connections == 200
+
+
+def _moto_endpoint(t, name, model_data, env):
+    t.create_model(name + "-m", model_data, IMAGE, env, {})
+    t.create_endpoint_config(name + "-c", name + "-m",
+                             EndpointVariant(instance_type="ml.g4dn.xlarge"), {})
+    t.create_endpoint(name, name + "-c", {})
+
+
+def test_moto_model_files_of_an_endpoint(moto_target, tmp_path):
+    t = moto_target
+    uri = t.stage("tok-m", {"serving.properties": "option.model_id=org/m\n"
+                                                  "option.max_model_len=4096\n",
+                            "tokenizer.json": "{}"})
+    _moto_endpoint(t, "tok", uri, {})
+    f = t.model_files("tok", tmp_path / "a", ["tokenizer.json", "config.json"])
+    assert [p.name for p in f.directory.iterdir()] == ["tokenizer.json"]  # no config.json there
+    assert f.properties == {"option.model_id": "org/m", "option.max_model_len": "4096"}
+    # env packaging: only the few entries that name the model, never a secret
+    _moto_endpoint(t, "envm", "", {"HF_MODEL_ID": "org/m", "OPTION_MAX_MODEL_LEN": "2048",
+                                   "HF_TOKEN": "hf_secret", "OPTION_HF_TOKEN": "hf_secret"})
+    f = t.model_files("envm", tmp_path / "b", ["tokenizer.json"])
+    assert f.properties == {"option.model_id": "org/m", "option.max_model_len": "2048"}
+    assert list(f.directory.iterdir()) == []
+    assert t.model_files("nope", tmp_path / "c", []) is None
