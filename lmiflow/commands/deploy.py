@@ -59,13 +59,14 @@ def run(args) -> int:
     # The API server would try to send telemetry: not from an unattended deploy.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Validate everything that can be validated before anything is created (exit 2): the
-    # plan, every place the run writes and production's state, then what only the platform
-    # knows (rollback alarms exist, the peak fleet fits).
+    # plan; what only the platform knows (credentials and permissions, rollback alarms, the
+    # peak fleet within quota); then every place the run writes and production's state. The
+    # platform goes first: _check_outputs imports Prefect, which creates its home directory.
     _, (_, _, candidate) = _plan_directly(spec)
-    _check_outputs(spec, Path(report_dir))
     from lmiflow import lifecycle, pipeline
 
     lifecycle.preflight(pipeline.target_for(spec), candidate)
+    _check_outputs(spec, Path(report_dir))
     return _run_flow(spec, report_dir)
 
 

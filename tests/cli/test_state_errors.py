@@ -84,19 +84,27 @@ def test_corrupt_registry(config, tmp_path, capsys, command):
 
 
 def test_summary_reads_gates_written_as_null(tmp_path):
+    """A level where every request failed measures NaN; report.json writes it as null, and the
+    summary reads that report back instead of calling it unreadable."""
+    from lmiflow.report.writer import write_report
+    from tests.report.sample import rejected_report
+
     spec = parse_spec(GOOD)
-    report = {"status": "rejected", "endpoint": "x", "error": "gate rejected the candidate",
-              "steps": [{"name": "gate", "status": "completed", "seconds": 0.1}],
-              "gate": {"checks": [{"kind": "slo", "metric": "ttft_ms", "stat": "p95",
-                                   "concurrency": 1, "observed": None, "op": "<=",
-                                   "threshold": None, "passed": False}]}}
-    path = tmp_path / "report.json"
-    path.write_text(json.dumps(report))
+    report = rejected_report()
+    check = report.gate.checks[0]
+    report.gate.checks[0] = check.model_copy(update={"observed": float("nan"),
+                                                     "passed": False})
+    report.benchmark.levels[0].ttft_ms.p95 = float("nan")
+    paths = write_report(report, tmp_path)
+    assert json.loads(paths["json"].read_text())["gate"]["checks"][0]["observed"] is None
     console = Console(file=open(tmp_path / "out.txt", "w"), width=80)  # noqa: SIM115
-    _summary(path, spec, console)
+    _summary(paths["json"], spec, console)
     console.file.close()
-    assert "ttft_ms p95 c=1: — <= —" in (tmp_path / "out.txt").read_text()
+    out = (tmp_path / "out.txt").read_text()
+    assert "no readable report" not in out
+    assert "REJECTED" in out.upper()
     _summary(Path(tmp_path / "missing.json"), spec, Console(file=open(tmp_path / "o2", "w")))  # noqa: SIM115
+    assert "no readable report" in (tmp_path / "o2").read_text()
 
 
 def test_a_failed_production_is_exit_2_before_anything_is_created(config, tmp_path, capsys):

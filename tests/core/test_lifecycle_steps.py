@@ -213,9 +213,11 @@ def test_benchmark_prices_one_instance_and_counts_them(monkeypatch, price, count
                                                        usd_per_instance):
     seen = {}
 
-    def fake_bench(target, endpoint, cfg, *, tokenizer, gates, on_progress):
+    def fake_bench(target, endpoint, cfg, *, tokenizer, tokenizer_source, gates, on_progress,
+                   production):
         seen.update(target=target, endpoint=endpoint, cfg=cfg, tokenizer=tokenizer,
-                    gates=gates, on_progress=on_progress)
+                    tokenizer_source=tokenizer_source, gates=gates, on_progress=on_progress,
+                    production=production)
         return BenchResult()
 
     monkeypatch.setattr(lifecycle, "bench_endpoint", fake_bench)
@@ -229,4 +231,5 @@ def test_benchmark_prices_one_instance_and_counts_them(monkeypatch, price, count
     expected = pipeline.load_config(SPEC).model_copy(update={
         "usd_per_hour": usd_per_instance, "instances": count})
     assert seen == {"target": t, "endpoint": "prod-c-x", "cfg": expected, "tokenizer": None,
-                    "gates": SPEC.gates, "on_progress": progress}
+                    "tokenizer_source": None, "gates": SPEC.gates, "on_progress": progress,
+                    "production": None}

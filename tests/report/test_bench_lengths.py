@@ -19,7 +19,7 @@ def test_lengths_table_shows_fixed_lengths_and_short_outputs():
     bench = BenchResult(levels=[exact, short], notes=["fixed length through min_length"])
     bench.settings.fixed_length = "min_length"
     report = full_report()
-    report["benchmark"] = bench.model_dump(mode="json")
+    report.benchmark = bench
     md = render_markdown(report)
     assert "outputs fixed through min_length" in md
     assert "| 1 | 16 | 8 | all 8 | stream 2 | none |" in md
