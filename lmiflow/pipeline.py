@@ -362,6 +362,7 @@ def planned_run(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Tar
                 tags: dict[str, str]) -> PlannedRun:
     """Everything decided before the first request: what the target lists requests from."""
     from lmiflow.bench.loadgen import example_payload, planned_requests
+    from lmiflow.bench.tokens import TOKENIZER_FILES
 
     names = candidate.names
     cfg = load_config(spec)
@@ -373,7 +374,8 @@ def planned_run(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Tar
         tags=tags, weights=candidate.weights, policy=traffic_policy(spec),
         smoke_payload=smoke_payload(spec), bench_payload=example_payload(cfg),
         bench_requests=planned_requests(cfg),
-        endpoint_timeout_s=spec.promotion.endpoint_timeout_s)
+        endpoint_timeout_s=spec.promotion.endpoint_timeout_s,
+        tokenizer_files=TOKENIZER_FILES)
 
 
 def run_requests(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Target,

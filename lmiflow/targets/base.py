@@ -135,6 +135,9 @@ class PlannedRun(BaseModel):
     bench_requests: int = Field(
         description="the probe, warm-up and measured requests over all levels and repeats")
     endpoint_timeout_s: float
+    tokenizer_files: tuple[str, ...] = Field(
+        default=(), description="the files the benchmark reads from the candidate's model when "
+        "the runner has no copy of its tokenizer")
 
 
 class WaitTimeout(TimeoutError):

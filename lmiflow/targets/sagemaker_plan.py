@@ -110,6 +110,7 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
     out.append(_r("create_endpoint", "sagemaker", "DescribeEndpoint", poll,
                   EndpointName=run.endpoint))
     out.append(_invoke("smoke_test", "InvokeEndpoint", run.endpoint, run.smoke_payload))
+    out += tokenizer_requests(run, package.model_data)
     out.append(_invoke("benchmark", "InvokeEndpointWithResponseStream", run.endpoint,
                        {**run.bench_payload, "stream": True},
                        f"x {run.bench_requests}: the benchmark's requests, concurrently"))
@@ -152,6 +153,27 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
     ]
     # the lease is listed last, as the run holds it throughout
     return out + report_requests(target, run) + lease_release
+
+
+def tokenizer_requests(run: PlannedRun, model_data: str | None) -> list[AwsRequest]:
+    """SageMakerTarget.model_files, for the benchmark: with no copy of the model's tokenizer
+    on the runner it counts tokens with the one in the candidate's model files. A file that
+    is not there is skipped."""
+    from lmiflow.targets.sagemaker import _split_s3
+
+    when = "when the runner has no copy of the model's tokenizer"
+    out = [
+        _r("benchmark", "sagemaker", "DescribeEndpoint", when, EndpointName=run.endpoint),
+        _r("benchmark", "sagemaker", "DescribeEndpointConfig", when,
+           EndpointConfigName=run.endpoint_config),
+        _r("benchmark", "sagemaker", "DescribeModel", when, ModelName=run.model),
+    ]
+    if model_data:  # staged or s3:// weights: their prefix; s3 packaging: the model's folder
+        bucket, key = _split_s3(model_data)
+        out += [_r("benchmark", "s3", "GetObject", when + "; if the file exists",
+                   Bucket=bucket, Key=key + name)
+                for name in ("serving.properties", *run.tokenizer_files)]
+    return out
 
 
 def access_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
