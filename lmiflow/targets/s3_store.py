@@ -69,7 +69,7 @@ def update(send: Callable[[AwsRequest], Any], bucket: str, key: str,
 
 def planned_update_requests(bucket: str, key: str, step: str, what: str) -> list[AwsRequest]:
     """What update() sends, as a dry run shows it (the body and ETag known only then)."""
-    again = "; again if another run wrote it in between"
+    again = "; read again if another run wrote it in between"
     return [
         get_request(bucket, key).model_copy(update={"step": step, "when": what + again}),
         put_request(bucket, key, PLANNED_BODY, IfNoneMatch="*").model_copy(

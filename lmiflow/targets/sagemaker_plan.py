@@ -120,7 +120,7 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
                        f"x {run.bench_requests}: the benchmark's requests, concurrently"))
     if target.s3_uri:
         out += planned_update_requests(*target.calibration_location(), "benchmark",
-                                       "predicted vs measured per level, appended")
+                                       "to append this benchmark's predicted vs measured levels")
     if target.s3_uri:
         bucket, key = target.baseline_location(run.production)
         out.append(_r("gate", "s3", "GetObject", "production's last benchmark, if any",
