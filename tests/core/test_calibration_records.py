@@ -7,14 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from lmiflow import lifecycle
-from lmiflow.bench.metrics import BenchResult, BenchSettings, LatencyStats, LengthStats, LevelResult
-from lmiflow.calibration_store import add_records, parse_store
 from lmiflow.sizing.catalog import CPU, catalog_with, local_instance_row
 from lmiflow.sizing.latency import Efficiency, default_efficiency, predict
 from lmiflow.sizing.model_spec import parse_model_config, read_config_file
 from lmiflow.sizing.planner import PlanRequest, plan
+
+from lmiflow import lifecycle
+from lmiflow.bench.metrics import BenchResult, BenchSettings, LatencyStats, LengthStats, LevelResult
+from lmiflow.calibration_store import add_records, parse_store
 from tests.core.memory_target import MemoryTarget
 
 MODELS = Path(__file__).resolve().parents[2] / "configs" / "models"
