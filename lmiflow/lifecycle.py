@@ -31,7 +31,7 @@ from lmiflow.report.model import (
     SmokeTest,
 )
 from lmiflow.report.outcome import ProductionState
-from lmiflow.sizing.accelerators import load_accelerators
+from lmiflow.sizing.accelerators import facts_for, load_accelerators
 from lmiflow.sizing.calibration import CalibrationRecord, records_for_option, side_by_side
 from lmiflow.sizing.model_spec import ModelSpec
 from lmiflow.sizing.planner import Plan
@@ -395,16 +395,19 @@ def predicted_vs_measured(model: ModelSpec, p: Plan, bench: BenchResult, *, run:
     was never predicted, so there is nothing to compare."""
     c = p.chosen
     engine = p.request.engine
-    factors = p.factors.get(c.accelerator)
-    section = PredictedVsMeasured(
-        accelerator=c.accelerator, engine=engine, tensor_parallel_degree=c.tensor_parallel_degree,
-        image_version=_image_version(image_uri),
-        fit=p.calibration.get(c.accelerator), fit_records=factors.records if factors else 0)
-    if factors is None:
-        section.notes.append(f"no latency prediction for {c.accelerator} (no accelerator "
-                             "facts): nothing compared or recorded")
-        return [], section
     accelerators = load_accelerators()
+    # A local GPU has its driver's name (NVIDIA A100-SXM4-40GB); facts and fits the catalog's.
+    facts = facts_for(c.accelerator, accelerators)
+    name = facts.name if facts else c.accelerator
+    factors = p.factors.get(name)
+    section = PredictedVsMeasured(
+        accelerator=name, engine=engine, tensor_parallel_degree=c.tensor_parallel_degree,
+        image_version=_image_version(image_uri),
+        fit=p.calibration.get(name), fit_records=factors.records if factors else 0)
+    if factors is None:
+        section.notes.append(f"no latency prediction for {name} (no accelerator facts): "
+                             "nothing compared or recorded")
+        return [], section
     records: list[CalibrationRecord] = []
     for lv in bench.levels:
         if lv.rate_rps is not None:

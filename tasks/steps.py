@@ -282,7 +282,7 @@ def benchmark(spec: DeploymentSpec, endpoint: str, p: Plan, tokenizer_dir: str |
 def record_calibration(spec: DeploymentSpec, model: ResolvedModel, p: Plan, bench: BenchResult,
                        image_uri: str | None, run: str) -> PredictedVsMeasured:
     """The benchmark next to the plan's prediction, appended to the target's calibration
-    store (a retry rereads the store: nothing is appended twice, as the write is one step)."""
+    store. Retried on transient faults: each try rereads the store and writes it whole."""
     result = lifecycle.record_calibration(target_for(spec), model.spec, p, bench, run=run,
                                           model_id=spec.model.id, image_uri=image_uri)
     log = get_run_logger()

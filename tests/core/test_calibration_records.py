@@ -116,6 +116,20 @@ def test_on_a_cpu_nothing_is_predicted_so_nothing_is_recorded():
     assert t.calibration is None  # the store was not even read
 
 
+def test_a_local_gpu_is_recorded_under_its_catalog_name_with_the_local_engine():
+    # nvidia-smi's name for the GPU; the accelerator table knows it as "NVIDIA A100 40GB"
+    gpu = catalog_with([local_instance_row("NVIDIA A100-SXM4-40GB", 1, 40 * 10**9, 8)])
+    p = plan(SPEC, PlanRequest(max_input_tokens=128, max_output_tokens=32, concurrency=1,
+                               engine="local"), gpu)
+    t = MemoryTarget()
+    out = lifecycle.record_calibration(t, SPEC, p, bench(level(1, 90.0, 40.0)), run="r",
+                                       model_id="m", image_uri=None)
+    assert (out.accelerator, out.engine, out.recorded, out.notes) == (
+        "NVIDIA A100 40GB", "local", 1, [])
+    (r,) = parse_store(t.calibration, "mem").records
+    assert (r.accelerator, r.engine, r.image_version) == ("NVIDIA A100 40GB", "local", None)
+
+
 def test_a_target_with_nowhere_to_keep_a_store_says_so():
     class NoStore(MemoryTarget):
         def update_calibration(self, change):
