@@ -147,12 +147,14 @@ def compute_memory(spec: DeploymentSpec, model: ResolvedModel) -> MemoryEstimate
     return MemoryEstimate(dtypes=dtypes, **est.model_dump())
 
 
-def choose_instance(spec: DeploymentSpec, model: ResolvedModel, target: Target) -> Plan:
+def choose_instance(spec: DeploymentSpec, model: ResolvedModel, target: Target,
+                    *, offline: bool = False) -> Plan:
     """The plan over the target's instances (the catalog, or this machine for local), with
-    the latency model calibrated by earlier benchmarks where there are any."""
+    the latency model calibrated by the benchmarks in the target's calibration store where
+    there are any (offline: a dry run, which reads no store a service holds)."""
     from lmiflow.calibration_store import planning_calibration
 
-    calibration, problem = planning_calibration()
+    calibration, problem = planning_calibration(target, offline=offline)
     catalog = target.instance_catalog()
     p = plan(model.spec, plan_request(spec, target), catalog, calibration=calibration)
     if problem:

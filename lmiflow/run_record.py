@@ -150,7 +150,8 @@ class DirectSteps:
 
     @staticmethod
     def choose_instance(spec: DeploymentSpec, model: ResolvedModel) -> Plan:
-        return pipeline.choose_instance(spec, model, pipeline.target_for(spec))
+        # No service is called here: a calibration store kept in S3 is read by the deploy.
+        return pipeline.choose_instance(spec, model, pipeline.target_for(spec), offline=True)
 
     @staticmethod
     def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Plan

@@ -3,7 +3,8 @@
 Names follow SageMaker's API so the flow reads the same for both targets. Every method that
 creates something is idempotent on its name where the platform allows it, so a rerun after an
 interruption can adopt or remove what the earlier run left. Everything that differs between
-the targets (packaging, timeouts, the catalog to plan over, the image, the baseline store)
+the targets (packaging, timeouts, the catalog to plan over, the image, the baseline and
+calibration stores)
 is a method here, so no caller needs to know which target it holds.
 """
 
@@ -138,6 +139,10 @@ class PlannedRun(BaseModel):
     tokenizer_files: tuple[str, ...] = Field(
         default=(), description="the files the benchmark reads from the candidate's model when "
         "the runner has no copy of its tokenizer")
+
+
+class StoreOffline(RuntimeError):
+    """The store is kept by a service, and this run may not call one (a dry run)."""
 
 
 class WaitTimeout(TimeoutError):
@@ -427,3 +432,23 @@ class Target(ABC):
     def save_baseline(self, endpoint: str, data: dict) -> str | None:
         """Keep it where the next run of this endpoint finds it; returns where (or None when
         the target has nowhere to keep it)."""
+
+    # ---- the latency model's calibration store -------------------------------------------
+    # One store per place runs share (this machine's state dir, the S3 prefix): its records
+    # are per accelerator and engine, not per endpoint.
+
+    @abstractmethod
+    def calibration_uri(self) -> str | None:
+        """Where the store is (a path, an s3:// URI), None when the target keeps none."""
+
+    @abstractmethod
+    def load_calibration(self, *, offline: bool = False) -> dict | None:
+        """The calibration store (sizing.calibration.CalibrationStore as JSON), None when
+        there is none yet. offline: a dry run, which calls no service; a store only a service
+        holds raises StoreOffline then."""
+
+    @abstractmethod
+    def update_calibration(self, change: Callable[[dict | None], dict]) -> str | None:
+        """Replace the store with change(the store as read), atomically with respect to other
+        runs appending to it (change may be called again on a newer store); returns where the
+        store is (None when the target has nowhere to keep one)."""

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode
 
 from lmiflow import patterns
+from lmiflow.targets import s3_store
 from lmiflow.targets.aws_requests import AwsRequest, guard, method_name, validate
 from lmiflow.targets.base import (
     EndpointBusy,
@@ -34,6 +35,7 @@ from lmiflow.targets.base import (
     ModelPackage,
     PlannedRun,
     StoredReport,
+    StoreOffline,
     Target,
     TrafficPolicy,
     check_name,
@@ -51,6 +53,7 @@ PROJECT_TAGS = {"project": "lmiflow"}
 VARIANT_NAME = "AllTraffic"
 BUSY_STATUSES = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
 BASELINE_FILE = "baseline.json"
+CALIBRATION_FILE = "calibration.json"
 
 
 class StreamError(RuntimeError):
@@ -882,6 +885,32 @@ class SageMakerTarget(Target):
         self.send(put_object_request(f"s3://{bucket}/{key}", json.dumps(
             data, indent=2, sort_keys=True).encode(), "application/json"))
         return f"s3://{bucket}/{key}"
+
+    # -- the latency model's calibration store: s3_uri/calibration.json --
+
+    def calibration_location(self) -> tuple[str, str]:
+        """(bucket, key) of the calibration store every run of this S3 prefix shares."""
+        bucket, prefix = _split_s3(self.s3_uri or "")
+        return bucket, f"{prefix}{CALIBRATION_FILE}"
+
+    def calibration_uri(self) -> str | None:
+        return "s3://{}/{}".format(*self.calibration_location()) if self.s3_uri else None
+
+    def load_calibration(self, *, offline: bool = False) -> dict | None:
+        if not self.s3_uri:
+            return None
+        bucket, key = self.calibration_location()
+        if offline:
+            raise StoreOffline(f"s3://{bucket}/{key} is read when the deploy plans, not by a "
+                               "dry run (it calls no AWS service)")
+        return s3_store.read(self.send, bucket, key)[0]
+
+    def update_calibration(self, change: Callable[[dict | None], dict]) -> str | None:
+        if not self.s3_uri:
+            return None
+        bucket, key = self.calibration_location()
+        s3_store.update(self.send, bucket, key, change)
+        return self.calibration_uri()
 
     # ---- the run's report -----------------------------------------------------------------
 

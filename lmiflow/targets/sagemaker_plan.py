@@ -5,7 +5,8 @@ tests run the pipeline against moto and Stubber and compare.
 
 Requests that depend on what the run finds carry `when`: polls repeat, a first deploy
 creates production where a later one updates it, leftovers of an interrupted run are deleted
-only if there are any, and the candidate is removed only when the run does not promote. A
+only if there are any, the candidate is removed only when the run does not promote, and the
+calibration store is created or replaced depending on whether there was one. A
 name the run learns only then (production's endpoint config, a leftover's spec hash) is
 shown with `xxxxxxxx` for its hash, still valid for the service model.
 """
@@ -19,6 +20,7 @@ from lmiflow.redact import MASK
 from lmiflow.targets.aws_requests import AwsRequest
 from lmiflow.targets.base import PlannedRun
 from lmiflow.targets.s3_lease import planned_lease_requests
+from lmiflow.targets.s3_store import planned_update_requests
 from lmiflow.targets.staging import StagingConfig, planned_requests
 from lmiflow.targets.weights import s3_read_requests
 
@@ -79,6 +81,9 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
         take, lease_release = planned_lease_requests(
             bucket, lease_key(prefix, run.production), target.lease_ttl_s)
         out += take
+        bucket, key = target.calibration_location()
+        out.append(_r("choose_instance", "s3", "GetObject",
+                      "the latency model's calibration store, if any", Bucket=bucket, Key=key))
     out += access_requests(target, run) + preflight_requests(target, run)
     if w.source.kind == "s3":
         out += s3_read_requests(w.source)
@@ -114,6 +119,9 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
     out.append(_invoke("benchmark", "InvokeEndpointWithResponseStream", run.endpoint,
                        {**run.bench_payload, "stream": True},
                        f"x {run.bench_requests}: the benchmark's requests, concurrently"))
+    if target.s3_uri:
+        out += planned_update_requests(*target.calibration_location(), "benchmark",
+                                       "to append this benchmark's predicted vs measured levels")
     if target.s3_uri:
         bucket, key = target.baseline_location(run.production)
         out.append(_r("gate", "s3", "GetObject", "production's last benchmark, if any",
