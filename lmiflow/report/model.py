@@ -20,6 +20,7 @@ from lmiflow.bench.metrics import BenchResult
 from lmiflow.report.outcome import Outcome, ProductionState
 from lmiflow.sizing.model_spec import ModelSpec
 from lmiflow.sizing.planner import Plan
+from lmiflow.targets.components_plan import ComponentPlan
 from lmiflow.targets.staging import StagingReport
 from lmiflow.targets.weights import WeightsPlan
 
@@ -181,6 +182,10 @@ class RunReport(_Strict):
         default=None, description="SageMaker: InferenceAmiVersion and RoutingConfig.")
     promotion_plan: PromotionPlan | None = Field(
         default=None, description="Planned before anything exists; the peak fleet and quota.")
+    component: ComponentPlan | None = Field(
+        default=None, description="target.mode inference_component: the model's component "
+        "(resources per copy, copies and their scaling, managed instances), the packing of "
+        "every component on the endpoint, and the cold start this run measured.")
     production: ProductionState | None = Field(
         default=None, description="The production endpoint as the run left it.")
     outcome: Outcome | None = Field(

@@ -22,13 +22,16 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import BaseModel, Field
 
 from lmiflow import patterns
+from lmiflow.targets.components_plan import ComponentPlan
 from lmiflow.targets.weights import WeightsPlan
 
 if TYPE_CHECKING:
     import pandas as pd
     from pydantic import SecretStr
 
+    from lmiflow.sizing.packing import ComponentNeed
     from lmiflow.targets.aws_requests import AwsRequest
+    from lmiflow.targets.components_plan import InferenceComponentSection
     from lmiflow.targets.staging import Progress, StagingReport
     from lmiflow.targets.weights import ModelSource
 
@@ -135,6 +138,9 @@ class PlannedRun(BaseModel):
     bench_requests: int = Field(
         description="the probe, warm-up and measured requests over all levels and repeats")
     endpoint_timeout_s: float
+    component: ComponentPlan | None = Field(
+        default=None, description="The model as an inference component (None: the model is "
+        "the endpoint's variant).")
 
 
 class WaitTimeout(TimeoutError):
@@ -192,6 +198,21 @@ class Target(ABC):
     def endpoint_variant(self, instance_type: str, instance_count: int,
                          weights_bytes: int) -> EndpointVariant:
         """The endpoint config's variant for a model of this size (timeouts, volume)."""
+
+    def component_plan(self, section: InferenceComponentSection, endpoint: str, option: object,
+                       weights_bytes: float, variant: EndpointVariant, gated: bool,
+                       alarms: list[str], others: Sequence[ComponentNeed] = ()
+                       ) -> ComponentPlan | None:
+        """The model as an inference component on `endpoint`, packed with `others`, where this
+        target is set to run models as components; None (this default): the model is the
+        endpoint's own variant. option: the plan's chosen sizing.planner.Option."""
+        return None
+
+    def component_need(self, section: InferenceComponentSection, endpoint: str,
+                       option: object, weights_bytes: float) -> ComponentNeed | None:
+        """What one copy of this model reserves on a shared endpoint (None: the target does
+        not run models as components)."""
+        return None
 
     def check_properties(self, text: str) -> None:
         """Refuse a serving.properties the target's server would refuse at start-up (an

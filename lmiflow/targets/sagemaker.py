@@ -351,6 +351,7 @@ class SageMakerTarget(Target):
         sleep: Callable[[float], None] = time.sleep,
         on_request: Callable[[AwsRequest], None] | None = None,
         lease_ttl_s: int = 600,
+        mode: Literal["endpoint", "inference_component"] = "endpoint",
     ):
         if invoke_read_timeout_s < 70:
             # above SageMaker's 60 s invocation limit, so its own timeout error surfaces
@@ -371,6 +372,7 @@ class SageMakerTarget(Target):
         self._sleep = sleep
         self.on_request = on_request
         self.lease_ttl_s = lease_ttl_s
+        self.mode = mode
 
     # -- clients (lazy; tests wrap them in botocore Stubber) --
 
@@ -502,6 +504,34 @@ class SageMakerTarget(Target):
             model_data_download_timeout_s=download,
             container_startup_health_check_timeout_s=startup,
         )
+
+    def _shape(self, instance_type: str):
+        from lmiflow.targets.components_plan import instance_shape
+
+        cat = self.instance_catalog()
+        rows = cat[cat["instance_type"] == instance_type].to_dict("records")
+        if not rows:
+            raise ValueError(f"{instance_type} is not in the instance catalog")
+        return instance_shape(rows[0])
+
+    def component_plan(self, section, endpoint, option, weights_bytes, variant, gated, alarms,
+                       others=()):
+        """Inference-component mode: the component, packed with `others` on the plan's
+        instance type (targets/components_plan.py)."""
+        if self.mode != "inference_component":
+            return None
+        from lmiflow.targets.components_plan import plan_component
+
+        return plan_component(section, endpoint, option, weights_bytes,
+                              self._shape(option.instance_type), variant, gated, alarms,
+                              list(others))
+
+    def component_need(self, section, endpoint, option, weights_bytes):
+        if self.mode != "inference_component":
+            return None
+        from lmiflow.targets.components_plan import component_need
+
+        return component_need(section, endpoint, option, weights_bytes)
 
     # -- staging and creation --
 

@@ -99,6 +99,9 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
         package.model_data, run.tags,
         network_isolation=w.network_isolation, vpc=target.vpc).model_copy(
             update={"step": "create_model"}))
+    if run.component is not None:
+        out += component_requests(target, run)
+        return out + report_requests(target, run) + lease_release
     out.append(create_endpoint_config_request(run.endpoint_config, run.model, run.variant,
                                               run.tags).model_copy(
         update={"step": "configure_endpoint"}))
@@ -152,6 +155,93 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
     ]
     # the lease is listed last, as the run holds it throughout
     return out + report_requests(target, run) + lease_release
+
+
+def component_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
+    """From configure_endpoint on, in inference-component mode (targets/components_plan.py):
+    the candidate endpoint with the candidate component on it, tested and benchmarked
+    through the component; then production's component created (the endpoint too on a first
+    deploy) or updated copy by copy, its copies' auto scaling, and on a rejection the
+    candidate removed, component first (an endpoint with components cannot be deleted)."""
+    from lmiflow.targets import components_plan as cp
+    from lmiflow.targets.iam import account_of
+    from lmiflow.targets.sagemaker import create_endpoint_request
+
+    c = run.component
+    assert c is not None
+    poll = (f"every {target.poll_interval_s:g} s until InService or Failed, at most "
+            f"{run.endpoint_timeout_s:.0f} s")
+    first_copy = (f"every {target.poll_interval_s:g} s until a copy runs (CurrentCopyCount "
+                  "1 or more), at most " f"{run.endpoint_timeout_s:.0f} s")
+
+    def step(req: AwsRequest, name: str, when: str | None = None) -> AwsRequest:
+        return req.model_copy(update={"step": name, "when": when})
+
+    out = [
+        step(cp.endpoint_config_request(run.endpoint_config, c, target.role_arn or "",
+                                        run.variant, run.tags), "configure_endpoint"),
+        step(create_endpoint_request(run.endpoint, run.endpoint_config, run.tags),
+             "create_endpoint"),
+        _r("create_endpoint", "sagemaker", "DescribeEndpoint", poll, EndpointName=run.endpoint),
+        step(cp.create_component_request(c.candidate, run.endpoint, run.model, c, run.tags),
+             "create_endpoint"),
+        step(cp.describe_component_request(c.candidate), "create_endpoint", poll),
+        _invoke("smoke_test", "InvokeEndpoint", run.endpoint, run.smoke_payload,
+                component=c.candidate),
+        _invoke("benchmark", "InvokeEndpointWithResponseStream", run.endpoint,
+                {**run.bench_payload, "stream": True},
+                f"x {run.bench_requests}: the benchmark's requests, concurrently",
+                component=c.candidate),
+    ]
+    if target.s3_uri:
+        bucket, key = target.baseline_location(run.production)
+        out.append(_r("gate", "s3", "GetObject", "production's last benchmark, if any",
+                      Bucket=bucket, Key=key))
+    first = "on the first deploy: no production endpoint yet"
+    new = "when production's endpoint has no such component yet (this or a first deploy)"
+    exists = "when production's component exists: a rolling update, copy by copy"
+    out += [
+        _r("promote", "sagemaker", "DescribeEndpoint", EndpointName=run.production),
+        step(cp.describe_component_request(c.name), "promote"),
+        step(cp.delete_component_request(c.candidate), "promote",
+             "before production changes (its benchmark is done)"),
+        _r("promote", "sagemaker", "DeleteEndpoint", "then its endpoint: at most two fleets",
+           EndpointName=run.endpoint),
+        step(create_endpoint_request(run.production, run.endpoint_config, run.tags),
+             "promote", first),
+        _r("promote", "sagemaker", "DescribeEndpoint", poll + f"; {first}",
+           EndpointName=run.production),
+        step(cp.create_component_request(c.name, run.production, run.model, c, run.tags),
+             "promote", new),
+        step(cp.update_component_request(c.name, run.model, c, run.policy.wait_interval_s),
+             "promote", exists),
+        step(cp.describe_component_request(c.name), "promote",
+             poll + "; a failed update rolls back to the previous model by itself"),
+        step(cp.describe_component_request(c.name), "promote", first_copy),
+        _invoke("promote", "InvokeEndpoint", run.production, run.smoke_payload,
+                component=c.name),
+    ]
+    partition, account = account_of(target.role_arn) if target.role_arn else ("aws", "")
+    arn = cp.step_policy_arn(target.region, account or "000000000000", partition, c.name)
+    out += [step(r, "promote", "the copies' auto scaling (kept across updates)")
+            for r in cp.scaling_requests(c, arn)]
+    out += sweep("promote", run.production, target)
+    if target.s3_uri:
+        bucket, key = target.baseline_location(run.production)
+        out.append(_r("promote", "s3", "PutObject", "the candidate's benchmark",
+                      Bucket=bucket, Key=key, Body="<benchmark JSON>",
+                      ContentType="application/json"))
+    not_promoted = "only when the run does not promote"
+    out += [
+        step(cp.delete_component_request(c.candidate), "cleanup", not_promoted),
+        step(cp.describe_component_request(c.candidate), "cleanup",
+             "until it is gone: its endpoint cannot be deleted before"),
+        _r("cleanup", "sagemaker", "DeleteEndpoint", not_promoted, EndpointName=run.endpoint),
+        _r("cleanup", "sagemaker", "DeleteEndpointConfig", not_promoted,
+           EndpointConfigName=run.endpoint_config),
+        _r("cleanup", "sagemaker", "DeleteModel", not_promoted, ModelName=run.model),
+    ]
+    return out
 
 
 def access_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
@@ -208,10 +298,11 @@ def preflight_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
     return out
 
 
-def _invoke(step: str, operation: str, endpoint: str, payload: dict, when: str | None = None
-            ) -> AwsRequest:
+def _invoke(step: str, operation: str, endpoint: str, payload: dict, when: str | None = None,
+            component: str | None = None) -> AwsRequest:
     accept = ("application/jsonlines" if operation == "InvokeEndpointWithResponseStream"
               else "application/json")
+    extra = {"InferenceComponentName": component} if component else {}
     return _r(step, "sagemaker-runtime", operation, when, EndpointName=endpoint,
               ContentType="application/json", Accept=accept,
-              Body=json.dumps(payload).encode("utf-8"))
+              Body=json.dumps(payload).encode("utf-8"), **extra)
