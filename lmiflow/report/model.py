@@ -182,14 +182,14 @@ class RunReport(_Strict):
         default=None, description="SageMaker: InferenceAmiVersion and RoutingConfig.")
     promotion_plan: PromotionPlan | None = Field(
         default=None, description="Planned before anything exists; the peak fleet and quota.")
-    component: ComponentPlan | None = Field(
-        default=None, description="target.mode inference_component: the model's component "
-        "(resources per copy, copies and their scaling, managed instances), the packing of "
-        "every component on the endpoint, and the cold start this run measured.")
     production: ProductionState | None = Field(
         default=None, description="The production endpoint as the run left it.")
     outcome: Outcome | None = Field(
         default=None, description="The run in words: verdict, production, reasons, next steps.")
+    component: ComponentPlan | None = Field(
+        default=None, description="target.mode inference_component: the model's component "
+        "(resources per copy, copies and their scaling, managed instances), the packing of "
+        "every component on the endpoint, and the cold start this run measured.")
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types, in report.json's key order (the one dump of a run)."""
