@@ -10,7 +10,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from lmiflow import endpoint_plan, patterns
 from lmiflow.errors import UserInputError
@@ -61,6 +61,9 @@ class Names(BaseModel):
     endpoint_config: str
     model: str
     spec_hash: str
+    component: ComponentPlan | None = Field(
+        default=None, description="The candidate's inference component, where the target runs "
+        "the model as one: its name and what it reserves travel with the other names.")
 
 
 class MemoryEstimate(MemoryBreakdown):
@@ -285,9 +288,12 @@ def prepare_serving(spec: DeploymentSpec, model: ResolvedModel, p: Plan, target:
         endpoint_variant_for(p, target, host), bool(latency_limits(spec)),
         list(spec.promotion.alarms), alongside or [])
     names = names_for(spec, text, uri, p, target, weights, host, component)
+    if component is not None:
+        component = component.named(names.spec_hash)
+        names = names.model_copy(update={"component": component})
     return Candidate(properties=text, image_uri=uri, weights=weights, names=names, host=host,
                      promotion=endpoint_plan.promotion_plan(spec, p, target.shifts_traffic),
-                     component=component.named(names.spec_hash) if component else None)
+                     component=component)
 
 
 def alongside_needs(spec: DeploymentSpec, p: Plan, configs: list[str]) -> list[ComponentNeed]:

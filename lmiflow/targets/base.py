@@ -314,8 +314,29 @@ class Target(ABC):
 
     @abstractmethod
     def create_endpoint_config(
-        self, name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str]
-    ) -> None: ...
+        self, name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str],
+        component: ComponentPlan | None = None,
+    ) -> None:
+        """component: the model is an inference component (the config then holds no model
+        and its instances are managed); None: the model is the variant's."""
+
+    def place_component(self, endpoint: str, model: str, component: ComponentPlan | None,
+                        tags: dict[str, str], timeout_s: float) -> None:
+        """After the endpoint is InService: put the model on it as `component` and wait for
+        its first copy. Nothing to do where the model is the endpoint's (component None)."""
+        return None
+
+    def promote_component(self, production: str, candidate_endpoint: str, endpoint_config: str,
+                          model: str, component: ComponentPlan | None, tags: dict[str, str],
+                          timeout_s: float, wait_interval_s: int = 0) -> str | None:
+        """Promote the candidate as production's component (what was done, in words); None
+        where the model is not a component: the caller promotes the endpoint itself."""
+        return None
+
+    def models_in_use(self, endpoint: str) -> set[str]:
+        """Models the endpoint serves other than through its config's variant (its
+        inference components'); none by default."""
+        return set()
 
     @abstractmethod
     def create_endpoint(self, name: str, config_name: str, tags: dict[str, str]) -> None: ...

@@ -317,6 +317,10 @@ def describe_component_request(name: str) -> AwsRequest:
     return _r("DescribeInferenceComponent", InferenceComponentName=name)
 
 
+def list_components_request(endpoint: str) -> AwsRequest:
+    return _r("ListInferenceComponents", EndpointNameEquals=endpoint)
+
+
 def delete_component_request(name: str) -> AwsRequest:
     return _r("DeleteInferenceComponent", InferenceComponentName=name)
 

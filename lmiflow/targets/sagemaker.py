@@ -38,11 +38,13 @@ from lmiflow.targets.base import (
     TrafficPolicy,
     check_name,
 )
+from lmiflow.targets.sagemaker_components import ComponentOps
 from lmiflow.targets.weights import ModelSource, WeightsPlan, s3_source
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
+    from lmiflow.targets.components_plan import ComponentPlan
     from lmiflow.targets.staging import Progress, StagingReport
 
 logger = logging.getLogger(__name__)
@@ -324,7 +326,7 @@ def _request(service: str, operation: str, **params: Any) -> AwsRequest:
 # ---- the target -----------------------------------------------------------------------------
 
 
-class SageMakerTarget(Target):
+class SageMakerTarget(ComponentOps, Target):
     """Target on SageMaker real-time endpoints (targets.base.Target). Every request is built
     as an AwsRequest, checked against botocore's service model and then sent; the clients are
     guarded too, so requests boto3 builds itself (paginators, multipart uploads) are checked."""
@@ -415,6 +417,10 @@ class SageMakerTarget(Target):
         return self.client("cloudwatch")
 
     @cached_property
+    def autoscaling(self) -> Any:
+        return self.client("application-autoscaling")
+
+    @cached_property
     def quotas(self) -> Any:
         return self.client("service-quotas")
 
@@ -436,7 +442,8 @@ class SageMakerTarget(Target):
 
     def _client_for(self, service: str) -> Any:
         return {"sagemaker": self.sm, "s3": self.s3, "sagemaker-runtime": self.runtime,
-                "cloudwatch": self.cloudwatch, "service-quotas": self.quotas}[service]
+                "cloudwatch": self.cloudwatch, "service-quotas": self.quotas,
+                "application-autoscaling": self.autoscaling}[service]
 
     def send(self, req: AwsRequest) -> Any:
         """Validate the request, then send it with the client of its service."""
@@ -522,9 +529,21 @@ class SageMakerTarget(Target):
             return None
         from lmiflow.targets.components_plan import plan_component
 
-        return plan_component(section, endpoint, option, weights_bytes,
+        plan = plan_component(section, endpoint, option, weights_bytes,
                               self._shape(option.instance_type), variant, gated, alarms,
                               list(others))
+        self.routes[endpoint] = plan.name  # production's invocations name its component
+        return plan
+
+    def models_in_use(self, endpoint: str) -> set[str]:
+        """The models the endpoint's components serve (theirs, not its config's)."""
+        out = set()
+        for name in self.components_on(endpoint):
+            d = self._component(name) or {}
+            model = (d.get("Specification") or {}).get("ModelName")
+            if model:
+                out.add(model)
+        return out
 
     def component_need(self, section, endpoint, option, weights_bytes):
         if self.mode != "inference_component":
@@ -595,10 +614,16 @@ class SageMakerTarget(Target):
         logger.info("created model %s (env keys: %s)", name, ", ".join(sorted(env)) or "none")
 
     def create_endpoint_config(
-        self, name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str]
+        self, name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str],
+        component: ComponentPlan | None = None,
     ) -> None:
+        from lmiflow.targets.components_plan import endpoint_config_request
+
+        req = (endpoint_config_request(name, component, self.role_arn or "", variant, tags)
+               if component is not None
+               else create_endpoint_config_request(name, model_name, variant, tags))
         try:
-            self.send(create_endpoint_config_request(name, model_name, variant, tags))
+            self.send(req)
         except Exception as exc:
             if not _is_existing(exc):
                 raise
@@ -720,11 +745,15 @@ class SageMakerTarget(Target):
 
     # -- invocation --
 
+    def _route(self, name: str) -> dict[str, str]:
+        component = self.routes.get(name)
+        return {"InferenceComponentName": component} if component else {}
+
     def invoke(self, name: str, payload: dict) -> bytes:
         resp = self.send(_request(
             "sagemaker-runtime", "InvokeEndpoint", EndpointName=name,
             ContentType="application/json", Accept="application/json",
-            Body=json.dumps(payload).encode("utf-8")))
+            Body=json.dumps(payload).encode("utf-8"), **self._route(name)))
         return resp["Body"].read()
 
     def invoke_stream(self, name: str, payload: dict) -> Iterator[bytes]:
@@ -733,7 +762,7 @@ class SageMakerTarget(Target):
         resp = self.send(_request(
             "sagemaker-runtime", "InvokeEndpointWithResponseStream", EndpointName=name,
             ContentType="application/json", Accept="application/jsonlines",
-            Body=json.dumps(body).encode("utf-8")))
+            Body=json.dumps(body).encode("utf-8"), **self._route(name)))
         return iter_json_lines(_payload_parts(resp["Body"]))
 
     def reserve_invocations(self, concurrency: int) -> None:
@@ -802,6 +831,10 @@ class SageMakerTarget(Target):
         return True
 
     def delete_endpoint(self, name: str) -> bool:
+        """In component mode its components go first: SageMaker deletes no endpoint that
+        still has some."""
+        for component in self.components_on(name):
+            self.delete_component(component)
         return self._delete("endpoint", _request("sagemaker", "DeleteEndpoint",
                                                  EndpointName=name), name)
 

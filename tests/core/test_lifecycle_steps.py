@@ -46,7 +46,7 @@ class Recorder(MemoryTarget):
         self.calls.append(("endpoint_variant", instance_type, instance_count, weights_bytes))
         return super().endpoint_variant(instance_type, instance_count, weights_bytes)
 
-    def create_endpoint_config(self, name, model_name, variant, tags):
+    def create_endpoint_config(self, name, model_name, variant, tags, component=None):
         self.calls.append(("create_endpoint_config", name, model_name, variant, tags))
         super().create_endpoint_config(name, model_name, variant, tags)
 
