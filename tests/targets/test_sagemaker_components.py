@@ -10,8 +10,8 @@ import boto3
 import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
-
 from lmiflow.sizing.packing import ComponentNeed, InstanceShape, pack
+
 from lmiflow.targets.components_plan import ComponentPlan, ComponentResources, CopyScaling
 from lmiflow.targets.sagemaker import SageMakerTarget
 from lmiflow.targets.sagemaker_components import ComponentFailed
