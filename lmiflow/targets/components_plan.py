@@ -377,14 +377,13 @@ def scaling_requests(c: ComponentPlan, policy_arn: str) -> list[AwsRequest]:
     return out
 
 
-def deregister_requests(c: ComponentPlan) -> list[AwsRequest]:
-    """Scaling removed with the component (teardown)."""
-    out = [_r("DeregisterScalableTarget", "application-autoscaling",
-              ServiceNamespace="sagemaker", ResourceId=resource_id(c.name),
-              ScalableDimension=COPY_DIMENSION)]
-    if c.scales_to_zero:
-        out.append(_r("DeleteAlarms", "cloudwatch", AlarmNames=[alarm_name(c.name)]))
-    return out
+def unscale_requests(component: str) -> list[AwsRequest]:
+    """Scaling removed before the component goes (teardown): its scalable target (with its
+    policies) and the no-capacity alarm, where it has one."""
+    return [_r("DeregisterScalableTarget", "application-autoscaling",
+               ServiceNamespace="sagemaker", ResourceId=resource_id(component),
+               ScalableDimension=COPY_DIMENSION),
+            _r("DeleteAlarms", "cloudwatch", AlarmNames=[alarm_name(component)])]
 
 
 def step_policy_arn(region: str, account: str, partition: str, component: str) -> str:

@@ -12,6 +12,7 @@ the interface's signature and no caller needs to know about components.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from lmiflow.targets import components_plan as cp
 from lmiflow.targets.components_plan import ComponentPlan
 
 logger = logging.getLogger(__name__)
+CANDIDATE_COMPONENT = re.compile(r"-ic-[0-9a-f]{8}$")
 
 
 class ComponentFailed(RuntimeError):
@@ -85,9 +87,23 @@ class ComponentOps:
                                       f"{timeout_s:.0f} s after it was deleted")
             self._sleep(self.poll_interval_s)
 
+    def _unscale(self, name: str) -> None:
+        """Production's component has auto scaling (a candidate's never has)."""
+        from lmiflow.targets.sagemaker import _error
+
+        if CANDIDATE_COMPONENT.search(name):
+            return
+        for req in cp.unscale_requests(name):
+            try:
+                self.send(req)
+            except Exception as exc:
+                if _error(exc)[0] != "ObjectNotFoundException":  # never registered
+                    raise
+
     def delete_component(self, name: str, timeout_s: float = 1800) -> bool:
         from lmiflow.targets.sagemaker import _is_missing
 
+        self._unscale(name)
         try:
             self.send(cp.delete_component_request(name))
         except Exception as exc:

@@ -239,3 +239,17 @@ def test_endpoint_mode_has_no_component_steps():
     t = SageMakerTarget(REGION, role_arn=ROLE)
     assert t.promote_component("p", "c", "ec", "m", None, TAGS, 60) is None
     assert t.components_on("p") == []
+
+
+def test_teardown_removes_production_scaling_before_its_component(target):
+    with Stubber(target.sm) as sm, Stubber(target.autoscaling) as aas, \
+            Stubber(target.cloudwatch) as cw:
+        aas.add_response("deregister_scalable_target", {}, {
+            "ServiceNamespace": "sagemaker", "ResourceId": "inference-component/llama",
+            "ScalableDimension": "sagemaker:inference-component:DesiredCopyCount"})
+        cw.add_response("delete_alarms", {}, {"AlarmNames": ["llama-no-capacity"]})
+        sm.add_response("delete_inference_component", {}, {"InferenceComponentName": "llama"})
+        missing(sm, "describe_inference_component", {"InferenceComponentName": "llama"})
+        assert target.delete_component("llama") is True
+        for stub in (sm, aas, cw):
+            stub.assert_no_pending_responses()
