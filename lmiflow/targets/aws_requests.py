@@ -239,7 +239,7 @@ def _limits(shape: Any, value: Any, path: str) -> list[str]:
 # ---- the compact view -----------------------------------------------------------------------
 
 _NAME_KEYS = ("InferenceComponentName", "EndpointName", "EndpointConfigName", "ModelName",
-              "ResourceId", "AlarmName")
+              "ResourceId", "AlarmName", "EndpointNameEquals")
 
 
 def compact_line(req: AwsRequest, width: int = 80) -> str:

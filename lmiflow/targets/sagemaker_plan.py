@@ -47,14 +47,44 @@ def sweep(step: str, production: str, target: Any) -> list[AwsRequest]:
     gone = "for each one that production does not use"
     return [
         *describe_production(step, production, target),
+        *components_in_use(step, production, target),
         _r(step, "sagemaker", "ListModels", NameContains=prefix),
         _r(step, "sagemaker", "ListEndpointConfigs", NameContains=prefix),
         _r(step, "sagemaker", "ListEndpoints", NameContains=prefix),
-        _r(step, "sagemaker", "DeleteEndpoint", gone, EndpointName=f"{prefix}c-{UNKNOWN_HASH}"),
+        *delete_endpoint(step, f"{prefix}c-{UNKNOWN_HASH}", target, gone),
         _r(step, "sagemaker", "DeleteEndpointConfig", gone,
            EndpointConfigName=f"{prefix}ec-{UNKNOWN_HASH}"),
         _r(step, "sagemaker", "DeleteModel", gone, ModelName=f"{prefix}m-{UNKNOWN_HASH}"),
     ]
+
+
+def _component_mode(target: Any) -> bool:
+    return getattr(target, "mode", "endpoint") == "inference_component"
+
+
+def components_in_use(step: str, production: str, target: Any) -> list[AwsRequest]:
+    """Component mode: the models production's components serve are in use too."""
+    if not _component_mode(target):
+        return []
+    from lmiflow.targets import components_plan as cp
+
+    return [cp.list_components_request(production).model_copy(update={
+        "step": step, "when": "if production exists; then DescribeInferenceComponent of "
+                              "each: the model it serves"})]
+
+
+def delete_endpoint(step: str, endpoint: str, target: Any, when: str | None = None
+                    ) -> list[AwsRequest]:
+    """DeleteEndpoint; in component mode its components first, each waited for until gone."""
+    out = []
+    if _component_mode(target):
+        from lmiflow.targets import components_plan as cp
+
+        each = ("; then for each component on it: DeleteInferenceComponent, and "
+                "DescribeInferenceComponent until it is gone")
+        out.append(cp.list_components_request(endpoint).model_copy(
+            update={"step": step, "when": (when or "first") + each}))
+    return [*out, _r(step, "sagemaker", "DeleteEndpoint", when, EndpointName=endpoint)]
 
 
 def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None = None
@@ -185,7 +215,7 @@ def component_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
         _r("create_endpoint", "sagemaker", "DescribeEndpoint", poll, EndpointName=run.endpoint),
         step(cp.create_component_request(c.candidate, run.endpoint, run.model, c, run.tags),
              "create_endpoint"),
-        step(cp.describe_component_request(c.candidate), "create_endpoint", poll),
+        step(cp.describe_component_request(c.candidate), "create_endpoint", first_copy),
         _invoke("smoke_test", "InvokeEndpoint", run.endpoint, run.smoke_payload,
                 component=c.candidate),
         _invoke("benchmark", "InvokeEndpointWithResponseStream", run.endpoint,
@@ -200,31 +230,33 @@ def component_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
     first = "on the first deploy: no production endpoint yet"
     new = "when production's endpoint has no such component yet (this or a first deploy)"
     exists = "when production's component exists: a rolling update, copy by copy"
+    out += describe_production("promote", run.production, target)[:2]
     out += [
-        _r("promote", "sagemaker", "DescribeEndpoint", EndpointName=run.production),
-        step(cp.describe_component_request(c.name), "promote"),
         step(cp.delete_component_request(c.candidate), "promote",
-             "before production changes (its benchmark is done)"),
-        _r("promote", "sagemaker", "DeleteEndpoint", "then its endpoint: at most two fleets",
-           EndpointName=run.endpoint),
+             "before production changes (its benchmark is done): at most two fleets"),
+        step(cp.describe_component_request(c.candidate), "promote", "until it is gone"),
+        *delete_endpoint("promote", run.endpoint, target),
+        _r("promote", "sagemaker", "DescribeEndpoint", "does production's endpoint exist",
+           EndpointName=run.production),
         step(create_endpoint_request(run.production, run.endpoint_config, run.tags),
              "promote", first),
         _r("promote", "sagemaker", "DescribeEndpoint", poll + f"; {first}",
            EndpointName=run.production),
+        step(cp.describe_component_request(c.name), "promote",
+             "does production have this component"),
         step(cp.create_component_request(c.name, run.production, run.model, c, run.tags),
              "promote", new),
         step(cp.update_component_request(c.name, run.model, c, run.policy.wait_interval_s),
              "promote", exists),
         step(cp.describe_component_request(c.name), "promote",
-             poll + "; a failed update rolls back to the previous model by itself"),
-        step(cp.describe_component_request(c.name), "promote", first_copy),
-        _invoke("promote", "InvokeEndpoint", run.production, run.smoke_payload,
-                component=c.name),
+             f"{first_copy}, serving the new model (a failed update rolls back by itself)"),
     ]
     partition, account = account_of(target.role_arn) if target.role_arn else ("aws", "")
     arn = cp.step_policy_arn(target.region, account or "000000000000", partition, c.name)
     out += [step(r, "promote", "the copies' auto scaling (kept across updates)")
             for r in cp.scaling_requests(c, arn)]
+    out.append(_invoke("promote", "InvokeEndpoint", run.production, run.smoke_payload,
+                       component=c.name))
     out += sweep("promote", run.production, target)
     if target.s3_uri:
         bucket, key = target.baseline_location(run.production)
@@ -232,11 +264,11 @@ def component_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
                       Bucket=bucket, Key=key, Body="<benchmark JSON>",
                       ContentType="application/json"))
     not_promoted = "only when the run does not promote"
+    out += [r.model_copy(update={"step": "cleanup", "when": not_promoted})
+            for r in describe_production("cleanup", run.production, target)]
+    out += components_in_use("cleanup", run.production, target)
     out += [
-        step(cp.delete_component_request(c.candidate), "cleanup", not_promoted),
-        step(cp.describe_component_request(c.candidate), "cleanup",
-             "until it is gone: its endpoint cannot be deleted before"),
-        _r("cleanup", "sagemaker", "DeleteEndpoint", not_promoted, EndpointName=run.endpoint),
+        *delete_endpoint("cleanup", run.endpoint, target, not_promoted),
         _r("cleanup", "sagemaker", "DeleteEndpointConfig", not_promoted,
            EndpointConfigName=run.endpoint_config),
         _r("cleanup", "sagemaker", "DeleteModel", not_promoted, ModelName=run.model),
