@@ -4,7 +4,7 @@ Shared by the dry run's printout (80 columns) and the report's section."""
 
 from __future__ import annotations
 
-from textwrap import fill
+from textwrap import wrap
 
 from lmiflow.report.document import Bullets, Para, Section, Table
 from lmiflow.report.model import RunReport
@@ -54,8 +54,9 @@ def packing_rows(c: ComponentPlan) -> list[list[str]]:
 def component_lines(c: ComponentPlan, width: int = 80) -> list[str]:
     """The dry run's printout."""
     out = ["inference component:"]
-    out += [fill(line, width, initial_indent="  ", subsequent_indent="    ")
-            for line in [*summary(c), cold_start(c)]]
+    for line in [*summary(c), cold_start(c)]:
+        out += wrap(line, width, initial_indent="  ", subsequent_indent="    ",
+                    break_on_hyphens=False)
     others = f" with {', '.join(c.alongside)}" if c.alongside else ""
     out.append(f"packing at max copies{others} ({c.packing.instance_count} instance(s)):")
     head = ["#", "copies", "acc", "host MiB", "CPU"]
