@@ -3,10 +3,11 @@ create_endpoint step, and the section says what it measured (or that nothing ran
 
 from __future__ import annotations
 
+from lmiflow.sizing.packing import ComponentNeed, InstanceShape, pack
+
 from lmiflow.report.components import cold_start, component_lines
 from lmiflow.report.model import StepRecord
 from lmiflow.run_record import cold_start_s
-from lmiflow.sizing.packing import ComponentNeed, InstanceShape, pack
 from lmiflow.targets.components_plan import ComponentPlan, ComponentResources, CopyScaling
 
 
