@@ -490,6 +490,10 @@ class DeploymentSpec(_Strict):
         if self.target.mode == "inference_component" and self.target.kind != "sagemaker":
             raise ValueError("target.mode inference_component needs target.kind sagemaker (the "
                              f"{self.target.kind} target serves one model per endpoint)")
+        if self.target.mode == "inference_component" and self.promotion.strategy != "ALL_AT_ONCE":
+            raise ValueError("promotion.strategy in target.mode inference_component is a "
+                             "rolling update of the component, one copy at a time: leave it "
+                             "ALL_AT_ONCE (CANARY and LINEAR shift an endpoint's traffic)")
         return self
 
     @model_validator(mode="after")

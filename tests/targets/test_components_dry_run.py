@@ -160,6 +160,7 @@ def _variant(tmp_path, base: str, filename: str, **changes) -> str:
     ({"inference_component.min_copies": 1, "inference_component.min_instances": 0}, False,
      "inference_component.min_instances"),
     ({"target.kind": "local"}, False, "target.mode"),
+    ({"promotion.strategy": "CANARY"}, False, "promotion.strategy"),
     ({"inference_component.cpu_cores": 64.0}, False, "inference_component.cpu_cores"),
     # Llama 2 + Mistral 3 copies need two 4-GPU instances
     ({"inference_component.max_instances": 1}, True, "inference_component.max_instances"),
