@@ -288,12 +288,17 @@ def prepare_serving(spec: DeploymentSpec, model: ResolvedModel, p: Plan, target:
         endpoint_variant_for(p, target, host), bool(latency_limits(spec)),
         list(spec.promotion.alarms), alongside or [])
     names = names_for(spec, text, uri, p, target, weights, host, component)
+    promotion = endpoint_plan.promotion_plan(spec, p, target.shifts_traffic)
     if component is not None:
         component = component.named(names.spec_hash)
         names = names.model_copy(update={"component": component})
+        # a component is updated copy by copy on the endpoint's managed instances: its peak
+        # is bounded by their maximum, counted like a redeploy of that many
+        promotion = endpoint_plan.with_peak(promotion.model_copy(update={
+            "strategy": "ROLLING", "instance_count": component.max_instances,
+            "traffic_step": "one copy at a time"}), None)
     return Candidate(properties=text, image_uri=uri, weights=weights, names=names, host=host,
-                     promotion=endpoint_plan.promotion_plan(spec, p, target.shifts_traffic),
-                     component=component)
+                     promotion=promotion, component=component)
 
 
 def alongside_needs(spec: DeploymentSpec, p: Plan, configs: list[str]) -> list[ComponentNeed]:
