@@ -100,6 +100,12 @@ def test_each_component_is_the_plan(config, other, capsys):
         "SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution")
     assert tracking["TargetValue"] == chosen["max_concurrency_per_copy"]
 
+    # promotion: rolling, its peak bounded by the managed maximum (counted like a redeploy)
+    plan_ = report["promotion_plan"]
+    assert plan_["strategy"] == "ROLLING"
+    assert plan_["peak_instances"] == {"ml.g5.12xlarge": 2 * variant["ManagedInstanceScaling"][
+        "MaxInstanceCount"]}
+
     # the smoke test and benchmark go to the candidate's component
     for op in ("InvokeEndpoint", "InvokeEndpointWithResponseStream"):
         first = next(r for r in reqs if r["operation"] == op)
