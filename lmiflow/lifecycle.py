@@ -77,7 +77,7 @@ def production_in_use(target: Target, production: str) -> set[str]:
         if config:
             model = target.config_model_name(config)
             in_use |= {config, model} if model else {config}
-    return in_use
+    return in_use | target.models_in_use(production)
 
 
 def production_state(target: Target, production: str) -> ProductionState:
@@ -217,7 +217,8 @@ def configure_endpoint(target: Target, candidate: Candidate, p: Plan, tags: dict
     image needs (AMI, routing)."""
     names = candidate.names
     variant = pipeline.endpoint_variant(candidate, p, target)
-    target.create_endpoint_config(names.endpoint_config, names.model, variant, tags)
+    target.create_endpoint_config(names.endpoint_config, names.model, variant, tags,
+                                  component=names.component)
     return variant
 
 
@@ -238,6 +239,8 @@ def create_endpoint(target: Target, names: Names, tags: dict[str, str], timeout_
     t0 = time.monotonic()
     target.create_endpoint(names.endpoint, names.endpoint_config, tags)
     st = wait_in_service(target, names.endpoint, timeout_s, on_status)
+    # the model on its instances, where it is an inference component (its first copy)
+    target.place_component(names.endpoint, names.model, names.component, tags, timeout_s)
     return CreatedEndpoint(endpoint=names.endpoint, status=st.status,
                            seconds=time.monotonic() - t0, url=st.url)
 
@@ -298,6 +301,19 @@ def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, 
         # An update in flight (an interrupted run's, or another runner's): let it settle.
         prod = target.wait(spec.name, spec.promotion.endpoint_timeout_s, on_status)
     previous = prod.config_name if prod else None
+    # Where the model is an inference component, the target promotes the component (created,
+    # or updated copy by copy with its own rollback) and leaves the endpoint as it is.
+    action = target.promote_component(
+        spec.name, names.endpoint, names.endpoint_config, names.model, names.component, tags,
+        spec.promotion.endpoint_timeout_s, spec.promotion.wait_interval_s)
+    if action is not None:
+        smoke = smoke_test(target, spec, spec.name)
+        if not smoke.passed:
+            raise StepFailed(f"smoke test of {spec.name} failed: {smoke.error}")
+        return Promotion(action=action, previous_config=previous,
+                         removed=[f"endpoint {names.endpoint}",
+                                  *remove_leftovers(target, spec.name)],
+                         production_smoke_test=smoke)
     serving = (prod is not None and prod.config_name == names.endpoint_config
                and prod.status == "InService")
     early: list[str] = []

@@ -21,6 +21,7 @@ from lmiflow.report.outcome import Outcome, ProductionState
 from lmiflow.sizing.calibration import Fit
 from lmiflow.sizing.model_spec import ModelSpec
 from lmiflow.sizing.planner import Plan
+from lmiflow.targets.components_plan import ComponentPlan
 from lmiflow.targets.staging import StagingReport
 from lmiflow.targets.weights import WeightsPlan
 
@@ -225,6 +226,10 @@ class RunReport(_Strict):
     calibration: PredictedVsMeasured | None = Field(
         default=None, description="The benchmark next to the latency model's prediction, per "
         "level, and the records kept to calibrate it.")
+    component: ComponentPlan | None = Field(
+        default=None, description="target.mode inference_component: the model's component "
+        "(resources per copy, copies and their scaling, managed instances), the packing of "
+        "every component on the endpoint, and the cold start this run measured.")
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types, in report.json's key order (the one dump of a run)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from lmiflow.bench.formulas import MIN_SAMPLES
 from lmiflow.bench.metrics import BenchResult, LatencyStats, LengthStats
+from lmiflow.report import components
 from lmiflow.report.document import (
     NOT_RUN,
     Block,
@@ -439,4 +440,5 @@ def build_sections(report: RunReport) -> list[Section]:
                                             serving_properties)]
     tail = [builder(report) for builder in (smoke_test, benchmark, predicted_vs_measured, gate,
                                             formulas, versions)]
-    return [*head, *endpoint(report), *weights(report), *aws_requests(report), *tail]
+    return [*head, *endpoint(report), *components.section(report), *weights(report),
+            *aws_requests(report), *tail]

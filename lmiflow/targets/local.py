@@ -283,7 +283,7 @@ class LocalTarget(Target):
             reg["models"][name] = record
 
     def create_endpoint_config(self, name: str, model_name: str, variant: EndpointVariant,
-                               tags: dict[str, str]) -> None:
+                               tags: dict[str, str], component: object = None) -> None:
         check_name("endpoint config", name)
         record = {"model_name": model_name, "variant": variant.model_dump(), "tags": dict(tags),
                   "created": time.time()}

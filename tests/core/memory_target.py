@@ -51,7 +51,7 @@ class MemoryTarget(Target):
     def create_model(self, name, model_data, image_uri, env, tags, *, network_isolation=False):
         self.models[name] = model_data
 
-    def create_endpoint_config(self, name, model_name, variant, tags):
+    def create_endpoint_config(self, name, model_name, variant, tags, component=None):
         self.configs[name] = model_name
 
     def create_endpoint(self, name, config_name, tags):

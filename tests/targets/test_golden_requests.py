@@ -101,10 +101,19 @@ def test_what_each_example_shows(name, capsys):
     # created if absent, else replaced only if no other run wrote it since it was read
     bucket, prefix = report["config"]["target"]["s3_uri"][5:].split("/", 1)
     store = {"Bucket": bucket, "Key": prefix.rstrip("/") + "/calibration.json"}
-    appended = [r for r in reqs if r["step"] == "benchmark" and r["service"] == "s3"]
+    in_s3 = [r for r in reqs if r["step"] == "benchmark" and r["service"] == "s3"]
+    appended = [r for r in in_s3 if r["params"]["Key"] == store["Key"]]
     assert [(r["operation"], {k: r["params"].get(k) for k in store}) for r in appended] == [
         ("GetObject", store), ("PutObject", store), ("PutObject", store)]
     assert appended[1]["params"]["IfNoneMatch"] == "*" and "IfMatch" in appended[2]["params"]
+    # the other reads: the tokenizer in the weights' prefix, when the runner has none
+    model_data = next(r for r in reqs if r["operation"] == "CreateModel")["params"][
+        "PrimaryContainer"]["ModelDataSource"]["S3DataSource"]["S3Uri"]
+    reads = [r for r in in_s3 if r not in appended]
+    assert {r["operation"] for r in reads} == {"GetObject"}
+    assert {f"s3://{r['params']['Bucket']}/{r['params']['Key']}" for r in reads} >= {
+        model_data + "tokenizer.json", model_data + "tokenizer_config.json"}
+    assert all("tokenizer" in r["when"] for r in reads)
 
 
 def test_canary_example_sends_its_alarms_and_sizes(capsys):
