@@ -23,6 +23,7 @@ from lmiflow.errors import StepFailed, UserInputError
 from lmiflow.pipeline import Candidate, Names
 from lmiflow.report.model import Promotion, PromotionPlan, SmokeTest
 from lmiflow.report.outcome import ProductionState
+from lmiflow.sizing.autoscaling import ScalingPlan
 from lmiflow.sizing.planner import Plan
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.base import (
@@ -305,7 +306,8 @@ def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, 
     elif serving:
         action = "already serving this config"
     else:
-        target.update_endpoint(spec.name, names.endpoint_config, pipeline.traffic_policy(spec))
+        target.update_endpoint(spec.name, names.endpoint_config, pipeline.traffic_policy(spec),
+                               autoscaled=spec.autoscaling is not None)
         action = f"updated ({spec.promotion.strategy})"
     st = wait_in_service(target, spec.name, spec.promotion.endpoint_timeout_s, on_status)
     if st.config_name and st.config_name != names.endpoint_config:
@@ -319,6 +321,13 @@ def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, 
     removed = early + remove_leftovers(target, spec.name)
     return Promotion(action=action, previous_config=previous, removed=removed,
                      production_smoke_test=smoke)
+
+
+def autoscale(target: Target, production: str, plan: ScalingPlan | None) -> list[str]:
+    """After promotion: production scales with its concurrent requests per the plan. Without
+    autoscaling in the config nothing is asked of the platform (a run that does not scale
+    needs no autoscaling permission); teardown removes a scaling left from earlier runs."""
+    return [] if plan is None else target.apply_autoscaling(production, plan)
 
 
 def _wait_gone(target: Target, name: str, timeout_s: float) -> None:
@@ -351,6 +360,8 @@ def teardown(target: Target, production: str) -> list[str]:
     prod = target.describe(production)
     config = prod.config_name if prod else None
     model = target.config_model_name(config) if config else None
+    if target.remove_autoscaling(production):
+        removed.append(f"autoscaling of {production}")
     if target.delete_endpoint(production):
         removed.append(f"endpoint {production}")
     removed += remove_leftovers(target, production)

@@ -18,6 +18,7 @@ from lmiflow.model_source import ResolvedModel, resolve_model, resolved_from_s3
 from lmiflow.report.model import HostSettings, PromotionPlan
 from lmiflow.secrets import check_env_refs, fill_properties
 from lmiflow.serving.images import LmiImage
+from lmiflow.sizing.autoscaling import ScalingPlan, scaling_plan
 from lmiflow.sizing.memory import DTypeChoice, MemoryBreakdown, resolve_dtypes, total_estimate
 from lmiflow.sizing.planner import LatencyLimit, Plan, PlanRequest, plan
 from lmiflow.spec import DeploymentSpec
@@ -76,6 +77,7 @@ class Candidate(BaseModel):
     weights: WeightsPlan
     host: HostSettings | None = None
     promotion: PromotionPlan | None = None
+    autoscaling: ScalingPlan | None = None
 
 
 def fetch_config(spec: DeploymentSpec) -> ResolvedModel:
@@ -271,7 +273,35 @@ def prepare_serving(spec: DeploymentSpec, model: ResolvedModel, p: Plan, target:
     host = endpoint_plan.host_settings(spec, image) if uri else None
     return Candidate(properties=text, image_uri=uri, weights=weights,
                      names=names_for(spec, text, uri, p, target, weights, host), host=host,
-                     promotion=endpoint_plan.promotion_plan(spec, p, target.shifts_traffic))
+                     promotion=endpoint_plan.promotion_plan(spec, p, target.shifts_traffic),
+                     autoscaling=autoscaling_for(spec, p))
+
+
+def autoscaling_for(spec: DeploymentSpec, p: Plan) -> ScalingPlan | None:
+    """The config's autoscaling on the chosen option (sizing.autoscaling), checked against
+    it: a target above what a copy holds, or a range that leaves out the count the plan
+    starts with, is exit 2 naming the field."""
+    a, o = spec.autoscaling, p.chosen
+    if a is None or o is None:
+        return None
+    plan_ = scaling_plan(
+        min_instances=a.min, max_instances=a.max, target=a.target, headroom_pct=a.headroom_pct,
+        scale_in_cooldown_s=a.scale_in_cooldown_s, scale_out_cooldown_s=a.scale_out_cooldown_s,
+        plan_max_per_copy=o.max_concurrency_per_copy, batch_per_copy=o.concurrency_per_copy,
+        copies_per_instance=o.model_copies, initial_instances=o.instance_count)
+    if a.target != "auto" and a.target > plan_.ceiling_per_copy:
+        raise UserInputError("autoscaling.target", f"{a.target} concurrent requests per copy "
+                             f"is above the {plan_.ceiling_per_copy} a copy of the plan holds "
+                             f"({plan_.why[0]})")
+    if o.instance_count > a.max:
+        raise UserInputError("autoscaling.max", f"{a.max} is below the {o.instance_count} "
+                             f"instances the plan needs for workload.concurrency "
+                             f"{spec.workload.concurrency}")
+    if a.min > o.instance_count:
+        raise UserInputError("autoscaling.min", f"{a.min} is above the {o.instance_count} "
+                             f"instance(s) the endpoint starts with (the plan's count): raise "
+                             f"instance.count to {a.min} or lower autoscaling.min")
+    return plan_
 
 
 def tags_for(names: Names, run_id: str | None) -> dict[str, str]:
@@ -373,7 +403,8 @@ def planned_run(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Tar
         tags=tags, weights=candidate.weights, policy=traffic_policy(spec),
         smoke_payload=smoke_payload(spec), bench_payload=example_payload(cfg),
         bench_requests=planned_requests(cfg),
-        endpoint_timeout_s=spec.promotion.endpoint_timeout_s)
+        endpoint_timeout_s=spec.promotion.endpoint_timeout_s,
+        autoscaling=candidate.autoscaling)
 
 
 def run_requests(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Target,

@@ -33,7 +33,7 @@ from lmiflow.spec import DeploymentSpec
 
 STEP_NAMES = ("fetch_config", "compute_memory", "choose_instance", "render_serving_properties",
               "preflight", "stage_weights", "create_model", "configure_endpoint", "create_endpoint",
-              "smoke_test", "benchmark", "gate", "promote")
+              "smoke_test", "benchmark", "gate", "promote", "autoscale")
 
 
 class RunRecord:
@@ -189,6 +189,7 @@ def plan_steps(spec: DeploymentSpec, rec: RunRecord, impl: Any
         report.candidate_endpoint = cand.names.endpoint
         report.host = cand.host
         report.promotion_plan = cand.promotion
+        report.autoscaling = cand.autoscaling
         report.weights = cand.weights
         # Every request the run will send, validated before anything is created, and the
         # permissions they need.

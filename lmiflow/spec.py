@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
@@ -426,6 +426,45 @@ class PromotionSection(_Strict):
     )
 
 
+class AutoscalingSection(_Strict):
+    """Target tracking on concurrent requests, sized by the plan (sizing.autoscaling)."""
+
+    min: int = Field(default=1, ge=1, le=100,
+                     description="Fewest instances (local: server processes) the endpoint "
+                     "scales in to.")
+    max: int = Field(ge=1, le=100, description="Most instances it scales out to.")
+    target: Literal["auto"] | Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default="auto",
+        description="Concurrent requests per model copy to keep the average at; auto: the "
+        "most a copy holds within memory and the latency gates, less headroom_pct.")
+    headroom_pct: float | None = Field(
+        default=None, ge=0, lt=100,
+        description="target auto: percent below the plan's per-copy ceiling (default 20).")
+    scale_in_cooldown_s: int = Field(
+        default=300, ge=0, le=86_400,
+        description="Seconds after a scaling activity before instances are removed.")
+    scale_out_cooldown_s: int = Field(
+        default=300, ge=0, le=86_400,
+        description="Seconds after a scale-out before the next scale-out.")
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, v: object) -> object:
+        if v == "auto" or (type(v) is int and 1 <= v <= 100_000):
+            return v
+        raise ValueError("must be auto or a whole number of concurrent requests per model "
+                         "copy, 1 to 100000")
+
+    @model_validator(mode="after")
+    def _range(self) -> AutoscalingSection:
+        if self.min > self.max:
+            raise UserInputError("min", f"{self.min} is above max {self.max}")
+        if self.headroom_pct is not None and self.target != "auto":
+            raise UserInputError("headroom_pct", "applies to target auto only (target is "
+                                                 f"{self.target})")
+        return self
+
+
 class DeploymentSpec(_Strict):
     """A deployment: which model, for which workload, where, and what it must prove."""
 
@@ -455,6 +494,10 @@ class DeploymentSpec(_Strict):
     promotion: PromotionSection = Field(
         default_factory=PromotionSection,
         description="How production is updated when the candidate passes.")
+    autoscaling: AutoscalingSection | None = Field(
+        default=None,
+        description="Scale production with its concurrent requests after promotion; empty: "
+        "a fixed instance count.")
 
     @field_validator("name")
     @classmethod
@@ -472,6 +515,10 @@ class DeploymentSpec(_Strict):
                                     w.max_output_tokens)
         limits.check_gate_levels(self.gates, b.concurrency)
         limits.check_gates_agree(self.gates, b.concurrency)
+        a, inst = self.autoscaling, self.instance
+        if a is not None and inst.max_count is not None and a.max > inst.max_count:
+            raise UserInputError("autoscaling.max", f"{a.max} is above instance.max_count "
+                                                    f"{inst.max_count}")
         return self
 
     @model_validator(mode="after")

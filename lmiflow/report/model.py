@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_serialize
 from lmiflow.bench.gates import Verdict
 from lmiflow.bench.metrics import BenchResult
 from lmiflow.report.outcome import Outcome, ProductionState
+from lmiflow.sizing.autoscaling import ScalingPlan
 from lmiflow.sizing.model_spec import ModelSpec
 from lmiflow.sizing.planner import Plan
 from lmiflow.targets.staging import StagingReport
@@ -185,6 +186,11 @@ class RunReport(_Strict):
         default=None, description="The production endpoint as the run left it.")
     outcome: Outcome | None = Field(
         default=None, description="The run in words: verdict, production, reasons, next steps.")
+    autoscaling: ScalingPlan | None = Field(
+        default=None, description="How production scales after promotion: instance range, "
+        "target concurrent requests per copy and per instance, cooldowns, and why.")
+    autoscaling_applied: list[str] | None = Field(
+        default=None, description="What the autoscale step set up on the target.")
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types, in report.json's key order (the one dump of a run)."""

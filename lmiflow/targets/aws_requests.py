@@ -248,6 +248,8 @@ def compact_line(req: AwsRequest, width: int = 80) -> str:
         what = f"s3://{p.get('Bucket', '')}/{p.get('Key', p.get('Prefix', ''))}"
     elif "ResourceArn" in p:
         what = str(p["ResourceArn"]).rsplit(":", 1)[-1]
+    elif "ResourceId" in p or "ResourceIds" in p:
+        what = str(p.get("ResourceId") or p["ResourceIds"][0])
     elif "NameContains" in p:
         what = f"{p['NameContains']}*"
     else:
@@ -255,6 +257,13 @@ def compact_line(req: AwsRequest, width: int = 80) -> str:
     if req.operation == "CreateEndpointConfig":
         v = (p.get("ProductionVariants") or [{}])[0]
         what += f" {v.get('InstanceType')} x{v.get('InitialInstanceCount')}"
+    if req.operation == "RegisterScalableTarget":
+        what += f" {p.get('MinCapacity')}..{p.get('MaxCapacity')}"
+    if req.operation == "PutScalingPolicy":
+        tt = p.get("TargetTrackingScalingPolicyConfiguration") or {}
+        what += f" target {tt.get('TargetValue', 0):g}"
+    if req.operation == "UpdateEndpoint" and p.get("RetainAllVariantProperties"):
+        what += " (count retained)"
     if req.operation == "CreateModel" and p.get("EnableNetworkIsolation"):
         what += " (no network)"
     line = f"{req.service} {req.operation} {what}".rstrip()

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import BaseModel, Field
 
 from lmiflow import patterns
+from lmiflow.sizing.autoscaling import ScalingPlan
 from lmiflow.targets.weights import WeightsPlan
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ class PlannedRun(BaseModel):
     bench_requests: int = Field(
         description="the probe, warm-up and measured requests over all levels and repeats")
     endpoint_timeout_s: float
+    autoscaling: ScalingPlan | None = None
 
 
 class WaitTimeout(TimeoutError):
@@ -301,9 +303,24 @@ class Target(ABC):
 
     @abstractmethod
     def update_endpoint(
-        self, name: str, config_name: str, policy: TrafficPolicy | None = None
+        self, name: str, config_name: str, policy: TrafficPolicy | None = None, *,
+        autoscaled: bool = False,
     ) -> None:
-        """Blue/green; raises EndpointBusy while the endpoint is being changed."""
+        """Blue/green; raises EndpointBusy while the endpoint is being changed. autoscaled:
+        the run scales production (apply_autoscaling after), so the update keeps the count
+        production scaled to where the platform allows."""
+
+    # ---- autoscaling (after promotion) ------------------------------------------------------
+
+    def apply_autoscaling(self, endpoint: str, plan: ScalingPlan) -> list[str]:
+        """Scale the endpoint with its concurrent requests per the plan (target tracking:
+        min..max instances, target per instance, cooldowns); registering again updates it.
+        Returns what was set up, in lines for the report."""
+        raise NotImplementedError(f"the {self.kind} target does not autoscale")
+
+    def remove_autoscaling(self, endpoint: str) -> bool:
+        """Stop scaling the endpoint (its count stays as it is); False when it did not scale."""
+        return False
 
     @abstractmethod
     def endpoint_lock(self, name: str, run_id: str | None = None) -> EndpointLock:

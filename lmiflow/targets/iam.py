@@ -106,7 +106,35 @@ def _permissions(req: AwsRequest, arns: Arns) -> list[tuple[str, str, dict | Non
         return out
     if req.service == "cloudwatch" and "AlarmNames" in p:
         return [(action, arns.alarm(a), None) for a in p["AlarmNames"]]
+    if req.service == "application-autoscaling":
+        return _autoscaling_permissions(req, arns)
     return [(action, "*", None)]
+
+
+# Application Auto Scaling acts with the caller's permissions where it sets things up: the
+# first RegisterScalableTarget of the account creates SageMaker's service-linked role, and a
+# target-tracking policy creates and deletes its CloudWatch alarms (TargetTracking-<resource
+# id>-AlarmHigh/Low-...). Scalable targets and policies have no ARN a caller knows in advance
+# (Application Auto Scaling User Guide, security_iam_id-based-policy-examples and
+# application-auto-scaling-service-linked-roles), so those actions take "*".
+AUTOSCALING_SLR = ("role/aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
+                   "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint")
+ALARM_ACTIONS = {"PutScalingPolicy": ("cloudwatch:PutMetricAlarm", "cloudwatch:DescribeAlarms"),
+                 "DeleteScalingPolicy": ("cloudwatch:DeleteAlarms",)}
+
+
+def _autoscaling_permissions(req: AwsRequest, arns: Arns
+                             ) -> list[tuple[str, str, dict | None]]:
+    out: list[tuple[str, str, dict | None]] = [
+        (f"application-autoscaling:{req.operation}", "*", None)]
+    if req.operation == "RegisterScalableTarget":
+        out.append(("iam:CreateServiceLinkedRole",
+                    f"arn:{arns.partition}:iam::{arns.account}:{AUTOSCALING_SLR}",
+                    {"StringEquals": {"iam:AWSServiceName":
+                                      "sagemaker.application-autoscaling.amazonaws.com"}}))
+    alarms = arns.alarm(f"TargetTracking-{req.params.get('ResourceId', '')}-*")
+    out += [(a, alarms, None) for a in ALARM_ACTIONS.get(req.operation, ())]
+    return out
 
 
 def _statements(triples: list[tuple[str, str, dict | None]]) -> list[dict[str, Any]]:

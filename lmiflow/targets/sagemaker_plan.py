@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from lmiflow.redact import MASK
+from lmiflow.targets import autoscaling_plan
 from lmiflow.targets.aws_requests import AwsRequest
 from lmiflow.targets.base import PlannedRun
 from lmiflow.targets.s3_lease import planned_lease_requests
@@ -61,6 +62,7 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
                     ) -> list[AwsRequest]:
     """The requests of one deploy on `target` (a SageMakerTarget), in the order they are sent."""
     from lmiflow.targets.sagemaker import (
+        VARIANT_NAME,
         _split_s3,
         create_endpoint_config_request,
         create_endpoint_request,
@@ -125,12 +127,18 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
     out.append(create_endpoint_request(run.production, run.endpoint_config, run.tags)
                .model_copy(update={"step": "promote",
                                    "when": "on the first deploy: no production yet"}))
-    update = update_endpoint_request(run.production, run.endpoint_config, run.policy)
+    scaled = run.autoscaling is not None
+    update = update_endpoint_request(run.production, run.endpoint_config, run.policy,
+                                     retain_count=scaled)
     out.append(_r("promote", "sagemaker", "DescribeEndpoint",
                   "when production exists: refuse a busy endpoint",
                   EndpointName=run.production))
-    out.append(update.model_copy(update={"step": "promote",
-                                         "when": "when production exists: blue/green"}))
+    out += before_update_requests(run)
+    out.append(update.model_copy(update={
+        "step": "promote",
+        "when": "when production exists: blue/green" + (
+            ", at the instance count production scaled to (retained only when it is a "
+            "scalable target)" if scaled else "")}))
     out.append(_r("promote", "sagemaker", "DescribeEndpoint", poll,
                   EndpointName=run.production))
     out.append(_invoke("promote", "InvokeEndpoint", run.production, run.smoke_payload))
@@ -140,6 +148,10 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
         out.append(_r("promote", "s3", "PutObject", "the candidate's benchmark",
                       Bucket=bucket, Key=key, Body="<benchmark JSON>",
                       ContentType="application/json"))
+
+    out += [r.model_copy(update={"step": "autoscale"})
+            for r in autoscaling_plan.planned_requests(run.production, VARIANT_NAME,
+                                                       run.autoscaling)["apply"]]
 
     not_promoted = "only when the run does not promote"
     out += [r.model_copy(update={"step": "cleanup", "when": not_promoted})
@@ -152,6 +164,25 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
     ]
     # the lease is listed last, as the run holds it throughout
     return out + report_requests(target, run) + lease_release
+
+
+def before_update_requests(run: PlannedRun) -> list[AwsRequest]:
+    """What update_endpoint asks first when the run scales production: is production's
+    variant a scalable target, does the update change its instance type (then the target is
+    removed: SageMaker refuses that update otherwise; targets.autoscaling_plan)."""
+    from lmiflow.targets.sagemaker import VARIANT_NAME
+
+    if run.autoscaling is None:
+        return []
+    groups = autoscaling_plan.planned_requests(run.production, VARIANT_NAME, run.autoscaling)
+    first, *removal = groups["before_update"]
+    scalable = "when production exists and is a scalable target"
+    return [first.model_copy(update={"step": "promote", "when": "when production exists"}),
+            _r("promote", "sagemaker", "DescribeEndpointConfig", scalable + ": its instance type",
+               EndpointConfigName=f"{run.production}-ec-{UNKNOWN_HASH}"),
+            _r("promote", "sagemaker", "DescribeEndpointConfig", scalable + ": the new one's",
+               EndpointConfigName=run.endpoint_config),
+            *(r.model_copy(update={"step": "promote"}) for r in removal)]
 
 
 def access_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
