@@ -124,9 +124,9 @@ def test_the_candidate_endpoint_is_gone_before_production_changes():
     fleets_at_update = []
     update = t.update_endpoint
 
-    def counting_update(name, config_name, policy=None):
+    def counting_update(name, config_name, policy=None, **kw):
         fleets_at_update.append(sorted(t.endpoints))
-        update(name, config_name, policy)
+        update(name, config_name, policy, **kw)
 
     t.update_endpoint = counting_update
     lifecycle.promote(t, SPEC, NEW, {})
