@@ -95,7 +95,7 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
                 if candidate.autoscaling is not None:
                     with rec.step("autoscale") as s:
                         report.autoscaling_applied = steps.autoscale(spec, candidate)
-                        s.summary = "; ".join(report.autoscaling_applied)
+                        s.summary = (report.autoscaling_applied or ["nothing set up"])[0]
             else:
                 status = "rejected"
     except Exception as exc:

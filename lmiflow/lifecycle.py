@@ -198,6 +198,12 @@ def preflight(target: Target, candidate: Candidate) -> PromotionPlan | None:
                                  quota_names=plan.quota_names), quotas)
     if over:
         raise UserInputError("instance.count", over)
+    scaling, quota = candidate.autoscaling, quotas.get(plan.instance_type)
+    if scaling is not None and quota is not None and scaling.max_instances > quota:
+        name = plan.quota_names.get(plan.instance_type, "the endpoint usage quota")
+        raise UserInputError("autoscaling.max", f"{scaling.max_instances} x "
+                             f"{plan.instance_type} is above the account's quota '{name}' of "
+                             f"{quota:g}: production could never scale that far")
     return plan
 
 

@@ -68,7 +68,7 @@ def scaling_plan(*, min_instances: int, max_instances: int, target: int | Litera
     """The plan for one endpoint. Limits (target above the ceiling, counts out of range) are
     the caller's to check with field names; this only computes."""
     ceiling = ceiling_per_copy(plan_max_per_copy, batch_per_copy)
-    held = (f"a copy holds {plan_max_per_copy} concurrent request(s) within memory and the "
+    held = (f"a copy holds {plan_max_per_copy} concurrent request(s) within memory and any "
             f"latency limits and runs a batch of {batch_per_copy} "
             "(option.max_rolling_batch_size; more would queue)")
     if target == "auto":
