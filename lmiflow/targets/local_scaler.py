@@ -5,9 +5,9 @@ flow's autoscale step runs for real on this machine.
 One scaler process per endpoint (`python -m lmiflow.targets.local_scaler`), started by
 LocalTarget.apply_autoscaling and outliving the CLI like the servers do. Each tick it reads
 every serving copy's in-flight requests (GET /debug/stats: requests in the server, queued
-ones included, like ConcurrentRequestsPerModel), decides, and records a timeline line
-(autoscaling/<endpoint>.jsonl in the state directory). A copy is one process here, so the
-policy's "instances" count processes and the target is per copy.
+ones included, like ConcurrentRequestsPerModel), decides, and records a timeline line when
+anything changed (autoscaling/<endpoint>.jsonl in the state directory). A copy is one
+process here, so the policy's "instances" count processes and the target is per copy.
 
 The rule (decide): desired = ceil(requests in flight / target), within min..max. Scale out to
 desired at once when it is above the current count and scale_out_cooldown_s has passed since
@@ -116,6 +116,7 @@ def run(state_dir: Path, endpoint: str, tick_s: float = TICK_S) -> None:
     state = ScalerState(started=time.time())
     path = timeline_path(state_dir, endpoint)
     path.parent.mkdir(parents=True, exist_ok=True)
+    last: tuple | None = None
     while True:
         rec = target._read()["endpoints"].get(endpoint)
         if rec is None or not rec.get("autoscaling") or rec["status"] == "Failed":
@@ -133,11 +134,14 @@ def run(state_dir: Path, endpoint: str, tick_s: float = TICK_S) -> None:
         measured = {p["port"]: n for p, n in zip(serving, counts, strict=True)}
         measured |= {c["port"]: _in_flight(c["port"]) for c in draining}
         actions = target.scale_copies(endpoint, want, measured)
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"t": round(now, 3), "in_flight": in_flight,
-                                "copies": len(serving), "starting": len(starting),
-                                "desired": want, "target_per_copy": policy.target_per_copy,
-                                "actions": actions}) + "\n")
+        seen = (in_flight, len(serving), len(starting), want)
+        if seen != last or actions:  # a line per change: an idle endpoint's file stays small
+            last = seen
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"t": round(now, 3), "in_flight": in_flight,
+                                    "copies": len(serving), "starting": len(starting),
+                                    "desired": want, "target_per_copy": policy.target_per_copy,
+                                    "actions": actions}) + "\n")
         time.sleep(tick_s)
 
 
