@@ -182,7 +182,10 @@ def preflight(target: Target, candidate: Candidate) -> PromotionPlan | None:
     the run needs; the target's preflight), so a missing credential is one line, not a
     traceback from the first call that needs it."""
     names = candidate.names
-    for note in target.preflight(target.deploy_needs(names.production, names.model_dump())):
+    needs = target.deploy_needs(names.production, names.model_dump())
+    if candidate.autoscaling is not None:
+        needs += target.autoscaling_needs(names.production)
+    for note in target.preflight(needs):
         log.info(note)
     plan = candidate.promotion
     if plan is None:

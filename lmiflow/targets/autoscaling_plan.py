@@ -38,6 +38,12 @@ METRIC = "SageMakerVariantConcurrentRequestsPerModelHighResolution"
 NOT_RETAINED = ("DesiredWeight", "DataCaptureConfig")
 
 
+# What preflight simulates for a run that scales (scalable targets have no ARN to name).
+IAM_ACTIONS = tuple(f"application-autoscaling:{op}" for op in (
+    "DescribeScalableTargets", "RegisterScalableTarget", "PutScalingPolicy",
+    "DeleteScalingPolicy", "DeregisterScalableTarget"))
+
+
 def resource_id(endpoint: str, variant: str) -> str:
     return f"endpoint/{endpoint}/variant/{variant}"
 

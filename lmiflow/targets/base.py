@@ -245,6 +245,11 @@ class Target(ABC):
         preflight (names: endpoint, endpoint_config, model)."""
         return []
 
+    def autoscaling_needs(self, production: str) -> list[tuple[str, str]]:
+        """The (action, resource) pairs apply_autoscaling and a scaled update ask for, for
+        preflight (none where the platform has no permissions)."""
+        return []
+
     # ---- packaging and creation ---------------------------------------------------------
 
     @abstractmethod

@@ -482,6 +482,11 @@ class SageMakerTarget(Target):
 
         return deploy_needs(production, names, self.role_arn, self.s3_uri)
 
+    def autoscaling_needs(self, production: str) -> list[tuple[str, str]]:
+        from lmiflow.targets.autoscaling_plan import IAM_ACTIONS
+
+        return [(a, "*") for a in IAM_ACTIONS]
+
     # -- planning --
 
     def instance_catalog(self):

@@ -191,7 +191,10 @@ def access_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
 
     names = {"endpoint": run.endpoint, "endpoint_config": run.endpoint_config,
              "model": run.model}
-    actions = list(dict.fromkeys(a for a, _ in target.deploy_needs(run.production, names)))
+    needs = target.deploy_needs(run.production, names)
+    if run.autoscaling is not None:
+        needs += target.autoscaling_needs(run.production)
+    actions = list(dict.fromkeys(a for a, _ in needs))
     partition, account = account_of(target.role_arn) if target.role_arn else ("aws", "")
     caller = f"arn:{partition}:iam::{account or '<account>'}:role/<the caller's role>"
     return [
