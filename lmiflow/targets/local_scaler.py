@@ -22,11 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lmiflow.errors import StateError
 
 TICK_S = 0.5
 
@@ -118,31 +121,46 @@ def run(state_dir: Path, endpoint: str, tick_s: float = TICK_S) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     last: tuple | None = None
     while True:
-        rec = target._read()["endpoints"].get(endpoint)
+        try:
+            rec = target._read()["endpoints"].get(endpoint)
+        except StateError as exc:  # a registry being repaired by hand: look again later
+            print(f"registry unreadable: {exc}", file=sys.stderr, flush=True)
+            time.sleep(tick_s)
+            continue
         if rec is None or not rec.get("autoscaling") or rec["status"] == "Failed":
             return
-        policy = Policy.from_plan(rec["autoscaling"])
-        serving = target.serving_procs(rec)
-        counts = [_in_flight(p["port"]) for p in serving]
-        in_flight = sum(c for c in counts if c is not None)
-        starting = [c for c in rec.get("copies", []) if c["status"] == "Creating"
-                    and c["config_name"] == rec["config_name"]]
-        current = len(serving) + len(starting)
-        now = time.time()
-        want = decide(state, now, in_flight, current, policy)
-        draining = [c for c in rec.get("copies", []) if c["status"] == "Draining"]
-        measured = {p["port"]: n for p, n in zip(serving, counts, strict=True)}
-        measured |= {c["port"]: _in_flight(c["port"]) for c in draining}
-        actions = target.scale_copies(endpoint, want, measured)
-        seen = (in_flight, len(serving), len(starting), want)
-        if seen != last or actions:  # a line per change: an idle endpoint's file stays small
-            last = seen
-            with open(path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"t": round(now, 3), "in_flight": in_flight,
-                                    "copies": len(serving), "starting": len(starting),
-                                    "desired": want, "target_per_copy": policy.target_per_copy,
-                                    "actions": actions}) + "\n")
+        try:
+            last = _tick(target, endpoint, rec, state, path, last)
+        except Exception as exc:  # one bad tick (a copy that would not start) stops nothing
+            print(f"tick failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         time.sleep(tick_s)
+
+
+def _tick(target: Any, endpoint: str, rec: dict, state: ScalerState, path: Path,
+          last: tuple | None) -> tuple | None:
+    """Measure, decide, act and record once; returns what was last recorded."""
+    policy = Policy.from_plan(rec["autoscaling"])
+    serving = target.serving_procs(rec)
+    counts = [_in_flight(p["port"]) for p in serving]
+    in_flight = sum(c for c in counts if c is not None)
+    starting = [c for c in rec.get("copies", []) if c["status"] == "Creating"
+                and c["config_name"] == rec["config_name"]]
+    current = len(serving) + len(starting)
+    now = time.time()
+    want = decide(state, now, in_flight, current, policy)
+    draining = [c for c in rec.get("copies", []) if c["status"] == "Draining"]
+    measured = {p["port"]: n for p, n in zip(serving, counts, strict=True)}
+    measured |= {c["port"]: _in_flight(c["port"]) for c in draining}
+    actions = target.scale_copies(endpoint, want, measured)
+    seen = (in_flight, len(serving), len(starting), want)
+    if seen != last or actions:  # a line per change: an idle endpoint's file stays small
+        last = seen
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"t": round(now, 3), "in_flight": in_flight,
+                                "copies": len(serving), "starting": len(starting),
+                                "desired": want, "target_per_copy": policy.target_per_copy,
+                                "actions": actions}) + "\n")
+    return last
 
 
 def main(argv: list[str] | None = None) -> int:
