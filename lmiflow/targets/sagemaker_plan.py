@@ -185,11 +185,7 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
                   EndpointName=run.production))
     out.append(_invoke("promote", "InvokeEndpoint", run.production, run.smoke_payload))
     out += sweep("promote", run.production, target)
-    if target.s3_uri:
-        bucket, key = target.baseline_location(run.production)
-        out.append(_r("promote", "s3", "PutObject", "the candidate's benchmark",
-                      Bucket=bucket, Key=key, Body="<benchmark JSON>",
-                      ContentType="application/json"))
+    out += save_baseline(target, run)
 
     out += [r.model_copy(update={"step": "autoscale"})
             for r in autoscaling_plan.planned_requests(run.production, VARIANT_NAME,
@@ -304,11 +300,7 @@ def component_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
     out.append(_invoke("promote", "InvokeEndpoint", run.production, run.smoke_payload,
                        component=c.name))
     out += sweep("promote", run.production, target)
-    if target.s3_uri:
-        bucket, key = target.baseline_location(run.production)
-        out.append(_r("promote", "s3", "PutObject", "the candidate's benchmark",
-                      Bucket=bucket, Key=key, Body="<benchmark JSON>",
-                      ContentType="application/json"))
+    out += save_baseline(target, run)
     not_promoted = "only when the run does not promote"
     out += [r.model_copy(update={"step": "cleanup", "when": not_promoted})
             for r in describe_production("cleanup", run.production, target)]
@@ -339,6 +331,15 @@ def before_update_requests(run: PlannedRun) -> list[AwsRequest]:
             _r("promote", "sagemaker", "DescribeEndpointConfig", scalable + ": the new one's",
                EndpointConfigName=run.endpoint_config),
             *(r.model_copy(update={"step": "promote"}) for r in removal)]
+
+
+def save_baseline(target: Any, run: PlannedRun) -> list[AwsRequest]:
+    """After a promotion: the candidate's benchmark becomes production's baseline."""
+    if not target.s3_uri:
+        return []
+    bucket, key = target.baseline_location(run.production)
+    return [_r("promote", "s3", "PutObject", "the candidate's benchmark", Bucket=bucket,
+               Key=key, Body="<benchmark JSON>", ContentType="application/json")]
 
 
 def access_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:

@@ -14,6 +14,7 @@ from lmiflow.targets.autoscaling_plan import planned_requests
 from lmiflow.targets.aws_requests import validate
 from lmiflow.targets.iam import runner_policy
 from lmiflow.targets.sagemaker import SageMakerTarget
+from tests.aws_fakes import no_aws
 from tests.targets.test_sagemaker import ARN, REGION, ROLE, _described, _session
 
 RID = "endpoint/prod/variant/AllTraffic"
@@ -29,12 +30,7 @@ PLAN = scaling_plan(min_instances=1, max_instances=3, target="auto", headroom_pc
 
 @pytest.fixture(autouse=True)
 def _no_aws(monkeypatch, tmp_path):
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": REGION, "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-                 "AWS_CONFIG_FILE": str(tmp_path / "none"),
-                 "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    no_aws(monkeypatch, tmp_path, REGION)
 
 
 @pytest.fixture
