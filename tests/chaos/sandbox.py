@@ -46,6 +46,7 @@ def demo_config(model_dir: Path, name: str = NAME) -> dict:
     cfg["benchmark"].update(concurrency=[1, 2], requests=4, warmup_requests=1, input_tokens=16,
                             max_new_tokens=8)
     cfg["workload"]["concurrency"] = 2
+    cfg["autoscaling"]["target"] = 2  # one copy's batch at this concurrency: no copy is added
     cfg["gates"] = [{"metric": "error_rate", "stat": "value", "op": "<=", "threshold": 0.0}]
     cfg.pop("regression", None)
     cfg["promotion"]["endpoint_timeout_s"] = 300
