@@ -24,7 +24,8 @@ that. GPUs hold 80 GB, so memory never binds.
 import pytest
 from lmiflow.sizing.accelerators import Accelerator
 from lmiflow.sizing.catalog import CPU, catalog_with, local_instance_row
-from lmiflow.sizing.latency import Efficiency
+from lmiflow.sizing.latency import Efficiency, Roofline, latency_inputs
+from lmiflow.sizing.memory import resolve_dtypes
 from lmiflow.sizing.planner import (
     LatencyLimit,
     PlanRequest,
@@ -79,6 +80,27 @@ def test_prediction_of_one_request_is_the_hand_computed_roofline():
     assert o.predicted.output_tokens_per_s == pytest.approx(100 / (E2E1 / 1e3))
     # $1/h over 100 / 0.19995 s tokens/s: dollars per million output tokens
     assert o.usd_per_1m_output_tokens == pytest.approx(1.0 / (100 / (E2E1 / 1e3) * 3600) * 1e6)
+
+
+def roofline(spec):
+    dtypes = resolve_dtypes(spec, "auto", "auto")
+    return Roofline(latency_inputs(spec, dtypes, gpu(), "vllm", 1, 900, 100, 1), EFF)
+
+
+def test_latency_at_a_concurrency_is_the_prediction_at_it():
+    roof = roofline(toy())
+    assert roof.latency_ms(1) == pytest.approx(
+        {"ttft_ms": TTFT1, "tpot_ms": TPOT1, "e2e_ms": E2E1}, rel=1e-12)
+    p = roof.predict(3)
+    assert roof.latency_ms(3) == {"ttft_ms": p.ttft_ms, "tpot_ms": p.tpot_ms,
+                                  "e2e_ms": p.e2e_ms}
+
+
+def test_a_tied_model_reads_its_embedding_once_as_the_output_head():
+    # Tied: no separate input embedding to skip, all 20,000,000 B are read per step.
+    tied = toy().model_copy(update={"tie_word_embeddings": True})
+    assert roofline(tied).latency_ms(1)["tpot_ms"] == pytest.approx(
+        (20_000_000 + KV) / BW * 1e3 + 1.0, rel=1e-12)
 
 
 def test_a_limit_met_exactly_passes_and_one_missed_by_a_hair_fails_naming_both_figures():
