@@ -166,3 +166,11 @@ def test_a_fit_stays_inside_the_bounds_a_real_engine_can_reach():
     # the fixed costs shrink but the pull toward the defaults keeps them from vanishing
     assert 0 < eff.step_overhead_ms < prior.step_overhead_ms
     assert 0 < eff.request_overhead_ms < prior.request_overhead_ms
+
+
+def test_a_family_with_nothing_measured_keeps_the_defaults():
+    # Failed levels: no TTFT, no TPOT. Only the pull toward the defaults is left to minimise.
+    prior = default_efficiency("vllm", "pcie")
+    recs = [r.model_copy(update={"measured_ttft_ms": None, "measured_tpot_ms": None})
+            for r in record(two_g5(), [(1, 1.0, 1.0)])]
+    assert fit(recs, prior) == prior
