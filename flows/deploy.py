@@ -17,7 +17,7 @@ from prefect.states import Failed
 from lmiflow import pipeline
 from lmiflow.errors import UserInputError
 from lmiflow.redact import install_log_redaction, redact_text, register_environment
-from lmiflow.report.model import RunReport, SmokeTest
+from lmiflow.report.model import PredictedVsMeasured, RunReport, SmokeTest
 from lmiflow.run_record import RunRecord, plan_steps
 from lmiflow.spec import DeploymentSpec
 
@@ -78,6 +78,7 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
                 report.benchmark = bench
                 s.summary = ", ".join(f"c={lv.concurrency}: {lv.output_tokens_per_s:.0f} tok/s"
                                       for lv in bench.levels)
+            report.calibration = _record_calibration(spec, model, p, bench, candidate, rec)
             with rec.step("gate") as s:
                 # production measured beside the candidate in this run, else its saved one
                 report.baseline = bench.production or steps.load_baseline(spec)
@@ -121,6 +122,18 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
         # report says which step or check failed and why.
         return Failed(message=f"{spec.name}: {report.outcome.headline}")
     return report.to_json_dict()
+
+
+def _record_calibration(spec, model, p, bench, candidate, rec) -> PredictedVsMeasured:
+    """Predicted vs measured, kept in the target's calibration store: a by-product of the
+    benchmark that must never fail the deploy."""
+    try:
+        return steps.record_calibration(spec, model, p, bench, candidate.image_uri,
+                                        rec.report.run_id or candidate.names.endpoint)
+    except Exception as exc:
+        why = redact_text(str(exc))[:300]
+        get_run_logger().warning("calibration records not kept: %s", why)
+        return PredictedVsMeasured(notes=[f"not recorded: {why}"])
 
 
 def _peak_summary(plan) -> str:

@@ -1,10 +1,10 @@
-"""The calibration store: one JSON file of predicted-vs-measured records and the fits made from
-them (default: `calibration.json` in the state directory, beside the local target's registry).
+"""The calibration store: predicted-vs-measured benchmark records and the fits made from them.
 
-Every run on this machine reads and appends to that file. SageMaker runs are meant to keep
-their store under the run's S3 prefix; that belongs behind the target interface (being
-reshaped now), so until it lands they use this file too and the load/save pair below is the
-seam to move.
+Where it lives is the target's business (Target.load_calibration / update_calibration): the
+local target keeps `calibration.json` in its state directory, SageMaker one object under the
+run's S3 prefix, so every run that shares a place shares its records. Deploys read the fits
+from there when they plan and append to it after each benchmark. `lmiflow calibrate` and
+`lmiflow plan --calibration` read a store file by path (by default the local one).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from lmiflow.sizing.calibration import CalibrationRecord, CalibrationStore, refit
 from lmiflow.sizing.planner import Calibration
+from lmiflow.targets.base import StoreOffline, Target
 
 STORE_NAME = "calibration.json"
 
@@ -31,16 +32,28 @@ def default_store_path() -> Path:
     return default_state_dir() / STORE_NAME
 
 
+def parse_store(data: dict | None, where: str) -> CalibrationStore:
+    """The store from its JSON (None: there is none yet, an empty store)."""
+    if data is None:
+        return CalibrationStore()
+    try:
+        return CalibrationStore.model_validate(data)
+    except ValidationError as exc:
+        first = str(exc).splitlines()[0]
+        raise CalibrationStoreError(f"{where} is not a calibration store ({first})") from None
+
+
 def load_store(path: str | Path) -> CalibrationStore:
     """The store at `path`; an absent file is an empty store."""
     p = Path(path)
     if not p.exists():
         return CalibrationStore()
     try:
-        return CalibrationStore.model_validate(json.loads(p.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValidationError) as exc:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         first = str(exc).splitlines()[0]
         raise CalibrationStoreError(f"{p} is not a calibration store ({first})") from None
+    return parse_store(data, str(p))
 
 
 def save_store(path: str | Path, store: CalibrationStore) -> None:
@@ -52,17 +65,20 @@ def save_store(path: str | Path, store: CalibrationStore) -> None:
     os.replace(tmp, p)
 
 
-def add_records(path: str | Path, records: list[CalibrationRecord]) -> CalibrationStore:
-    """Append records and refit, under a lock (concurrent runs append to one store)."""
-    from filelock import FileLock  # deferred: `lmiflow plan` only reads the store
+def add_records(target: Target, records: list[CalibrationRecord]
+                ) -> tuple[CalibrationStore, str | None]:
+    """Append records to the target's store and refit, atomically with respect to other runs
+    appending. Returns the store as written and where it is (None: the target keeps none)."""
+    written: list[CalibrationStore] = []
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(p) + ".lock"):
-        store = load_store(p)
+    def change(data: dict | None) -> dict:
+        store = parse_store(data, target.calibration_uri() or "calibration store")
         store = refit(store.model_copy(update={"records": [*store.records, *records]}))
-        save_store(p, store)
-    return store
+        written[:] = [store]
+        return store.model_dump(mode="json")
+
+    where = target.update_calibration(change)
+    return (written[0] if written else CalibrationStore()), where
 
 
 def fitted(store: CalibrationStore) -> Calibration:
@@ -70,10 +86,16 @@ def fitted(store: CalibrationStore) -> Calibration:
     return {(f.accelerator, f.engine): (f.efficiency, f.records) for f in store.fits}
 
 
-def planning_calibration(path: str | Path | None = None) -> tuple[Calibration, str | None]:
-    """Fits for the planner and, when the store cannot be read, why (planning goes on with the
-    uncalibrated defaults: a damaged store must not stop a deploy)."""
+def planning_calibration(target: Target, *, offline: bool = False
+                         ) -> tuple[Calibration, str | None]:
+    """Fits for the planner from the target's store and, when they cannot be read, why.
+    Planning then goes on with the uncalibrated defaults: calibration sharpens predictions,
+    and a damaged, forbidden or unreachable store must not stop a deploy. offline: a dry
+    run, which reads no store a service holds."""
     try:
-        return fitted(load_store(path or default_store_path())), None
-    except CalibrationStoreError as exc:
+        data = target.load_calibration(offline=offline)
+        return fitted(parse_store(data, target.calibration_uri() or "calibration store")), None
+    except StoreOffline as exc:
         return {}, f"calibration not used: {exc}"
+    except Exception as exc:
+        return {}, f"calibration not used: {str(exc).splitlines()[0][:300]}"

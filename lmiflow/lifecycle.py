@@ -1,5 +1,6 @@
-"""A candidate endpoint's life, free of Prefect: create it, wait for it, test and benchmark it,
-promote it to production or remove it, and tear everything down. Tasks call these once each
+"""A candidate endpoint's life, free of Prefect: create it, wait for it, test and benchmark it
+(and keep the benchmark next to the latency model's prediction, to calibrate it), promote it
+to production or remove it, and tear everything down. Tasks call these once each
 (adding retries, artifacts and log lines); tests call them directly, without an API server.
 
 Every function takes the Target it acts on, so the same code runs on SageMaker and locally.
@@ -19,10 +20,20 @@ from lmiflow.bench.gates import Verdict, evaluate
 from lmiflow.bench.loadgen import ProgressFn, bench_endpoint
 from lmiflow.bench.metrics import BenchResult
 from lmiflow.bench.tokens import TokenizerNotFound, load_tokenizer
+from lmiflow.calibration_store import add_records
 from lmiflow.errors import StepFailed, UserInputError
 from lmiflow.pipeline import Candidate, Names
-from lmiflow.report.model import Promotion, PromotionPlan, SmokeTest
+from lmiflow.report.model import (
+    LevelComparison,
+    PredictedVsMeasured,
+    Promotion,
+    PromotionPlan,
+    SmokeTest,
+)
 from lmiflow.report.outcome import ProductionState
+from lmiflow.sizing.accelerators import facts_for, load_accelerators
+from lmiflow.sizing.calibration import CalibrationRecord, records_for_option, side_by_side
+from lmiflow.sizing.model_spec import ModelSpec
 from lmiflow.sizing.planner import Plan
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.base import (
@@ -66,7 +77,7 @@ def production_in_use(target: Target, production: str) -> set[str]:
         if config:
             model = target.config_model_name(config)
             in_use |= {config, model} if model else {config}
-    return in_use
+    return in_use | target.models_in_use(production)
 
 
 def production_state(target: Target, production: str) -> ProductionState:
@@ -206,7 +217,8 @@ def configure_endpoint(target: Target, candidate: Candidate, p: Plan, tags: dict
     image needs (AMI, routing)."""
     names = candidate.names
     variant = pipeline.endpoint_variant(candidate, p, target)
-    target.create_endpoint_config(names.endpoint_config, names.model, variant, tags)
+    target.create_endpoint_config(names.endpoint_config, names.model, variant, tags,
+                                  component=names.component)
     return variant
 
 
@@ -227,6 +239,8 @@ def create_endpoint(target: Target, names: Names, tags: dict[str, str], timeout_
     t0 = time.monotonic()
     target.create_endpoint(names.endpoint, names.endpoint_config, tags)
     st = wait_in_service(target, names.endpoint, timeout_s, on_status)
+    # the model on its instances, where it is an inference component (its first copy)
+    target.place_component(names.endpoint, names.model, names.component, tags, timeout_s)
     return CreatedEndpoint(endpoint=names.endpoint, status=st.status,
                            seconds=time.monotonic() - t0, url=st.url)
 
@@ -287,6 +301,19 @@ def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, 
         # An update in flight (an interrupted run's, or another runner's): let it settle.
         prod = target.wait(spec.name, spec.promotion.endpoint_timeout_s, on_status)
     previous = prod.config_name if prod else None
+    # Where the model is an inference component, the target promotes the component (created,
+    # or updated copy by copy with its own rollback) and leaves the endpoint as it is.
+    action = target.promote_component(
+        spec.name, names.endpoint, names.endpoint_config, names.model, names.component, tags,
+        spec.promotion.endpoint_timeout_s, spec.promotion.wait_interval_s)
+    if action is not None:
+        smoke = smoke_test(target, spec, spec.name)
+        if not smoke.passed:
+            raise StepFailed(f"smoke test of {spec.name} failed: {smoke.error}")
+        return Promotion(action=action, previous_config=previous,
+                         removed=[f"endpoint {names.endpoint}",
+                                  *remove_leftovers(target, spec.name)],
+                         production_smoke_test=smoke)
     serving = (prod is not None and prod.config_name == names.endpoint_config
                and prod.status == "InService")
     early: list[str] = []
@@ -370,3 +397,76 @@ def load_baseline(target: Target, production: str) -> BenchResult | None:
 
 def save_baseline(target: Target, production: str, bench: BenchResult) -> str | None:
     return target.save_baseline(production, bench.model_dump(mode="json"))
+
+
+# ---- the latency model's calibration --------------------------------------------------------
+
+def predicted_vs_measured(model: ModelSpec, p: Plan, bench: BenchResult, *, run: str,
+                          model_id: str, image_uri: str | None
+                          ) -> tuple[list[CalibrationRecord], PredictedVsMeasured]:
+    """The benchmark's levels next to what the plan predicted for its chosen option, with the
+    factors the plan used (fitted or defaults) and the lengths the benchmark really sent.
+    Pure. Open-loop levels are left out (their concurrency is a cap, not the load), as are
+    levels that measured nothing; an accelerator without facts (the local target on a CPU)
+    was never predicted, so there is nothing to compare."""
+    c = p.chosen
+    engine = p.request.engine
+    accelerators = load_accelerators()
+    # A local GPU has its driver's name (NVIDIA A100-SXM4-40GB); facts and fits the catalog's.
+    facts = facts_for(c.accelerator, accelerators)
+    name = facts.name if facts else c.accelerator
+    factors = p.factors.get(name)
+    section = PredictedVsMeasured(
+        accelerator=name, engine=engine, tensor_parallel_degree=c.tensor_parallel_degree,
+        image_version=_image_version(image_uri),
+        fit=p.calibration.get(name), fit_records=factors.records if factors else 0)
+    if factors is None:
+        section.notes.append(f"no latency prediction for {name} (no accelerator facts): "
+                             "nothing compared or recorded")
+        return [], section
+    records: list[CalibrationRecord] = []
+    for lv in bench.levels:
+        if lv.rate_rps is not None:
+            section.notes.append(f"{lv.rate_rps:g} requests/s (open loop) not compared: "
+                                 "its concurrency is a cap, not the load")
+            continue
+        inp = max(1, round(lv.input_length.mean or bench.settings.input_tokens))
+        out = max(1, round(lv.output_length.mean or bench.settings.max_new_tokens))
+        got = records_for_option(
+            model, p.dtypes, c, engine, accelerators, p.calibration_used(),
+            [lv.model_dump(mode="json")], inp, out, run=run, model=model_id,
+            image_version=section.image_version)
+        if not got:
+            section.notes.append(f"concurrency {lv.concurrency}: no successful request, "
+                                 "nothing measured")
+            continue
+        records += got
+        (row,) = side_by_side(got)
+        section.levels.append(LevelComparison(**row, input_tokens=inp, output_tokens=out))
+    return records, section
+
+
+def record_calibration(target: Target, model: ModelSpec, p: Plan, bench: BenchResult, *,
+                       run: str, model_id: str, image_uri: str | None) -> PredictedVsMeasured:
+    """Predicted vs measured per level (predicted_vs_measured), appended to the target's
+    calibration store, which refits the factors the next plan uses."""
+    records, section = predicted_vs_measured(model, p, bench, run=run, model_id=model_id,
+                                             image_uri=image_uri)
+    if not records:
+        return section
+    store, where = add_records(target, records)
+    if where is None:
+        section.notes.append("not kept: the target has nowhere to keep a calibration store")
+        return section
+    family = (section.accelerator, section.engine)
+    refit = next((f for f in store.fits if (f.accelerator, f.engine) == family), None)
+    return section.model_copy(update={"recorded": len(records), "store": where,
+                                      "refit": refit})
+
+
+def _image_version(image_uri: str | None) -> str | None:
+    """The image's tag (0.33.0-lmi15.0.0-cu128), else its whole reference (a digest)."""
+    if not image_uri:
+        return None
+    name = image_uri.rsplit("/", 1)[-1]
+    return name.split(":", 1)[1] if ":" in name and "@" not in name else image_uri

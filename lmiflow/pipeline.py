@@ -10,7 +10,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from lmiflow import endpoint_plan, patterns
 from lmiflow.errors import UserInputError
@@ -19,11 +19,13 @@ from lmiflow.report.model import HostSettings, PromotionPlan
 from lmiflow.secrets import check_env_refs, fill_properties
 from lmiflow.serving.images import LmiImage
 from lmiflow.sizing.memory import DTypeChoice, MemoryBreakdown, resolve_dtypes, total_estimate
+from lmiflow.sizing.packing import ComponentNeed
 from lmiflow.sizing.planner import LatencyLimit, Plan, PlanRequest, plan
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets import configured_target
 from lmiflow.targets.aws_requests import AwsRequest, InvalidRequest, validate_all
 from lmiflow.targets.base import EndpointVariant, PlannedRun, Target, TrafficPolicy
+from lmiflow.targets.components_plan import ComponentPlan
 from lmiflow.targets.weights import ModelSource, WeightsPlan, hub_source, hub_token, local_source
 from lmiflow.targets.weights import plan_weights as weights_plan
 
@@ -33,10 +35,11 @@ PROJECT_TAG = "lmiflow"
 @lru_cache(maxsize=8)
 def _target(kind: str, region: str | None, role_arn: str | None, s3_uri: str | None,
             block: str | None, packaging: str, state_dir: str | None,
-            vpc: tuple[tuple[str, ...], tuple[str, ...]] | None, lease_ttl_s: int) -> Target:
+            vpc: tuple[tuple[str, ...], tuple[str, ...]] | None, lease_ttl_s: int,
+            mode: str) -> Target:
     return configured_target(kind, state_dir=state_dir, region=region, role_arn=role_arn,
                              s3_uri=s3_uri, credentials_block=block, packaging=packaging,
-                             vpc=vpc, lease_ttl_s=lease_ttl_s)
+                             vpc=vpc, lease_ttl_s=lease_ttl_s, mode=mode)
 
 
 def target_for(spec: DeploymentSpec) -> Target:
@@ -45,7 +48,8 @@ def target_for(spec: DeploymentSpec) -> Target:
     t = spec.target
     vpc = (tuple(t.vpc.subnets), tuple(t.vpc.security_group_ids)) if t.vpc else None
     return _target(t.kind, t.region, t.role_arn, t.s3_uri, t.aws_credentials_block, t.packaging,
-                   os.environ.get("LMIFLOW_STATE_DIR"), vpc, spec.promotion.lease_ttl_s)
+                   os.environ.get("LMIFLOW_STATE_DIR"), vpc, spec.promotion.lease_ttl_s,
+                   t.mode)
 
 
 class Names(BaseModel):
@@ -57,6 +61,9 @@ class Names(BaseModel):
     endpoint_config: str
     model: str
     spec_hash: str
+    component: ComponentPlan | None = Field(
+        default=None, description="The candidate's inference component, where the target runs "
+        "the model as one: its name and what it reserves travel with the other names.")
 
 
 class MemoryEstimate(MemoryBreakdown):
@@ -76,6 +83,7 @@ class Candidate(BaseModel):
     weights: WeightsPlan
     host: HostSettings | None = None
     promotion: PromotionPlan | None = None
+    component: ComponentPlan | None = None
 
 
 def fetch_config(spec: DeploymentSpec) -> ResolvedModel:
@@ -147,12 +155,14 @@ def compute_memory(spec: DeploymentSpec, model: ResolvedModel) -> MemoryEstimate
     return MemoryEstimate(dtypes=dtypes, **est.model_dump())
 
 
-def choose_instance(spec: DeploymentSpec, model: ResolvedModel, target: Target) -> Plan:
+def choose_instance(spec: DeploymentSpec, model: ResolvedModel, target: Target,
+                    *, offline: bool = False) -> Plan:
     """The plan over the target's instances (the catalog, or this machine for local), with
-    the latency model calibrated by earlier benchmarks where there are any."""
+    the latency model calibrated by the benchmarks in the target's calibration store where
+    there are any (offline: a dry run, which reads no store a service holds)."""
     from lmiflow.calibration_store import planning_calibration
 
-    calibration, problem = planning_calibration()
+    calibration, problem = planning_calibration(target, offline=offline)
     catalog = target.instance_catalog()
     p = plan(model.spec, plan_request(spec, target), catalog, calibration=calibration)
     if problem:
@@ -244,8 +254,8 @@ def image_uri(spec: DeploymentSpec, target: Target, image: LmiImage) -> str | No
 
 
 def names_for(spec: DeploymentSpec, properties: str, image: str | None, p: Plan,
-              target: Target, weights: WeightsPlan, host: HostSettings | None = None
-              ) -> Names:
+              target: Target, weights: WeightsPlan, host: HostSettings | None = None,
+              component: ComponentPlan | None = None) -> Names:
     """Names from a hash of everything that makes the deployment what it is (the host's AMI
     and routing included: they are part of the endpoint config)."""
     what = {"properties": properties, "image": image, "instance": p.chosen.instance_type,
@@ -254,24 +264,67 @@ def names_for(spec: DeploymentSpec, properties: str, image: str | None, p: Plan,
                         weights.token_to_container]}
     if host is not None:
         what["host"] = [host.inference_ami_version, host.routing_strategy]
+    if component is not None:  # what the component reserves and how its endpoint scales
+        what["component"] = component.model_dump(
+            mode="json", include={"name", "resources", "copies", "min_instances",
+                                  "max_instances", "initial_instances"})
     blob = json.dumps(what, sort_keys=True)
     h = hashlib.sha256(blob.encode()).hexdigest()[:8]
     return Names(production=spec.name, spec_hash=h, **target.resource_names(spec.name, h))
 
 
-def prepare_serving(spec: DeploymentSpec, model: ResolvedModel, p: Plan, target: Target
-                    ) -> Candidate:
+def prepare_serving(spec: DeploymentSpec, model: ResolvedModel, p: Plan, target: Target,
+                    alongside: list[ComponentNeed] | None = None) -> Candidate:
     """serving.properties text, the image URI and the candidate's names, how the weights
-    travel, the host the image needs and the promotion plan: what one candidate is, shared by
-    the Prefect task and the dry run."""
+    travel, the host the image needs, the promotion plan and, where the target runs the model
+    as an inference component, that component (packed with `alongside`: the components of
+    other configs on the same endpoint): what one candidate is, shared by the Prefect task
+    and the dry run."""
     weights = plan_weights(spec, model)
     image = endpoint_plan.image_for(spec)
     text = render_serving_properties(spec, model, p, target, weights, image)
     uri = image_uri(spec, target, image)
     host = endpoint_plan.host_settings(spec, image) if uri else None
-    return Candidate(properties=text, image_uri=uri, weights=weights,
-                     names=names_for(spec, text, uri, p, target, weights, host), host=host,
-                     promotion=endpoint_plan.promotion_plan(spec, p, target.shifts_traffic))
+    component = target.component_plan(
+        spec.inference_component, spec.name, p.chosen, p.memory.weights_bytes,
+        endpoint_variant_for(p, target, host), bool(latency_limits(spec)),
+        list(spec.promotion.alarms), alongside or [])
+    names = names_for(spec, text, uri, p, target, weights, host, component)
+    promotion = endpoint_plan.promotion_plan(spec, p, target.shifts_traffic)
+    if component is not None:
+        component = component.named(names.spec_hash)
+        names = names.model_copy(update={"component": component})
+        # a component is updated copy by copy on the endpoint's managed instances: its peak
+        # is bounded by their maximum, counted like a redeploy of that many
+        promotion = endpoint_plan.with_peak(promotion.model_copy(update={
+            "strategy": "ROLLING", "instance_count": component.max_instances,
+            "traffic_step": "one copy at a time"}), None)
+    return Candidate(properties=text, image_uri=uri, weights=weights, names=names, host=host,
+                     promotion=promotion, component=component)
+
+
+def alongside_needs(spec: DeploymentSpec, p: Plan, configs: list[str]) -> list[ComponentNeed]:
+    """What the components of other configs naming the same endpoint reserve, each planned
+    on this plan's instance type (an endpoint runs one): the packing then counts them."""
+    from lmiflow.spec import load_spec
+
+    out = []
+    for path in configs:
+        other = load_spec(path)
+        if other.name != spec.name:
+            raise UserInputError("--alongside", f"{path} names endpoint {other.name}, not "
+                                                f"{spec.name}")
+        other = other.model_copy(update={"instance": other.instance.model_copy(update={
+            "instance_type": p.chosen.instance_type, "allow": []})})
+        target = target_for(other)
+        op = choose_instance(other, fetch_config(other), target)
+        need = target.component_need(other.inference_component, other.name, op.chosen,
+                                     op.memory.weights_bytes)
+        if need is None:
+            raise UserInputError("--alongside", f"{path} is not target.mode "
+                                                "inference_component")
+        out.append(need)
+    return out
 
 
 def tags_for(names: Names, run_id: str | None) -> dict[str, str]:
@@ -348,20 +401,26 @@ def traffic_policy(spec: DeploymentSpec) -> TrafficPolicy:
 def endpoint_variant(candidate: Candidate, p: Plan, target: Target) -> EndpointVariant:
     """The endpoint config's variant: the target's for the plan's instances, on the host the
     image needs (AMI, routing)."""
+    return endpoint_variant_for(p, target, candidate.host)
+
+
+def endpoint_variant_for(p: Plan, target: Target,
+                         host: HostSettings | None) -> EndpointVariant:
     chosen = p.chosen
     variant = target.endpoint_variant(chosen.instance_type, chosen.instance_count,
                                       int(p.memory.weights_bytes))
-    if candidate.host is None:
+    if host is None:
         return variant
     return variant.model_copy(update={
-        "inference_ami_version": candidate.host.inference_ami_version,
-        "routing_strategy": candidate.host.routing_strategy})
+        "inference_ami_version": host.inference_ami_version,
+        "routing_strategy": host.routing_strategy})
 
 
 def planned_run(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Target,
                 tags: dict[str, str]) -> PlannedRun:
     """Everything decided before the first request: what the target lists requests from."""
     from lmiflow.bench.loadgen import example_payload, planned_requests
+    from lmiflow.bench.tokens import TOKENIZER_FILES
 
     names = candidate.names
     cfg = load_config(spec)
@@ -373,7 +432,8 @@ def planned_run(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Tar
         tags=tags, weights=candidate.weights, policy=traffic_policy(spec),
         smoke_payload=smoke_payload(spec), bench_payload=example_payload(cfg),
         bench_requests=planned_requests(cfg),
-        endpoint_timeout_s=spec.promotion.endpoint_timeout_s)
+        endpoint_timeout_s=spec.promotion.endpoint_timeout_s, component=candidate.component,
+        tokenizer_files=TOKENIZER_FILES)
 
 
 def run_requests(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Target,

@@ -73,9 +73,20 @@ class RunRecord:
                               if n not in ran]
         self.report.status = status
         self.report.finished_at = _now()
+        if self.report.component is not None:
+            self.report.component = self.report.component.model_copy(
+                update={"cold_start_s": cold_start_s(self.report.steps)})
         self.report.production = production
         self.report.outcome = outcome(self.report, production)
         return self.report
+
+
+def cold_start_s(steps: list[StepRecord]) -> float | None:
+    """What a request after scale-to-zero waits, from this run's own timings: create_endpoint
+    started instances and loaded the model onto them (the candidate's endpoint and its first
+    copy). None when that step did not complete."""
+    done = [s.seconds for s in steps if s.name == "create_endpoint" and s.status == "completed"]
+    return done[-1] if done and done[-1] is not None else None
 
 
 def _now() -> str:
@@ -150,12 +161,33 @@ class DirectSteps:
 
     @staticmethod
     def choose_instance(spec: DeploymentSpec, model: ResolvedModel) -> Plan:
-        return pipeline.choose_instance(spec, model, pipeline.target_for(spec))
+        # No service is called here: a calibration store kept in S3 is read by the deploy.
+        return pipeline.choose_instance(spec, model, pipeline.target_for(spec), offline=True)
 
     @staticmethod
     def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Plan
                                   ) -> Candidate:
         return pipeline.prepare_serving(spec, model, p, pipeline.target_for(spec))
+
+
+class AlongsideSteps(DirectSteps):
+    """DirectSteps for a config whose endpoint other configs share (`deploy --dry-run
+    --alongside`): their components count in the packing of this one."""
+
+    def __init__(self, configs: list[str]):
+        self.configs = configs
+
+    def render_serving_properties(self, spec: DeploymentSpec, model: ResolvedModel, p: Plan
+                                  ) -> Candidate:
+        from lmiflow.errors import UserInputError
+
+        target = pipeline.target_for(spec)
+        cand = pipeline.prepare_serving(spec, model, p, target,
+                                        pipeline.alongside_needs(spec, p, self.configs))
+        if cand.component is None:
+            raise UserInputError("--alongside", "this config's model is not an inference "
+                                 "component (target.mode): it cannot share its endpoint")
+        return cand
 
 
 def plan_steps(spec: DeploymentSpec, rec: RunRecord, impl: Any
@@ -189,6 +221,7 @@ def plan_steps(spec: DeploymentSpec, rec: RunRecord, impl: Any
         report.candidate_endpoint = cand.names.endpoint
         report.host = cand.host
         report.promotion_plan = cand.promotion
+        report.component = cand.component
         report.weights = cand.weights
         # Every request the run will send, validated before anything is created, and the
         # permissions they need.

@@ -30,6 +30,7 @@ from lmiflow.redact import looks_secret
 from lmiflow.regions import partition_of
 from lmiflow.secrets import SecretRef
 from lmiflow.targets.blue_green import traffic_shift_error
+from lmiflow.targets.components_plan import InferenceComponentSection
 
 # A model-level validator's message that starts with the field it is about.
 FIELD_FIRST_RE = re.compile(r"(target|instance|promotion)\.[a-z_]+ ")
@@ -241,6 +242,12 @@ class TargetSection(_Strict):
     vpc: VpcSection | None = Field(
         default=None, description="Run the container in your VPC (VpcConfig): subnets and "
         "security groups.")
+    mode: Literal["endpoint", "inference_component"] = Field(
+        default="endpoint",
+        description="endpoint: the model is the endpoint's variant. inference_component: the "
+        "endpoint's instances are managed by SageMaker and the model is an inference component "
+        "on them (its own accelerators, memory and copies; several models may share the "
+        "endpoint); see the inference_component section.")
 
     @field_validator("region")
     @classmethod
@@ -455,6 +462,10 @@ class DeploymentSpec(_Strict):
     promotion: PromotionSection = Field(
         default_factory=PromotionSection,
         description="How production is updated when the candidate passes.")
+    inference_component: InferenceComponentSection = Field(
+        default_factory=InferenceComponentSection,
+        description="target.mode inference_component: the component's copies, their scaling "
+        "and the endpoint's managed instance scaling.")
 
     @field_validator("name")
     @classmethod
@@ -472,6 +483,17 @@ class DeploymentSpec(_Strict):
                                     w.max_output_tokens)
         limits.check_gate_levels(self.gates, b.concurrency)
         limits.check_gates_agree(self.gates, b.concurrency)
+        return self
+
+    @model_validator(mode="after")
+    def _component_mode(self) -> DeploymentSpec:
+        if self.target.mode == "inference_component" and self.target.kind != "sagemaker":
+            raise ValueError("target.mode inference_component needs target.kind sagemaker (the "
+                             f"{self.target.kind} target serves one model per endpoint)")
+        if self.target.mode == "inference_component" and self.promotion.strategy != "ALL_AT_ONCE":
+            raise ValueError("promotion.strategy in target.mode inference_component is a "
+                             "rolling update of the component, one copy at a time: leave it "
+                             "ALL_AT_ONCE (CANARY and LINEAR shift an endpoint's traffic)")
         return self
 
     @model_validator(mode="after")

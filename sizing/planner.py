@@ -144,6 +144,16 @@ class ModelSummary(BaseModel):
     estimate_note: str | None = None
 
 
+class FactorsUsed(BaseModel):
+    """The latency model's factors a plan predicted with on one accelerator: what a benchmark
+    of the chosen option is compared with (sizing.calibration.records_for_option)."""
+
+    engine: str
+    records: int = Field(description="Benchmark records they were fitted from; 0: the "
+                                     "engine's uncalibrated defaults.")
+    efficiency: Efficiency
+
+
 class Plan(BaseModel):
     model: ModelSummary
     request: PlanRequest
@@ -156,6 +166,13 @@ class Plan(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     calibration: dict[str, str] = Field(default_factory=dict, description="Accelerator: how its "
                                         "latency factors were set (calibrated from N records).")
+    factors: dict[str, FactorsUsed] = Field(default_factory=dict, description="Accelerator: "
+                                            "the latency factors its predictions used.")
+
+    def calibration_used(self) -> Calibration:
+        """The fitted factors this plan predicted with, in the form plan() takes."""
+        return {(acc, f.engine): (f.efficiency, f.records)
+                for acc, f in self.factors.items() if f.records}
 
 
 def _gb(b: float) -> str:
@@ -272,6 +289,7 @@ def plan(spec: ModelSpec, req: PlanRequest, catalog: pd.DataFrame | None = None,
                           searches={}, predictions={})
     options: list[Option] = []
     calibration_notes: dict[str, str] = {}
+    factors: dict[str, FactorsUsed] = {}
     for r in rows:
         facts = facts_for(r.accelerator, accels)
         eff, records = efficiency_for(facts, req.engine, calibration or {})
@@ -280,6 +298,7 @@ def plan(spec: ModelSpec, req: PlanRequest, catalog: pd.DataFrame | None = None,
                 warnings.append(f"latency limits not checked on {r.instance_type}: no "
                                 f"accelerator facts for {r.accelerator}")
         else:
+            factors[facts.name] = FactorsUsed(engine=req.engine, records=records, efficiency=eff)
             calibration_notes[facts.name] = (
                 f"{req.engine} factors calibrated from {records} benchmark record(s)" if records
                 else f"uncalibrated {req.engine} defaults")
@@ -301,6 +320,7 @@ def plan(spec: ModelSpec, req: PlanRequest, catalog: pd.DataFrame | None = None,
         memory=total_estimate(spec, dtypes, tokens, req.concurrency),
         options=options, chosen=chosen, chosen_reason=chosen_reason,
         not_planned=not_planned, warnings=warnings, calibration=calibration_notes,
+        factors=factors,
     )
 
 

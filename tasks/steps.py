@@ -30,8 +30,16 @@ from lmiflow.model_source import ResolvedModel
 from lmiflow.pipeline import Candidate, MemoryEstimate, Names, target_for
 from lmiflow.redact import redact_text
 from lmiflow.report.digest import digest
-from lmiflow.report.model import Promotion, PromotionPlan, RunReport, SmokeTest
+from lmiflow.report.markdown import render_section
+from lmiflow.report.model import (
+    PredictedVsMeasured,
+    Promotion,
+    PromotionPlan,
+    RunReport,
+    SmokeTest,
+)
 from lmiflow.report.outcome import ProductionState, explain_check, figure, sig
+from lmiflow.report.sections import calibration_section
 from lmiflow.run_record import ReportNotWritten, write_report_somewhere
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.base import EndpointStatus, EndpointVariant
@@ -267,6 +275,23 @@ def benchmark(spec: DeploymentSpec, endpoint: str, p: Plan, tokenizer_dir: str |
     get_run_logger().info("benchmark of %s: %s", endpoint, "; ".join(
         f"c={r['concurrency']}: TTFT p50 {r['TTFT p50']}, {r['output tokens/s']} tokens/s"
         for r in rows))
+    return result
+
+
+@step_task("record_calibration")
+def record_calibration(spec: DeploymentSpec, model: ResolvedModel, p: Plan, bench: BenchResult,
+                       image_uri: str | None, run: str) -> PredictedVsMeasured:
+    """The benchmark next to the plan's prediction, appended to the target's calibration
+    store. Retried on transient faults: each try rereads the store and writes it whole."""
+    result = lifecycle.record_calibration(target_for(spec), model.spec, p, bench, run=run,
+                                          model_id=spec.model.id, image_uri=image_uri)
+    log = get_run_logger()
+    for note in result.notes:
+        log.info("calibration: %s", note)
+    if result.recorded:
+        log.info("calibration: %d record(s) of %s / %s appended to %s", result.recorded,
+                 result.accelerator, result.engine, result.store)
+    _md(spec, "calibration", render_section(calibration_section(result)))
     return result
 
 

@@ -23,6 +23,9 @@ def add_parser(sub) -> None:
                         "serving.properties, how the weights get there and every AWS request.")
     p.add_argument("--json", action="store_true",
                    help="With --dry-run: print the planned report.json (every request in full).")
+    p.add_argument("--alongside", action="append", default=[], metavar="CONFIG",
+                   help="With --dry-run, in inference-component mode: another config naming "
+                   "the same endpoint; its component counts in the packing (repeatable).")
     p.add_argument("--replace-failed", action="store_true",
                    help="Replace a Failed production endpoint with this run's candidate "
                    "(sets promotion.replace_failed).")
@@ -50,9 +53,12 @@ def run(args) -> int:
     if args.dry_run:
         if args.report_dir:
             check_writable(Path(args.report_dir), "--report-dir")
-        return dry_run(spec, args.report_dir, as_json=args.json, config=args.config)
+        return dry_run(spec, args.report_dir, as_json=args.json, config=args.config,
+                       alongside=args.alongside)
     if args.json:
         raise UserInputError("--json", "applies to --dry-run (a run writes report.json)")
+    if args.alongside:
+        raise UserInputError("--alongside", "applies to --dry-run")
     # Before Prefect is first imported (_check_outputs): it reads its settings once.
     if not args.verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -94,22 +100,22 @@ def _check_outputs(spec, report_dir: Path) -> None:
         pass
 
 
-def _plan_directly(spec):
-    from lmiflow.run_record import DirectSteps, RunRecord, plan_steps
+def _plan_directly(spec, alongside: list[str] | None = None):
+    from lmiflow.run_record import AlongsideSteps, DirectSteps, RunRecord, plan_steps
 
     rec = RunRecord(spec, None)
-    return rec, plan_steps(spec, rec, DirectSteps)
+    return rec, plan_steps(spec, rec, AlongsideSteps(alongside) if alongside else DirectSteps)
 
 
-def dry_run(spec, report_dir: str | None, as_json: bool = False, config: str = "CONFIG"
-            ) -> int:
+def dry_run(spec, report_dir: str | None, as_json: bool = False, config: str = "CONFIG",
+            alongside: list[str] | None = None) -> int:
     import json
     import textwrap
 
     from lmiflow.plan_table import print_plan
     from lmiflow.run_record import write_report
 
-    rec, (model, p, candidate) = _plan_directly(spec)
+    rec, (model, p, candidate) = _plan_directly(spec, alongside)
     report = rec.finish("planned")
     if as_json:
         print(json.dumps(report.to_json_dict(), indent=2))
@@ -126,6 +132,12 @@ def dry_run(spec, report_dir: str | None, as_json: bool = False, config: str = "
     for line in candidate.weights.summary():
         print(textwrap.fill(line, 80, subsequent_indent="  ", break_on_hyphens=False))
     _print_endpoint_plan(candidate)
+    if candidate.component is not None:
+        from lmiflow.report.components import component_lines
+
+        print()
+        for line in component_lines(candidate.component):
+            print(line)
     print("\n# serving.properties\n" + candidate.properties, end="")
     if report.requests:
         _print_requests(report, config)

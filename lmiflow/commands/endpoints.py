@@ -77,7 +77,7 @@ def _require(target: Any, name: str) -> Any:
 def _list(target: Any, args: Any) -> int:
     rows = [s for s in target.list_endpoints() if s.name.startswith(args.prefix)]
     if args.json:
-        print(json.dumps([s.model_dump() for s in rows], indent=2))
+        print(json.dumps([s.model_dump(mode="json") for s in rows], indent=2))
         return 0
     if not rows:
         print("no endpoints")

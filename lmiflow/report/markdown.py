@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-from lmiflow.report.document import Block, Bullets, Code, Para, Plot, Table, fence
+from lmiflow.report.document import Block, Bullets, Code, Para, Plot, Section, Table, fence
 from lmiflow.report.model import RunReport
 from lmiflow.report.sections import build_sections, title
 
@@ -46,9 +46,12 @@ def _block(block: Block) -> str:
     raise TypeError(f"unknown block {block!r}")
 
 
+def render_section(section: Section) -> str:
+    """One section with its heading (a step's artifact shows the section the report will)."""
+    return "\n\n".join([f"## {_text(section.title)}", *(_block(b) for b in section.blocks)])
+
+
 def render_markdown(report: RunReport) -> str:
     parts = [f"# {_text(title(report))}"]
-    for section in build_sections(report):
-        parts.append(f"## {_text(section.title)}")
-        parts += [_block(b) for b in section.blocks]
+    parts += [render_section(section) for section in build_sections(report)]
     return "\n\n".join(parts) + "\n"

@@ -18,8 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_serialize
 from lmiflow.bench.gates import Verdict
 from lmiflow.bench.metrics import BenchResult
 from lmiflow.report.outcome import Outcome, ProductionState
+from lmiflow.sizing.calibration import Fit
 from lmiflow.sizing.model_spec import ModelSpec
 from lmiflow.sizing.planner import Plan
+from lmiflow.targets.components_plan import ComponentPlan
 from lmiflow.targets.staging import StagingReport
 from lmiflow.targets.weights import WeightsPlan
 
@@ -85,6 +87,42 @@ class PromotionPlan(_Strict):
     peak_assumption: str
     quota_names: dict[str, str] = Field(
         description="Instance type -> the Service Quotas quota the peak is checked against.")
+
+
+class LevelComparison(_Strict):
+    """One benchmark level: the latency model's prediction for it and the measured p50s;
+    error is (predicted - measured) / measured, in %."""
+
+    concurrency: int
+    input_tokens: int = Field(description="Measured mean prompt length the prediction used.")
+    output_tokens: int = Field(description="Measured mean output length the prediction used.")
+    predicted_ttft_ms: float
+    measured_ttft_ms: float | None
+    ttft_error_pct: float | None
+    predicted_tpot_ms: float
+    measured_tpot_ms: float | None
+    tpot_error_pct: float | None
+    calibrated: bool = Field(description="The prediction used fitted factors, not defaults.")
+
+
+class PredictedVsMeasured(_Strict):
+    """The benchmark next to what the planner predicted for the chosen option, per level, and
+    what this run added to the calibration store (sizing.calibration)."""
+
+    accelerator: str | None = None
+    engine: str | None = None
+    tensor_parallel_degree: int | None = None
+    image_version: str | None = None
+    fit: str | None = Field(default=None, description="The factors the predictions used: the "
+                            "engine's defaults, or fitted from N benchmark records.")
+    fit_records: int = 0
+    levels: list[LevelComparison] = Field(default_factory=list)
+    recorded: int = Field(0, description="Records this run appended to the store.")
+    store: str | None = Field(default=None, description="Where the store is.")
+    refit: Fit | None = Field(default=None, description="The store's fit for this accelerator "
+                              "and engine after this run's records: what the next plan uses.")
+    notes: list[str] = Field(default_factory=list, description="Why a level or the whole "
+                             "benchmark was not compared or not recorded.")
 
 
 class ShownRequest(_Strict):
@@ -185,6 +223,13 @@ class RunReport(_Strict):
         default=None, description="The production endpoint as the run left it.")
     outcome: Outcome | None = Field(
         default=None, description="The run in words: verdict, production, reasons, next steps.")
+    calibration: PredictedVsMeasured | None = Field(
+        default=None, description="The benchmark next to the latency model's prediction, per "
+        "level, and the records kept to calibrate it.")
+    component: ComponentPlan | None = Field(
+        default=None, description="target.mode inference_component: the model's component "
+        "(resources per copy, copies and their scaling, managed instances), the packing of "
+        "every component on the endpoint, and the cold start this run measured.")
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types, in report.json's key order (the one dump of a run)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from lmiflow.bench.formulas import MIN_SAMPLES
 from lmiflow.bench.metrics import BenchResult, LatencyStats, LengthStats
+from lmiflow.report import components
 from lmiflow.report.document import (
     NOT_RUN,
     Block,
@@ -25,7 +26,8 @@ from lmiflow.report.document import (
     usd,
     verdict,
 )
-from lmiflow.report.model import RunReport
+from lmiflow.report.model import PredictedVsMeasured, RunReport
+from lmiflow.report.outcome import sig
 from lmiflow.sizing.catalog import CPU
 from lmiflow.sizing.planner import Option
 from lmiflow.targets.aws_requests import AwsRequest, compact
@@ -342,6 +344,58 @@ def benchmark(r: RunReport) -> Section:
     return Section("benchmark", "Benchmark", blocks)
 
 
+CALIBRATION_HEADERS = ["concurrency", "tokens in / out", "TTFT p50 predicted", "measured",
+                       "error", "TPOT p50 predicted", "measured", "error", "calibrated"]
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else sig(value)
+
+
+def _error(pct: float | None) -> str:
+    return "—" if pct is None else f"{pct:+.0f} %"
+
+
+def _mape(m: dict[str, float | None]) -> str:
+    return ", ".join(f"{label} {'—' if m.get(k) is None else f'{m[k]:.0f} %'}"
+                     for k, label in (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT")))
+
+
+def calibration_section(c: PredictedVsMeasured | None) -> Section:
+    """The benchmark next to the latency model's prediction for the chosen option (ms; error
+    in % of measured), the factors behind the prediction, and what the store learnt."""
+    name = "Predicted vs measured"
+    if c is None:
+        return Section("predicted-vs-measured", name, [Para(NOT_RUN)])
+    blocks: list[Block] = []
+    if c.accelerator:
+        image = f", image {c.image_version}" if c.image_version else ""
+        blocks.append(Para(f"{c.accelerator}, TP {fmt(c.tensor_parallel_degree)}, "
+                           f"{fmt(c.engine)}{image}: predictions from {fmt(c.fit)}."))
+    if c.levels:
+        blocks.append(Table(CALIBRATION_HEADERS, [
+            [fmt(lv.concurrency), f"{fmt(lv.input_tokens)} / {fmt(lv.output_tokens)}",
+             _ms(lv.predicted_ttft_ms), _ms(lv.measured_ttft_ms), _error(lv.ttft_error_pct),
+             _ms(lv.predicted_tpot_ms), _ms(lv.measured_tpot_ms), _error(lv.tpot_error_pct),
+             fmt(lv.calibrated)]
+            for lv in c.levels]))
+    if c.recorded:
+        text = f"{c.recorded} record(s) appended to {c.store}."
+        if c.refit:
+            text += (f" Refit on {c.refit.records} record(s) of {c.refit.accelerator} / "
+                     f"{c.refit.engine} (what the next plan uses): error "
+                     f"{_mape(c.refit.mape_before)} with the defaults, "
+                     f"{_mape(c.refit.mape_after)} fitted.")
+        blocks.append(Para(text))
+    if c.notes:
+        blocks.append(Bullets(list(c.notes)))
+    return Section("predicted-vs-measured", name, blocks or [Para(NOT_RUN)])
+
+
+def predicted_vs_measured(r: RunReport) -> Section:
+    return calibration_section(r.calibration)
+
+
 GATE_HEADERS = ["", "kind", "metric", "stat", "concurrency", "op", "threshold", "observed",
                 "margin"]
 
@@ -384,5 +438,7 @@ def build_sections(report: RunReport) -> list[Section]:
     """The report's sections in reading order (shared by the Markdown and HTML renderers)."""
     head = [builder(report) for builder in (summary, steps, memory, options,
                                             serving_properties)]
-    tail = [builder(report) for builder in (smoke_test, benchmark, gate, formulas, versions)]
-    return [*head, *endpoint(report), *weights(report), *aws_requests(report), *tail]
+    tail = [builder(report) for builder in (smoke_test, benchmark, predicted_vs_measured, gate,
+                                            formulas, versions)]
+    return [*head, *endpoint(report), *components.section(report), *weights(report),
+            *aws_requests(report), *tail]

@@ -38,7 +38,7 @@ def configured_target(kind: str, *, state_dir: str | None = None, region: str | 
                       role_arn: str | None = None, s3_uri: str | None = None,
                       credentials_block: str | None = None, packaging: str | None = None,
                       vpc: tuple[tuple[str, ...], tuple[str, ...]] | None = None,
-                      lease_ttl_s: int | None = None) -> Target:
+                      lease_ttl_s: int | None = None, mode: str | None = None) -> Target:
     """The target a deployment config's `target` section (or a command line) describes: each
     kind takes the settings that apply to it and ignores the others. vpc: (subnets, security
     groups)."""
@@ -48,4 +48,4 @@ def configured_target(kind: str, *, state_dir: str | None = None, region: str | 
                   else None)
     return make_target(kind, region=region, role_arn=role_arn, s3_uri=s3_uri,
                        credentials_block=credentials_block, packaging=packaging, vpc=vpc_config,
-                       lease_ttl_s=lease_ttl_s)
+                       lease_ttl_s=lease_ttl_s, mode=mode)

@@ -238,7 +238,8 @@ def _limits(shape: Any, value: Any, path: str) -> list[str]:
 
 # ---- the compact view -----------------------------------------------------------------------
 
-_NAME_KEYS = ("EndpointName", "EndpointConfigName", "ModelName")
+_NAME_KEYS = ("InferenceComponentName", "EndpointName", "EndpointConfigName", "ModelName",
+              "ResourceId", "AlarmName", "EndpointNameEquals")
 
 
 def compact_line(req: AwsRequest, width: int = 80) -> str:
@@ -255,6 +256,18 @@ def compact_line(req: AwsRequest, width: int = 80) -> str:
     if req.operation == "CreateEndpointConfig":
         v = (p.get("ProductionVariants") or [{}])[0]
         what += f" {v.get('InstanceType')} x{v.get('InitialInstanceCount')}"
+        managed = v.get("ManagedInstanceScaling")
+        if managed:
+            what += f" (managed {managed['MinInstanceCount']}-{managed['MaxInstanceCount']})"
+    if req.operation in ("CreateInferenceComponent", "UpdateInferenceComponent"):
+        need = (p.get("Specification") or {}).get("ComputeResourceRequirements") or {}
+        what += (f" {need.get('NumberOfAcceleratorDevicesRequired', 0):g} acc "
+                 f"{need.get('MinMemoryRequiredInMb')} MiB")
+        if "RuntimeConfig" in p:
+            what += f" x{p['RuntimeConfig']['CopyCount']}"
+    if req.operation == "PutScalingPolicy":
+        what = f"{p.get('PolicyName')} {p.get('PolicyType')}"
+
     if req.operation == "CreateModel" and p.get("EnableNetworkIsolation"):
         what += " (no network)"
     line = f"{req.service} {req.operation} {what}".rstrip()

@@ -3,7 +3,8 @@
 Names follow SageMaker's API so the flow reads the same for both targets. Every method that
 creates something is idempotent on its name where the platform allows it, so a rerun after an
 interruption can adopt or remove what the earlier run left. Everything that differs between
-the targets (packaging, timeouts, the catalog to plan over, the image, the baseline store)
+the targets (packaging, timeouts, the catalog to plan over, the image, the baseline and
+calibration stores)
 is a method here, so no caller needs to know which target it holds.
 """
 
@@ -22,13 +23,16 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import BaseModel, Field
 
 from lmiflow import patterns
+from lmiflow.targets.components_plan import ComponentPlan
 from lmiflow.targets.weights import WeightsPlan
 
 if TYPE_CHECKING:
     import pandas as pd
     from pydantic import SecretStr
 
+    from lmiflow.sizing.packing import ComponentNeed
     from lmiflow.targets.aws_requests import AwsRequest
+    from lmiflow.targets.components_plan import InferenceComponentSection
     from lmiflow.targets.staging import Progress, StagingReport
     from lmiflow.targets.weights import ModelSource
 
@@ -135,6 +139,16 @@ class PlannedRun(BaseModel):
     bench_requests: int = Field(
         description="the probe, warm-up and measured requests over all levels and repeats")
     endpoint_timeout_s: float
+    tokenizer_files: tuple[str, ...] = Field(
+        default=(), description="the files the benchmark reads from the candidate's model when "
+        "the runner has no copy of its tokenizer")
+    component: ComponentPlan | None = Field(
+        default=None, description="The model as an inference component (None: the model is "
+        "the endpoint's variant).")
+
+
+class StoreOffline(RuntimeError):
+    """The store is kept by a service, and this run may not call one (a dry run)."""
 
 
 class WaitTimeout(TimeoutError):
@@ -192,6 +206,21 @@ class Target(ABC):
     def endpoint_variant(self, instance_type: str, instance_count: int,
                          weights_bytes: int) -> EndpointVariant:
         """The endpoint config's variant for a model of this size (timeouts, volume)."""
+
+    def component_plan(self, section: InferenceComponentSection, endpoint: str, option: object,
+                       weights_bytes: float, variant: EndpointVariant, gated: bool,
+                       alarms: list[str], others: Sequence[ComponentNeed] = ()
+                       ) -> ComponentPlan | None:
+        """The model as an inference component on `endpoint`, packed with `others`, where this
+        target is set to run models as components; None (this default): the model is the
+        endpoint's own variant. option: the plan's chosen sizing.planner.Option."""
+        return None
+
+    def component_need(self, section: InferenceComponentSection, endpoint: str,
+                       option: object, weights_bytes: float) -> ComponentNeed | None:
+        """What one copy of this model reserves on a shared endpoint (None: the target does
+        not run models as components)."""
+        return None
 
     def check_properties(self, text: str) -> None:
         """Refuse a serving.properties the target's server would refuse at start-up (an
@@ -293,8 +322,29 @@ class Target(ABC):
 
     @abstractmethod
     def create_endpoint_config(
-        self, name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str]
-    ) -> None: ...
+        self, name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str],
+        component: ComponentPlan | None = None,
+    ) -> None:
+        """component: the model is an inference component (the config then holds no model
+        and its instances are managed); None: the model is the variant's."""
+
+    def place_component(self, endpoint: str, model: str, component: ComponentPlan | None,
+                        tags: dict[str, str], timeout_s: float) -> None:
+        """After the endpoint is InService: put the model on it as `component` and wait for
+        its first copy. Nothing to do where the model is the endpoint's (component None)."""
+        return None
+
+    def promote_component(self, production: str, candidate_endpoint: str, endpoint_config: str,
+                          model: str, component: ComponentPlan | None, tags: dict[str, str],
+                          timeout_s: float, wait_interval_s: int = 0) -> str | None:
+        """Promote the candidate as production's component (what was done, in words); None
+        where the model is not a component: the caller promotes the endpoint itself."""
+        return None
+
+    def models_in_use(self, endpoint: str) -> set[str]:
+        """Models the endpoint serves other than through its config's variant (its
+        inference components'); none by default."""
+        return set()
 
     @abstractmethod
     def create_endpoint(self, name: str, config_name: str, tags: dict[str, str]) -> None: ...
@@ -424,3 +474,23 @@ class Target(ABC):
     def save_baseline(self, endpoint: str, data: dict) -> str | None:
         """Keep it where the next run of this endpoint finds it; returns where (or None when
         the target has nowhere to keep it)."""
+
+    # ---- the latency model's calibration store -------------------------------------------
+    # One store per place runs share (this machine's state dir, the S3 prefix): its records
+    # are per accelerator and engine, not per endpoint.
+
+    @abstractmethod
+    def calibration_uri(self) -> str | None:
+        """Where the store is (a path, an s3:// URI), None when the target keeps none."""
+
+    @abstractmethod
+    def load_calibration(self, *, offline: bool = False) -> dict | None:
+        """The calibration store (sizing.calibration.CalibrationStore as JSON), None when
+        there is none yet. offline: a dry run, which calls no service; a store only a service
+        holds raises StoreOffline then."""
+
+    @abstractmethod
+    def update_calibration(self, change: Callable[[dict | None], dict]) -> str | None:
+        """Replace the store with change(the store as read), atomically with respect to other
+        runs appending to it (change may be called again on a newer store); returns where the
+        store is (None when the target has nowhere to keep one)."""

@@ -31,8 +31,9 @@ UNSCOPED = {"sagemaker:ListModels", "sagemaker:ListEndpointConfigs", "sagemaker:
             "servicequotas:GetServiceQuota", "sts:GetCallerIdentity", "ecr:GetAuthorizationToken",
             "cloudwatch:PutMetricData"}
 SAGEMAKER_RESOURCE = {"ModelName": "model", "EndpointConfigName": "endpoint-config",
-                      "EndpointName": "endpoint"}
-_CANDIDATE_HASH = re.compile(r"-(c|ec|m)-[0-9a-fx]{8}(?=/|$)")
+                      "EndpointName": "endpoint", "InferenceComponentName": "inference-component"}
+AUTOSCALING_SLR_SERVICE = "sagemaker.application-autoscaling.amazonaws.com"
+_CANDIDATE_HASH = re.compile(r"-(c|ec|m|ic)-[0-9a-fx]{8}(?=/|$)")
 _COMMIT = re.compile(r"/[0-9a-f]{40}/")
 
 
@@ -106,6 +107,16 @@ def _permissions(req: AwsRequest, arns: Arns) -> list[tuple[str, str, dict | Non
         return out
     if req.service == "cloudwatch" and "AlarmNames" in p:
         return [(action, arns.alarm(a), None) for a in p["AlarmNames"]]
+    if op == "RegisterScalableTarget" and p.get("ServiceNamespace") == "sagemaker":
+        # the first registration creates Application Auto Scaling's role for SageMaker
+        # (Application Auto Scaling User Guide, application-auto-scaling-service-linked-roles)
+        slr = (f"arn:{arns.partition}:iam::{arns.account}:role/aws-service-role/"
+               f"{AUTOSCALING_SLR_SERVICE}/AWSServiceRoleForApplicationAutoScaling_"
+               "SageMakerEndpoint")
+        return [(action, "*", None), ("iam:CreateServiceLinkedRole", slr, {
+            "StringLike": {"iam:AWSServiceName": AUTOSCALING_SLR_SERVICE}})]
+    if req.service == "cloudwatch" and "AlarmName" in p:
+        return [(action, arns.alarm(p["AlarmName"]), None)]
     return [(action, "*", None)]
 
 

@@ -3,7 +3,8 @@
 State lives in one directory (env LMIFLOW_STATE_DIR, else the user state dir):
 `registry.json` (models, endpoint configs, endpoints; written under a file lock, atomically),
 `staged/<name>/` (files from stage()), `logs/<endpoint>-<n>.log` (each server's stdout/stderr),
-`locks/` (per-endpoint locks for callers that must serialize deploys).
+`locks/` (per-endpoint locks for callers that must serialize deploys), `baselines/` and
+`calibration.json` (the latency model's benchmark records, shared by every run here).
 
 The endpoint state machine is advanced by whoever looks (describe, wait, list): Creating turns
 InService when /ping answers 200, Failed when the process exits (reason from its log) or the
@@ -23,7 +24,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 
 STATE_FIELD = "LMIFLOW_STATE_DIR"
 DEFAULT_STARTUP_TIMEOUT_S = 900
+CALIBRATION_FILE = "calibration.json"
 
 
 class _FileEndpointLock(EndpointLock):
@@ -186,6 +188,32 @@ class LocalTarget(Target):
         write_atomic(path, json.dumps(data, indent=2, sort_keys=True), STATE_FIELD, mode=0o644)
         return str(path)
 
+    # ---- the latency model's calibration store ----------------------------------------------
+
+    @property
+    def calibration_path(self) -> Path:
+        """calibration.json in the state directory: every run on this machine shares it."""
+        return self.state_dir / CALIBRATION_FILE
+
+    def calibration_uri(self) -> str:
+        return str(self.calibration_path)
+
+    def load_calibration(self, *, offline: bool = False) -> dict | None:
+        path = self.calibration_path
+        return read_json(path, STATE_FIELD, f"move it aside (`mv {path} {path}.bad`); the "
+                         "next benchmark starts a new store")
+
+    def update_calibration(self, change: Callable[[dict | None], dict]) -> str:
+        from filelock import FileLock
+
+        path = self.calibration_path
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        # The lock `lmiflow calibrate` takes too: a refit and an append never interleave.
+        with FileLock(str(path) + ".lock", timeout=60):
+            data = change(self.load_calibration())
+            write_atomic(path, json.dumps(data, indent=1), STATE_FIELD, mode=0o644)
+        return str(path)
+
     # ---- registry -------------------------------------------------------------------------
 
     def _lock(self):
@@ -255,7 +283,7 @@ class LocalTarget(Target):
             reg["models"][name] = record
 
     def create_endpoint_config(self, name: str, model_name: str, variant: EndpointVariant,
-                               tags: dict[str, str]) -> None:
+                               tags: dict[str, str], component: object = None) -> None:
         check_name("endpoint config", name)
         record = {"model_name": model_name, "variant": variant.model_dump(), "tags": dict(tags),
                   "created": time.time()}

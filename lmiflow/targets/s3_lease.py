@@ -90,7 +90,7 @@ class LeaseLost(RuntimeError):
     """This run's lease expired and another run took it over."""
 
 
-def _code(exc: Exception) -> str:
+def error_code(exc: Exception) -> str:
     resp = getattr(exc, "response", None) or {}
     err = resp.get("Error", {})
     status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -149,7 +149,7 @@ class S3Lease(EndpointLock):
             resp = self.send(AwsRequest(service="s3", operation="GetObject",
                                         params={"Bucket": self.bucket, "Key": self.key}))
         except Exception as exc:
-            if _code(exc) in ("NoSuchKey", "404"):
+            if error_code(exc) in ("NoSuchKey", "404"):
                 return None
             raise
         try:
@@ -169,7 +169,7 @@ class S3Lease(EndpointLock):
         try:
             self.etag = self._put(IfNoneMatch="*")
         except Exception as exc:
-            if _code(exc) not in PRECONDITION_CODES + CONFLICT_CODES:
+            if error_code(exc) not in PRECONDITION_CODES + CONFLICT_CODES:
                 raise
             self._take_over_if_expired()
         logger.info("lease on %s taken by run %s (s3://%s/%s, ttl %d s)", self.endpoint,
@@ -186,7 +186,7 @@ class S3Lease(EndpointLock):
         try:
             self.etag = self._put(IfMatch=etag)
         except Exception as exc:
-            if _code(exc) in PRECONDITION_CODES + CONFLICT_CODES:
+            if error_code(exc) in PRECONDITION_CODES + CONFLICT_CODES:
                 again = self._read()
                 raise LeaseHeld(self.endpoint, again[0] if again else holder) from None
             raise
@@ -202,7 +202,7 @@ class S3Lease(EndpointLock):
                 self.etag = self._put(IfMatch=self.etag)
                 return True
             except Exception as exc:
-                if _code(exc) in PRECONDITION_CODES:
+                if error_code(exc) in PRECONDITION_CODES:
                     self.lost = "the lease was taken over after it expired"
                     logger.error("lease on %s lost: %s", self.endpoint, self.lost)
                     return False
@@ -228,7 +228,7 @@ class S3Lease(EndpointLock):
             try:
                 self.send(lease_delete_request(self.bucket, self.key, self.etag))
             except Exception as exc:
-                if _code(exc) not in (*PRECONDITION_CODES, "NoSuchKey", "404"):
+                if error_code(exc) not in (*PRECONDITION_CODES, "NoSuchKey", "404"):
                     raise
             self.etag = None
         logger.info("lease on %s released by run %s", self.endpoint, self.run_id)

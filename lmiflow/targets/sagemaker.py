@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode
 
 from lmiflow import patterns
+from lmiflow.targets import s3_store
 from lmiflow.targets.aws_requests import AwsRequest, guard, method_name, validate
 from lmiflow.targets.base import (
     EndpointBusy,
@@ -34,15 +35,18 @@ from lmiflow.targets.base import (
     ModelPackage,
     PlannedRun,
     StoredReport,
+    StoreOffline,
     Target,
     TrafficPolicy,
     check_name,
 )
+from lmiflow.targets.sagemaker_components import ComponentOps
 from lmiflow.targets.weights import ModelSource, WeightsPlan, s3_source
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
+    from lmiflow.targets.components_plan import ComponentPlan
     from lmiflow.targets.staging import Progress, StagingReport
 
 logger = logging.getLogger(__name__)
@@ -51,6 +55,7 @@ PROJECT_TAGS = {"project": "lmiflow"}
 VARIANT_NAME = "AllTraffic"
 BUSY_STATUSES = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
 BASELINE_FILE = "baseline.json"
+CALIBRATION_FILE = "calibration.json"
 
 
 class StreamError(RuntimeError):
@@ -324,7 +329,7 @@ def _request(service: str, operation: str, **params: Any) -> AwsRequest:
 # ---- the target -----------------------------------------------------------------------------
 
 
-class SageMakerTarget(Target):
+class SageMakerTarget(ComponentOps, Target):
     """Target on SageMaker real-time endpoints (targets.base.Target). Every request is built
     as an AwsRequest, checked against botocore's service model and then sent; the clients are
     guarded too, so requests boto3 builds itself (paginators, multipart uploads) are checked."""
@@ -351,6 +356,7 @@ class SageMakerTarget(Target):
         sleep: Callable[[float], None] = time.sleep,
         on_request: Callable[[AwsRequest], None] | None = None,
         lease_ttl_s: int = 600,
+        mode: Literal["endpoint", "inference_component"] = "endpoint",
     ):
         if invoke_read_timeout_s < 70:
             # above SageMaker's 60 s invocation limit, so its own timeout error surfaces
@@ -371,6 +377,7 @@ class SageMakerTarget(Target):
         self._sleep = sleep
         self.on_request = on_request
         self.lease_ttl_s = lease_ttl_s
+        self.mode = mode
 
     # -- clients (lazy; tests wrap them in botocore Stubber) --
 
@@ -413,6 +420,10 @@ class SageMakerTarget(Target):
         return self.client("cloudwatch")
 
     @cached_property
+    def autoscaling(self) -> Any:
+        return self.client("application-autoscaling")
+
+    @cached_property
     def quotas(self) -> Any:
         return self.client("service-quotas")
 
@@ -434,7 +445,8 @@ class SageMakerTarget(Target):
 
     def _client_for(self, service: str) -> Any:
         return {"sagemaker": self.sm, "s3": self.s3, "sagemaker-runtime": self.runtime,
-                "cloudwatch": self.cloudwatch, "service-quotas": self.quotas}[service]
+                "cloudwatch": self.cloudwatch, "service-quotas": self.quotas,
+                "application-autoscaling": self.autoscaling}[service]
 
     def send(self, req: AwsRequest) -> Any:
         """Validate the request, then send it with the client of its service."""
@@ -503,6 +515,46 @@ class SageMakerTarget(Target):
             container_startup_health_check_timeout_s=startup,
         )
 
+    def _shape(self, instance_type: str):
+        from lmiflow.targets.components_plan import instance_shape
+
+        cat = self.instance_catalog()
+        rows = cat[cat["instance_type"] == instance_type].to_dict("records")
+        if not rows:
+            raise ValueError(f"{instance_type} is not in the instance catalog")
+        return instance_shape(rows[0])
+
+    def component_plan(self, section, endpoint, option, weights_bytes, variant, gated, alarms,
+                       others=()):
+        """Inference-component mode: the component, packed with `others` on the plan's
+        instance type (targets/components_plan.py)."""
+        if self.mode != "inference_component":
+            return None
+        from lmiflow.targets.components_plan import plan_component
+
+        plan = plan_component(section, endpoint, option, weights_bytes,
+                              self._shape(option.instance_type), variant, gated, alarms,
+                              list(others))
+        self.routes[endpoint] = plan.name  # production's invocations name its component
+        return plan
+
+    def models_in_use(self, endpoint: str) -> set[str]:
+        """The models the endpoint's components serve (theirs, not its config's)."""
+        out = set()
+        for name in self.components_on(endpoint):
+            d = self._component(name) or {}
+            model = (d.get("Specification") or {}).get("ModelName")
+            if model:
+                out.add(model)
+        return out
+
+    def component_need(self, section, endpoint, option, weights_bytes):
+        if self.mode != "inference_component":
+            return None
+        from lmiflow.targets.components_plan import component_need
+
+        return component_need(section, endpoint, option, weights_bytes)
+
     # -- staging and creation --
 
     def package_plan(self, name: str, properties: str, weights: WeightsPlan | None = None
@@ -565,10 +617,16 @@ class SageMakerTarget(Target):
         logger.info("created model %s (env keys: %s)", name, ", ".join(sorted(env)) or "none")
 
     def create_endpoint_config(
-        self, name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str]
+        self, name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str],
+        component: ComponentPlan | None = None,
     ) -> None:
+        from lmiflow.targets.components_plan import endpoint_config_request
+
+        req = (endpoint_config_request(name, component, self.role_arn or "", variant, tags)
+               if component is not None
+               else create_endpoint_config_request(name, model_name, variant, tags))
         try:
-            self.send(create_endpoint_config_request(name, model_name, variant, tags))
+            self.send(req)
         except Exception as exc:
             if not _is_existing(exc):
                 raise
@@ -690,11 +748,15 @@ class SageMakerTarget(Target):
 
     # -- invocation --
 
+    def _route(self, name: str) -> dict[str, str]:
+        component = self.routes.get(name)
+        return {"InferenceComponentName": component} if component else {}
+
     def invoke(self, name: str, payload: dict) -> bytes:
         resp = self.send(_request(
             "sagemaker-runtime", "InvokeEndpoint", EndpointName=name,
             ContentType="application/json", Accept="application/json",
-            Body=json.dumps(payload).encode("utf-8")))
+            Body=json.dumps(payload).encode("utf-8"), **self._route(name)))
         return resp["Body"].read()
 
     def invoke_stream(self, name: str, payload: dict) -> Iterator[bytes]:
@@ -703,7 +765,7 @@ class SageMakerTarget(Target):
         resp = self.send(_request(
             "sagemaker-runtime", "InvokeEndpointWithResponseStream", EndpointName=name,
             ContentType="application/json", Accept="application/jsonlines",
-            Body=json.dumps(body).encode("utf-8")))
+            Body=json.dumps(body).encode("utf-8"), **self._route(name)))
         return iter_json_lines(_payload_parts(resp["Body"]))
 
     def reserve_invocations(self, concurrency: int) -> None:
@@ -772,6 +834,10 @@ class SageMakerTarget(Target):
         return True
 
     def delete_endpoint(self, name: str) -> bool:
+        """In component mode its components go first: SageMaker deletes no endpoint that
+        still has some."""
+        for component in self.components_on(name):
+            self.delete_component(component)
         return self._delete("endpoint", _request("sagemaker", "DeleteEndpoint",
                                                  EndpointName=name), name)
 
@@ -882,6 +948,32 @@ class SageMakerTarget(Target):
         self.send(put_object_request(f"s3://{bucket}/{key}", json.dumps(
             data, indent=2, sort_keys=True).encode(), "application/json"))
         return f"s3://{bucket}/{key}"
+
+    # -- the latency model's calibration store: s3_uri/calibration.json --
+
+    def calibration_location(self) -> tuple[str, str]:
+        """(bucket, key) of the calibration store every run of this S3 prefix shares."""
+        bucket, prefix = _split_s3(self.s3_uri or "")
+        return bucket, f"{prefix}{CALIBRATION_FILE}"
+
+    def calibration_uri(self) -> str | None:
+        return "s3://{}/{}".format(*self.calibration_location()) if self.s3_uri else None
+
+    def load_calibration(self, *, offline: bool = False) -> dict | None:
+        if not self.s3_uri:
+            return None
+        bucket, key = self.calibration_location()
+        if offline:
+            raise StoreOffline(f"s3://{bucket}/{key} is read when the deploy plans, not by a "
+                               "dry run (it calls no AWS service)")
+        return s3_store.read(self.send, bucket, key)[0]
+
+    def update_calibration(self, change: Callable[[dict | None], dict]) -> str | None:
+        if not self.s3_uri:
+            return None
+        bucket, key = self.calibration_location()
+        s3_store.update(self.send, bucket, key, change)
+        return self.calibration_uri()
 
     # ---- the run's report -----------------------------------------------------------------
 

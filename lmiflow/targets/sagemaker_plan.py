@@ -5,7 +5,8 @@ tests run the pipeline against moto and Stubber and compare.
 
 Requests that depend on what the run finds carry `when`: polls repeat, a first deploy
 creates production where a later one updates it, leftovers of an interrupted run are deleted
-only if there are any, and the candidate is removed only when the run does not promote. A
+only if there are any, the candidate is removed only when the run does not promote, and the
+calibration store is created or replaced depending on whether there was one. A
 name the run learns only then (production's endpoint config, a leftover's spec hash) is
 shown with `xxxxxxxx` for its hash, still valid for the service model.
 """
@@ -19,6 +20,7 @@ from lmiflow.redact import MASK
 from lmiflow.targets.aws_requests import AwsRequest
 from lmiflow.targets.base import PlannedRun
 from lmiflow.targets.s3_lease import planned_lease_requests
+from lmiflow.targets.s3_store import planned_update_requests
 from lmiflow.targets.staging import StagingConfig, planned_requests
 from lmiflow.targets.weights import s3_read_requests
 
@@ -47,14 +49,44 @@ def sweep(step: str, production: str, target: Any) -> list[AwsRequest]:
     gone = "for each one that production does not use"
     return [
         *describe_production(step, production, target),
+        *components_in_use(step, production, target),
         _r(step, "sagemaker", "ListModels", NameContains=prefix),
         _r(step, "sagemaker", "ListEndpointConfigs", NameContains=prefix),
         _r(step, "sagemaker", "ListEndpoints", NameContains=prefix),
-        _r(step, "sagemaker", "DeleteEndpoint", gone, EndpointName=f"{prefix}c-{UNKNOWN_HASH}"),
+        *delete_endpoint(step, f"{prefix}c-{UNKNOWN_HASH}", target, gone),
         _r(step, "sagemaker", "DeleteEndpointConfig", gone,
            EndpointConfigName=f"{prefix}ec-{UNKNOWN_HASH}"),
         _r(step, "sagemaker", "DeleteModel", gone, ModelName=f"{prefix}m-{UNKNOWN_HASH}"),
     ]
+
+
+def _component_mode(target: Any) -> bool:
+    return getattr(target, "mode", "endpoint") == "inference_component"
+
+
+def components_in_use(step: str, production: str, target: Any) -> list[AwsRequest]:
+    """Component mode: the models production's components serve are in use too."""
+    if not _component_mode(target):
+        return []
+    from lmiflow.targets import components_plan as cp
+
+    return [cp.list_components_request(production).model_copy(update={
+        "step": step, "when": "if production exists; then DescribeInferenceComponent of "
+                              "each: the model it serves"})]
+
+
+def delete_endpoint(step: str, endpoint: str, target: Any, when: str | None = None
+                    ) -> list[AwsRequest]:
+    """DeleteEndpoint; in component mode its components first, each waited for until gone."""
+    out = []
+    if _component_mode(target):
+        from lmiflow.targets import components_plan as cp
+
+        each = ("; then for each component on it: DeleteInferenceComponent, and "
+                "DescribeInferenceComponent until it is gone")
+        out.append(cp.list_components_request(endpoint).model_copy(
+            update={"step": step, "when": (when or "first") + each}))
+    return [*out, _r(step, "sagemaker", "DeleteEndpoint", when, EndpointName=endpoint)]
 
 
 def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None = None
@@ -79,6 +111,9 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
         take, lease_release = planned_lease_requests(
             bucket, lease_key(prefix, run.production), target.lease_ttl_s)
         out += take
+        bucket, key = target.calibration_location()
+        out.append(_r("choose_instance", "s3", "GetObject",
+                      "the latency model's calibration store, if any", Bucket=bucket, Key=key))
     out += access_requests(target, run) + preflight_requests(target, run)
     if w.source.kind == "s3":
         out += s3_read_requests(w.source)
@@ -99,6 +134,9 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
         package.model_data, run.tags,
         network_isolation=w.network_isolation, vpc=target.vpc).model_copy(
             update={"step": "create_model"}))
+    if run.component is not None:
+        out += component_requests(target, run)
+        return out + report_requests(target, run) + lease_release
     out.append(create_endpoint_config_request(run.endpoint_config, run.model, run.variant,
                                               run.tags).model_copy(
         update={"step": "configure_endpoint"}))
@@ -110,9 +148,13 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
     out.append(_r("create_endpoint", "sagemaker", "DescribeEndpoint", poll,
                   EndpointName=run.endpoint))
     out.append(_invoke("smoke_test", "InvokeEndpoint", run.endpoint, run.smoke_payload))
+    out += tokenizer_requests(run, package.model_data)
     out.append(_invoke("benchmark", "InvokeEndpointWithResponseStream", run.endpoint,
                        {**run.bench_payload, "stream": True},
                        f"x {run.bench_requests}: the benchmark's requests, concurrently"))
+    if target.s3_uri:
+        out += planned_update_requests(*target.calibration_location(), "benchmark",
+                                       "to append this benchmark's predicted vs measured levels")
     if target.s3_uri:
         bucket, key = target.baseline_location(run.production)
         out.append(_r("gate", "s3", "GetObject", "production's last benchmark, if any",
@@ -152,6 +194,120 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
     ]
     # the lease is listed last, as the run holds it throughout
     return out + report_requests(target, run) + lease_release
+
+
+def tokenizer_requests(run: PlannedRun, model_data: str | None) -> list[AwsRequest]:
+    """SageMakerTarget.model_files, for the benchmark: with no copy of the model's tokenizer
+    on the runner it counts tokens with the one in the candidate's model files. A file that
+    is not there is skipped."""
+    from lmiflow.targets.sagemaker import _split_s3
+
+    when = "when the runner has no copy of the model's tokenizer"
+    out = [
+        _r("benchmark", "sagemaker", "DescribeEndpoint", when, EndpointName=run.endpoint),
+        _r("benchmark", "sagemaker", "DescribeEndpointConfig", when,
+           EndpointConfigName=run.endpoint_config),
+        _r("benchmark", "sagemaker", "DescribeModel", when, ModelName=run.model),
+    ]
+    if model_data:  # staged or s3:// weights: their prefix; s3 packaging: the model's folder
+        bucket, key = _split_s3(model_data)
+        out += [_r("benchmark", "s3", "GetObject", when + "; if the file exists",
+                   Bucket=bucket, Key=key + name)
+                for name in ("serving.properties", *run.tokenizer_files)]
+    return out
+
+
+def component_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
+    """From configure_endpoint on, in inference-component mode (targets/components_plan.py):
+    the candidate endpoint with the candidate component on it, tested and benchmarked
+    through the component; then production's component created (the endpoint too on a first
+    deploy) or updated copy by copy, its copies' auto scaling, and on a rejection the
+    candidate removed, component first (an endpoint with components cannot be deleted)."""
+    from lmiflow.targets import components_plan as cp
+    from lmiflow.targets.iam import account_of
+    from lmiflow.targets.sagemaker import create_endpoint_request
+
+    c = run.component
+    assert c is not None
+    poll = (f"every {target.poll_interval_s:g} s until InService or Failed, at most "
+            f"{run.endpoint_timeout_s:.0f} s")
+    first_copy = (f"every {target.poll_interval_s:g} s until a copy runs (CurrentCopyCount "
+                  "1 or more), at most " f"{run.endpoint_timeout_s:.0f} s")
+
+    def step(req: AwsRequest, name: str, when: str | None = None) -> AwsRequest:
+        return req.model_copy(update={"step": name, "when": when})
+
+    out = [
+        step(cp.endpoint_config_request(run.endpoint_config, c, target.role_arn or "",
+                                        run.variant, run.tags), "configure_endpoint"),
+        step(create_endpoint_request(run.endpoint, run.endpoint_config, run.tags),
+             "create_endpoint"),
+        _r("create_endpoint", "sagemaker", "DescribeEndpoint", poll, EndpointName=run.endpoint),
+        step(cp.create_component_request(c.candidate, run.endpoint, run.model, c, run.tags),
+             "create_endpoint"),
+        step(cp.describe_component_request(c.candidate), "create_endpoint", first_copy),
+        _invoke("smoke_test", "InvokeEndpoint", run.endpoint, run.smoke_payload,
+                component=c.candidate),
+        # the variant names no model in this mode: model_files stops at the endpoint config
+        *tokenizer_requests(run, None)[:2],
+        _invoke("benchmark", "InvokeEndpointWithResponseStream", run.endpoint,
+                {**run.bench_payload, "stream": True},
+                f"x {run.bench_requests}: the benchmark's requests, concurrently",
+                component=c.candidate),
+    ]
+    if target.s3_uri:
+        out += planned_update_requests(*target.calibration_location(), "benchmark",
+                                       "to append this benchmark's predicted vs measured levels")
+        bucket, key = target.baseline_location(run.production)
+        out.append(_r("gate", "s3", "GetObject", "production's last benchmark, if any",
+                      Bucket=bucket, Key=key))
+    first = "on the first deploy: no production endpoint yet"
+    new = "when production's endpoint has no such component yet (this or a first deploy)"
+    exists = "when production's component exists: a rolling update, copy by copy"
+    out += describe_production("promote", run.production, target)[:2]
+    out += [
+        step(cp.delete_component_request(c.candidate), "promote",
+             "before production changes (its benchmark is done): at most two fleets"),
+        step(cp.describe_component_request(c.candidate), "promote", "until it is gone"),
+        *delete_endpoint("promote", run.endpoint, target),
+        _r("promote", "sagemaker", "DescribeEndpoint", "does production's endpoint exist",
+           EndpointName=run.production),
+        step(create_endpoint_request(run.production, run.endpoint_config, run.tags),
+             "promote", first),
+        _r("promote", "sagemaker", "DescribeEndpoint", poll + f"; {first}",
+           EndpointName=run.production),
+        step(cp.describe_component_request(c.name), "promote",
+             "does production have this component"),
+        step(cp.create_component_request(c.name, run.production, run.model, c, run.tags),
+             "promote", new),
+        step(cp.update_component_request(c.name, run.model, c, run.policy.wait_interval_s),
+             "promote", exists),
+        step(cp.describe_component_request(c.name), "promote",
+             f"{first_copy}, serving the new model (a failed update rolls back by itself)"),
+    ]
+    partition, account = account_of(target.role_arn) if target.role_arn else ("aws", "")
+    arn = cp.step_policy_arn(target.region, account or "000000000000", partition, c.name)
+    out += [step(r, "promote", "the copies' auto scaling (kept across updates)")
+            for r in cp.scaling_requests(c, arn)]
+    out.append(_invoke("promote", "InvokeEndpoint", run.production, run.smoke_payload,
+                       component=c.name))
+    out += sweep("promote", run.production, target)
+    if target.s3_uri:
+        bucket, key = target.baseline_location(run.production)
+        out.append(_r("promote", "s3", "PutObject", "the candidate's benchmark",
+                      Bucket=bucket, Key=key, Body="<benchmark JSON>",
+                      ContentType="application/json"))
+    not_promoted = "only when the run does not promote"
+    out += [r.model_copy(update={"step": "cleanup", "when": not_promoted})
+            for r in describe_production("cleanup", run.production, target)]
+    out += components_in_use("cleanup", run.production, target)
+    out += [
+        *delete_endpoint("cleanup", run.endpoint, target, not_promoted),
+        _r("cleanup", "sagemaker", "DeleteEndpointConfig", not_promoted,
+           EndpointConfigName=run.endpoint_config),
+        _r("cleanup", "sagemaker", "DeleteModel", not_promoted, ModelName=run.model),
+    ]
+    return out
 
 
 def access_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
@@ -208,10 +364,11 @@ def preflight_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
     return out
 
 
-def _invoke(step: str, operation: str, endpoint: str, payload: dict, when: str | None = None
-            ) -> AwsRequest:
+def _invoke(step: str, operation: str, endpoint: str, payload: dict, when: str | None = None,
+            component: str | None = None) -> AwsRequest:
     accept = ("application/jsonlines" if operation == "InvokeEndpointWithResponseStream"
               else "application/json")
+    extra = {"InferenceComponentName": component} if component else {}
     return _r(step, "sagemaker-runtime", operation, when, EndpointName=endpoint,
               ContentType="application/json", Accept=accept,
-              Body=json.dumps(payload).encode("utf-8"))
+              Body=json.dumps(payload).encode("utf-8"), **extra)

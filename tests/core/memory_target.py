@@ -21,6 +21,7 @@ class MemoryTarget(Target):
         self.configs: dict[str, str] = {}  # name -> model name
         self.endpoints: dict[str, EndpointStatus] = {}
         self.baselines: dict[str, dict] = {}
+        self.calibration: dict | None = None  # the calibration store's JSON
         self.updates: list[tuple[str, str, TrafficPolicy | None]] = []
         self.roll_back = False  # update_endpoint ends InService on the old config
         self.answer = answer or {"generated_text": " hi", "details": {"generated_tokens": 2}}
@@ -50,7 +51,7 @@ class MemoryTarget(Target):
     def create_model(self, name, model_data, image_uri, env, tags, *, network_isolation=False):
         self.models[name] = model_data
 
-    def create_endpoint_config(self, name, model_name, variant, tags):
+    def create_endpoint_config(self, name, model_name, variant, tags, component=None):
         self.configs[name] = model_name
 
     def create_endpoint(self, name, config_name, tags):
@@ -101,6 +102,16 @@ class MemoryTarget(Target):
     def save_baseline(self, endpoint, data):
         self.baselines[endpoint] = data
         return f"mem://{endpoint}/baseline.json"
+
+    def calibration_uri(self):
+        return "mem://calibration.json"
+
+    def load_calibration(self, *, offline=False):
+        return self.calibration
+
+    def update_calibration(self, change):
+        self.calibration = json.loads(json.dumps(change(self.calibration)))  # as stored
+        return self.calibration_uri()
 
     # -- test helpers --
 

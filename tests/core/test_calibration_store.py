@@ -1,5 +1,6 @@
-"""The calibration store file: absent means empty, writes are atomic, appends refit, and a
-damaged store never stops planning."""
+"""The calibration store: absent means empty, writes are atomic, appends go through the target
+(the local one keeps the file `lmiflow calibrate` reads) and refit, and a damaged store never
+stops planning."""
 
 import json
 
@@ -10,11 +11,13 @@ from lmiflow.sizing.latency import LatencyInputs, default_efficiency, predict
 from lmiflow.calibration_store import (
     CalibrationStoreError,
     add_records,
+    default_store_path,
     fitted,
     load_store,
     planning_calibration,
     save_store,
 )
+from lmiflow.targets.local import LocalTarget
 
 
 def a_record(measured_scale: float, concurrency: int) -> CalibrationRecord:
@@ -46,13 +49,17 @@ def test_save_and_load_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["calibration.json"]  # no temp file left
 
 
-def test_add_records_appends_and_refits(tmp_path):
-    path = tmp_path / "calibration.json"
-    add_records(path, [a_record(1.3, 1)])
-    store = add_records(path, [a_record(1.3, 8), a_record(1.3, 16)])
-    assert len(store.records) == 3 and load_store(path) == store
+def test_add_records_appends_to_the_local_targets_file_and_refits(tmp_path, monkeypatch):
+    monkeypatch.setenv("LMIFLOW_STATE_DIR", str(tmp_path / "state"))
+    target = LocalTarget()
+    add_records(target, [a_record(1.3, 1)])
+    store, where = add_records(target, [a_record(1.3, 8), a_record(1.3, 16)])
+    # the file `lmiflow calibrate` and `lmiflow plan` read by default
+    assert where == str(default_store_path()) == str(tmp_path / "state" / "calibration.json")
+    assert len(store.records) == 3 and load_store(where) == store
     (eff, n), = fitted(store).values()
     assert n == 3 and eff.memory < default_efficiency("vllm", "pcie").memory
+    assert planning_calibration(target) == (fitted(store), None)
 
 
 @pytest.mark.parametrize("text", ["{not json", json.dumps({"records": [{"run": 1}]})])
@@ -61,5 +68,9 @@ def test_damaged_store_is_an_error_naming_the_file(tmp_path, text):
     path.write_text(text)
     with pytest.raises(CalibrationStoreError, match=r"calibration\.json is not a calibration"):
         load_store(path)
-    calibration, problem = planning_calibration(path)
-    assert calibration == {} and "calibration not used" in problem
+    calibration, problem = planning_calibration(LocalTarget(state_dir=tmp_path))
+    assert calibration == {} and problem.startswith("calibration not used: ")
+    assert str(path) in problem
+    with pytest.raises(Exception, match="calibration"):  # an append never overwrites it
+        add_records(LocalTarget(state_dir=tmp_path), [a_record(1.0, 1)])
+    assert path.read_text() == text

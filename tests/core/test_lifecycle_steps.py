@@ -17,6 +17,7 @@ from lmiflow.targets.base import EndpointStatus, ModelPackage, WaitTimeout
 from lmiflow.targets.weights import ModelSource, WeightsPlan
 from tests.core.memory_target import MemoryTarget
 from tests.core.test_lifecycle import NEW, OLD, SPEC, with_candidate
+from tests.report.test_component_section import plan as component_plan
 
 TAGS = {"project": "lmiflow", "lmiflow:run-id": "r1"}
 WEIGHTS = WeightsPlan(source=ModelSource(kind="hub", id="org/model", access="public"),
@@ -46,7 +47,7 @@ class Recorder(MemoryTarget):
         self.calls.append(("endpoint_variant", instance_type, instance_count, weights_bytes))
         return super().endpoint_variant(instance_type, instance_count, weights_bytes)
 
-    def create_endpoint_config(self, name, model_name, variant, tags):
+    def create_endpoint_config(self, name, model_name, variant, tags, component=None):
         self.calls.append(("create_endpoint_config", name, model_name, variant, tags))
         super().create_endpoint_config(name, model_name, variant, tags)
 
@@ -233,3 +234,47 @@ def test_benchmark_prices_one_instance_and_counts_them(monkeypatch, price, count
     assert seen == {"target": t, "endpoint": "prod-c-x", "cfg": expected, "tokenizer": None,
                     "tokenizer_source": None, "gates": SPEC.gates, "on_progress": progress,
                     "production": None}
+
+
+class ComponentTarget(MemoryTarget):
+    """A target that runs the model as an inference component: it promotes the component
+    itself (the in-memory endpoint keeps its config) and says what it did."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.promoted: list[tuple] = []
+        self.placed: list[tuple] = []
+
+    def place_component(self, endpoint, model, component, tags, timeout_s):
+        self.placed.append((endpoint, model, component))
+
+    def promote_component(self, production, candidate_endpoint, endpoint_config, model,
+                          component, tags, timeout_s, wait_interval_s=0):
+        if component is None:
+            return None
+        self.promoted.append((production, candidate_endpoint, model, component, wait_interval_s))
+        self.delete_endpoint(candidate_endpoint)
+        return "component llama updated (rolling, one copy at a time)"
+
+
+def test_a_component_is_promoted_by_the_target_and_production_smoke_tested():
+    t = ComponentTarget()
+    t.deployed("prod", OLD.endpoint_config, OLD.model)
+    t.deployed(NEW.endpoint, NEW.endpoint_config, NEW.model)
+    component = component_plan()
+    names = NEW.model_copy(update={"component": component})
+    result = lifecycle.promote(t, SPEC, names, TAGS)
+    assert t.promoted == [("prod", NEW.endpoint, NEW.model, component,
+                           SPEC.promotion.wait_interval_s)]
+    assert result.action == "component llama updated (rolling, one copy at a time)"
+    assert result.production_smoke_test.passed
+    assert f"endpoint {NEW.endpoint}" in result.removed
+    # the endpoint itself was not updated: it still runs the config it had
+    assert t.describe("prod").config_name == OLD.endpoint_config
+
+
+def test_the_candidate_component_is_placed_after_its_endpoint_is_in_service(clock):
+    t = ComponentTarget()
+    component = component_plan()
+    lifecycle.create_endpoint(t, NEW.model_copy(update={"component": component}), TAGS, 900)
+    assert t.placed == [(NEW.endpoint, NEW.model, component)]

@@ -92,7 +92,8 @@ def test_configure_endpoint_carries_the_host():
 
     seen = {}
     t = MemoryTarget()
-    t.create_endpoint_config = lambda name, model, variant, tags: seen.update(v=variant)
+    t.create_endpoint_config = (lambda name, model, variant, tags, component=None:
+                                seen.update(v=variant))
     host = HostSettings(inference_ami_version="al2-ami-sagemaker-inference-gpu-3-1",
                         routing_strategy="RANDOM", why="pinned")
     lifecycle.configure_endpoint(t, _candidate(host=host), P, {})  # type: ignore[arg-type]

@@ -75,6 +75,12 @@ def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_mode
         assert lv["token_count_mismatches"] == 0
     for f in ("report.json", "report.md", "report.html"):
         assert (tmp_path / "r1" / f).is_file()
+    # On this machine's CPU the planner has no latency prediction, so nothing is calibrated.
+    why = "no latency prediction for CPU (no accelerator facts): nothing compared or recorded"
+    assert report["calibration"]["notes"] == [why] and report["calibration"]["recorded"] == 0
+    assert why in (tmp_path / "r1" / "report.md").read_text().split(
+        "## Predicted vs measured")[1]
+    assert not (state_dir / "calibration.json").exists()
     prod = target.describe("e2e-demo")
     assert prod.status == "InService"
     first_config = prod.config_name

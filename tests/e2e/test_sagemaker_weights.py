@@ -131,7 +131,7 @@ def assert_sent_as_planned(report: dict, sent: list[AwsRequest]) -> None:
         validate(AwsRequest(**r))
     strays = [(r.operation, r.params.get("Key") or r.params.get("EndpointName"))
               for r in sent if not any(_matches(p, r) for p in planned)]
-    assert strays == [], "sent but never shown"
+    assert strays == [], f"sent but never shown: {strays}"
     always = [p for p in planned if not p.get("when")
               and p["service"] != "sagemaker-runtime"]  # runtime answered in-process here
     missing = [(p["operation"], p["params"]) for p in always
@@ -237,13 +237,34 @@ def test_gated_model_is_staged_and_served_from_s3(world, prefect_harness, tmp_pa
     assert TOKEN not in everything_written(capsys.readouterr(), tmp_path, url)
 
 
-def test_a_rerun_skips_staged_files(world, prefect_harness, tmp_path, monkeypatch):
+def test_a_rerun_skips_staged_files_and_plans_with_the_first_runs_calibration(
+        world, prefect_harness, tmp_path, monkeypatch):
+    _, url = world
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     s = spec("org/gated")
-    run(s, tmp_path / "first")
+    _, first = run(s, tmp_path / "first")
     _, report = run(s, tmp_path / "second")
     assert report["status"] == "promoted", report["error"]
     assert {f["status"] for f in report["staging"]["files"]} == {"skipped"}
+    # Each benchmark's level was appended to the store in the S3 prefix, predicted vs
+    # measured on the T4 the plan chose; the second run planned with the first one's fit.
+    where = f"s3://{BUCKET}/lf/calibration.json"
+    store = json.loads(s3_client(url).get_object(Bucket=BUCKET, Key="lf/calibration.json")[
+        "Body"].read())
+    assert [(r["run"], r["accelerator"], r["engine"], r["concurrency"])
+            for r in store["records"]] == [(first["run_id"], "NVIDIA T4", "vllm", 1),
+                                           (report["run_id"], "NVIDIA T4", "vllm", 1)]
+    assert [(f["accelerator"], f["records"]) for f in store["fits"]] == [("NVIDIA T4", 2)]
+    c1, c2 = first["calibration"], report["calibration"]
+    assert (c1["recorded"], c1["store"], c1["fit_records"]) == (1, where, 0)
+    assert (c2["recorded"], c2["store"], c2["fit_records"]) == (1, where, 1)
+    assert c2["levels"][0]["calibrated"] is True and c1["levels"][0]["calibrated"] is False
+    assert store["records"][1]["predicted_calibrated"] is True
+    assert c2["refit"]["records"] == 2
+    md = (tmp_path / "second" / "report.md").read_text()
+    section = md.split("## Predicted vs measured")[1].split("\n## ")[0]
+    assert "NVIDIA T4, TP 1, vllm" in section and "calibrated from 1 benchmark record" in section
+    assert f"1 record(s) appended to {where}. Refit on 2 record(s)" in section
 
 
 def test_s3_model_is_planned_from_its_prefix_and_loaded_from_it(world, prefect_harness,

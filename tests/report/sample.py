@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import copy
 
+from lmiflow.sizing.calibration import Fit
+from lmiflow.sizing.latency import Efficiency
 from lmiflow.sizing.memory import DTypeChoice, MemoryBreakdown
 from lmiflow.sizing.planner import ModelSummary, Option, Plan, PlanRequest
 
 from lmiflow.bench.gates import Check, Verdict
 from lmiflow.bench.metrics import BenchResult, LatencyStats, LevelResult
-from lmiflow.report.model import ReportedModel, RunReport, SmokeTest, StepRecord, Versions
+from lmiflow.report.model import (
+    LevelComparison,
+    PredictedVsMeasured,
+    ReportedModel,
+    RunReport,
+    SmokeTest,
+    StepRecord,
+    Versions,
+)
 
 GIB = 2**30
 MIB = 2**20
@@ -355,10 +365,37 @@ def _base(status: str) -> RunReport:
     )
 
 
+def _error(predicted: float, measured: float) -> float:
+    return (predicted - measured) / measured * 100
+
+
+def _calibration() -> PredictedVsMeasured:
+    """The benchmark's closed-loop levels next to the plan's prediction for the L40S."""
+    return PredictedVsMeasured(
+        accelerator="NVIDIA L40S", engine="vllm", tensor_parallel_degree=1,
+        image_version="0.33.0-lmi15.0.0-cu128",
+        fit="vllm factors calibrated from 3 benchmark record(s)", fit_records=3,
+        levels=[LevelComparison(concurrency=c, input_tokens=512, output_tokens=128,
+                                predicted_ttft_ms=pt, measured_ttft_ms=mt,
+                                ttft_error_pct=_error(pt, mt), predicted_tpot_ms=pp,
+                                measured_tpot_ms=mp, tpot_error_pct=_error(pp, mp),
+                                calibrated=True)
+                for c, pt, mt, pp, mp in ((1, 50.0, 62.0, 24.0, 20.0),
+                                          (32, 400.0, 380.2, 30.0, 32.5))],
+        recorded=2, store="s3://lmiflow-bucket/lf/calibration.json",
+        refit=Fit(accelerator="NVIDIA L40S", engine="vllm", records=5,
+                  efficiency=Efficiency(memory=0.7, compute=0.45, step_overhead_ms=1.2,
+                                        request_overhead_ms=6.0, allreduce_latency_ms=0.05),
+                  mape_before={"ttft_ms": 12.5, "tpot_ms": 14.0},
+                  mape_after={"ttft_ms": 6.0, "tpot_ms": None},
+                  fitted_at="2026-11-29T20:05:00+00:00"))
+
+
 def full_report() -> RunReport:
     """A promoted run: every step completed, gate passed against SLOs and the baseline."""
     report = _base("promoted")
     report.gate = _gate(report.benchmark, report.baseline)
+    report.calibration = _calibration()
     assert report.gate.passed
     return report
 

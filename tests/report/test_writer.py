@@ -29,6 +29,7 @@ SECTIONS = (
     "## serving.properties",
     "## Smoke test",
     "## Benchmark",
+    "## Predicted vs measured",
     "## Gate",
     "## Metric formulas",
     "## Versions",
@@ -125,6 +126,15 @@ def test_markdown_of_a_full_run_has_every_section(written: dict[str, dict[str, P
     assert "| 1 | 32 | 0 | 0.00% | 62.00 | 75.10 | 95.00 † |" in bench  # p99 of 32: flagged
     assert "† too few samples" in bench
     assert "Baseline (the production endpoint)" in bench
+    calib = _section(md, "## Predicted vs measured")
+    assert ("NVIDIA L40S, TP 1, vllm, image 0.33.0-lmi15.0.0-cu128: predictions from vllm "
+            "factors calibrated from 3 benchmark record(s).") in calib
+    # (50 - 62) / 62 = -19.4 %, (24 - 20) / 20 = +20 %; (400 - 380.2) / 380.2 = +5.2 %
+    assert "| 1 | 512 / 128 | 50.0 | 62.0 | -19 % | 24.0 | 20.0 | +20 % | yes |" in calib
+    assert "| 32 | 512 / 128 | 400 | 380 | +5 % | 30.0 | 32.5 | -8 % | yes |" in calib
+    assert ("2 record(s) appended to s3://lmiflow-bucket/lf/calibration.json. Refit on 5 "
+            "record(s) of NVIDIA L40S / vllm (what the next plan uses): error TTFT 12 %, TPOT "
+            "14 % with the defaults, TTFT 6 %, TPOT — fitted.") in calib
     gate = _section(md, "## Gate")
     assert "✅ passed" in gate and "❌" not in gate
     assert (

@@ -85,7 +85,10 @@ def test_what_each_example_shows(name, capsys):
     # the lease first, released last; the preflight before the first request that creates
     assert ops[0] == "s3 PutObject" and reqs[0]["params"]["IfNoneMatch"] == "*"
     assert ops[-1] == "s3 DeleteObject" and "IfMatch" in reqs[-1]["params"]
-    first_write = next(i for i, r in enumerate(reqs) if r["step"] not in ("lock", "preflight"))
+    # (planning only reads: the calibration store its latency predictions use)
+    assert [r["operation"] for r in reqs if r["step"] == "choose_instance"] == ["GetObject"]
+    first_write = next(i for i, r in enumerate(reqs)
+                       if r["step"] not in ("lock", "choose_instance", "preflight"))
     assert "service-quotas ListServiceQuotas" in ops[:first_write]
     # promotion: the candidate endpoint goes before production is created or updated
     promote = [r for r in reqs if r["step"] == "promote"]
@@ -94,6 +97,23 @@ def test_what_each_example_shows(name, capsys):
     changes = [i for i, r in enumerate(promote)
                if r["operation"] in ("CreateEndpoint", "UpdateEndpoint")]
     assert changes and gone < min(changes)
+    # the benchmark's records are appended to the calibration store in the S3 prefix,
+    # created if absent, else replaced only if no other run wrote it since it was read
+    bucket, prefix = report["config"]["target"]["s3_uri"][5:].split("/", 1)
+    store = {"Bucket": bucket, "Key": prefix.rstrip("/") + "/calibration.json"}
+    in_s3 = [r for r in reqs if r["step"] == "benchmark" and r["service"] == "s3"]
+    appended = [r for r in in_s3 if r["params"]["Key"] == store["Key"]]
+    assert [(r["operation"], {k: r["params"].get(k) for k in store}) for r in appended] == [
+        ("GetObject", store), ("PutObject", store), ("PutObject", store)]
+    assert appended[1]["params"]["IfNoneMatch"] == "*" and "IfMatch" in appended[2]["params"]
+    # the other reads: the tokenizer in the weights' prefix, when the runner has none
+    model_data = next(r for r in reqs if r["operation"] == "CreateModel")["params"][
+        "PrimaryContainer"]["ModelDataSource"]["S3DataSource"]["S3Uri"]
+    reads = [r for r in in_s3 if r not in appended]
+    assert {r["operation"] for r in reads} == {"GetObject"}
+    assert {f"s3://{r['params']['Bucket']}/{r['params']['Key']}" for r in reads} >= {
+        model_data + "tokenizer.json", model_data + "tokenizer_config.json"}
+    assert all("tokenizer" in r["when"] for r in reads)
 
 
 def test_canary_example_sends_its_alarms_and_sizes(capsys):

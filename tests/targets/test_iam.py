@@ -140,3 +140,33 @@ def test_generalise_keeps_everything_but_hashes_and_commits():
     assert generalise("prod-c-xxxxxxxx") == "prod-c-*"
     assert generalise("lf/weights/org--m/" + "f" * 40 + "/a.json") == "lf/weights/org--m/*/a.json"
     assert generalise("prod-metrics") == "prod-metrics"
+
+
+def test_inference_components_and_their_scaling_are_allowed_and_scoped():
+    comp = SM + "inference-component/"
+    run = [
+        r("sagemaker", "CreateInferenceComponent", InferenceComponentName="llama-ic-0123abcd",
+          EndpointName="Prod-c-0123abcd", Tags=[{"Key": "project", "Value": "lmiflow"}]),
+        r("sagemaker", "UpdateInferenceComponent", InferenceComponentName="llama"),
+        r("application-autoscaling", "RegisterScalableTarget", ServiceNamespace="sagemaker",
+          ResourceId="inference-component/llama",
+          ScalableDimension="sagemaker:inference-component:DesiredCopyCount"),
+        r("cloudwatch", "PutMetricAlarm", AlarmName="llama-no-capacity"),
+    ]
+    p = runner_policy(run, REGION, ROLE)
+    slr = ("arn:aws:iam::123456789012:role/aws-service-role/sagemaker.application-autoscaling."
+           "amazonaws.com/AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint")
+    # a later run's candidate (another spec hash) too
+    assert allowed(p, "sagemaker:CreateInferenceComponent", comp + "llama-ic-89abcdef")
+    assert allowed(p, "sagemaker:AddTags", comp + "llama-ic-89abcdef")
+    assert allowed(p, "sagemaker:UpdateInferenceComponent", comp + "llama")
+    assert not allowed(p, "sagemaker:UpdateInferenceComponent", comp + "another-model")
+    assert allowed(p, "application-autoscaling:RegisterScalableTarget", "*")
+    assert allowed(p, "iam:CreateServiceLinkedRole", slr,
+                   {"iam:AWSServiceName": "sagemaker.application-autoscaling.amazonaws.com"})
+    assert not allowed(p, "iam:CreateServiceLinkedRole", slr,
+                       {"iam:AWSServiceName": "ec2.amazonaws.com"})
+    assert allowed(p, "cloudwatch:PutMetricAlarm",
+                   "arn:aws:cloudwatch:us-east-1:123456789012:alarm:llama-no-capacity")
+    assert not allowed(p, "cloudwatch:PutMetricAlarm",
+                       "arn:aws:cloudwatch:us-east-1:123456789012:alarm:other")

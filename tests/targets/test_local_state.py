@@ -80,6 +80,25 @@ def test_a_corrupt_baseline(tmp_path):
         t.load_baseline("prod")
 
 
+def test_the_calibration_store_is_a_file_in_the_state_dir(tmp_path):
+    t = LocalTarget(tmp_path)
+    assert t.load_calibration() is None and t.load_calibration(offline=True) is None
+    seen = []
+
+    def append(data):
+        seen.append(data)
+        return {"records": [*(data or {}).get("records", []), len(seen)]}
+
+    assert t.update_calibration(append) == str(tmp_path / "calibration.json")
+    t.update_calibration(append)
+    assert seen == [None, {"records": [1]}]
+    assert json.loads((tmp_path / "calibration.json").read_text()) == {"records": [1, 2]}
+    (tmp_path / "calibration.json").write_text('{"records": [')
+    with pytest.raises(StateError, match=r"calibration\.json is corrupt .*mv "):
+        t.update_calibration(append)  # never overwrites what it cannot read
+    assert (tmp_path / "calibration.json").read_text() == '{"records": ['
+
+
 def test_a_server_the_registry_cannot_record_is_stopped(tmp_path, monkeypatch):
     from lmiflow.targets.base import EndpointVariant
     from lmiflow.targets.local import RegistryFile

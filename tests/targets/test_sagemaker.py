@@ -943,6 +943,69 @@ def test_baseline_lives_under_the_s3_prefix(target):
     assert no_store.load_baseline("prod") is None and no_store.save_baseline("prod", {}) is None
 
 
+def _body(data: dict) -> dict:
+    raw = json.dumps(data).encode()
+    return {"Body": StreamingBody(io.BytesIO(raw), len(raw))}
+
+
+def test_calibration_store_is_one_object_in_the_s3_prefix_replaced_only_if_unchanged(target):
+    """Appends are compare-and-swap: created If-None-Match *, replaced If-Match the ETag read;
+    a 412 (another run wrote in between) rereads and reapplies the change."""
+    s3 = Stubber(target.s3)
+    key = {"Bucket": "lmiflow-bucket", "Key": "models/calibration.json"}
+    put = {**key, "ContentType": "application/json"}
+
+    def append(data):  # this run's record, after whatever the store holds
+        return {"records": [*(data or {}).get("records", []), "mine"]}
+
+    # first append: no store yet, so it is created
+    s3.add_client_error("get_object", service_error_code="NoSuchKey", http_status_code=404,
+                        expected_params=key)
+    s3.add_response("put_object", {"ETag": '"e1"'}, {
+        **put, "Body": json.dumps({"records": ["mine"]}, indent=1).encode(), "IfNoneMatch": "*"})
+    # second: another run wrote after this one read, so S3 refuses; read again, reapply
+    s3.add_response("get_object", {**_body({"records": ["mine"]}), "ETag": '"e1"'}, key)
+    s3.add_client_error("put_object", service_error_code="PreconditionFailed",
+                        http_status_code=412, expected_params={
+                            **put, "Body": json.dumps({"records": ["mine", "mine"]},
+                                                      indent=1).encode(),
+                            "IfMatch": '"e1"'})
+    both = {"records": ["mine", "theirs"]}
+    s3.add_response("get_object", {**_body(both), "ETag": '"e2"'}, key)
+    mine_after = {"records": ["mine", "theirs", "mine"]}
+    s3.add_response("put_object", {"ETag": '"e3"'}, {
+        **put, "Body": json.dumps(mine_after, indent=1).encode(), "IfMatch": '"e2"'})
+    s3.add_response("get_object", {**_body(mine_after), "ETag": '"e3"'}, key)
+    with s3:
+        where = "s3://lmiflow-bucket/models/calibration.json"
+        assert target.calibration_uri() == where
+        assert target.update_calibration(append) == where
+        assert target.update_calibration(append) == where
+        assert target.load_calibration() == mine_after  # nobody's record lost
+        s3.assert_no_pending_responses()
+
+
+def test_calibration_store_gives_up_after_bounded_contention_and_never_reads_offline(target):
+    from lmiflow.targets import s3_store
+    from lmiflow.targets.base import StoreOffline
+
+    s3 = Stubber(target.s3)
+    key = {"Bucket": "lmiflow-bucket", "Key": "models/calibration.json"}
+    for i in range(s3_store.MAX_TRIES):
+        s3.add_response("get_object", {**_body({}), "ETag": f'"e{i}"'}, key)
+        s3.add_client_error("put_object", service_error_code="PreconditionFailed",
+                            http_status_code=412)
+    with s3:
+        with pytest.raises(s3_store.StoreContended, match="5 tries"):
+            target.update_calibration(lambda data: {})
+        with pytest.raises(StoreOffline, match="not by a dry run"):
+            target.load_calibration(offline=True)  # no request queued: none may be sent
+        s3.assert_no_pending_responses()
+    no_store = SageMakerTarget(REGION, session=_session())
+    assert no_store.calibration_uri() is None and no_store.load_calibration() is None
+    assert no_store.update_calibration(lambda data: {}) is None
+
+
 def test_planning_answers(target):
     assert target.serving_model_id("org/m", None) == "org/m"
     assert target.serving_engine("trtllm") == "trtllm"

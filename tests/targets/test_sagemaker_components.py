@@ -1,0 +1,255 @@
+"""The SageMaker target in inference-component mode, with botocore's Stubber: every request
+the target sends is expected with its exact parameters (written out here, not built by the
+code under test), in order, and answered as SageMaker and Application Auto Scaling answer."""
+
+from __future__ import annotations
+
+import io
+
+import boto3
+import pytest
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
+from lmiflow.sizing.packing import ComponentNeed, InstanceShape, pack
+
+from lmiflow.targets.components_plan import ComponentPlan, ComponentResources, CopyScaling
+from lmiflow.targets.sagemaker import SageMakerTarget
+from lmiflow.targets.sagemaker_components import ComponentFailed
+
+REGION = "us-east-1"
+ROLE = "arn:aws:iam::123456789012:role/lmiflow-test"
+TAGS = {"project": "lmiflow"}
+IC_ARN = "arn:aws:sagemaker:us-east-1:123456789012:inference-component/llama"
+SPEC = {
+    "ModelName": "shared-m-22222222",
+    "ComputeResourceRequirements": {"NumberOfAcceleratorDevicesRequired": 2.0,
+                                    "NumberOfCpuCoresRequired": 2.0,
+                                    "MinMemoryRequiredInMb": 15317},
+    "StartupParameters": {"ModelDataDownloadTimeoutInSeconds": 600,
+                          "ContainerStartupHealthCheckTimeoutInSeconds": 900},
+}
+POLICY_ARN = ("arn:aws:autoscaling:us-east-1:123456789012:scalingPolicy:0f0e0d0c-1111-2222-"
+              "3333-444455556666:resource/sagemaker/inference-component/llama:policyName/"
+              "llama-from-zero")
+
+
+@pytest.fixture(autouse=True)
+def _no_aws(monkeypatch, tmp_path):
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": REGION, "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+                 "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                 "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+
+def plan(min_copies: int = 0) -> ComponentPlan:
+    shape = InstanceShape(instance_type="ml.g5.12xlarge", accelerators=4, memory_mb=196608,
+                          cpu_cores=48)
+    need = ComponentNeed(name="llama", accelerators=2, memory_mb=15317, cpu_cores=2, copies=2)
+    return ComponentPlan(
+        name="llama", candidate="llama-ic-22222222", endpoint="shared",
+        instance_type="ml.g5.12xlarge",
+        resources=ComponentResources(accelerators=2, memory_mb=15317, cpu_cores=2), copies=1,
+        scaling=CopyScaling(min_copies=min_copies, max_copies=2, target_per_copy=8, why="test",
+                            scale_in_cooldown_s=300, scale_out_cooldown_s=60),
+        min_instances=0, max_instances=1, initial_instances=1, packing=pack([need], shape),
+        startup_timeouts_s=(600, 900), rollback_alarms=["shared-5xx"])
+
+
+@pytest.fixture
+def target():
+    clock = Clock()
+    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                            region_name=REGION)
+    return SageMakerTarget(REGION, role_arn=ROLE, session=session, poll_interval_s=30,
+                           clock=clock, sleep=clock.sleep, mode="inference_component")
+
+
+def described(name: str, status: str, copies: int, model: str = "shared-m-22222222",
+              reason: str | None = None) -> dict:
+    d = {"InferenceComponentName": name,
+         "InferenceComponentArn": f"arn:aws:sagemaker:us-east-1:123456789012:"
+                                  f"inference-component/{name}",
+         "EndpointName": "shared", "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:"
+                                                  "endpoint/shared",
+         "CreationTime": "2026-01-01T00:00:00Z", "LastModifiedTime": "2026-01-01T00:00:00Z",
+         "InferenceComponentStatus": status,
+         "Specification": {"ModelName": model},
+         "RuntimeConfig": {"DesiredCopyCount": 1, "CurrentCopyCount": copies}}
+    if reason:
+        d["FailureReason"] = reason
+    return d
+
+
+def missing(stub: Stubber, operation: str, params: dict) -> None:
+    stub.add_client_error(operation, "ValidationException",
+                          "Could not find inference component", expected_params=params)
+
+
+def test_candidate_component_is_placed_and_waited_for_until_a_copy_runs(target):
+    with Stubber(target.sm) as sm:
+        sm.add_response("create_inference_component", {"InferenceComponentArn": IC_ARN}, {
+            "InferenceComponentName": "llama-ic-22222222", "EndpointName": "shared-c-22222222",
+            "VariantName": "AllTraffic", "Specification": SPEC,
+            "RuntimeConfig": {"CopyCount": 1}, "Tags": [{"Key": "project", "Value": "lmiflow"}]})
+        name = {"InferenceComponentName": "llama-ic-22222222"}
+        sm.add_response("describe_inference_component",
+                        described("llama-ic-22222222", "Creating", 0), name)
+        # InService before its copy is up: a request would still find no copy
+        sm.add_response("describe_inference_component",
+                        described("llama-ic-22222222", "InService", 0), name)
+        sm.add_response("describe_inference_component",
+                        described("llama-ic-22222222", "InService", 1), name)
+        target.place_component("shared-c-22222222", "shared-m-22222222", plan(), TAGS, 3600)
+        sm.assert_no_pending_responses()
+    with Stubber(target.runtime) as rt:
+        rt.add_response("invoke_endpoint", {"Body": StreamingBody(io.BytesIO(b"{}"), 2)}, {
+            "EndpointName": "shared-c-22222222", "InferenceComponentName": "llama-ic-22222222",
+            "ContentType": "application/json", "Accept": "application/json",
+            "Body": b'{"inputs": "hi"}'})
+        assert target.invoke("shared-c-22222222", {"inputs": "hi"}) == b"{}"
+
+
+def test_a_failed_candidate_component_says_why(target):
+    with Stubber(target.sm) as sm:
+        sm.add_response("create_inference_component", {"InferenceComponentArn": IC_ARN})
+        sm.add_response("describe_inference_component", described(
+            "llama-ic-22222222", "Failed", 0, reason="not enough accelerators"))
+        with pytest.raises(ComponentFailed, match="not enough accelerators"):
+            target.place_component("shared-c-22222222", "shared-m-22222222", plan(), TAGS,
+                                   3600)
+
+
+def test_cleanup_deletes_the_component_before_its_endpoint(target):
+    with Stubber(target.sm) as sm:
+        sm.add_response("list_inference_components", {"InferenceComponents": [{
+            "InferenceComponentName": "llama-ic-22222222",
+            "InferenceComponentArn": IC_ARN, "EndpointName": "shared-c-22222222",
+            "EndpointArn": IC_ARN.replace("inference-component", "endpoint"),
+            "VariantName": "AllTraffic",
+            "CreationTime": "2026-01-01T00:00:00Z",
+            "LastModifiedTime": "2026-01-01T00:00:00Z"}]},
+            {"EndpointNameEquals": "shared-c-22222222"})
+        name = {"InferenceComponentName": "llama-ic-22222222"}
+        sm.add_response("delete_inference_component", {}, name)
+        sm.add_response("describe_inference_component",
+                        described("llama-ic-22222222", "Deleting", 0), name)
+        missing(sm, "describe_inference_component", name)
+        sm.add_response("delete_endpoint", {}, {"EndpointName": "shared-c-22222222"})
+        assert target.delete_endpoint("shared-c-22222222") is True
+        sm.assert_no_pending_responses()
+
+
+def _candidate_gone(sm: Stubber) -> None:
+    name = {"InferenceComponentName": "llama-ic-22222222"}
+    sm.add_response("delete_inference_component", {}, name)
+    missing(sm, "describe_inference_component", name)
+    sm.add_response("list_inference_components", {"InferenceComponents": []},
+                    {"EndpointNameEquals": "shared-c-22222222"})
+    sm.add_response("delete_endpoint", {}, {"EndpointName": "shared-c-22222222"})
+    sm.add_response("describe_endpoint", {
+        "EndpointName": "shared", "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:"
+                                                 "endpoint/shared",
+        "EndpointConfigName": "shared-ec-11111111", "EndpointStatus": "InService",
+        "CreationTime": "2026-01-01T00:00:00Z", "LastModifiedTime": "2026-01-01T00:00:00Z"},
+        {"EndpointName": "shared"})
+
+
+def test_promotion_updates_production_copy_by_copy_and_scales_its_copies(target):
+    with Stubber(target.sm) as sm, Stubber(target.autoscaling) as aas, \
+            Stubber(target.cloudwatch) as cw:
+        _candidate_gone(sm)
+        name = {"InferenceComponentName": "llama"}
+        sm.add_response("describe_inference_component",
+                        described("llama", "InService", 1, model="shared-m-11111111"), name)
+        sm.add_response("update_inference_component", {"InferenceComponentArn": IC_ARN}, {
+            "InferenceComponentName": "llama", "Specification": SPEC,
+            "DeploymentConfig": {
+                "RollingUpdatePolicy": {
+                    "MaximumBatchSize": {"Type": "COPY_COUNT", "Value": 1},
+                    "WaitIntervalInSeconds": 120,
+                    "RollbackMaximumBatchSize": {"Type": "COPY_COUNT", "Value": 1}},
+                "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "shared-5xx"}]}}})
+        sm.add_response("describe_inference_component", described("llama", "Updating", 1), name)
+        sm.add_response("describe_inference_component", described("llama", "InService", 1),
+                        name)
+        target_params = {"ServiceNamespace": "sagemaker",
+                         "ResourceId": "inference-component/llama",
+                         "ScalableDimension": "sagemaker:inference-component:DesiredCopyCount"}
+        aas.add_response("register_scalable_target", {},
+                         {**target_params, "MinCapacity": 0, "MaxCapacity": 2})
+        aas.add_response("put_scaling_policy", {"PolicyARN": "arn:tracking", "Alarms": []}, {
+            **target_params, "PolicyName": "llama-concurrency",
+            "PolicyType": "TargetTrackingScaling",
+            "TargetTrackingScalingPolicyConfiguration": {
+                "TargetValue": 8.0, "PredefinedMetricSpecification": {
+                    "PredefinedMetricType":
+                        "SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution"},
+                "ScaleInCooldown": 300, "ScaleOutCooldown": 60}})
+        aas.add_response("put_scaling_policy", {"PolicyARN": POLICY_ARN}, {
+            **target_params, "PolicyName": "llama-from-zero", "PolicyType": "StepScaling",
+            "StepScalingPolicyConfiguration": {
+                "AdjustmentType": "ChangeInCapacity", "MetricAggregationType": "Maximum",
+                "Cooldown": 60, "StepAdjustments": [
+                    {"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}]}})
+        cw.add_response("put_metric_alarm", {}, {
+            "AlarmName": "llama-no-capacity",
+            "AlarmDescription": "a request found no copy of llama: add one",
+            "Namespace": "AWS/SageMaker", "MetricName": "NoCapacityInvocationFailures",
+            "Dimensions": [{"Name": "InferenceComponentName", "Value": "llama"}],
+            "Statistic": "Maximum", "Period": 30, "EvaluationPeriods": 1, "Threshold": 1.0,
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+            "TreatMissingData": "missing", "AlarmActions": [POLICY_ARN]})
+        action = target.promote_component(
+            "shared", "shared-c-22222222", "shared-ec-22222222", "shared-m-22222222", plan(),
+            TAGS, 3600, wait_interval_s=120)
+        for stub in (sm, aas, cw):
+            stub.assert_no_pending_responses()
+    assert action == "component llama updated (rolling, one copy at a time)"
+    assert target.routes["shared"] == "llama"
+
+
+def test_a_rolled_back_update_fails_the_promotion(target):
+    with Stubber(target.sm) as sm:
+        _candidate_gone(sm)
+        sm.add_response("describe_inference_component",
+                        described("llama", "InService", 1, model="shared-m-11111111"))
+        sm.add_response("update_inference_component", {"InferenceComponentArn": IC_ARN})
+        # SageMaker rolled the copies back to the old model
+        sm.add_response("describe_inference_component",
+                        described("llama", "InService", 1, model="shared-m-11111111"))
+        with pytest.raises(ComponentFailed, match="rolled back"):
+            target.promote_component("shared", "shared-c-22222222", "shared-ec-22222222",
+                                     "shared-m-22222222", plan(min_copies=1), TAGS, 3600)
+
+
+def test_endpoint_mode_has_no_component_steps():
+    t = SageMakerTarget(REGION, role_arn=ROLE)
+    assert t.promote_component("p", "c", "ec", "m", None, TAGS, 60) is None
+    assert t.components_on("p") == []
+
+
+def test_teardown_removes_production_scaling_before_its_component(target):
+    with Stubber(target.sm) as sm, Stubber(target.autoscaling) as aas, \
+            Stubber(target.cloudwatch) as cw:
+        aas.add_response("deregister_scalable_target", {}, {
+            "ServiceNamespace": "sagemaker", "ResourceId": "inference-component/llama",
+            "ScalableDimension": "sagemaker:inference-component:DesiredCopyCount"})
+        cw.add_response("delete_alarms", {}, {"AlarmNames": ["llama-no-capacity"]})
+        sm.add_response("delete_inference_component", {}, {"InferenceComponentName": "llama"})
+        missing(sm, "describe_inference_component", {"InferenceComponentName": "llama"})
+        assert target.delete_component("llama") is True
+        for stub in (sm, aas, cw):
+            stub.assert_no_pending_responses()
