@@ -131,3 +131,40 @@ def test_one_token_outputs_decode_one_sequence_at_a_time():
     assert p.tpot_ms == pytest.approx(tpot * 1e3, rel=1e-9)
     assert p.e2e_ms == pytest.approx(e2e * 1e3, rel=1e-9)
     assert not math.isclose(p.tpot_ms, 2.0, rel_tol=1e-6)  # the wait shows in TPOT too
+
+
+def test_the_terms_a_report_shows_add_up_to_the_prediction():
+    # tp 2: each GPU reads half the weights and holds 1 of the 2 KV heads; 2 x 4 all-reduces
+    # of 0.01 ms plus one token's bytes; a 5 ms request overhead before the prefill.
+    eff = EFF.model_copy(update={"allreduce_latency_ms": 0.01, "request_overhead_ms": 5.0})
+    roof = Roofline(inputs(toy(), tp=2), eff)
+    per_token = 2 * 4 * 2 * (1 / 2) * 256 * 2 / (100e9 * ALLREDUCE_BUS_EFFICIENCY)
+    ar_fixed = 2 * 4 * 0.01e-3
+    flops = 2 * (10_000_000 - UNTIED_EMBED) + 4 * 256 * 4 * 950
+    prefill = (W / 2 / BW + ar_fixed + 900 * per_token + 1e-3)  # reads beat 0.1 ms of FLOPs
+    assert roof.predict(1).terms_ms == pytest.approx({
+        "decode_weights": W / 2 / BW * 1e3, "decode_kv_cache": 512 * 950 / BW * 1e3,
+        "decode_compute": flops / 2 / 1e14 * 1e3, "decode_allreduce": (ar_fixed + per_token) * 1e3,
+        "step_overhead": 1.0, "prefill": prefill * 1e3, "queue_wait": 0.0,
+        "request_overhead": 5.0}, rel=1e-9)
+
+
+def test_a_step_is_memory_bound_while_reads_take_at_least_as_long_as_the_flops():
+    # Reads take 1 ms (0.952 ms weights + 0.048 ms KV); at 24.6 TFLOP/s the FLOPs take 0.95 ms.
+    flops = 2 * (10_000_000 - UNTIED_EMBED) + 4 * 256 * 4 * 950
+    peak = flops / 0.95e-3 / 1e12
+    near = gpu().model_copy(update={"fp16_tflops": peak, "bf16_tflops": peak})
+    assert Roofline(inputs(toy(), acc=near), EFF).predict(1).bound == "memory"
+
+
+@pytest.mark.parametrize(("share", "saturated"), [(0.99, True), (1.01, False)])
+def test_saturated_when_a_cycle_at_95_percent_prefill_share_outlasts_a_request(share, saturated):
+    # 41 clients, one-token outputs: at 95 % of the copy's time in the other 40 prefills a
+    # cycle lasts 40 t_p / 0.95 = 42.1 t_p, while a request needs the overhead r, its own
+    # prefill t_p and the M/D/1 wait 0.95 t_p / (2 x 0.05) = 9.5 t_p. Saturated when the
+    # cycle is at least that: r <= (42.1 - 10.5) t_p.
+    t_p = W / BW + 1e-3
+    r = (40 / 0.95 - 10.5) * t_p * share
+    eff = EFF.model_copy(update={"request_overhead_ms": r * 1e3})
+    p = Roofline(inputs(toy(), m=1, b=41), eff).predict(41)
+    assert p.saturated is saturated
