@@ -11,6 +11,8 @@ from lmiflow.sizing.accelerators import (
     load_accelerators,
 )
 
+from tests.sizing.test_planner_latency_boundaries import gpu
+
 HEADER = DEFAULT_ACCELERATORS.read_text().splitlines()[0]
 
 
@@ -50,3 +52,12 @@ def test_a_missing_file_and_a_bad_row_are_named(tmp_path):
 def test_no_path_reads_the_bundled_facts():
     assert "NVIDIA A10G" in load_accelerators()
     assert load_accelerators(None) == load_accelerators(DEFAULT_ACCELERATORS)
+
+
+def test_peak_is_the_figure_for_the_gemms_dtype_and_fp8_only_with_fp8_cores():
+    h = gpu().model_copy(update={"fp16_tflops": 100.0, "bf16_tflops": 110.0,
+                                 "fp8_tflops": 200.0, "supports_fp8": True})
+    assert (h.peak_tflops("fp8"), h.peak_tflops("bf16"), h.peak_tflops("fp16")) == (
+        200.0, 110.0, 100.0)
+    no_fp8_cores = h.model_copy(update={"supports_fp8": False})
+    assert no_fp8_cores.peak_tflops("fp8") == 100.0

@@ -168,3 +168,24 @@ def test_saturated_when_a_cycle_at_95_percent_prefill_share_outlasts_a_request(s
     eff = EFF.model_copy(update={"request_overhead_ms": r * 1e3})
     p = Roofline(inputs(toy(), m=1, b=41), eff).predict(41)
     assert p.saturated is saturated
+
+
+def test_all_reduce_bytes_grow_with_the_share_each_gpu_sends():
+    # A ring all-reduce over t GPUs moves 2 (t - 1) / t of the message per GPU: 3/2 at tp 4.
+    eff = EFF.model_copy(update={"allreduce_latency_ms": 0.0})
+    roof = Roofline(inputs(toy(), tp=4), eff)
+    per_token = 2 * 4 * 2 * (3 / 4) * 256 * 2 / (100e9 * ALLREDUCE_BUS_EFFICIENCY)
+    assert roof.step_terms(1)[3] == pytest.approx(per_token)
+
+
+def test_a_moe_prefill_reads_every_expert_its_prompt_touches():
+    # 900 prompt tokens each pick 1 of 4 experts: all four are read, 19,488,000 B in all.
+    assert Roofline(inputs(moe()), EFF).prefill == pytest.approx(W / BW + 1e-3)
+
+
+def test_two_token_outputs_decode_the_requests_not_in_their_prefill():
+    eff = EFF.model_copy(update={"request_overhead_ms": 50.0})
+    roof = Roofline(inputs(toy(), s=900, m=2, b=4), eff)
+    p, _, tpot, e2e = closed_loop(roof, 4, 2, KV_PER_TOKEN * 901, 0.05)
+    assert p.tpot_ms == pytest.approx(tpot * 1e3, rel=1e-9)
+    assert p.e2e_ms == pytest.approx(e2e * 1e3, rel=1e-9)
