@@ -155,3 +155,13 @@ def test_peak_with_a_described_production_adds_the_candidate_to_it():
     assert peak.peak_assumption == "production as described now"
     assert set(peak.quota_names) == {"ml.x.large", "ml.y.large"}
     assert pp.peak_instances == {"ml.x.large": 4}  # the original is unchanged
+
+
+def test_an_image_uri_with_an_lmi_tag_is_that_image_and_one_without_names_its_field():
+    uri = "763104351884.dkr.ecr.us-east-1.amazonaws.com/djl-inference:0.31.0-lmi13.0.0-cu124"
+    assert endpoint_plan.image_for(spec(serving={"image_uri": uri})).tag == (
+        "0.31.0-lmi13.0.0-cu124")
+    with pytest.raises(UserInputError) as e:
+        endpoint_plan.image_for(spec(serving={"image_uri": "example.com/mine:latest"}))
+    assert e.value.field == "serving.image_uri"
+    assert e.value.reason.startswith("tag 'latest' is not an LMI tag (<djl>-lmi<N>-cu<NNN>): ")

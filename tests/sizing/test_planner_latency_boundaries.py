@@ -27,6 +27,7 @@ from lmiflow.sizing.catalog import CPU, catalog_with, local_instance_row
 from lmiflow.sizing.latency import Efficiency, Roofline, latency_inputs
 from lmiflow.sizing.memory import resolve_dtypes
 from lmiflow.sizing.planner import (
+    FactorsUsed,
     LatencyLimit,
     PlanRequest,
     _largest_meeting,
@@ -191,9 +192,13 @@ def test_calibrated_flag_and_the_number_of_records_behind_it():
     one = toy_plan(calibration={("TOY GPU", "vllm"): (EFF, 1)})
     assert one.chosen.predicted.calibrated is True
     assert one.calibration == {"TOY GPU": "vllm factors calibrated from 1 benchmark record(s)"}
+    assert one.factors == {"TOY GPU": FactorsUsed(engine="vllm", records=1, efficiency=EFF)}
+    assert one.calibration_used() == {("TOY GPU", "vllm"): (EFF, 1)}
     default = toy_plan(calibration=None)
     assert default.chosen.predicted.calibrated is False
     assert default.calibration == {"TOY GPU": "uncalibrated vllm defaults"}
+    assert default.factors["TOY GPU"].records == 0
+    assert default.calibration_used() == {}  # defaults are not a fit to pass on
 
 
 def test_the_chosen_reason_says_the_latency_limits_are_met():
