@@ -34,18 +34,18 @@ def logs(xs):
 
 
 def test_repeats_on_both_sides_get_welchs_interval():
-    cand, base = [110.0, 121.0, 133.1], [100.0, 105.0]
+    cand, base = [110.0, 121.0, 133.1], [100.0, 105.0, 98.0, 101.0]
     lc, lb = logs(cand), logs(base)
     vc, vb = statistics.variance(lc), statistics.variance(lb)
-    se2 = vc / 3 + vb / 2
-    df = se2 ** 2 / ((vc / 3) ** 2 / 2 + (vb / 2) ** 2 / 1)
+    se2 = vc / 3 + vb / 4
+    df = se2 ** 2 / ((vc / 3) ** 2 / 2 + (vb / 4) ** 2 / 3)  # Welch-Satterthwaite
     half = student_t.ppf(0.975, df) * math.sqrt(se2)
     point = math.exp(statistics.mean(lc) - statistics.mean(lb))
     c = compare(cand, base, higher_is_worse=True)
     assert c.worsening == pytest.approx(point)
     assert c.low == pytest.approx(point * math.exp(-half))
     assert c.high == pytest.approx(point * math.exp(half))
-    assert (c.method, c.n_candidate, c.n_baseline) == ("repeats 3 vs 2, Welch t", 3, 2)
+    assert (c.method, c.n_candidate, c.n_baseline) == ("repeats 3 vs 4, Welch t", 3, 4)
 
 
 @pytest.mark.parametrize("candidate_has_repeats", [True, False])
