@@ -93,6 +93,10 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
                     s.summary = report.promotion.action
                     steps.save_baseline(spec, bench)
                 status = "promoted"
+                if candidate.autoscaling is not None:
+                    with rec.step("autoscale") as s:
+                        report.autoscaling_applied = steps.autoscale(spec, candidate)
+                        s.summary = (report.autoscaling_applied or ["nothing set up"])[0]
             else:
                 status = "rejected"
     except Exception as exc:

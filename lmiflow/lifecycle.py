@@ -32,6 +32,7 @@ from lmiflow.report.model import (
 )
 from lmiflow.report.outcome import ProductionState
 from lmiflow.sizing.accelerators import facts_for, load_accelerators
+from lmiflow.sizing.autoscaling import ScalingPlan
 from lmiflow.sizing.calibration import CalibrationRecord, records_for_option, side_by_side
 from lmiflow.sizing.model_spec import ModelSpec
 from lmiflow.sizing.planner import Plan
@@ -192,7 +193,10 @@ def preflight(target: Target, candidate: Candidate) -> PromotionPlan | None:
     the run needs; the target's preflight), so a missing credential is one line, not a
     traceback from the first call that needs it."""
     names = candidate.names
-    for note in target.preflight(target.deploy_needs(names.production, names.model_dump())):
+    needs = target.deploy_needs(names.production, names.model_dump())
+    if candidate.autoscaling is not None:
+        needs += target.autoscaling_needs(names.production)
+    for note in target.preflight(needs):
         log.info(note)
     plan = candidate.promotion
     if plan is None:
@@ -208,6 +212,12 @@ def preflight(target: Target, candidate: Candidate) -> PromotionPlan | None:
                                  quota_names=plan.quota_names), quotas)
     if over:
         raise UserInputError("instance.count", over)
+    scaling, quota = candidate.autoscaling, quotas.get(plan.instance_type)
+    if scaling is not None and quota is not None and scaling.max_instances > quota:
+        name = plan.quota_names.get(plan.instance_type, "the endpoint usage quota")
+        raise UserInputError("autoscaling.max", f"{scaling.max_instances} x "
+                             f"{plan.instance_type} is above the account's quota '{name}' of "
+                             f"{quota:g}: production could never scale that far")
     return plan
 
 
@@ -332,7 +342,8 @@ def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, 
     elif serving:
         action = "already serving this config"
     else:
-        target.update_endpoint(spec.name, names.endpoint_config, pipeline.traffic_policy(spec))
+        target.update_endpoint(spec.name, names.endpoint_config, pipeline.traffic_policy(spec),
+                               autoscaled=spec.autoscaling is not None)
         action = f"updated ({spec.promotion.strategy})"
     st = wait_in_service(target, spec.name, spec.promotion.endpoint_timeout_s, on_status)
     if st.config_name and st.config_name != names.endpoint_config:
@@ -346,6 +357,13 @@ def promote(target: Target, spec: DeploymentSpec, names: Names, tags: dict[str, 
     removed = early + remove_leftovers(target, spec.name)
     return Promotion(action=action, previous_config=previous, removed=removed,
                      production_smoke_test=smoke)
+
+
+def autoscale(target: Target, production: str, plan: ScalingPlan | None) -> list[str]:
+    """After promotion: production scales with its concurrent requests per the plan. Without
+    autoscaling in the config nothing is asked of the platform (a run that does not scale
+    needs no autoscaling permission); teardown removes a scaling left from earlier runs."""
+    return [] if plan is None else target.apply_autoscaling(production, plan)
 
 
 def _wait_gone(target: Target, name: str, timeout_s: float) -> None:
@@ -378,6 +396,8 @@ def teardown(target: Target, production: str) -> list[str]:
     prod = target.describe(production)
     config = prod.config_name if prod else None
     model = target.config_model_name(config) if config else None
+    if target.remove_autoscaling(production):
+        removed.append(f"autoscaling of {production}")
     if target.delete_endpoint(production):
         removed.append(f"endpoint {production}")
     removed += remove_leftovers(target, production)

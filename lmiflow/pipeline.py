@@ -18,6 +18,7 @@ from lmiflow.model_source import ResolvedModel, resolve_model, resolved_from_s3
 from lmiflow.report.model import HostSettings, PromotionPlan
 from lmiflow.secrets import check_env_refs, fill_properties
 from lmiflow.serving.images import LmiImage
+from lmiflow.sizing.autoscaling import ScalingPlan, scaling_plan
 from lmiflow.sizing.memory import DTypeChoice, MemoryBreakdown, resolve_dtypes, total_estimate
 from lmiflow.sizing.packing import ComponentNeed
 from lmiflow.sizing.planner import LatencyLimit, Plan, PlanRequest, plan
@@ -84,6 +85,7 @@ class Candidate(BaseModel):
     host: HostSettings | None = None
     promotion: PromotionPlan | None = None
     component: ComponentPlan | None = None
+    autoscaling: ScalingPlan | None = None
 
 
 def fetch_config(spec: DeploymentSpec) -> ResolvedModel:
@@ -300,7 +302,8 @@ def prepare_serving(spec: DeploymentSpec, model: ResolvedModel, p: Plan, target:
             "strategy": "ROLLING", "instance_count": component.max_instances,
             "traffic_step": "one copy at a time"}), None)
     return Candidate(properties=text, image_uri=uri, weights=weights, names=names, host=host,
-                     promotion=promotion, component=component)
+                     promotion=promotion, component=component,
+                     autoscaling=autoscaling_for(spec, p))
 
 
 def alongside_needs(spec: DeploymentSpec, p: Plan, configs: list[str]) -> list[ComponentNeed]:
@@ -325,6 +328,33 @@ def alongside_needs(spec: DeploymentSpec, p: Plan, configs: list[str]) -> list[C
                                                 "inference_component")
         out.append(need)
     return out
+
+
+def autoscaling_for(spec: DeploymentSpec, p: Plan) -> ScalingPlan | None:
+    """The config's autoscaling on the chosen option (sizing.autoscaling), checked against
+    it: a target above what a copy holds, or a range that leaves out the count the plan
+    starts with, is exit 2 naming the field."""
+    a, o = spec.autoscaling, p.chosen
+    if a is None or o is None:
+        return None
+    plan_ = scaling_plan(
+        min_instances=a.min, max_instances=a.max, target=a.target, headroom_pct=a.headroom_pct,
+        scale_in_cooldown_s=a.scale_in_cooldown_s, scale_out_cooldown_s=a.scale_out_cooldown_s,
+        plan_max_per_copy=o.max_concurrency_per_copy, batch_per_copy=o.concurrency_per_copy,
+        copies_per_instance=o.model_copies, initial_instances=o.instance_count)
+    if a.target != "auto" and a.target > plan_.ceiling_per_copy:
+        raise UserInputError("autoscaling.target", f"{a.target} concurrent requests per copy "
+                             f"is above the {plan_.ceiling_per_copy} a copy of the plan holds "
+                             f"({plan_.why[0]})")
+    if o.instance_count > a.max:
+        raise UserInputError("autoscaling.max", f"{a.max} is below the {o.instance_count} "
+                             f"instances the plan needs for workload.concurrency "
+                             f"{spec.workload.concurrency}")
+    if a.min > o.instance_count:
+        raise UserInputError("autoscaling.min", f"{a.min} is above the {o.instance_count} "
+                             f"instance(s) the endpoint starts with (the plan's count): raise "
+                             f"instance.count to {a.min} or lower autoscaling.min")
+    return plan_
 
 
 def tags_for(names: Names, run_id: str | None) -> dict[str, str]:
@@ -433,7 +463,7 @@ def planned_run(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Tar
         smoke_payload=smoke_payload(spec), bench_payload=example_payload(cfg),
         bench_requests=planned_requests(cfg),
         endpoint_timeout_s=spec.promotion.endpoint_timeout_s, component=candidate.component,
-        tokenizer_files=TOKENIZER_FILES)
+        tokenizer_files=TOKENIZER_FILES, autoscaling=candidate.autoscaling)
 
 
 def run_requests(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Target,

@@ -33,13 +33,16 @@ from lmiflow.spec import DeploymentSpec
 
 STEP_NAMES = ("fetch_config", "compute_memory", "choose_instance", "render_serving_properties",
               "preflight", "stage_weights", "create_model", "configure_endpoint", "create_endpoint",
-              "smoke_test", "benchmark", "gate", "promote")
+              "smoke_test", "benchmark", "gate", "promote", "autoscale")
 
 
 class RunRecord:
     """The report being assembled: each step's status and seconds, and each step's result."""
 
     def __init__(self, spec: DeploymentSpec, run_id: str | None):
+        # autoscale is a step of the runs that ask for it: the others' reports do not list it
+        self.step_names = tuple(n for n in STEP_NAMES
+                                if n != "autoscale" or spec.autoscaling is not None)
         self.report = RunReport(
             lmiflow_version=lmiflow.__version__, run_id=run_id, started_at=_now(),
             endpoint=spec.name, target=spec.target.kind,
@@ -69,7 +72,7 @@ class RunRecord:
         """Close the record: steps that never ran are skipped; the outcome is put in words
         (with production as the run left it, when the caller looked)."""
         ran = {s.name for s in self.report.steps}
-        self.report.steps += [StepRecord(name=n, status="skipped") for n in STEP_NAMES
+        self.report.steps += [StepRecord(name=n, status="skipped") for n in self.step_names
                               if n not in ran]
         self.report.status = status
         self.report.finished_at = _now()
@@ -222,6 +225,7 @@ def plan_steps(spec: DeploymentSpec, rec: RunRecord, impl: Any
         report.host = cand.host
         report.promotion_plan = cand.promotion
         report.component = cand.component
+        report.autoscaling = cand.autoscaling
         report.weights = cand.weights
         # Every request the run will send, validated before anything is created, and the
         # permissions they need.

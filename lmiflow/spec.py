@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
@@ -433,6 +433,45 @@ class PromotionSection(_Strict):
     )
 
 
+class AutoscalingSection(_Strict):
+    """Target tracking on concurrent requests, sized by the plan (sizing.autoscaling)."""
+
+    min: int = Field(default=1, ge=1, le=100,
+                     description="Fewest instances (local: server processes) the endpoint "
+                     "scales in to.")
+    max: int = Field(ge=1, le=100, description="Most instances it scales out to.")
+    target: Literal["auto"] | Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default="auto",
+        description="Concurrent requests per model copy to keep the average at; auto: the "
+        "most a copy holds within memory and the latency gates, less headroom_pct.")
+    headroom_pct: float | None = Field(
+        default=None, ge=0, lt=100,
+        description="target auto: percent below the plan's per-copy ceiling (default 20).")
+    scale_in_cooldown_s: int = Field(
+        default=300, ge=0, le=86_400,
+        description="Seconds after a scaling activity before instances are removed.")
+    scale_out_cooldown_s: int = Field(
+        default=300, ge=0, le=86_400,
+        description="Seconds after a scale-out before the next scale-out.")
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, v: object) -> object:
+        if v == "auto" or (type(v) is int and 1 <= v <= 100_000):
+            return v
+        raise ValueError("must be auto or a whole number of concurrent requests per model "
+                         "copy, 1 to 100000")
+
+    @model_validator(mode="after")
+    def _range(self) -> AutoscalingSection:
+        if self.min > self.max:
+            raise UserInputError("min", f"{self.min} is above max {self.max}")
+        if self.headroom_pct is not None and self.target != "auto":
+            raise UserInputError("headroom_pct", "applies to target auto only (target is "
+                                                 f"{self.target})")
+        return self
+
+
 class DeploymentSpec(_Strict):
     """A deployment: which model, for which workload, where, and what it must prove."""
 
@@ -466,6 +505,10 @@ class DeploymentSpec(_Strict):
         default_factory=InferenceComponentSection,
         description="target.mode inference_component: the component's copies, their scaling "
         "and the endpoint's managed instance scaling.")
+    autoscaling: AutoscalingSection | None = Field(
+        default=None,
+        description="Scale production with its concurrent requests after promotion; empty: "
+        "a fixed instance count.")
 
     @field_validator("name")
     @classmethod
@@ -483,6 +526,10 @@ class DeploymentSpec(_Strict):
                                     w.max_output_tokens)
         limits.check_gate_levels(self.gates, b.concurrency)
         limits.check_gates_agree(self.gates, b.concurrency)
+        a, inst = self.autoscaling, self.instance
+        if a is not None and inst.max_count is not None and a.max > inst.max_count:
+            raise UserInputError("autoscaling.max", f"{a.max} is above instance.max_count "
+                                                    f"{inst.max_count}")
         return self
 
     @model_validator(mode="after")
@@ -490,6 +537,11 @@ class DeploymentSpec(_Strict):
         if self.target.mode == "inference_component" and self.target.kind != "sagemaker":
             raise ValueError("target.mode inference_component needs target.kind sagemaker (the "
                              f"{self.target.kind} target serves one model per endpoint)")
+        if self.target.mode == "inference_component" and self.autoscaling is not None:
+            raise UserInputError("autoscaling", "scales an endpoint's instances; in target.mode "
+                                 "inference_component the component's copies scale "
+                                 "(inference_component.min_copies / max_copies) and SageMaker "
+                                 "manages the instances: remove this section")
         if self.target.mode == "inference_component" and self.promotion.strategy != "ALL_AT_ONCE":
             raise ValueError("promotion.strategy in target.mode inference_component is a "
                              "rolling update of the component, one copy at a time: leave it "

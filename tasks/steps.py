@@ -342,6 +342,19 @@ def promote(spec: DeploymentSpec, names: Names, tags: dict[str, str]) -> Promoti
     return result
 
 
+@step_task("autoscale")
+def autoscale(spec: DeploymentSpec, candidate: Candidate) -> list[str]:
+    """Registering again updates the scaling in place, so a retry is safe."""
+    done = lifecycle.autoscale(target_for(spec), spec.name, candidate.autoscaling)
+    a = candidate.autoscaling
+    if a is not None:
+        get_run_logger().info("autoscaling %s: %d..%d instances, target %d per copy",
+                              spec.name, a.min_instances, a.max_instances, a.target_per_copy)
+        _md(spec, "autoscale", f"# Autoscaling of `{spec.name}`\n\n"
+            + "\n".join(f"- {line}" for line in [*done, *a.why]))
+    return done
+
+
 @step_task("save_baseline")
 def save_baseline(spec: DeploymentSpec, bench: BenchResult) -> str | None:
     where = lifecycle.save_baseline(target_for(spec), spec.name, bench)

@@ -44,3 +44,16 @@ def session():
 
 def s3_client(endpoint_url: str):
     return session().client("s3", endpoint_url=endpoint_url)
+
+
+def no_aws(monkeypatch, tmp_path, region: str = "us-east-1") -> None:
+    """Fake credentials, no profile or config files, and every endpoint an address that
+    refuses connections: a request a Stubber did not expect fails at once instead of reaching
+    AWS or the developer's own account."""
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": region,
+                 "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+                 "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                 "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)

@@ -33,14 +33,49 @@ def add_parser(sub) -> None:
     p = sub.add_parser("calibrate", help="Refit latency factors from recorded benchmarks.",
                        description=__doc__, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", default=None,
-                   help="Calibration store (default: calibration.json in the state dir).")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--store", default=None,
+                       help="Calibration store file (default: calibration.json in the state "
+                       "dir).")
+    where.add_argument("--config", default=None,
+                       help="A deployment config: the store of its target (SageMaker: "
+                       "calibration.json under target.s3_uri), as its deploys use it.")
     p.add_argument("--json", action="store_true", help="Print the fits as one JSON object.")
     p.set_defaults(run=run)
 
 
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f} %"
+
+
+def _refit_target_store(config: str):
+    """(where, the refit store) of the config's target, written back through the target so
+    that a deploy appending at the same time is not lost (its lock, or S3's conditional put)."""
+    from lmiflow.calibration_store import CalibrationStoreError, parse_store
+    from lmiflow.pipeline import target_for
+    from lmiflow.sizing.calibration import CalibrationStore, refit
+    from lmiflow.spec import load_spec
+
+    target = target_for(load_spec(config))
+    where = target.calibration_uri()
+    if where is None:
+        raise UserInputError("--config", f"{config}: its target keeps no calibration store "
+                             "(SageMaker: set target.s3_uri)")
+    written: list[CalibrationStore] = []
+
+    def change(data: dict | None) -> dict:
+        store = refit(parse_store(data, where)) if data else CalibrationStore()
+        written[:] = [store]
+        return store.model_dump(mode="json")
+
+    try:
+        store = parse_store(target.load_calibration(), where)
+        if store.records:
+            target.update_calibration(change)
+            store = written[0]
+    except CalibrationStoreError as exc:
+        raise UserInputError("--config", str(exc)) from None
+    return where, store
 
 
 def run(args) -> int:
@@ -54,22 +89,26 @@ def run(args) -> int:
     )
     from lmiflow.sizing.calibration import prior_for, refit
 
-    path = Path(args.store) if args.store else default_store_path()
-    try:
-        store = load_store(path)  # an absent store reads as empty and is not created
-        if store.records:
-            with FileLock(str(path) + ".lock"):
-                store = refit(load_store(path))
-                save_store(path, store)
-    except CalibrationStoreError as exc:
-        raise UserInputError("--store", str(exc)) from None
+    if args.config:
+        where, store = _refit_target_store(args.config)
+    else:
+        path = Path(args.store) if args.store else default_store_path()
+        where = str(path)
+        try:
+            store = load_store(path)  # an absent store reads as empty and is not created
+            if store.records:
+                with FileLock(str(path) + ".lock"):
+                    store = refit(load_store(path))
+                    save_store(path, store)
+        except CalibrationStoreError as exc:
+            raise UserInputError("--store", str(exc)) from None
     if args.json:
-        json.dump({"store": str(path), "records": len(store.records),
+        json.dump({"store": where, "records": len(store.records),
                    "fits": [f.model_dump(mode="json") for f in store.fits]},
                   sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    print(f"Calibration store {path}: {len(store.records)} record(s)")
+    print(f"Calibration store {where}: {len(store.records)} record(s)")
     if not store.records:
         print("No records yet: each benchmark a deploy runs adds its levels (predicted vs "
               "measured TTFT and TPOT p50) here.")

@@ -167,6 +167,13 @@ def _print_endpoint_plan(candidate) -> None:
         lines.append(f"peak fleet: {peak} ({pr.peak_assumption}); checked against the "
                      f"quota {', '.join(repr(q) for q in pr.quota_names.values())} before "
                      "anything is created")
+    a = candidate.autoscaling
+    if a is not None:
+        lines.append(f"autoscaling: {a.min_instances}..{a.max_instances} instances, target "
+                     f"{a.target_per_copy} concurrent requests per copy ({a.source}) = "
+                     f"{a.target_per_instance:g} per instance; cooldowns in "
+                     f"{a.scale_in_cooldown_s} s, out {a.scale_out_cooldown_s} s")
+        lines += [f"  why: {w}" for w in a.why[:2]]
     for line in lines:
         print(fill(line, width=80, subsequent_indent="  "))
 

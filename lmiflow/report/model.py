@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_serialize
 from lmiflow.bench.gates import Verdict
 from lmiflow.bench.metrics import BenchResult
 from lmiflow.report.outcome import Outcome, ProductionState
+from lmiflow.sizing.autoscaling import ScalingPlan
 from lmiflow.sizing.calibration import Fit
 from lmiflow.sizing.model_spec import ModelSpec
 from lmiflow.sizing.planner import Plan
@@ -230,6 +231,11 @@ class RunReport(_Strict):
         default=None, description="target.mode inference_component: the model's component "
         "(resources per copy, copies and their scaling, managed instances), the packing of "
         "every component on the endpoint, and the cold start this run measured.")
+    autoscaling: ScalingPlan | None = Field(
+        default=None, description="How production scales after promotion: instance range, "
+        "target concurrent requests per copy and per instance, cooldowns, and why.")
+    autoscaling_applied: list[str] | None = Field(
+        default=None, description="What the autoscale step set up on the target.")
 
     def to_json_dict(self) -> dict[str, Any]:
         """Plain JSON types, in report.json's key order (the one dump of a run)."""

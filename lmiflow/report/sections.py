@@ -203,6 +203,24 @@ def endpoint(r: RunReport) -> list[Section]:
     return [Section("endpoint", "Endpoint and promotion", [Bullets(lines)])] if lines else []
 
 
+def autoscaling(r: RunReport) -> list[Section]:
+    """The scaling numbers the plan gave and why; what the autoscale step set up."""
+    a = r.autoscaling
+    if a is None:
+        return []
+    table = Table(["instances", "target per copy", "copies per instance",
+                   "target per instance", "scale-in cooldown", "scale-out cooldown"],
+                  [[f"{a.min_instances}..{a.max_instances} (starts at {a.initial_instances})",
+                    f"{a.target_per_copy} ({a.source})", str(a.copies_per_instance),
+                    f"{a.target_per_instance:g}", f"{a.scale_in_cooldown_s} s",
+                    f"{a.scale_out_cooldown_s} s"]])
+    blocks: list[Block] = [table, Bullets(a.why)]
+    applied = r.autoscaling_applied
+    blocks.append(Para("Set up after promotion: " + "; ".join(applied)) if applied
+                  else Para(f"Set up after promotion: {NOT_RUN}"))
+    return [Section("autoscaling", "Autoscaling", blocks)]
+
+
 def weights(r: RunReport) -> list[Section]:
     """Where the weights come from, who may read them, and what stage_weights uploaded."""
     if r.weights is None:
@@ -440,5 +458,6 @@ def build_sections(report: RunReport) -> list[Section]:
                                             serving_properties)]
     tail = [builder(report) for builder in (smoke_test, benchmark, predicted_vs_measured, gate,
                                             formulas, versions)]
-    return [*head, *endpoint(report), *components.section(report), *weights(report),
+    return [*head, *endpoint(report), *autoscaling(report), *components.section(report),
+            *weights(report),
             *aws_requests(report), *tail]

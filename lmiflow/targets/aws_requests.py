@@ -249,6 +249,8 @@ def compact_line(req: AwsRequest, width: int = 80) -> str:
         what = f"s3://{p.get('Bucket', '')}/{p.get('Key', p.get('Prefix', ''))}"
     elif "ResourceArn" in p:
         what = str(p["ResourceArn"]).rsplit(":", 1)[-1]
+    elif "ResourceId" in p or "ResourceIds" in p:
+        what = str(p.get("ResourceId") or p["ResourceIds"][0])
     elif "NameContains" in p:
         what = f"{p['NameContains']}*"
     else:
@@ -265,9 +267,15 @@ def compact_line(req: AwsRequest, width: int = 80) -> str:
                  f"{need.get('MinMemoryRequiredInMb')} MiB")
         if "RuntimeConfig" in p:
             what += f" x{p['RuntimeConfig']['CopyCount']}"
+    if req.operation == "RegisterScalableTarget":
+        what += f" {p.get('MinCapacity')}..{p.get('MaxCapacity')}"
     if req.operation == "PutScalingPolicy":
         what = f"{p.get('PolicyName')} {p.get('PolicyType')}"
-
+        tt = p.get("TargetTrackingScalingPolicyConfiguration")
+        if tt:
+            what += f" target {tt.get('TargetValue', 0):g}"
+    if req.operation == "UpdateEndpoint" and p.get("RetainAllVariantProperties"):
+        what += " (count retained)"
     if req.operation == "CreateModel" and p.get("EnableNetworkIsolation"):
         what += " (no network)"
     line = f"{req.service} {req.operation} {what}".rstrip()

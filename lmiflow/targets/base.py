@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import BaseModel, Field
 
 from lmiflow import patterns
+from lmiflow.sizing.autoscaling import ScalingPlan
 from lmiflow.targets.components_plan import ComponentPlan
 from lmiflow.targets.weights import WeightsPlan
 
@@ -145,6 +146,7 @@ class PlannedRun(BaseModel):
     component: ComponentPlan | None = Field(
         default=None, description="The model as an inference component (None: the model is "
         "the endpoint's variant).")
+    autoscaling: ScalingPlan | None = None
 
 
 class StoreOffline(RuntimeError):
@@ -272,6 +274,11 @@ class Target(ABC):
         preflight (names: endpoint, endpoint_config, model)."""
         return []
 
+    def autoscaling_needs(self, production: str) -> list[tuple[str, str]]:
+        """The (action, resource) pairs apply_autoscaling and a scaled update ask for, for
+        preflight (none where the platform has no permissions)."""
+        return []
+
     # ---- packaging and creation ---------------------------------------------------------
 
     @abstractmethod
@@ -351,9 +358,24 @@ class Target(ABC):
 
     @abstractmethod
     def update_endpoint(
-        self, name: str, config_name: str, policy: TrafficPolicy | None = None
+        self, name: str, config_name: str, policy: TrafficPolicy | None = None, *,
+        autoscaled: bool = False,
     ) -> None:
-        """Blue/green; raises EndpointBusy while the endpoint is being changed."""
+        """Blue/green; raises EndpointBusy while the endpoint is being changed. autoscaled:
+        the run scales production (apply_autoscaling after), so the update keeps the count
+        production scaled to where the platform allows."""
+
+    # ---- autoscaling (after promotion) ------------------------------------------------------
+
+    def apply_autoscaling(self, endpoint: str, plan: ScalingPlan) -> list[str]:
+        """Scale the endpoint with its concurrent requests per the plan (target tracking:
+        min..max instances, target per instance, cooldowns); registering again updates it.
+        Returns what was set up, in lines for the report."""
+        raise NotImplementedError(f"the {self.kind} target does not autoscale")
+
+    def remove_autoscaling(self, endpoint: str) -> bool:
+        """Stop scaling the endpoint (its count stays as it is); False when it did not scale."""
+        return False
 
     @abstractmethod
     def endpoint_lock(self, name: str, run_id: str | None = None) -> EndpointLock:

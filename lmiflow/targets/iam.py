@@ -32,7 +32,6 @@ UNSCOPED = {"sagemaker:ListModels", "sagemaker:ListEndpointConfigs", "sagemaker:
             "cloudwatch:PutMetricData"}
 SAGEMAKER_RESOURCE = {"ModelName": "model", "EndpointConfigName": "endpoint-config",
                       "EndpointName": "endpoint", "InferenceComponentName": "inference-component"}
-AUTOSCALING_SLR_SERVICE = "sagemaker.application-autoscaling.amazonaws.com"
 _CANDIDATE_HASH = re.compile(r"-(c|ec|m|ic)-[0-9a-fx]{8}(?=/|$)")
 _COMMIT = re.compile(r"/[0-9a-f]{40}/")
 
@@ -107,17 +106,37 @@ def _permissions(req: AwsRequest, arns: Arns) -> list[tuple[str, str, dict | Non
         return out
     if req.service == "cloudwatch" and "AlarmNames" in p:
         return [(action, arns.alarm(a), None) for a in p["AlarmNames"]]
-    if op == "RegisterScalableTarget" and p.get("ServiceNamespace") == "sagemaker":
-        # the first registration creates Application Auto Scaling's role for SageMaker
-        # (Application Auto Scaling User Guide, application-auto-scaling-service-linked-roles)
-        slr = (f"arn:{arns.partition}:iam::{arns.account}:role/aws-service-role/"
-               f"{AUTOSCALING_SLR_SERVICE}/AWSServiceRoleForApplicationAutoScaling_"
-               "SageMakerEndpoint")
-        return [(action, "*", None), ("iam:CreateServiceLinkedRole", slr, {
-            "StringLike": {"iam:AWSServiceName": AUTOSCALING_SLR_SERVICE}})]
     if req.service == "cloudwatch" and "AlarmName" in p:
         return [(action, arns.alarm(p["AlarmName"]), None)]
+    if req.service == "application-autoscaling":
+        return _autoscaling_permissions(req, arns)
     return [(action, "*", None)]
+
+
+# Application Auto Scaling acts with the caller's permissions where it sets things up: the
+# first RegisterScalableTarget of the account creates SageMaker's service-linked role, and a
+# target-tracking policy creates and deletes its CloudWatch alarms (TargetTracking-<resource
+# id>-AlarmHigh/Low-...). Scalable targets and policies have no ARN a caller knows in advance
+# (Application Auto Scaling User Guide, security_iam_id-based-policy-examples and
+# application-auto-scaling-service-linked-roles), so those actions take "*".
+AUTOSCALING_SLR_SERVICE = "sagemaker.application-autoscaling.amazonaws.com"
+AUTOSCALING_SLR = (f"role/aws-service-role/{AUTOSCALING_SLR_SERVICE}/"
+                   "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint")
+ALARM_ACTIONS = {"PutScalingPolicy": ("cloudwatch:PutMetricAlarm", "cloudwatch:DescribeAlarms"),
+                 "DeleteScalingPolicy": ("cloudwatch:DeleteAlarms",)}
+
+
+def _autoscaling_permissions(req: AwsRequest, arns: Arns
+                             ) -> list[tuple[str, str, dict | None]]:
+    out: list[tuple[str, str, dict | None]] = [
+        (f"application-autoscaling:{req.operation}", "*", None)]
+    if req.operation == "RegisterScalableTarget":
+        out.append(("iam:CreateServiceLinkedRole",
+                    f"arn:{arns.partition}:iam::{arns.account}:{AUTOSCALING_SLR}",
+                    {"StringEquals": {"iam:AWSServiceName": AUTOSCALING_SLR_SERVICE}}))
+    alarms = arns.alarm(f"TargetTracking-{req.params.get('ResourceId', '')}-*")
+    out += [(a, alarms, None) for a in ALARM_ACTIONS.get(req.operation, ())]
+    return out
 
 
 def _statements(triples: list[tuple[str, str, dict | None]]) -> list[dict[str, Any]]:

@@ -26,7 +26,10 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lmiflow.sizing.autoscaling import ScalingPlan
 
 from lmiflow import patterns
 from lmiflow.errors import StateError
@@ -46,7 +49,9 @@ from lmiflow.targets.processes import (
     free_port,
     ping,
     process_alive,
+    start_module,
     start_server,
+    stop_process,
     stop_server,
 )
 
@@ -55,6 +60,7 @@ log = logging.getLogger(__name__)
 STATE_FIELD = "LMIFLOW_STATE_DIR"
 DEFAULT_STARTUP_TIMEOUT_S = 900
 CALIBRATION_FILE = "calibration.json"
+DRAIN_LIMIT_S = 300.0  # a draining copy stops after this even with requests left
 
 
 class _FileEndpointLock(EndpointLock):
@@ -127,10 +133,11 @@ class LocalTarget(Target):
     kind = "local"
 
     def __init__(self, state_dir: Path | None = None, python: str | None = None,
-                 poll_interval_s: float = 0.25):
+                 poll_interval_s: float = 0.25, scaler_tick_s: float = 0.5):
         self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
         self.python = python or sys.executable
         self.poll_interval_s = poll_interval_s
+        self.scaler_tick_s = scaler_tick_s
         self._registry_file = RegistryFile(self.state_dir)
 
     def _dir(self, sub: str, mode: int | None = None) -> Path:
@@ -409,7 +416,8 @@ class LocalTarget(Target):
             }
 
     def update_endpoint(self, name: str, config_name: str,
-                        policy: TrafficPolicy | None = None) -> None:
+                        policy: TrafficPolicy | None = None, *,
+                        autoscaled: bool = False) -> None:
         """Blue/green, all at once: the new server starts beside the old one, which keeps
         serving until the new one is healthy (see _advance). Canary and linear steps have no
         meaning for one local process and run as all-at-once. When the new server fails, the
@@ -455,11 +463,14 @@ class LocalTarget(Target):
 
     def _url(self, name: str) -> str:
         # Fast path for the hot loop of a benchmark: a lock-free read (the registry file is
-        # replaced atomically) when the endpoint serves and its process lives.
+        # replaced atomically) when the endpoint serves and its process lives. With several
+        # copies, the one with the fewest of our requests outstanding (SageMaker's
+        # LEAST_OUTSTANDING_REQUESTS routing).
         rec = self._read()["endpoints"].get(name)
-        if rec and rec["status"] in ("InService", "Updating") and rec["process"] \
-                and process_alive(rec["process"]):
-            return f"http://127.0.0.1:{rec['process']['port']}/invocations"
+        procs = self.serving_procs(rec) if rec else []
+        if procs:
+            port = min((p["port"] for p in procs), key=lambda q: self._outstanding.get(q, 0))
+            return f"http://127.0.0.1:{port}/invocations"
         st = self.describe(name)
         if st is None:
             raise LookupError(f"endpoint {name} does not exist")
@@ -468,8 +479,32 @@ class LocalTarget(Target):
                                + (f": {st.failure_reason}" if st.failure_reason else ""))
         return st.url
 
+    @functools.cached_property
+    def _outstanding(self) -> dict[int, int]:
+        """Our requests in flight per server port (what routing picks by)."""
+        return {}
+
+    @functools.cached_property
+    def _outstanding_lock(self) -> Any:
+        import threading
+
+        return threading.Lock()
+
+    @contextlib.contextmanager
+    def _counted(self, url: str) -> Iterator[None]:
+        port = int(url.split(":")[2].split("/")[0])
+        with self._outstanding_lock:
+            self._outstanding[port] = self._outstanding.get(port, 0) + 1
+        try:
+            yield
+        finally:
+            with self._outstanding_lock:
+                self._outstanding[port] -= 1
+
     def invoke(self, name: str, payload: dict, timeout_s: float = 300.0) -> bytes:
-        resp = self._http.post(self._url(name), json=payload, timeout=timeout_s)
+        url = self._url(name)
+        with self._counted(url):
+            resp = self._http.post(url, json=payload, timeout=timeout_s)
         if resp.status_code != 200:
             raise InvocationError(resp.status_code, resp.content)
         return resp.content
@@ -483,7 +518,8 @@ class LocalTarget(Target):
         body.setdefault("stream", True)
 
         def lines() -> Iterator[bytes]:
-            with self._http.stream("POST", url, json=body, timeout=timeout_s) as resp:
+            with self._counted(url), self._http.stream("POST", url, json=body,
+                                                       timeout=timeout_s) as resp:
                 if resp.status_code != 200:
                     raise InvocationError(resp.status_code, resp.read())
                 for line in resp.iter_lines():
@@ -514,10 +550,108 @@ class LocalTarget(Target):
             rec = reg["endpoints"].pop(name, None)
         if rec is None:
             return False
-        for proc in (rec.get("pending"), rec.get("process")):
+        if rec.get("scaler"):
+            stop_process(rec["scaler"])
+        for proc in (rec.get("pending"), rec.get("process"), *rec.get("copies", [])):
             if proc:
                 stop_server(proc)
         return True
+
+    # ---- autoscaling: copies as processes (targets.local_scaler) ----------------------------
+
+    def apply_autoscaling(self, endpoint: str, plan: ScalingPlan) -> list[str]:
+        """Record the policy on the endpoint and start its scaler (once: a running scaler
+        reads the new policy on its next tick)."""
+        from lmiflow.targets.local_scaler import timeline_path
+
+        with self._registry() as reg:
+            rec = reg["endpoints"].get(endpoint)
+            if rec is None:
+                raise LookupError(f"endpoint {endpoint} does not exist")
+            rec["autoscaling"] = plan.model_dump(mode="json")
+            scaler = rec.get("scaler")
+            if not (scaler and process_alive(scaler)):
+                log_path = self._dir("logs") / f"{endpoint}-scaler.log"
+                rec["scaler"] = {**start_module(
+                    self.python, ["lmiflow.targets.local_scaler", "--state-dir",
+                                  str(self.state_dir.resolve()), "--endpoint", endpoint,
+                                  "--tick-s", str(self.scaler_tick_s)],
+                    log_path, dict(os.environ), self.state_dir), "log": str(log_path)}
+        return [f"scaler pid {rec['scaler']['pid']}: {plan.min_instances}..{plan.max_instances}"
+                f" copies (server processes), target {plan.target_per_instance:g} concurrent "
+                f"requests per copy", f"timeline: {timeline_path(self.state_dir, endpoint)}"]
+
+    def remove_autoscaling(self, endpoint: str) -> bool:
+        """Stop the scaler and the copies it added; the endpoint's own process keeps serving."""
+        with self._registry() as reg:
+            rec = reg["endpoints"].get(endpoint)
+            if rec is None or not rec.get("autoscaling"):
+                return False
+            rec["autoscaling"] = None
+            scaler, copies = rec.pop("scaler", None), rec.pop("copies", [])
+        if scaler:
+            stop_process(scaler)
+        for proc in copies:
+            stop_server(proc)
+        return True
+
+    def serving_procs(self, rec: dict) -> list[dict]:
+        """The processes that take requests: the endpoint's own and its InService copies of
+        the config it serves (none while it is Creating or Failed)."""
+        if rec["status"] not in ("InService", "Updating") or not rec.get("process") \
+                or not process_alive(rec["process"]):
+            return []
+        return [rec["process"], *(c for c in rec.get("copies", [])
+                                  if c["status"] == "InService"
+                                  and c["config_name"] == rec["config_name"]
+                                  and process_alive(c))]
+
+    def scale_copies(self, endpoint: str, want: int, in_flight: dict[int, int | None]
+                     ) -> list[str]:
+        """One scaler tick's changes: copies that started become InService (or go, when
+        they failed), copies of an older config and surplus copies drain (no new requests),
+        drained copies with nothing in flight stop, and new copies start up to `want`
+        (the endpoint's own process counts as one). Returns what changed, in words."""
+        actions: list[str] = []
+        stop: list[dict] = []
+        with self._recorded_or_stopped() as started, self._registry() as reg:
+            rec = reg["endpoints"].get(endpoint)
+            if rec is None:
+                return actions
+            copies = rec.setdefault("copies", [])
+            for c in list(copies):
+                if c["status"] == "Creating":
+                    new, reason = self._probe(c)
+                    if new == "InService":
+                        c["status"] = "InService"
+                        actions.append(f"copy pid {c['pid']} InService")
+                    elif new == "Failed":
+                        copies.remove(c)
+                        actions.append(f"copy pid {c['pid']} failed: {reason}")
+                elif c["status"] == "InService" and (
+                        c["config_name"] != rec["config_name"] or not process_alive(c)):
+                    c["status"], c["draining_since"] = "Draining", time.time()
+                    actions.append(f"copy pid {c['pid']} draining (old config or gone)")
+            live = [c for c in copies if c["status"] in ("Creating", "InService")]
+            for c in sorted(live, key=lambda c: -c["started"])[:max(0, 1 + len(live) - want)]:
+                c["status"], c["draining_since"] = "Draining", time.time()
+                actions.append(f"scale in: copy pid {c['pid']} draining")
+            for _ in range(max(0, want - 1 - len(live))):
+                proc = {**self._start_server(reg, endpoint, rec["config_name"]),
+                        "status": "Creating"}
+                started.append(proc)
+                copies.append(proc)
+                actions.append(f"scale out: copy pid {proc['pid']} starting")
+            for c in list(copies):
+                if c["status"] == "Draining" and (
+                        not in_flight.get(c["port"]) or not process_alive(c)
+                        or time.time() - c["draining_since"] > DRAIN_LIMIT_S):
+                    copies.remove(c)
+                    stop.append(c)
+                    actions.append(f"copy pid {c['pid']} stopped")
+        for c in stop:
+            stop_server(c)
+        return actions
 
     def delete_endpoint_config(self, name: str) -> bool:
         with self._registry() as reg:

@@ -57,8 +57,15 @@ def start_server(python: str, model_dir: str, port: int, log_path: Path, env: di
                  cwd: Path) -> dict[str, Any]:
     """Start `python -m lmiflow.serving.server` in its own session, stdout and stderr to
     log_path; return its identity record (pid, start_ticks) for the registry."""
-    cmd = [python, "-m", "lmiflow.serving.server", "--model-dir", model_dir,
-           "--port", str(port), "--host", "127.0.0.1"]
+    return start_module(python, ["lmiflow.serving.server", "--model-dir", model_dir,
+                                 "--port", str(port), "--host", "127.0.0.1"], log_path, env, cwd)
+
+
+def start_module(python: str, args: list[str], log_path: Path, env: dict[str, str],
+                 cwd: Path) -> dict[str, Any]:
+    """`python -m <args>` in its own session (it outlives us), output to log_path; returns
+    its identity record (pid, start_ticks)."""
+    cmd = [python, "-m", *args]
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
@@ -105,6 +112,13 @@ def stop_server(proc: Mapping[str, Any], grace_s: float = STOP_GRACE_S) -> None:
     deadline = time.monotonic() + 5.0
     while port_in_use(proc["port"]) and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def stop_process(proc: Mapping[str, Any], grace_s: float = STOP_GRACE_S) -> None:
+    """stop_server for a process that listens on no port (the local scaler)."""
+    if process_alive(proc):
+        _signal_until_gone(proc, grace_s)
+    _children.pop(proc["pid"], None)
 
 
 def _signal_until_gone(proc: Mapping[str, Any], grace_s: float) -> None:

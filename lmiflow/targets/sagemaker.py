@@ -46,6 +46,7 @@ from lmiflow.targets.weights import ModelSource, WeightsPlan, s3_source
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
+    from lmiflow.sizing.autoscaling import ScalingPlan
     from lmiflow.targets.components_plan import ComponentPlan
     from lmiflow.targets.staging import Progress, StagingReport
 
@@ -293,12 +294,18 @@ def create_endpoint_request(name: str, config_name: str, tags: dict[str, str]) -
         "EndpointName": name, "EndpointConfigName": config_name, "Tags": _tag_list(tags)})
 
 
-def update_endpoint_request(name: str, config_name: str, policy: TrafficPolicy) -> AwsRequest:
+def update_endpoint_request(name: str, config_name: str, policy: TrafficPolicy,
+                            retain_count: bool = False) -> AwsRequest:
+    """retain_count: the new fleet starts at the instance count production scaled to
+    (targets.autoscaling_plan explains when)."""
+    from lmiflow.targets.autoscaling_plan import retain_count_params
+
     check_name("endpoint", name)
     check_name("endpoint config", config_name)
     return AwsRequest(service="sagemaker", operation="UpdateEndpoint", params={
         "EndpointName": name, "EndpointConfigName": config_name,
-        "DeploymentConfig": deployment_config(policy)})
+        "DeploymentConfig": deployment_config(policy),
+        **(retain_count_params() if retain_count else {})})
 
 
 def put_object_request(uri: str, body: bytes, content_type: str) -> AwsRequest:
@@ -481,6 +488,11 @@ class SageMakerTarget(ComponentOps, Target):
 
         return deploy_needs(production, names, self.role_arn, self.s3_uri)
 
+    def autoscaling_needs(self, production: str) -> list[tuple[str, str]]:
+        from lmiflow.targets.autoscaling_plan import IAM_ACTIONS
+
+        return [(a, "*") for a in IAM_ACTIONS]
+
     # -- planning --
 
     def instance_catalog(self):
@@ -646,10 +658,12 @@ class SageMakerTarget(ComponentOps, Target):
         logger.info("creating endpoint %s from %s", name, config_name)
 
     def update_endpoint(
-        self, name: str, config_name: str, policy: TrafficPolicy | None = None
+        self, name: str, config_name: str, policy: TrafficPolicy | None = None, *,
+        autoscaled: bool = False,
     ) -> None:
-        """Blue/green update; refuses while the endpoint is busy so two runs never fight."""
-        req = update_endpoint_request(name, config_name, policy or TrafficPolicy())
+        """Blue/green update; refuses while the endpoint is busy so two runs never fight.
+        autoscaled: the run scales production, so a scalable target on its variant is kept
+        through the update where SageMaker allows it (targets.autoscaling_plan)."""
         current = self._describe(name)
         if current is None:
             raise LookupError(f"endpoint {name} does not exist: create it instead of updating")
@@ -658,9 +672,70 @@ class SageMakerTarget(ComponentOps, Target):
                 f"endpoint {name} is {current.status}: another deployment may be running; "
                 "wait for it to finish (lmiflow never updates a busy endpoint)"
             )
-        self.send(req)
+        scaled = autoscaled and self._scalable_target(name) is not None
+        if scaled and self._instance_type(current.config_name) != self._instance_type(
+                config_name):
+            # SageMaker refuses to change the instance type of a scalable variant
+            self.remove_autoscaling(name)
+        self.send(update_endpoint_request(name, config_name, policy or TrafficPolicy(),
+                                          retain_count=scaled))
         logger.info("updating endpoint %s to %s (%s)", name, config_name,
                     (policy or TrafficPolicy()).type)
+
+    # -- autoscaling (targets.autoscaling_plan) --
+
+    def _scalable_target(self, name: str) -> dict | None:
+        from lmiflow.targets.autoscaling_plan import describe_targets_request
+
+        found = self.send(describe_targets_request(name, VARIANT_NAME))
+        return next(iter(found.get("ScalableTargets") or []), None)
+
+    def _instance_type(self, config_name: str | None) -> str | None:
+        if not config_name:
+            return None
+        d = self.send(_request("sagemaker", "DescribeEndpointConfig",
+                               EndpointConfigName=config_name))
+        return next((v.get("InstanceType") for v in d.get("ProductionVariants") or []), None)
+
+    def apply_autoscaling(self, endpoint: str, plan: ScalingPlan) -> list[str]:
+        from lmiflow.targets.autoscaling_plan import (
+            METRIC,
+            put_policy_request,
+            register_request,
+            resource_id,
+        )
+
+        self.send(register_request(endpoint, VARIANT_NAME, plan))
+        self.send(put_policy_request(endpoint, VARIANT_NAME, plan))
+        logger.info("autoscaling %s: %d..%d instances, target %g concurrent requests per "
+                    "instance", endpoint, plan.min_instances, plan.max_instances,
+                    plan.target_per_instance)
+        return [f"registered {resource_id(endpoint, VARIANT_NAME)} "
+                f"({plan.min_instances}..{plan.max_instances} instances)",
+                f"target tracking on {METRIC} at {plan.target_per_instance:g}"]
+
+    def remove_autoscaling(self, endpoint: str) -> bool:
+        from lmiflow.targets.autoscaling_plan import removal_requests
+
+        try:
+            found = self._scalable_target(endpoint)
+        except Exception as exc:
+            if "AccessDenied" not in _error(exc)[0]:
+                raise
+            # a caller that never set up scaling may not look: DeleteEndpoint deregisters
+            # what it can (SageMaker developer guide, endpoint-delete-with-scaling.html)
+            logger.warning("autoscaling of %s not checked: %s", endpoint, _error(exc)[1])
+            return False
+        if found is None:
+            return False
+        for req in removal_requests(endpoint, VARIANT_NAME):
+            try:
+                self.send(req)
+            except Exception as exc:
+                if _error(exc)[0] != "ObjectNotFoundException":
+                    raise
+        logger.info("autoscaling of %s removed", endpoint)
+        return True
 
     # -- model weights --
 

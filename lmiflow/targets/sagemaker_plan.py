@@ -17,6 +17,7 @@ import json
 from typing import Any
 
 from lmiflow.redact import MASK
+from lmiflow.targets import autoscaling_plan
 from lmiflow.targets.aws_requests import AwsRequest
 from lmiflow.targets.base import PlannedRun
 from lmiflow.targets.s3_lease import planned_lease_requests
@@ -93,6 +94,7 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
                     ) -> list[AwsRequest]:
     """The requests of one deploy on `target` (a SageMakerTarget), in the order they are sent."""
     from lmiflow.targets.sagemaker import (
+        VARIANT_NAME,
         _split_s3,
         create_endpoint_config_request,
         create_endpoint_request,
@@ -167,21 +169,27 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
     out.append(create_endpoint_request(run.production, run.endpoint_config, run.tags)
                .model_copy(update={"step": "promote",
                                    "when": "on the first deploy: no production yet"}))
-    update = update_endpoint_request(run.production, run.endpoint_config, run.policy)
+    scaled = run.autoscaling is not None
+    update = update_endpoint_request(run.production, run.endpoint_config, run.policy,
+                                     retain_count=scaled)
     out.append(_r("promote", "sagemaker", "DescribeEndpoint",
                   "when production exists: refuse a busy endpoint",
                   EndpointName=run.production))
-    out.append(update.model_copy(update={"step": "promote",
-                                         "when": "when production exists: blue/green"}))
+    out += before_update_requests(run)
+    out.append(update.model_copy(update={
+        "step": "promote",
+        "when": "when production exists: blue/green" + (
+            ", at the instance count production scaled to (retained only when it is a "
+            "scalable target)" if scaled else "")}))
     out.append(_r("promote", "sagemaker", "DescribeEndpoint", poll,
                   EndpointName=run.production))
     out.append(_invoke("promote", "InvokeEndpoint", run.production, run.smoke_payload))
     out += sweep("promote", run.production, target)
-    if target.s3_uri:
-        bucket, key = target.baseline_location(run.production)
-        out.append(_r("promote", "s3", "PutObject", "the candidate's benchmark",
-                      Bucket=bucket, Key=key, Body="<benchmark JSON>",
-                      ContentType="application/json"))
+    out += save_baseline(target, run)
+
+    out += [r.model_copy(update={"step": "autoscale"})
+            for r in autoscaling_plan.planned_requests(run.production, VARIANT_NAME,
+                                                       run.autoscaling)["apply"]]
 
     not_promoted = "only when the run does not promote"
     out += [r.model_copy(update={"step": "cleanup", "when": not_promoted})
@@ -292,11 +300,7 @@ def component_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
     out.append(_invoke("promote", "InvokeEndpoint", run.production, run.smoke_payload,
                        component=c.name))
     out += sweep("promote", run.production, target)
-    if target.s3_uri:
-        bucket, key = target.baseline_location(run.production)
-        out.append(_r("promote", "s3", "PutObject", "the candidate's benchmark",
-                      Bucket=bucket, Key=key, Body="<benchmark JSON>",
-                      ContentType="application/json"))
+    out += save_baseline(target, run)
     not_promoted = "only when the run does not promote"
     out += [r.model_copy(update={"step": "cleanup", "when": not_promoted})
             for r in describe_production("cleanup", run.production, target)]
@@ -310,13 +314,44 @@ def component_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
     return out
 
 
+def before_update_requests(run: PlannedRun) -> list[AwsRequest]:
+    """What update_endpoint asks first when the run scales production: is production's
+    variant a scalable target, does the update change its instance type (then the target is
+    removed: SageMaker refuses that update otherwise; targets.autoscaling_plan)."""
+    from lmiflow.targets.sagemaker import VARIANT_NAME
+
+    if run.autoscaling is None:
+        return []
+    groups = autoscaling_plan.planned_requests(run.production, VARIANT_NAME, run.autoscaling)
+    first, *removal = groups["before_update"]
+    scalable = "when production exists and is a scalable target"
+    return [first.model_copy(update={"step": "promote", "when": "when production exists"}),
+            _r("promote", "sagemaker", "DescribeEndpointConfig", scalable + ": its instance type",
+               EndpointConfigName=f"{run.production}-ec-{UNKNOWN_HASH}"),
+            _r("promote", "sagemaker", "DescribeEndpointConfig", scalable + ": the new one's",
+               EndpointConfigName=run.endpoint_config),
+            *(r.model_copy(update={"step": "promote"}) for r in removal)]
+
+
+def save_baseline(target: Any, run: PlannedRun) -> list[AwsRequest]:
+    """After a promotion: the candidate's benchmark becomes production's baseline."""
+    if not target.s3_uri:
+        return []
+    bucket, key = target.baseline_location(run.production)
+    return [_r("promote", "s3", "PutObject", "the candidate's benchmark", Bucket=bucket,
+               Key=key, Body="<benchmark JSON>", ContentType="application/json")]
+
+
 def access_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
     """aws_preflight: who calls, and may it (the preflight step's first question)."""
     from lmiflow.targets.iam import account_of
 
     names = {"endpoint": run.endpoint, "endpoint_config": run.endpoint_config,
              "model": run.model}
-    actions = list(dict.fromkeys(a for a, _ in target.deploy_needs(run.production, names)))
+    needs = target.deploy_needs(run.production, names)
+    if run.autoscaling is not None:
+        needs += target.autoscaling_needs(run.production)
+    actions = list(dict.fromkeys(a for a, _ in needs))
     partition, account = account_of(target.role_arn) if target.role_arn else ("aws", "")
     caller = f"arn:{partition}:iam::{account or '<account>'}:role/<the caller's role>"
     return [

@@ -184,7 +184,8 @@ class Sandbox:
         prod = reg["endpoints"].get(self.name)
         keep_pids, keep = set(), set()
         if prod:
-            keep_pids = {p["pid"] for p in (prod.get("process"), prod.get("pending")) if p}
+            keep_pids = {p["pid"] for p in (prod.get("process"), prod.get("pending"),
+                                            prod.get("scaler"), *prod.get("copies", [])) if p}
             config = reg["endpoint_configs"].get(prod["config_name"])
             keep = {self.name, prod["config_name"]} | ({config["model_name"]} if config else set())
         procs = [f"{pid} {cmd[:80]}" for pid, cmd in self.processes().items()

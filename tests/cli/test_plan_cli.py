@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ["--model", "configs/models/llama-2-13b", "--dtype", "fp16", "--max-input-tokens",
@@ -232,3 +233,32 @@ def test_a_reader_that_stops_early_gets_no_traceback():
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141  # 128 + SIGPIPE, as a shell reports it
     assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_calibrate_config_reads_its_targets_store(tmp_path):
+    """--config: the store a deploy of that config uses (the local target's state dir here;
+    SageMaker's S3 one is exercised on moto in tests/e2e/test_sagemaker_weights.py)."""
+    from lmiflow.sizing.calibration import CalibrationStore
+
+    from tests.core.test_calibration_store import a_record
+
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "calibration.json").write_text(
+        CalibrationStore(records=[a_record(1.5, c) for c in (1, 4)]).model_dump_json())
+    env = {"LMIFLOW_STATE_DIR": str(state)}
+    r = lmiflow("calibrate", "--config", "configs/local-demo.yaml", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    shown = json.loads(r.stdout)
+    assert (shown["store"], shown["records"]) == (str(state / "calibration.json"), 2)
+    assert [f["accelerator"] for f in shown["fits"]] == ["NVIDIA L4"]
+    # the refit is written back through the target
+    assert CalibrationStore.model_validate_json(
+        (state / "calibration.json").read_text()).fits[0].records == 2
+    # a SageMaker config without an S3 prefix keeps no store: exit 2 naming the flag
+    cfg = yaml.safe_load((ROOT / "configs" / "llama-3.1-8b-g5-g6.yaml").read_text())
+    cfg["target"].pop("s3_uri", None)
+    cfg["target"]["packaging"] = "env"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    r = lmiflow("calibrate", "--config", str(tmp_path / "c.yaml"), env=env)
+    assert r.returncode == 2 and "--config" in r.stderr and "s3_uri" in r.stderr, r.stderr

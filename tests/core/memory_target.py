@@ -58,7 +58,7 @@ class MemoryTarget(Target):
         self.endpoints[name] = EndpointStatus(name=name, status="InService",
                                               config_name=config_name)
 
-    def update_endpoint(self, name, config_name, policy=None):
+    def update_endpoint(self, name, config_name, policy=None, *, autoscaled=False):
         self.updates.append((name, config_name, policy))
         if not self.roll_back:
             self.endpoints[name] = self.endpoints[name].model_copy(

@@ -124,9 +124,9 @@ def test_the_candidate_endpoint_is_gone_before_production_changes():
     fleets_at_update = []
     update = t.update_endpoint
 
-    def counting_update(name, config_name, policy=None):
+    def counting_update(name, config_name, policy=None, **kw):
         fleets_at_update.append(sorted(t.endpoints))
-        update(name, config_name, policy)
+        update(name, config_name, policy, **kw)
 
     t.update_endpoint = counting_update
     lifecycle.promote(t, SPEC, NEW, {})
@@ -225,3 +225,32 @@ def test_promotion_waits_for_an_update_already_in_flight():
     t.wait = settle
     result = lifecycle.promote(t, SPEC, NEW, {})
     assert result.action == "already serving this config" and t.updates == []
+
+
+class Scaling(MemoryTarget):
+    """Records what the autoscaling calls asked of the target."""
+
+    def __init__(self):
+        super().__init__()
+        self.scaled: dict[str, object] = {}
+
+    def apply_autoscaling(self, endpoint, plan):
+        self.scaled[endpoint] = plan
+        return [f"scaled {endpoint}"]
+
+    def remove_autoscaling(self, endpoint):
+        return self.scaled.pop(endpoint, None) is not None
+
+
+def test_autoscale_applies_the_plan_and_teardown_removes_it_first():
+    from lmiflow.sizing.autoscaling import scaling_plan
+
+    plan = scaling_plan(min_instances=1, max_instances=2, target="auto", headroom_pct=None,
+                        scale_in_cooldown_s=60, scale_out_cooldown_s=0, plan_max_per_copy=4,
+                        batch_per_copy=4, copies_per_instance=1, initial_instances=1)
+    t = Scaling()
+    assert lifecycle.autoscale(t, "prod", None) == [] and t.scaled == {}  # not asked: nothing
+    assert lifecycle.autoscale(t, "prod", plan) == ["scaled prod"]
+    assert t.scaled == {"prod": plan}
+    assert lifecycle.teardown(t, "prod")[0] == "autoscaling of prod"
+    assert t.scaled == {}

@@ -18,17 +18,14 @@ from lmiflow.errors import StepFailed
 from lmiflow.pipeline import Names
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.sagemaker import SageMakerTarget
+from tests.aws_fakes import no_aws
 
 ARN = "arn:aws:sagemaker:us-east-1:123456789012:"
 
 
 @pytest.fixture()
 def aws_env(monkeypatch, tmp_path):
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-                 "AWS_CONFIG_FILE": str(tmp_path / "none"),
-                 "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
-        monkeypatch.setenv(k, v)
+    no_aws(monkeypatch, tmp_path)
 
 
 @pytest.fixture()

@@ -112,3 +112,42 @@ def test_traffic_policy_carries_the_termination_wait():
                       "alarms": ["a"]}})
     policy = pipeline.traffic_policy(spec)
     assert (policy.type, policy.linear_step_pct, policy.termination_wait_s) == ("LINEAR", 50, 900)
+
+
+def test_autoscaling_max_above_the_quota_names_autoscaling_max():
+    from lmiflow.sizing.autoscaling import scaling_plan
+
+    def scaled(max_instances):
+        return _candidate().model_copy(update={"autoscaling": scaling_plan(
+            min_instances=2, max_instances=max_instances, target=1, headroom_pct=None,
+            scale_in_cooldown_s=300, scale_out_cooldown_s=300, plan_max_per_copy=4,
+            batch_per_copy=4, copies_per_instance=1, initial_instances=2)})
+
+    # a first deploy peaks at 2 x p5 (within the quota of 3), but scaling may reach 4
+    t = Platform(alarms=["prod-5xx"], quotas={"ml.p5.48xlarge": 3.0}, fleet={})
+    with pytest.raises(UserInputError) as err:
+        lifecycle.preflight(t, scaled(4))
+    assert err.value.field == "autoscaling.max"
+    assert "4 x ml.p5.48xlarge" in err.value.reason and "of 3" in err.value.reason
+    assert lifecycle.preflight(t, scaled(3)) is not None
+
+
+def test_a_scaled_run_asks_preflight_for_the_autoscaling_permissions_too():
+    from lmiflow.sizing.autoscaling import scaling_plan
+
+    class Asking(Platform):
+        def preflight(self, needs=()):
+            self.needs = list(needs)
+            return []
+
+        def autoscaling_needs(self, production):
+            return [("application-autoscaling:RegisterScalableTarget", "*")]
+
+    plan = scaling_plan(min_instances=2, max_instances=2, target=1, headroom_pct=None,
+                        scale_in_cooldown_s=300, scale_out_cooldown_s=300, plan_max_per_copy=4,
+                        batch_per_copy=4, copies_per_instance=1, initial_instances=2)
+    t = Asking(alarms=["prod-5xx"])
+    lifecycle.preflight(t, _candidate())
+    assert ("application-autoscaling:RegisterScalableTarget", "*") not in t.needs
+    lifecycle.preflight(t, _candidate().model_copy(update={"autoscaling": plan}))
+    assert t.needs[-1] == ("application-autoscaling:RegisterScalableTarget", "*")

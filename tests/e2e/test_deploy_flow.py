@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from lmiflow.targets.processes import process_alive
 from tests.e2e.flows import make_spec, run
 
 pytestmark = pytest.mark.slow
@@ -48,7 +49,9 @@ def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_mode
     monkeypatch.setenv("HF_TOKEN", PLANTED_HF_TOKEN)
 
     target = LocalTarget(state_dir)
-    spec = make_spec(demo_model)
+    scaling = {"autoscaling": {"min": 1, "max": 2, "scale_in_cooldown_s": 60,
+                               "scale_out_cooldown_s": 0}}
+    spec = make_spec(demo_model, **scaling)
     state, report = run(spec, tmp_path / "r1")
     assert state.is_completed(), report["error"]
     assert report["status"] == "promoted"
@@ -81,6 +84,11 @@ def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_mode
     assert why in (tmp_path / "r1" / "report.md").read_text().split(
         "## Predicted vs measured")[1]
     assert not (state_dir / "calibration.json").exists()
+    # autoscaling from the plan: a batch of 4 per copy (concurrency 4 on one copy), less 20 %
+    assert report["autoscaling"]["target_per_copy"] == 3
+    assert report["autoscaling_applied"]
+    scaler = target._read()["endpoints"]["e2e-demo"]["scaler"]
+    assert process_alive(scaler)
     prod = target.describe("e2e-demo")
     assert prod.status == "InService"
     first_config = prod.config_name
@@ -107,9 +115,12 @@ def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_mode
     # Redeploy with another workload: a new candidate, blue/green update, old config removed,
     # and the first run's benchmark is now the baseline for the regression check.
     spec2 = make_spec(demo_model, **{"workload.concurrency": 2,
-                                     "regression.max_regression_pct": 1000})
+                                     "regression.max_regression_pct": 1000}, **scaling)
     state, report2 = run(spec2, tmp_path / "r2")
     assert state.is_completed(), report2["error"]
+    # the same scaler keeps scaling through the blue/green update, on the new target (2 x 0.8)
+    assert target._read()["endpoints"]["e2e-demo"]["scaler"] == scaler
+    assert target._read()["endpoints"]["e2e-demo"]["autoscaling"]["target_per_copy"] == 1
     assert report2["promotion"]["action"].startswith("updated")
     prod2 = target.describe("e2e-demo")
     assert prod2.config_name != first_config and prod2.status == "InService"

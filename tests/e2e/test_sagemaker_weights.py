@@ -238,7 +238,7 @@ def test_gated_model_is_staged_and_served_from_s3(world, prefect_harness, tmp_pa
 
 
 def test_a_rerun_skips_staged_files_and_plans_with_the_first_runs_calibration(
-        world, prefect_harness, tmp_path, monkeypatch):
+        world, prefect_harness, tmp_path, monkeypatch, capsys):
     _, url = world
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     s = spec("org/gated")
@@ -265,6 +265,12 @@ def test_a_rerun_skips_staged_files_and_plans_with_the_first_runs_calibration(
     section = md.split("## Predicted vs measured")[1].split("\n## ")[0]
     assert "NVIDIA T4, TP 1, vllm" in section and "calibrated from 1 benchmark record" in section
     assert f"1 record(s) appended to {where}. Refit on 2 record(s)" in section
+    # `lmiflow calibrate --config` shows (and refits) that same store in S3
+    capsys.readouterr()
+    assert main(["calibrate", "--config", write_config(tmp_path, s), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["store"], shown["records"]) == (where, 2)
+    assert [(f["accelerator"], f["records"]) for f in shown["fits"]] == [("NVIDIA T4", 2)]
 
 
 def test_s3_model_is_planned_from_its_prefix_and_loaded_from_it(world, prefect_harness,

@@ -16,7 +16,8 @@ KEYS = ["schema_version", "lmiflow_version", "run_id", "started_at", "finished_a
         "plan", "serving_properties", "image_uri", "smoke_test", "benchmark", "gate",
         "baseline", "versions", "cleanup", "config", "promotion", "weights", "staging",
         "requests", "iam_policy", "execution_role_policy", "host", "promotion_plan",
-        "production", "outcome", "calibration", "component"]
+        "production", "outcome", "calibration", "component", "autoscaling",
+        "autoscaling_applied"]
 
 
 def _fresh() -> RunReport:

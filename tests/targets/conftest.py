@@ -14,6 +14,11 @@ def hf_env(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     for k in ("HF_TOKEN", "HF_HUB_OFFLINE", "HUGGING_FACE_HUB_TOKEN"):
         monkeypatch.delenv(k, raising=False)
+    # huggingface_hub reads HF_HUB_OFFLINE once, when first imported: an earlier test that
+    # imported it offline must not make these tests offline too.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
 
 @pytest.fixture

@@ -34,6 +34,9 @@ CASES = {
     # fp8 KV cache
     "qwen2-7b-fp8-kv": ("al2023-ami-sagemaker-inference-gpu-4-1", [
         "option.kv_cache_dtype=fp8", "option.max_model_len=18432"]),
+    # autoscaling from the plan: the scalable target and its policy after promotion
+    "llama-3.1-8b-autoscaling": ("al2023-ami-sagemaker-inference-gpu-4-1", [
+        "option.max_rolling_batch_size=4"]),
     # LMI 0.31.0 (cu124): rolling batch, the CUDA 12.4 AMI
     "llama-2-13b-lmi13": ("al2-ami-sagemaker-inference-gpu-3-1", [
         "option.rolling_batch=vllm"]),

@@ -20,6 +20,7 @@ from botocore.stub import ANY, Stubber
 from lmiflow.targets import aws_requests
 from lmiflow.targets.s3_lease import LeaseHeld, LeaseLost, S3Lease
 from lmiflow.targets.sagemaker import SageMakerTarget, lease_key
+from tests.aws_fakes import no_aws
 
 BUCKET, KEY = "lmiflow-bucket", "models/leases/prod.json"
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
@@ -27,11 +28,7 @@ T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 
 @pytest.fixture(autouse=True)
 def _no_aws(monkeypatch, tmp_path):
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-                 "AWS_CONFIG_FILE": str(tmp_path / "none"),
-                 "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
-        monkeypatch.setenv(k, v)
+    no_aws(monkeypatch, tmp_path)
 
 
 def _s3():

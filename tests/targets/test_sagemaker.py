@@ -42,6 +42,7 @@ from lmiflow.targets.sagemaker import (
     lmi_image_uri,
     sizing_timeouts,
 )
+from tests.aws_fakes import no_aws
 
 resource_names = Target.resource_names
 
@@ -64,17 +65,7 @@ EC_ARN = "arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/"
 
 @pytest.fixture(autouse=True)
 def _no_aws(monkeypatch, tmp_path):
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": REGION,
-        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-        "AWS_CONFIG_FILE": str(tmp_path / "none"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-    }.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    no_aws(monkeypatch, tmp_path, REGION)
 
 
 def _props(model_id: str, revision: str | None = None, tensor_parallel_degree: int = 1,

@@ -15,6 +15,7 @@ from lmiflow.sizing.packing import ComponentNeed, InstanceShape, pack
 from lmiflow.targets.components_plan import ComponentPlan, ComponentResources, CopyScaling
 from lmiflow.targets.sagemaker import SageMakerTarget
 from lmiflow.targets.sagemaker_components import ComponentFailed
+from tests.aws_fakes import no_aws
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/lmiflow-test"
@@ -35,12 +36,7 @@ POLICY_ARN = ("arn:aws:autoscaling:us-east-1:123456789012:scalingPolicy:0f0e0d0c
 
 @pytest.fixture(autouse=True)
 def _no_aws(monkeypatch, tmp_path):
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": REGION, "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
-                 "AWS_CONFIG_FILE": str(tmp_path / "none"),
-                 "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    no_aws(monkeypatch, tmp_path, REGION)
 
 
 class Clock:
