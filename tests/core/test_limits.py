@@ -49,3 +49,31 @@ def test_benchmark_must_fit_the_workload():
         check_benchmark_fits(1025, 1, 1024, 128)
     with pytest.raises(UserInputError, match="max_new_tokens"):
         check_benchmark_fits(1, 129, 1024, 128)
+
+
+def test_each_limit_names_the_field_and_says_why_in_one_line():
+    with pytest.raises(UserInputError) as exc:
+        check_gate_levels([g("<=", 1, concurrency=8)], [4, 1])
+    assert exc.value.reason == ("8 is not benchmarked (benchmark.concurrency is [1, 4]): the "
+                                "gate could never pass")
+    with pytest.raises(UserInputError) as exc:
+        check_gates_agree([g(">=", 200), g("<=", 100)], [1])
+    assert (exc.value.field, exc.value.reason) == (
+        "gates.1", "contradicts gates.0: ttft_ms p95 >= 200 and <= 100 at concurrency 1 leave "
+                   "no value that passes")
+    with pytest.raises(UserInputError) as exc:
+        check_benchmark_fits(1025, 1, 1024, 128)
+    assert (exc.value.field, exc.value.reason) == (
+        "benchmark.input_tokens", "1025 is longer than workload.max_input_tokens 1024 (every "
+                                  "request would be refused)")
+    with pytest.raises(UserInputError) as exc:
+        check_benchmark_fits(1, 129, 1024, 128)
+    assert (exc.value.field, exc.value.reason) == (
+        "benchmark.max_new_tokens", "129 is more than workload.max_output_tokens 128 (every "
+                                    "request would be refused)")
+
+
+def test_a_gate_pinned_to_another_level_does_not_hide_the_gates_after_it():
+    with pytest.raises(UserInputError) as exc:
+        check_gates_agree([g("<=", 1, concurrency=4), g("<=", 100), g(">=", 200)], [1])
+    assert exc.value.field == "gates.2"
