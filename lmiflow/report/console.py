@@ -14,7 +14,7 @@ from lmiflow.report.outcome import explain_check
 STEP_MARKS = {"completed": "✓", "failed": "✗", "skipped": "·", "running": "…"}
 STATUS_STYLES = {"promoted": "bold green", "rejected": "bold yellow", "planned": "bold"}
 # A number and its unit (or "c=4", "tp 2") never end up on two lines.
-_TOGETHER = re.compile(r"(?<=\d) (?=(?:GB|MB|ms|s|%|tokens/s|checks)\b)"
+_TOGETHER = re.compile(r"(?<=\d) (?=(?:GB|MB|ms|s|tokens/s|checks)\b|%)"
                        r"|(?<=\btp) (?=\d)|(?<=\bafter) (?=\d)")
 
 Line = tuple[str, str | None]  # (text, rich style or None)

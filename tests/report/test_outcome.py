@@ -115,3 +115,18 @@ def test_digest_holds_the_verdict_the_gate_and_the_plots_not_raw_floats():
     assert "| ❌ | regression | TTFT p50 at c=1: 128 ms" in text
     assert text.count("data:image/png;base64,") == 1
     assert "127.9" not in text and "110.25" not in text
+
+
+@pytest.mark.parametrize("width", range(40, 81))
+def test_a_number_and_its_unit_stay_on_one_line_at_any_width(width):
+    """Also a percentage that ends the text (the demo's interval '-7.1 to 24 %' once broke
+    before its %)."""
+    from lmiflow.report.console import wrap
+
+    text = ("regression: output tokens/s at c=1: 184 tokens/s vs production's 197 tokens/s "
+            "(+7.3 %); limit 131 tokens/s (at least), interval -7.1 to 24 %")
+    lines = wrap(text, width, indent="  ", hang="      ")
+    assert " ".join(ln.strip() for ln in lines) == text
+    assert all(len(ln) <= width for ln in lines)
+    for ln in lines[1:]:
+        assert not ln.strip().startswith(("%", "tokens/s", "ms")), lines
