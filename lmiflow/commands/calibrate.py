@@ -51,9 +51,8 @@ def _pct(v: float | None) -> str:
 def _refit_target_store(config: str):
     """(where, the refit store) of the config's target, written back through the target so
     that a deploy appending at the same time is not lost (its lock, or S3's conditional put)."""
-    from lmiflow.calibration_store import CalibrationStoreError, parse_store
+    from lmiflow.calibration_store import CalibrationStoreError, add_records, parse_store
     from lmiflow.pipeline import target_for
-    from lmiflow.sizing.calibration import CalibrationStore, refit
     from lmiflow.spec import load_spec
 
     target = target_for(load_spec(config))
@@ -61,18 +60,10 @@ def _refit_target_store(config: str):
     if where is None:
         raise UserInputError("--config", f"{config}: its target keeps no calibration store "
                              "(SageMaker: set target.s3_uri)")
-    written: list[CalibrationStore] = []
-
-    def change(data: dict | None) -> dict:
-        store = refit(parse_store(data, where)) if data else CalibrationStore()
-        written[:] = [store]
-        return store.model_dump(mode="json")
-
     try:
         store = parse_store(target.load_calibration(), where)
-        if store.records:
-            target.update_calibration(change)
-            store = written[0]
+        if store.records:  # an empty store is shown, not created
+            store, _ = add_records(target, [])  # appending nothing: a refit
     except CalibrationStoreError as exc:
         raise UserInputError("--config", str(exc)) from None
     return where, store

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmiflow.errors import UserInputError
+from lmiflow.targets.aws_requests import error_code
 
 # (IAM action, resource ARN or "*"); the ARN may hold {partition}, {region} and {account},
 # filled in from the caller's identity (a command knows the endpoint's name, not the account).
@@ -53,7 +54,7 @@ class Access:
 
 
 def _code(exc: Exception) -> str:
-    return getattr(exc, "response", {}).get("Error", {}).get("Code", "") or type(exc).__name__
+    return error_code(exc) or type(exc).__name__
 
 
 def _first_line(exc: Exception, limit: int = 160) -> str:

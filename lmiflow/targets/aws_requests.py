@@ -102,6 +102,15 @@ def validate_all(reqs: Iterable[AwsRequest]) -> list[AwsRequest]:
     return out
 
 
+def error_code(exc: Exception) -> str:
+    """The AWS error code of a botocore ClientError (else its HTTP status; "" for other
+    exceptions): what retries, leases and preflight decide on."""
+    resp = getattr(exc, "response", None) or {}
+    err = resp.get("Error", {})
+    status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return str(err.get("Code") or status or "")
+
+
 def send(client: Any, req: AwsRequest) -> Any:
     """Validate, then make the call with the client of req.service."""
     validate(req)

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from lmiflow.targets.aws_requests import AwsRequest
+from lmiflow.targets.aws_requests import AwsRequest, error_code
 from lmiflow.targets.base import EndpointBusy, EndpointLock
 
 logger = logging.getLogger(__name__)
@@ -88,13 +88,6 @@ class LeaseHeld(EndpointBusy):
 
 class LeaseLost(RuntimeError):
     """This run's lease expired and another run took it over."""
-
-
-def error_code(exc: Exception) -> str:
-    resp = getattr(exc, "response", None) or {}
-    err = resp.get("Error", {})
-    status = resp.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return str(err.get("Code") or status or "")
 
 
 def _now() -> dt.datetime:

@@ -14,8 +14,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from lmiflow.targets.aws_requests import AwsRequest
-from lmiflow.targets.s3_lease import CONFLICT_CODES, PRECONDITION_CODES, error_code
+from lmiflow.targets.aws_requests import AwsRequest, error_code
+from lmiflow.targets.s3_lease import CONFLICT_CODES, PRECONDITION_CODES
 
 # Each try is two requests; runs append once per benchmark, so contention is rare and brief.
 MAX_TRIES = 5
