@@ -137,17 +137,22 @@ def test_wait_that_exceeds_its_timeout(production, tmp_path):
     production.assert_untouched()
 
 
-def test_smoke_test_invoke_error(production, tmp_path, monkeypatch):
+def _candidate_invokes_fail(monkeypatch, production: str) -> None:
+    """Every invocation but production's answers 424, as a model that failed to load."""
     from lmiflow.targets.local import InvocationError, LocalTarget
 
     real = LocalTarget.invoke
 
     def broken(self, name, payload, timeout_s=300.0):
-        if name == production.name:
+        if name == production:
             return real(self, name, payload, timeout_s)
         raise InvocationError(424, b'{"code": 424, "error": "model failed (injected)"}')
 
     monkeypatch.setattr(LocalTarget, "invoke", broken)
+
+
+def test_smoke_test_invoke_error(production, tmp_path, monkeypatch):
+    _candidate_invokes_fail(monkeypatch, production.name)
     state, report = run(production.candidate_spec(), tmp_path / "r")
     assert state.is_failed() and report["failed_step"] == "smoke_test"
     assert report["smoke_test"]["passed"] is False
@@ -206,16 +211,7 @@ def test_failing_rerun_of_production_spec_keeps_production_config(production, tm
     """A rerun of the spec production runs has the same names: its candidate's endpoint config
     and model ARE production's. When that rerun fails, cleanup removes the candidate endpoint
     and must leave the config and model production serves."""
-    from lmiflow.targets.local import InvocationError, LocalTarget
-
-    real = LocalTarget.invoke
-
-    def broken(self, name, payload, timeout_s=300.0):
-        if name == production.name:
-            return real(self, name, payload, timeout_s)
-        raise InvocationError(424, b'{"code": 424, "error": "model failed (injected)"}')
-
-    monkeypatch.setattr(LocalTarget, "invoke", broken)
+    _candidate_invokes_fail(monkeypatch, production.name)
     state, report = run(make_spec(production.demo_model, name=production.name), tmp_path / "r")
     assert state.is_failed() and report["failed_step"] == "smoke_test"
     assert report["candidate_endpoint"].startswith(f"{production.name}-c-")
