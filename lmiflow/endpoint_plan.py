@@ -8,6 +8,8 @@ names the config field, so it exits 2 at plan time.
 
 from __future__ import annotations
 
+import math
+
 from lmiflow.errors import UserInputError
 from lmiflow.report.model import HostSettings, PromotionPlan
 from lmiflow.secrets import masked_entries
@@ -31,10 +33,39 @@ def image_for(spec: DeploymentSpec) -> LmiImage:
         raise UserInputError(field, reason) from None
 
 
+# TensorRT-LLM images build the engine when the container starts, before /ping answers: the
+# LMI docs give "approximately 7 minutes and more" for 40-70B models (djl-serving 0.33.0-dlc
+# serving/docs/lmi/tutorials/trtllm_aot_tutorial.md line 6), taken as 10 minutes for the build
+# itself; the conversion also writes a TensorRT-LLM checkpoint and then the engine, each about
+# the size of the weights, at the 50 MB/s the start-up timeout already assumes for loading
+# (targets/sagemaker.py sizing_timeouts): 2 x 20 s per GB.
+ENGINE_BUILD_S = 600
+ENGINE_WRITE_S_PER_GB = 40
+STARTUP_MAX_S = 3600  # ContainerStartupHealthCheckTimeoutInSeconds' upper bound (60-3600)
+
+
+def engine_build_s(image: LmiImage, weights_bytes: float) -> int:
+    """Seconds the container spends compiling the engine at start-up (0: vLLM loads the
+    checkpoint as it is)."""
+    if image.backend != "trtllm":
+        return 0
+    return ENGINE_BUILD_S + math.ceil(ENGINE_WRITE_S_PER_GB * max(0.0, weights_bytes) / 1e9)
+
+
+def startup_with_build(startup_s: int | None, build_s: int) -> int | None:
+    """The start-up health-check timeout with the engine build added, within SageMaker's
+    3600 s (None: the target sets none)."""
+    if startup_s is None or build_s <= 0:
+        return startup_s
+    return min(STARTUP_MAX_S, startup_s + build_s)
+
+
 def serving_plan(spec: DeploymentSpec, p: Plan, model_id: str, dtype: str,
-                 model_loading_timeout_s: int | None = None) -> ServingPlan:
+                 model_loading_timeout_s: int | None = None,
+                 max_batch: int | None = None) -> ServingPlan:
     """The plan's decisions for one model copy. `dtype` is what the container is told
-    (pipeline.serving_dtype)."""
+    (pipeline.serving_dtype); max_batch: the copy's batch where it is not the plan's (an
+    inference component's copy, sized by its own share of the workload)."""
     o, w = p.chosen, spec.workload
     if o is None:
         raise UserInputError("plan", p.chosen_reason)
@@ -43,7 +74,7 @@ def serving_plan(spec: DeploymentSpec, p: Plan, model_id: str, dtype: str,
         model_id=model_id, revision=spec.model.revision,
         trust_remote_code=spec.model.trust_remote_code,
         tensor_parallel_degree=o.tensor_parallel_degree,
-        max_batch=o.concurrency_per_copy,
+        max_batch=max_batch or o.concurrency_per_copy,
         max_input_tokens=w.max_input_tokens, max_output_tokens=w.max_output_tokens,
         dtype=dtype, activation_dtype=o.dtype, kv_cache_dtype=p.dtypes.kv_cache,
         gpu_memory_utilization=spec.instance.gpu_memory_utilization,

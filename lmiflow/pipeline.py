@@ -83,6 +83,8 @@ class Candidate(BaseModel):
     names: Names
     weights: WeightsPlan
     host: HostSettings | None = None
+    engine_build_s: int = Field(default=0, description="Seconds the container compiles the "
+                                "engine at start-up (TensorRT-LLM), added to its timeouts.")
     promotion: PromotionPlan | None = None
     component: ComponentPlan | None = None
     autoscaling: ScalingPlan | None = None
@@ -198,24 +200,28 @@ def serving_dtype(spec: DeploymentSpec, p: Plan) -> str:
 
 
 def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Plan,
-                              target: Target, weights: WeightsPlan, image: LmiImage) -> str:
+                              target: Target, weights: WeightsPlan, image: LmiImage,
+                              variant: EndpointVariant | None = None,
+                              max_batch: int | None = None) -> str:
     """serving.properties for the plan, in the words `image` understands, as every report and
     printout shows it: secret entries masked (the staged copy gets their values:
     staged_properties). Weights in /opt/ml/model (staged or an s3:// model) need no
     option.model_id. LMI's own model-loading timeout follows the endpoint's start-up timeout,
-    so the container does not give up on a large model before SageMaker would. A value the
+    so the container does not give up on a large model before SageMaker would (`variant`:
+    the endpoint's, engine build included; default the target's for the plan). max_batch:
+    the copy's batch where it is not the plan's (an inference component). A value the
     target's server would refuse at start-up is exit 2 here, naming the field it came from."""
     from lmiflow.serving.options import OptionError
     from lmiflow.serving.properties import render
 
     check_env_refs(spec.serving.secret_options, "serving.secret_options")
-    chosen = p.chosen
-    variant = target.endpoint_variant(chosen.instance_type, chosen.instance_count,
-                                      int(p.memory.weights_bytes))
+    if variant is None:
+        variant = endpoint_variant_for(p, target, None, endpoint_plan.engine_build_s(
+            image, p.memory.weights_bytes))
     from_s3 = weights.container_loads_from_s3
     plan = endpoint_plan.serving_plan(
         spec, p, None if from_s3 else serving_model_id(spec, model, target),
-        serving_dtype(spec, p), variant.container_startup_health_check_timeout_s)
+        serving_dtype(spec, p), variant.container_startup_health_check_timeout_s, max_batch)
     plan = plan.model_copy(update={"model_max_len": model.spec.max_position_embeddings,
                                    **({"revision": None} if from_s3 else {})})
     text = render(endpoint_plan.serving_properties(spec, plan, image))
@@ -284,13 +290,17 @@ def prepare_serving(spec: DeploymentSpec, model: ResolvedModel, p: Plan, target:
     and the dry run."""
     weights = plan_weights(spec, model)
     image = endpoint_plan.image_for(spec)
-    text = render_serving_properties(spec, model, p, target, weights, image)
+    build_s = endpoint_plan.engine_build_s(image, p.memory.weights_bytes)
     uri = image_uri(spec, target, image)
     host = endpoint_plan.host_settings(spec, image) if uri else None
+    variant = endpoint_variant_for(p, target, host, build_s)
     component = target.component_plan(
-        spec.inference_component, spec.name, p.chosen, p.memory.weights_bytes,
-        endpoint_variant_for(p, target, host), bool(latency_limits(spec)),
-        list(spec.promotion.alarms), alongside or [])
+        spec.inference_component, spec.name, p.chosen, p.memory.weights_bytes, variant,
+        bool(latency_limits(spec)), list(spec.promotion.alarms), alongside or [],
+        spec.workload.concurrency)
+    # a component's copy runs its own share of the workload (components_plan.copy_sizing)
+    text = render_serving_properties(spec, model, p, target, weights, image, variant,
+                                     component.batch_per_copy if component else None)
     names = names_for(spec, text, uri, p, target, weights, host, component)
     promotion = endpoint_plan.promotion_plan(spec, p, target.shifts_traffic)
     if component is not None:
@@ -302,7 +312,7 @@ def prepare_serving(spec: DeploymentSpec, model: ResolvedModel, p: Plan, target:
             "strategy": "ROLLING", "instance_count": component.max_instances,
             "traffic_step": "one copy at a time"}), None)
     return Candidate(properties=text, image_uri=uri, weights=weights, names=names, host=host,
-                     promotion=promotion, component=component,
+                     engine_build_s=build_s, promotion=promotion, component=component,
                      autoscaling=autoscaling_for(spec, p))
 
 
@@ -431,19 +441,23 @@ def traffic_policy(spec: DeploymentSpec) -> TrafficPolicy:
 def endpoint_variant(candidate: Candidate, p: Plan, target: Target) -> EndpointVariant:
     """The endpoint config's variant: the target's for the plan's instances, on the host the
     image needs (AMI, routing)."""
-    return endpoint_variant_for(p, target, candidate.host)
+    return endpoint_variant_for(p, target, candidate.host, candidate.engine_build_s)
 
 
-def endpoint_variant_for(p: Plan, target: Target,
-                         host: HostSettings | None) -> EndpointVariant:
+def endpoint_variant_for(p: Plan, target: Target, host: HostSettings | None,
+                         build_s: int = 0) -> EndpointVariant:
+    """The target's variant for the plan, its start-up timeout lengthened by the engine
+    build (endpoint_plan.engine_build_s), on the host the image needs."""
     chosen = p.chosen
     variant = target.endpoint_variant(chosen.instance_type, chosen.instance_count,
                                       int(p.memory.weights_bytes))
-    if host is None:
-        return variant
-    return variant.model_copy(update={
-        "inference_ami_version": host.inference_ami_version,
-        "routing_strategy": host.routing_strategy})
+    update: dict[str, object] = {
+        "container_startup_health_check_timeout_s": endpoint_plan.startup_with_build(
+            variant.container_startup_health_check_timeout_s, build_s)}
+    if host is not None:
+        update |= {"inference_ami_version": host.inference_ami_version,
+                   "routing_strategy": host.routing_strategy}
+    return variant.model_copy(update=update)
 
 
 def planned_run(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Target,

@@ -55,6 +55,13 @@ def ceiling_per_copy(plan_max_per_copy: int, batch_per_copy: int) -> int:
     return max(0, min(plan_max_per_copy, batch_per_copy))
 
 
+def copy_batch(concurrency: int, copies: int) -> int:
+    """The batch one copy runs (option.max_rolling_batch_size) so that `copies` copies serve
+    `concurrency` requests at once without queueing: each copy is one DJL worker with its own
+    engine, so the batch is per copy, whatever else shares the instance."""
+    return max(1, math.ceil(concurrency / max(1, copies)))
+
+
 def auto_target(ceiling: int, headroom_pct: float) -> int:
     """The ceiling less headroom_pct percent, rounded down, and at least one request (a target
     of zero would scale out forever)."""

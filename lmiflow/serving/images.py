@@ -131,6 +131,20 @@ FACTS: tuple[Fact, ...] = (
                 "(get_kv_cache_config, get_llm_kwargs); serving/docker/partition/"
                 "trt_llm_partition.py (parse_quant_config, parse_build_config); tests/"
                 "integration/llm/prepare.py (build_trtllm_handler_model)"),
+    Fact(name="trtllm_dtype_words", backend="trtllm", since="0.33.0",
+         what="option.dtype in TensorRT-LLM's words (bfloat16, float16, float32, auto): "
+              "passed unchanged to TensorRT-LLM's LLM(dtype=...), which has no fp16/bf16 "
+              "aliases (the vLLM path maps them; this one does not)",
+         source=f"{_DS} 0.33.0-dlc: engines/python/setup/djl_python/properties_manager/"
+                "trt_properties.py line 39 (dtype: str = 'auto') and line 134 (\"dtype\": "
+                "self.dtype in get_llm_kwargs, unmapped), lmi_trtllm/trtllm_async_service.py "
+                "lines 97-100 (LLM(model, **get_llm_kwargs())); serving/docker/partition/"
+                "trt_llm_partition.py lines 248-249 (the start-up engine build passes dtype "
+                "unchanged too); serving/docker/tensorrt-llm.Dockerfile line 16 "
+                "(trtllm_version=0.21.0rc1). NVIDIA/TensorRT-LLM: tensorrt_llm/llmapi/"
+                "llm_args.py (dtype 'auto' by default, validate_dtype compares with "
+                "'bfloat16'), tensorrt_llm/_utils.py _str_to_torch_dtype_dict (bfloat16, "
+                "float16, float32, ...; str_dtype_to_torch asserts 'Unsupported dtype')"),
 )
 _FACT_NAMES = frozenset(f.name for f in FACTS)
 

@@ -186,8 +186,16 @@ def _vllm(plan: ServingPlan, image: LmiImage) -> dict[str, object]:
     return f
 
 
+# TensorRT-LLM's LLM API names dtypes as torch does (images.FACTS "trtllm_dtype_words": LMI
+# 0.33.0's trt_properties.py line 134 passes option.dtype to LLM(dtype=...) unchanged, and
+# tensorrt_llm/_utils.py's _str_to_torch_dtype_dict knows bfloat16/float16/float32, not bf16).
+TRTLLM_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "auto": "auto"}
+
+
 def _trtllm(plan: ServingPlan, image: LmiImage) -> dict[str, object]:
     dtype, quant = _weights(plan, image)
+    if dtype is not None and image.has("trtllm_dtype_words"):
+        dtype = TRTLLM_DTYPE[dtype]
     fraction = kv_free_fraction(plan)
     f: dict[str, object] = {"dtype": dtype, **quant, "max_input_len": plan.max_input_tokens}
     if image.has("trtllm_max_num_tokens"):

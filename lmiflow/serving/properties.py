@@ -111,7 +111,9 @@ class ServingProperties(BaseModel):
     max_model_len: int | None = Field(default=None, ge=1)
     max_rolling_batch_prefill_tokens: int | None = Field(default=None, ge=1)
     enable_chunked_prefill: bool | None = None
-    dtype: Literal["fp16", "bf16", "fp32", "auto"] | None = None
+    dtype: Literal["fp16", "bf16", "fp32", "auto", "float16", "bfloat16", "float32"] | None = \
+        Field(default=None, description="LMI's words (fp16, bf16, fp32, auto); TensorRT-LLM's "
+              "LLM API images take TensorRT-LLM's own (float16, bfloat16, float32, auto).")
     quantize: str | None = None
     kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] | None = Field(
         default=None, description="vLLM's KV-cache dtype (option.kv_cache_dtype).")

@@ -211,11 +211,12 @@ class Target(ABC):
 
     def component_plan(self, section: InferenceComponentSection, endpoint: str, option: object,
                        weights_bytes: float, variant: EndpointVariant, gated: bool,
-                       alarms: list[str], others: Sequence[ComponentNeed] = ()
-                       ) -> ComponentPlan | None:
+                       alarms: list[str], others: Sequence[ComponentNeed] = (),
+                       concurrency: int | None = None) -> ComponentPlan | None:
         """The model as an inference component on `endpoint`, packed with `others`, where this
         target is set to run models as components; None (this default): the model is the
-        endpoint's own variant. option: the plan's chosen sizing.planner.Option."""
+        endpoint's own variant. option: the plan's chosen sizing.planner.Option; concurrency:
+        the workload's, shared by the copies (each copy's batch)."""
         return None
 
     def component_need(self, section: InferenceComponentSection, endpoint: str,

@@ -20,6 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from lmiflow import patterns
 from lmiflow.errors import UserInputError
+from lmiflow.sizing.autoscaling import (
+    DEFAULT_HEADROOM_PCT,
+    auto_target,
+    ceiling_per_copy,
+    copy_batch,
+)
 from lmiflow.sizing.packing import (
     ComponentNeed,
     DoesNotFit,
@@ -55,7 +61,10 @@ class CopyScaling(BaseModel):
     min_copies: int
     max_copies: int
     target_per_copy: int = Field(description="Concurrent requests per copy the target-tracking "
-                                             "policy holds.")
+                                             "policy holds: the copy's ceiling less headroom.")
+    ceiling_per_copy: int = Field(default=0, description="The most one copy holds without "
+                                  "queueing: its batch, within memory and the latency limits.")
+    headroom_pct: float = Field(default=DEFAULT_HEADROOM_PCT)
     why: str
     scale_in_cooldown_s: int
     scale_out_cooldown_s: int
@@ -70,6 +79,9 @@ class ComponentPlan(BaseModel):
     instance_type: str
     resources: ComponentResources
     copies: int = Field(description="CopyCount it is created with.")
+    batch_per_copy: int = Field(
+        default=0, description="option.max_rolling_batch_size of one copy (one DJL worker on "
+        "its own accelerators): workload.concurrency over the copies it starts with.")
     scaling: CopyScaling
     min_instances: int = Field(description="ManagedInstanceScaling.MinInstanceCount.")
     max_instances: int = Field(description="ManagedInstanceScaling.MaxInstanceCount.")
@@ -187,12 +199,46 @@ def component_need(section: InferenceComponentSection, endpoint: str, option: An
                          copies=max(section.max_copies or copies, copies))
 
 
+def copy_sizing(section: InferenceComponentSection, option: Any, concurrency: int | None,
+                gated: bool) -> tuple[int, CopyScaling]:
+    """(batch per copy, copy scaling): what one copy runs and what its scaling tracks, from
+    the copy itself. A copy is one DJL worker on its own accelerators (not a slice of the
+    plan's instance), so its batch is the workload over the copies the component starts with,
+    and its target is that batch, capped by what the plan says one copy holds, less the same
+    headroom endpoint mode keeps (sizing.autoscaling). concurrency None: the plan's batch."""
+    copies = section.copies or option.model_copies * option.instance_count
+    held = int(option.max_concurrency_per_copy)
+    if held < 1:
+        raise UserInputError("plan", "the plan gives no per-copy concurrency to scale on")
+    batch = (int(option.concurrency_per_copy) if concurrency is None
+             else copy_batch(concurrency, copies))
+    if batch > held:
+        need = -(-int(concurrency or batch) // held)
+        raise UserInputError("inference_component.copies",
+                             f"{copies} cop{'y' if copies == 1 else 'ies'} would run {batch} "
+                             f"requests each for workload.concurrency {concurrency}; one copy "
+                             f"holds {held} ({'memory and latency gates' if gated else 'memory'})"
+                             f": start with at least {need}")
+    ceiling = ceiling_per_copy(held, batch)
+    target = auto_target(ceiling, DEFAULT_HEADROOM_PCT)
+    bound = "memory and the latency gates" if gated else "memory (no latency gate bounds it)"
+    why = (f"a copy runs a batch of {batch} and holds {held} within {bound}: ceiling "
+           f"{ceiling}, less {DEFAULT_HEADROOM_PCT:g} % headroom")
+    most = max(section.max_copies or copies, copies)
+    return batch, CopyScaling(min_copies=section.min_copies, max_copies=most,
+                              target_per_copy=target, ceiling_per_copy=ceiling, why=why,
+                              scale_in_cooldown_s=section.scale_in_cooldown_s,
+                              scale_out_cooldown_s=section.scale_out_cooldown_s)
+
+
 def plan_component(section: InferenceComponentSection, endpoint: str, option: Any,
                    weights_bytes: float, shape: InstanceShape, variant: Any, gated: bool,
-                   alarms: list[str], others: list[ComponentNeed]) -> ComponentPlan:
+                   alarms: list[str], others: list[ComponentNeed],
+                   concurrency: int | None = None) -> ComponentPlan:
     """The component this config adds to `endpoint`, packed with `others` (the components of
     the configs named alongside it) on instances of `shape`. Every impossibility is a
-    UserInputError naming the inference_component field to change."""
+    UserInputError naming the inference_component field to change. concurrency: the
+    workload's, which the copies share (copy_sizing)."""
     need = component_need(section, endpoint, option, weights_bytes)
     copies = section.copies or option.model_copies * option.instance_count
     most = need.copies
@@ -215,21 +261,13 @@ def plan_component(section: InferenceComponentSection, endpoint: str, option: An
     if section.min_instances > top:
         raise UserInputError("inference_component.min_instances",
                              f"{section.min_instances} is above max_instances {top}")
-    per_copy = int(option.max_concurrency_per_copy)
-    if per_copy < 1:
-        raise UserInputError("plan", "the plan gives no per-copy concurrency to scale on")
-    why = ("the most one copy holds within memory and the latency gates" if gated else
-           "the most one copy's KV cache holds; no latency gate bounds it")
+    batch, scaling = copy_sizing(section, option, concurrency, gated)
     return ComponentPlan(
         name=need.name, candidate="", endpoint=endpoint,
         instance_type=shape.instance_type,
         resources=ComponentResources(accelerators=need.accelerators,
                                      memory_mb=need.memory_mb, cpu_cores=need.cpu_cores),
-        copies=copies,
-        scaling=CopyScaling(min_copies=section.min_copies, max_copies=most,
-                            target_per_copy=per_copy, why=why,
-                            scale_in_cooldown_s=section.scale_in_cooldown_s,
-                            scale_out_cooldown_s=section.scale_out_cooldown_s),
+        copies=copies, batch_per_copy=batch, scaling=scaling,
         min_instances=section.min_instances, max_instances=top,
         initial_instances=max(1, first.instance_count), packing=packing,
         alongside=[o.name for o in others],

@@ -537,7 +537,7 @@ class SageMakerTarget(ComponentOps, Target):
         return instance_shape(rows[0])
 
     def component_plan(self, section, endpoint, option, weights_bytes, variant, gated, alarms,
-                       others=()):
+                       others=(), concurrency=None):
         """Inference-component mode: the component, packed with `others` on the plan's
         instance type (targets/components_plan.py)."""
         if self.mode != "inference_component":
@@ -546,7 +546,7 @@ class SageMakerTarget(ComponentOps, Target):
 
         plan = plan_component(section, endpoint, option, weights_bytes,
                               self._shape(option.instance_type), variant, gated, alarms,
-                              list(others))
+                              list(others), concurrency)
         self.routes[endpoint] = plan.name  # production's invocations name its component
         return plan
 

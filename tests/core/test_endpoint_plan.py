@@ -165,3 +165,41 @@ def test_an_image_uri_with_an_lmi_tag_is_that_image_and_one_without_names_its_fi
         endpoint_plan.image_for(spec(serving={"image_uri": "example.com/mine:latest"}))
     assert e.value.field == "serving.image_uri"
     assert e.value.reason.startswith("tag 'latest' is not an LMI tag (<djl>-lmi<N>-cu<NNN>): ")
+
+
+def test_a_tensorrt_llm_start_up_waits_for_the_engine_build():
+    """The TensorRT-LLM image compiles the engine before /ping answers: 10 minutes for the
+    build (the LMI docs' '7 minutes and more' rounded up) plus writing the checkpoint and
+    the engine, 2 x 20 s per GB of weights; vLLM builds nothing."""
+    from lmiflow.serving.images import image_from_tag
+
+    trt = image_from_tag("0.33.0-tensorrtllm0.21.0-cu128", "test")
+    weights = 16.06e9  # Llama-3.1-8B in bf16
+    assert endpoint_plan.engine_build_s(image(), weights) == 0
+    assert endpoint_plan.engine_build_s(trt, weights) == 600 + 643
+    # added to the weights' own start-up (922 s for 16 GB), within SageMaker's 3600 s
+    assert endpoint_plan.startup_with_build(922, 1243) == 2165
+    assert endpoint_plan.startup_with_build(3000, 1243) == 3600
+    assert endpoint_plan.startup_with_build(None, 1243) is None
+
+
+def test_the_trtllm_dry_run_gives_the_build_to_sagemaker_and_to_lmi(monkeypatch, capsys):
+    """Both clocks include the build: SageMaker's health check and LMI's own
+    option.model_loading_timeout (the container must not give up first)."""
+    import json
+
+    from lmiflow.cli import main
+    from lmiflow.targets.sagemaker import sizing_timeouts
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    cfg = Path(__file__).resolve().parents[2] / "configs" / "llama-3.1-8b-trtllm.yaml"
+    assert main(["deploy", str(cfg), "--dry-run", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    weights = report["plan"]["memory"]["weights_bytes"]
+    (cfg_req,) = [r for r in report["requests"] if r["operation"] == "CreateEndpointConfig"]
+    startup = cfg_req["params"]["ProductionVariants"][0][
+        "ContainerStartupHealthCheckTimeoutInSeconds"]
+    assert startup >= sizing_timeouts(weights)[2] + 600
+    assert f"option.model_loading_timeout={startup}\n" in report["serving_properties"]
+    assert "option.dtype=bfloat16\n" in report["serving_properties"]

@@ -76,7 +76,8 @@ def test_vllm_facts_by_release(tag, async_vllm, engine_args, lmi_dist):
                                             "trtllm_kv_cache_reuse", "trtllm_quantize_fp8",
                                             "trtllm_max_num_tokens",
                                             "trtllm_output_len_is_seq_len"}),
-        ("0.33.0-tensorrtllm0.21.0-cu128", {"trtllm_llm_api", "trtllm_max_num_tokens"}),
+        ("0.33.0-tensorrtllm0.21.0-cu128", {"trtllm_llm_api", "trtllm_max_num_tokens",
+                                            "trtllm_dtype_words"}),
     ],
 )
 def test_trtllm_facts_by_release(tag, facts_held):

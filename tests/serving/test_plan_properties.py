@@ -102,6 +102,11 @@ def test_fp8_kv_cache_rendered_where_the_image_passes_it_to_vllm():
         ("fp8", TRT_30, {"option.quantize": "fp8"}),
         ("auto", TRT_33, {"option.dtype": "auto"}),
         ("fp8", TRT_33, {"option.dtype": "auto", "option.quant_algo": "FP8"}),
+        # TensorRT-LLM's LLM API takes torch's names (no bf16/fp16 mapper on this path)
+        ("bf16", TRT_33, {"option.dtype": "bfloat16"}),
+        ("fp16", TRT_33, {"option.dtype": "float16"}),
+        ("fp32", TRT_33, {"option.dtype": "float32"}),
+        ("bf16", TRT_32, {"option.dtype": "bf16"}),  # the toolkit images keep LMI's words
     ],
 )
 def test_weights_dtype(dtype, image, want):
@@ -158,7 +163,7 @@ def test_trtllm_llm_api_image():
         "option.rolling_batch=disable\n"
         "option.tensor_parallel_degree=2\n"
         "option.max_rolling_batch_size=2\n"
-        "option.dtype=fp16\n"
+        "option.dtype=float16\n"
         "option.max_input_len=3072\n"
         "option.max_seq_len=4096\n"
         "option.max_num_tokens=8192\n"
@@ -205,3 +210,15 @@ def test_env_form_of_the_trtllm_engines():
     assert env["OPTION_MPI_MODE"] == "true" and env["OPTION_MAX_INPUT_LEN"] == "3072"
     assert to_env(render_plan(_plan(), TRT_30))["OPTION_MPI_MODE"] == "true"  # engine=MPI
     assert "OPTION_MPI_MODE" not in to_env(render_plan(_plan(), TRT_33))
+
+
+def test_trtllm_llm_api_dtype_is_one_tensorrt_llm_knows():
+    """LMI 0.33.0 hands option.dtype to TensorRT-LLM's LLM(dtype=...) unchanged
+    (djl_python/properties_manager/trt_properties.py line 134); TensorRT-LLM's dtype table
+    (tensorrt_llm/_utils.py _str_to_torch_dtype_dict) has bfloat16/float16/float32 and the
+    LLM API also takes auto: `bf16` would fail the engine build at start-up."""
+    known = {"bfloat16", "float16", "float32", "auto"}
+    for dtype in ("bf16", "fp16", "fp32", "auto", "fp8"):
+        rendered = render_plan(_plan(dtype=dtype), TRT_33).entries()["option.dtype"]
+        assert rendered in known, (dtype, rendered)
+    assert TRT_33.has("trtllm_dtype_words") and not TRT_32.has("trtllm_dtype_words")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from lmiflow.sizing.autoscaling import auto_target, ceiling_per_copy, scaling_plan
+from lmiflow.sizing.autoscaling import auto_target, ceiling_per_copy, copy_batch, scaling_plan
 
 
 @pytest.mark.parametrize(("plan_max", "batch", "ceiling"), [
@@ -51,3 +51,13 @@ def test_the_range_and_cooldowns_pass_through():
     p = _plan(min_instances=2, max_instances=9, scale_in_cooldown_s=30, scale_out_cooldown_s=5)
     assert (p.min_instances, p.max_instances, p.initial_instances) == (2, 9, 2)
     assert (p.scale_in_cooldown_s, p.scale_out_cooldown_s) == (30, 5)
+
+
+@pytest.mark.parametrize(("concurrency", "copies", "batch"), [
+    (8, 1, 8),     # one inference-component copy serves the whole workload
+    (8, 2, 4),
+    (8, 3, 3),     # rounded up: three copies of 3 hold 8
+    (1, 4, 1),     # never below one sequence
+])
+def test_a_copy_runs_its_share_of_the_workload(concurrency, copies, batch):
+    assert copy_batch(concurrency, copies) == batch

@@ -98,7 +98,18 @@ def test_each_component_is_the_plan(config, other, capsys):
     tracking = policy["TargetTrackingScalingPolicyConfiguration"]
     assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == (
         "SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution")
-    assert tracking["TargetValue"] == chosen["max_concurrency_per_copy"]
+    # one copy is one DJL worker on its own accelerators: it runs its share of the workload
+    # (concurrency over the copies it starts with), and scaling tracks that batch, capped by
+    # what the plan says a copy holds, less endpoint mode's 20 % headroom
+    concurrency = yaml.safe_load(Path(config).read_text())["workload"]["concurrency"]
+    batch = math.ceil(concurrency / settings["copies"])
+    assert f"option.max_rolling_batch_size={batch}\n" in report["serving_properties"]
+    model = _one(reqs, "CreateModel")["params"]
+    env = (model.get("PrimaryContainer") or {}).get("Environment") or {}
+    assert env.get("OPTION_MAX_ROLLING_BATCH_SIZE", str(batch)) == str(batch)
+    ceiling = min(batch, chosen["max_concurrency_per_copy"])
+    assert tracking["TargetValue"] == math.floor(ceiling * 0.8)
+    assert report["component"]["batch_per_copy"] == batch
 
     # promotion: rolling, its peak bounded by the managed maximum (counted like a redeploy)
     plan_ = report["promotion_plan"]
@@ -170,6 +181,8 @@ def _variant(tmp_path, base: str, filename: str, **changes) -> str:
     ({"inference_component.cpu_cores": 64.0}, False, "inference_component.cpu_cores"),
     # Llama 2 + Mistral 3 copies need two 4-GPU instances
     ({"inference_component.max_instances": 1}, True, "inference_component.max_instances"),
+    # one copy holds 9 of these requests within the gates: 24 at once need more than one
+    ({"workload.concurrency": 24}, False, "inference_component.copies"),
 ])
 def test_bad_numbers_exit_2_naming_the_field(tmp_path, capsys, changes, alongside, field):
     cfg = _variant(tmp_path, LLAMA, "bad.yaml", **changes)
