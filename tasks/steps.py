@@ -338,7 +338,9 @@ def promote(spec: DeploymentSpec, names: Names, tags: dict[str, str]) -> Promoti
     get_run_logger().info("promoted %s: %s; removed %s", spec.name, result.action, removed)
     _md(spec, "promote", f"# Promoted `{spec.name}`\n\n{result.action}: now serves "
         f"`{names.endpoint_config}` (was `{result.previous_config or 'nothing'}`)\n\nremoved: "
-        f"{removed}\n\nproduction smoke test: {result.production_smoke_test.output!r}\n")
+        f"{removed}\n\nproduction smoke test: " + (
+            repr(result.production_smoke_test.output) if result.production_smoke_test
+            else "not run (no copy running: production starts on its next request)") + "\n")
     return result
 
 

@@ -62,7 +62,12 @@ class Promotion(_Strict):
     action: str = Field(description="created, updated (<strategy>), or already serving it.")
     previous_config: str | None = Field(description="The endpoint config production ran before.")
     removed: list[str] = Field(default_factory=list, description="Resources deleted after.")
-    production_smoke_test: SmokeTest
+    production_smoke_test: SmokeTest | None = Field(
+        description="None: production has nothing running (starts_on_request) and was not "
+                    "invoked, since a request would start it.")
+    starts_on_request: bool = Field(
+        default=False, description="Production was left with no copy running (an inference "
+        "component scaled to zero): its next request starts one and waits the cold start.")
 
 
 class HostSettings(_Strict):

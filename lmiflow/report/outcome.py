@@ -142,13 +142,26 @@ def _gate_next_steps(failed: list[Check]) -> list[str]:
     return steps
 
 
+def _idle_production(r: RunReport) -> list[str]:
+    """What the first request to a production left at zero copies waits."""
+    if r.promotion is None or not r.promotion.starts_on_request:
+        return []
+    c = r.component
+    wait = (f"about {c.cold_start_s:.0f} s, as this run's create_endpoint took (instance "
+            "start plus model load)" if c is not None and c.cold_start_s is not None
+            else "an instance start plus the model load (not measured by this run)")
+    return [f"production runs no copy (min copies 0) and was not smoke-tested: the next "
+            f"request starts one and waits the cold start, {wait}"]
+
+
 def outcome(r: RunReport, production: ProductionState | None) -> Outcome:
     """The verdict in words for a finished run."""
     prod = production_line(production)
     if r.status == "promoted":
         serving = r.promotion.action if r.promotion else "promoted"
         config = production.config if production and production.config else "the candidate"
-        return Outcome(headline=f"PROMOTED: {r.endpoint} now serves {config} ({serving})")
+        return Outcome(headline=f"PROMOTED: {r.endpoint} now serves {config} ({serving})",
+                       next_steps=_idle_production(r))
     if r.status == "planned":
         return Outcome(headline=f"PLANNED: nothing created; {r.endpoint} not touched")
     if r.status == "rejected" and r.gate is not None:

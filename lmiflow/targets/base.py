@@ -349,6 +349,12 @@ class Target(ABC):
         where the model is not a component: the caller promotes the endpoint itself."""
         return None
 
+    def starts_on_request(self, endpoint: str) -> bool:
+        """True where promotion left `endpoint` with nothing running, to start on its next
+        request (an inference component scaled to zero): invoking it would start it, so it is
+        not smoke-tested. False by default."""
+        return False
+
     def models_in_use(self, endpoint: str) -> set[str]:
         """Models the endpoint serves other than through its config's variant (its
         inference components'); none by default."""

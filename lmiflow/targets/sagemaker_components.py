@@ -42,6 +42,16 @@ class ComponentOps:
     delete_endpoint: Callable[..., Any]
 
     @property
+    def idle(self) -> set[str]:
+        """Production endpoints this run's promotion left at zero copies."""
+        if "_idle" not in self.__dict__:
+            self.__dict__["_idle"] = set()
+        return self.__dict__["_idle"]
+
+    def starts_on_request(self, endpoint: str) -> bool:
+        return endpoint in self.idle
+
+    @property
     def routes(self) -> dict[str, str]:
         """Endpoint -> the component this run invokes there."""
         if "_routes" not in self.__dict__:
@@ -167,7 +177,8 @@ class ComponentOps:
                 raise ComponentFailed(f"{production} is {st.status}: "
                                       f"{st.failure_reason or 'no reason given'}")
             action.append("endpoint created")
-        if self._component(component.name) is None:
+        created = self._component(component.name) is None
+        if created:
             self.send(cp.create_component_request(component.name, production, model,
                                                   component, tags))
             action.append(f"component {component.name} created")
@@ -175,12 +186,22 @@ class ComponentOps:
             self.send(cp.update_component_request(component.name, model, component,
                                                   wait_interval_s))
             action.append(f"component {component.name} updated (rolling, one copy at a time)")
-        d = self.wait_component(component.name, timeout_s)
+        # An update keeps the copy count, and at min copies 0 an idle component has none: it
+        # gets one only when a request arrives, so waiting for a copy would wait out the
+        # timeout although production already serves the new model. A create asks for
+        # CopyCount copies (at least one), so a copy comes.
+        d = self.wait_component(component.name, timeout_s,
+                                first_copy=created or not component.scales_to_zero)
         serving = (d.get("Specification") or {}).get("ModelName")
         if serving != model:
             raise ComponentFailed(f"inference component {component.name} serves {serving} "
                                   "after the update (rolled back)")
         self.routes[production] = component.name
+        self.idle.discard(production)
+        if not (d.get("RuntimeConfig") or {}).get("CurrentCopyCount", 0):
+            self.idle.add(production)
+            action.append("no copy running (min copies 0): production starts on the next "
+                          "request, after a cold start")
         self.scale_component(component)
         return "; ".join(action)
 

@@ -291,14 +291,18 @@ def component_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
         step(cp.update_component_request(c.name, run.model, c, run.policy.wait_interval_s),
              "promote", exists),
         step(cp.describe_component_request(c.name), "promote",
-             f"{first_copy}, serving the new model (a failed update rolls back by itself)"),
+             (f"{poll}; after a create also until a copy runs; after an update no copy is "
+              "waited for (min copies 0: an idle component gets one only on a request)"
+              if c.scales_to_zero else first_copy)
+             + ", serving the new model (a failed update rolls back by itself)"),
     ]
     partition, account = account_of(target.role_arn) if target.role_arn else ("aws", "")
     arn = cp.step_policy_arn(target.region, account or "000000000000", partition, c.name)
     out += [step(r, "promote", "the copies' auto scaling (kept across updates)")
             for r in cp.scaling_requests(c, arn)]
     out.append(_invoke("promote", "InvokeEndpoint", run.production, run.smoke_payload,
-                       component=c.name))
+                       "unless no copy runs: production then starts on its next request"
+                       if c.scales_to_zero else None, component=c.name))
     out += sweep("promote", run.production, target)
     out += save_baseline(target, run)
     not_promoted = "only when the run does not promote"

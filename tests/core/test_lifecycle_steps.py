@@ -273,6 +273,25 @@ def test_a_component_is_promoted_by_the_target_and_production_smoke_tested():
     assert t.describe("prod").config_name == OLD.endpoint_config
 
 
+class IdleComponentTarget(ComponentTarget):
+    """Promotion left production's component at zero copies (min copies 0)."""
+
+    def starts_on_request(self, endpoint):
+        return endpoint == "prod"
+
+    def invoke(self, name, payload):
+        raise AssertionError(f"{name} invoked: a request would start a copy")
+
+
+def test_production_left_at_zero_copies_is_not_invoked_and_says_so():
+    t = IdleComponentTarget()
+    t.deployed("prod", OLD.endpoint_config, OLD.model)
+    t.deployed(NEW.endpoint, NEW.endpoint_config, NEW.model)
+    names = NEW.model_copy(update={"component": component_plan()})
+    result = lifecycle.promote(t, SPEC, names, TAGS)
+    assert result.production_smoke_test is None and result.starts_on_request
+
+
 def test_the_candidate_component_is_placed_after_its_endpoint_is_in_service(clock):
     t = ComponentTarget()
     component = component_plan()

@@ -45,3 +45,20 @@ def test_printout_fits_80_columns_and_shows_the_packing():
     assert all(len(line) <= 80 for line in lines)
     assert "  1  llama x2  2/4  30,634/196,608  2/48" in lines
     assert any("scale to zero: on" in line for line in lines)
+
+
+def test_a_promotion_left_at_zero_copies_states_the_cold_start():
+    """Production scaled to zero after promotion: the outcome says the next request starts
+    it and waits the cold start this run measured."""
+    from lmiflow.report.model import Promotion
+    from lmiflow.report.outcome import outcome
+    from tests.report.sample import full_report
+
+    r = full_report()
+    r.component = plan(cold_start_s=412.25)
+    r.promotion = Promotion(action="component llama updated", previous_config=None,
+                            production_smoke_test=None, starts_on_request=True)
+    (line,) = outcome(r, None).next_steps
+    assert "the next request starts one" in line and "about 412 s" in line
+    r.promotion = r.promotion.model_copy(update={"starts_on_request": False})
+    assert outcome(r, None).next_steps == []

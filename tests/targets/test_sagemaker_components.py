@@ -163,6 +163,38 @@ def _candidate_gone(sm: Stubber) -> None:
         {"EndpointName": "shared"})
 
 
+def _copies_scale(aas: Stubber, cw: Stubber) -> None:
+    """The copies' auto scaling put in place after promotion (min copies 0: with the way
+    back from zero)."""
+    target_params = {"ServiceNamespace": "sagemaker",
+                     "ResourceId": "inference-component/llama",
+                     "ScalableDimension": "sagemaker:inference-component:DesiredCopyCount"}
+    aas.add_response("register_scalable_target", {},
+                     {**target_params, "MinCapacity": 0, "MaxCapacity": 2})
+    aas.add_response("put_scaling_policy", {"PolicyARN": "arn:tracking", "Alarms": []}, {
+        **target_params, "PolicyName": "llama-concurrency",
+        "PolicyType": "TargetTrackingScaling",
+        "TargetTrackingScalingPolicyConfiguration": {
+            "TargetValue": 8.0, "PredefinedMetricSpecification": {
+                "PredefinedMetricType":
+                    "SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution"},
+            "ScaleInCooldown": 300, "ScaleOutCooldown": 60}})
+    aas.add_response("put_scaling_policy", {"PolicyARN": POLICY_ARN}, {
+        **target_params, "PolicyName": "llama-from-zero", "PolicyType": "StepScaling",
+        "StepScalingPolicyConfiguration": {
+            "AdjustmentType": "ChangeInCapacity", "MetricAggregationType": "Maximum",
+            "Cooldown": 60, "StepAdjustments": [
+                {"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}]}})
+    cw.add_response("put_metric_alarm", {}, {
+        "AlarmName": "llama-no-capacity",
+        "AlarmDescription": "a request found no copy of llama: add one",
+        "Namespace": "AWS/SageMaker", "MetricName": "NoCapacityInvocationFailures",
+        "Dimensions": [{"Name": "InferenceComponentName", "Value": "llama"}],
+        "Statistic": "Maximum", "Period": 30, "EvaluationPeriods": 1, "Threshold": 1.0,
+        "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+        "TreatMissingData": "missing", "AlarmActions": [POLICY_ARN]})
+
+
 def test_promotion_updates_production_copy_by_copy_and_scales_its_copies(target):
     with Stubber(target.sm) as sm, Stubber(target.autoscaling) as aas, \
             Stubber(target.cloudwatch) as cw:
@@ -181,33 +213,7 @@ def test_promotion_updates_production_copy_by_copy_and_scales_its_copies(target)
         sm.add_response("describe_inference_component", described("llama", "Updating", 1), name)
         sm.add_response("describe_inference_component", described("llama", "InService", 1),
                         name)
-        target_params = {"ServiceNamespace": "sagemaker",
-                         "ResourceId": "inference-component/llama",
-                         "ScalableDimension": "sagemaker:inference-component:DesiredCopyCount"}
-        aas.add_response("register_scalable_target", {},
-                         {**target_params, "MinCapacity": 0, "MaxCapacity": 2})
-        aas.add_response("put_scaling_policy", {"PolicyARN": "arn:tracking", "Alarms": []}, {
-            **target_params, "PolicyName": "llama-concurrency",
-            "PolicyType": "TargetTrackingScaling",
-            "TargetTrackingScalingPolicyConfiguration": {
-                "TargetValue": 8.0, "PredefinedMetricSpecification": {
-                    "PredefinedMetricType":
-                        "SageMakerInferenceComponentConcurrentRequestsPerCopyHighResolution"},
-                "ScaleInCooldown": 300, "ScaleOutCooldown": 60}})
-        aas.add_response("put_scaling_policy", {"PolicyARN": POLICY_ARN}, {
-            **target_params, "PolicyName": "llama-from-zero", "PolicyType": "StepScaling",
-            "StepScalingPolicyConfiguration": {
-                "AdjustmentType": "ChangeInCapacity", "MetricAggregationType": "Maximum",
-                "Cooldown": 60, "StepAdjustments": [
-                    {"MetricIntervalLowerBound": 0.0, "ScalingAdjustment": 1}]}})
-        cw.add_response("put_metric_alarm", {}, {
-            "AlarmName": "llama-no-capacity",
-            "AlarmDescription": "a request found no copy of llama: add one",
-            "Namespace": "AWS/SageMaker", "MetricName": "NoCapacityInvocationFailures",
-            "Dimensions": [{"Name": "InferenceComponentName", "Value": "llama"}],
-            "Statistic": "Maximum", "Period": 30, "EvaluationPeriods": 1, "Threshold": 1.0,
-            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
-            "TreatMissingData": "missing", "AlarmActions": [POLICY_ARN]})
+        _copies_scale(aas, cw)
         action = target.promote_component(
             "shared", "shared-c-22222222", "shared-ec-22222222", "shared-m-22222222", plan(),
             TAGS, 3600, wait_interval_s=120)
@@ -249,3 +255,44 @@ def test_teardown_removes_production_scaling_before_its_component(target):
         assert target.delete_component("llama") is True
         for stub in (sm, aas, cw):
             stub.assert_no_pending_responses()
+
+
+def test_a_scale_to_zero_update_does_not_wait_for_a_copy(target):
+    """Min copies 0 and no copy running: the update ends InService with none (a copy comes
+    only with a request), so promotion returns there, and says production starts on the
+    next request; waiting for a copy would wait out the timeout and fail the run."""
+    with Stubber(target.sm) as sm, Stubber(target.autoscaling) as aas, \
+            Stubber(target.cloudwatch) as cw:
+        _candidate_gone(sm)
+        sm.add_response("describe_inference_component",
+                        described("llama", "InService", 0, model="shared-m-11111111"))
+        sm.add_response("update_inference_component", {"InferenceComponentArn": IC_ARN})
+        sm.add_response("describe_inference_component", described("llama", "Updating", 0))
+        sm.add_response("describe_inference_component", described("llama", "InService", 0))
+        _copies_scale(aas, cw)
+        action = target.promote_component(
+            "shared", "shared-c-22222222", "shared-ec-22222222", "shared-m-22222222", plan(),
+            TAGS, 3600)
+        for stub in (sm, aas, cw):
+            stub.assert_no_pending_responses()
+    assert "production starts on the next request" in action
+    assert target.starts_on_request("shared")
+    assert target._clock() < 3600  # two polls, not the whole timeout
+
+
+def test_with_copies_kept_the_update_waits_for_one(target):
+    """Min copies 1: InService with no copy yet is not done."""
+    with Stubber(target.sm) as sm, Stubber(target.autoscaling) as aas:
+        _candidate_gone(sm)
+        sm.add_response("describe_inference_component",
+                        described("llama", "InService", 1, model="shared-m-11111111"))
+        sm.add_response("update_inference_component", {"InferenceComponentArn": IC_ARN})
+        sm.add_response("describe_inference_component", described("llama", "InService", 0))
+        sm.add_response("describe_inference_component", described("llama", "InService", 1))
+        aas.add_response("register_scalable_target", {})
+        aas.add_response("put_scaling_policy", {"PolicyARN": "arn:tracking", "Alarms": []})
+        action = target.promote_component(
+            "shared", "shared-c-22222222", "shared-ec-22222222", "shared-m-22222222",
+            plan(min_copies=1), TAGS, 3600)
+        sm.assert_no_pending_responses()
+    assert "next request" not in action and not target.starts_on_request("shared")
