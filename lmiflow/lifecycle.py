@@ -206,6 +206,8 @@ def preflight(target: Target, candidate: Candidate) -> PromotionPlan | None:
         raise UserInputError("promotion.alarms", f"no CloudWatch alarm named "
                                                  f"{', '.join(missing)} in this account and "
                                                  "region (SageMaker would never roll back on it)")
+    # a component joining an existing endpoint: its instance type and limits are fixed
+    target.check_shared_endpoint(names.production, names.component)
     plan = endpoint_plan.with_peak(plan, target.production_fleet(candidate.names.production))
     quotas = target.endpoint_quotas(list(plan.peak_instances))
     over = quota_error(FleetPeak(instances=plan.peak_instances, assumption=plan.peak_assumption,

@@ -349,6 +349,12 @@ class Target(ABC):
         where the model is not a component: the caller promotes the endpoint itself."""
         return None
 
+    def check_shared_endpoint(self, production: str, component: ComponentPlan | None) -> None:
+        """Where the model joins an existing endpoint as a component, that endpoint's fixed
+        settings (instance type, instance limits) must hold it: raises UserInputError naming
+        the config field. Nothing to check by default (no component, or no shared endpoint)."""
+        return None
+
     def starts_on_request(self, endpoint: str) -> bool:
         """True where promotion left `endpoint` with nothing running, to start on its next
         request (an inference component scaled to zero): invoking it would start it, so it is

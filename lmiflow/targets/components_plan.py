@@ -276,6 +276,34 @@ def plan_component(section: InferenceComponentSection, endpoint: str, option: An
         rollback_alarms=list(alarms))
 
 
+def shared_endpoint_error(c: ComponentPlan, config_name: str,
+                          variant: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, reason) where an existing endpoint cannot hold this component; None where it
+    can. The endpoint's instance type and managed instance limits are those of the endpoint
+    config it was created with (the first config deployed to it): lmiflow adds and updates
+    components there but never replaces that endpoint config, so a later config that needs
+    another instance type or more instances is refused before anything is created, naming
+    what it needs and what sets the limit. variant: the endpoint config's production variant
+    as DescribeEndpointConfig answers it."""
+    itype = variant.get("InstanceType")
+    made = f"endpoint config {config_name}, made by the deploy that created {c.endpoint}"
+    if itype and itype != c.instance_type:
+        return ("instance.instance_type",
+                f"{c.endpoint} runs {itype} ({made}); this component is planned on "
+                f"{c.instance_type}: set instance.instance_type to {itype}")
+    scaling = variant.get("ManagedInstanceScaling") or {}
+    top = scaling.get("MaxInstanceCount")
+    if scaling.get("Status") != "ENABLED" or top is None or top >= c.max_instances:
+        return None
+    what = "this component" + (f" with {', '.join(c.alongside)}" if c.alongside else "")
+    return ("inference_component.max_instances",
+            f"{c.endpoint} may hold at most {top} instance(s) (MaxInstanceCount of {made}) "
+            f"and lmiflow does not change it; {what} at max copies needs "
+            f"{c.max_instances}: set inference_component.max_instances to "
+            f"{c.max_instances} in the config that creates {c.endpoint}, then delete the "
+            f"endpoint and deploy that config first, or lower max_copies")
+
+
 # ---- requests -------------------------------------------------------------------------------
 
 
@@ -349,6 +377,14 @@ def update_component_request(name: str, model: str, c: ComponentPlan,
             "Alarms": [{"AlarmName": a} for a in c.rollback_alarms]}
     return _r("UpdateInferenceComponent", InferenceComponentName=name,
               Specification=_specification(c, model), DeploymentConfig=deployment)
+
+
+def describe_endpoint_request(name: str) -> AwsRequest:
+    return _r("DescribeEndpoint", EndpointName=name)
+
+
+def describe_endpoint_config_request(name: str) -> AwsRequest:
+    return _r("DescribeEndpointConfig", EndpointConfigName=name)
 
 
 def describe_component_request(name: str) -> AwsRequest:

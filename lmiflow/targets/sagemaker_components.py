@@ -137,6 +137,29 @@ class ComponentOps:
 
     # -- the Target hooks ----------------------------------------------------------------------
 
+    def check_shared_endpoint(self, production: str, component: ComponentPlan | None) -> None:
+        """Production's endpoint, where it exists, must take this component: its endpoint
+        config fixes the instance type and limits (components_plan.shared_endpoint_error)."""
+        if component is None:
+            return
+        from lmiflow.errors import UserInputError
+        from lmiflow.targets.sagemaker import _is_missing
+
+        try:
+            current = self.send(cp.describe_endpoint_request(production))
+        except Exception as exc:
+            if _is_missing(exc):
+                return  # a first deploy: this config's endpoint config sets them
+            raise
+        name = current.get("EndpointConfigName")
+        if not name:
+            return
+        config = self.send(cp.describe_endpoint_config_request(name))
+        variants = config.get("ProductionVariants") or [{}]
+        problem = cp.shared_endpoint_error(component, name, variants[0])
+        if problem:
+            raise UserInputError(*problem)
+
     def place_component(self, endpoint: str, model: str, component: ComponentPlan | None,
                         tags: dict[str, str], timeout_s: float) -> None:
         """The candidate's component on its InService endpoint, waited for until a copy

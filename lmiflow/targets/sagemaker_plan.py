@@ -400,6 +400,12 @@ def preflight_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
         _r("preflight", "service-quotas", "ListServiceQuotas",
            "all pages: the 'ml.<type> for endpoint usage' quotas", ServiceCode=QUOTA_SERVICE_CODE),
     ]
+    if run.component is not None:  # check_shared_endpoint, before the fleet is described
+        shared = "if production exists: the instance type and limits its config fixed"
+        out[-3:-3] = [
+            _r("preflight", "sagemaker", "DescribeEndpoint", first, EndpointName=run.production),
+            _r("preflight", "sagemaker", "DescribeEndpointConfig", shared,
+               EndpointConfigName=f"{run.production}-ec-{UNKNOWN_HASH}")]
     return out
 
 

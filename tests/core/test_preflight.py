@@ -151,3 +151,22 @@ def test_a_scaled_run_asks_preflight_for_the_autoscaling_permissions_too():
     assert ("application-autoscaling:RegisterScalableTarget", "*") not in t.needs
     lifecycle.preflight(t, _candidate().model_copy(update={"autoscaling": plan}))
     assert t.needs[-1] == ("application-autoscaling:RegisterScalableTarget", "*")
+
+
+def test_a_shared_endpoint_that_cannot_take_the_component_stops_the_run_first():
+    """Inference components: the endpoint's own limits are checked before its fleet and the
+    quota are even asked, and the refusal is the target's one line, naming the field."""
+    from tests.report.test_component_section import plan as component_plan
+
+    class Shared(Platform):
+        def check_shared_endpoint(self, production, component):
+            self.asked.append(f"shared {production} {component.name}")
+            raise UserInputError("inference_component.max_instances", "at most 1 instance")
+
+    t = Shared(alarms=["prod-5xx"])
+    cand = _candidate().model_copy(update={"names": NAMES.model_copy(update={
+        "component": component_plan()})})
+    with pytest.raises(UserInputError) as err:
+        lifecycle.preflight(t, cand)
+    assert err.value.field == "inference_component.max_instances"
+    assert t.asked == ["alarms", "shared prod llama"]

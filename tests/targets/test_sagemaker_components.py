@@ -296,3 +296,55 @@ def test_with_copies_kept_the_update_waits_for_one(target):
             plan(min_copies=1), TAGS, 3600)
         sm.assert_no_pending_responses()
     assert "next request" not in action and not target.starts_on_request("shared")
+
+
+def _existing(sm: Stubber, instance_type: str, max_instances: int) -> None:
+    sm.add_response("describe_endpoint", {
+        "EndpointName": "shared", "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:"
+                                                 "endpoint/shared",
+        "EndpointConfigName": "shared-ec-11111111", "EndpointStatus": "InService",
+        "CreationTime": "2026-01-01T00:00:00Z", "LastModifiedTime": "2026-01-01T00:00:00Z"},
+        {"EndpointName": "shared"})
+    sm.add_response("describe_endpoint_config", {
+        "EndpointConfigName": "shared-ec-11111111",
+        "EndpointConfigArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint-config/"
+                             "shared-ec-11111111",
+        "CreationTime": "2026-01-01T00:00:00Z",
+        "ProductionVariants": [{
+            "VariantName": "AllTraffic", "InstanceType": instance_type,
+            "InitialInstanceCount": 1,
+            "ManagedInstanceScaling": {"Status": "ENABLED", "MinInstanceCount": 0,
+                                       "MaxInstanceCount": max_instances}}]},
+        {"EndpointConfigName": "shared-ec-11111111"})
+
+
+@pytest.mark.parametrize(("instance_type", "max_instances", "field"), [
+    ("ml.g5.12xlarge", 1, "inference_component.max_instances"),
+    ("ml.g6e.12xlarge", 2, "instance.instance_type"),
+])
+def test_a_shared_endpoint_that_cannot_hold_the_component_is_refused_first(
+        target, instance_type, max_instances, field):
+    """The first config deployed to a shared endpoint fixed its instance type and limits (its
+    endpoint config); a later config that needs more is exit 2 at preflight, naming that
+    endpoint config and the figure, before anything is created."""
+    from lmiflow.errors import UserInputError
+
+    wants_two = plan().model_copy(update={"max_instances": 2})
+    with Stubber(target.sm) as sm:
+        _existing(sm, instance_type, max_instances)
+        with pytest.raises(UserInputError) as err:
+            target.check_shared_endpoint("shared", wants_two)
+        sm.assert_no_pending_responses()
+    assert err.value.field == field and "shared-ec-11111111" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_shared_endpoint_with_room_or_none_yet_passes(target):
+    with Stubber(target.sm) as sm:
+        _existing(sm, "ml.g5.12xlarge", 2)
+        target.check_shared_endpoint("shared", plan().model_copy(update={"max_instances": 2}))
+        sm.add_client_error("describe_endpoint", "ValidationException",
+                            "Could not find endpoint", expected_params={"EndpointName": "shared"})
+        target.check_shared_endpoint("shared", plan())  # a first deploy sets them
+        sm.assert_no_pending_responses()
+    assert target.check_shared_endpoint("shared", None) is None  # endpoint mode: nothing asked
