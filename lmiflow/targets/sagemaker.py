@@ -456,9 +456,21 @@ class SageMakerTarget(ComponentOps, Target):
                 "application-autoscaling": self.autoscaling}[service]
 
     def send(self, req: AwsRequest) -> Any:
-        """Validate the request, then send it with the client of its service."""
+        """Validate the request, then send it with the client of its service. An S3 403
+        becomes a permission error naming the action and the object (iam.s3_denied), so a
+        denied read of the baseline, the calibration store or the lease is never taken for
+        "not there yet"."""
+        from lmiflow.targets.iam import s3_denied
+
         validate(req)
-        return getattr(self._client_for(req.service), method_name(req.operation))(**req.params)
+        try:
+            return getattr(self._client_for(req.service), method_name(req.operation))(
+                **req.params)
+        except Exception as exc:
+            denied = s3_denied(req, exc)
+            if denied is not None:
+                raise denied from None
+            raise
 
     def _pages(self, req: AwsRequest) -> Iterator[dict]:
         validate(req)
@@ -483,15 +495,14 @@ class SageMakerTarget(ComponentOps, Target):
         return [f"AWS identity: {access.arn} (account {access.account}, {self.region})",
                 *access.notes]
 
-    def deploy_needs(self, production: str, names: dict[str, str]) -> list[tuple[str, str]]:
-        from lmiflow.targets.aws_preflight import deploy_needs
+    def access_needs(self, requests: Sequence[AwsRequest]) -> list[tuple]:
+        """Every permission the requests need, on exactly the resources they name, with the
+        context IAM's conditions read (targets.iam: the policy is written from the same)."""
+        if not self.role_arn:
+            return []
+        from lmiflow.targets.iam import needed
 
-        return deploy_needs(production, names, self.role_arn, self.s3_uri)
-
-    def autoscaling_needs(self, production: str) -> list[tuple[str, str]]:
-        from lmiflow.targets.autoscaling_plan import IAM_ACTIONS
-
-        return [(a, "*") for a in IAM_ACTIONS]
+        return needed(list(requests), self.region, self.role_arn, general=False)
 
     # -- planning --
 
@@ -891,8 +902,8 @@ class SageMakerTarget(ComponentOps, Target):
                 body = self.send(_request("s3", "GetObject", Bucket=bucket,
                                           Key=key_prefix + name))["Body"].read()
             except Exception as exc:
-                if _error(exc)[0] in ("NoSuchKey", "404", "NotFound", "AccessDenied"):
-                    continue
+                if _error(exc)[0] in ("NoSuchKey", "404", "NotFound"):
+                    continue  # a 403 is a permission error (send), not a missing file
                 raise
             (dest / name).write_bytes(body)
 

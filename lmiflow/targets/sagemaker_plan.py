@@ -92,7 +92,17 @@ def delete_endpoint(step: str, endpoint: str, target: Any, when: str | None = No
 
 def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None = None
                     ) -> list[AwsRequest]:
-    """The requests of one deploy on `target` (a SageMakerTarget), in the order they are sent."""
+    """The requests of one deploy on `target` (a SageMakerTarget), in the order they are sent;
+    the preflight's simulation asks for the actions all the others need."""
+    out = _deploy_requests(target, run, staging)
+    needs = target.access_needs([r for r in out if r.service != "iam"])
+    actions = sorted({n[0] for n in needs})
+    return [r.model_copy(update={"params": {**r.params, "ActionNames": actions}})
+            if r.operation == "SimulatePrincipalPolicy" else r for r in out]
+
+
+def _deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None
+                     ) -> list[AwsRequest]:
     from lmiflow.targets.sagemaker import (
         VARIANT_NAME,
         _split_s3,
@@ -343,22 +353,17 @@ def save_baseline(target: Any, run: PlannedRun) -> list[AwsRequest]:
 
 
 def access_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
-    """aws_preflight: who calls, and may it (the preflight step's first question)."""
+    """aws_preflight: who calls, and may it (the preflight step's first question); the
+    actions asked are filled in from the whole list (deploy_requests)."""
     from lmiflow.targets.iam import account_of
 
-    names = {"endpoint": run.endpoint, "endpoint_config": run.endpoint_config,
-             "model": run.model}
-    needs = target.deploy_needs(run.production, names)
-    if run.autoscaling is not None:
-        needs += target.autoscaling_needs(run.production)
-    actions = list(dict.fromkeys(a for a, _ in needs))
     partition, account = account_of(target.role_arn) if target.role_arn else ("aws", "")
     caller = f"arn:{partition}:iam::{account or '<account>'}:role/<the caller's role>"
     return [
         _r("preflight", "sts", "GetCallerIdentity"),
         _r("preflight", "iam", "SimulatePrincipalPolicy",
-           "once per resource: the caller's permissions for this run",
-           PolicySourceArn=caller, ActionNames=actions),
+           "once per resource and request context: the caller's permissions for this run",
+           PolicySourceArn=caller, ActionNames=[]),
         _r("preflight", "sagemaker", "ListEndpoints",
            "only when the caller may not simulate its permissions", MaxResults=1),
     ]

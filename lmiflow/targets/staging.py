@@ -219,7 +219,11 @@ def planned_requests(source: ModelSource, prefix: str, config: StagingConfig | N
     reqs = [
         AwsRequest(service="s3", operation="ListMultipartUploads", step=step,
                    params={"Bucket": bucket, "Prefix": key_prefix},
-                   when="then AbortMultipartUpload for each one older than a day"),
+                   when="uploads an interrupted staging left"),
+        AwsRequest(service="s3", operation="AbortMultipartUpload", step=step,
+                   params={"Bucket": bucket, "Key": key_prefix + "<key of the upload>",
+                           "UploadId": "<from ListMultipartUploads>"},
+                   when="for each upload listed that is older than a day"),
         AwsRequest(service="s3", operation="ListObjectsV2", step=step,
                    params={"Bucket": bucket, "Prefix": key_prefix},
                    when="then HeadObject for each object of the right size: resume"),

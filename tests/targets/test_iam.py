@@ -59,11 +59,13 @@ def allowed(policy: dict, action: str, resource: str, context: dict | None = Non
             continue
         ok = True
         for op, conds in st.get("Condition", {}).items():
+            if_exists = op.endswith("IfExists")
+            op = op.removesuffix("IfExists")
             for key, want in conds.items():
                 got = (context or {}).get(key)
                 wants = want if isinstance(want, list) else [want]
                 if got is None:
-                    ok = False
+                    ok = ok and if_exists  # IAM: an absent key satisfies ...IfExists
                 elif op == "StringEquals":
                     ok = ok and got in wants
                 elif op == "StringLike":
