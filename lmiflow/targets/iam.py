@@ -72,9 +72,12 @@ class Arns:
         return f"arn:{self.partition}:s3:::{bucket}"
 
     def objects(self, bucket: str, key: str) -> str:
-        if not self.general:
-            return f"arn:{self.partition}:s3:::{bucket}/{key}"
-        return f"arn:{self.partition}:s3:::{bucket}/{folder_of(generalise(key))}*"
+        """An object by its key; as the policy writes it, a key with a part a later run
+        names otherwise (a hash, a commit) or a placeholder (a key known only then) by its
+        folder, so the policy names no other object lmiflow does not touch."""
+        if self.general and (generalise(key) != key or "<" in key):
+            return f"arn:{self.partition}:s3:::{bucket}/{folder_of(generalise(key))}*"
+        return f"arn:{self.partition}:s3:::{bucket}/{key}"
 
     def alarm(self, name: str) -> str:
         return f"arn:{self.partition}:cloudwatch:{self.region}:{self.account}:alarm:{name}"
