@@ -316,9 +316,12 @@ def execution_role_policy(requests: list[AwsRequest], region: str, role_arn: str
                 "DeleteNetworkInterface", "DeleteNetworkInterfacePermission",
                 "DescribeNetworkInterfaces", "DescribeVpcs", "DescribeDhcpOptions",
                 "DescribeSubnets", "DescribeSecurityGroups")]
+    # the log group, and its streams: CreateLogStream and PutLogEvents take log-stream ARNs
+    # (Service Authorization Reference, CloudWatch Logs)
     logs = f"arn:{partition}:logs:{region}:{account}:log-group:/aws/sagemaker/Endpoints/*"
-    triples += [Permission(f"logs:{a}", logs) for a in (
-        "CreateLogGroup", "CreateLogStream", "DescribeLogStreams", "PutLogEvents")]
+    triples += [Permission(f"logs:{a}", logs) for a in ("CreateLogGroup", "DescribeLogStreams")]
+    triples += [Permission(f"logs:{a}", logs + ":log-stream:*")
+                for a in ("CreateLogStream", "PutLogEvents")]
     triples.append(Permission("cloudwatch:PutMetricData", "*"))
     return {"Version": POLICY_VERSION, "Statement": _statements(triples)}
 

@@ -164,3 +164,62 @@ def test_resuming_a_staging_may_abort_the_uploads_an_interrupted_one_left(capsys
     folder = key.rsplit("/", 1)[0]
     assert allowed(policy, "s3:AbortMultipartUpload", f"arn:aws:s3:::{bucket}/{folder}/x")
     assert allowed(policy, "s3:ListBucketMultipartUploads", f"arn:aws:s3:::{bucket}")
+
+
+# ---- a maintained IAM database reads both policies --------------------------------------
+
+
+def _arn_pattern(fmt: str):
+    import re
+
+    parts = re.split(r"\$\{[^}]+\}", fmt)
+    return re.compile(".*".join(re.escape(p) for p in parts) + r"\Z")
+
+
+def lint(policy: dict) -> list[str]:
+    """What policy_sentry's copy of AWS's Service Authorization Reference finds wrong in a
+    policy: an action IAM does not know, a resource of a type the action does not take, a
+    condition key the action does not support (global aws:* keys aside)."""
+    from policy_sentry.querying.actions import get_action_data
+
+    problems = []
+    for st in policy["Statement"]:
+        keys = [k for conds in st.get("Condition", {}).values() for k in conds]
+        for action in st["Action"]:
+            service, name = action.split(":")
+            rows = [r for r in get_action_data(service, name).get(service, [])
+                    if r["action"].lower() == action.lower()]
+            if not rows:
+                problems.append(f"{action}: unknown action")
+                continue
+            formats = {r["resource_arn_format"] for r in rows}
+            for resource in st["Resource"]:
+                if resource == "*":
+                    continue
+                if not any(f != "*" and _arn_pattern(f).match(resource) for f in formats):
+                    problems.append(f"{action}: takes no resource like {resource}")
+            supported = {k for r in rows for k in r["condition_keys"]}
+            problems += [f"{action}: no condition key {k}" for k in keys
+                         if not k.startswith("aws:") and k not in supported]
+    return problems
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_both_policies_pass_a_maintained_iam_linter(name, capsys):
+    report = planned(name, capsys)
+    assert lint(report["iam_policy"]) == []
+    assert lint(report["execution_role_policy"]) == []
+
+
+def test_the_linter_finds_what_it_is_there_to_find():
+    bad = {"Statement": [
+        {"Action": ["sagemaker:ListInferenceComponent"], "Resource": ["*"]},
+        {"Action": ["sagemaker:CreateModel"],
+         "Resource": ["arn:aws:sagemaker:us-east-1:123456789012:endpoint/x"]},
+        {"Action": ["iam:PassRole"], "Resource": ["arn:aws:iam::123456789012:role/r"],
+         "Condition": {"StringLike": {"s3:prefix": ["x/*"]}}}]}
+    assert lint(bad) == [
+        "sagemaker:ListInferenceComponent: unknown action",
+        "sagemaker:CreateModel: takes no resource like "
+        "arn:aws:sagemaker:us-east-1:123456789012:endpoint/x",
+        "iam:PassRole: no condition key s3:prefix"]
