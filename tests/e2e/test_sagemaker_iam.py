@@ -26,7 +26,7 @@ from lmiflow.cli import main
 from lmiflow.spec import DeploymentSpec
 from tests.aws_fakes import moto_server, s3_client, session
 from tests.e2e.flows import run
-from tests.e2e.test_sagemaker_weights import BUCKET, FILES, ROLE, spec, write_config
+from tests.e2e.test_sagemaker_weights import BUCKET, FILES, spec, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -187,9 +187,8 @@ def test_deploys_as_a_user_holding_only_the_runner_policy(iam_world, prefect_har
         report["candidate_endpoint"].replace("-c-", "-ec-")
 
     # teardown is not the runner's: it may not delete production
-    from botocore.exceptions import ClientError
-
     import boto3
+    from botocore.exceptions import ClientError
 
     runner = boto3.Session(region_name="us-east-1").client(  # the runner's keys (env)
         "sagemaker", endpoint_url=url)
