@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -25,7 +24,17 @@ from urllib.parse import urlencode
 
 from lmiflow import patterns
 from lmiflow.targets import s3_store
-from lmiflow.targets.aws_requests import AwsRequest, guard, method_name, validate
+from lmiflow.targets.aws_requests import (
+    AwsRequest,
+    aws_error,
+    guard,
+    is_existing,
+    is_missing,
+    method_name,
+    request,
+    split_s3,
+    validate,
+)
 from lmiflow.targets.base import (
     EndpointBusy,
     EndpointLock,
@@ -41,6 +50,23 @@ from lmiflow.targets.base import (
     check_name,
 )
 from lmiflow.targets.sagemaker_components import ComponentOps
+from lmiflow.targets.sagemaker_requests import (
+    BASELINE_FILE,
+    CALIBRATION_FILE,
+    VARIANT_NAME,
+    create_endpoint_config_request,
+    create_endpoint_request,
+    create_model_request,
+    describe_alarms_request,
+    lease_key,
+    lmi_image_uri,
+    put_object_request,
+    sizing_timeouts,
+    staged_files_prefix,
+    update_endpoint_request,
+    volume_size_supported,
+)
+from lmiflow.targets.sagemaker_stream import iter_json_lines, payload_parts
 from lmiflow.targets.weights import ModelSource, WeightsPlan, s3_source
 
 if TYPE_CHECKING:
@@ -52,285 +78,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PROJECT_TAGS = {"project": "lmiflow"}
-VARIANT_NAME = "AllTraffic"
 BUSY_STATUSES = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting")
-BASELINE_FILE = "baseline.json"
-CALIBRATION_FILE = "calibration.json"
-
-
-class StreamError(RuntimeError):
-    """A ModelStreamError or InternalStreamFailure event in a response stream."""
-
-    def __init__(self, kind: str, message: str, code: str | None = None):
-        self.kind = kind
-        self.code = code
-        super().__init__(f"{kind}: {message}" + (f" (code {code})" if code else ""))
 
 
 # ---- pure helpers ---------------------------------------------------------------------------
-
-
-def lmi_image_uri(region: str, version: str | None = None, framework: str = "djl-lmi") -> str:
-    """The LMI (DJL Serving) image for a region, from the SageMaker SDK's offline tables.
-
-    `version` is the DJL version (e.g. 0.33.0 -> tag 0.33.0-lmi15.0.0-cu128); None is the SDK's
-    latest. framework `djl-tensorrtllm` gives the TensorRT-LLM image.
-    """
-    from sagemaker.core import image_uris  # sagemaker-core; `from sagemaker import` is SDK v2
-
-    try:
-        return image_uris.retrieve(framework=framework, region=region, version=version)
-    except ValueError as exc:
-        raise ValueError(f"serving.image_version: {exc}") from None
-
-
-def sizing_timeouts(weights_bytes: int) -> tuple[int, int, int]:
-    """(VolumeSizeInGB, ModelDataDownloadTimeoutInSeconds,
-    ContainerStartupHealthCheckTimeoutInSeconds) for a model of this size, within API bounds.
-
-    Assumptions: the disk holds the weights once more than the checkpoint (safetensors copy,
-    caches) plus 30 GB for the image's scratch; weights download at >= 100 MB/s from S3 and the
-    container fetches from the Hub and loads at >= 50 MB/s, plus 10 minutes for engine start
-    (CUDA graphs, NCCL). Clamped to 1-512 GB and 60-3600 s.
-    """
-    gb = max(0, weights_bytes) / 1e9
-    volume = min(512, max(1, math.ceil(gb * 1.5 + 30)))
-    download = min(3600, max(60, math.ceil(600 + gb * 10)))
-    startup = min(3600, max(60, math.ceil(600 + gb * 20)))
-    return volume, download, startup
-
-
-def deployment_config(policy: TrafficPolicy) -> dict[str, Any]:
-    """update_endpoint's DeploymentConfig: blue/green with the policy's traffic shifting and,
-    when alarms are named, automatic rollback on them."""
-    if not 0 <= policy.wait_interval_s <= 3600:
-        raise ValueError("wait_interval_s: 0-3600")
-    if not 0 <= policy.termination_wait_s <= 3600:
-        raise ValueError("termination_wait_s: 0-3600")
-    routing: dict[str, Any] = {"Type": policy.type, "WaitIntervalInSeconds": policy.wait_interval_s}
-    if policy.type == "CANARY":
-        size = policy.canary_size_pct if policy.canary_size_pct is not None else 10
-        if not 1 <= size <= 50:
-            raise ValueError("canary_size_pct: 1-50 (at most half the fleet)")
-        routing["CanarySize"] = {"Type": "CAPACITY_PERCENT", "Value": size}
-    elif policy.type == "LINEAR":
-        step = policy.linear_step_pct if policy.linear_step_pct is not None else 20
-        if not 10 <= step <= 50:
-            raise ValueError("linear_step_pct: 10-50")
-        routing["LinearStepSize"] = {"Type": "CAPACITY_PERCENT", "Value": step}
-    config: dict[str, Any] = {
-        "BlueGreenUpdatePolicy": {
-            "TrafficRoutingConfiguration": routing,
-            "TerminationWaitInSeconds": policy.termination_wait_s,
-        }
-    }
-    if policy.alarms:
-        if len(policy.alarms) > 10:
-            raise ValueError("alarms: at most 10")
-        config["AutoRollbackConfiguration"] = {
-            "Alarms": [{"AlarmName": a} for a in policy.alarms]
-        }
-    return config
-
-
-def iter_json_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """Whole lines (without the newline) from chunks whose boundaries fall anywhere, as
-    invoke_endpoint_with_response_stream's PayloadPart events do. Blank lines are skipped; a
-    last line without a newline is still yielded."""
-    buf = b""
-    for chunk in chunks:
-        buf += chunk
-        if b"\n" not in chunk:
-            continue
-        *lines, buf = buf.split(b"\n")
-        for line in lines:
-            line = line.rstrip(b"\r")
-            if line.strip():
-                yield line
-    if buf.strip():
-        yield buf.rstrip(b"\r")
-
-
-def volume_size_supported(instance_type: str) -> bool:
-    """Instances with local NVMe storage (g4dn, g5, g6, p4d, p5, ...) reject VolumeSizeInGB;
-    the SageMaker SDK keeps that list, so ask it."""
-    from sagemaker.core.common_utils import volume_size_supported as supported
-
-    return supported(instance_type)
-
-
-def _tag_list(tags: dict[str, str]) -> list[dict[str, str]]:
-    merged = {**PROJECT_TAGS, **tags}
-    out = []
-    for k, v in merged.items():
-        if (not (1 <= len(k) <= 128) or not patterns.matches(patterns.TAG_TEXT, k)
-                or k.lower().startswith("aws:")):
-            raise ValueError(f"tag key {k!r}: 1-128 letters, digits, spaces or _.:/=+-@")
-        if len(v) > 256 or not patterns.matches(patterns.TAG_TEXT, v):
-            raise ValueError(f"tag {k}: value up to 256 letters, digits, spaces or _.:/=+-@")
-        out.append({"Key": k, "Value": v})
-    return out
-
-
-def _check_env(env: dict[str, str]) -> None:
-    if len(env) > 100:
-        raise ValueError("environment: at most 100 variables")
-    for k, v in env.items():
-        if not patterns.matches(patterns.ENV_KEY, k) or len(k) > 1024:
-            raise ValueError(f"environment variable name {k!r}: letters, digits and '_'")
-        if not isinstance(v, str) or len(v) > 1024:
-            raise ValueError(f"environment variable {k}: a string of at most 1024 characters")
-
-
-def _error(exc: Exception) -> tuple[str, str]:
-    resp = getattr(exc, "response", None) or {}
-    err = resp.get("Error", {})
-    return str(err.get("Code", "")), str(err.get("Message", ""))
-
-
-def _is_missing(exc: Exception) -> bool:
-    code, msg = _error(exc)
-    return code in ("ValidationException", "ValidationError") and "Could not find" in msg
-
-
-def _is_existing(exc: Exception) -> bool:
-    code, msg = _error(exc)
-    return code in ("ValidationException", "ValidationError") and "already exist" in msg
-
-
-def lease_key(prefix: str, endpoint: str) -> str:
-    """Where the run lease of an endpoint lives in the S3 prefix."""
-    return f"{prefix}leases/{endpoint}.json"
-
-
-def _split_s3(uri: str) -> tuple[str, str]:
-    m = patterns.S3_URI.fullmatch(uri) if isinstance(uri, str) else None
-    if not m:
-        raise ValueError(f"target.s3_uri: {uri!r} is not s3://bucket/prefix/")
-    prefix = m.group("key") or ""
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
-    return m.group("bucket"), prefix
-
-
-# ---- requests as data (pure): the target sends these, dry runs list them ------------------
-
-
-def create_model_request(
-    name: str, role_arn: str, image_uri: str, env: dict[str, str], model_data: str,
-    tags: dict[str, str], *, network_isolation: bool = False, vpc: dict | None = None,
-) -> AwsRequest:
-    """CreateModel for the LMI container. model_data: the S3 prefix SageMaker copies to
-    /opt/ml/model before the container starts (serving.properties, and the weights when they
-    are staged); empty for env-only packaging. network_isolation: the container gets no
-    network at all, which only works when the weights come through model_data."""
-    check_name("model", name)
-    _check_env(env)
-    container: dict[str, Any] = {"Image": image_uri, "Environment": dict(env)}
-    if model_data:
-        if not model_data.startswith("s3://") or not model_data.endswith("/"):
-            raise ValueError(f"model_data {model_data!r}: an s3:// prefix ending in /")
-        container["ModelDataSource"] = {
-            "S3DataSource": {
-                "S3Uri": model_data,
-                "S3DataType": "S3Prefix",
-                "CompressionType": "None",
-            }
-        }
-    elif "HF_MODEL_ID" not in env:
-        raise ValueError("env-only packaging needs HF_MODEL_ID (no model files in S3)")
-    params: dict[str, Any] = {
-        "ModelName": name, "ExecutionRoleArn": role_arn, "PrimaryContainer": container,
-        "Tags": _tag_list(tags),
-    }
-    if network_isolation:
-        params["EnableNetworkIsolation"] = True
-    if vpc:
-        params["VpcConfig"] = dict(vpc)
-    return AwsRequest(service="sagemaker", operation="CreateModel", params=params)
-
-
-def create_endpoint_config_request(
-    name: str, model_name: str, variant: EndpointVariant, tags: dict[str, str]
-) -> AwsRequest:
-    check_name("endpoint config", name)
-    check_name("model", model_name)
-    pv: dict[str, Any] = {
-        "VariantName": VARIANT_NAME,
-        "ModelName": model_name,
-        "InstanceType": variant.instance_type,
-        "InitialInstanceCount": variant.instance_count,
-    }
-    if variant.volume_size_gb is not None:
-        if not volume_size_supported(variant.instance_type):
-            logger.info("%s has local NVMe storage: VolumeSizeInGB left out",
-                        variant.instance_type)
-        else:
-            pv["VolumeSizeInGB"] = _bounded("volume_size_gb", variant.volume_size_gb, 1, 512)
-    if variant.model_data_download_timeout_s is not None:
-        pv["ModelDataDownloadTimeoutInSeconds"] = _bounded(
-            "model_data_download_timeout_s", variant.model_data_download_timeout_s, 60, 3600
-        )
-    if variant.container_startup_health_check_timeout_s is not None:
-        pv["ContainerStartupHealthCheckTimeoutInSeconds"] = _bounded(
-            "container_startup_health_check_timeout_s",
-            variant.container_startup_health_check_timeout_s, 60, 3600,
-        )
-    if variant.inference_ami_version is not None:
-        pv["InferenceAmiVersion"] = variant.inference_ami_version
-    if variant.routing_strategy is not None:
-        # LLM requests differ in length by orders of magnitude: random routing piles long ones
-        # on one instance while another idles.
-        pv["RoutingConfig"] = {"RoutingStrategy": variant.routing_strategy}
-    return AwsRequest(service="sagemaker", operation="CreateEndpointConfig", params={
-        "EndpointConfigName": name, "ProductionVariants": [pv], "Tags": _tag_list(tags)})
-
-
-def create_endpoint_request(name: str, config_name: str, tags: dict[str, str]) -> AwsRequest:
-    check_name("endpoint", name)
-    check_name("endpoint config", config_name)
-    return AwsRequest(service="sagemaker", operation="CreateEndpoint", params={
-        "EndpointName": name, "EndpointConfigName": config_name, "Tags": _tag_list(tags)})
-
-
-def update_endpoint_request(name: str, config_name: str, policy: TrafficPolicy,
-                            retain_count: bool = False) -> AwsRequest:
-    """retain_count: the new fleet starts at the instance count production scaled to
-    (targets.autoscaling_plan explains when)."""
-    from lmiflow.targets.autoscaling_plan import retain_count_params
-
-    check_name("endpoint", name)
-    check_name("endpoint config", config_name)
-    return AwsRequest(service="sagemaker", operation="UpdateEndpoint", params={
-        "EndpointName": name, "EndpointConfigName": config_name,
-        "DeploymentConfig": deployment_config(policy),
-        **(retain_count_params() if retain_count else {})})
-
-
-def put_object_request(uri: str, body: bytes, content_type: str) -> AwsRequest:
-    m = patterns.S3_URI.fullmatch(uri) if isinstance(uri, str) else None
-    if not m or not m.group("key") or uri.endswith("/"):
-        raise ValueError(f"{uri!r} is not s3://bucket/key")
-    return AwsRequest(service="s3", operation="PutObject", params={
-        "Bucket": m.group("bucket"), "Key": m.group("key"), "Body": body,
-        "ContentType": content_type})
-
-
-def staged_files_prefix(s3_uri: str, model_name: str) -> str:
-    """Where a model's serving.properties goes: its own folder under target.s3_uri."""
-    bucket, prefix = _split_s3(s3_uri)
-    return f"s3://{bucket}/{prefix}{model_name}/"
-
-
-def describe_alarms_request(names: list[str]) -> AwsRequest:
-    """Which of the rollback alarms exist (metric and composite alarms alike)."""
-    return _request("cloudwatch", "DescribeAlarms", AlarmNames=list(names),
-                    AlarmTypes=["MetricAlarm", "CompositeAlarm"])
-
-
-def _request(service: str, operation: str, **params: Any) -> AwsRequest:
-    return AwsRequest(service=service, operation=operation, params=params)
 
 
 # ---- the target -----------------------------------------------------------------------------
@@ -633,7 +384,7 @@ class SageMakerTarget(ComponentOps, Target):
         try:
             self.send(req)
         except Exception as exc:
-            if not _is_existing(exc):
+            if not is_existing(exc):
                 raise
             logger.info("model %s already exists: adopting it (same name, same spec hash)", name)
             return
@@ -651,7 +402,7 @@ class SageMakerTarget(ComponentOps, Target):
         try:
             self.send(req)
         except Exception as exc:
-            if not _is_existing(exc):
+            if not is_existing(exc):
                 raise
             logger.info("endpoint config %s already exists: adopting it", name)
             return
@@ -662,7 +413,7 @@ class SageMakerTarget(ComponentOps, Target):
         try:
             self.send(create_endpoint_request(name, config_name, tags))
         except Exception as exc:
-            if not _is_existing(exc):
+            if not is_existing(exc):
                 raise
             logger.info("endpoint %s already exists: adopting it", name)
             return
@@ -704,7 +455,7 @@ class SageMakerTarget(ComponentOps, Target):
     def _instance_type(self, config_name: str | None) -> str | None:
         if not config_name:
             return None
-        d = self.send(_request("sagemaker", "DescribeEndpointConfig",
+        d = self.send(request("sagemaker", "DescribeEndpointConfig",
                                EndpointConfigName=config_name))
         return next((v.get("InstanceType") for v in d.get("ProductionVariants") or []), None)
 
@@ -731,11 +482,11 @@ class SageMakerTarget(ComponentOps, Target):
         try:
             found = self._scalable_target(endpoint)
         except Exception as exc:
-            if "AccessDenied" not in _error(exc)[0]:
+            if "AccessDenied" not in aws_error(exc)[0]:
                 raise
             # a caller that never set up scaling may not look: DeleteEndpoint deregisters
             # what it can (SageMaker developer guide, endpoint-delete-with-scaling.html)
-            logger.warning("autoscaling of %s not checked: %s", endpoint, _error(exc)[1])
+            logger.warning("autoscaling of %s not checked: %s", endpoint, aws_error(exc)[1])
             return False
         if found is None:
             return False
@@ -743,7 +494,7 @@ class SageMakerTarget(ComponentOps, Target):
             try:
                 self.send(req)
             except Exception as exc:
-                if _error(exc)[0] != "ObjectNotFoundException":
+                if aws_error(exc)[0] != "ObjectNotFoundException":
                     raise
         logger.info("autoscaling of %s removed", endpoint)
         return True
@@ -790,9 +541,9 @@ class SageMakerTarget(ComponentOps, Target):
 
     def _describe_raw(self, name: str) -> dict | None:
         try:
-            return self.send(_request("sagemaker", "DescribeEndpoint", EndpointName=name))
+            return self.send(request("sagemaker", "DescribeEndpoint", EndpointName=name))
         except Exception as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 return None
             raise
 
@@ -816,7 +567,7 @@ class SageMakerTarget(ComponentOps, Target):
         if d is None:
             return None
         tags: dict[str, str] = {}
-        for page in self._pages(_request("sagemaker", "ListTags",
+        for page in self._pages(request("sagemaker", "ListTags",
                                          ResourceArn=d["EndpointArn"])):
             tags.update({t["Key"]: t["Value"] for t in page.get("Tags", [])})
         return EndpointStatus(
@@ -839,7 +590,7 @@ class SageMakerTarget(ComponentOps, Target):
         return {"InferenceComponentName": component} if component else {}
 
     def invoke(self, name: str, payload: dict) -> bytes:
-        resp = self.send(_request(
+        resp = self.send(request(
             "sagemaker-runtime", "InvokeEndpoint", EndpointName=name,
             ContentType="application/json", Accept="application/json",
             Body=json.dumps(payload).encode("utf-8"), **self._route(name)))
@@ -848,11 +599,11 @@ class SageMakerTarget(ComponentOps, Target):
     def invoke_stream(self, name: str, payload: dict) -> Iterator[bytes]:
         body = dict(payload)
         body.setdefault("stream", True)
-        resp = self.send(_request(
+        resp = self.send(request(
             "sagemaker-runtime", "InvokeEndpointWithResponseStream", EndpointName=name,
             ContentType="application/json", Accept="application/jsonlines",
             Body=json.dumps(body).encode("utf-8"), **self._route(name)))
-        return iter_json_lines(_payload_parts(resp["Body"]))
+        return iter_json_lines(payload_parts(resp["Body"]))
 
     def reserve_invocations(self, concurrency: int) -> None:
         """Grow the runtime client's connection pool to hold `concurrency` streams (a new
@@ -871,7 +622,7 @@ class SageMakerTarget(ComponentOps, Target):
         model_name = self.config_model_name(d["EndpointConfigName"]) if d else None
         if model_name is None:
             return None
-        container = self.send(_request("sagemaker", "DescribeModel", ModelName=model_name)
+        container = self.send(request("sagemaker", "DescribeModel", ModelName=model_name)
                               ).get("PrimaryContainer", {})
         dest = Path(dest)
         dest.mkdir(parents=True, exist_ok=True)
@@ -896,13 +647,13 @@ class SageMakerTarget(ComponentOps, Target):
         return ModelFiles(directory=dest, properties=entries)
 
     def _copy_s3_files(self, prefix: str, names: Sequence[str], dest: Path) -> None:
-        bucket, key_prefix = _split_s3(prefix)
+        bucket, key_prefix = split_s3(prefix)
         for name in names:
             try:
-                body = self.send(_request("s3", "GetObject", Bucket=bucket,
+                body = self.send(request("s3", "GetObject", Bucket=bucket,
                                           Key=key_prefix + name))["Body"].read()
             except Exception as exc:
-                if _error(exc)[0] in ("NoSuchKey", "404", "NotFound"):
+                if aws_error(exc)[0] in ("NoSuchKey", "404", "NotFound"):
                     continue  # a 403 is a permission error (send), not a missing file
                 raise
             (dest / name).write_bytes(body)
@@ -913,7 +664,7 @@ class SageMakerTarget(ComponentOps, Target):
         try:
             self.send(req)
         except Exception as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 return False
             raise
         logger.info("deleted %s %s", what, name)
@@ -924,22 +675,22 @@ class SageMakerTarget(ComponentOps, Target):
         still has some."""
         for component in self.components_on(name):
             self.delete_component(component)
-        return self._delete("endpoint", _request("sagemaker", "DeleteEndpoint",
+        return self._delete("endpoint", request("sagemaker", "DeleteEndpoint",
                                                  EndpointName=name), name)
 
     def delete_endpoint_config(self, name: str) -> bool:
-        return self._delete("endpoint config", _request(
+        return self._delete("endpoint config", request(
             "sagemaker", "DeleteEndpointConfig", EndpointConfigName=name), name)
 
     def delete_model(self, name: str) -> bool:
-        return self._delete("model", _request("sagemaker", "DeleteModel", ModelName=name), name)
+        return self._delete("model", request("sagemaker", "DeleteModel", ModelName=name), name)
 
     def config_model_name(self, config_name: str) -> str | None:
         try:
-            d = self.send(_request("sagemaker", "DescribeEndpointConfig",
+            d = self.send(request("sagemaker", "DescribeEndpointConfig",
                                    EndpointConfigName=config_name))
         except Exception as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 return None
             raise
         variants = d.get("ProductionVariants") or []
@@ -954,7 +705,7 @@ class SageMakerTarget(ComponentOps, Target):
             return {}
         counts = {v["VariantName"]: v.get("CurrentInstanceCount")
                   for v in current.get("ProductionVariants") or []}
-        config = self.send(_request("sagemaker", "DescribeEndpointConfig",
+        config = self.send(request("sagemaker", "DescribeEndpointConfig",
                                     EndpointConfigName=current["EndpointConfigName"]))
         fleet: dict[str, int] = {}
         for v in config.get("ProductionVariants") or []:
@@ -984,7 +735,7 @@ class SageMakerTarget(ComponentOps, Target):
 
         wanted = {QUOTA_NAME.format(instance_type=t): t for t in instance_types}
         out: dict[str, float | None] = dict.fromkeys(instance_types)
-        pages = self._pages(_request("service-quotas", "ListServiceQuotas",
+        pages = self._pages(request("service-quotas", "ListServiceQuotas",
                                      ServiceCode=QUOTA_SERVICE_CODE))
         for page in pages:
             for q in page.get("Quotas", []):
@@ -1003,7 +754,7 @@ class SageMakerTarget(ComponentOps, Target):
         if not self.s3_uri:
             logger.warning("no target.s3_uri: endpoint %s is not locked across machines", name)
             return EndpointLock()
-        bucket, prefix = _split_s3(self.s3_uri)
+        bucket, prefix = split_s3(self.s3_uri)
         return S3Lease(self.send, bucket, lease_key(prefix, name), name, self.lease_ttl_s,
                        run_id)
 
@@ -1012,7 +763,7 @@ class SageMakerTarget(ComponentOps, Target):
     def baseline_location(self, endpoint: str) -> tuple[str, str]:
         """(bucket, key) of production's baseline: s3_uri/<endpoint>/baseline.json."""
         check_name("endpoint", endpoint)
-        bucket, prefix = _split_s3(self.s3_uri or "")
+        bucket, prefix = split_s3(self.s3_uri or "")
         return bucket, f"{prefix}{endpoint}/{BASELINE_FILE}"
 
     def load_baseline(self, endpoint: str) -> dict | None:
@@ -1020,9 +771,9 @@ class SageMakerTarget(ComponentOps, Target):
             return None
         bucket, key = self.baseline_location(endpoint)
         try:
-            body = self.send(_request("s3", "GetObject", Bucket=bucket, Key=key))["Body"].read()
+            body = self.send(request("s3", "GetObject", Bucket=bucket, Key=key))["Body"].read()
         except Exception as exc:
-            if _error(exc)[0] in ("NoSuchKey", "404", "NotFound"):
+            if aws_error(exc)[0] in ("NoSuchKey", "404", "NotFound"):
                 return None
             raise
         return json.loads(body)
@@ -1039,7 +790,7 @@ class SageMakerTarget(ComponentOps, Target):
 
     def calibration_location(self) -> tuple[str, str]:
         """(bucket, key) of the calibration store every run of this S3 prefix shares."""
-        bucket, prefix = _split_s3(self.s3_uri or "")
+        bucket, prefix = split_s3(self.s3_uri or "")
         return bucket, f"{prefix}{CALIBRATION_FILE}"
 
     def calibration_uri(self) -> str | None:
@@ -1067,7 +818,7 @@ class SageMakerTarget(ComponentOps, Target):
         """(bucket, key prefix ending in /) of a run's report: <prefix><endpoint>/reports/<run>/
         next to the baseline; run is the candidate's name, so a rerun of the same spec
         replaces its report and each candidate keeps its own."""
-        bucket, prefix = _split_s3(self.s3_uri)
+        bucket, prefix = split_s3(self.s3_uri)
         return bucket, f"{prefix}{endpoint}/reports/{run}/"
 
     def store_report(self, endpoint: str, run: str, files: dict[str, bytes]) -> StoredReport | None:
@@ -1089,7 +840,7 @@ class SageMakerTarget(ComponentOps, Target):
 
     def list_endpoints(self) -> list[EndpointStatus]:
         out = []
-        for page in self._pages(_request("sagemaker", "ListEndpoints")):
+        for page in self._pages(request("sagemaker", "ListEndpoints")):
             for e in page.get("Endpoints", []):
                 out.append(EndpointStatus(name=e["EndpointName"], status=e["EndpointStatus"]))
         return out
@@ -1097,7 +848,7 @@ class SageMakerTarget(ComponentOps, Target):
     def list_resources(self, prefix: str) -> dict[str, list[str]]:
         def names(op: str, key: str, field: str) -> list[str]:
             found = []
-            for page in self._pages(_request("sagemaker", op, NameContains=prefix)):
+            for page in self._pages(request("sagemaker", op, NameContains=prefix)):
                 found += [r[field] for r in page.get(key, []) if r[field].startswith(prefix)]
             return sorted(found)
 
@@ -1108,32 +859,3 @@ class SageMakerTarget(ComponentOps, Target):
             ),
             "endpoints": names("ListEndpoints", "Endpoints", "EndpointName"),
         }
-
-def _bounded(field: str, value: int, lo: int, hi: int) -> int:
-    if not lo <= value <= hi:
-        raise ValueError(f"{field}: {value} is outside the API's bounds {lo}-{hi}")
-    return value
-
-
-def _payload_parts(events: Iterable[dict]) -> Iterator[bytes]:
-    """PayloadPart bytes from a response stream. botocore raises error events (ModelStreamError,
-    InternalStreamFailure) as EventStreamError; they become StreamError here."""
-    it = iter(events)
-    while True:
-        try:
-            event = next(it)
-        except StopIteration:
-            return
-        except Exception as exc:
-            code, msg = _error(exc)
-            if code in ("ModelStreamError", "InternalStreamFailure"):
-                raise StreamError(code, msg) from exc
-            raise
-        if "PayloadPart" in event:
-            yield event["PayloadPart"].get("Bytes", b"")
-        elif "ModelStreamError" in event:
-            e = event["ModelStreamError"]
-            raise StreamError("ModelStreamError", e.get("Message", ""), e.get("ErrorCode"))
-        elif "InternalStreamFailure" in event:
-            raise StreamError("InternalStreamFailure",
-                              event["InternalStreamFailure"].get("Message", ""))

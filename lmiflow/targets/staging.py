@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
-from lmiflow.targets.aws_requests import AwsRequest
-from lmiflow.targets.weights import ModelSource, WeightFile, hub_endpoint, split_s3
+from lmiflow.targets.aws_requests import AwsRequest, split_s3
+from lmiflow.targets.weights import ModelSource, WeightFile, hub_endpoint
 
 logger = logging.getLogger(__name__)
 
