@@ -16,63 +16,48 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlencode
 
 from lmiflow import patterns
-from lmiflow.targets import s3_store
 from lmiflow.targets.aws_requests import (
     AwsRequest,
-    aws_error,
     guard,
     is_existing,
     is_missing,
     method_name,
     request,
-    split_s3,
     validate,
 )
 from lmiflow.targets.base import (
     EndpointBusy,
-    EndpointLock,
     EndpointStatus,
     EndpointVariant,
-    ModelFiles,
     ModelPackage,
-    PlannedRun,
-    StoredReport,
-    StoreOffline,
     Target,
     TrafficPolicy,
     check_name,
 )
 from lmiflow.targets.sagemaker_components import ComponentOps
+from lmiflow.targets.sagemaker_planning import PlanningOps
 from lmiflow.targets.sagemaker_requests import (
-    BASELINE_FILE,
-    CALIBRATION_FILE,
-    VARIANT_NAME,
     create_endpoint_config_request,
     create_endpoint_request,
     create_model_request,
-    describe_alarms_request,
-    lease_key,
     lmi_image_uri,
     put_object_request,
-    sizing_timeouts,
     staged_files_prefix,
     update_endpoint_request,
-    volume_size_supported,
 )
+from lmiflow.targets.sagemaker_s3 import S3Storage
+from lmiflow.targets.sagemaker_scaling import ScalingOps
 from lmiflow.targets.sagemaker_stream import iter_json_lines, payload_parts
 from lmiflow.targets.weights import ModelSource, WeightsPlan, s3_source
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
-    from lmiflow.sizing.autoscaling import ScalingPlan
     from lmiflow.targets.components_plan import ComponentPlan
     from lmiflow.targets.staging import Progress, StagingReport
 
@@ -87,7 +72,7 @@ BUSY_STATUSES = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Delet
 # ---- the target -----------------------------------------------------------------------------
 
 
-class SageMakerTarget(ComponentOps, Target):
+class SageMakerTarget(ComponentOps, S3Storage, ScalingOps, PlanningOps, Target):
     """Target on SageMaker real-time endpoints (targets.base.Target). Every request is built
     as an AwsRequest, checked against botocore's service model and then sent; the clients are
     guarded too, so requests boto3 builds itself (paginators, multipart uploads) are checked."""
@@ -228,107 +213,6 @@ class SageMakerTarget(ComponentOps, Target):
         paginator = self._client_for(req.service).get_paginator(method_name(req.operation))
         return iter(paginator.paginate(**req.params))
 
-    # -- before anything is created --
-
-    def preflight(self, needs: Sequence[tuple[str, str]] = ()) -> list[str]:
-        """Region, identity (STS) and permissions for `needs`; raises
-        aws_preflight.AccessProblem, one line per failed check (see that module)."""
-        from botocore.exceptions import BotoCoreError
-
-        from lmiflow.targets.aws_preflight import AccessProblem, check_access
-
-        try:
-            session = self.session
-        except (BotoCoreError, ValueError) as exc:  # AWS_PROFILE or credentials block missing
-            what = "target.aws_credentials_block" if self.credentials_block else "AWS identity"
-            raise AccessProblem([(what, str(exc).strip().splitlines()[0])]) from None
-        access = check_access(session, self.region, needs, client=self.client)
-        return [f"AWS identity: {access.arn} (account {access.account}, {self.region})",
-                *access.notes]
-
-    def access_needs(self, requests: Sequence[AwsRequest]) -> list[tuple]:
-        """Every permission the requests need, on exactly the resources they name, with the
-        context IAM's conditions read (targets.iam: the policy is written from the same)."""
-        if not self.role_arn:
-            return []
-        from lmiflow.targets.iam import needed
-
-        return needed(list(requests), self.region, self.role_arn, general=False)
-
-    # -- planning --
-
-    def instance_catalog(self):
-        """The SageMaker instance catalog (configs/instances.csv, with its sources)."""
-        from lmiflow.sizing.catalog import load_catalog
-
-        return load_catalog()
-
-    def serving_model_id(self, model_id: str, local_dir: str | None) -> str:
-        """The Hub id the container downloads (a local directory is staged into S3 instead:
-        see weights.plan_weights, so it never gets here)."""
-        return model_id
-
-    def image_uri(self, backend: str, version: str | None, override: str | None) -> str:
-        if override:
-            return override
-        framework = "djl-tensorrtllm" if backend == "trtllm" else "djl-lmi"
-        return lmi_image_uri(self.region, version, framework)
-
-    def serving_engine(self, backend: str) -> str:
-        return backend  # the LMI container runs the backend the config names
-
-    def endpoint_variant(self, instance_type: str, instance_count: int,
-                         weights_bytes: int) -> EndpointVariant:
-        """Download and start-up timeouts for a model of this size, and the volume where the
-        instance takes one (instances with local NVMe storage reject VolumeSizeInGB)."""
-        volume, download, startup = sizing_timeouts(weights_bytes)
-        return EndpointVariant(
-            instance_type=instance_type, instance_count=instance_count,
-            volume_size_gb=volume if volume_size_supported(instance_type) else None,
-            model_data_download_timeout_s=download,
-            container_startup_health_check_timeout_s=startup,
-        )
-
-    def _shape(self, instance_type: str):
-        from lmiflow.targets.components_plan import instance_shape
-
-        cat = self.instance_catalog()
-        rows = cat[cat["instance_type"] == instance_type].to_dict("records")
-        if not rows:
-            raise ValueError(f"{instance_type} is not in the instance catalog")
-        return instance_shape(rows[0])
-
-    def component_plan(self, section, endpoint, option, weights_bytes, variant, gated, alarms,
-                       others=()):
-        """Inference-component mode: the component, packed with `others` on the plan's
-        instance type (targets/components_plan.py)."""
-        if self.mode != "inference_component":
-            return None
-        from lmiflow.targets.components_plan import plan_component
-
-        plan = plan_component(section, endpoint, option, weights_bytes,
-                              self._shape(option.instance_type), variant, gated, alarms,
-                              list(others))
-        self.routes[endpoint] = plan.name  # production's invocations name its component
-        return plan
-
-    def models_in_use(self, endpoint: str) -> set[str]:
-        """The models the endpoint's components serve (theirs, not its config's)."""
-        out = set()
-        for name in self.components_on(endpoint):
-            d = self._component(name) or {}
-            model = (d.get("Specification") or {}).get("ModelName")
-            if model:
-                out.add(model)
-        return out
-
-    def component_need(self, section, endpoint, option, weights_bytes):
-        if self.mode != "inference_component":
-            return None
-        from lmiflow.targets.components_plan import component_need
-
-        return component_need(section, endpoint, option, weights_bytes)
-
     # -- staging and creation --
 
     def package_plan(self, name: str, properties: str, weights: WeightsPlan | None = None
@@ -444,61 +328,6 @@ class SageMakerTarget(ComponentOps, Target):
         logger.info("updating endpoint %s to %s (%s)", name, config_name,
                     (policy or TrafficPolicy()).type)
 
-    # -- autoscaling (targets.autoscaling_plan) --
-
-    def _scalable_target(self, name: str) -> dict | None:
-        from lmiflow.targets.autoscaling_plan import describe_targets_request
-
-        found = self.send(describe_targets_request(name, VARIANT_NAME))
-        return next(iter(found.get("ScalableTargets") or []), None)
-
-    def _instance_type(self, config_name: str | None) -> str | None:
-        if not config_name:
-            return None
-        d = self.send(request("sagemaker", "DescribeEndpointConfig",
-                               EndpointConfigName=config_name))
-        return next((v.get("InstanceType") for v in d.get("ProductionVariants") or []), None)
-
-    def apply_autoscaling(self, endpoint: str, plan: ScalingPlan) -> list[str]:
-        from lmiflow.targets.autoscaling_plan import (
-            METRIC,
-            put_policy_request,
-            register_request,
-            resource_id,
-        )
-
-        self.send(register_request(endpoint, VARIANT_NAME, plan))
-        self.send(put_policy_request(endpoint, VARIANT_NAME, plan))
-        logger.info("autoscaling %s: %d..%d instances, target %g concurrent requests per "
-                    "instance", endpoint, plan.min_instances, plan.max_instances,
-                    plan.target_per_instance)
-        return [f"registered {resource_id(endpoint, VARIANT_NAME)} "
-                f"({plan.min_instances}..{plan.max_instances} instances)",
-                f"target tracking on {METRIC} at {plan.target_per_instance:g}"]
-
-    def remove_autoscaling(self, endpoint: str) -> bool:
-        from lmiflow.targets.autoscaling_plan import removal_requests
-
-        try:
-            found = self._scalable_target(endpoint)
-        except Exception as exc:
-            if "AccessDenied" not in aws_error(exc)[0]:
-                raise
-            # a caller that never set up scaling may not look: DeleteEndpoint deregisters
-            # what it can (SageMaker developer guide, endpoint-delete-with-scaling.html)
-            logger.warning("autoscaling of %s not checked: %s", endpoint, aws_error(exc)[1])
-            return False
-        if found is None:
-            return False
-        for req in removal_requests(endpoint, VARIANT_NAME):
-            try:
-                self.send(req)
-            except Exception as exc:
-                if aws_error(exc)[0] != "ObjectNotFoundException":
-                    raise
-        logger.info("autoscaling of %s removed", endpoint)
-        return True
-
     # -- model weights --
 
     def read_s3_model(self, uri: str) -> tuple[ModelSource, dict, int | None]:
@@ -513,29 +342,6 @@ class SageMakerTarget(ComponentOps, Target):
 
         return stage(self.s3, weights.source, weights.prefix, token=token,
                      on_progress=on_progress)
-
-    # -- the run's requests and the permissions they need --
-
-    def planned_requests(self, run: PlannedRun) -> list[AwsRequest]:
-        from lmiflow.targets.sagemaker_plan import deploy_requests
-
-        return deploy_requests(self, run)
-
-    def iam_policies(self, requests: list[AwsRequest]) -> tuple[dict, dict] | None:
-        if not self.role_arn:
-            return None
-        from lmiflow.targets.iam import execution_role_policy, runner_policy
-
-        return (runner_policy(requests, self.region, self.role_arn),
-                execution_role_policy(requests, self.region, self.role_arn))
-
-    def endpoint_arn(self, name: str) -> str:
-        """The endpoint's ARN as SageMaker writes it (lower case), in the execution role's
-        account: what a dry run shows without asking AWS."""
-        from lmiflow.targets.iam import account_of
-
-        partition, account = account_of(self.role_arn or "arn:aws:iam::000000000000:role/x")
-        return f"arn:{partition}:sagemaker:{self.region}:{account}:endpoint/{name.lower()}"
 
     # -- status --
 
@@ -612,52 +418,6 @@ class SageMakerTarget(ComponentOps, Target):
             self.invoke_pool_size = concurrency
             self.__dict__.pop("runtime", None)
 
-    def model_files(self, endpoint: str, dest: Path, names: Sequence[str]) -> ModelFiles | None:
-        """The model's serving.properties from its S3 prefix (for env packaging: the few
-        OPTION_* entries that say which model and how long a context, never a secret), and
-        those of `names` found in the prefix or an s3:// option.model_id, copied into dest."""
-        from lmiflow.serving.properties_text import parse_entries
-
-        d = self._describe_raw(endpoint)
-        model_name = self.config_model_name(d["EndpointConfigName"]) if d else None
-        if model_name is None:
-            return None
-        container = self.send(request("sagemaker", "DescribeModel", ModelName=model_name)
-                              ).get("PrimaryContainer", {})
-        dest = Path(dest)
-        dest.mkdir(parents=True, exist_ok=True)
-        prefix = container.get("ModelDataSource", {}).get("S3DataSource", {}).get("S3Uri")
-        if prefix:
-            self._copy_s3_files(prefix, ["serving.properties", *names], dest)
-        props = dest / "serving.properties"
-        if props.is_file():
-            entries = parse_entries(props.read_text())
-            props.unlink()  # the entries travel as data; the file may hold a secret
-        else:
-            env = container.get("Environment") or {}
-            keep = ("OPTION_MODEL_ID", "OPTION_MAX_MODEL_LEN", "OPTION_REVISION")
-            entries = {"option." + k[len("OPTION_"):].lower(): v for k, v in env.items()
-                       if k in keep}
-            if env.get("HF_MODEL_ID"):
-                entries.setdefault("option.model_id", env["HF_MODEL_ID"])
-        model_id = entries.get("option.model_id", "")
-        if model_id.startswith("s3://"):
-            self._copy_s3_files(model_id if model_id.endswith("/") else model_id + "/",
-                                list(names), dest)
-        return ModelFiles(directory=dest, properties=entries)
-
-    def _copy_s3_files(self, prefix: str, names: Sequence[str], dest: Path) -> None:
-        bucket, key_prefix = split_s3(prefix)
-        for name in names:
-            try:
-                body = self.send(request("s3", "GetObject", Bucket=bucket,
-                                          Key=key_prefix + name))["Body"].read()
-            except Exception as exc:
-                if aws_error(exc)[0] in ("NoSuchKey", "404", "NotFound"):
-                    continue  # a 403 is a permission error (send), not a missing file
-                raise
-            (dest / name).write_bytes(body)
-
     # -- deletion and listing --
 
     def _delete(self, what: str, req: AwsRequest, name: str) -> bool:
@@ -695,148 +455,6 @@ class SageMakerTarget(ComponentOps, Target):
             raise
         variants = d.get("ProductionVariants") or []
         return variants[0].get("ModelName") if variants else None
-
-    def production_fleet(self, name: str) -> dict[str, int]:
-        """Instances per type the endpoint runs now ({} when it does not exist): the blue fleet
-        a blue/green update runs next to. Types come from its endpoint config, counts from the
-        endpoint (auto scaling may have moved them from the config's initial count)."""
-        current = self._describe_raw(name)
-        if current is None or not current.get("EndpointConfigName"):
-            return {}
-        counts = {v["VariantName"]: v.get("CurrentInstanceCount")
-                  for v in current.get("ProductionVariants") or []}
-        config = self.send(request("sagemaker", "DescribeEndpointConfig",
-                                    EndpointConfigName=current["EndpointConfigName"]))
-        fleet: dict[str, int] = {}
-        for v in config.get("ProductionVariants") or []:
-            if "InstanceType" not in v:
-                continue  # serverless variants hold no instances
-            n = counts.get(v["VariantName"])
-            n = v.get("InitialInstanceCount", 0) if n is None else n
-            fleet[v["InstanceType"]] = fleet.get(v["InstanceType"], 0) + int(n)
-        return fleet
-
-    def missing_alarms(self, names: list[str]) -> list[str]:
-        """The CloudWatch alarms among `names` that do not exist: SageMaker would take a
-        misspelt rollback alarm as "never fires" and roll nothing back."""
-        if not names:
-            return []
-        found: set[str] = set()
-        pages = self._pages(describe_alarms_request(names))
-        for page in pages:
-            for kind in ("MetricAlarms", "CompositeAlarms"):
-                found.update(a["AlarmName"] for a in page.get(kind, []))
-        return [n for n in names if n not in found]
-
-    def endpoint_quotas(self, instance_types: list[str]) -> dict[str, float | None]:
-        """The account's "ml.<type> for endpoint usage" quota per instance type (Service
-        Quotas, applied values); None where the account lists no such quota."""
-        from lmiflow.targets.blue_green import QUOTA_NAME, QUOTA_SERVICE_CODE
-
-        wanted = {QUOTA_NAME.format(instance_type=t): t for t in instance_types}
-        out: dict[str, float | None] = dict.fromkeys(instance_types)
-        pages = self._pages(request("service-quotas", "ListServiceQuotas",
-                                     ServiceCode=QUOTA_SERVICE_CODE))
-        for page in pages:
-            for q in page.get("Quotas", []):
-                t = wanted.get(q.get("QuotaName", ""))
-                if t is not None:
-                    out[t] = float(q["Value"])
-        return out
-
-    def endpoint_lock(self, name: str, run_id: str | None = None) -> EndpointLock:
-        """A lease in the S3 prefix (targets.s3_lease), so it holds across machines. Without an
-        S3 prefix there is nothing shared to hold it in, and only update_endpoint's refusal of
-        a busy endpoint protects production."""
-        from lmiflow.targets.s3_lease import S3Lease
-
-        check_name("endpoint", name)
-        if not self.s3_uri:
-            logger.warning("no target.s3_uri: endpoint %s is not locked across machines", name)
-            return EndpointLock()
-        bucket, prefix = split_s3(self.s3_uri)
-        return S3Lease(self.send, bucket, lease_key(prefix, name), name, self.lease_ttl_s,
-                       run_id)
-
-    # -- production's baseline: s3_uri/<endpoint>/baseline.json --
-
-    def baseline_location(self, endpoint: str) -> tuple[str, str]:
-        """(bucket, key) of production's baseline: s3_uri/<endpoint>/baseline.json."""
-        check_name("endpoint", endpoint)
-        bucket, prefix = split_s3(self.s3_uri or "")
-        return bucket, f"{prefix}{endpoint}/{BASELINE_FILE}"
-
-    def load_baseline(self, endpoint: str) -> dict | None:
-        if not self.s3_uri:
-            return None
-        bucket, key = self.baseline_location(endpoint)
-        try:
-            body = self.send(request("s3", "GetObject", Bucket=bucket, Key=key))["Body"].read()
-        except Exception as exc:
-            if aws_error(exc)[0] in ("NoSuchKey", "404", "NotFound"):
-                return None
-            raise
-        return json.loads(body)
-
-    def save_baseline(self, endpoint: str, data: dict) -> str | None:
-        if not self.s3_uri:
-            return None
-        bucket, key = self.baseline_location(endpoint)
-        self.send(put_object_request(f"s3://{bucket}/{key}", json.dumps(
-            data, indent=2, sort_keys=True).encode(), "application/json"))
-        return f"s3://{bucket}/{key}"
-
-    # -- the latency model's calibration store: s3_uri/calibration.json --
-
-    def calibration_location(self) -> tuple[str, str]:
-        """(bucket, key) of the calibration store every run of this S3 prefix shares."""
-        bucket, prefix = split_s3(self.s3_uri or "")
-        return bucket, f"{prefix}{CALIBRATION_FILE}"
-
-    def calibration_uri(self) -> str | None:
-        return "s3://{}/{}".format(*self.calibration_location()) if self.s3_uri else None
-
-    def load_calibration(self, *, offline: bool = False) -> dict | None:
-        if not self.s3_uri:
-            return None
-        bucket, key = self.calibration_location()
-        if offline:
-            raise StoreOffline(f"s3://{bucket}/{key} is read when the deploy plans, not by a "
-                               "dry run (it calls no AWS service)")
-        return s3_store.read(self.send, bucket, key)[0]
-
-    def update_calibration(self, change: Callable[[dict | None], dict]) -> str | None:
-        if not self.s3_uri:
-            return None
-        bucket, key = self.calibration_location()
-        s3_store.update(self.send, bucket, key, change)
-        return self.calibration_uri()
-
-    # ---- the run's report -----------------------------------------------------------------
-
-    def report_folder(self, endpoint: str, run: str) -> tuple[str, str]:
-        """(bucket, key prefix ending in /) of a run's report: <prefix><endpoint>/reports/<run>/
-        next to the baseline; run is the candidate's name, so a rerun of the same spec
-        replaces its report and each candidate keeps its own."""
-        bucket, prefix = split_s3(self.s3_uri)
-        return bucket, f"{prefix}{endpoint}/reports/{run}/"
-
-    def store_report(self, endpoint: str, run: str, files: dict[str, bytes]) -> StoredReport | None:
-        """The report files in the S3 prefix, so a remote worker's report outlives it; the
-        link opens report.html in the S3 console."""
-        if not self.s3_uri:
-            return None
-        bucket, folder = self.report_folder(endpoint, run)
-        types = {"html": "text/html; charset=utf-8", "json": "application/json",
-                 "md": "text/markdown; charset=utf-8"}
-        for name, body in files.items():
-            self.send(put_object_request(f"s3://{bucket}/{folder}{name}", body,
-                                         types.get(name.rsplit(".", 1)[-1], "text/plain")))
-        key = folder + "report.html"
-        return StoredReport(
-            location=f"s3://{bucket}/{key}",
-            url=f"https://{self.region}.console.aws.amazon.com/s3/object/{bucket}?"
-                + urlencode({"region": self.region, "prefix": key}))
 
     def list_endpoints(self) -> list[EndpointStatus]:
         out = []
