@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 from lmiflow.targets.aws_requests import AwsRequest, error_code
@@ -175,6 +177,25 @@ def s3_denied(req: AwsRequest, exc: Exception) -> PermissionDenied | None:
     return PermissionDenied(f"{s3_action(req.operation)} on {resource} denied ({error_code(exc)})"
                             f": the runner's policy must allow it{also}; `lmiflow iam CONFIG` "
                             "prints the policy")
+
+
+@contextmanager
+def s3_denied_under(prefix_uri: str) -> Iterator[None]:
+    """For S3 calls boto3 makes itself (paginators, managed transfers), which lmiflow does
+    not send one by one: a 403 under the prefix becomes the permission error naming the
+    operation's action and the prefix."""
+    try:
+        yield
+    except Exception as exc:
+        operation = getattr(exc, "operation_name", "")
+        bucket, _, key = prefix_uri.removeprefix("s3://").partition("/")
+        params = {"Bucket": bucket, **({"Key": key + "*"} if operation not in (
+            "ListObjectsV2", "ListMultipartUploads") else {})}
+        denied = s3_denied(AwsRequest(service="s3", operation=operation or "GetObject",
+                                      params=params), exc)
+        if denied is None:
+            raise
+        raise denied from None
 
 
 # Application Auto Scaling acts with the caller's permissions where it sets things up: the

@@ -331,17 +331,22 @@ class SageMakerTarget(ComponentOps, S3Storage, ScalingOps, PlanningOps, Target):
     # -- model weights --
 
     def read_s3_model(self, uri: str) -> tuple[ModelSource, dict, int | None]:
-        return s3_source(self.s3, uri)
+        from lmiflow.targets.iam import s3_denied_under
+
+        with s3_denied_under(uri):  # boto3's own calls: a 403 names what is missing too
+            return s3_source(self.s3, uri)
 
     def stage_weights(self, weights: WeightsPlan, token: SecretStr | None,
                       on_progress: Callable[[Progress], None] | None = None
                       ) -> StagingReport | None:
         if weights.delivery != "staged" or not weights.prefix:
             return None
+        from lmiflow.targets.iam import s3_denied_under
         from lmiflow.targets.staging import stage
 
-        return stage(self.s3, weights.source, weights.prefix, token=token,
-                     on_progress=on_progress)
+        with s3_denied_under(weights.prefix):
+            return stage(self.s3, weights.source, weights.prefix, token=token,
+                         on_progress=on_progress)
 
     # -- status --
 

@@ -78,3 +78,13 @@ def test_a_denied_report_upload_names_the_object(s3):
     with pytest.raises(PermissionDenied, match=f"s3:PutObject on arn:aws:s3:::{BUCKET}/lf/"
                                                "prod/reports/prod-c-0123abcd/report.json"):
         t.store_report("prod", "prod-c-0123abcd", {"report.json": b"{}"})
+
+
+def test_a_denied_listing_of_an_s3_model_names_the_permission(s3):
+    """An s3:// model is read with boto3's paginator (not sent request by request): its 403
+    is the same one-line permission error."""
+    t, stub = s3
+    denied(stub, "list_objects_v2")
+    with pytest.raises(PermissionDenied, match=f"^s3:ListBucket on arn:aws:s3:::{BUCKET} "
+                                               "denied \\(AccessDenied\\)"):
+        t.read_s3_model(f"s3://{BUCKET}/models/tiny/")
