@@ -223,3 +223,11 @@ def test_the_linter_finds_what_it_is_there_to_find():
         "sagemaker:CreateModel: takes no resource like "
         "arn:aws:sagemaker:us-east-1:123456789012:endpoint/x",
         "iam:PassRole: no condition key s3:prefix"]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_the_runner_policy_fits_one_managed_policy(name, capsys):
+    """IAM quotas: a managed policy holds at most 6,144 characters, white space not counted
+    (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html)."""
+    policy = planned(name, capsys)["iam_policy"]
+    assert len("".join(json.dumps(policy).split())) <= 6144
