@@ -48,7 +48,8 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
             tags = pipeline.tags_for(names, report.run_id)
             with rec.step("preflight") as s:
                 steps.check_production(spec)
-                report.promotion_plan = steps.preflight(spec, candidate)
+                report.promotion_plan = steps.preflight(spec, candidate,
+                                                        rec.planned_requests())
                 s.summary = _peak_summary(report.promotion_plan)
             with rec.step("stage_weights") as s:
                 report.staging = steps.stage_weights(spec, candidate.weights)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from pydantic import BaseModel
 
@@ -37,6 +37,7 @@ from lmiflow.sizing.calibration import CalibrationRecord, records_for_option, si
 from lmiflow.sizing.model_spec import ModelSpec
 from lmiflow.sizing.planner import Plan
 from lmiflow.spec import DeploymentSpec
+from lmiflow.targets.aws_requests import AwsRequest
 from lmiflow.targets.base import (
     TERMINAL_STATUSES,
     EndpointStatus,
@@ -184,19 +185,17 @@ def create_model(target: Target, spec: DeploymentSpec, candidate: Candidate,
                         removed_leftovers=removed)
 
 
-def preflight(target: Target, candidate: Candidate) -> PromotionPlan | None:
+def preflight(target: Target, candidate: Candidate, requests: Sequence[AwsRequest] = ()
+              ) -> PromotionPlan | None:
     """What must hold before anything is created, asked of the platform: the rollback alarms
     exist (a misspelt one would never fire, so nothing would roll back) and the peak fleet,
     with production as it is now, fits the account's quota for the instance type. Raises
     UserInputError naming the config field; returns the plan with the described peak.
     First of all: may these credentials act here at all (region, identity, the permissions
     the run needs; the target's preflight), so a missing credential is one line, not a
-    traceback from the first call that needs it."""
-    names = candidate.names
-    needs = target.deploy_needs(names.production, names.model_dump())
-    if candidate.autoscaling is not None:
-        needs += target.autoscaling_needs(names.production)
-    for note in target.preflight(needs):
+    traceback from the first call that needs it. The permissions are those of `requests`,
+    the run's planned requests: the same the IAM policy is written from."""
+    for note in target.preflight(target.access_needs(requests)):
         log.info(note)
     plan = candidate.promotion
     if plan is None:
@@ -207,7 +206,7 @@ def preflight(target: Target, candidate: Candidate) -> PromotionPlan | None:
                                                  f"{', '.join(missing)} in this account and "
                                                  "region (SageMaker would never roll back on it)")
     # a component joining an existing endpoint: its instance type and limits are fixed
-    target.check_shared_endpoint(names.production, names.component)
+    target.check_shared_endpoint(candidate.names.production, candidate.names.component)
     plan = endpoint_plan.with_peak(plan, target.production_fleet(candidate.names.production))
     quotas = target.endpoint_quotas(list(plan.peak_instances))
     over = quota_error(FleetPeak(instances=plan.peak_instances, assumption=plan.peak_assumption,

@@ -30,6 +30,7 @@ from lmiflow.report.outcome import ProductionState, outcome
 from lmiflow.sizing.planner import Plan
 from lmiflow.sizing.units import gb
 from lmiflow.spec import DeploymentSpec
+from lmiflow.targets.aws_requests import AwsRequest
 
 STEP_NAMES = ("fetch_config", "compute_memory", "choose_instance", "render_serving_properties",
               "preflight", "stage_weights", "create_model", "configure_endpoint", "create_endpoint",
@@ -49,6 +50,11 @@ class RunRecord:
             model=ReportedModel(id=spec.model.id, revision=spec.model.revision),
             config=spec.model_dump(mode="json"), versions=_versions(spec),
         )
+
+    def planned_requests(self) -> list[AwsRequest]:
+        """The run's planned requests as planning listed them (secrets masked: what the
+        preflight derives the permissions to check from needs names, never a secret)."""
+        return [AwsRequest(**r.model_dump()) for r in self.report.requests or []]
 
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[StepRecord]:

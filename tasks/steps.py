@@ -42,6 +42,7 @@ from lmiflow.report.outcome import ProductionState, explain_check, figure, sig
 from lmiflow.report.sections import calibration_section
 from lmiflow.run_record import ReportNotWritten, write_report_somewhere
 from lmiflow.spec import DeploymentSpec
+from lmiflow.targets.aws_requests import AwsRequest
 from lmiflow.targets.base import EndpointStatus, EndpointVariant
 from lmiflow.targets.staging import Progress, StagingReport
 from lmiflow.targets.weights import WeightsPlan
@@ -167,8 +168,9 @@ def check_production(spec: DeploymentSpec) -> EndpointStatus | None:
 
 
 @step_task("preflight")
-def preflight(spec: DeploymentSpec, candidate: Candidate) -> PromotionPlan | None:
-    plan = lifecycle.preflight(target_for(spec), candidate)
+def preflight(spec: DeploymentSpec, candidate: Candidate,
+              requests: list[AwsRequest] | None = None) -> PromotionPlan | None:
+    plan = lifecycle.preflight(target_for(spec), candidate, requests or ())
     if plan is not None:
         peak = ", ".join(f"{n} x {t}" for t, n in plan.peak_instances.items())
         _md(spec, "preflight", f"# Before anything is created\n\nrollback alarms: "

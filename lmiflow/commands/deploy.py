@@ -68,10 +68,10 @@ def run(args) -> int:
     # plan; what only the platform knows (credentials and permissions, rollback alarms, the
     # peak fleet within quota); then every place the run writes and production's state. The
     # platform goes first: _check_outputs imports Prefect, which creates its home directory.
-    _, (_, _, candidate) = _plan_directly(spec)
+    rec, (_, _, candidate) = _plan_directly(spec)
     from lmiflow import lifecycle, pipeline
 
-    lifecycle.preflight(pipeline.target_for(spec), candidate)
+    lifecycle.preflight(pipeline.target_for(spec), candidate, rec.planned_requests())
     _check_outputs(spec, Path(report_dir))
     return _run_flow(spec, report_dir)
 

@@ -23,9 +23,13 @@ from typing import Any
 from lmiflow.errors import UserInputError
 from lmiflow.targets.aws_requests import error_code
 
-# (IAM action, resource ARN or "*"); the ARN may hold {partition}, {region} and {account},
-# filled in from the caller's identity (a command knows the endpoint's name, not the account).
-Need = tuple[str, str]
+# (IAM action, resource ARN or "*"[, request context]); the ARN may hold {partition}, {region}
+# and {account}, filled in from the caller's identity (a command knows the endpoint's name, not
+# the account). The context is ((key, value), ...): what the request tells IAM, such as
+# iam:PassedToService for iam:PassRole, which a policy's condition reads; simulated without
+# it, a condition on it never holds (IAM's simulator answers implicitDeny, listing the key in
+# MissingContextValues).
+Need = tuple[str, str] | tuple[str, str, tuple[tuple[str, str], ...]]
 _DENIED = ("AccessDenied", "AccessDeniedException", "UnauthorizedOperation")
 _BAD_CREDENTIALS = ("InvalidClientTokenId", "SignatureDoesNotMatch", "ExpiredToken",
                     "ExpiredTokenException", "UnrecognizedClientException",
@@ -116,21 +120,27 @@ def principal_arn(caller_arn: str) -> str | None:
 
 def simulate(iam: Any, principal: str, needs: Sequence[Need]) -> list[str]:
     """The actions IAM's simulator denies the principal, with the resource each was asked for.
-    Raises the client's error when the caller may not simulate."""
-    by_resource: dict[str, list[str]] = defaultdict(list)
-    for action, resource in needs:
-        if action not in by_resource[resource]:
-            by_resource[resource].append(action)
+    One simulation per resource and request context. Raises the client's error when the
+    caller may not simulate."""
+    groups: dict[tuple[str, tuple], list[str]] = defaultdict(list)
+    for need in needs:
+        action, resource = need[0], need[1]
+        context = tuple(need[2]) if len(need) > 2 else ()  # type: ignore[misc]
+        if action not in groups[(resource, context)]:
+            groups[(resource, context)].append(action)
     denied: list[str] = []
-    for resource, actions in by_resource.items():
+    for (resource, context), actions in groups.items():
+        extra = {"ContextEntries": [
+            {"ContextKeyName": k, "ContextKeyValues": [v], "ContextKeyType": "string"}
+            for k, v in context]} if context else {}
         pages = iam.get_paginator("simulate_principal_policy").paginate(
-            PolicySourceArn=principal, ActionNames=actions, ResourceArns=[resource])
+            PolicySourceArn=principal, ActionNames=actions, ResourceArns=[resource], **extra)
         for page in pages:
             for result in page["EvaluationResults"]:
                 if result["EvalDecision"] != "allowed":
                     where = "" if resource == "*" else f" on {resource}"
                     denied.append(f"{result['EvalActionName']}{where}")
-    return denied
+    return list(dict.fromkeys(denied))
 
 
 def check_permissions(client: Client, region: str, access: Access, needs: Sequence[Need]
@@ -143,7 +153,7 @@ def check_permissions(client: Client, region: str, access: Access, needs: Sequen
     if needs and principal is not None:
         where = {"partition": access.arn.split(":")[1], "region": region,
                  "account": access.account}
-        needs = [(action, resource.format(**where)) for action, resource in needs]
+        needs = [(n[0], n[1].format(**where), *n[2:]) for n in needs]  # type: ignore[misc]
         try:
             denied = simulate(client("iam"), principal, needs)
         except Exception as exc:  # not allowed to simulate, or a stand-in without IAM
@@ -163,36 +173,6 @@ def check_permissions(client: Client, region: str, access: Access, needs: Sequen
     except BotoCoreError as exc:
         return f"cannot reach SageMaker in {region}: {_first_line(exc)}"
     return None
-
-
-def deploy_needs(production: str, names: dict[str, str], role_arn: str | None,
-                 s3_uri: str | None) -> list[Need]:
-    """What a deploy asks of IAM: the candidate's model, config and endpoint, production's
-    update, invocations, deletes, passing the execution role, the S3 prefix."""
-    arn = "arn:{partition}:sagemaker:{region}:{account}:"
-
-    def sm(kind: str, name: str) -> str:
-        return f"{arn}{kind}/{name.lower()}"  # SageMaker ARNs carry names in lower case
-
-    model, config = sm("model", names["model"]), sm("endpoint-config", names["endpoint_config"])
-    candidate, prod = sm("endpoint", names["endpoint"]), sm("endpoint", production)
-    needs: list[Need] = [
-        ("sagemaker:CreateModel", model), ("sagemaker:AddTags", model),
-        ("sagemaker:DeleteModel", model),
-        ("sagemaker:CreateEndpointConfig", config), ("sagemaker:DeleteEndpointConfig", config),
-        ("sagemaker:DescribeEndpointConfig", config),
-    ]
-    for endpoint in (candidate, prod):
-        needs += [("sagemaker:CreateEndpoint", endpoint), ("sagemaker:DescribeEndpoint",
-                                                           endpoint),
-                  ("sagemaker:InvokeEndpoint", endpoint), ("sagemaker:DeleteEndpoint", endpoint)]
-    needs.append(("sagemaker:UpdateEndpoint", prod))
-    if role_arn:
-        needs.append(("iam:PassRole", role_arn))
-    if s3_uri and s3_uri.startswith("s3://"):
-        bucket_and_prefix = s3_uri[len("s3://"):].rstrip("/")
-        needs.append(("s3:PutObject", f"arn:{{partition}}:s3:::{bucket_and_prefix}/*"))
-    return needs
 
 
 def check_access(session: Any, region: str | None, needs: Sequence[Need] = (),

@@ -111,6 +111,42 @@ def error_code(exc: Exception) -> str:
     return str(err.get("Code") or status or "")
 
 
+def aws_error(exc: Exception) -> tuple[str, str]:
+    """(code, message) of a botocore ClientError ("", "" for other exceptions)."""
+    resp = getattr(exc, "response", None) or {}
+    err = resp.get("Error", {})
+    return str(err.get("Code", "")), str(err.get("Message", ""))
+
+
+def is_missing(exc: Exception) -> bool:
+    """SageMaker's answer for a resource that does not exist (a ValidationException)."""
+    code, msg = aws_error(exc)
+    return code in ("ValidationException", "ValidationError") and "Could not find" in msg
+
+
+def is_existing(exc: Exception) -> bool:
+    """SageMaker's answer for a name already taken (a ValidationException)."""
+    code, msg = aws_error(exc)
+    return code in ("ValidationException", "ValidationError") and "already exist" in msg
+
+
+def request(service: str, operation: str, **params: Any) -> AwsRequest:
+    return AwsRequest(service=service, operation=operation, params=params)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """(bucket, key prefix ending in / or empty) of an s3:// URI."""
+    from lmiflow import patterns
+
+    m = patterns.S3_URI.fullmatch(uri) if isinstance(uri, str) else None
+    if not m:
+        raise ValueError(f"target.s3_uri: {uri!r} is not s3://bucket/prefix/")
+    prefix = m.group("key") or ""
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return m.group("bucket"), prefix
+
+
 def send(client: Any, req: AwsRequest) -> Any:
     """Validate, then make the call with the client of req.service."""
     validate(req)

@@ -270,14 +270,10 @@ class Target(ABC):
         None when the files written on this machine are where they belong."""
         return None
 
-    def deploy_needs(self, production: str, names: dict[str, str]) -> list[tuple[str, str]]:
-        """The (action, resource) pairs a deploy of these candidate names asks for, for
-        preflight (names: endpoint, endpoint_config, model)."""
-        return []
-
-    def autoscaling_needs(self, production: str) -> list[tuple[str, str]]:
-        """The (action, resource) pairs apply_autoscaling and a scaled update ask for, for
-        preflight (none where the platform has no permissions)."""
+    def access_needs(self, requests: Sequence[AwsRequest]) -> list[tuple]:
+        """What preflight asks the platform to confirm for a run that sends `requests`:
+        (action, resource[, request context]) for each permission one of them needs (none
+        where the platform has no permissions)."""
         return []
 
     # ---- packaging and creation ---------------------------------------------------------

@@ -84,6 +84,11 @@ class InvocationError(RuntimeError):
         super().__init__(f"HTTP {status_code}: {body[:500].decode('utf-8', 'replace')}")
 
 
+def timeline_path(state_dir: Path, endpoint: str) -> Path:
+    """Where the autoscaler of a local endpoint (targets.local_scaler) logs its ticks."""
+    return state_dir / "autoscaling" / f"{endpoint}.jsonl"
+
+
 def default_state_dir() -> Path:
     env = os.environ.get("LMIFLOW_STATE_DIR")
     if env:
@@ -562,7 +567,6 @@ class LocalTarget(Target):
     def apply_autoscaling(self, endpoint: str, plan: ScalingPlan) -> list[str]:
         """Record the policy on the endpoint and start its scaler (once: a running scaler
         reads the new policy on its next tick)."""
-        from lmiflow.targets.local_scaler import timeline_path
 
         with self._registry() as reg:
             rec = reg["endpoints"].get(endpoint)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from lmiflow.errors import StateError
+from lmiflow.targets.local import LocalTarget, timeline_path
 
 TICK_S = 0.5
 
@@ -90,10 +91,6 @@ def decide(state: ScalerState, now: float, in_flight: float, current: int, polic
     return current
 
 
-def timeline_path(state_dir: Path, endpoint: str) -> Path:
-    return state_dir / "autoscaling" / f"{endpoint}.jsonl"
-
-
 def read_timeline(state_dir: Path, endpoint: str) -> list[dict[str, Any]]:
     path = timeline_path(state_dir, endpoint)
     if not path.is_file():
@@ -113,8 +110,6 @@ def _in_flight(port: int) -> int | None:
 
 def run(state_dir: Path, endpoint: str, tick_s: float = TICK_S) -> None:
     """The scaler's loop; returns when the endpoint is gone or no longer scales."""
-    from lmiflow.targets.local import LocalTarget
-
     target = LocalTarget(state_dir)
     state = ScalerState(started=time.time())
     path = timeline_path(state_dir, endpoint)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lmiflow.targets import components_plan as cp
+from lmiflow.targets.aws_requests import aws_error, is_existing, is_missing
 from lmiflow.targets.components_plan import ComponentPlan
 
 logger = logging.getLogger(__name__)
@@ -59,12 +60,10 @@ class ComponentOps:
         return self.__dict__["_routes"]
 
     def _component(self, name: str) -> dict | None:
-        from lmiflow.targets.sagemaker import _is_missing
-
         try:
             return self.send(cp.describe_component_request(name))
         except Exception as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 return None
             raise
 
@@ -99,25 +98,21 @@ class ComponentOps:
 
     def _unscale(self, name: str) -> None:
         """Production's component has auto scaling (a candidate's never has)."""
-        from lmiflow.targets.sagemaker import _error
-
         if CANDIDATE_COMPONENT.search(name):
             return
         for req in cp.unscale_requests(name):
             try:
                 self.send(req)
             except Exception as exc:
-                if _error(exc)[0] != "ObjectNotFoundException":  # never registered
+                if aws_error(exc)[0] != "ObjectNotFoundException":  # never registered
                     raise
 
     def delete_component(self, name: str, timeout_s: float = 1800) -> bool:
-        from lmiflow.targets.sagemaker import _is_missing
-
         self._unscale(name)
         try:
             self.send(cp.delete_component_request(name))
         except Exception as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 return False
             raise
         self._wait_component_gone(name, timeout_s)
@@ -143,12 +138,11 @@ class ComponentOps:
         if component is None:
             return
         from lmiflow.errors import UserInputError
-        from lmiflow.targets.sagemaker import _is_missing
 
         try:
             current = self.send(cp.describe_endpoint_request(production))
         except Exception as exc:
-            if _is_missing(exc):
+            if is_missing(exc):
                 return  # a first deploy: this config's endpoint config sets them
             raise
         name = current.get("EndpointConfigName")
@@ -166,15 +160,13 @@ class ComponentOps:
         runs (adopted when an interrupted run already made it)."""
         if component is None:
             return
-        from lmiflow.targets.sagemaker import _is_existing
-
         try:
             self.send(cp.create_component_request(component.candidate, endpoint, model,
                                                   component, tags))
             logger.info("creating inference component %s on %s", component.candidate,
                         endpoint)
         except Exception as exc:
-            if not _is_existing(exc):
+            if not is_existing(exc):
                 raise
             logger.info("inference component %s exists: adopting it", component.candidate)
         self.wait_component(component.candidate, timeout_s)

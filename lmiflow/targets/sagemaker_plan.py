@@ -18,7 +18,7 @@ from typing import Any
 
 from lmiflow.redact import MASK
 from lmiflow.targets import autoscaling_plan
-from lmiflow.targets.aws_requests import AwsRequest
+from lmiflow.targets.aws_requests import AwsRequest, split_s3
 from lmiflow.targets.base import PlannedRun
 from lmiflow.targets.s3_lease import planned_lease_requests
 from lmiflow.targets.s3_store import planned_update_requests
@@ -92,10 +92,19 @@ def delete_endpoint(step: str, endpoint: str, target: Any, when: str | None = No
 
 def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None = None
                     ) -> list[AwsRequest]:
-    """The requests of one deploy on `target` (a SageMakerTarget), in the order they are sent."""
-    from lmiflow.targets.sagemaker import (
+    """The requests of one deploy on `target` (a SageMakerTarget), in the order they are sent;
+    the preflight's simulation asks for the actions all the others need."""
+    out = _deploy_requests(target, run, staging)
+    needs = target.access_needs([r for r in out if r.service != "iam"])
+    actions = sorted({n[0] for n in needs})
+    return [r.model_copy(update={"params": {**r.params, "ActionNames": actions}})
+            if r.operation == "SimulatePrincipalPolicy" else r for r in out]
+
+
+def _deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None
+                     ) -> list[AwsRequest]:
+    from lmiflow.targets.sagemaker_requests import (
         VARIANT_NAME,
-        _split_s3,
         create_endpoint_config_request,
         create_endpoint_request,
         create_model_request,
@@ -109,7 +118,7 @@ def deploy_requests(target: Any, run: PlannedRun, staging: StagingConfig | None 
     out: list[AwsRequest] = []
     lease_release: list[AwsRequest] = []
     if target.s3_uri:
-        bucket, prefix = _split_s3(target.s3_uri)
+        bucket, prefix = split_s3(target.s3_uri)
         take, lease_release = planned_lease_requests(
             bucket, lease_key(prefix, run.production), target.lease_ttl_s)
         out += take
@@ -208,7 +217,6 @@ def tokenizer_requests(run: PlannedRun, model_data: str | None) -> list[AwsReque
     """SageMakerTarget.model_files, for the benchmark: with no copy of the model's tokenizer
     on the runner it counts tokens with the one in the candidate's model files. A file that
     is not there is skipped."""
-    from lmiflow.targets.sagemaker import _split_s3
 
     when = "when the runner has no copy of the model's tokenizer"
     out = [
@@ -218,7 +226,7 @@ def tokenizer_requests(run: PlannedRun, model_data: str | None) -> list[AwsReque
         _r("benchmark", "sagemaker", "DescribeModel", when, ModelName=run.model),
     ]
     if model_data:  # staged or s3:// weights: their prefix; s3 packaging: the model's folder
-        bucket, key = _split_s3(model_data)
+        bucket, key = split_s3(model_data)
         out += [_r("benchmark", "s3", "GetObject", when + "; if the file exists",
                    Bucket=bucket, Key=key + name)
                 for name in ("serving.properties", *run.tokenizer_files)]
@@ -233,7 +241,7 @@ def component_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
     candidate removed, component first (an endpoint with components cannot be deleted)."""
     from lmiflow.targets import components_plan as cp
     from lmiflow.targets.iam import account_of
-    from lmiflow.targets.sagemaker import create_endpoint_request
+    from lmiflow.targets.sagemaker_requests import create_endpoint_request
 
     c = run.component
     assert c is not None
@@ -322,7 +330,7 @@ def before_update_requests(run: PlannedRun) -> list[AwsRequest]:
     """What update_endpoint asks first when the run scales production: is production's
     variant a scalable target, does the update change its instance type (then the target is
     removed: SageMaker refuses that update otherwise; targets.autoscaling_plan)."""
-    from lmiflow.targets.sagemaker import VARIANT_NAME
+    from lmiflow.targets.sagemaker_requests import VARIANT_NAME
 
     if run.autoscaling is None:
         return []
@@ -347,22 +355,17 @@ def save_baseline(target: Any, run: PlannedRun) -> list[AwsRequest]:
 
 
 def access_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
-    """aws_preflight: who calls, and may it (the preflight step's first question)."""
+    """aws_preflight: who calls, and may it (the preflight step's first question); the
+    actions asked are filled in from the whole list (deploy_requests)."""
     from lmiflow.targets.iam import account_of
 
-    names = {"endpoint": run.endpoint, "endpoint_config": run.endpoint_config,
-             "model": run.model}
-    needs = target.deploy_needs(run.production, names)
-    if run.autoscaling is not None:
-        needs += target.autoscaling_needs(run.production)
-    actions = list(dict.fromkeys(a for a, _ in needs))
     partition, account = account_of(target.role_arn) if target.role_arn else ("aws", "")
     caller = f"arn:{partition}:iam::{account or '<account>'}:role/<the caller's role>"
     return [
         _r("preflight", "sts", "GetCallerIdentity"),
         _r("preflight", "iam", "SimulatePrincipalPolicy",
-           "once per resource: the caller's permissions for this run",
-           PolicySourceArn=caller, ActionNames=actions),
+           "once per resource and request context: the caller's permissions for this run",
+           PolicySourceArn=caller, ActionNames=[]),
         _r("preflight", "sagemaker", "ListEndpoints",
            "only when the caller may not simulate its permissions", MaxResults=1),
     ]
@@ -386,7 +389,7 @@ def preflight_requests(target: Any, run: PlannedRun) -> list[AwsRequest]:
     """What lifecycle.preflight asks before anything is created: the rollback alarms exist,
     production's fleet as it is, the account's quota for the peak's instance types."""
     from lmiflow.targets.blue_green import QUOTA_SERVICE_CODE
-    from lmiflow.targets.sagemaker import describe_alarms_request
+    from lmiflow.targets.sagemaker_requests import describe_alarms_request
 
     first = "before anything is created"
     out = []

@@ -32,8 +32,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
-from lmiflow.targets.aws_requests import AwsRequest
-from lmiflow.targets.weights import ModelSource, WeightFile, hub_endpoint, split_s3
+from lmiflow.targets.aws_requests import AwsRequest, split_s3
+from lmiflow.targets.weights import ModelSource, WeightFile, hub_endpoint
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +219,11 @@ def planned_requests(source: ModelSource, prefix: str, config: StagingConfig | N
     reqs = [
         AwsRequest(service="s3", operation="ListMultipartUploads", step=step,
                    params={"Bucket": bucket, "Prefix": key_prefix},
-                   when="then AbortMultipartUpload for each one older than a day"),
+                   when="uploads an interrupted staging left"),
+        AwsRequest(service="s3", operation="AbortMultipartUpload", step=step,
+                   params={"Bucket": bucket, "Key": key_prefix + "<key of the upload>",
+                           "UploadId": "<from ListMultipartUploads>"},
+                   when="for each upload listed that is older than a day"),
         AwsRequest(service="s3", operation="ListObjectsV2", step=step,
                    params={"Bucket": bucket, "Prefix": key_prefix},
                    when="then HeadObject for each object of the right size: resume"),

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr
 
 from lmiflow.errors import UserInputError
-from lmiflow.targets.aws_requests import AwsRequest
+from lmiflow.targets.aws_requests import AwsRequest, split_s3
 
 # What a serving container needs from a model repository: configs, tokenizer files, weights
 # (safetensors, else PyTorch .bin), chat templates, and the repository's code only when it is
@@ -214,13 +214,6 @@ def local_source(path: str | Path, trust_remote_code: bool = False) -> ModelSour
 
 
 # ---- an s3:// prefix -------------------------------------------------------------------------
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    """(bucket, key prefix ending in / or empty)."""
-    from lmiflow.targets.sagemaker import _split_s3
-
-    return _split_s3(uri)
 
 
 def s3_source(s3: Any, uri: str) -> tuple[ModelSource, dict, int | None]:

@@ -10,9 +10,9 @@ from lmiflow import patterns
 from lmiflow.serving.properties import check_key
 from lmiflow.serving.properties_text import parse_entries, render_entries
 from lmiflow.spec import DeploymentSpec
+from lmiflow.targets.aws_requests import split_s3
 from lmiflow.targets.base import Target
 from lmiflow.targets.local import LocalTarget
-from lmiflow.targets.sagemaker import _split_s3
 
 BASE = {
     "name": "ok",
@@ -67,7 +67,7 @@ def test_parsed_text_is_checked_by_the_same_rule():
 
 def test_lower_layers_use_full_matches(tmp_path):
     with pytest.raises(ValueError):
-        _split_s3("s3://my-bucket/p\n")
+        split_s3("s3://my-bucket/p\n")
     with pytest.raises(ValueError):
         Target.resource_names("prod\n", "deadbeef")
     t = LocalTarget(tmp_path)

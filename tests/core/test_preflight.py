@@ -132,25 +132,27 @@ def test_autoscaling_max_above_the_quota_names_autoscaling_max():
     assert lifecycle.preflight(t, scaled(3)) is not None
 
 
-def test_a_scaled_run_asks_preflight_for_the_autoscaling_permissions_too():
-    from lmiflow.sizing.autoscaling import scaling_plan
+def test_preflight_asks_for_the_permissions_of_the_runs_planned_requests():
+    """The permissions checked are those of the requests the run planned (a scaled run's
+    RegisterScalableTarget among them), as the target reads them: the same list the IAM
+    policy is written from."""
+    from lmiflow.targets.aws_requests import AwsRequest
 
     class Asking(Platform):
         def preflight(self, needs=()):
             self.needs = list(needs)
             return []
 
-        def autoscaling_needs(self, production):
-            return [("application-autoscaling:RegisterScalableTarget", "*")]
+        def access_needs(self, requests):
+            return [(f"{r.service}:{r.operation}", "*") for r in requests]
 
-    plan = scaling_plan(min_instances=2, max_instances=2, target=1, headroom_pct=None,
-                        scale_in_cooldown_s=300, scale_out_cooldown_s=300, plan_max_per_copy=4,
-                        batch_per_copy=4, copies_per_instance=1, initial_instances=2)
     t = Asking(alarms=["prod-5xx"])
     lifecycle.preflight(t, _candidate())
-    assert ("application-autoscaling:RegisterScalableTarget", "*") not in t.needs
-    lifecycle.preflight(t, _candidate().model_copy(update={"autoscaling": plan}))
-    assert t.needs[-1] == ("application-autoscaling:RegisterScalableTarget", "*")
+    assert t.needs == []
+    scaled = [AwsRequest(service="application-autoscaling", operation="RegisterScalableTarget",
+                         params={})]
+    lifecycle.preflight(t, _candidate(), scaled)
+    assert t.needs == [("application-autoscaling:RegisterScalableTarget", "*")]
 
 
 def test_a_shared_endpoint_that_cannot_take_the_component_stops_the_run_first():

@@ -18,7 +18,7 @@ from lmiflow.targets.aws_requests import (
     validate,
 )
 from lmiflow.targets.base import EndpointVariant
-from lmiflow.targets.sagemaker import (
+from lmiflow.targets.sagemaker_requests import (
     create_endpoint_config_request,
     create_model_request,
     put_object_request,

@@ -1,14 +1,13 @@
 """The IAM policies generated from a run's requests: every request is allowed, on the names a
 later run of the same config uses too, and nothing broader (no `*` actions, `*` resources
-only for the List calls IAM cannot scope). The evaluator here is a small, independent reading
-of IAM's rules (action match, ARN wildcards, StringEquals/StringLike conditions)."""
+only for the List calls IAM cannot scope). The evaluator (tests/iam_judge.py) is a small,
+independent reading of IAM's rules (action match, ARN wildcards, String conditions)."""
 
 from __future__ import annotations
 
-import fnmatch
-
 from lmiflow.targets.aws_requests import AwsRequest
 from lmiflow.targets.iam import TRUST_POLICY, execution_role_policy, generalise, runner_policy
+from tests.iam_judge import allowed
 
 REGION = "us-east-1"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerExecution"
@@ -45,34 +44,6 @@ RUN = [
       Body=b"{}"),
     r("s3", "PutObject", Bucket="bkt", Key="lf/Prod/baseline.json", Body=b"{}"),
 ]
-
-
-def _matches(pattern: str, value: str) -> bool:
-    return fnmatch.fnmatchcase(value, pattern)
-
-
-def allowed(policy: dict, action: str, resource: str, context: dict | None = None) -> bool:
-    for st in policy["Statement"]:
-        if st["Effect"] != "Allow" or not any(_matches(a, action) for a in st["Action"]):
-            continue
-        if not any(_matches(p, resource) for p in st["Resource"]):
-            continue
-        ok = True
-        for op, conds in st.get("Condition", {}).items():
-            for key, want in conds.items():
-                got = (context or {}).get(key)
-                wants = want if isinstance(want, list) else [want]
-                if got is None:
-                    ok = False
-                elif op == "StringEquals":
-                    ok = ok and got in wants
-                elif op == "StringLike":
-                    ok = ok and any(_matches(w, got) for w in wants)
-                else:
-                    ok = False
-        if ok:
-            return True
-    return False
 
 
 def test_every_request_is_allowed_by_the_runner_policy():

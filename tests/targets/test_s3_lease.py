@@ -19,7 +19,8 @@ from botocore.stub import ANY, Stubber
 
 from lmiflow.targets import aws_requests
 from lmiflow.targets.s3_lease import LeaseHeld, LeaseLost, S3Lease
-from lmiflow.targets.sagemaker import SageMakerTarget, lease_key
+from lmiflow.targets.sagemaker import SageMakerTarget
+from lmiflow.targets.sagemaker_requests import lease_key
 from tests.aws_fakes import no_aws
 
 BUCKET, KEY = "lmiflow-bucket", "models/leases/prod.json"

@@ -34,14 +34,9 @@ from lmiflow.targets.base import (
     TrafficPolicy,
     WaitTimeout,
 )
-from lmiflow.targets.sagemaker import (
-    SageMakerTarget,
-    StreamError,
-    deployment_config,
-    iter_json_lines,
-    lmi_image_uri,
-    sizing_timeouts,
-)
+from lmiflow.targets.sagemaker import SageMakerTarget
+from lmiflow.targets.sagemaker_requests import deployment_config, lmi_image_uri, sizing_timeouts
+from lmiflow.targets.sagemaker_stream import StreamError, iter_json_lines
 from tests.aws_fakes import no_aws
 
 resource_names = Target.resource_names
