@@ -77,7 +77,8 @@ class TargetTransport:
         perf = time.perf_counter
         raw = RawResponse(start=perf())
         try:
-            stream = self.target.invoke_stream(self.endpoint, payload)
+            stream = self.target.invoke_stream(self.endpoint, payload,
+                                               timeout_s=max(0.001, deadline - perf()))
             try:
                 for line in stream:
                     raw.chunks.append((perf(), bytes(line) + b"\n"))
@@ -90,6 +91,7 @@ class TargetTransport:
                         close()
             raw.status = 200
         except Exception as exc:  # the endpoint's failure is the request's, not the run's
+            raw.timed_out = isinstance(exc, TimeoutError)  # Target.invoke_stream's deadline
             raw.status = _status_of(exc)
             raw.error = f"{type(exc).__name__}: {exc}"[:300]
         raw.end = raw.chunks[-1][0] if raw.chunks else perf()
@@ -109,8 +111,8 @@ class TargetTransport:
             raw.error = f"timeout after {timeout_s:g} s"
             raw.end = time.perf_counter()
             return
-        raw.start, raw.status, raw.chunks, raw.end, raw.error = (
-            done.start, done.status, done.chunks, done.end, done.error)
+        raw.start, raw.status, raw.chunks, raw.end, raw.error, raw.timed_out = (
+            done.start, done.status, done.chunks, done.end, done.error, done.timed_out)
 
     async def aclose(self) -> None:
         self.cancelled.set()

@@ -200,8 +200,10 @@ def _is_existing(exc: Exception) -> bool:
 
 
 def lease_key(prefix: str, endpoint: str) -> str:
-    """Where the run lease of an endpoint lives in the S3 prefix."""
-    return f"{prefix}leases/{endpoint}.json"
+    """Where the run lease of an endpoint lives in the S3 prefix. Lowercased: SageMaker's
+    endpoint names are case-insensitive (configs named A and a deploy one endpoint), S3 keys
+    are not, so two such runs must contend for one key."""
+    return f"{prefix}leases/{endpoint.lower()}.json"
 
 
 def _split_s3(uri: str) -> tuple[str, str]:
@@ -827,14 +829,15 @@ class SageMakerTarget(ComponentOps, Target):
         component = self.routes.get(name)
         return {"InferenceComponentName": component} if component else {}
 
-    def invoke(self, name: str, payload: dict) -> bytes:
+    def invoke(self, name: str, payload: dict, timeout_s: float | None = None) -> bytes:
         resp = self.send(_request(
             "sagemaker-runtime", "InvokeEndpoint", EndpointName=name,
             ContentType="application/json", Accept="application/json",
             Body=json.dumps(payload).encode("utf-8"), **self._route(name)))
         return resp["Body"].read()
 
-    def invoke_stream(self, name: str, payload: dict) -> Iterator[bytes]:
+    def invoke_stream(self, name: str, payload: dict, timeout_s: float | None = None
+                      ) -> Iterator[bytes]:
         body = dict(payload)
         body.setdefault("stream", True)
         resp = self.send(_request(

@@ -63,7 +63,7 @@ class Recorder(MemoryTarget):
                               config_name=self.endpoints[name].config_name,
                               url=f"http://127.0.0.1:9/{name}/invocations")
 
-    def invoke(self, name, payload):
+    def invoke(self, name, payload, timeout_s=None):
         self.calls.append(("invoke", name, payload))
         return super().invoke(name, payload)
 

@@ -176,6 +176,16 @@ def test_target_lock_lives_in_the_s3_prefix(moto_s3):
         pass  # no S3 prefix: nothing shared to lock in (a warning says so)
 
 
+def test_endpoint_names_that_differ_only_in_case_contend_for_one_lease(moto_s3):
+    """SageMaker endpoint names are case-insensitive (A and a are one endpoint): their runs
+    must hold one lease, though S3 keys are case-sensitive."""
+    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                            region_name="us-east-1")
+    t = SageMakerTarget("us-east-1", s3_uri=f"s3://{BUCKET}/models/", session=session)
+    with t.endpoint_lock("Prod", run_id="run-a"), pytest.raises(LeaseHeld):
+        t.endpoint_lock("prod", run_id="run-b").acquire()
+
+
 # ---- two processes, one moto server -------------------------------------------------------------
 
 RACER = textwrap.dedent("""
