@@ -343,7 +343,7 @@ class LocalTarget(Target):
         """Creating / InService / Failed for one server process."""
         if not process_alive(proc):
             return "Failed", exit_reason(proc)
-        if ping(proc["port"]):
+        if ping(proc["port"], proc.get("nonce")):
             return "InService", None
         if time.time() - proc["started"] > proc["startup_timeout_s"]:
             stop_server(proc)
