@@ -411,3 +411,33 @@ def test_a_process_that_took_the_port_first_is_not_taken_for_the_server(
         squatter.server_close()
     assert st.status == "Failed", st
     assert "squatted" not in (st.failure_reason or "")
+
+
+@pytest.mark.slow
+def test_cli_delete_waits_for_the_endpoints_lock_and_removes_what_only_it_used(
+        target: LocalTarget, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A deploy holds the endpoint's lock for its whole run: delete waits for it (else the
+    deploy would create production again with its regression checks skipped), then removes
+    the endpoint, its config, its model and the model's staged files."""
+    from lmiflow.cli import main
+
+    name = _deploy(target, "lk", f"option.model_id={weights}\noption.max_model_len=128\n")
+    staged = Path(json.loads((target.state_dir / "registry.json").read_text())[
+        "models"]["lk"]["model_data"])
+    target.create_endpoint("lk-ep", name, {})
+    assert target.wait("lk-ep", 120).status == "InService"
+    lock = target.state_dir / "locks" / "lk-ep.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+         f"lock = FileLock({str(lock)!r}); lock.acquire(); print('held', flush=True); "
+         "time.sleep(3)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"  # a deploy of lk-ep is running
+    t0 = time.monotonic()
+    assert main(["endpoints", "delete", "lk-ep"]) == 0
+    waited = time.monotonic() - t0
+    holder.wait(10)
+    assert waited > 1.5, waited  # not before the holder let go
+    out = capsys.readouterr().out
+    assert "deleted endpoint lk-ep" in out and "deleted model lk" in out
+    assert target.list_resources("") == {"models": [], "endpoint_configs": [], "endpoints": []}
+    assert staged.parent.name == "staged" and not staged.exists()
