@@ -238,7 +238,8 @@ def wait_in_service(target: Target, endpoint: str, timeout_s: float,
     try:
         st = target.wait(endpoint, timeout_s, on_status=on_status)
     except WaitTimeout as exc:
-        raise StepFailed(f"{endpoint} not InService within {timeout_s:.0f} s: {exc}") from None
+        raise StepFailed(f"{endpoint} not InService within {timeout_s:.0f} s "
+                         f"(promotion.endpoint_timeout_s): {exc}") from None
     if st.status != "InService":
         raise StepFailed(f"{endpoint} is {st.status}: {st.failure_reason or 'no reason given'}")
     return st

@@ -407,3 +407,38 @@ def test_a_failed_production_is_replaced_only_when_allowed(prefect_harness, demo
     assert prod.config_name.endswith(repaired["candidate_endpoint"][-8:])
     res = target.list_resources("f-failed")
     assert res["endpoints"] == ["f-failed"] and len(res["endpoint_configs"]) == 1
+
+
+def test_a_production_killed_during_a_comparison_is_reported_failed_not_serving(
+        prefect_harness, demo_model, state_dir, tmp_path):
+    """Production's server dies while a candidate is compared with it (production_now): the
+    outcome reads production's state (Failed, serving nothing), never "production unchanged:
+    ... still serving"; the candidate is not promoted over it and is removed."""
+    from lmiflow.targets.local import LocalTarget
+    from lmiflow.tasks.common import add_progress_listener
+
+    state, first = run(make_spec(demo_model, name="f-died"), tmp_path / "r1")
+    assert state.is_completed(), first["error"]
+    pid = json.loads((state_dir / "registry.json").read_text())["endpoints"]["f-died"][
+        "process"]["pid"]
+    killed: list[int] = []
+
+    def kill_production(step, fraction, text):
+        if step == "benchmark" and not killed:
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    remove = add_progress_listener(kill_production)
+    try:
+        state, report = run(make_spec(demo_model, name="f-died", **{
+            "workload.concurrency": 2, "regression.compare_with": "production_now"}),
+            tmp_path / "r2")
+    finally:
+        remove()
+    assert killed and state.is_failed()
+    assert report["production"]["status"] == "Failed"
+    headline = report["outcome"]["headline"]
+    assert "still serving" not in headline and "unchanged" not in headline, headline
+    assert "production f-died is Failed and serves nothing" in headline, headline
+    target = LocalTarget(state_dir)
+    assert target.list_resources("f-died")["endpoints"] == ["f-died"]  # candidate removed

@@ -78,14 +78,15 @@ def test_sigterm_while_a_request_waits_on_a_silent_production_ends_in_seconds(sa
         port = sandbox.production()["process"]["port"]
         # production's first request is in flight, waiting (the kernel accepts for it)
         assert wait_until(lambda: _connected_to(port), 120), "no request reached production"
-        time.sleep(1)
+        time.sleep(5)
+        assert _connected_to(port)
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         report = sandbox.last_report_dir / "report.json"
         assert wait_until(lambda: sandbox.report() and sandbox.report()["status"] == "failed",
                           60)
         reported = time.monotonic() - t0
-        done = sandbox.finish(proc, 180)
+        done = sandbox.finish(proc, 60)
         ended = time.monotonic() - t0
     finally:
         os.kill(pid, signal.SIGCONT)
