@@ -76,12 +76,14 @@ SAGEMAKER = {"kind": "sagemaker", "region": "us-east-1", "s3_uri": "s3://my-buck
 
 
 @pytest.mark.parametrize(("where", "field"), [
-    ("revision", "model.revision"), ("option", "serving.options.option.rope_flag")])
+    ("revision", "model.revision"), ("option", "serving.options.option.rope_flag"),
+    ("symlink", "model.id")])
 def test_a_runner_credential_in_a_plain_field_is_printed_and_stored_nowhere(
         tmp_path, monkeypatch, capsys, where, field):
-    """A Hub token as model.revision, an AWS secret key as a serving option: whatever their
-    shape, `deploy --dry-run`, `iam` and `deploy` refuse the config naming the field (exit 2),
-    print neither value, and create nothing (no report, no state, no Prefect database)."""
+    """A Hub token as model.revision, an AWS secret key as a serving option, a model file
+    that links to the credentials file: `deploy --dry-run`, `iam` and `deploy` refuse the
+    config naming the field (exit 2), print none of it, and create nothing (no report, no
+    request list, no state, no Prefect database, nothing staged)."""
     import secrets as random_secrets
 
     import yaml
@@ -97,17 +99,33 @@ def test_a_runner_credential_in_a_plain_field_is_printed_and_stored_nowhere(
     config = {**BASE, "target": SAGEMAKER, "model": {"id": "org/model"}}
     if where == "revision":
         config["model"]["revision"] = token
-    else:
+    elif where == "option":
         config["serving"] = {"options": {"option.rope_flag": aws_key}}
+    else:
+        import shutil
+        from pathlib import Path
+
+        creds = tmp_path / "home" / ".aws" / "credentials"
+        creds.parent.mkdir(parents=True)
+        creds.write_text(f"[default]\naws_secret_access_key = {aws_key}\n")
+        model = tmp_path / "model"
+        shutil.copytree(Path(__file__).parents[2] / "configs" / "models" / "llama-3.1-8b",
+                        model)
+        (model / "vocab.txt").symlink_to(creds)
+        config["model"] = {"id": str(model)}
+        monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")  # only the file holds it: not registered
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(config))
     for argv in (["deploy", str(cfg), "--dry-run", "--report-dir", str(tmp_path / "r")],
                  ["iam", str(cfg)], ["deploy", str(cfg), "--report-dir", str(tmp_path / "r")]):
         assert main(argv) == 2
         out = capsys.readouterr()
-        assert f"lmiflow: error: {field}: holds a credential of this runner" in out.err
+        why = ("is a symbolic link out of the model directory" if where == "symlink"
+               else "holds a credential of this runner")
+        assert f"lmiflow: error: {field}: " in out.err and why in out.err, out.err
         assert token not in out.out + out.err and aws_key not in out.out + out.err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
+    made = {"c.yaml"} | ({"home", "model"} if where == "symlink" else set())
+    assert {p.name for p in tmp_path.iterdir()} == made
 
 
 def test_whatever_a_command_prints_is_masked_by_value(capsys):

@@ -414,8 +414,9 @@ def test_a_production_killed_during_a_comparison_is_reported_failed_not_serving(
     """Production's server dies while a candidate is compared with it (production_now): the
     outcome reads production's state (Failed, serving nothing), never "production unchanged:
     ... still serving"; the candidate is not promoted over it and is removed."""
-    from lmiflow.targets.local import LocalTarget
     from lmiflow.tasks.common import add_progress_listener
+
+    from lmiflow.targets.local import LocalTarget
 
     state, first = run(make_spec(demo_model, name="f-died"), tmp_path / "r1")
     assert state.is_completed(), first["error"]
