@@ -10,6 +10,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 
 def add_parser(sub) -> None:
@@ -249,7 +250,7 @@ def _run_flow(spec, report_dir: str) -> int:
     return code
 
 
-def _exit_now(code: int) -> None:
+def _exit_now(code: int) -> NoReturn:
     """End the process now that an interrupted run has cleaned up (candidate removed, report
     written, API server stopped). A normal exit would first wait for what can no longer do
     any good: Prefect's log and event services draining into the stopped API server, and
