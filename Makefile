@@ -9,6 +9,12 @@ STAMP := $(VENV)/.lmiflow-installed
 TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= configs/local-demo.yaml
 REPORT_DIR ?= reports/local-demo
+# The demo's production lives on this machine and serves only the demo: once its server is
+# gone (a reboot), the endpoint is Failed and a plain deploy refuses it, asking for
+# --replace-failed, which nobody can pass through `make`. So `make demo` replaces its own
+# dead production, and its summary says so ("replaced the Failed production"); a healthy
+# production is updated as before. `make demo DEMO_FLAGS=` refuses like any other deploy.
+DEMO_FLAGS ?= --replace-failed
 
 .PHONY: install demo test lint perf soak chaos mutate clean
 
@@ -24,7 +30,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m lmiflow demo-model .lmiflow/demo-model
-	$(PY) -m lmiflow deploy $(CONFIG) --report-dir $(REPORT_DIR)
+	$(PY) -m lmiflow deploy $(CONFIG) --report-dir $(REPORT_DIR) $(DEMO_FLAGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

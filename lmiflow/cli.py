@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 from lmiflow.errors import UserInputError
+from lmiflow.redact import masked_output, register_environment
 
 COMMANDS = ("plan", "deploy", "iam", "bench", "endpoints", "demo_model", "calibrate",
             "report_schema", "images")
@@ -73,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    register_environment()  # HF_TOKEN, AWS keys: masked in all a command prints
+    with masked_output():
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         return int(args.run(args) or 0)
     except UserInputError as exc:  # one line per problem

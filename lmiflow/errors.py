@@ -20,3 +20,15 @@ class StateError(UserInputError):
 
 class StepFailed(RuntimeError):
     """A step failed for a reason a retry cannot fix (endpoint Failed, smoke test failed...)."""
+
+
+class NotAnswering(StepFailed):
+    """An endpoint gave no answer within one of the config's deadlines. Says which endpoint,
+    what waited for it and which deadline ran out (the config field and its value), so the
+    outcome can tell the operator that production, say, is up but not answering."""
+
+    def __init__(self, endpoint: str, waiting: str, deadline: str):
+        self.endpoint = endpoint
+        self.deadline = deadline
+        super().__init__(f"{endpoint} is not answering: no answer to {waiting} within "
+                         f"{deadline}")

@@ -21,7 +21,7 @@ from lmiflow.bench.loadgen import ProgressFn, bench_endpoint
 from lmiflow.bench.metrics import BenchResult
 from lmiflow.bench.tokens import TokenizerNotFound, load_tokenizer
 from lmiflow.calibration_store import add_records
-from lmiflow.errors import StepFailed, UserInputError
+from lmiflow.errors import NotAnswering, StepFailed, UserInputError
 from lmiflow.pipeline import Candidate, Names
 from lmiflow.report.model import (
     LevelComparison,
@@ -89,7 +89,7 @@ def production_state(target: Target, production: str) -> ProductionState:
     if st is None:
         return ProductionState(endpoint=production)
     return ProductionState(endpoint=production, status=st.status, config=st.config_name,
-                           since=st.since)
+                           since=st.since, failure_reason=st.failure_reason)
 
 
 def remove_leftovers(target: Target, production: str) -> list[str]:
@@ -239,7 +239,8 @@ def wait_in_service(target: Target, endpoint: str, timeout_s: float,
     try:
         st = target.wait(endpoint, timeout_s, on_status=on_status)
     except WaitTimeout as exc:
-        raise StepFailed(f"{endpoint} not InService within {timeout_s:.0f} s: {exc}") from None
+        raise StepFailed(f"{endpoint} not InService within {timeout_s:.0f} s "
+                         f"(promotion.endpoint_timeout_s): {exc}") from None
     if st.status != "InService":
         raise StepFailed(f"{endpoint} is {st.status}: {st.failure_reason or 'no reason given'}")
     return st
@@ -261,8 +262,14 @@ def smoke_test(target: Target, spec: DeploymentSpec, endpoint: str) -> SmokeTest
     t0 = time.monotonic()
     outputs: list[str] = []
     why = None
+    timeout_s = spec.benchmark.timeout_s
     for payload in pipeline.smoke_payloads(spec):  # inputs, and messages if benchmarked
-        ok, text, reason = pipeline.check_smoke_response(target.invoke(endpoint, payload))
+        try:
+            body = target.invoke(endpoint, payload, timeout_s=timeout_s)
+        except TimeoutError:
+            raise NotAnswering(endpoint, "the smoke test's prompt", f"the per-request timeout "
+                               f"of {timeout_s:g} s (benchmark.timeout_s)") from None
+        ok, text, reason = pipeline.check_smoke_response(body)
         outputs.append(text)
         if not ok:
             why = reason if "inputs" in payload else f"messages form: {reason}"

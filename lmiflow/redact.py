@@ -21,12 +21,14 @@ Key matching works on the key's words so that metric names that merely mention t
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
 import re
+import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from pydantic import SecretBytes, SecretStr
@@ -69,6 +71,55 @@ def registered_secrets() -> Iterable[str]:
 def _mask_registered(text: str) -> str:
     pattern = _registered_re
     return pattern.sub(MASK, text) if pattern is not None else text
+
+
+# A registered value this long in a plain config field is a credential there, not chance: the
+# shortest real ones (AWS secret keys, Hub tokens) are 37-40 characters. Shorter registered
+# values (moto's "testing") are still masked in output, but do not make a config invalid.
+REFUSE_MIN_LEN = 12
+
+
+def registered_in(obj: Any, path: str = "") -> str | None:
+    """The dotted path of the first string in obj (dicts, lists) that holds a registered
+    secret of at least REFUSE_MIN_LEN characters, whatever its shape; None when none does."""
+    if isinstance(obj, str):
+        pattern = _registered_re
+        found = pattern.findall(obj) if pattern is not None else []
+        return path if any(len(v) >= REFUSE_MIN_LEN for v in found) else None
+    items = (obj.items() if isinstance(obj, Mapping)
+             else enumerate(obj) if isinstance(obj, list | tuple) else ())
+    for key, value in items:
+        where = registered_in(value, f"{path}.{key}" if path else str(key))
+        if where is not None:
+            return where
+    return None
+
+
+class _MaskedStream:
+    """A text stream that masks registered secrets in each write. A secret is masked when it
+    sits whole in one write (print() writes each argument whole)."""
+
+    def __init__(self, inner: Any):
+        self._inner = inner
+
+    def write(self, text: str) -> int:
+        self._inner.write(_mask_registered(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@contextlib.contextmanager
+def masked_output() -> Iterator[None]:
+    """stdout and stderr of this process mask every registered secret while inside: the one
+    place everything a command prints passes, whichever module prints it."""
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _MaskedStream(saved[0]), _MaskedStream(saved[1])
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = saved
 
 # Words that make a key secret on their own, and word pairs that do so together.
 _SECRET_WORDS = frozenset(

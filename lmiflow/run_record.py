@@ -14,7 +14,7 @@ from typing import Any
 
 import lmiflow
 from lmiflow import pipeline
-from lmiflow.errors import StateError
+from lmiflow.errors import NotAnswering, StateError
 from lmiflow.model_source import ResolvedModel
 from lmiflow.pipeline import Candidate, MemoryEstimate
 from lmiflow.redact import redact_text
@@ -42,6 +42,7 @@ class RunRecord:
 
     def __init__(self, spec: DeploymentSpec, run_id: str | None):
         # autoscale is a step of the runs that ask for it: the others' reports do not list it
+        self.not_answering: set[str] = set()  # endpoints that gave no answer in time
         self.step_names = tuple(n for n in STEP_NAMES
                                 if n != "autoscale" or spec.autoscaling is not None)
         self.report = RunReport(
@@ -69,6 +70,8 @@ class RunRecord:
             rec.summary = redact_text(f"{type(exc).__name__}: {exc}")[:500]
             self.report.failed_step = name
             self.report.error = redact_text(str(exc))[:2000]
+            if isinstance(exc, NotAnswering):  # the outcome says so of production
+                self.not_answering.add(exc.endpoint)
             raise
         finally:
             rec.seconds = round(time.perf_counter() - t0, 3)
@@ -85,6 +88,8 @@ class RunRecord:
         if self.report.component is not None:
             self.report.component = self.report.component.model_copy(
                 update={"cold_start_s": cold_start_s(self.report.steps)})
+        if production is not None and production.endpoint in self.not_answering:
+            production = production.model_copy(update={"answering": False})
         self.report.production = production
         self.report.outcome = outcome(self.report, production)
         return self.report

@@ -26,7 +26,7 @@ from pydantic import (
 from lmiflow import limits, patterns
 from lmiflow.bench.gate_spec import GateSpec
 from lmiflow.errors import UserInputError
-from lmiflow.redact import looks_secret
+from lmiflow.redact import looks_secret, registered_in
 from lmiflow.regions import partition_of
 from lmiflow.secrets import SecretRef
 from lmiflow.targets.blue_green import traffic_shift_error
@@ -530,6 +530,21 @@ class DeploymentSpec(_Strict):
         if a is not None and inst.max_count is not None and a.max > inst.max_count:
             raise UserInputError("autoscaling.max", f"{a.max} is above instance.max_count "
                                                     f"{inst.max_count}")
+        return self
+
+    @model_validator(mode="after")
+    def _no_credential_in_a_plain_field(self) -> DeploymentSpec:
+        """A credential of this runner (HF_TOKEN, an AWS key, a secret option's value: what
+        lmiflow.redact holds) in a plain field, whatever the field and the value's shape
+        (a token as model.revision, a secret key as a serving option), would be printed by a
+        dry run and stored with a flow run's parameters: refused, naming the field."""
+        where = registered_in(self.model_dump(mode="json",
+                                              exclude={"serving": {"secret_options"}}))
+        if where is not None:
+            raise UserInputError(where, "holds a credential of this runner (the value of "
+                                 "HF_TOKEN, an AWS key or a secret option): it would be "
+                                 "printed and stored; put it in serving.secret_options or "
+                                 "the runner's environment, never in a plain field")
         return self
 
     @model_validator(mode="after")

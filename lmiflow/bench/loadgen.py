@@ -39,11 +39,16 @@ from lmiflow.bench.metrics import (
 )
 from lmiflow.bench.prompts import Prompt, for_api, load_prompts_file, synthetic_prompts
 from lmiflow.bench.records import to_record
-from lmiflow.bench.runner import LevelPlan, auto_processes, run_in_processes, run_plan
+from lmiflow.bench.runner import (
+    LevelPlan,
+    auto_processes,
+    run_in_processes,
+    run_plan,
+    silent,
+    stopped_answering,
+)
 from lmiflow.bench.transports import Req, TargetTransport, Transport, UrlTransport
-
-if TYPE_CHECKING:
-    from lmiflow.targets.base import Target
+from lmiflow.errors import NotAnswering
 
 if TYPE_CHECKING:
     from lmiflow.targets.base import Target
@@ -127,6 +132,11 @@ class Endpoint:
     headers: dict[str, str] = field(default_factory=dict)
     target: Target | None = None
     name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The endpoint in an error: its name, else its (redacted) source."""
+        return self.name or self.source
 
     @property
     def client(self) -> str:
@@ -228,6 +238,9 @@ def probe(ep: Endpoint, cfg: LoadConfig, prompt: Prompt, tokenizer: Any | None
     for v in variants:
         for _attempt in range(PROBE_ATTEMPTS):  # one flaky answer is not a verdict
             raw = _send_one(ep, make_req(prompt, cfg, v), cfg.timeout_s)
+            if silent(raw):  # nothing within the timeout: every level would wait it out
+                raise NotAnswering(ep.label, "the benchmark's first request",
+                                   _deadline(cfg))
             if not (raw.status is not None and 400 <= raw.status < 500):
                 break
         if raw.status is not None and 400 <= raw.status < 500:
@@ -244,6 +257,10 @@ def probe(ep: Endpoint, cfg: LoadConfig, prompt: Prompt, tokenizer: Any | None
         return v, notes
     raise EndpointRejected("the endpoint rejected the benchmark's first request: "
                            + rejected[-1].split(": ", 1)[1])
+
+
+def _deadline(cfg: LoadConfig) -> str:
+    return f"the per-request timeout of {cfg.timeout_s:g} s (benchmark.timeout_s)"
 
 
 def run_benchmark(
@@ -285,9 +302,13 @@ def run_interleaved(
                         for i, p in enumerate(level_prompts[:n])]
                 plan = LevelPlan(reqs=reqs, concurrency=conc, timeout_s=cfg.timeout_s,
                                  arrivals=times, ramp_up_s=0.0 if rate else cfg.ramp_up_s,
-                                 lag_tick_s=cfg.lag_tick_s)
+                                 lag_tick_s=cfg.lag_tick_s,
+                                 silent_limit=max(1, min(conc, len(reqs))))
                 label = conc if rate is None else idx
                 raws, st, waits = _run_level(eps[e], cfg, plan, label, on_progress)
+                if stopped_answering(raws):
+                    raise NotAnswering(eps[e].label, f"{plan.silent_limit} benchmark "
+                                       "request(s) in a row", _deadline(cfg))
                 cap_waits[e][idx] += waits
                 worst = stats[e][idx]
                 if worst is None or (st.loop_lag_p99_ms or 0) > (worst.loop_lag_p99_ms or 0):

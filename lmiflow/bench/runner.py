@@ -89,6 +89,20 @@ class LevelPlan:
     arrivals: list[float] | None = None
     ramp_up_s: float = 0.0
     lag_tick_s: float = 0.005
+    silent_limit: int | None = None  # stop after this many timeouts in a row without a byte
+
+
+NOT_SENT = "not sent: the endpoint stopped answering"
+
+
+def silent(raw: RawResponse) -> bool:
+    """A request that timed out before the endpoint sent a single byte."""
+    return raw.timed_out and not raw.chunks
+
+
+def stopped_answering(raws: Sequence[RawResponse]) -> bool:
+    """The level stopped early because the endpoint went silent (LevelPlan.silent_limit)."""
+    return any(r.error == NOT_SENT for r in raws)
 
 
 async def run_plan(
@@ -101,10 +115,17 @@ async def run_plan(
     health = Health(plan.lag_tick_s)
     finished = 0
     cap_waits = 0
+    silent_run = 0  # timeouts in a row without a byte: past silent_limit, send no more
 
     async def one(i: int) -> None:
-        nonlocal finished
-        await transport.send(plan.reqs[i], raws[i], plan.timeout_s)
+        nonlocal finished, silent_run
+        if plan.silent_limit is not None and silent_run >= plan.silent_limit:
+            # Every worker's last request timed out with nothing: the rest of the level
+            # would wait out one timeout each, for nothing. Marked, not sent.
+            raws[i].error = NOT_SENT
+        else:
+            await transport.send(plan.reqs[i], raws[i], plan.timeout_s)
+            silent_run = silent_run + 1 if silent(raws[i]) else 0
         finished += 1
         if on_done is not None:
             on_done(finished)
@@ -170,7 +191,8 @@ def split(plan: LevelPlan, parts: int) -> list[tuple[list[int], LevelPlan]]:
             reqs=[plan.reqs[i] for i in idx], concurrency=conc, timeout_s=plan.timeout_s,
             arrivals=None if plan.arrivals is None else [plan.arrivals[i] for i in idx],
             ramp_up_s=plan.ramp_up_s,  # each part spreads its workers over the whole ramp-up
-            lag_tick_s=plan.lag_tick_s,
+            lag_tick_s=plan.lag_tick_s, silent_limit=None if plan.silent_limit is None
+            else conc,
         )))
     return out
 

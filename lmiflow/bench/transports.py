@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -59,6 +59,37 @@ def _status_of(exc: Exception) -> int | None:
     return int(status) if isinstance(status, int) else None
 
 
+class DaemonThreads(Executor):
+    """A thread per call, daemonic. ThreadPoolExecutor's threads are joined when the
+    interpreter exits, so a request still waiting on an endpoint that answers nothing kept
+    an interrupted run's process alive for the rest of its timeout (minutes) after its
+    cleanup; a daemon thread does not. The callers bound how many run at once (a level's
+    workers, or its cap on requests in flight)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.closed = False
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future:
+        if self.closed:
+            raise RuntimeError("cannot submit after shutdown")
+        fut: Future = Future()
+
+        def run() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            try:
+                fut.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # handed to the caller, as an executor does
+                fut.set_exception(exc)
+
+        threading.Thread(target=run, name=self.name, daemon=True).start()
+        return fut
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.closed = True  # running threads end with their request's deadline
+
+
 class TargetTransport:
     """A named endpoint of a Target: its blocking invoke_stream runs in a thread per request,
     which timestamps each line itself (the event loop's delay never enters a timestamp)."""
@@ -66,18 +97,19 @@ class TargetTransport:
     def __init__(self, target: Any, endpoint: str):
         self.target = target
         self.endpoint = endpoint
-        self.pool: ThreadPoolExecutor | None = None
+        self.pool: DaemonThreads | None = None
         self.cancelled = threading.Event()
 
     async def open(self, n: int) -> None:
         self.target.reserve_invocations(n)
-        self.pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="bench")
+        self.pool = DaemonThreads("bench")
 
     def _blocking(self, payload: dict, deadline: float) -> RawResponse:
         perf = time.perf_counter
         raw = RawResponse(start=perf())
         try:
-            stream = self.target.invoke_stream(self.endpoint, payload)
+            stream = self.target.invoke_stream(self.endpoint, payload,
+                                               timeout_s=max(0.001, deadline - perf()))
             try:
                 for line in stream:
                     raw.chunks.append((perf(), bytes(line) + b"\n"))
@@ -90,6 +122,7 @@ class TargetTransport:
                         close()
             raw.status = 200
         except Exception as exc:  # the endpoint's failure is the request's, not the run's
+            raw.timed_out = isinstance(exc, TimeoutError)  # Target.invoke_stream's deadline
             raw.status = _status_of(exc)
             raw.error = f"{type(exc).__name__}: {exc}"[:300]
         raw.end = raw.chunks[-1][0] if raw.chunks else perf()
@@ -109,8 +142,8 @@ class TargetTransport:
             raw.error = f"timeout after {timeout_s:g} s"
             raw.end = time.perf_counter()
             return
-        raw.start, raw.status, raw.chunks, raw.end, raw.error = (
-            done.start, done.status, done.chunks, done.end, done.error)
+        raw.start, raw.status, raw.chunks, raw.end, raw.error, raw.timed_out = (
+            done.start, done.status, done.chunks, done.end, done.error, done.timed_out)
 
     async def aclose(self) -> None:
         self.cancelled.set()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 
 def add_parser(sub) -> None:
@@ -229,7 +232,7 @@ def _run_flow(spec, report_dir: str) -> int:
         print(f"lmiflow: interrupted by {signal.Signals(signum).name}: the run was stopped and "
               "its candidate removed; production was not changed unless the report says "
               "promoted", file=sys.stderr)
-        return 128 + signum
+        _exit_now(128 + signum)
     finally:
         signal.signal(signal.SIGTERM, previous)
     # The exit code says what happened to production (0: promoted), wherever the report went.
@@ -245,6 +248,19 @@ def _run_flow(spec, report_dir: str) -> int:
         print(f"lmiflow: warning: the report could not be written to {report_dir}; it is in "
               f"{path.parent}", file=sys.stderr)
     return code
+
+
+def _exit_now(code: int) -> NoReturn:
+    """End the process now that an interrupted run has cleaned up (candidate removed, report
+    written, API server stopped). A normal exit would first wait for what can no longer do
+    any good: Prefect's log and event services draining into the stopped API server, and
+    threads still waiting on an endpoint that answers nothing; the process lingered for
+    minutes after its cleanup. Output and log files are flushed first."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def _find_report(report_dir: Path, name: str, run_id: str) -> Path | None:

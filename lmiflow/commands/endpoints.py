@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from typing import Any
@@ -22,6 +23,8 @@ def add_parser(subparsers: Any) -> None:
         sp.add_argument("--region", help="AWS region (sagemaker; default: AWS_REGION).")
         sp.add_argument("--state-dir", help="Local target state dir (default: "
                         "LMIFLOW_STATE_DIR or the user state dir).")
+        sp.add_argument("--s3-uri", help="sagemaker: the deploys' target.s3_uri, where the "
+                        "endpoint's lease lives (delete takes it).")
 
     ls = sub.add_parser("list", help="Endpoints with status, config and URL.")
     common(ls)
@@ -36,11 +39,15 @@ def add_parser(subparsers: Any) -> None:
     inv.add_argument("--max-new-tokens", type=int, default=64)
     inv.add_argument("--raw", action="store_true", help="Print the response body as is.")
 
-    rm = sub.add_parser("delete", help="Delete an endpoint (stops its server on local).")
+    rm = sub.add_parser("delete", help="Delete an endpoint and what only it used (its "
+                        "autoscaling, endpoint config, model, staged files, and candidates "
+                        "left by interrupted runs); stops its servers on local. Takes the "
+                        "endpoint's lock: waits for a deploy of it in progress (local), or "
+                        "refuses while another run holds it (SageMaker).")
     common(rm)
     rm.add_argument("name")
     rm.add_argument("--with-config-and-model", action="store_true",
-                    help="Also delete the endpoint config and model it used.")
+                    help=argparse.SUPPRESS)  # what delete always does now; kept for scripts
     p.set_defaults(run=run)
 
 
@@ -48,7 +55,8 @@ def _target(args: Any) -> Any:
     from lmiflow.targets import configured_target
 
     try:
-        target = configured_target(args.target, state_dir=args.state_dir, region=args.region)
+        target = configured_target(args.target, state_dir=args.state_dir, region=args.region,
+                                   s3_uri=args.s3_uri)
     except ValueError as exc:
         raise UserInputError("--target", str(exc)) from None
     target.preflight(_needs(args))
@@ -131,16 +139,25 @@ def _invoke(target: Any, args: Any) -> int:
 
 
 def _delete(target: Any, args: Any) -> int:
-    st = target.describe(args.name)
-    if not target.delete_endpoint(args.name):
-        raise UserInputError("NAME", f"no endpoint named {args.name!r} on target {target.kind}")
-    print(f"deleted endpoint {args.name}")
-    if args.with_config_and_model and st is not None and st.config_name:
-        model = target.config_model_name(st.config_name)
-        if target.delete_endpoint_config(st.config_name):
-            print(f"deleted endpoint config {st.config_name}")
-        if model and target.delete_model(model):
-            print(f"deleted model {model}")
+    """Under the endpoint's lock, as a deploy holds it: a deploy running meanwhile would
+    otherwise find production gone and create it again, its regression checks skipped (no
+    production to compare with). What only this endpoint used goes with it (teardown):
+    nothing is left that no command could remove later."""
+    from lmiflow import lifecycle
+    from lmiflow.targets.base import EndpointBusy
+
+    print(f"taking the lock of endpoint {args.name} (a deploy of it in progress finishes "
+          "first)", file=sys.stderr)
+    try:
+        with target.endpoint_lock(args.name, "lmiflow endpoints delete"):
+            if target.describe(args.name) is None:
+                raise UserInputError("NAME", f"no endpoint named {args.name!r} on target "
+                                             f"{target.kind}")
+            removed = lifecycle.teardown(target, args.name)
+    except EndpointBusy as exc:
+        raise UserInputError("NAME", f"{exc}: wait for that run to end, then delete") from None
+    for what in removed:
+        print(f"deleted {what}")
     return 0
 
 

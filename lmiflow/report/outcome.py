@@ -33,6 +33,10 @@ class ProductionState(BaseModel):
     status: str | None = Field(default=None, description="None: no production endpoint exists.")
     config: str | None = None
     since: dt.datetime | None = None
+    failure_reason: str | None = None
+    answering: bool | None = Field(
+        default=None, description="False: it gave no answer within a deadline of this run "
+        "(its status may still say InService); None: not asked.")
 
 
 class Outcome(BaseModel):
@@ -120,6 +124,14 @@ def production_line(p: ProductionState | None) -> str:
         return "production not checked"
     if p.status is None:
         return f"no production endpoint {p.endpoint} exists (nothing was created)"
+    # What production's state says, never an assumption: a Failed or silent production is
+    # not "still serving", whatever this run did or did not change.
+    if p.status == "Failed":
+        why = (p.failure_reason or "no reason given").splitlines()[0][:160]
+        return f"production {p.endpoint} is Failed and serves nothing ({why})"
+    if p.answering is False:
+        return (f"production {p.endpoint} is not answering (status {p.status}, config "
+                f"{p.config}): look at it now")
     serving = f"still serving {p.config}" if p.config else f"still {p.status}"
     return f"production unchanged: {p.endpoint} {serving}{when(p.since)}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from starlette.requests import Request
@@ -9,12 +10,20 @@ from starlette.responses import JSONResponse, Response
 
 from lmiflow.serving.state import ServerState
 
+# Whoever starts the server may give it a value to echo on /ping (an environment variable:
+# the command line is readable by every user). The local target then knows that what
+# answers on the port is the process it started, not one that took the port first.
+NONCE_ENV = "LMIFLOW_SERVER_NONCE"
+NONCE_HEADER = "X-Lmiflow-Server-Nonce"
+
 
 async def ping(state: ServerState, request: Request) -> Response:
+    headers = {NONCE_HEADER: nonce} if (nonce := os.environ.get(NONCE_ENV)) else None
     if state.ready:
-        return JSONResponse({"status": "Healthy"})
+        return JSONResponse({"status": "Healthy"}, headers=headers)
     status = "Failed" if state.failure or state.engine is not None else "Loading"
-    return JSONResponse({"status": status, "error": state.failure}, status_code=503)
+    return JSONResponse({"status": status, "error": state.failure}, status_code=503,
+                        headers=headers)
 
 
 async def stats(state: ServerState, request: Request) -> Response:

@@ -465,11 +465,16 @@ class Target(ABC):
     # ---- invocation -----------------------------------------------------------------------
 
     @abstractmethod
-    def invoke(self, name: str, payload: dict) -> bytes: ...
+    def invoke(self, name: str, payload: dict, timeout_s: float | None = None) -> bytes:
+        """The whole answer. timeout_s: the longest wait for the endpoint's next byte; a
+        target that can bound it raises TimeoutError (SageMaker's runtime client bounds
+        every read by its own read timeout)."""
 
     @abstractmethod
-    def invoke_stream(self, name: str, payload: dict) -> Iterator[bytes]:
-        """Whole JSON lines (without the newline), reassembled across transport chunks."""
+    def invoke_stream(self, name: str, payload: dict, timeout_s: float | None = None
+                      ) -> Iterator[bytes]:
+        """Whole JSON lines (without the newline), reassembled across transport chunks;
+        timeout_s as for invoke."""
 
     def reserve_invocations(self, concurrency: int) -> None:  # noqa: B027 (a no-op default)
         """Be ready for this many invocations at once (a benchmark level): connection pools

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 STATE_FIELD = "LMIFLOW_STATE_DIR"
 DEFAULT_STARTUP_TIMEOUT_S = 900
 CALIBRATION_FILE = "calibration.json"
+INVOKE_TIMEOUT_S = 300.0  # an invocation's wait for its next byte, when the caller sets none
 DRAIN_LIMIT_S = 300.0  # a draining copy stops after this even with requests left
 
 
@@ -87,6 +88,19 @@ class InvocationError(RuntimeError):
 def timeline_path(state_dir: Path, endpoint: str) -> Path:
     """Where the autoscaler of a local endpoint (targets.local_scaler) logs its ticks."""
     return state_dir / "autoscaling" / f"{endpoint}.jsonl"
+
+
+@contextlib.contextmanager
+def _deadline(endpoint: str, timeout_s: float | None) -> Iterator[None]:
+    """httpx's timeouts as the TimeoutError Target.invoke promises (what callers catch
+    without knowing the target's HTTP client)."""
+    import httpx
+
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise TimeoutError(f"{endpoint} sent nothing within "
+                           f"{timeout_s or INVOKE_TIMEOUT_S:g} s ({type(exc).__name__})") from exc
 
 
 def default_state_dir() -> Path:
@@ -334,7 +348,7 @@ class LocalTarget(Target):
         """Creating / InService / Failed for one server process."""
         if not process_alive(proc):
             return "Failed", exit_reason(proc)
-        if ping(proc["port"]):
+        if ping(proc["port"], proc.get("nonce")):
             return "InService", None
         if time.time() - proc["started"] > proc["startup_timeout_s"]:
             stop_server(proc)
@@ -506,15 +520,15 @@ class LocalTarget(Target):
             with self._outstanding_lock:
                 self._outstanding[port] -= 1
 
-    def invoke(self, name: str, payload: dict, timeout_s: float = 300.0) -> bytes:
+    def invoke(self, name: str, payload: dict, timeout_s: float | None = None) -> bytes:
         url = self._url(name)
-        with self._counted(url):
-            resp = self._http.post(url, json=payload, timeout=timeout_s)
+        with self._counted(url), _deadline(name, timeout_s):
+            resp = self._http.post(url, json=payload, timeout=timeout_s or INVOKE_TIMEOUT_S)
         if resp.status_code != 200:
             raise InvocationError(resp.status_code, resp.content)
         return resp.content
 
-    def invoke_stream(self, name: str, payload: dict, timeout_s: float = 300.0
+    def invoke_stream(self, name: str, payload: dict, timeout_s: float | None = None
                       ) -> Iterator[bytes]:
         """Whole JSON lines (without the newline); stream defaults to true like SageMaker's
         invoke_endpoint_with_response_stream."""
@@ -523,8 +537,8 @@ class LocalTarget(Target):
         body.setdefault("stream", True)
 
         def lines() -> Iterator[bytes]:
-            with self._counted(url), self._http.stream("POST", url, json=body,
-                                                       timeout=timeout_s) as resp:
+            with self._counted(url), _deadline(name, timeout_s), self._http.stream(
+                    "POST", url, json=body, timeout=timeout_s or INVOKE_TIMEOUT_S) as resp:
                 if resp.status_code != 200:
                     raise InvocationError(resp.status_code, resp.read())
                 for line in resp.iter_lines():

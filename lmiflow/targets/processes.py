@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,6 +20,8 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from lmiflow.serving.health import NONCE_ENV, NONCE_HEADER
 
 FAILED_MARK = "lmiflow-server FAILED: "  # serving.server prints it (kept in sync by a test)
 STOP_GRACE_S = 10.0
@@ -56,9 +59,12 @@ def start_ticks(pid: int) -> int | None:
 def start_server(python: str, model_dir: str, port: int, log_path: Path, env: dict[str, str],
                  cwd: Path) -> dict[str, Any]:
     """Start `python -m lmiflow.serving.server` in its own session, stdout and stderr to
-    log_path; return its identity record (pid, start_ticks) for the registry."""
-    return start_module(python, ["lmiflow.serving.server", "--model-dir", model_dir,
-                                 "--port", str(port), "--host", "127.0.0.1"], log_path, env, cwd)
+    log_path; return its identity record (pid, start_ticks, and the nonce it echoes on
+    /ping, which ping() checks) for the registry."""
+    nonce = secrets.token_hex(16)
+    return {**start_module(python, ["lmiflow.serving.server", "--model-dir", model_dir,
+                                    "--port", str(port), "--host", "127.0.0.1"], log_path,
+                           {**env, NONCE_ENV: nonce}, cwd), "nonce": nonce}
 
 
 def start_module(python: str, args: list[str], log_path: Path, env: dict[str, str],
@@ -160,10 +166,14 @@ def failure_from_log(path: Path, limit: int = 600) -> str | None:
     return " | ".join(tail)[:limit] or None
 
 
-def ping(port: int) -> bool:
+def ping(port: int, nonce: str | None = None) -> bool:
+    """The server on port is healthy, and (given its nonce) is the one we started: a
+    process that took the port first answers without it (or with another)."""
     import httpx
 
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2.0).status_code == 200
+        resp = httpx.get(f"http://127.0.0.1:{port}/ping", timeout=2.0)
     except httpx.HTTPError:
         return False
+    return resp.status_code == 200 and (nonce is None
+                                        or resp.headers.get(NONCE_HEADER) == nonce)

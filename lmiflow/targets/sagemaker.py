@@ -400,14 +400,15 @@ class SageMakerTarget(ComponentOps, S3Storage, ScalingOps, PlanningOps, Target):
         component = self.routes.get(name)
         return {"InferenceComponentName": component} if component else {}
 
-    def invoke(self, name: str, payload: dict) -> bytes:
+    def invoke(self, name: str, payload: dict, timeout_s: float | None = None) -> bytes:
         resp = self.send(request(
             "sagemaker-runtime", "InvokeEndpoint", EndpointName=name,
             ContentType="application/json", Accept="application/json",
             Body=json.dumps(payload).encode("utf-8"), **self._route(name)))
         return resp["Body"].read()
 
-    def invoke_stream(self, name: str, payload: dict) -> Iterator[bytes]:
+    def invoke_stream(self, name: str, payload: dict, timeout_s: float | None = None
+                      ) -> Iterator[bytes]:
         body = dict(payload)
         body.setdefault("stream", True)
         resp = self.send(request(

@@ -116,8 +116,10 @@ def check_env(env: dict[str, str]) -> None:
 
 
 def lease_key(prefix: str, endpoint: str) -> str:
-    """Where the run lease of an endpoint lives in the S3 prefix."""
-    return f"{prefix}leases/{endpoint}.json"
+    """Where the run lease of an endpoint lives in the S3 prefix. Lowercased: SageMaker's
+    endpoint names are case-insensitive (configs named A and a deploy one endpoint), S3 keys
+    are not, so two such runs must contend for one key."""
+    return f"{prefix}leases/{endpoint.lower()}.json"
 
 
 # ---- requests as data (pure): the target sends these, dry runs list them ------------------

@@ -205,12 +205,33 @@ def hub_source(repo_id: str, revision: str | None, token: SecretStr | None,
 
 def local_source(path: str | Path, trust_remote_code: bool = False) -> ModelSource:
     """The directory's model files with their sizes; their sha256 is computed when staging
-    (reading tens of GB belongs to that step, not to planning)."""
+    (reading tens of GB belongs to that step, not to planning). Only regular files inside
+    the directory count: a symbolic link that leads out of it (vocab.txt ->
+    ~/.aws/credentials) would be staged with its target's contents, so it is a
+    UserInputError naming it (inside_model_dir)."""
     root = Path(path).resolve()
-    names = [p.relative_to(root).as_posix() for p in root.iterdir() if p.is_file()]
+    names = [p.relative_to(root).as_posix() for p in sorted(root.iterdir())
+             if inside_model_dir(root, p) and p.is_file()]
     files = [WeightFile(name=n, size=(root / n).stat().st_size)
              for n in select_files(names, trust_remote_code)]
     return ModelSource(kind="local", id=str(root), files=files)
+
+
+def inside_model_dir(root: Path, entry: Path) -> bool:
+    """True for an entry that is (or links to) something inside the model directory root.
+    The one exception is the Hugging Face cache's own layout, where every file of
+    snapshots/<commit>/ links to ../../blobs/<hash> of the same repository. Any other link
+    out is refused: the file would travel with its target's contents."""
+    if not entry.is_symlink():
+        return True
+    real = entry.resolve()
+    cache_blobs = root.parent.parent / "blobs"
+    if real.is_relative_to(root) or (root.parent.name == "snapshots"
+                                     and real.parent == cache_blobs):
+        return True
+    raise UserInputError("model.id", f"{entry} is a symbolic link out of the model directory "
+                         f"(to {real}): only files inside it are staged; replace the link by "
+                         "a copy of the file, or remove it")
 
 
 # ---- an s3:// prefix -------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from lmiflow.bench.runner import LevelPlan, run_plan, split
 from lmiflow.bench.synthetic import serve_in_subprocess
 from lmiflow.bench.transports import Req
 from lmiflow.cli import main
+from lmiflow.errors import NotAnswering
 
 ROOT = Path(__file__).resolve().parents[2]
 TTFT_MS, TPOT_MS = 60.0, 10.0
@@ -205,13 +206,45 @@ def test_failures_are_counted_and_the_run_continues():
 
 
 @pytest.mark.slow
-def test_timeouts_fail_requests_not_the_run():
+def test_an_endpoint_that_sends_nothing_within_the_timeout_ends_the_benchmark():
+    """No byte within the per-request timeout: every level would wait it out request after
+    request, so the benchmark ends at once, naming the endpoint and the deadline."""
     with serve_in_subprocess(ttft_ms=3000, tpot_ms=1) as u:
         t0 = time.perf_counter()
-        res = bench_url(u, cfg(concurrency=[2], requests=2, warmup=0, timeout_s=0.3))
+        with pytest.raises(NotAnswering) as exc:
+            bench_url(u, cfg(concurrency=[2], requests=2, warmup=0, timeout_s=0.3))
         assert time.perf_counter() - t0 < 4
-    lv = res.levels[0]
-    assert lv.timeouts == 2 and lv.error_rate == 1.0 and "timeout" in lv.error_examples[0]
+    assert "benchmark's first request" in str(exc.value)
+    assert "0.3 s (benchmark.timeout_s)" in exc.value.deadline
+
+
+def test_a_level_stops_once_every_worker_timed_out_with_nothing():
+    """A level whose `concurrency` requests in a row time out without a byte sends no more
+    (each would wait out its timeout); the rest are marked, not sent."""
+    from lmiflow.bench.runner import NOT_SENT, stopped_answering
+
+    class Silent:
+        sent = 0
+
+        async def open(self, n):
+            pass
+
+        async def send(self, req, raw, timeout_s):
+            Silent.sent += 1
+            await asyncio.sleep(timeout_s)
+            raw.timed_out, raw.error = True, "timeout"
+
+        async def aclose(self):
+            pass
+
+    reqs = [Req({}, b"{}") for _ in range(12)]
+    plan = LevelPlan(reqs=reqs, concurrency=2, timeout_s=0.1, silent_limit=2)
+    t0 = time.perf_counter()
+    raws, _, _ = asyncio.run(run_plan(Silent(), plan))
+    assert time.perf_counter() - t0 < 0.5  # 12 requests would take 0.6 s
+    assert Silent.sent <= 3 and stopped_answering(raws)
+    assert sum(r.error == NOT_SENT for r in raws) == 12 - Silent.sent
+    assert not stopped_answering([RawResponse(timed_out=True)])
 
 
 @pytest.mark.slow
@@ -259,7 +292,7 @@ class FakeTarget:
     def reserve_invocations(self, n):
         self.reserved.append(n)
 
-    def invoke_stream(self, name, payload):
+    def invoke_stream(self, name, payload, timeout_s=None):
         self.payloads.append((name, payload))
         n = payload["parameters"]["max_new_tokens"]
         time.sleep(0.05)
@@ -290,7 +323,7 @@ class Refusing(FakeTarget):
     """A target whose endpoint refuses ignore_eos_token with 400, as the local target raises
     it (InvocationError carries the status)."""
 
-    def invoke_stream(self, name, payload):
+    def invoke_stream(self, name, payload, timeout_s=None):
         from lmiflow.targets.local import InvocationError
 
         if payload["parameters"].get("ignore_eos_token"):
@@ -487,7 +520,7 @@ class UrlTarget:
     def reserve_invocations(self, n):
         pass
 
-    def invoke_stream(self, name, payload):
+    def invoke_stream(self, name, payload, timeout_s=None):
         with self.http.stream("POST", self.urls[name], json=payload) as resp:
             yield from (line.encode() for line in resp.iter_lines() if line.strip())
 

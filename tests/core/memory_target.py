@@ -79,12 +79,12 @@ class MemoryTarget(Target):
     def config_model_name(self, config_name):
         return self.configs.get(config_name)
 
-    def invoke(self, name, payload):
+    def invoke(self, name, payload, timeout_s=None):
         if name not in self.endpoints:
             raise LookupError(name)
         return json.dumps(self.answer).encode()
 
-    def invoke_stream(self, name, payload):
+    def invoke_stream(self, name, payload, timeout_s=None):
         raise AssertionError("not streamed here")
 
     def delete_endpoint(self, name):

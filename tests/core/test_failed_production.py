@@ -75,3 +75,22 @@ def test_regression_is_not_enforced_while_production_is_down():
     verdict = lifecycle.gate(t, REGRESSION, worse, baseline)
     assert not verdict.passed  # the same candidate against a healthy production
     assert not any("not enforced" in n for n in verdict.notes)
+
+
+def test_make_demo_replaces_its_own_failed_production():
+    """After a reboot the demo's local production is Failed; `make` cannot pass
+    --replace-failed, so the demo's own recipe does (and nothing else does)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("no make on this machine")
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(["make", "-n", "demo"], cwd=root, capture_output=True, text=True,
+                         check=True).stdout
+    [deploy] = [ln for ln in out.splitlines() if " -m lmiflow deploy " in ln]
+    assert deploy.split()[-1] == "--replace-failed"
+    plain = subprocess.run(["make", "-n", "demo", "DEMO_FLAGS="], cwd=root,
+                           capture_output=True, text=True, check=True).stdout
+    assert "--replace-failed" not in plain

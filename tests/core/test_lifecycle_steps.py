@@ -63,7 +63,7 @@ class Recorder(MemoryTarget):
                               config_name=self.endpoints[name].config_name,
                               url=f"http://127.0.0.1:9/{name}/invocations")
 
-    def invoke(self, name, payload):
+    def invoke(self, name, payload, timeout_s=None):
         self.calls.append(("invoke", name, payload))
         return super().invoke(name, payload)
 
@@ -135,7 +135,8 @@ def test_wait_failures_name_the_endpoint_and_why():
     t.wait_error = WaitTimeout("still Creating")
     with pytest.raises(StepFailed) as err:
         lifecycle.wait_in_service(t, "e", 299.6)
-    assert str(err.value) == "e not InService within 300 s: still Creating"
+    assert str(err.value) == ("e not InService within 300 s (promotion.endpoint_timeout_s): "
+                              "still Creating")
 
 
 def test_smoke_test_sends_the_configured_prompt_and_times_it(clock):

@@ -143,7 +143,7 @@ def _candidate_invokes_fail(monkeypatch, production: str) -> None:
 
     real = LocalTarget.invoke
 
-    def broken(self, name, payload, timeout_s=300.0):
+    def broken(self, name, payload, timeout_s=None):
         if name == production:
             return real(self, name, payload, timeout_s)
         raise InvocationError(424, b'{"code": 424, "error": "model failed (injected)"}')
@@ -165,7 +165,7 @@ def test_invoke_errors_during_benchmark_go_to_the_gate(production, tmp_path, mon
     real = LocalTarget.invoke_stream
     calls = {"n": 0}
 
-    def flaky(self, name, payload, timeout_s=300.0):
+    def flaky(self, name, payload, timeout_s=None):
         calls["n"] += 1
         if calls["n"] % 3 == 0:
             raise InvocationError(503, b'{"code": 503, "error": "overloaded (injected)"}')
@@ -203,6 +203,37 @@ def test_server_crash_mid_benchmark(production, tmp_path):
     assert state.is_failed() and report["status"] in ("rejected", "failed")
     if report["status"] == "rejected":
         assert any(lv["errors"] > 0 for lv in report["benchmark"]["levels"])
+    production.assert_untouched()
+
+
+def test_a_stopped_production_ends_a_production_now_comparison_in_time(production, tmp_path):
+    """Production's server stopped (SIGSTOP: it accepts connections, answers nothing) while
+    a candidate is compared with it: the benchmark's request to production waits out its
+    timeout once, the run fails naming that deadline, the outcome says production is not
+    answering, the candidate is removed and production is left as it was."""
+    timeout_s = 3.0
+    spec = production.candidate_spec(**{"regression.compare_with": "production_now",
+                                        "benchmark.timeout_s": timeout_s})
+    pid = production.before["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        state, report = run(spec, tmp_path / "r")
+        took = time.monotonic() - t0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    bench = next(s for s in report["steps"] if s["name"] == "benchmark")
+    print(f"stopped production: run ended after {took:.1f} s, benchmark step "
+          f"{bench['seconds']:.1f} s")
+    assert state.is_failed() and report["status"] == "failed"
+    assert report["failed_step"] == "benchmark"
+    assert f"{production.name} is not answering" in report["error"]
+    assert "per-request timeout of 3 s (benchmark.timeout_s)" in report["error"]
+    assert report["outcome"]["headline"].startswith(
+        f"FAILED at benchmark; production {production.name} is not answering")
+    assert report["production"]["answering"] is False
+    # one timeout for production's probe, and the candidate's probe and levels beside it
+    assert bench["seconds"] < timeout_s + 30
     production.assert_untouched()
 
 
@@ -376,3 +407,39 @@ def test_a_failed_production_is_replaced_only_when_allowed(prefect_harness, demo
     assert prod.config_name.endswith(repaired["candidate_endpoint"][-8:])
     res = target.list_resources("f-failed")
     assert res["endpoints"] == ["f-failed"] and len(res["endpoint_configs"]) == 1
+
+
+def test_a_production_killed_during_a_comparison_is_reported_failed_not_serving(
+        prefect_harness, demo_model, state_dir, tmp_path):
+    """Production's server dies while a candidate is compared with it (production_now): the
+    outcome reads production's state (Failed, serving nothing), never "production unchanged:
+    ... still serving"; the candidate is not promoted over it and is removed."""
+    from lmiflow.tasks.common import add_progress_listener
+
+    from lmiflow.targets.local import LocalTarget
+
+    state, first = run(make_spec(demo_model, name="f-died"), tmp_path / "r1")
+    assert state.is_completed(), first["error"]
+    pid = json.loads((state_dir / "registry.json").read_text())["endpoints"]["f-died"][
+        "process"]["pid"]
+    killed: list[int] = []
+
+    def kill_production(step, fraction, text):
+        if step == "benchmark" and not killed:
+            killed.append(pid)
+            os.kill(pid, signal.SIGKILL)
+
+    remove = add_progress_listener(kill_production)
+    try:
+        state, report = run(make_spec(demo_model, name="f-died", **{
+            "workload.concurrency": 2, "regression.compare_with": "production_now"}),
+            tmp_path / "r2")
+    finally:
+        remove()
+    assert killed and state.is_failed()
+    assert report["production"]["status"] == "Failed"
+    headline = report["outcome"]["headline"]
+    assert "still serving" not in headline and "unchanged" not in headline, headline
+    assert "production f-died is Failed and serves nothing" in headline, headline
+    target = LocalTarget(state_dir)
+    assert target.list_resources("f-died")["endpoints"] == ["f-died"]  # candidate removed

@@ -52,3 +52,55 @@ def test_an_api_server_that_cannot_start_is_one_line_and_creates_nothing(sandbox
                                      "start (3 tries"), done.stderr
     assert "Traceback" not in done.stderr
     assert sandbox.processes() == {} and sandbox.registry()["endpoints"] == {}
+
+
+def test_sigterm_while_a_request_waits_on_a_silent_production_ends_in_seconds(sandbox):
+    """SIGTERM while the benchmark waits on production (stopped: it answers nothing) during
+    a production_now comparison: the run cleans up and the process ends within seconds of
+    its report, not when the waiting request's timeout (here 120 s) runs out."""
+    import os
+    import time
+
+    import yaml
+
+    first = sandbox.deploy(timeout_s=600)
+    assert first.code == 0, first.stderr
+    pid = sandbox.production()["process"]["pid"]
+    cfg = yaml.safe_load(sandbox.config.read_text())
+    cfg["workload"]["concurrency"] = 3  # another candidate
+    cfg["regression"] = {"compare_with": "production_now"}
+    cfg["benchmark"]["timeout_s"] = 120
+    sandbox.write_config(cfg)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        proc = sandbox.start()
+        assert sandbox.wait_for_step(proc, "benchmark"), sandbox.finish(proc, 1).stderr
+        port = sandbox.production()["process"]["port"]
+        # production's first request is in flight, waiting (the kernel accepts for it)
+        assert wait_until(lambda: _connected_to(port), 120), "no request reached production"
+        time.sleep(5)
+        assert _connected_to(port)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        report = sandbox.last_report_dir / "report.json"
+        assert wait_until(lambda: sandbox.report() and sandbox.report()["status"] == "failed",
+                          60)
+        reported = time.monotonic() - t0
+        done = sandbox.finish(proc, 60)
+        ended = time.monotonic() - t0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    print(f"SIGTERM: report after {reported:.1f} s, exit after {ended:.1f} s")
+    assert done.code == 128 + signal.SIGTERM, done.stderr
+    assert report.exists() and ended - reported < 15, (reported, ended)
+    assert sandbox.production()["process"]["pid"] == pid  # production untouched
+    assert wait_until(lambda: sandbox.leaks() == ([], []), 15), sandbox.leaks()
+
+
+def _connected_to(port: int) -> bool:
+    """An established TCP connection to 127.0.0.1:port exists (/proc/net/tcp, in hex)."""
+    from pathlib import Path
+
+    remote = f"0100007F:{port:04X}"
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return any(r.split()[2] == remote and r.split()[3] == "01" for r in rows)

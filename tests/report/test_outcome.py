@@ -93,6 +93,37 @@ def test_failure_names_the_step_and_production():
     assert "no production endpoint lmiflow-demo exists" in first.headline
 
 
+def test_a_failed_production_is_never_said_to_be_still_serving():
+    """The headline reads production's state: a production that died during the run is
+    Failed, not 'unchanged ... still serving'."""
+    r = report("failed", failed_step="benchmark", error="production did not answer")
+    dead = PROD.model_copy(update={"status": "Failed",
+                                   "failure_reason": "server process 42 exited\nlog..."})
+    line = outcome(r, dead).headline
+    assert "still serving" not in line and "unchanged" not in line
+    assert line == ("FAILED at benchmark; production lmiflow-demo is Failed and serves "
+                    "nothing (server process 42 exited)")
+
+
+def test_a_production_that_gave_no_answer_in_time_is_said_to_be_not_answering():
+    from lmiflow.errors import NotAnswering
+    from lmiflow.run_record import RunRecord
+    from lmiflow.spec import DeploymentSpec
+
+    spec = DeploymentSpec.model_validate({
+        "name": "lmiflow-demo", "model": {"id": "gpt2"}, "target": {"kind": "local"},
+        "workload": {"max_input_tokens": 16, "max_output_tokens": 8, "concurrency": 1}})
+    rec = RunRecord(spec, "run-1")
+    with pytest.raises(NotAnswering), rec.step("benchmark"):
+        raise NotAnswering("lmiflow-demo", "the benchmark's first request",
+                           "the per-request timeout of 5 s (benchmark.timeout_s)")
+    oc = rec.finish("failed", PROD).outcome
+    assert oc.headline == ("FAILED at benchmark; production lmiflow-demo is not answering "
+                           "(status InService, config lmiflow-demo-ec-1a2b3c4d): look at it "
+                           "now")
+    assert "within the per-request timeout of 5 s (benchmark.timeout_s)" in oc.reasons[0]
+
+
 @pytest.mark.parametrize("width", [80, 100])
 def test_terminal_summary_fits_and_never_splits_a_command(width):
     promoted = report("promoted")

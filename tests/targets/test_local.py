@@ -372,3 +372,72 @@ def test_baseline_is_kept_per_endpoint(target: LocalTarget) -> None:
     assert target.load_baseline("prod-2") is None
     with pytest.raises(ValueError, match="endpoint name"):
         target.save_baseline("../escape", {})
+
+
+@pytest.mark.slow
+def test_a_process_that_took_the_port_first_is_not_taken_for_the_server(
+        target: LocalTarget, weights: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between free_port() and the server's bind, another process takes the port and answers
+    /ping 200 (and every invocation) while our server still loads: it is not our server (no
+    nonce), so the endpoint never turns InService on its answers, and fails when our server
+    cannot bind."""
+    import http.server
+    import threading
+
+    class Squatter(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            body = b'{"status": "Healthy", "generated_text": "squatted"}'
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    squatter = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Squatter)
+    threading.Thread(target=squatter.serve_forever, daemon=True).start()
+    try:
+        import lmiflow.targets.local as local
+
+        monkeypatch.setattr(local, "free_port", lambda: squatter.server_address[1])
+        name = _deploy(target, "squat", f"option.model_id={weights}\n")
+        target.create_endpoint("squat", name, {})
+        st = target.wait("squat", 120)
+    finally:
+        squatter.shutdown()
+        squatter.server_close()
+    assert st.status == "Failed", st
+    assert "squatted" not in (st.failure_reason or "")
+
+
+@pytest.mark.slow
+def test_cli_delete_waits_for_the_endpoints_lock_and_removes_what_only_it_used(
+        target: LocalTarget, weights: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A deploy holds the endpoint's lock for its whole run: delete waits for it (else the
+    deploy would create production again with its regression checks skipped), then removes
+    the endpoint, its config, its model and the model's staged files."""
+    from lmiflow.cli import main
+
+    name = _deploy(target, "lk", f"option.model_id={weights}\noption.max_model_len=128\n")
+    staged = Path(json.loads((target.state_dir / "registry.json").read_text())[
+        "models"]["lk"]["model_data"])
+    target.create_endpoint("lk-ep", name, {})
+    assert target.wait("lk-ep", 120).status == "InService"
+    lock = target.state_dir / "locks" / "lk-ep.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+         f"lock = FileLock({str(lock)!r}); lock.acquire(); print('held', flush=True); "
+         "time.sleep(3)"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"  # a deploy of lk-ep is running
+    t0 = time.monotonic()
+    assert main(["endpoints", "delete", "lk-ep"]) == 0
+    waited = time.monotonic() - t0
+    holder.wait(10)
+    assert waited > 1.5, waited  # not before the holder let go
+    out = capsys.readouterr().out
+    assert "deleted endpoint lk-ep" in out and "deleted model lk" in out
+    assert target.list_resources("") == {"models": [], "endpoint_configs": [], "endpoints": []}
+    assert staged.parent.name == "staged" and not staged.exists()

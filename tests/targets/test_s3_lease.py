@@ -177,6 +177,34 @@ def test_target_lock_lives_in_the_s3_prefix(moto_s3):
         pass  # no S3 prefix: nothing shared to lock in (a warning says so)
 
 
+def test_endpoint_names_that_differ_only_in_case_contend_for_one_lease(moto_s3):
+    """SageMaker endpoint names are case-insensitive (A and a are one endpoint): their runs
+    must hold one lease, though S3 keys are case-sensitive."""
+    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                            region_name="us-east-1")
+    t = SageMakerTarget("us-east-1", s3_uri=f"s3://{BUCKET}/models/", session=session)
+    with t.endpoint_lock("Prod", run_id="run-a"), pytest.raises(LeaseHeld):
+        t.endpoint_lock("prod", run_id="run-b").acquire()
+
+
+def test_endpoints_delete_refuses_while_a_deploy_holds_the_lease(moto_s3):
+    """`lmiflow endpoints delete` takes the lease a deploy holds (any case of the name): while
+    another run holds it, nothing is deleted and the one line says why."""
+    import argparse
+
+    from lmiflow.commands.endpoints import _delete
+    from lmiflow.errors import UserInputError
+
+    session = boto3.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                            region_name="us-east-1")
+    t = SageMakerTarget("us-east-1", s3_uri=f"s3://{BUCKET}/models/", session=session)
+    args = argparse.Namespace(name="prod")
+    with t.endpoint_lock("Prod", run_id="deploy-run"), pytest.raises(UserInputError) as err:
+        _delete(t, args)
+    assert err.value.field == "NAME" and "deploy-run" in err.value.reason
+    assert "wait for that run to end" in err.value.reason
+
+
 # ---- two processes, one moto server -------------------------------------------------------------
 
 RACER = textwrap.dedent("""

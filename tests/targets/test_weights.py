@@ -144,6 +144,38 @@ def test_local_directory(tmp_path):
         "config.json": len(CONFIG), "model.safetensors": len(WEIGHTS), "tokenizer.json": 2}
 
 
+@pytest.mark.parametrize("name", ["vocab.txt", "x"])
+def test_a_link_out_of_the_model_directory_is_refused_naming_it(tmp_path, name):
+    """vocab.txt -> ~/.aws/credentials would be staged with the credentials in it."""
+    model, secret = tmp_path / "model", tmp_path / "home" / ".aws" / "credentials"
+    model.mkdir()
+    secret.parent.mkdir(parents=True)
+    secret.write_text("[default]\naws_secret_access_key = planted\n")
+    for fname in ("config.json", "model.safetensors"):
+        (model / fname).write_bytes(FILES[fname])
+    (model / name).symlink_to(secret)
+    with pytest.raises(UserInputError) as err:
+        local_source(model)
+    assert err.value.field == "model.id"
+    assert f"{model / name} is a symbolic link out of the model directory" in err.value.reason
+
+
+def test_links_inside_the_directory_and_the_hub_cache_layout_are_files(tmp_path):
+    """A link to a file of the directory is that file; the Hugging Face cache's snapshots/
+    <commit>/ links to ../../blobs/ of its own repository (its normal layout)."""
+    repo = tmp_path / "models--org--m"
+    snap, blobs = repo / "snapshots" / "abc123", repo / "blobs"
+    snap.mkdir(parents=True)
+    blobs.mkdir()
+    for i, fname in enumerate(("config.json", "model.safetensors", "tokenizer.json")):
+        (blobs / f"blob{i}").write_bytes(FILES[fname])
+        (snap / fname).symlink_to(f"../../blobs/blob{i}")
+    (snap / "vocab.txt").symlink_to("tokenizer.json")
+    src = local_source(snap)
+    assert {f.name for f in src.files} == {"config.json", "model.safetensors",
+                                           "tokenizer.json", "vocab.txt"}
+
+
 def test_s3_prefix_config_and_exact_counts_from_safetensors_headers(moto_s3):
     _, s3 = moto_s3
     for name, data in {"config.json": CONFIG, "model-00001.safetensors": WEIGHTS,
