@@ -189,7 +189,7 @@ def test_the_trtllm_dry_run_gives_the_build_to_sagemaker_and_to_lmi(monkeypatch,
     import json
 
     from lmiflow.cli import main
-    from lmiflow.targets.sagemaker import sizing_timeouts
+    from lmiflow.targets.sagemaker_requests import sizing_timeouts
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
