@@ -71,10 +71,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def as_input_error(exc: BaseException) -> UserInputError | None:
+    """A pydantic ValidationError that reached the command line is bad input that a boundary
+    did not turn into UserInputError itself (a model built from the config after it was read,
+    e.g. a latency limit from a gate): it takes the same exit-2 path, named by the model and
+    field, instead of a traceback. pydantic is only loaded when a command used it, so the
+    check costs `lmiflow --help` nothing."""
+    core = sys.modules.get("pydantic_core")
+    if core is None or not isinstance(exc, core.ValidationError):
+        return None
+    from lmiflow.spec import format_validation_error
+
+    return format_validation_error(exc, prefix=f"{exc.title}.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        try:
+            return int(args.run(args) or 0)
+        except Exception as exc:
+            error = as_input_error(exc)
+            if error is None:
+                raise
+            raise error from None
     except UserInputError as exc:  # one line per problem
         for line in str(exc).splitlines():
             print(f"lmiflow: error: {line}", file=sys.stderr)

@@ -77,11 +77,18 @@ def hub_failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {sentence}" if sentence else type(exc).__name__
 
 
-def spec_from_config(cfg: dict) -> ModelSpec:
+def spec_from_config(cfg: dict, where: str = "config.json") -> ModelSpec:
+    """The ModelSpec of a config.json; a bad value is UserInputError naming the file (where)
+    and the key: `model (models/x/config.json:vocab_size): must be ...`."""
     try:
         return parse_model_config(cfg)
     except ModelConfigError as exc:
-        raise UserInputError(f"model ({exc.field})", exc.reason) from None
+        key = exc.field.removeprefix("config.json")
+        raise UserInputError(f"model ({where}{key})", exc.reason) from None
+
+
+def _config_path(path: Path) -> str:
+    return _shown(path / "config.json" if path.is_dir() else path)
 
 
 def resolve_model(model: str, revision: str | None = None, exact_counts: bool = True,
@@ -99,12 +106,12 @@ def resolve_model(model: str, revision: str | None = None, exact_counts: bool = 
             cfg = read_config_file(p)
         except ModelConfigError as exc:
             raise UserInputError("model", exc.reason) from None
-        return ResolvedModel(spec=spec_from_config(cfg), source=f"local:{p}",
+        return ResolvedModel(spec=spec_from_config(cfg, _config_path(p)), source=f"local:{p}",
                              local_dir=str(p if p.is_dir() else p.parent))
     if model.startswith((".", "/", "~")) or not patterns.matches(patterns.HUB_ID, model):
         snap = _snapshot_for(model)
         if snap:
-            return ResolvedModel(spec=spec_from_config(read_config_file(snap)),
+            return ResolvedModel(spec=spec_from_config(read_config_file(snap), _config_path(snap)),
                                  source=f"snapshot:{snap}", local_dir=str(snap))
         raise UserInputError("model", f"{model!r} is neither an existing path nor a Hub id "
                                       "(org/name) nor a bundled snapshot in configs/models/")
@@ -120,10 +127,10 @@ def resolve_model(model: str, revision: str | None = None, exact_counts: bool = 
                else "Hub unreachable")
         log.warning("%s for %s (%s): planning from the bundled snapshot %s", why, model,
                     reason, _shown(snap))
-        return ResolvedModel(spec=spec_from_config(read_config_file(snap)),
+        return ResolvedModel(spec=spec_from_config(read_config_file(snap), _config_path(snap)),
                              source=f"snapshot:{snap}", local_dir=str(snap),
                              note=f"{why} ({reason}); used bundled snapshot")
-    spec = spec_from_config(cfg)
+    spec = spec_from_config(cfg, f"{model}/config.json on the Hub")
     if exact_counts and spec.quantization in (None, "fp8"):
         total = _hub_safetensors_total(model, revision, token)
         if total:
@@ -133,7 +140,7 @@ def resolve_model(model: str, revision: str | None = None, exact_counts: bool = 
 
 def resolved_from_s3(origin: ModelSource, cfg: dict, total: int | None) -> ResolvedModel:
     """An s3:// model: its config.json, with the exact count from its safetensors headers."""
-    spec = spec_from_config(cfg)
+    spec = spec_from_config(cfg, f"{origin.id.rstrip('/')}/config.json")
     if total and spec.quantization in (None, "fp8"):
         spec = with_exact_counts(spec, total)
     return ResolvedModel(spec=spec, source=f"s3:{origin.id}", origin=origin, note=origin.note)
