@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= configs/local-demo.yaml
 REPORT_DIR ?= reports/local-demo
 
-.PHONY: install demo test lint perf soak chaos mutate clean
+.PHONY: install demo test lint perf soak chaos fuzz mutate clean
 
 install: $(STAMP)
 
@@ -44,8 +44,14 @@ soak: $(STAMP)
 chaos: $(STAMP)
 	$(PY) -m tests.chaos.matrix
 
+# Property-based fuzzing of what users write (tests/fuzz): `make test` runs a fixed dozen
+# examples per property; this runs FUZZ_EXAMPLES (default 400) random ones each, and keeps
+# any failure in .hypothesis/ to replay first next time.
+fuzz: $(STAMP)
+	LMIFLOW_FUZZ=long $(VENV)/bin/pytest -q -p no:cacheprovider tests/fuzz
+
 clean:
-	rm -rf $(VENV) .lmiflow reports .pytest_cache .ruff_cache
+	rm -rf $(VENV) .lmiflow reports .pytest_cache .ruff_cache .hypothesis
 
 # Mutation testing of the pure core (not part of `make test` or CI): prints the score per
 # module and every surviving mutant. ~15 min on 2 cores. A subset: make mutate ONLY='lmiflow.sizing.memory.*'
