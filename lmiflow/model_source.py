@@ -155,7 +155,7 @@ def resolve_model(model: str, revision: str | None = None, exact_counts: bool = 
         return ResolvedModel(spec=spec_from_config(read_config_file(snap), _config_path(snap)),
                              source=f"snapshot:{snap}", local_dir=str(snap),
                              note=f"{why} ({reason}); used bundled snapshot")
-    where = f"{model}/config.json on the Hub"
+    where = f"hf://{model}/config.json"
     spec, note = spec_from_config(cfg, where), None
     if exact_counts:
         total, shapes = _hub_safetensors(model, revision, token)

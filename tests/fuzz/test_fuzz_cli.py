@@ -49,11 +49,12 @@ def test_dry_run_of_any_deployment_config(cfg, dry_json):
         (root / "model" / "config.json").write_text(json.dumps(TINY))
         (root / "c.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
         argv = ["deploy", "c.yaml", "--dry-run", "--report-dir", "report"]
+        prefect_before = "prefect" in sys.modules  # another test may have loaded it
         code = check(root, argv + (["--json"] if dry_json else []))
         if code == 0:
             assert json.loads((root / "report" / "report.json").read_text())["status"] == \
                 "planned"
-        assert "prefect" not in sys.modules or _prefect_was_loaded_before()
+        assert prefect_before or "prefect" not in sys.modules  # a dry run never loads Prefect
 
 
 @given(text=st.one_of(st.text(max_size=200), st.binary(max_size=200).map(
@@ -74,20 +75,11 @@ def test_plan_flags(flags):
                      "--max-output-tokens", flags[1], "--concurrency", flags[2]])
 
 
-_PREFECT_AT_START = "prefect" in sys.modules
-
-
-def _prefect_was_loaded_before() -> bool:
-    """Another test in this process may have loaded Prefect; a dry run must not."""
-    return _PREFECT_AT_START
-
-
 # ---- a few real processes: the exit codes as a shell sees them --------------------------------
 
 REAL = [
     ({**TINY, "sliding_window": float("inf")}, 2),
     ({**TINY, "vocab_size": 10**400}, 2),
-    ({**TINY, "rope_theta": float("nan")}, 2),
     (TINY, 0),
 ]
 
