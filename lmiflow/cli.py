@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import textwrap
 
@@ -71,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A value quoted in an error (repr: '...' or "...") longer than a person reads at a glance;
+# an apostrophe inside a word (production's, isn't) opens and closes nothing.
+_LONG_QUOTE = re.compile(r"""(?<!\w)(['"])([^'"\n]{61,})\1(?!\w)""")
+
+
+def short_quotes(line: str) -> str:
+    """The line with each long quoted value cut to its first 57 characters: messages quote
+    what the user wrote (`'x...' is not one of ...`), and a 10,000-character value must not
+    bury the reason that follows it. One place, for every message of every command."""
+    return _LONG_QUOTE.sub(lambda m: f"{m[1]}{m[2][:57]}...{m[1]}", line)
+
+
 def as_input_error(exc: BaseException) -> UserInputError | None:
     """A pydantic ValidationError that reached the command line is bad input that a boundary
     did not turn into UserInputError itself (a model built from the config after it was read,
@@ -97,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             raise error from None
     except UserInputError as exc:  # one line per problem
         for line in str(exc).splitlines():
-            print(f"lmiflow: error: {line}", file=sys.stderr)
+            print(f"lmiflow: error: {short_quotes(line)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lmiflow: interrupted", file=sys.stderr)

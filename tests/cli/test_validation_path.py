@@ -48,3 +48,15 @@ def test_as_input_error_ignores_everything_but_validation_errors():
     assert isinstance(error, UserInputError)
     assert (error.field, error.reason) == ("Limits.n", "Input should be a valid integer, unable "
                                                        "to parse string as an integer")
+
+
+@pytest.mark.parametrize(("line", "shown"), [
+    ("f: '" + "x" * 100 + "' is not valid", "f: '" + "x" * 57 + "...' is not valid"),
+    ('f: "' + "y" * 61 + '" is not valid', 'f: "' + "y" * 57 + '..." is not valid'),
+    ("f: '" + "x" * 60 + "' is not valid", "f: '" + "x" * 60 + "' is not valid"),  # short enough
+    # apostrophes inside words quote nothing, however far apart
+    ("production's endpoint is Failed and " + "z" * 80 + " isn't replaced",
+     "production's endpoint is Failed and " + "z" * 80 + " isn't replaced"),
+])
+def test_long_quoted_values_are_cut(line, shown):
+    assert cli.short_quotes(line) == shown

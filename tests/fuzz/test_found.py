@@ -63,3 +63,20 @@ def test_config_keys_the_fuzzer_found(key, line):
         (root / "c.yaml").write_text(yaml.safe_dump(cfg, allow_unicode=True))
         assert check(root, ["deploy", "c.yaml", "--dry-run"]) == 2
         assert run_cli(["deploy", "c.yaml", "--dry-run"])[2] == line + "\n"
+
+
+def test_a_long_value_quoted_in_a_message_is_cut():
+    """instance.inference_ami_version of 200 characters was echoed whole (a 500-character
+    line); every quoted value of every message is cut at the one exit-2 path."""
+    with sandbox() as root:
+        cfg = {"name": "fuzz-demo", "model": {"id": "m", "dtype": "bf16"},
+               "workload": {"max_input_tokens": 256, "max_output_tokens": 32, "concurrency": 2},
+               "target": {"kind": "sagemaker", "region": "us-east-1",
+                          "role_arn": "arn:aws:iam::123456789012:role/SageMakerExecution",
+                          "s3_uri": "s3://my-bucket/models/"},
+               "instance": {"inference_ami_version": "0" * 200}}
+        (root / "c.yaml").write_text(yaml.safe_dump(cfg))
+        assert check(root, ["deploy", "c.yaml", "--dry-run"]) == 2
+        err = run_cli(["deploy", "c.yaml", "--dry-run"])[2]
+        assert err.startswith("lmiflow: error: instance.inference_ami_version: '" + "0" * 57
+                              + "...' is not one of botocore's al2-ami-sagemaker-inference")
