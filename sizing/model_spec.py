@@ -292,7 +292,7 @@ def _count_parameters(cfg, model_type, hidden, layers, heads, kv_heads, head_dim
     experts = int(cfg.get("num_local_experts") or cfg.get("n_routed_experts")
                   or cfg.get("num_experts") or 0)
     top_k = int(cfg.get("num_experts_per_tok") or 0)
-    if top_k > experts:
+    if 0 < experts < top_k:  # no experts under these names: sized as a dense model
         raise ModelConfigError("config.json:num_experts_per_tok",
                                f"{top_k} is more than the model's {experts} experts")
     moe_total = moe_active = 0

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from tests.fuzz.harness import ENV, check, sandbox
 from tests.fuzz.strategies import (
+    SAGEMAKER,
     TINY,
     VALUES,
     config_json_text,
@@ -55,6 +56,21 @@ def test_dry_run_of_any_deployment_config(cfg, dry_json):
             assert json.loads((root / "report" / "report.json").read_text())["status"] == \
                 "planned"
         assert prefect_before or "prefect" not in sys.modules  # a dry run never loads Prefect
+
+
+@given(cfg=model_configs(), sagemaker=st.booleans())
+def test_dry_run_on_any_model_config(cfg, sagemaker):
+    """The model's values reach further in a deploy: the context limit the server is given,
+    the window, the image's engine, the AWS requests."""
+    with sandbox() as root:
+        (root / "model").mkdir()
+        (root / "model" / "config.json").write_text(config_json_text(cfg), encoding="utf-8")
+        deploy = {"name": "fuzz-demo", "model": {"id": "model", "dtype": "auto"},
+                  "workload": {"max_input_tokens": 256, "max_output_tokens": 32,
+                               "concurrency": 2},
+                  "target": dict(SAGEMAKER) if sagemaker else {"kind": "local"}}
+        (root / "c.yaml").write_text(yaml.safe_dump(deploy))
+        check(root, ["deploy", "c.yaml", "--dry-run"])
 
 
 @given(text=st.one_of(st.text(max_size=200), st.binary(max_size=200).map(
