@@ -16,7 +16,7 @@ REPORT_DIR ?= reports/local-demo
 # production is updated as before. `make demo DEMO_FLAGS=` refuses like any other deploy.
 DEMO_FLAGS ?= --replace-failed
 
-.PHONY: install demo test lint perf soak chaos mutate clean
+.PHONY: install demo test lint perf soak chaos fuzz mutate clean
 
 install: $(STAMP)
 
@@ -50,8 +50,14 @@ soak: $(STAMP)
 chaos: $(STAMP)
 	$(PY) -m tests.chaos.matrix
 
+# Property-based fuzzing of what users write (tests/fuzz): `make test` runs a fixed dozen
+# examples per property; this runs FUZZ_EXAMPLES (default 400) random ones each, and keeps
+# any failure in .hypothesis/ to replay first next time.
+fuzz: $(STAMP)
+	LMIFLOW_FUZZ=long $(VENV)/bin/pytest -q -p no:cacheprovider tests/fuzz
+
 clean:
-	rm -rf $(VENV) .lmiflow reports .pytest_cache .ruff_cache
+	rm -rf $(VENV) .lmiflow reports .pytest_cache .ruff_cache .hypothesis
 
 # Mutation testing of the pure core (not part of `make test` or CI): prints the score per
 # module and every surviving mutant. ~15 min on 2 cores. A subset: make mutate ONLY='lmiflow.sizing.memory.*'

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import textwrap
 
@@ -72,6 +73,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A value quoted in an error (repr: '...' or "...") longer than a person reads at a glance;
+# an apostrophe inside a word (production's, isn't) opens and closes nothing.
+_LONG_QUOTE = re.compile(r"""(?<!\w)(['"])([^'"\n]{61,})\1(?!\w)""")
+
+
+def short_quotes(line: str) -> str:
+    """The line with each long quoted value cut to its first 57 characters: messages quote
+    what the user wrote (`'x...' is not one of ...`), and a 10,000-character value must not
+    bury the reason that follows it. One place, for every message of every command."""
+    return _LONG_QUOTE.sub(lambda m: f"{m[1]}{m[2][:57]}...{m[1]}", line)
+
+
+def as_input_error(exc: BaseException) -> UserInputError | None:
+    """A pydantic ValidationError that reached the command line is bad input that a boundary
+    did not turn into UserInputError itself (a model built from the config after it was read,
+    e.g. a latency limit from a gate): it takes the same exit-2 path, named by the model and
+    field, instead of a traceback. pydantic is only loaded when a command used it, so the
+    check costs `lmiflow --help` nothing."""
+    core = sys.modules.get("pydantic_core")
+    if core is None or not isinstance(exc, core.ValidationError):
+        return None
+    from lmiflow.spec import format_validation_error
+
+    return format_validation_error(exc, prefix=f"{exc.title}.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     register_environment()  # HF_TOKEN, AWS keys: masked in all a command prints
@@ -81,10 +108,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     try:
-        return int(args.run(args) or 0)
+        try:
+            return int(args.run(args) or 0)
+        except Exception as exc:
+            error = as_input_error(exc)
+            if error is None:
+                raise
+            raise error from None
     except UserInputError as exc:  # one line per problem
         for line in str(exc).splitlines():
-            print(f"lmiflow: error: {line}", file=sys.stderr)
+            print(f"lmiflow: error: {short_quotes(line)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lmiflow: interrupted", file=sys.stderr)

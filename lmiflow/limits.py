@@ -16,6 +16,14 @@ from typing import Protocol
 
 from lmiflow.errors import UserInputError
 
+# The largest workload a config or `lmiflow plan` accepts (one place for both): beyond any
+# model's context and any endpoint's concurrency, and small enough that the planner's
+# arithmetic stays in floats.
+MAX_INPUT_TOKENS = 2_000_000
+MAX_OUTPUT_TOKENS = 1_000_000
+MAX_CONCURRENCY = 100_000
+MAX_INSTANCES = 100
+
 _LOWER = {">": operator.gt, ">=": operator.ge}
 _UPPER = {"<": operator.lt, "<=": operator.le}
 

@@ -19,7 +19,8 @@ from lmiflow.sizing.model_spec import (
     read_config_file,
     with_exact_counts,
 )
-from lmiflow.targets.weights import ModelSource
+from lmiflow.sizing.weights_check import compare_with_weights, parameter_count
+from lmiflow.targets.weights import ModelSource, local_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,40 @@ def hub_failure(exc: Exception) -> str:
     return f"{type(exc).__name__}: {sentence}" if sentence else type(exc).__name__
 
 
-def spec_from_config(cfg: dict) -> ModelSpec:
+def spec_from_config(cfg: dict, where: str = "config.json") -> ModelSpec:
+    """The ModelSpec of a config.json; a bad value is UserInputError naming the file (where)
+    and the key: `model (models/x/config.json:vocab_size): must be ...`."""
     try:
         return parse_model_config(cfg)
     except ModelConfigError as exc:
-        raise UserInputError(f"model ({exc.field})", exc.reason) from None
+        raise _named(exc, where) from None
+
+
+def _named(exc: ModelConfigError, where: str) -> UserInputError:
+    return UserInputError(f"model ({where}{exc.field.removeprefix('config.json')})", exc.reason)
+
+
+def with_weights(cfg: dict, spec: ModelSpec, shapes: dict[str, list[int]] | None,
+                 total: int | None, where: str) -> tuple[ModelSpec, str | None]:
+    """The config's spec checked against its weights' tensor shapes (a disagreement is
+    UserInputError naming the key and both values), then given their exact parameter count;
+    and why part of the check was skipped, if it was."""
+    note = None
+    if shapes:
+        total = total or parameter_count(shapes)
+        try:
+            note = compare_with_weights(cfg, spec, shapes, total)
+        except ModelConfigError as exc:
+            raise _named(exc, where) from None
+        if note:
+            log.info("%s: %s", where, note)
+    if total and spec.quantization in (None, "fp8"):
+        spec = with_exact_counts(spec, total)
+    return spec, note
+
+
+def _config_path(path: Path) -> str:
+    return _shown(path / "config.json" if path.is_dir() else path)
 
 
 def resolve_model(model: str, revision: str | None = None, exact_counts: bool = True,
@@ -99,12 +129,14 @@ def resolve_model(model: str, revision: str | None = None, exact_counts: bool = 
             cfg = read_config_file(p)
         except ModelConfigError as exc:
             raise UserInputError("model", exc.reason) from None
-        return ResolvedModel(spec=spec_from_config(cfg), source=f"local:{p}",
-                             local_dir=str(p if p.is_dir() else p.parent))
+        where, local_dir = _config_path(p), p if p.is_dir() else p.parent
+        spec, note = with_weights(cfg, spec_from_config(cfg, where), local_safetensors(local_dir),
+                                  None, where)
+        return ResolvedModel(spec=spec, source=f"local:{p}", local_dir=str(local_dir), note=note)
     if model.startswith((".", "/", "~")) or not patterns.matches(patterns.HUB_ID, model):
         snap = _snapshot_for(model)
         if snap:
-            return ResolvedModel(spec=spec_from_config(read_config_file(snap)),
+            return ResolvedModel(spec=spec_from_config(read_config_file(snap), _config_path(snap)),
                                  source=f"snapshot:{snap}", local_dir=str(snap))
         raise UserInputError("model", f"{model!r} is neither an existing path nor a Hub id "
                                       "(org/name) nor a bundled snapshot in configs/models/")
@@ -120,22 +152,21 @@ def resolve_model(model: str, revision: str | None = None, exact_counts: bool = 
                else "Hub unreachable")
         log.warning("%s for %s (%s): planning from the bundled snapshot %s", why, model,
                     reason, _shown(snap))
-        return ResolvedModel(spec=spec_from_config(read_config_file(snap)),
+        return ResolvedModel(spec=spec_from_config(read_config_file(snap), _config_path(snap)),
                              source=f"snapshot:{snap}", local_dir=str(snap),
                              note=f"{why} ({reason}); used bundled snapshot")
-    spec = spec_from_config(cfg)
-    if exact_counts and spec.quantization in (None, "fp8"):
-        total = _hub_safetensors_total(model, revision, token)
-        if total:
-            spec = with_exact_counts(spec, total)
-    return ResolvedModel(spec=spec, source=f"hub:{model}@{revision or 'main'}")
+    where = f"hf://{model}/config.json"
+    spec, note = spec_from_config(cfg, where), None
+    if exact_counts:
+        total, shapes = _hub_safetensors(model, revision, token)
+        spec, note = with_weights(cfg, spec, shapes, total, where)
+    return ResolvedModel(spec=spec, source=f"hub:{model}@{revision or 'main'}", note=note)
 
 
 def resolved_from_s3(origin: ModelSource, cfg: dict, total: int | None) -> ResolvedModel:
     """An s3:// model: its config.json, with the exact count from its safetensors headers."""
-    spec = spec_from_config(cfg)
-    if total and spec.quantization in (None, "fp8"):
-        spec = with_exact_counts(spec, total)
+    where = f"{origin.id.rstrip('/')}/config.json"
+    spec, _ = with_weights(cfg, spec_from_config(cfg, where), None, total, where)
     return ResolvedModel(spec=spec, source=f"s3:{origin.id}", origin=origin, note=origin.note)
 
 
@@ -194,16 +225,21 @@ def _hub_config(model_id: str, revision: str | None, token: str | None) -> dict:
     return read_config_file(path)
 
 
-def _hub_safetensors_total(model_id: str, revision: str | None, token: str | None) -> int | None:
-    """Exact parameter count from the safetensors headers (no weights downloaded)."""
+def _hub_safetensors(model_id: str, revision: str | None, token: str | None
+                     ) -> tuple[int | None, dict[str, list[int]] | None]:
+    """Exact parameter count and tensor shapes from the safetensors headers (no weights
+    downloaded)."""
     if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "TRUE") or not _hub_resolvable():
-        return None
+        return None, None
     try:
         from huggingface_hub import HfApi
 
         meta = HfApi(endpoint=_endpoint()).get_safetensors_metadata(
             model_id, revision=revision, token=token or False)
-        return int(sum(meta.parameter_count.values())) or None
+        total = int(sum(meta.parameter_count.values())) or None
     except Exception as exc:
         log.info("no safetensors metadata for %s: %s", model_id, type(exc).__name__)
-        return None
+        return None, None
+    files = getattr(meta, "files_metadata", None) or {}
+    shapes = {name: list(t.shape) for f in files.values() for name, t in f.tensors.items()}
+    return total, shapes or None

@@ -98,9 +98,12 @@ class ModelSection(_Strict):
 
 
 class WorkloadSection(_Strict):
-    max_input_tokens: int = Field(gt=0, le=2_000_000, description="Longest prompt, in tokens.")
-    max_output_tokens: int = Field(gt=0, le=1_000_000, description="Longest answer, in tokens.")
-    concurrency: int = Field(gt=0, le=100_000, description="Requests served at the same time.")
+    max_input_tokens: int = Field(gt=0, le=limits.MAX_INPUT_TOKENS,
+                                  description="Longest prompt, in tokens.")
+    max_output_tokens: int = Field(gt=0, le=limits.MAX_OUTPUT_TOKENS,
+                                   description="Longest answer, in tokens.")
+    concurrency: int = Field(gt=0, le=limits.MAX_CONCURRENCY,
+                             description="Requests served at the same time.")
 
 
 class InstanceSection(_Strict):
@@ -113,9 +116,10 @@ class InstanceSection(_Strict):
         default=None, description="Force this tensor-parallel degree (shards)."
     )
     max_usd_per_hour: float | None = Field(default=None, gt=0, description="Price ceiling.")
-    count: int = Field(default=1, ge=1, le=100, description="Instances behind the endpoint.")
+    count: int = Field(default=1, ge=1, le=limits.MAX_INSTANCES,
+                       description="Instances behind the endpoint.")
     max_count: int | None = Field(
-        default=None, ge=1, le=100,
+        default=None, ge=1, le=limits.MAX_INSTANCES,
         description="Scale out up to this many instances when memory or the latency gates "
         "need more copies, or several small instances cost less; empty: count.",
     )
@@ -584,8 +588,21 @@ class DeploymentSpec(_Strict):
         return self
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def _field_path(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc) or "config"
+    """The dotted path of a field. A key the user wrote that is not a plain name (a line
+    break, a control character, 100k characters) is quoted and cut, so the error stays one
+    readable line."""
+    def part(p: object) -> str:
+        text = str(p)
+        if _PLAIN_KEY.fullmatch(text):
+            return text
+        quoted = repr(text)
+        return quoted if len(quoted) <= 40 else quoted[:37] + "..."
+
+    return ".".join(part(p) for p in loc) or "config"
 
 
 def format_validation_error(exc: ValidationError, prefix: str = "") -> UserInputError:
@@ -594,7 +611,7 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> UserInput
     loc = tuple(err.get("loc", ()))
     cause = (err.get("ctx") or {}).get("error")
     if isinstance(cause, UserInputError):  # a cross-field rule names its own field
-        inner = ".".join(str(p) for p in loc)
+        inner = _field_path(loc) if loc else ""
         return UserInputError(prefix + (f"{inner}." if inner else "") + cause.field,
                               cause.reason)
     msg = err.get("msg", "invalid")

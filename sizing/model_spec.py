@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
+from lmiflow.sizing.config_bounds import problems, shown
 from pydantic import BaseModel, Field
 
 
@@ -104,8 +105,30 @@ def _req(cfg: dict, *names: str) -> Any:
 def _pos_int(cfg: dict, *names: str) -> int:
     v = _req(cfg, *names)
     if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-        raise ModelConfigError(f"config.json:{names[0]}", f"must be a positive integer, got {v!r}")
+        raise ModelConfigError(f"config.json:{names[0]}",
+                               f"must be a positive integer, got {shown(v)}")
     return v
+
+
+def _check_bounds(raw: dict, cfg: dict) -> None:
+    """The first value out of type or range, at the top level or in text_config."""
+    levels = [("", raw)] + ([("text_config.", cfg)] if cfg is not raw else [])
+    for prefix, level in levels:
+        for key, reason in problems(level):
+            raise ModelConfigError(f"config.json:{prefix}{key}", reason)
+
+
+def _group_size(value: Any) -> int | None:
+    """A quantization group size: an integer (some configs write it as a string); -1 or
+    absent means per channel, which sizes like the default group."""
+    if value is None or value == -1:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**20:
+        raise ModelConfigError("config.json:quantization_config.group_size",
+                               f"must be a positive integer, got {shown(value)}")
+    return value
 
 
 def _text_config(cfg: dict) -> dict:
@@ -119,7 +142,7 @@ def _quantization(cfg: dict) -> tuple[Quantization | None, int | None]:
         return None, None
     method = str(q.get("quant_method", "")).lower()
     bits = q.get("bits") or q.get("w_bit")
-    group = q.get("group_size") or q.get("q_group_size")
+    group = _group_size(q.get("group_size") or q.get("q_group_size"))
     if method in ("fp8", "fbgemm_fp8"):
         return "fp8", None
     if method == "bitsandbytes":
@@ -128,16 +151,18 @@ def _quantization(cfg: dict) -> tuple[Quantization | None, int | None]:
         fmt = str(q.get("format", "")).lower()
         if "float" in fmt or "fp8" in fmt:
             return "fp8", None
-        for grp in (q.get("config_groups") or {}).values():
-            w = (grp or {}).get("weights") or {}
+        groups = q.get("config_groups")
+        for grp in (groups.values() if isinstance(groups, dict) else ()):
+            w = grp.get("weights") if isinstance(grp, dict) else None
+            w = w if isinstance(w, dict) else {}
             nbits = w.get("num_bits")
             if w.get("type") == "float" and nbits == 8:
                 return "fp8", None
             if nbits in (4, 8):
-                return ("int4" if nbits == 4 else "int8"), w.get("group_size") or 128
+                return ("int4" if nbits == 4 else "int8"), _group_size(w.get("group_size")) or 128
         return "int8", None
     if bits in (4, 8) or method in ("awq", "gptq", "marlin", "hqq", "aqlm"):
-        return ("int4" if (bits or 4) == 4 else "int8"), int(group) if group else 128
+        return ("int4" if (bits or 4) == 4 else "int8"), group or 128
     if method == "mxfp4":
         return "int4", 32
     return None, None
@@ -148,6 +173,7 @@ def parse_model_config(raw: dict) -> ModelSpec:
     if not isinstance(raw, dict):
         raise ModelConfigError("config.json", "must be a JSON object")
     cfg = _text_config(raw)
+    _check_bounds(raw, cfg)
     model_type = str(cfg.get("model_type") or raw.get("model_type") or "unknown")
     archs = raw.get("architectures") or cfg.get("architectures") or [None]
     hidden = _pos_int(cfg, "hidden_size", "n_embd", "d_model")
@@ -213,7 +239,7 @@ def parse_model_config(raw: dict) -> ModelSpec:
         quantization=quant,
         quant_group_size=group,
         mla_kv_lora_rank=int(cfg["kv_lora_rank"]) if mla else None,
-        mla_rope_head_dim=int(cfg["qk_rope_head_dim"]) if mla else None,
+        mla_rope_head_dim=_pos_int(cfg, "qk_rope_head_dim") if mla else None,
         sliding_window=int(window) if window else None,
         sliding_window_layers=window_layers,
         num_experts=counts["experts"],
@@ -237,8 +263,8 @@ def _count_parameters(cfg, model_type, hidden, layers, heads, kv_heads, head_dim
     # Attention.
     if model_type in ("deepseek_v2", "deepseek_v3") and cfg.get("kv_lora_rank"):
         q_lora = cfg.get("q_lora_rank")
-        nope, rope = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"]
-        v_dim, kv_lora = cfg["v_head_dim"], cfg["kv_lora_rank"]
+        nope, rope = _pos_int(cfg, "qk_nope_head_dim"), _pos_int(cfg, "qk_rope_head_dim")
+        v_dim, kv_lora = _pos_int(cfg, "v_head_dim"), cfg["kv_lora_rank"]
         q_head = nope + rope
         if q_lora:
             q = hidden * q_lora + q_lora + q_lora * heads * q_head
@@ -266,6 +292,9 @@ def _count_parameters(cfg, model_type, hidden, layers, heads, kv_heads, head_dim
     experts = int(cfg.get("num_local_experts") or cfg.get("n_routed_experts")
                   or cfg.get("num_experts") or 0)
     top_k = int(cfg.get("num_experts_per_tok") or 0)
+    if 0 < experts < top_k:  # no experts under these names: sized as a dense model
+        raise ModelConfigError("config.json:num_experts_per_tok",
+                               f"{top_k} is more than the model's {experts} experts")
     moe_total = moe_active = 0
     moe_layers = 0
     if experts:
@@ -307,6 +336,9 @@ def read_config_file(path: str | Path) -> dict:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelConfigError("model", f"{p} is not valid JSON: {exc}") from None
+    except ValueError:  # an integer of more digits than Python converts (4300)
+        raise ModelConfigError("model", f"{p} holds a number too long to be a model's "
+                                        "setting") from None
     except RecursionError:  # json's C parser recurses once per nesting level
         raise ModelConfigError("model", f"{p} is nested too deeply to be a model config") from None
     except OSError as exc:

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lmiflow.errors import UserInputError
+
 # Latency metrics carry percentiles; the others are one number per level. `goodput` is
 # requests/s meeting every latency gate of the same list, each request by its own value
 # (bench.metrics): with no latency gate there is no goodput, and a goodput gate fails.
@@ -58,4 +60,21 @@ class GateSpec(BaseModel):
             raise ValueError(f"metric {self.metric} needs a percentile stat (mean, p50..p99)")
         if not latency and self.stat != "value":
             raise ValueError(f"metric {self.metric} is one number per level: use stat 'value'")
+        why = _never_met(self.metric, self.op, self.threshold)
+        if why:  # UserInputError: the config's error names gates.N.threshold
+            raise UserInputError("threshold", f"{self.threshold:g} can never be met: {why}")
         return self
+
+
+def _never_met(metric: str, op: str, threshold: float) -> str | None:
+    """Why no measurement can satisfy `metric op threshold`, if none can: every metric is
+    >= 0, a latency is > 0, an error rate is at most 1. Such a gate rejects every candidate
+    (and a latency limit must be positive for the planner to meet it)."""
+    upper, strict = op in ("<", "<="), op in ("<", ">")
+    if metric in LATENCY_METRICS and upper and threshold <= 0:
+        return f"{metric} is always above 0"
+    if upper and (threshold < 0 or (strict and threshold == 0)):
+        return f"{metric} is never below 0"
+    if metric == "error_rate" and not upper and (threshold > 1 or (strict and threshold == 1)):
+        return "error_rate is never above 1"
+    return None

@@ -7,6 +7,7 @@ import json
 import sys
 
 from lmiflow.errors import UserInputError
+from lmiflow.limits import MAX_CONCURRENCY, MAX_INPUT_TOKENS, MAX_INSTANCES, MAX_OUTPUT_TOKENS
 
 EPILOG = """\
 KV cache per token = 2 (K,V) x layers x kv_heads x head_dim x kv-dtype bytes (GQA-aware;
@@ -23,28 +24,39 @@ limit must be met with a 10 % margin; options that miss say by how much. Factors
 """
 
 
+def _shown(text: str, quoted: bool = False) -> str:
+    """What the user typed, as short as an error line can quote it (cut after repr, which
+    spells an unprintable character in up to ten)."""
+    text = repr(text) if quoted else text
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def positive_float(flag: str):
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"must be a positive number, got {_shown(text, True)}"
+                                             ) from None
         if not value > 0 or value == float("inf"):
-            raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+            raise argparse.ArgumentTypeError(f"must be a positive number, got {_shown(text)}")
         return value
 
     parse.__name__ = flag
     return parse
 
 
-def positive_int(flag: str):
+def positive_int(flag: str, most: int | None = None):
     def parse(text: str) -> int:
         try:
             value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+        except ValueError:  # also a number of more than 4300 digits
+            raise argparse.ArgumentTypeError(f"must be a positive integer, got {_shown(text, True)}"
+                                             ) from None
         if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+            raise argparse.ArgumentTypeError(f"must be a positive integer, got {_shown(text)}")
+        if most is not None and value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most:,}, got {_shown(text)}")
         return value
 
     parse.__name__ = flag
@@ -60,22 +72,28 @@ def add_parser(sub) -> None:
     p.add_argument("--revision", default=None, help="Hub revision.")
     p.add_argument("--dtype", default="auto", help="auto, fp32, fp16, bf16, fp8, int8, int4.")
     p.add_argument("--kv-cache-dtype", default="auto", help="auto, fp32, fp16, bf16, fp8.")
-    p.add_argument("--max-input-tokens", type=positive_int("max-input-tokens"), required=True,
+    p.add_argument("--max-input-tokens", type=positive_int("max-input-tokens", MAX_INPUT_TOKENS),
+                   required=True,
                    help="Longest prompt a request sends, in tokens.")
-    p.add_argument("--max-output-tokens", type=positive_int("max-output-tokens"), required=True,
+    p.add_argument("--max-output-tokens", required=True,
+                   type=positive_int("max-output-tokens", MAX_OUTPUT_TOKENS),
                    help="Most tokens a request generates.")
-    p.add_argument("--concurrency", type=positive_int("concurrency"), required=True,
+    p.add_argument("--concurrency", type=positive_int("concurrency", MAX_CONCURRENCY),
+                   required=True,
                    help="Requests in flight at once; each holds KV cache for input + output.")
-    p.add_argument("--instance-count", type=positive_int("instance-count"), default=1,
+    p.add_argument("--instance-count", type=positive_int("instance-count", MAX_INSTANCES),
+                   default=1,
                    help="Instances behind the endpoint (default 1).")
-    p.add_argument("--max-instance-count", type=positive_int("max-instance-count"),
+    p.add_argument("--max-instance-count",
+                   type=positive_int("max-instance-count", MAX_INSTANCES),
                    default=None, help="Scale out up to this many instances.")
     p.add_argument("--instance-types", default="",
                    help="Comma-separated globs to consider, e.g. 'ml.g5.*,ml.g6e.*'.")
     p.add_argument("--instance-type", default=None, help="Force one instance type.")
     p.add_argument("--tensor-parallel-degree", type=int, choices=(1, 2, 4, 8), default=None,
                    help="Force the GPUs one model copy spans (default: every degree).")
-    p.add_argument("--max-usd-per-hour", type=float, default=None, help="Price ceiling.")
+    p.add_argument("--max-usd-per-hour", type=positive_float("max-usd-per-hour"), default=None,
+                   help="Price ceiling.")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                    help="Share of each GPU's memory the engine may use (default 0.9).")
     p.add_argument("--max-ttft-ms", type=positive_float("max-ttft-ms"), default=None,

@@ -19,8 +19,10 @@ run before anything is created.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -269,22 +271,80 @@ def list_prefix_params(bucket: str, prefix: str) -> dict[str, str]:
 
 
 def safetensors_parameters(s3: Any, bucket: str, key: str) -> int:
-    """Parameter count of one safetensors file from its header: 8 bytes of little-endian
-    header length, then the JSON header (huggingface_hub's parser counts the parameters)."""
-    from huggingface_hub.utils import SafetensorsFileMetadata, TensorInfo
+    """Parameter count of one safetensors file in S3, from its header (two ranged reads)."""
+    def read(start: int, length: int) -> bytes:
+        rng = f"bytes={start}-{start + length - 1}"
+        return s3.get_object(Bucket=bucket, Key=key, Range=rng)["Body"].read()
 
-    head = s3.get_object(Bucket=bucket, Key=key, Range="bytes=0-7")["Body"].read()
+    return sum(math.prod(s) for s in safetensors_shapes(read, f"s3://{bucket}/{key}",
+                                                        "model.id").values())
+
+
+def safetensors_shapes(read: Callable[[int, int], bytes], where: str,
+                       field: str = "model") -> dict[str, list[int]]:
+    """Each tensor's shape from a safetensors header: 8 bytes of little-endian header length,
+    then the JSON header (format: huggingface/safetensors). Read by hand rather than with the
+    safetensors package, which only the `local` extra installs and which reads local files
+    only (S3 is read by ranges). A file that is not one is UserInputError naming it."""
+    not_one = UserInputError(field, f"{where} is not a safetensors file")
+    head = read(0, 8)
+    if len(head) != 8:
+        raise not_one
     (length,) = struct.unpack("<Q", head)
     if not 2 <= length <= 100_000_000:
-        raise UserInputError("model.id", f"s3://{bucket}/{key} is not a safetensors file")
-    raw = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes=8-{7 + length}")["Body"].read()
-    header = json.loads(raw)
-    meta = SafetensorsFileMetadata(
-        metadata=header.pop("__metadata__", {}) or {},
-        tensors={k: TensorInfo(dtype=v["dtype"], shape=v["shape"],
-                               data_offsets=tuple(v["data_offsets"]))
-                 for k, v in header.items()})
-    return int(sum(meta.parameter_count.values()))
+        raise not_one
+    try:
+        header = json.loads(read(8, length))
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or 4300-digit numbers
+        raise not_one from None
+    if not isinstance(header, dict):
+        raise not_one
+    shapes = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if not isinstance(shape, list) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+            raise UserInputError(field, f"{where}: tensor {name[:80]!r} has no valid shape")
+        shapes[name] = shape
+    return shapes
+
+
+def local_safetensors(root: str | Path) -> dict[str, list[int]] | None:
+    """Every tensor's shape in a local model directory's weights, chosen as transformers and
+    huggingface_hub choose them: the shards model.safetensors.index.json names, else
+    model.safetensors (a consolidated.safetensors beside them is another copy of the same
+    weights). None when the directory holds neither."""
+    root = Path(root)
+    index = root / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = sorted(set(weight_map.values()))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise UserInputError("model", f"{index} is not a safetensors index (a JSON "
+                                          "object with a weight_map)") from None
+    elif (root / "model.safetensors").is_file():
+        names = ["model.safetensors"]
+    else:
+        return None
+    shapes: dict[str, list[int]] = {}
+    for name in names:
+        path = root / str(name)
+        if "/" in str(name) or not path.is_file():
+            raise UserInputError("model", f"{index} names {str(name)[:80]!r}, which is not a "
+                                          "file in the model directory")
+        try:
+            with path.open("rb") as f:
+                def read(start: int, length: int, f=f) -> bytes:
+                    f.seek(start)
+                    return f.read(length)
+
+                shapes.update(safetensors_shapes(read, str(path)))
+        except OSError as exc:
+            raise UserInputError("model", f"{path} cannot be read: {exc.strerror}") from None
+    return shapes
 
 
 def s3_read_requests(source: ModelSource, step: str = "fetch_config") -> list[AwsRequest]:

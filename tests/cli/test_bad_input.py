@@ -4,6 +4,7 @@ no traceback, nothing created, and no cloud call made (AWS_ENDPOINT_URL points n
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -67,6 +68,19 @@ CASES = {
                                "gates.0.metric"),
     "latency gate without percentile": (
         with_("gates", [{"metric": "ttft_ms", "stat": "value", "threshold": 1}]), "gates.0"),
+    # a gate no measurement can meet (issue 24: a LatencyLimit traceback from the planner)
+    "latency gate below zero": (
+        with_("gates", [{"metric": "ttft_ms", "stat": "p95", "op": "<=", "threshold": -1}]),
+        "gates.0.threshold: -1 can never be met: ttft_ms is always above 0"),
+    "latency gate at zero": (
+        with_("gates", [{"metric": "tpot_ms", "stat": "p50", "op": "<", "threshold": 0}]),
+        "gates.0.threshold"),
+    "error rate below zero": (
+        with_("gates", [{"metric": "error_rate", "stat": "value", "op": "<", "threshold": 0}]),
+        "gates.0.threshold: 0 can never be met: error_rate is never below 0"),
+    "error rate above one": (
+        with_("gates", [{"metric": "error_rate", "stat": "value", "op": ">", "threshold": 1}]),
+        "gates.0.threshold"),
     "empty benchmark levels": (with_("benchmark.concurrency", []), "benchmark.concurrency"),
     "tensor parallel 3": (with_("instance.tensor_parallel_degree", 3),
                           "instance.tensor_parallel_degree"),
@@ -147,12 +161,52 @@ TINY_CASES = {
         "workload.max_input_tokens"),
     "max_model_len beyond the model": (
         {}, {"serving.options": {"option.max_model_len": 10**12}}, "serving.options"),
-    "zero key/value heads": ({"num_key_value_heads": 0}, {}, "model (config.json:num_key_"),
+    "zero key/value heads": ({"num_key_value_heads": 0}, {}, "model (tiny/config.json:num_key_"),
     "more key/value heads than heads": ({"num_key_value_heads": 8}, {},
-                                        "model (config.json:num_key_"),
+                                        "model (tiny/config.json:num_key_"),
     "hidden size not divisible by heads": ({"hidden_size": 66}, {},
-                                           "model (config.json:hidden_size)"),
-    "config.json nested 100k deep": (None, {}, "model"),
+                                           "model (tiny/config.json:hidden_size)"),
+    "config.json nested 100k deep": ("[" * 100_000 + "]" * 100_000, {}, "model"),
+    # numbers at the edges (issue 24): each a traceback before, now the file, key and reason
+    "sliding window Infinity": ({"sliding_window": math.inf}, {},
+                                "model (tiny/config.json:sliding_window): must be a whole"),
+    "vocab of 10^400": ({"vocab_size": 10**400}, {},
+                        "model (tiny/config.json:vocab_size): must be a positive integer no "
+                        "larger than 16,777,216, got a 401-digit number"),
+    "context Infinity": ({"max_position_embeddings": math.inf}, {},
+                         "model (tiny/config.json:max_position_embeddings): must be a positive "
+                         "integer, got inf"),
+    "context 1.5": ({"max_position_embeddings": 1.5}, {},
+                    "model (tiny/config.json:max_position_embeddings)"),
+    "context NaN": ({"max_position_embeddings": math.nan}, {},
+                    "model (tiny/config.json:max_position_embeddings)"),
+    "rope_theta Infinity": ({"rope_theta": math.inf}, {}, "model (tiny/config.json:rope_theta)"),
+    "nested rope_theta negative": ({"rope_parameters": {"rope_theta": -1}}, {},
+                                   "model (tiny/config.json:rope_parameters.rope_theta)"),
+    "rms_norm_eps NaN": ({"rms_norm_eps": math.nan}, {}, "model (tiny/config.json:rms_norm_eps)"),
+    "rms_norm_eps 0": ({"rms_norm_eps": 0}, {}, "model (tiny/config.json:rms_norm_eps)"),
+    "negative heads": ({"num_attention_heads": -4}, {},
+                       "model (tiny/config.json:num_attention_heads)"),
+    "hidden size as a string": ({"hidden_size": "64"}, {}, "model (tiny/config.json:hidden_size)"),
+    "sliding window as a string": ({"sliding_window": "x"}, {},
+                                   "model (tiny/config.json:sliding_window)"),
+    "tied embeddings as a string": ({"tie_word_embeddings": "no"}, {},
+                                    "model (tiny/config.json:tie_word_embeddings)"),
+    "architectures not a list": ({"architectures": 5}, {},
+                                 "model (tiny/config.json:architectures)"),
+    "model_type a number": ({"model_type": 3}, {}, "model (tiny/config.json:model_type)"),
+    "more experts per token than experts": (
+        {"num_local_experts": 2, "num_experts_per_tok": 3}, {},
+        "model (tiny/config.json:num_experts_per_tok)"),
+    "MLA without its head sizes": ({"model_type": "deepseek_v3", "kv_lora_rank": 16}, {},
+                                   "model (tiny/config.json:qk_nope_head_dim)"),
+    "quantization group not a number": (
+        {"quantization_config": {"quant_method": "gptq", "bits": 4, "group_size": "x"}}, {},
+        "model (tiny/config.json:quantization_config.group_size)"),
+    "text_config with an infinite window": (
+        json.dumps({"model_type": "llava", "text_config": {**TINY, "sliding_window": math.inf}}),
+        {}, "model (tiny/config.json:text_config.sliding_window)"),
+    "an integer of 5000 digits": ('{"vocab_size": ' + "9" * 5000 + "}", {}, "model: /"),
 }
 
 
@@ -161,7 +215,7 @@ def test_model_and_server_limits_exit_2_at_plan_time(case, isolated, capsys):
     model_changes, config_changes, field = TINY_CASES[case]
     model = isolated / "tiny"
     model.mkdir()
-    text = ("[" * 100_000 + "]" * 100_000 if model_changes is None
+    text = (model_changes if isinstance(model_changes, str)
             else json.dumps({**TINY, **model_changes}))
     (model / "config.json").write_text(text)
     config = with_("model.id", str(model))

@@ -65,3 +65,36 @@ def test_snapshot_by_name_and_bad_ids():
     for bad in ("./missing", "a\nb", ""):
         with pytest.raises(UserInputError):
             resolve_model(bad)
+
+
+def test_hub_config_that_disagrees_with_its_safetensors_is_input_error(monkeypatch, tmp_path):
+    """The Hub's safetensors metadata carries each tensor's shape: a config.json whose
+    hidden_size they contradict stops the plan, naming the file on the Hub and both values."""
+    cfg = json.loads((MODELS / "llama-3.1-8b" / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**cfg, "hidden_size": 8192}))
+    monkeypatch.setattr(model_source, "_hub_resolvable", lambda: True)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download",
+                        lambda *a, **k: str(tmp_path / "config.json"))
+    shard = SimpleNamespace(tensors={
+        "model.embed_tokens.weight": SimpleNamespace(shape=[128256, 4096])})
+    monkeypatch.setattr(huggingface_hub.HfApi, "get_safetensors_metadata",
+                        lambda self, repo, revision=None, token=None: SimpleNamespace(
+                            parameter_count={"BF16": 8_030_261_248},
+                            files_metadata={"model-00001-of-00004.safetensors": shard}))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(UserInputError) as err:
+        resolve_model("meta-llama/Llama-3.1-8B")
+    assert (err.value.field, err.value.reason) == (
+        "model (hf://meta-llama/Llama-3.1-8B/config.json:hidden_size)",
+        "8192, but the weights hold 4096 (model.embed_tokens.weight is 128256 x 4096)")
+
+
+def test_bad_values_name_the_local_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").mkdir()
+    cfg = json.loads((MODELS / "mistral-7b" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**cfg, "sliding_window": 1e400}))
+    with pytest.raises(UserInputError) as err:
+        resolve_model("m")
+    assert (err.value.field, err.value.reason) == (
+        "model (m/config.json:sliding_window)", "must be a whole number >= 0, got inf")

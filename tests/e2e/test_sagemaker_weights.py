@@ -34,11 +34,25 @@ CONFIG = json.dumps({
 
 
 def weights_file() -> bytes:
+    """Every tensor CONFIG describes (zeros): planning compares the config with them."""
     import numpy as np
 
-    return save({"model.embed_tokens.weight": np.zeros((1000, 256), np.float16)})
+    shapes = {"model.embed_tokens.weight": (1000, 256), "lm_head.weight": (1000, 256),
+              "model.norm.weight": (256,)}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        shapes |= {p + "self_attn.q_proj.weight": (256, 256),
+                   p + "self_attn.k_proj.weight": (128, 256),
+                   p + "self_attn.v_proj.weight": (128, 256),
+                   p + "self_attn.o_proj.weight": (256, 256),
+                   p + "mlp.gate_proj.weight": (512, 256), p + "mlp.up_proj.weight": (512, 256),
+                   p + "mlp.down_proj.weight": (256, 512),
+                   p + "input_layernorm.weight": (256,),
+                   p + "post_attention_layernorm.weight": (256,)}
+    return save({name: np.zeros(shape, np.float16) for name, shape in shapes.items()})
 
 
+PARAMETERS = 2 * 1000 * 256 + 256 + 2 * (2 * 256 * 256 + 2 * 128 * 256 + 3 * 512 * 256 + 2 * 256)
 FILES = {"config.json": CONFIG, "model.safetensors": weights_file(),
          "tokenizer.json": b'{"version": "1.0"}', "README.md": b"# gated"}
 
@@ -283,8 +297,8 @@ def test_s3_model_is_planned_from_its_prefix_and_loaded_from_it(world, prefect_h
     sent = sent_requests(s)
     _, report = run(s, tmp_path)
     assert report["status"] == "promoted", report["error"]
-    # sizing from config.json and the safetensors header: 1000 x 256 parameters
-    assert report["model"]["parameters"] == 256_000
+    # sizing from config.json and the safetensors headers: every tensor counted
+    assert report["model"]["parameters"] == PARAMETERS
     assert report["model"]["parameter_source"] == "safetensors"
     assert report["weights"]["delivery"] == "s3" and report["staging"] is None
     sm = session().client("sagemaker", endpoint_url=url)

@@ -281,7 +281,7 @@ def test_config_must_be_an_object():
     ({"vocab_size": True}, "config.json:vocab_size", "must be a positive integer, got True"),
     ({"vocab_size": "32000"}, "config.json:vocab_size",
      "must be a positive integer, got '32000'"),
-    ({"hidden_size": None, "d_model": 8.0}, "config.json:hidden_size",
+    ({"hidden_size": None, "d_model": 8.0}, "config.json:d_model",
      "must be a positive integer, got 8.0"),
 ])
 def test_bad_fields_are_named_with_the_reason(over, field, reason):
@@ -311,3 +311,83 @@ def test_config_files_that_cannot_be_read(tmp_path):
         f"{tmp_path / 'config.json'} is not valid JSON: ")
     (tmp_path / "config.json").write_text('{"name": "caf\u00e9"}', encoding="utf-8")
     assert read_config_file(tmp_path) == {"name": "caf\u00e9"}
+
+
+# ---- numbers at the edges (issue 24): checked before any arithmetic ----------------------------
+
+@pytest.mark.parametrize(("over", "field", "reason"), [
+    ({"sliding_window": float("inf")}, "config.json:sliding_window",
+     "must be a whole number >= 0, got inf"),
+    ({"sliding_window": -5}, "config.json:sliding_window", "must be a whole number >= 0, got -5"),
+    ({"vocab_size": 10**40}, "config.json:vocab_size",
+     "must be a positive integer no larger than 16,777,216, got a 41-digit number"),
+    ({"hidden_size": 2**18 + 1}, "config.json:hidden_size",
+     "must be a positive integer no larger than 262,144, got 262145"),
+    ({"max_position_embeddings": float("nan")}, "config.json:max_position_embeddings",
+     "must be a positive integer, got nan"),
+    ({"max_position_embeddings": 4096.0}, "config.json:max_position_embeddings",
+     "must be a positive integer, got 4096.0"),
+    ({"rope_theta": float("inf")}, "config.json:rope_theta",
+     "must be a number above 0 and below 1e+15, got inf"),
+    ({"rope_theta": True}, "config.json:rope_theta",
+     "must be a number above 0 and below 1e+15, got True"),
+    ({"rms_norm_eps": 1}, "config.json:rms_norm_eps",
+     "must be a number above 0 and below 1, got 1"),
+    ({"layer_norm_epsilon": "1e-5"}, "config.json:layer_norm_epsilon",
+     "must be a number above 0 and below 1, got '1e-5'"),
+    ({"multi_query": 1}, "config.json:multi_query", "must be true or false, got 1"),
+    ({"torch_dtype": ["bfloat16"]}, "config.json:torch_dtype",
+     "must be a string, got ['bfloat16']"),
+    ({"model_type": "x" * 129}, "config.json:model_type",
+     "must be at most 128 characters, got 129"),
+    ({"architectures": ["A" * 200]}, "config.json:architectures",
+     "must be a list of class names (strings of at most 128 characters), got "
+     "['" + "A" * 35 + "..."),  # the value cut at 40 characters
+    ({"layer_types": "sliding"}, "config.json:layer_types", "must be a list, got 'sliding'"),
+    ({"num_local_experts": 4, "num_experts_per_tok": 5}, "config.json:num_experts_per_tok",
+     "5 is more than the model's 4 experts"),
+    ({"moe_layer_freq": 0, "num_local_experts": 4}, "config.json:moe_layer_freq",
+     "must be a positive integer, got 0"),
+    ({"first_k_dense_replace": -1}, "config.json:first_k_dense_replace",
+     "must be a whole number >= 0, got -1"),
+    ({"quantization_config": {"bits": 4, "group_size": float("inf")}},
+     "config.json:quantization_config.group_size", "must be a positive integer, got inf"),
+])
+def test_values_out_of_type_or_range_are_named_before_any_arithmetic(over, field, reason):
+    with pytest.raises(ModelConfigError) as err:
+        tiny(**over)
+    assert (err.value.field, err.value.reason) == (field, reason)
+
+
+def test_a_wrapper_names_the_text_config_key():
+    with pytest.raises(ModelConfigError) as err:
+        parse_model_config({"model_type": "llava",
+                            "text_config": {**TINY, "rms_norm_eps": float("nan")}})
+    assert err.value.field == "config.json:text_config.rms_norm_eps"
+
+
+def test_values_at_the_bounds_are_accepted():
+    s = tiny(hidden_size=2**18, num_attention_heads=2**14, num_key_value_heads=2**14,
+             vocab_size=2**24, max_position_embeddings=2**32, sliding_window=0,
+             rope_theta=1e14, rms_norm_eps=1e-12, rope_parameters={"rope_theta": 10000})
+    assert (s.hidden_size, s.vocab_size, s.max_position_embeddings) == (2**18, 2**24, 2**32)
+    assert (s.sliding_window, s.sliding_window_layers) == (None, 0)  # 0: no window
+
+
+def test_per_channel_group_size_sizes_like_the_default_group():
+    # GPTQ writes group_size -1 for one scale per channel; it was a negative group before
+    assert quant({"quant_method": "gptq", "bits": 4, "group_size": -1}) == ("int4", 128)
+
+
+@pytest.mark.parametrize("groups", [["not", "a", "dict"], {"g0": ["x"]}, {"g0": {"weights": 4}}])
+def test_compressed_tensors_groups_of_the_wrong_shape_are_skipped(groups):
+    assert quant({"quant_method": "compressed-tensors", "format": "pack-quantized",
+                  "config_groups": groups}) == ("int8", None)
+
+
+def test_config_file_with_an_integer_too_long_to_read(tmp_path):
+    (tmp_path / "config.json").write_text('{"vocab_size": ' + "9" * 5000 + "}")
+    with pytest.raises(ModelConfigError) as err:
+        read_config_file(tmp_path)
+    assert err.value.reason == (f"{tmp_path / 'config.json'} holds a number too long to be a "
+                                "model's setting")

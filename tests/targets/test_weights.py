@@ -284,3 +284,63 @@ def test_s3_model_id_in_the_config_gets_a_trailing_slash_and_bad_ones_fail():
     assert spec({"id": "s3://data/llama"}).model.id == "s3://data/llama/"
     with pytest.raises(ValueError, match="s3://bucket/prefix/"):
         spec({"id": "s3://Bad_Bucket/x/"})
+
+
+# ---- a local directory's tensor shapes (config.json checked against them) -------------------
+
+
+def test_local_shapes_come_from_the_files_transformers_loads(tmp_path):
+    from lmiflow.targets.weights import local_safetensors
+
+    assert local_safetensors(tmp_path) is None  # no weights: nothing to compare
+    (tmp_path / "model.safetensors").write_bytes(WEIGHTS)
+    # a consolidated copy beside the weights (Mistral's repositories) is not counted twice
+    (tmp_path / "consolidated.safetensors").write_bytes(WEIGHTS)
+    assert local_safetensors(tmp_path) == {"embed.weight": [100, 64],
+                                           "layer.0.q.weight": [64, 64], "norm.weight": [64]}
+    second = save({"lm_head.weight": np.zeros((100, 64), np.float16)})
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(second)
+    weight_map = {"embed.weight": "model.safetensors",
+                  "lm_head.weight": "model-00002-of-00002.safetensors"}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    shapes = local_safetensors(tmp_path)
+    assert set(shapes) == {"embed.weight", "layer.0.q.weight", "norm.weight", "lm_head.weight"}
+
+
+@pytest.mark.parametrize(("index", "reason"), [
+    ("[]", "is not a safetensors index (a JSON object with a weight_map)"),
+    ('{"weight_map": {"x": "../outside.safetensors"}}', "names '../outside.safetensors', which "
+                                                        "is not a file in the model directory"),
+    ('{"weight_map": {"x": "missing.safetensors"}}', "names 'missing.safetensors'"),
+])
+def test_a_bad_index_is_input_error_naming_it(tmp_path, index, reason):
+    from lmiflow.targets.weights import local_safetensors
+
+    (tmp_path / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(UserInputError) as err:
+        local_safetensors(tmp_path)
+    assert err.value.field == "model" and reason in err.value.reason
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\x01" * 7, (10**9).to_bytes(8, "little"), (4).to_bytes(8, "little") + b"[1] ",
+    (4).to_bytes(8, "little") + b"\xff\xfe{}", (2).to_bytes(8, "little") + b"{}"[:1] + b"x",
+])
+def test_files_that_are_not_safetensors(tmp_path, data):
+    from lmiflow.targets.weights import local_safetensors
+
+    (tmp_path / "model.safetensors").write_bytes(data)
+    with pytest.raises(UserInputError, match="is not a safetensors file"):
+        local_safetensors(tmp_path)
+
+
+@pytest.mark.parametrize("shape", ['"x"', "[1.5]", "[-1]", "[true]", "null"])
+def test_a_tensor_without_a_valid_shape(tmp_path, shape):
+    from lmiflow.targets.weights import local_safetensors
+
+    header = json.dumps({"w": {"dtype": "F16", "shape": json.loads(shape),
+                               "data_offsets": [0, 0]}}).encode()
+    (tmp_path / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(UserInputError) as err:
+        local_safetensors(tmp_path)
+    assert err.value.reason.endswith("model.safetensors: tensor 'w' has no valid shape")
