@@ -2,26 +2,31 @@
 
 The model (formulas as the report prints them; B = concurrent requests on the copy, S = input
 tokens, M = output tokens, L = S + M/2 the average context while decoding, t = tensor-parallel
-degree, BW = memory bandwidth, P = dense tensor peak for the compute dtype):
+degree, BW = memory bandwidth, P = dense tensor peak for the compute dtype, N = batch slots):
 
   decode step(b) = max(bytes(b) / (BW x eta_mem), flops(b) / (P x eta_compute))
                    + 2 x layers x allreduce(b tokens) + step_overhead
     bytes(b)  = weights read per GPU (all but the input embedding; MoE: the experts b tokens
                 touch, E x (1 - (1 - k/E)^b)) + b x KV bytes of an L-token context per GPU
     flops(b)  = b x 2 x active parameters / t + b x 4 x layers x q_dim x L / t
-    allreduce(n) = latency(interconnect) + 2 (t-1)/t x n x hidden x 2 bytes / link bandwidth
+    allreduce(n) = (t-1) x hop latency + 2 (t-1)/t x n x hidden x 2 bytes / link bandwidth
   prefill(S) = max(flops / (P x eta_compute), chunks x weights / (BW x eta_mem))
-               + 2 x layers x allreduce(S) + step_overhead,
+               + 2 x layers x allreduce(S) + chunks x step_overhead, chunks = ceil(S / budget)
     flops = S x 2 x active parameters / t + 2 x layers x S x min(S, window) x q_dim / t
-  Closed-loop concurrency (B clients, each sends its next request when one ends): requests
-  arrive at lam = B / E2E; prefills take rho = lam x prefill of the copy's time; the other
-  B - 1 requests' prefills stretch a decode step by 1 / (1 - rho_o), rho_o = rho (B-1)/B, and a
-  new request waits rho_o x prefill / (2 (1 - rho_o)) (M/D/1 mean wait) for the prefills ahead.
-  TTFT = request_overhead + wait + prefill(S);  TPOT = step(B_decoding) / (1 - rho_o);
-  E2E = TTFT + (M - 1) x TPOT;  output tokens/s = B x M / E2E.
+  Closed-loop concurrency (B clients, each sends its next request when one ends), at most N
+  of them in the engine (N = min(engine's max_num_seqs, what the KV cache holds)): with
+  b = min(B, N) running, requests arrive at lam = b / E2E; the other b - 1 requests' prefills
+  take rho_o of the copy's time and stretch a decode step by 1 / (1 - rho_o); a new request
+  waits for the prefills ahead of it: (1 - sync) x rho_o x prefill / (2 (1 - rho_o)) (M/D/1,
+  clients out of step) + sync x (b - 1)/2 x prefill (clients in step: fixed-length requests
+  that start together and finish together queue their prefills behind each other).
+  The B - N clients without a slot wait (B/N - 1) x E2E_N for one.
+  TTFT = request_overhead + slot wait + prefill wait + prefill(S);
+  TPOT = step(b_decoding) / (1 - rho_o);  E2E = TTFT + (M - 1) x TPOT;
+  output tokens/s = b x M / E2E_b.
 
-Efficiency factors are per engine (named below, with where each value comes from) and are what
-calibration refits per accelerator from measured runs. Pure: numbers in, numbers out.
+Efficiency factors are per engine family (named below, with where each value comes from) and
+are what calibration refits per accelerator from measured runs. Pure: numbers in, numbers out.
 """
 
 from __future__ import annotations
@@ -49,44 +54,76 @@ class Efficiency(BaseModel):
                                                    "reach (eta_compute, MFU).")
     step_overhead_ms: float = Field(ge=0, description="Per engine step: scheduling, sampling, "
                                                       "launch gaps.")
-    request_overhead_ms: float = Field(ge=0, description="Per request before its prefill: "
-                                                         "HTTP, tokenization, queue hand-off.")
+    request_overhead_ms: float = Field(ge=0, description="Per request, fixed: HTTP, "
+                                       "tokenize, schedule, detokenize, the first step's "
+                                       "launch.")
     allreduce_latency_ms: float = Field(ge=0, description="Fixed cost of one tensor-parallel "
-                                                          "all-reduce call.")
+                                        "all-reduce call per ring hop (a call at tp t costs "
+                                        "t - 1 hops).")
+    sync: float = Field(default=0.0, ge=0, le=1, description="Share of closed-loop clients "
+                        "whose prefills queue in step (0: random phases, M/D/1 wait).")
 
 
-# Defaults, uncalibrated. eta_mem and eta_compute sit inside the ranges public numbers show
-# (REFERENCE.md "Latency": eta_mem 0.55-0.85 for vLLM/TensorRT-LLM decode, prefill MFU
-# 0.35-0.65); a batch-1 vLLM run of Llama-3.1-8B on an A100 decodes at 77 % of the bandwidth
-# roofline (johnmusgrave.com/p/vllm-throughput-latency-sweep-on). The fixed costs are
-# assumptions, not measurements: a CUDA-graph decode step still pays the scheduler and sampler
-# (about a millisecond in vLLM's Python loop, less in TensorRT-LLM's C++ executor), and a request
-# pays HTTP, tokenization and the hand-off to the engine before its prefill. `lmiflow calibrate`
-# replaces them per accelerator and engine from benchmark records.
+# Defaults, uncalibrated, per engine family. eta_mem and eta_compute start inside the ranges
+# public numbers show (REFERENCE.md "Latency": eta_mem 0.55-0.85 for vLLM/TensorRT-LLM decode,
+# prefill MFU 0.35-0.65) and were then fitted to the published points of
+# tests/sizing/published/ (perf/latency_cv.py prints the fit and its error cross-validated by
+# source). The request cost is the short-prompt TTFT floor of a served engine (H100, c=1):
+# about 27 ms for SGLang, 45 ms for TensorRT-LLM behind a server (NIM, Triton), 60 ms for vLLM
+# (issue 22's comparison; its OpenAI server tokenizes, schedules and detokenizes in Python).
+# `sync`: vLLM schedules waiting prefills before running decodes, so fixed-length clients that
+# start together stay in step (the 70B fp8 7,000/1,000 run at 8 per copy measured 1,830 ms TTFT
+# against 394 ms for the out-of-step M/D/1 wait); TensorRT-LLM's in-flight batcher spreads them
+# (NIM 70B: TTFT at 25 clients only 1.7x that at 1). `lmiflow calibrate` refits per
+# accelerator and engine from benchmark records.
 ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {
-    "vllm": {"memory": 0.75, "compute": 0.5, "step_overhead_ms": 1.0, "request_overhead_ms": 5.0},
+    "vllm": {"memory": 0.75, "compute": 0.5, "step_overhead_ms": 1.0,
+             "request_overhead_ms": 40.0, "sync": 1.0},
+    "sglang": {"memory": 0.75, "compute": 0.5, "step_overhead_ms": 0.5,
+               "request_overhead_ms": 20.0, "sync": 1.0},
     "trtllm": {"memory": 0.8, "compute": 0.5, "step_overhead_ms": 0.5,
-               "request_overhead_ms": 3.0},
+               "request_overhead_ms": 10.0, "sync": 0.0},
     # lmiflow's own transformers server (the local target): eager PyTorch, no CUDA graphs, a
     # Python generate loop; a guess for the first calibrated local run to replace.
     "local": {"memory": 0.5, "compute": 0.3, "step_overhead_ms": 15.0,
-              "request_overhead_ms": 10.0},
+              "request_overhead_ms": 10.0, "sync": 1.0},
 }
-# Small-message all-reduce time per call, by interconnect: the order of magnitude nccl-tests
-# all_reduce_perf shows at a few KB (tens of microseconds; PCIe without NVLink several times
-# NVLink's). Large messages run at the link rate times the bus efficiency nccl-tests reports
-# for ring all-reduce (its "busbw", typically 70-80 % of the link).
-ALLREDUCE_LATENCY_MS = {"nvlink": 0.02, "pcie": 0.05, "neuronlink": 0.02}
+# What an engine admits, per model copy, when nothing else caps it: vLLM's max_num_seqs
+# default (256), TensorRT-LLM's max_batch_size as LMI builds it (256); and the prefill tokens
+# one scheduler step takes (vLLM max_num_batched_tokens / TensorRT-LLM max_num_tokens, the
+# 8,192 lmiflow renders into serving.properties), so a longer prompt is chunked.
+ENGINE_LIMITS: dict[str, dict[str, int]] = {
+    "vllm": {"max_batch": 256, "prefill_tokens": MAX_BATCHED_TOKENS},
+    "sglang": {"max_batch": 256, "prefill_tokens": MAX_BATCHED_TOKENS},
+    "trtllm": {"max_batch": 256, "prefill_tokens": MAX_BATCHED_TOKENS},
+    "local": {"max_batch": 32, "prefill_tokens": MAX_BATCHED_TOKENS},
+}
+# All-reduce time per call per ring hop, by interconnect. A ring all-reduce of a small message
+# takes 2 (t - 1) latency-bound steps; nccl-tests all_reduce_perf on 8 x H100 NVLink shows
+# ~15-25 us for a few KB, PCIe several times that. Measured decode of a 70B fp8 model: tp 8
+# barely beats tp 4 (14.3 vs 15.9 ms per step), which a per-call cost that grows with t
+# explains and a fixed one does not. Large messages run at the link rate times the bus
+# efficiency nccl-tests reports for ring all-reduce (its "busbw", 70-80 % of the link).
+ALLREDUCE_LATENCY_MS = {"nvlink": 0.01, "pcie": 0.03, "neuronlink": 0.01}
 ALLREDUCE_BUS_EFFICIENCY = 0.7
 # Prefills never take more than this share of a copy's time: beyond it the copy is saturated
 # and queues grow without bound; predictions say so instead of dividing by ~0.
 MAX_PREFILL_SHARE = 0.95
 ACTIVATION_BYTES = 2  # all-reduce payloads are 16-bit activations
+# Latency percentiles the model predicts: the median and TTFT's tail (the wait for a slot and
+# for other prefills is what spreads TTFT; TPOT and E2E are predicted as medians only).
+TTFT_QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
+MEDIAN_STATS = ("p50", "mean", "median")
 
 
 def default_efficiency(engine: str, interconnect: str) -> Efficiency:
     return Efficiency(**ENGINE_EFFICIENCY[engine],
-                      allreduce_latency_ms=ALLREDUCE_LATENCY_MS.get(interconnect, 0.05))
+                      allreduce_latency_ms=ALLREDUCE_LATENCY_MS.get(interconnect, 0.03))
+
+
+def predicted_stats(metric: str) -> tuple[str, ...]:
+    """The statistics of a metric the model predicts (a gate on another one is refused)."""
+    return tuple(TTFT_QUANTILES) + MEDIAN_STATS[1:] if metric == "ttft_ms" else MEDIAN_STATS
 
 
 class LatencyInputs(BaseModel):
@@ -118,6 +155,11 @@ class LatencyInputs(BaseModel):
     input_tokens: int
     output_tokens: int
     concurrency: int = Field(ge=1, description="Concurrent requests on this model copy.")
+    max_batch: int | None = Field(default=None, ge=1, description="Batch slots per copy "
+                                  "(max_rolling_batch_size, or what the KV cache holds); "
+                                  "empty: the engine's default max_num_seqs.")
+    served: bool = Field(default=True, description="Behind an HTTP server (false: an offline "
+                         "harness such as gptSessionBenchmark, no per-request cost).")
 
 
 class Prediction(BaseModel):
@@ -128,6 +170,10 @@ class Prediction(BaseModel):
     bound: str = Field(description="memory or compute: what limits a decode step.")
     saturated: bool = Field(description="Prefills alone use the copy's time: the prediction is "
                                         "a floor, queues grow.")
+    slots: int = Field(default=0, description="Requests the engine runs at once on the copy.")
+    queued: int = Field(default=0, description="Requests waiting for a batch slot.")
+    ttft_tail_ms: dict[str, float] = Field(default_factory=dict, description="TTFT at p50, "
+                                           "p90, p95, p99.")
     terms_ms: dict[str, float] = Field(default_factory=dict)
 
 
@@ -143,7 +189,8 @@ def compute_dtype(dtypes: DTypeChoice, acc: Accelerator) -> str:
 
 def latency_inputs(spec: ModelSpec, dtypes: DTypeChoice, acc: Accelerator, engine: str, tp: int,
                    input_tokens: int, output_tokens: int, concurrency: int,
-                   total_weight_bytes: int | None = None) -> LatencyInputs:
+                   total_weight_bytes: int | None = None, max_batch: int | None = None
+                   ) -> LatencyInputs:
     wbytes = total_weight_bytes if total_weight_bytes is not None else weight_bytes(
         spec, dtypes.weights)
     embed_params = spec.vocab_size * spec.hidden_size
@@ -173,6 +220,7 @@ def latency_inputs(spec: ModelSpec, dtypes: DTypeChoice, acc: Accelerator, engin
         / spec.num_layers,
         window_layers=windowed, window=spec.sliding_window if windowed else None,
         input_tokens=input_tokens, output_tokens=output_tokens, concurrency=concurrency,
+        max_batch=max_batch,
     )
 
 
@@ -190,6 +238,19 @@ def _attended(inp: LatencyInputs, context: float) -> float:
     return (inp.layers - inp.window_layers) * context + inp.window_layers * held
 
 
+def engine_limits(engine: str) -> dict[str, int]:
+    return ENGINE_LIMITS.get(engine, ENGINE_LIMITS["vllm"])
+
+
+def _random_wait_quantile(mean: float, rho: float, q: float) -> float:
+    """Quantile q of an M/D/1-like wait with this mean: P(W > t) = rho exp(-rho t / mean)
+    (waits with probability rho, exponential tail; the mean matches the Pollaczek-Khinchine
+    mean the model uses)."""
+    if mean <= 0 or rho <= 0 or 1 - q >= rho:
+        return 0.0
+    return mean / rho * math.log(rho / (1 - q))
+
+
 class Roofline:
     """The model's constants for one copy and one set of factors, in seconds and bytes, so that
     stepping through concurrencies (a planner's search, a fit) costs a few multiplications."""
@@ -198,21 +259,25 @@ class Roofline:
         self.inp, self.eff = inp, eff
         self.bw = inp.bandwidth_gbps * 1e9 * eff.memory
         self.peak = inp.peak_tflops * 1e12 * eff.compute
+        limits = engine_limits(inp.engine)
+        self.slots = inp.max_batch or limits["max_batch"]
+        self.budget = limits["prefill_tokens"]
         ctx = inp.input_tokens + inp.output_tokens / 2
         attended = _attended(inp, ctx)
         self.kv_per_seq = inp.kv_bytes_per_token_layer_gpu * attended
         self.flops_per_seq = (inp.flops_per_token + 4 * inp.q_dim * attended) / inp.tp
         t = inp.tp
         if t > 1:
-            # Two all-reduces per layer (after attention, after the MLP) of tokens x hidden.
+            # Two all-reduces per layer (after attention, after the MLP) of tokens x hidden,
+            # each t - 1 ring hops of fixed latency plus the bytes at the bus rate.
             bus = (inp.link_gbps or 1.0) * 1e9 * ALLREDUCE_BUS_EFFICIENCY
-            self.ar_fixed = 2 * inp.layers * eff.allreduce_latency_ms / 1e3
+            self.ar_fixed = 2 * inp.layers * (t - 1) * eff.allreduce_latency_ms / 1e3
             self.ar_per_token = (2 * inp.layers * 2 * (t - 1) / t * inp.hidden
                                  * ACTIVATION_BYTES / bus)
         else:
             self.ar_fixed = self.ar_per_token = 0.0
         self.overhead = eff.step_overhead_ms / 1e3
-        self.request = eff.request_overhead_ms / 1e3
+        self.request = eff.request_overhead_ms / 1e3 if inp.served else 0.0
         self.prefill = self._prefill()
 
     def _prefill(self) -> float:
@@ -220,11 +285,13 @@ class Roofline:
         s = inp.input_tokens
         # Causal attention: QK^T and AV over on average half the prompt, 2 x 2 x s^2/2 x q_dim.
         flops = (s * inp.flops_per_token + 2 * inp.q_dim * s * _attended(inp, s)) / inp.tp
-        chunks = math.ceil(s / MAX_BATCHED_TOKENS)
+        # Chunked prefill: a prompt longer than the step's token budget takes several steps,
+        # each reading the weights and paying the step overhead.
+        chunks = math.ceil(s / self.budget)
         weights = inp.dense_bytes_per_gpu + inp.expert_bytes_per_gpu * _touched_experts(
-            inp, min(s, MAX_BATCHED_TOKENS))
+            inp, min(s, self.budget))
         return (max(flops / self.peak, chunks * weights / self.bw)
-                + self.ar_fixed + self.ar_per_token * s + chunks * self.overhead)
+                + self.ar_fixed * chunks + self.ar_per_token * s + chunks * self.overhead)
 
     def step_terms(self, batch: float) -> tuple[float, float, float, float, float]:
         """Decode step of `batch` sequences: weights, KV, compute, all-reduce, overhead (s)."""
@@ -240,20 +307,29 @@ class Roofline:
         w, kv, comp, ar, ovh = self.step_terms(batch)
         return max(w + kv, comp) + ar + ovh
 
+    def waits(self, b: int, x: float) -> tuple[float, float, float]:
+        """(mean prefill wait, its out-of-step part, rho_o) for b running requests whose
+        E2E is x."""
+        t_p, sync = self.prefill, self.eff.sync
+        rho_o = min((b - 1) * t_p / x, MAX_PREFILL_SHARE)
+        random = rho_o * t_p / (2 * (1 - rho_o))
+        in_step = (b - 1) / 2 * t_p
+        return (1 - sync) * random + sync * in_step, random, rho_o
+
     def cycle(self, b: int, x: float) -> tuple[float, float, float, float]:
         """Assuming each request's E2E is x: (implied E2E, TPOT, wait, decoding requests)."""
         m, t_p = self.inp.output_tokens, self.prefill
-        rho_o = min((b - 1) * t_p / x, MAX_PREFILL_SHARE)
-        wait = rho_o * t_p / (2 * (1 - rho_o))
+        wait, _, rho_o = self.waits(b, x)
         # Requests still in their prefill (or queued for it) are not decoding.
         decoding = max(b * (1 - (t_p + wait) / x), 1.0) if m > 1 else 1.0
         tpot = self.step(decoding) / (1 - rho_o)
         return self.request + wait + t_p + (m - 1) * tpot, tpot, wait, decoding
 
     def solve(self, b: int) -> tuple[float, float, float, float, bool]:
-        """(E2E, TPOT, wait, decoding, saturated) of b closed-loop clients: the cycle length x
-        where assumed and implied E2E agree. x - implied(x) < 0 where the others' prefills
-        nearly fill the copy and > 0 for a long enough cycle, so bisection finds the root."""
+        """(E2E, TPOT, wait, decoding, saturated) of b closed-loop requests running: the cycle
+        length x where assumed and implied E2E agree. x - implied(x) < 0 where the others'
+        prefills nearly fill the copy and > 0 for a long enough cycle, so bisection finds
+        the root."""
         if b == 1:
             e2e, tpot, wait, dec = self.cycle(1, math.inf)
             return e2e, tpot, wait, dec, False
@@ -272,27 +348,99 @@ class Roofline:
                 hi = mid
         return (*self.cycle(b, hi), False)
 
-    def latency_ms(self, b: int) -> dict[str, float]:
-        """TTFT, TPOT, E2E at b requests on the copy (what limits are checked against)."""
-        e2e, tpot, wait, _, _ = self.solve(b)
-        return {"ttft_ms": (self.request + wait + self.prefill) * 1e3, "tpot_ms": tpot * 1e3,
-                "e2e_ms": e2e * 1e3}
+    def _closed_loop(self, b: int) -> tuple[float, float, float, float, float, bool, int]:
+        """(E2E, TPOT, prefill wait, slot wait, decoding, saturated, running) of b clients:
+        at most `slots` run; the others wait for a slot, each of the running ones freeing
+        one every E2E of theirs (closed loop: a client's cycle is b / n running E2Es)."""
+        n = min(b, self.slots)
+        e2e, tpot, wait, decoding, saturated = self.solve(n)
+        slot_wait = (b / n - 1) * e2e
+        return e2e + slot_wait, tpot, wait, slot_wait, decoding, saturated, n
 
+    def latency_ms(self, b: int) -> dict[str, float]:
+        """TTFT (mean and tail), TPOT, E2E at b requests on the copy (what limits are checked
+        against)."""
+        e2e, tpot, wait, slot_wait, _, _, n = self._closed_loop(b)
+        ttft = self.request + slot_wait + wait + self.prefill
+        return {"ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3, "e2e_ms": e2e * 1e3,
+                **{f"ttft_ms@{k}": v for k, v in self._ttft_tail(n, e2e - slot_wait,
+                                                                 slot_wait).items()}}
+
+    def _ttft_tail(self, n: int, e2e: float, slot_wait: float) -> dict[str, float]:
+        """TTFT percentiles (ms): out of step, the M/D/1 wait's exponential tail; in step, the
+        k-th of n prefills (uniform over 0 .. n - 1 prefills). p50 is the mean the model
+        predicts. The slot wait of a closed loop is the same for every request."""
+        mean, random, rho_o = self.waits(n, e2e)
+        base = self.request + slot_wait + self.prefill
+        out = {"p50": (base + mean) * 1e3}
+        for stat, q in TTFT_QUANTILES.items():
+            if stat != "p50":
+                w = ((1 - self.eff.sync) * _random_wait_quantile(random, rho_o, q)
+                     + self.eff.sync * q * (n - 1) * self.prefill)
+                out[stat] = (base + max(w, mean)) * 1e3
+        return out
 
     def predict(self, b: int) -> Prediction:
         """Steady state of b closed-loop clients on the copy, with the terms behind it."""
-        e2e, tpot, wait, decoding, saturated = self.solve(b)
+        e2e, tpot, wait, slot_wait, decoding, saturated, n = self._closed_loop(b)
         w, kv, comp, ar, ovh = self.step_terms(decoding)
         return Prediction(
-            ttft_ms=(self.request + wait + self.prefill) * 1e3, tpot_ms=tpot * 1e3,
+            ttft_ms=(self.request + slot_wait + wait + self.prefill) * 1e3, tpot_ms=tpot * 1e3,
             e2e_ms=e2e * 1e3, output_tokens_per_s=b * self.inp.output_tokens / e2e,
             bound="memory" if w + kv >= comp else "compute", saturated=saturated,
+            slots=n, queued=b - n,
+            ttft_tail_ms=self._ttft_tail(n, e2e - slot_wait, slot_wait),
             terms_ms={"decode_weights": w * 1e3, "decode_kv_cache": kv * 1e3,
                       "decode_compute": comp * 1e3, "decode_allreduce": ar * 1e3,
                       "step_overhead": ovh * 1e3, "prefill": self.prefill * 1e3,
-                      "queue_wait": wait * 1e3, "request_overhead": self.request * 1e3})
+                      "queue_wait": wait * 1e3, "slot_wait": slot_wait * 1e3,
+                      "request_overhead": self.request * 1e3})
+
+    def open_loop(self, rate_per_s: float) -> dict[str, float] | None:
+        """Mean TTFT, TPOT, E2E (ms) under Poisson arrivals at `rate_per_s` on the copy; None
+        when the copy cannot keep up (queues grow without bound). Requests in service n solve
+        n = rate x E2E(n) (Little's law); with n near the slots, a request waits for one as
+        in an M/M/c queue (Erlang C, c = slots, service time E2E at full slots)."""
+        lo, hi = 1, self.slots
+        e2e_full = self.solve(self.slots)[0]
+        if rate_per_s * e2e_full >= self.slots:
+            return None
+        while hi - lo > 1:  # smallest n with rate x E2E(n) <= n
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if rate_per_s * self.solve(mid)[0] <= mid else (mid, hi)
+        n = lo if rate_per_s * self.solve(lo)[0] <= lo else hi
+        tpot = self.solve(n)[1]
+        # Pollaczek-Khinchine for the prefill queue: arrivals are random here (sync = 0).
+        rho = min(rate_per_s * self.prefill, MAX_PREFILL_SHARE)
+        wait = rho * self.prefill / (2 * (1 - rho))
+        slot_wait = _erlang_c(self.slots, rate_per_s * e2e_full) * e2e_full / (
+            self.slots - rate_per_s * e2e_full)
+        ttft = self.request + wait + self.prefill + slot_wait
+        return {"ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3,
+                "e2e_ms": (ttft + (self.inp.output_tokens - 1) * tpot) * 1e3}
+
+
+def _erlang_c(c: int, a: float) -> float:
+    """Probability an arrival waits in an M/M/c queue with offered load a (< c)."""
+    inv_b = 1.0  # 1 / Erlang B, by the stable recurrence
+    for k in range(1, c + 1):
+        inv_b = 1.0 + inv_b * k / a if a > 0 else math.inf
+    if math.isinf(inv_b):
+        return 0.0
+    b = 1.0 / inv_b
+    return b / (1 - (a / c) * (1 - b))
 
 
 def predict(inp: LatencyInputs, eff: Efficiency) -> Prediction:
     """Steady state of the inputs' B closed-loop clients on one copy (module docstring)."""
     return Roofline(inp, eff).predict(inp.concurrency)
+
+
+# How far a measurement falls from the prediction: measured / predicted at the 10th and 90th
+# percentiles of the published points, cross-validated by source (uncalibrated) and held out
+# from a family's calibration (calibrated): perf/latency_cv.py prints both. The planner shows
+# [prediction x low, prediction x high] as the likely range and checks a gate at its upper end.
+ERROR_BAND: dict[str, dict[str, tuple[float, float]]] = {
+    "ttft_ms": {"uncalibrated": (0.75, 1.35), "calibrated": (0.85, 1.15)},
+    "tpot_ms": {"uncalibrated": (0.8, 1.3), "calibrated": (0.9, 1.1)},
+}

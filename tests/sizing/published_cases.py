@@ -2,13 +2,17 @@
 as prediction cases: what the latency-model tests and perf/latency_accuracy.py compare with.
 
 A "run" is one measured configuration (model, GPU, engine, tp, dtype, shape, concurrency); a
-run can carry TTFT, TPOT or both. SGLang runs use vLLM's factors (same class of engine: CUDA
-graphs, paged attention, a Python scheduler).
+run can carry TTFT, TPOT or both. Engines without factors of their own use the nearest family's
+(ENGINE_FACTORS). A run's batch slots are what its engine admits at most: the `max_batch` column
+where the source states it, else the smaller of the engine's default and what the KV cache holds
+at 90 % memory utilization (the planner's own memory estimate). Runs from an offline harness
+(`harness` column `offline`, or a source in OFFLINE) pay no per-request serving cost.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import statistics
 from dataclasses import dataclass, field
@@ -16,13 +20,27 @@ from pathlib import Path
 
 from lmiflow.sizing.accelerators import load_accelerators
 from lmiflow.sizing.calibration import CalibrationRecord, fit, mape
-from lmiflow.sizing.latency import LatencyInputs, default_efficiency, latency_inputs, predict
-from lmiflow.sizing.memory import resolve_dtypes
+from lmiflow.sizing.catalog import load_catalog
+from lmiflow.sizing.latency import (
+    ALLREDUCE_LATENCY_MS,
+    Efficiency,
+    LatencyInputs,
+    default_efficiency,
+    engine_limits,
+    latency_inputs,
+    predict,
+)
+from lmiflow.sizing.memory import max_concurrency, per_gpu_estimate, resolve_dtypes
 from lmiflow.sizing.model_spec import parse_model_config, read_config_file
 
 HERE = Path(__file__).resolve().parent / "published"
 ROOT = Path(__file__).resolve().parents[2]
-ENGINE_FACTORS = {"sglang": "vllm"}  # engines measured in public data -> factors we model
+# Engines measured in public data -> the factors we model them with: NIM's LLM profiles run
+# TensorRT-LLM; TGI and LMDeploy are paged-attention servers like vLLM.
+ENGINE_FACTORS = {"nim": "trtllm", "tgi": "vllm", "lmdeploy": "vllm"}
+# Sources measured without an HTTP server (gptSessionBenchmark: static batches in-process).
+OFFLINE = {"trtllm-v0.9"}
+GPU_MEMORY_UTILIZATION = 0.9
 CORE = ("NVIDIA A100 40GB", "NVIDIA A100 80GB", "NVIDIA H100", "NVIDIA L40S")
 
 
@@ -51,6 +69,21 @@ class Run:
             measured_tpot_ms=self.measured.get("tpot_ms"))
 
 
+# GPU memory where the instance catalog has no instance of that GPU (datasheet figures).
+DATASHEET_MEMORY = {"NVIDIA H200": 141e9, "NVIDIA A100 80GB": 80e9, "NVIDIA L40S": 48e9,
+                    "NVIDIA H100": 80e9, "NVIDIA A100 40GB": 40e9, "NVIDIA A10G": 24e9}
+
+
+@functools.cache
+def acc_memory(accelerator: str) -> float:
+    """Bytes of one GPU: the instance catalog's figure, else its datasheet's."""
+    cat = load_catalog()
+    rows = cat[cat["accelerator"] == accelerator]
+    if len(rows):
+        return float(rows["memory_per_accelerator_bytes"].iloc[0])
+    return DATASHEET_MEMORY[accelerator]
+
+
 def _spec(name: str):
     for d in (ROOT / "configs" / "models" / name, HERE / name):
         if d.is_dir():
@@ -70,9 +103,21 @@ def runs() -> list[Run]:
                 spec = _spec(row["model"])
                 dtypes = resolve_dtypes(spec, row["dtype"], row["kv_dtype"])
                 engine = ENGINE_FACTORS.get(row["engine"], row["engine"])
-                inp = latency_inputs(spec, dtypes, accels[row["accelerator"]], engine,
-                                     int(row["tp"]), int(row["input_tokens"]),
-                                     int(row["output_tokens"]), int(row["concurrency"]))
+                acc, tp = accels[row["accelerator"]], int(row["tp"])
+                s_in, s_out = int(row["input_tokens"]), int(row["output_tokens"])
+                conc = int(row["concurrency"])
+                stated = (row.get("max_batch") or "").strip()
+                if stated:
+                    slots = int(stated)
+                else:
+                    usable = int(acc_memory(acc.name) * GPU_MEMORY_UTILIZATION)
+                    est = per_gpu_estimate(spec, dtypes, tp, s_in + s_out, conc)
+                    held = max_concurrency(usable, est)
+                    slots = max(1, min(engine_limits(engine)["max_batch"], held or conc))
+                offline = (row.get("harness") or "").strip() == "offline" or (
+                    row["source"] in OFFLINE)
+                inp = latency_inputs(spec, dtypes, acc, engine, tp, s_in, s_out, conc,
+                                     max_batch=slots).model_copy(update={"served": not offline})
                 out[key] = Run([], row["model"], row["accelerator"], row["engine"],
                                row["dtype"], inp)
             run = out[key]
@@ -130,3 +175,77 @@ def calibrated_mape(all_runs: list[Run]) -> dict[str, dict[str, float]]:
                 result[name].setdefault(metric, []).append(statistics.mean(vals))
     return {name: {m: statistics.mean(v) for m, v in per.items()}
             for name, per in result.items()}
+
+
+# The factors a fit across published runs moves: the engine family's efficiencies and fixed
+# costs. The all-reduce cost per hop stays the interconnect's (a family's runs mix NVLink and
+# PCIe, and few are multi-GPU); `sync` stays the engine's (few sources sweep concurrency).
+CV_FACTORS = ("memory", "compute", "step_overhead_ms", "request_overhead_ms")
+
+
+def _keep_interconnect(record: CalibrationRecord, eff: Efficiency) -> Efficiency:
+    return eff.model_copy(update={"allreduce_latency_ms": ALLREDUCE_LATENCY_MS.get(
+        record.inputs.interconnect, eff.allreduce_latency_ms)})
+
+
+def fit_family(train: list[Run], engine: str) -> Efficiency:
+    """The engine family's factors fitted to these runs (its defaults when there are none)."""
+    prior = default_efficiency(engine, "nvlink")
+    records = [r.record() for r in train if r.inputs.engine == engine
+               and "e2e_ms" not in r.measured]
+    if not records:
+        return prior
+    return fit(records, prior, CV_FACTORS, _keep_interconnect)
+
+
+def _errors(run: Run, eff: Efficiency) -> list[dict]:
+    p = predict(run.inputs, _keep_interconnect(run.record(), eff))
+    return [{"run": run, "metric": m, "measured": v, "predicted": getattr(p, m),
+             "error_pct": (getattr(p, m) - v) / v * 100}
+            for m, v in run.measured.items() if m != "tpot_ms" or run.inputs.output_tokens > 1]
+
+
+def cross_validated(all_runs: list[Run]) -> list[dict]:
+    """Leave one source out: for each source, the engine families' factors fitted on every
+    other source's runs, then that source's runs predicted with them (never fitted to)."""
+    rows = []
+    for source in sorted({s for r in all_runs for s in r.sources}):
+        held = [r for r in all_runs if source in r.sources]
+        train = [r for r in all_runs if source not in r.sources]
+        fitted = {e: fit_family(train, e) for e in {r.inputs.engine for r in held}}
+        for run in held:
+            for row in _errors(run, fitted[run.inputs.engine]):
+                rows.append({**row, "held_out": source})
+    return rows
+
+
+def error_band(rows: list[dict], metric: str, low: float = 0.1, high: float = 0.9
+               ) -> tuple[float, float]:
+    """Measured / predicted at the low and high quantiles: a prediction p is likely in
+    [p x low, p x high] (an 80 % interval with the defaults)."""
+    ratios = sorted(r["measured"] / r["predicted"] for r in rows if r["metric"] == metric)
+    qs = statistics.quantiles(ratios, n=100, method="inclusive")
+    return qs[round(low * 100) - 1], qs[round(high * 100) - 1]
+
+
+def calibrated_rows(all_runs: list[Run]) -> list[dict]:
+    """Fit on 3 runs of one family (every choice of 3), the family's other runs predicted:
+    what calibration from a deploy's benchmark leaves of the error."""
+    families: dict[tuple, list[Run]] = {}
+    for run in all_runs:
+        if "e2e_ms" not in run.measured:
+            families.setdefault(run.family, []).append(run)
+    rows = []
+    for members in families.values():
+        if len(members) < 4:
+            continue
+        prior = default_efficiency(members[0].inputs.engine, members[0].inputs.interconnect)
+        for trio in itertools.combinations(range(len(members)), 3):
+            eff = fit([members[i].record() for i in trio], prior)
+            for i, m in enumerate(members):
+                if i not in trio:
+                    p = predict(m.inputs, eff)
+                    rows += [{"metric": k, "measured": v, "predicted": getattr(p, k)}
+                             for k, v in m.measured.items()
+                             if k != "tpot_ms" or m.inputs.output_tokens > 1]
+    return rows
