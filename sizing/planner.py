@@ -97,6 +97,10 @@ class PlanRequest(BaseModel):
     latency_limits: list[LatencyLimit] = Field(default_factory=list)
     latency_margin: float = Field(default=LATENCY_MARGIN, ge=0, lt=1, description="Extra "
                                   "share of a limit kept free beyond the error band.")
+    error_band: dict[Literal["ttft_ms", "tpot_ms"], tuple[float, float]] | None = Field(
+        default=None, description="Measured / predicted at p10 and p90 per metric, instead of "
+                                  "sizing.latency.ERROR_BAND (what the published points and "
+                                  "calibration earned).")
 
     @property
     def tokens(self) -> int:
@@ -249,10 +253,11 @@ def _ms(v: float) -> str:
 Band = Mapping[str, tuple[float, float]]
 
 
-def error_band(calibrated: bool) -> dict[str, tuple[float, float]]:
+def error_band(calibrated: bool, override: Mapping[str, tuple[float, float]] | None = None
+               ) -> dict[str, tuple[float, float]]:
     """Measured / predicted at p10 and p90 per metric (E2E: the wider of TTFT's and TPOT's)."""
     which = "calibrated" if calibrated else "uncalibrated"
-    band = {m: ERROR_BAND[m][which] for m in ("ttft_ms", "tpot_ms")}
+    band = {m: (override or {}).get(m) or ERROR_BAND[m][which] for m in ("ttft_ms", "tpot_ms")}
     band["e2e_ms"] = (min(b[0] for b in band.values()), max(b[1] for b in band.values()))
     return band
 
@@ -275,8 +280,7 @@ def _violations(latency: Mapping[str, float], limits: list[LatencyLimit], margin
         bound = lim.threshold * (1 - margin)
         if c.upper > bound:
             extra = f" less the {margin:.0%} margin" if margin else ""
-            likely = (f" (likely up to {_ms(c.upper)})" if c.predicted <= bound
-                      else f", likely up to {_ms(c.upper)},")
+            likely = f" (likely up to {_ms(c.upper)})" if c.upper != c.predicted else ""
             out.append(f"predicted {lim.label} {_ms(c.predicted)}{likely} > {lim.source} "
                        f"{lim.threshold:g} ms{extra}")
     return out
@@ -446,7 +450,7 @@ def _option(ctx: SimpleNamespace, r: SimpleNamespace, tp: int, facts: Accelerato
     roof = None
     workload_limits = [lim for lim in req.latency_limits if lim.concurrency is None]
     level_limits = [lim for lim in req.latency_limits if lim.concurrency is not None]
-    band = error_band(calibrated)
+    band = error_band(calibrated, req.error_band)
     if binding in (None, "kv_cache") and facts is not None and eff is not None and maxc >= 1:
         # Batch slots per copy: what the KV cache holds (the deploy's max_rolling_batch_size
         # is at most that); more requests than that wait for a slot.

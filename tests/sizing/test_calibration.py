@@ -84,7 +84,7 @@ def test_refit_fits_each_accelerator_and_engine_and_improves_its_error():
         r = record(two_g5(), [(c, 1.0, 1.0)])[0]
         recs.append(r.model_copy(update={"measured_ttft_ms": r.predicted_ttft_ms * 1.4,
                                          "measured_tpot_ms": r.predicted_tpot_ms * 1.4}))
-    other = recs[0].model_copy(update={"engine": "sglang"})  # no model: kept, not fitted
+    other = recs[0].model_copy(update={"engine": "tgi"})  # no model: kept, not fitted
     store = refit(CalibrationStore(records=[*recs, other]))
     assert [(f.accelerator, f.engine, f.records) for f in store.fits] == [
         ("NVIDIA A10G", "vllm", 3)]
