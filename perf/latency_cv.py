@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lmiflow.sizing.latency import ERROR_BAND  # noqa: E402
+
 from tests.sizing import published_cases as pc  # noqa: E402
 
 METRIC = {"ttft_ms": "TTFT", "tpot_ms": "TPOT", "e2e_ms": "E2E"}

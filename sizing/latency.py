@@ -117,8 +117,8 @@ MEDIAN_STATS = ("p50", "mean", "median")
 
 
 def default_efficiency(engine: str, interconnect: str) -> Efficiency:
-    return Efficiency(**ENGINE_EFFICIENCY[engine],
-                      allreduce_latency_ms=ALLREDUCE_LATENCY_MS.get(interconnect, 0.03))
+    per_hop = ALLREDUCE_LATENCY_MS.get(interconnect, ALLREDUCE_LATENCY_MS["pcie"])
+    return Efficiency(**ENGINE_EFFICIENCY[engine], allreduce_latency_ms=per_hop)
 
 
 def predicted_stats(metric: str) -> tuple[str, ...]:

@@ -459,7 +459,7 @@ def _option(ctx: SimpleNamespace, r: SimpleNamespace, tp: int, facts: Accelerato
             roof = ctx.rooflines[facts.name, tp, maxc] = Roofline(latency_inputs(
                 spec, dtypes, facts, req.engine, tp, req.max_input_tokens,
                 req.max_output_tokens, per_copy, ctx.wbytes, max_batch=maxc), eff)
-        if workload_limits and binding is None:
+        if workload_limits:
             key = (facts.name, tp, maxc)
             if key not in ctx.searches:
                 ctx.searches[key] = _largest_meeting(roof, workload_limits, req.latency_margin,

@@ -15,7 +15,7 @@ from lmiflow.sizing.calibration import (
     refit,
     side_by_side,
 )
-from lmiflow.sizing.latency import Efficiency, default_efficiency, predict
+from lmiflow.sizing.latency import ALLREDUCE_LATENCY_MS, Efficiency, default_efficiency, predict
 from lmiflow.sizing.model_spec import parse_model_config, read_config_file
 from lmiflow.sizing.planner import PlanRequest, plan
 
@@ -150,8 +150,8 @@ def test_the_prior_of_an_nvlink_family_has_nvlinks_allreduce_cost():
     r = record(two_g5(), [(8, 1.0, 1.0)])[0]
     nvlink = r.model_copy(update={"inputs": r.inputs.model_copy(
         update={"interconnect": "nvlink"})})
-    assert prior_for([nvlink]).allreduce_latency_ms == 0.02
-    assert prior_for([nvlink.model_copy(update={"engine": "sglang"})]) is None
+    assert prior_for([nvlink]).allreduce_latency_ms == ALLREDUCE_LATENCY_MS["nvlink"] > 0
+    assert prior_for([nvlink.model_copy(update={"engine": "tgi"})]) is None
 
 
 def test_a_fit_stays_inside_the_bounds_a_real_engine_can_reach():
