@@ -108,7 +108,7 @@ def test_moe_decode_reads_only_the_experts_its_tokens_touch():
 
 
 def test_uncalibrated_error_against_published_measurements():
-    rows = published_cases.comparisons(published_cases.runs())
+    rows = published_cases.comparisons(published_cases.runs(published_cases.ISSUE14_SOURCES))
     ttft, n_ttft = published_cases.uncalibrated_mape(rows, "ttft_ms")
     tpot, n_tpot = published_cases.uncalibrated_mape(rows, "tpot_ms")
     accelerators = {r["run"].accelerator for r in rows}
