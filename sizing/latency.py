@@ -83,6 +83,10 @@ ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {
                "request_overhead_ms": 20.0, "sync": 1.0},
     "trtllm": {"memory": 0.8, "compute": 0.5, "step_overhead_ms": 0.5,
                "request_overhead_ms": 10.0, "sync": 0.0},
+    # LMDeploy's TurboMind: a C++ batching engine; TensorRT-LLM's starting values (a family of
+    # its own so that its published runs do not move TensorRT-LLM's factors).
+    "lmdeploy": {"memory": 0.8, "compute": 0.5, "step_overhead_ms": 0.5,
+                 "request_overhead_ms": 10.0, "sync": 0.0},
     # lmiflow's own transformers server (the local target): eager PyTorch, no CUDA graphs, a
     # Python generate loop; a guess for the first calibrated local run to replace.
     "local": {"memory": 0.5, "compute": 0.3, "step_overhead_ms": 15.0,
@@ -96,6 +100,7 @@ ENGINE_LIMITS: dict[str, dict[str, int]] = {
     "vllm": {"max_batch": 256, "prefill_tokens": MAX_BATCHED_TOKENS},
     "sglang": {"max_batch": 256, "prefill_tokens": MAX_BATCHED_TOKENS},
     "trtllm": {"max_batch": 256, "prefill_tokens": MAX_BATCHED_TOKENS},
+    "lmdeploy": {"max_batch": 256, "prefill_tokens": MAX_BATCHED_TOKENS},
     "local": {"max_batch": 32, "prefill_tokens": MAX_BATCHED_TOKENS},
 }
 # All-reduce time per call per ring hop, by interconnect. A ring all-reduce of a small message
