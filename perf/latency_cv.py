@@ -6,10 +6,12 @@ was fitted to. Prints the per-source table docs/latency-model.md quotes, the mea
 percentage error per metric (issue 22's goals: TTFT <= 25 %, TPOT <= 20 %), the factors fitted
 on all sources (what sizing/latency.py's defaults come from) and the error bands the planner's
 margin uses (sizing.latency.ERROR_BAND): measured / predicted at the 10th and 90th
-percentiles, uncalibrated (cross-validated) and after calibration on 3 runs of a family."""
+percentiles, uncalibrated (cross-validated) and after calibration on 3 runs of a family.
+`--rows` adds every number, worst first."""
 
 from __future__ import annotations
 
+import math
 import statistics
 import sys
 import time
@@ -31,10 +33,16 @@ def _mape(rows: list[dict], metric: str) -> tuple[float | None, int]:
     return (statistics.mean(errs) if errs else None), len(errs)
 
 
+def _factor(name: str, value: float) -> float:
+    """A fitted factor as sizing.latency.FITTED holds it: 2 significant digits."""
+    return float(f"{value:.2g}")
+
+
 def main() -> None:
     started = time.perf_counter()
     runs = pc.runs()
-    rows = pc.cross_validated(runs)
+    out = pc.summary(runs)
+    rows = out["rows"]
     print("Cross-validated by source (each source's runs predicted with factors fitted on the "
           "others):")
     print()
@@ -50,24 +58,29 @@ def main() -> None:
     print()
     print(f"{len(runs)} runs from {len({s for r in runs for s in r.sources})} sources, "
           f"{len(rows)} numbers; uncalibrated, cross-validated by source:")
-    for metric, goal in GOALS.items():
+    for metric in METRIC:
         v, n = _mape(rows, metric)
-        print(f"  {METRIC[metric]}: {v:.1f} % MAPE over {n} numbers (goal <= {goal} %)")
-    full = {e: pc.fit_family(runs, e) for e in sorted({r.inputs.engine for r in runs})}
-    print("Factors fitted on every source (the defaults' source):")
-    for engine, eff in full.items():
-        print(f"  {engine}: " + ", ".join(f"{k} {getattr(eff, k):.3g}" for k in pc.CV_FACTORS))
-    cal = pc.calibrated_rows(runs)
+        goal = f" (goal <= {GOALS[metric]} %)" if metric in GOALS else ""
+        print(f"  {METRIC[metric]}: {v:.1f} % MAPE over {n} numbers{goal}")
+    print("Factors fitted on every source (sizing.latency.FITTED, 2 significant digits):")
+    for engine, eff in out["fitted"].items():
+        print(f"  {engine}: " + ", ".join(f"{k} {_factor(k, getattr(eff, k)):g}"
+                                          for k in pc.CV_FACTORS))
     print("Error bands, measured / predicted at p10 .. p90 (sizing.latency.ERROR_BAND):")
-    for metric in GOALS:
-        lo, hi = pc.error_band(rows, metric)
-        clo, chi = pc.error_band(cal, metric) if any(
-            r["metric"] == metric for r in cal) else (float("nan"),) * 2
-        used = ERROR_BAND[metric]
-        print(f"  {METRIC[metric]}: uncalibrated {lo:.2f} .. {hi:.2f}, calibrated "
-              f"{clo:.2f} .. {chi:.2f} (in use: {used['uncalibrated'][0]:.2f} .. "
-              f"{used['uncalibrated'][1]:.2f}, {used['calibrated'][0]:.2f} .. "
-              f"{used['calibrated'][1]:.2f})")
+    for metric, bands in out["bands"].items():
+        n_cal = sum(r["metric"] == metric for r in out["calibrated_rows"])
+        n_cv = sum(r["metric"] == metric for r in rows)
+        print(f"  {METRIC[metric]}: uncalibrated {bands['uncalibrated']} (n={n_cv}), "
+              f"calibrated {bands['calibrated']} (n={n_cal}); in use: "
+              f"{ERROR_BAND[metric]['uncalibrated']}, {ERROR_BAND[metric]['calibrated']}")
+    if "--rows" in sys.argv:
+        print("Every number, worst first (measured / predicted):")
+        for r in sorted(rows, key=lambda r: -abs(math.log(r["measured"] / r["predicted"]))):
+            run, i = r["run"], r["run"].inputs
+            print(f"  {r['held_out'][:18]:18} {run.model[:13]:13} {run.accelerator[7:16]:9} "
+                  f"{run.engine[:6]:6} tp{i.tp} {i.input_tokens}/{i.output_tokens} "
+                  f"{run.load} c{i.concurrency} {METRIC[r['metric']]}: {r['measured']:.1f} "
+                  f"vs {r['predicted']:.1f} ms ({r['measured'] / r['predicted']:.2f})")
     print(f"({time.perf_counter() - started:.0f} s)")
 
 

@@ -32,6 +32,7 @@ are what calibration refits per accelerator from measured runs. Pure: numbers in
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 from lmiflow.sizing.accelerators import Accelerator
 from lmiflow.sizing.memory import (
@@ -64,19 +65,22 @@ class Efficiency(BaseModel):
                         "whose prefills queue in step (0: random phases, M/D/1 wait).")
 
 
-# Defaults, uncalibrated, per engine family. eta_mem and eta_compute start inside the ranges
-# public numbers show (REFERENCE.md "Latency": eta_mem 0.55-0.85 for vLLM/TensorRT-LLM decode,
-# prefill MFU 0.35-0.65) and were then fitted to the published points of
-# tests/sizing/published/ (perf/latency_cv.py prints the fit and its error cross-validated by
-# source). The request cost is the short-prompt TTFT floor of a served engine (H100, c=1):
-# about 27 ms for SGLang, 45 ms for TensorRT-LLM behind a server (NIM, Triton), 60 ms for vLLM
-# (issue 22's comparison; its OpenAI server tokenizes, schedules and detokenizes in Python).
-# `sync`: vLLM schedules waiting prefills before running decodes, so fixed-length clients that
-# start together stay in step (the 70B fp8 7,000/1,000 run at 8 per copy measured 1,830 ms TTFT
-# against 394 ms for the out-of-step M/D/1 wait); TensorRT-LLM's in-flight batcher spreads them
-# (NIM 70B: TTFT at 25 clients only 1.7x that at 1). `lmiflow calibrate` refits per
-# accelerator and engine from benchmark records.
-ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {
+# Starting values per engine family, set before any published point was fitted: eta_mem and
+# eta_compute inside the ranges public numbers show (REFERENCE.md "Latency": eta_mem 0.55-0.85
+# for vLLM/TensorRT-LLM decode, prefill MFU 0.35-0.65); step and request costs assumed (a
+# Python scheduler in vLLM, C++ in TensorRT-LLM and LMDeploy's TurboMind). They are the prior
+# a fit pulls toward: perf/latency_cv.py fits each held-out fold from these, never from the
+# fitted defaults below (which saw every source).
+# `sync` is structural, not fitted: whether closed-loop clients with fixed lengths stay in
+# step. An engine whose steps run new prompts' prefills while running decodes wait (vLLM's V0
+# engine without chunked prefill, SGLang's default scheduler, TurboMind: LlamaV2.cc runs
+# batch_.contextDecode() on new requests before the batch's generate() steps) keeps them in
+# step (1: each request waits for the prefills queued ahead of it, and a decode step is not
+# stretched between the bunches). An engine that mixes prefill chunks into decode steps
+# (TensorRT-LLM's in-flight batcher, vLLM's V1 engine: LatencyInputs.mixed_prefill) lets
+# early requests run ahead, and the clients drift out of step (0: M/D/1 wait); NIM 70B TTFT
+# at 25 clients is only 1.7x that at 1.
+ENGINE_PRIORS: dict[str, dict[str, float]] = {
     "vllm": {"memory": 0.75, "compute": 0.5, "step_overhead_ms": 1.0,
              "request_overhead_ms": 40.0, "sync": 1.0},
     "sglang": {"memory": 0.75, "compute": 0.5, "step_overhead_ms": 0.5,
@@ -86,12 +90,30 @@ ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {
     # LMDeploy's TurboMind: a C++ batching engine; TensorRT-LLM's starting values (a family of
     # its own so that its published runs do not move TensorRT-LLM's factors).
     "lmdeploy": {"memory": 0.8, "compute": 0.5, "step_overhead_ms": 0.5,
-                 "request_overhead_ms": 10.0, "sync": 0.0},
+                 "request_overhead_ms": 10.0, "sync": 1.0},
     # lmiflow's own transformers server (the local target): eager PyTorch, no CUDA graphs, a
     # Python generate loop; a guess for the first calibrated local run to replace.
     "local": {"memory": 0.5, "compute": 0.3, "step_overhead_ms": 15.0,
               "request_overhead_ms": 10.0, "sync": 1.0},
 }
+# Defaults, uncalibrated: the factors fitted on every published source, from the priors above
+# (`.venv/bin/python perf/latency_cv.py` prints them under "Factors fitted on every source";
+# tests/sizing/test_latency_cv.py checks these are what the fit gives, rounded). Fitted on 93
+# runs from 11 sources (tests/sizing/published/, 2026-12-04). The local engine has no
+# published runs: its priors stand. `lmiflow calibrate` refits per accelerator and engine
+# from benchmark records.
+FITTED: dict[str, dict[str, float]] = {
+    "vllm": {"memory": 0.8, "compute": 0.63, "step_overhead_ms": 1.2,
+             "request_overhead_ms": 46.0},
+    "sglang": {"memory": 0.79, "compute": 0.62, "step_overhead_ms": 1.3,
+               "request_overhead_ms": 20.0},
+    "trtllm": {"memory": 0.8, "compute": 0.52, "step_overhead_ms": 4.4,
+               "request_overhead_ms": 9.1},
+    "lmdeploy": {"memory": 0.74, "compute": 0.47, "step_overhead_ms": 0.93,
+                 "request_overhead_ms": 14.0},
+}
+ENGINE_EFFICIENCY: dict[str, dict[str, float]] = {
+    engine: {**prior, **FITTED.get(engine, {})} for engine, prior in ENGINE_PRIORS.items()}
 # What an engine admits, per model copy, when nothing else caps it: vLLM's max_num_seqs
 # default (256), TensorRT-LLM's max_batch_size as LMI builds it (256); and the prefill tokens
 # one scheduler step takes (vLLM max_num_batched_tokens / TensorRT-LLM max_num_tokens, the
@@ -121,9 +143,11 @@ TTFT_QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
 MEDIAN_STATS = ("p50", "mean", "median")
 
 
-def default_efficiency(engine: str, interconnect: str) -> Efficiency:
+def default_efficiency(engine: str, interconnect: str, prior: bool = False) -> Efficiency:
+    """The engine's uncalibrated factors on this interconnect (prior: its starting values)."""
     per_hop = ALLREDUCE_LATENCY_MS.get(interconnect, ALLREDUCE_LATENCY_MS["pcie"])
-    return Efficiency(**ENGINE_EFFICIENCY[engine], allreduce_latency_ms=per_hop)
+    table = ENGINE_PRIORS if prior else ENGINE_EFFICIENCY
+    return Efficiency(**table[engine], allreduce_latency_ms=per_hop)
 
 
 def predicted_stats(metric: str) -> tuple[str, ...]:
@@ -164,7 +188,13 @@ class LatencyInputs(BaseModel):
                                   "(max_rolling_batch_size, or what the KV cache holds); "
                                   "empty: the engine's default max_num_seqs.")
     served: bool = Field(default=True, description="Behind an HTTP server (false: an offline "
-                         "harness such as gptSessionBenchmark, no per-request cost).")
+                         "harness such as gptSessionBenchmark or vLLM's benchmark_latency: one "
+                         "static batch of `concurrency` requests, no per-request cost).")
+    mixed_prefill: bool | None = Field(default=None, description="Prefill chunks share steps "
+                                       "with running decodes (vLLM's V1 engine): closed-loop "
+                                       "clients drift out of step (sync 0). False: prefill-"
+                                       "first steps keep them in step (sync 1). Empty: the "
+                                       "engine family's `sync`.")
 
 
 class Prediction(BaseModel):
@@ -256,6 +286,20 @@ def _random_wait_quantile(mean: float, rho: float, q: float) -> float:
     return mean / rho * math.log(rho / (1 - q))
 
 
+class _State(NamedTuple):
+    """One load on a copy, in seconds: what latency_ms and predict report."""
+
+    ttft: float
+    tpot: float
+    e2e: float
+    wait: float  # for other prefills
+    slot_wait: float
+    decoding: float
+    saturated: bool
+    running: int
+    tail: dict[str, float]  # TTFT percentiles, ms
+
+
 class Roofline:
     """The model's constants for one copy and one set of factors, in seconds and bytes, so that
     stepping through concurrencies (a planner's search, a fit) costs a few multiplications."""
@@ -283,20 +327,24 @@ class Roofline:
             self.ar_fixed = self.ar_per_token = 0.0
         self.overhead = eff.step_overhead_ms / 1e3
         self.request = eff.request_overhead_ms / 1e3 if inp.served else 0.0
+        self.sync = eff.sync if inp.mixed_prefill is None else float(not inp.mixed_prefill)
         self.prefill = self._prefill()
 
-    def _prefill(self) -> float:
+    def _prefill(self, prompts: int = 1) -> float:
+        """Prefill of `prompts` prompts of S tokens run together (one, unless a static batch)."""
         inp = self.inp
         s = inp.input_tokens
         # Causal attention: QK^T and AV over on average half the prompt, 2 x 2 x s^2/2 x q_dim.
-        flops = (s * inp.flops_per_token + 2 * inp.q_dim * s * _attended(inp, s)) / inp.tp
+        flops = prompts * (s * inp.flops_per_token
+                           + 2 * inp.q_dim * s * _attended(inp, s)) / inp.tp
         # Chunked prefill: a prompt longer than the step's token budget takes several steps,
         # each reading the weights and paying the step overhead.
-        chunks = math.ceil(s / self.budget)
+        chunks = math.ceil(prompts * s / self.budget)
         weights = inp.dense_bytes_per_gpu + inp.expert_bytes_per_gpu * _touched_experts(
-            inp, min(s, self.budget))
+            inp, min(prompts * s, self.budget))
         return (max(flops / self.peak, chunks * weights / self.bw)
-                + self.ar_fixed * chunks + self.ar_per_token * s + chunks * self.overhead)
+                + self.ar_fixed * chunks + self.ar_per_token * prompts * s
+                + chunks * self.overhead)
 
     def step_terms(self, batch: float) -> tuple[float, float, float, float, float]:
         """Decode step of `batch` sequences: weights, KV, compute, all-reduce, overhead (s)."""
@@ -315,7 +363,7 @@ class Roofline:
     def waits(self, b: int, x: float) -> tuple[float, float, float]:
         """(mean prefill wait, its out-of-step part, rho_o) for b running requests whose
         E2E is x."""
-        t_p, sync = self.prefill, self.eff.sync
+        t_p, sync = self.prefill, self.sync
         rho_o = min((b - 1) * t_p / x, MAX_PREFILL_SHARE)
         random = rho_o * t_p / (2 * (1 - rho_o))
         in_step = (b - 1) / 2 * t_p
@@ -323,12 +371,19 @@ class Roofline:
 
     def cycle(self, b: int, x: float) -> tuple[float, float, float, float]:
         """Assuming each request's E2E is x: (implied E2E, TPOT, wait, decoding requests)."""
-        m, t_p = self.inp.output_tokens, self.prefill
+        m, t_p, sync = self.inp.output_tokens, self.prefill, self.sync
         wait, _, rho_o = self.waits(b, x)
-        # Requests still in their prefill (or queued for it) are not decoding.
-        decoding = max(b * (1 - (t_p + wait) / x), 1.0) if m > 1 else 1.0
-        tpot = self.step(decoding) / (1 - rho_o)
-        return self.request + wait + t_p + (m - 1) * tpot, tpot, wait, decoding
+        # Out of step, requests still in their prefill (or queued for it) are not decoding and
+        # the others' prefills, spread over the cycle, stretch every step. In step, the
+        # prefills come in one bunch per cycle, while decodes wait: the steps between bunches
+        # run all b requests unstretched, and the bunch adds (b - 1)/2 prefills to each
+        # request's decode (once per request, spread over its M - 1 tokens).
+        spread = max(b * (1 - (t_p + wait) / x), 1.0) if m > 1 else 1.0
+        decoding = sync * b + (1 - sync) * spread if m > 1 else 1.0
+        tpot = self.step(decoding) / (1 - (1 - sync) * rho_o)
+        bunch = sync * (b - 1) / 2 * t_p
+        e2e = self.request + wait + t_p + (m - 1) * tpot + (bunch if m > 1 else 0.0)
+        return e2e, tpot, wait, decoding
 
     def solve(self, b: int) -> tuple[float, float, float, float, bool]:
         """(E2E, TPOT, wait, decoding, saturated) of b closed-loop requests running: the cycle
@@ -353,23 +408,34 @@ class Roofline:
                 hi = mid
         return (*self.cycle(b, hi), False)
 
-    def _closed_loop(self, b: int) -> tuple[float, float, float, float, float, bool, int]:
-        """(E2E, TPOT, prefill wait, slot wait, decoding, saturated, running) of b clients:
-        at most `slots` run; the others wait for a slot, each of the running ones freeing
-        one every E2E of theirs (closed loop: a client's cycle is b / n running E2Es)."""
+    def _closed_loop(self, b: int) -> _State:
+        """b clients: at most `slots` run; the others wait for a slot, each of the running ones
+        freeing one every E2E of theirs (closed loop: a client's cycle is b / n running E2Es)."""
+        if not self.inp.served:
+            return self._static(b)
         n = min(b, self.slots)
         e2e, tpot, wait, decoding, saturated = self.solve(n)
         slot_wait = (b / n - 1) * e2e
-        return e2e + slot_wait, tpot, wait, slot_wait, decoding, saturated, n
+        ttft = self.request + slot_wait + wait + self.prefill
+        return _State(ttft, tpot, e2e + slot_wait, wait, slot_wait, decoding, saturated, n,
+                      self._ttft_tail(n, e2e, slot_wait))
+
+    def _static(self, b: int) -> _State:
+        """One static batch of b requests (an offline harness: gptSessionBenchmark, vLLM's
+        benchmark_latency): the harness sized its batch to b, every prompt is prefilled before
+        the first token and all b decode together to the end; no prefill stalls a step."""
+        ttft = self._prefill(b) if b > 1 else self.prefill
+        tpot = self.step(b)
+        tail = {stat: ttft * 1e3 for stat in TTFT_QUANTILES}
+        return _State(ttft, tpot, ttft + (self.inp.output_tokens - 1) * tpot,
+                      ttft - self.prefill, 0.0, float(b), False, b, tail)
 
     def latency_ms(self, b: int) -> dict[str, float]:
         """TTFT (mean and tail), TPOT, E2E at b requests on the copy (what limits are checked
         against)."""
-        e2e, tpot, wait, slot_wait, _, _, n = self._closed_loop(b)
-        ttft = self.request + slot_wait + wait + self.prefill
-        return {"ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3, "e2e_ms": e2e * 1e3,
-                **{f"ttft_ms@{k}": v for k, v in self._ttft_tail(n, e2e - slot_wait,
-                                                                 slot_wait).items()}}
+        st = self._closed_loop(b)
+        return {"ttft_ms": st.ttft * 1e3, "tpot_ms": st.tpot * 1e3, "e2e_ms": st.e2e * 1e3,
+                **{f"ttft_ms@{k}": v for k, v in st.tail.items()}}
 
     def _ttft_tail(self, n: int, e2e: float, slot_wait: float) -> dict[str, float]:
         """TTFT percentiles (ms): out of step, the M/D/1 wait's exponential tail; in step, the
@@ -380,25 +446,24 @@ class Roofline:
         out = {"p50": (base + mean) * 1e3}
         for stat, q in TTFT_QUANTILES.items():
             if stat != "p50":
-                w = ((1 - self.eff.sync) * _random_wait_quantile(random, rho_o, q)
-                     + self.eff.sync * q * (n - 1) * self.prefill)
+                w = ((1 - self.sync) * _random_wait_quantile(random, rho_o, q)
+                     + self.sync * q * (n - 1) * self.prefill)
                 out[stat] = (base + max(w, mean)) * 1e3
         return out
 
     def predict(self, b: int) -> Prediction:
         """Steady state of b closed-loop clients on the copy, with the terms behind it."""
-        e2e, tpot, wait, slot_wait, decoding, saturated, n = self._closed_loop(b)
-        w, kv, comp, ar, ovh = self.step_terms(decoding)
+        st = self._closed_loop(b)
+        w, kv, comp, ar, ovh = self.step_terms(st.decoding)
         return Prediction(
-            ttft_ms=(self.request + slot_wait + wait + self.prefill) * 1e3, tpot_ms=tpot * 1e3,
-            e2e_ms=e2e * 1e3, output_tokens_per_s=b * self.inp.output_tokens / e2e,
-            bound="memory" if w + kv >= comp else "compute", saturated=saturated,
-            slots=n, queued=b - n,
-            ttft_tail_ms=self._ttft_tail(n, e2e - slot_wait, slot_wait),
+            ttft_ms=st.ttft * 1e3, tpot_ms=st.tpot * 1e3, e2e_ms=st.e2e * 1e3,
+            output_tokens_per_s=b * self.inp.output_tokens / st.e2e,
+            bound="memory" if w + kv >= comp else "compute", saturated=st.saturated,
+            slots=st.running, queued=b - st.running, ttft_tail_ms=st.tail,
             terms_ms={"decode_weights": w * 1e3, "decode_kv_cache": kv * 1e3,
                       "decode_compute": comp * 1e3, "decode_allreduce": ar * 1e3,
                       "step_overhead": ovh * 1e3, "prefill": self.prefill * 1e3,
-                      "queue_wait": wait * 1e3, "slot_wait": slot_wait * 1e3,
+                      "queue_wait": st.wait * 1e3, "slot_wait": st.slot_wait * 1e3,
                       "request_overhead": self.request * 1e3})
 
     def open_loop(self, rate_per_s: float) -> dict[str, float] | None:
@@ -442,10 +507,14 @@ def predict(inp: LatencyInputs, eff: Efficiency) -> Prediction:
 
 
 # How far a measurement falls from the prediction: measured / predicted at the 10th and 90th
-# percentiles of the published points, cross-validated by source (uncalibrated) and held out
-# from a family's calibration (calibrated): perf/latency_cv.py prints both. The planner shows
-# [prediction x low, prediction x high] as the likely range and checks a gate at its upper end.
+# percentiles of the published points, cross-validated by source (uncalibrated: each source
+# predicted with factors fitted on the others) and held out from a family's calibration on 3
+# of its runs (calibrated). `.venv/bin/python perf/latency_cv.py` prints both ("Error bands");
+# tests/sizing/test_latency_cv.py recomputes them and fails when these drift from the data.
+# The planner shows [prediction x low, prediction x high] as the likely range and checks a
+# gate at its upper end. (On these families calibration narrows TPOT's band but not TTFT's:
+# it is used as computed.)
 ERROR_BAND: dict[str, dict[str, tuple[float, float]]] = {
-    "ttft_ms": {"uncalibrated": (0.75, 1.35), "calibrated": (0.85, 1.15)},
-    "tpot_ms": {"uncalibrated": (0.8, 1.3), "calibrated": (0.9, 1.1)},
+    "ttft_ms": {"uncalibrated": (0.77, 1.31), "calibrated": (0.73, 1.35)},
+    "tpot_ms": {"uncalibrated": (0.89, 1.36), "calibrated": (0.91, 1.12)},
 }

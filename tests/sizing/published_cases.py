@@ -48,6 +48,9 @@ RUN_KEY = ("source", "model", "accelerator", "engine", "engine_version", "tp", "
 # rest, whose error is reported cross-validated by publisher rather than held to those bounds.
 ISSUE14_SOURCES = frozenset({"trtllm-v0.9", "nim-bench", "musgrave-a100", "accelmark-a100-8b",
                              "accelmark-a100-70b", "vllm-nightly"})
+# Points issue 22's collection later added to those sources (NIM past saturation).
+ADDED_AFTER_ISSUE14 = frozenset({"nim-h100-l70-5000-c100-ttft", "nim-h100-l70-5000-c100-tpot",
+                                 "nim-h100-l70-5000-c150-ttft", "nim-h100-l70-5000-c150-tpot"})
 CORE = ("NVIDIA A100 40GB", "NVIDIA A100 80GB", "NVIDIA H100", "NVIDIA L40S")
 
 
@@ -102,6 +105,41 @@ def _spec(name: str):
     raise FileNotFoundError(name)
 
 
+def _version(text: str) -> tuple[int, int] | None:
+    try:
+        major, minor = (int(x) for x in text.split(".")[:2])
+    except ValueError:
+        return None  # "nightly", "NIM 1.8.0" and the like
+    return major, minor
+
+
+def engine_family(row: dict[str, str]) -> str:
+    """The factors a run is predicted with. TensorRT-LLM 1.x serves through its PyTorch
+    backend by default (trtllm-serve: a Python executor loop around the kernels), the class of
+    engine vLLM's factors describe; before 1.0, and behind NIM or LMI, it runs compiled
+    TensorRT engines under the C++ executor."""
+    version = _version(row["engine_version"])
+    if row["engine"] == "trtllm" and version is not None and version >= (1, 0):
+        return "vllm"
+    return ENGINE_FACTORS.get(row["engine"], row["engine"])
+
+
+def mixed_prefill(row: dict[str, str]) -> bool | None:
+    """Whether the run's engine puts prefill chunks into steps with running decodes, where its
+    version says so: vLLM's V1 engine (0.8.0 on, the default engine; chunked prefill always
+    on) does, V0 (prefill-first steps unless chunked prefill is turned on) does not. Other
+    engines: their family's default (None)."""
+    version = _version(row["engine_version"])
+    if row["engine"] != "vllm" or version is None:
+        return None  # other engines, and "nightly" and the like: the family's default
+    return version >= (0, 8)
+
+
+def issue14_runs() -> list[Run]:
+    """The runs of the 47 points issue 14's bounds were set on."""
+    return [r for r in runs(ISSUE14_SOURCES) if not set(r.ids) & ADDED_AFTER_ISSUE14]
+
+
 def sources() -> dict[str, dict[str, str]]:
     """sources.csv by source id: publisher, date, what was measured and where it is."""
     with open(HERE / "sources.csv", newline="") as fh:
@@ -121,7 +159,7 @@ def runs(only: frozenset[str] | None = None) -> list[Run]:
             if key not in out:
                 spec = _spec(row["model"])
                 dtypes = resolve_dtypes(spec, row["dtype"], row["kv_dtype"])
-                engine = ENGINE_FACTORS.get(row["engine"], row["engine"])
+                engine = engine_family(row)
                 acc, tp = accels[row["accelerator"]], int(row["tp"])
                 s_in, s_out = int(row["input_tokens"]), int(row["output_tokens"])
                 conc = int(row["concurrency"])
@@ -135,7 +173,9 @@ def runs(only: frozenset[str] | None = None) -> list[Run]:
                     slots = max(1, min(engine_limits(engine)["max_batch"], held or conc))
                 offline = row["load"] == "static"
                 inp = latency_inputs(spec, dtypes, acc, engine, tp, s_in, s_out, conc,
-                                     max_batch=slots).model_copy(update={"served": not offline})
+                                     max_batch=slots).model_copy(update={
+                                         "served": not offline,
+                                         "mixed_prefill": mixed_prefill(row)})
                 out[key] = Run([], row["model"], row["accelerator"], row["engine"],
                                row["dtype"], inp, load=row["load"],
                                publisher=publishers[row["source"]])
@@ -212,7 +252,7 @@ def _keep_interconnect(record: CalibrationRecord, eff: Efficiency) -> Efficiency
 
 def fit_family(train: list[Run], engine: str) -> Efficiency:
     """The engine family's factors fitted to these runs (its defaults when there are none)."""
-    prior = default_efficiency(engine, "nvlink")
+    prior = default_efficiency(engine, "nvlink", prior=True)
     records = [r.record() for r in train if r.inputs.engine == engine
                and "e2e_ms" not in r.measured]
     if not records:
@@ -271,3 +311,26 @@ def calibrated_rows(all_runs: list[Run]) -> list[dict]:
                              for k, v in m.measured.items()
                              if k != "tpot_ms" or m.inputs.output_tokens > 1]
     return rows
+
+
+def band_of(rows: list[dict], metric: str) -> tuple[float, float] | None:
+    """error_band rounded to 2 decimals, as ERROR_BAND holds it (None without the metric)."""
+    if not any(r["metric"] == metric for r in rows):
+        return None
+    lo, hi = error_band(rows, metric)
+    return round(lo, 2), round(hi, 2)
+
+
+def summary(all_runs: list[Run]) -> dict:
+    """What perf/latency_cv.py prints and tests/sizing/test_latency_cv.py holds the constants
+    to: the cross-validated rows, the factors fitted on every source per engine family, and
+    the error bands (uncalibrated: cross-validated; calibrated: held out from 3-run fits)."""
+    rows = cross_validated(all_runs)
+    cal = calibrated_rows(all_runs)
+    return {
+        "rows": rows, "calibrated_rows": cal,
+        "fitted": {e: fit_family(all_runs, e) for e in sorted({r.inputs.engine
+                                                                for r in all_runs})},
+        "bands": {m: {"uncalibrated": band_of(rows, m), "calibrated": band_of(cal, m)}
+                  for m in ("ttft_ms", "tpot_ms")},
+    }
