@@ -48,9 +48,6 @@ RUN_KEY = ("source", "model", "accelerator", "engine", "engine_version", "tp", "
 # rest, whose error is reported cross-validated by publisher rather than held to those bounds.
 ISSUE14_SOURCES = frozenset({"trtllm-v0.9", "nim-bench", "musgrave-a100", "accelmark-a100-8b",
                              "accelmark-a100-70b", "vllm-nightly"})
-# Points issue 22's collection later added to those sources (NIM past saturation).
-ADDED_AFTER_ISSUE14 = frozenset({"nim-h100-l70-5000-c100-ttft", "nim-h100-l70-5000-c100-tpot",
-                                 "nim-h100-l70-5000-c150-ttft", "nim-h100-l70-5000-c150-tpot"})
 CORE = ("NVIDIA A100 40GB", "NVIDIA A100 80GB", "NVIDIA H100", "NVIDIA L40S")
 
 
@@ -133,11 +130,6 @@ def mixed_prefill(row: dict[str, str]) -> bool | None:
     if row["engine"] != "vllm" or version is None:
         return None  # other engines, and "nightly" and the like: the family's default
     return version >= (0, 8)
-
-
-def issue14_runs() -> list[Run]:
-    """The runs of the 47 points issue 14's bounds were set on."""
-    return [r for r in runs(ISSUE14_SOURCES) if not set(r.ids) & ADDED_AFTER_ISSUE14]
 
 
 def sources() -> dict[str, dict[str, str]]:
