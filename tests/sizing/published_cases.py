@@ -102,6 +102,17 @@ def _spec(name: str):
     raise FileNotFoundError(name)
 
 
+# Sources whose requests' lengths vary around the stated means (sources.csv says so: a
+# dataset's prompts, or sampled lengths); the others send fixed lengths. A condition of the
+# measurement, like `load`: clients with varying lengths drift out of step.
+LENGTHS_VARY = frozenset({
+    "llmperf-a10g",  # "llmperf with mean 550 input / 150 output tokens (lengths vary ...)"
+    "gpustack-qwen3-8b-h100",  # "the ShareGPT dataset ... lengths vary per request"
+    "vllm-blog-fp8kv",  # "~20k input / ~2k output tokens (+-15 %)"
+    "accelmark-a100-8b", "accelmark-a100-70b", "accelmark-a100-80-8b",  # ShareGPT, serial
+})
+
+
 def _version(text: str) -> tuple[int, int] | None:
     try:
         major, minor = (int(x) for x in text.split(".")[:2])
@@ -160,14 +171,15 @@ def runs(only: frozenset[str] | None = None) -> list[Run]:
                     slots = int(stated)
                 else:
                     usable = int(acc_memory(acc.name) * GPU_MEMORY_UTILIZATION)
-                    est = per_gpu_estimate(spec, dtypes, tp, s_in + s_out, conc)
+                    est = per_gpu_estimate(spec, dtypes, tp, s_in + s_out // 2, conc)
                     held = max_concurrency(usable, est)
                     slots = max(1, min(engine_limits(engine)["max_batch"], held or conc))
                 offline = row["load"] == "static"
                 inp = latency_inputs(spec, dtypes, acc, engine, tp, s_in, s_out, conc,
                                      max_batch=slots).model_copy(update={
                                          "served": not offline,
-                                         "mixed_prefill": mixed_prefill(row)})
+                                         "mixed_prefill": mixed_prefill(row),
+                                         "lengths_vary": row["source"] in LENGTHS_VARY})
                 out[key] = Run([], row["model"], row["accelerator"], row["engine"],
                                row["dtype"], inp, load=row["load"],
                                publisher=publishers[row["source"]])

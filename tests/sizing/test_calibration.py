@@ -155,14 +155,14 @@ def test_the_prior_of_an_nvlink_family_has_nvlinks_allreduce_cost():
 
 
 def test_a_fit_stays_inside_the_bounds_a_real_engine_can_reach():
-    # Measured 3x faster than the defaults predict: no engine reads memory at 225 % of the
-    # datasheet bandwidth, so the fit stops at the bound (within the search's resolution).
+    # Measured 3x faster than the defaults predict: no engine reads memory at over 92 % of
+    # the datasheet bandwidth, so the fit stops at the bound (within the search's resolution).
     prior = default_efficiency("vllm", "pcie")
     recs = [r.model_copy(update={"measured_ttft_ms": r.predicted_ttft_ms / 3,
                                  "measured_tpot_ms": r.predicted_tpot_ms / 3})
             for r in record(two_g5(), [(1, 1.0, 1.0), (8, 1.0, 1.0)])]
     eff = fit(recs, prior)
-    assert 0.999 < eff.memory <= 1.0 and 0.999 < eff.compute <= 1.0
+    assert 0.919 < eff.memory <= 0.92 and 0.999 < eff.compute <= 1.0
     # the fixed costs shrink but the pull toward the defaults keeps them from vanishing
     assert 0 < eff.step_overhead_ms < prior.step_overhead_ms
     assert 0 < eff.request_overhead_ms < prior.request_overhead_ms
