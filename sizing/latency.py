@@ -15,15 +15,19 @@ degree, BW = memory bandwidth, P = dense tensor peak for the compute dtype, N = 
     flops = S x 2 x active parameters / t + 2 x layers x S x min(S, window) x q_dim / t
   Closed-loop concurrency (B clients, each sends its next request when one ends), at most N
   of them in the engine (N = min(engine's max_num_seqs, what the KV cache holds)): with
-  b = min(B, N) running, requests arrive at lam = b / E2E; the other b - 1 requests' prefills
-  take rho_o of the copy's time and stretch a decode step by 1 / (1 - rho_o); a new request
-  waits for the prefills ahead of it: (1 - sync) x rho_o x prefill / (2 (1 - rho_o)) (M/D/1,
-  clients out of step) + sync x (b - 1)/2 x prefill (clients in step: fixed-length requests
-  that start together and finish together queue their prefills behind each other).
+  b = min(B, N) running, the other b - 1 requests' prefills take rho_o of the copy's time.
+  Out of step (sync 0: in-flight batching mixes prefill chunks into decode steps, or request
+  lengths vary), they land at random: a new request waits rho_o x prefill / (2 (1 - rho_o))
+  (M/D/1) and every decode step is stretched by 1 / (1 - rho_o). In step (sync 1: fixed-length
+  clients on a prefill-first engine start and finish together), each cycle's b prefills run
+  in one bunch while decodes wait: a request waits (b - 1)/2 prefills for its first token and
+  (b - 1)/2 more for its second, and the steps between bunches are not stretched.
   The B - N clients without a slot wait (B/N - 1) x E2E_N for one.
   TTFT = request_overhead + slot wait + prefill wait + prefill(S);
-  TPOT = step(b_decoding) / (1 - rho_o);  E2E = TTFT + (M - 1) x TPOT;
-  output tokens/s = b x M / E2E_b.
+  TPOT = step(b_decoding) / (1 - (1 - sync) x rho_o);
+  E2E = TTFT + (M - 1) x TPOT + sync x (b - 1)/2 x prefill;  output tokens/s = b x M / E2E_b.
+  A static batch (an offline harness, `served` false): the B prompts prefilled together, then
+  B decode to the end: TTFT = prefill(B x S), TPOT = step(B).
 
 Efficiency factors are per engine family (named below, with where each value comes from) and
 are what calibration refits per accelerator from measured runs. Pure: numbers in, numbers out.
@@ -98,8 +102,8 @@ ENGINE_PRIORS: dict[str, dict[str, float]] = {
 }
 # Defaults, uncalibrated: the factors fitted on every published source, from the priors above
 # (`.venv/bin/python perf/latency_cv.py` prints them under "Factors fitted on every source";
-# tests/sizing/test_latency_cv.py checks these are what the fit gives, rounded). Fitted on 93
-# runs from 11 sources (tests/sizing/published/, 2026-12-04). The local engine has no
+# tests/sizing/test_latency_cv.py checks these are what the fit gives, rounded). Fitted on 118
+# runs from 15 sources (tests/sizing/published/, 2026-12-04). The local engine has no
 # published runs: its priors stand. `lmiflow calibrate` refits per accelerator and engine
 # from benchmark records.
 FITTED: dict[str, dict[str, float]] = {
