@@ -5,7 +5,7 @@ meets issue 22's goals. When tests/sizing/published/ gains points these drift: r
 `.venv/bin/python perf/latency_cv.py` and copy its "Factors fitted" and "Error bands" lines."""
 
 import pytest
-from lmiflow.sizing.latency import ERROR_BAND, FITTED
+from lmiflow.sizing.latency import ENGINE_PRIORS, ERROR_BAND, FITTED, default_efficiency
 
 from tests.sizing import published_cases as pc
 
@@ -35,3 +35,10 @@ def test_cross_validated_error_meets_the_goals(summary):
     # never fitted to: every source's numbers come from a fold that left it out
     assert {r["held_out"] for r in rows} == {s for r in rows for s in r["run"].sources}
     assert all(r["held_out"] in r["run"].sources for r in rows)
+
+
+def test_a_fold_starts_from_the_priors_not_the_defaults_fitted_on_every_source():
+    # The defaults saw every source; a held-out source's fold must not start from them.
+    for engine in FITTED:
+        assert pc.fit_family([], engine) == default_efficiency(engine, "nvlink", prior=True)
+        assert pc.fit_family([], engine).memory == ENGINE_PRIORS[engine]["memory"]
