@@ -482,7 +482,11 @@ class Roofline:
         """Mean TTFT, TPOT, E2E (ms) under Poisson arrivals at `rate_per_s` on the copy; None
         when the copy cannot keep up (queues grow without bound). Requests in service n solve
         n = rate x E2E(n) (Little's law); with n near the slots, a request waits for one as
-        in an M/M/c queue (Erlang C, c = slots, service time E2E at full slots)."""
+        in an M/M/c queue (Erlang C, c = slots, service time E2E at full slots). Random
+        arrivals are out of step whatever the engine: the cycles are solved with sync 0."""
+        if self.sync:  # (mixed_prefill True puts the copy out of step)
+            return Roofline(self.inp.model_copy(update={"mixed_prefill": True}),
+                            self.eff).open_loop(rate_per_s)
         lo, hi = 1, self.slots
         e2e_full = self.solve(self.slots)[0]
         if rate_per_s * e2e_full >= self.slots:

@@ -139,3 +139,11 @@ def test_pcie_all_reduce_costs_more_than_nvlink_per_hop_and_per_byte():
         costs[interconnect] = Roofline(inp, default_efficiency("vllm", interconnect)
                                        ).predict(8).terms_ms["decode_allreduce"]
     assert costs["pcie"] > 2 * costs["nvlink"]
+
+
+def test_random_arrivals_are_out_of_step_whatever_the_engine():
+    # Poisson arrivals do not come in bunches: an in-step engine family predicts the same
+    # open-loop latency as an out-of-step one.
+    in_step, out = Roofline(inputs(max_batch=4), IN_STEP), Roofline(inputs(max_batch=4), EFF)
+    rate = 0.5 * 4 / out.solve(4)[0]
+    assert in_step.open_loop(rate) == out.open_loop(rate)
