@@ -10,7 +10,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from lmiflow import endpoint_plan, patterns
 from lmiflow.errors import UserInputError
@@ -126,11 +126,20 @@ def plan_weights(spec: DeploymentSpec, model: ResolvedModel) -> WeightsPlan:
 
 
 def latency_limits(spec: DeploymentSpec) -> list[LatencyLimit]:
-    """The latency gates that bound from above (TTFT, TPOT, E2E), as limits the plan must meet."""
-    return [LatencyLimit(metric=g.metric, stat=g.stat, threshold=g.threshold,
-                         concurrency=g.concurrency, source="gate")
-            for g in spec.gates
-            if g.metric in ("ttft_ms", "tpot_ms", "e2e_ms") and g.op in ("<", "<=")]
+    """The latency gates that bound from above (TTFT, TPOT, E2E), as limits the plan must meet;
+    a gate on a statistic the latency model does not predict is refused, not checked against
+    another one."""
+    out = []
+    for i, g in enumerate(spec.gates):
+        if g.metric in ("ttft_ms", "tpot_ms", "e2e_ms") and g.op in ("<", "<="):
+            try:
+                out.append(LatencyLimit(metric=g.metric, stat=g.stat, threshold=g.threshold,
+                                        concurrency=g.concurrency, source="gate"))
+            except ValidationError as exc:
+                raise UserInputError(f"gates[{i}].stat",
+                                     exc.errors()[0]["msg"].removeprefix("Value error, ")
+                                     ) from None
+    return out
 
 
 def plan_request(spec: DeploymentSpec, target: Target) -> PlanRequest:

@@ -40,13 +40,25 @@ def predicted_line(o: Option) -> str:
     pr = o.predicted
     if pr is None:
         return "latency not predicted (no accelerator facts)"
-    line = (f"TTFT {ms(pr.ttft_ms)}, TPOT {ms(pr.tpot_ms)}, E2E {ms(pr.e2e_ms)}, "
-            f"{pr.output_tokens_per_s:,.0f} output tokens/s")
+    def likely(metric: str, value: float) -> str:
+        band = pr.likely_ms.get(metric)
+        return (f"{ms(value)} (likely {ms(band[0])}-{ms(band[1])})" if band else ms(value))
+
+    line = (f"TTFT {likely('ttft_ms', pr.ttft_ms)}, TPOT {likely('tpot_ms', pr.tpot_ms)}, "
+            f"E2E {ms(pr.e2e_ms)}, {pr.output_tokens_per_s:,.0f} output tokens/s")
     if o.usd_per_1m_output_tokens is not None:
         line += f", ${o.usd_per_1m_output_tokens:.2f} per 1M output tokens"
     line += f" ({pr.bound}-bound decode; {'calibrated' if pr.calibrated else 'uncalibrated'})"
     if pr.saturated:
         line += "; prefills saturate the copy: queues grow, TTFT is a floor"
+    if pr.queued_per_copy:
+        line += (f"; {pr.queued_per_copy} request(s) per copy wait for one of "
+                 f"{pr.slots} batch slots")
+    for c in pr.limits:
+        line += (f"; {c.metric[:4].upper()} {c.stat} limit {c.threshold:g} ms: likely up to "
+                 f"{ms(c.upper)}, {c.headroom_pct:.0f}% below it" if c.headroom_pct >= 0 else
+                 f"; {c.metric[:4].upper()} {c.stat} limit {c.threshold:g} ms: likely up to "
+                 f"{ms(c.upper)}, over it")
     return line
 
 

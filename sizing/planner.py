@@ -20,10 +20,13 @@ import pandas as pd
 from lmiflow.sizing.accelerators import Accelerator, facts_for, load_accelerators
 from lmiflow.sizing.catalog import CPU, load_catalog
 from lmiflow.sizing.latency import (
+    ERROR_BAND,
+    MEDIAN_STATS,
     Efficiency,
     Roofline,
     default_efficiency,
     latency_inputs,
+    predicted_stats,
 )
 from lmiflow.sizing.memory import (
     DTypeChoice,
@@ -36,14 +39,14 @@ from lmiflow.sizing.memory import (
     weight_bytes,
 )
 from lmiflow.sizing.model_spec import ModelSpec
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 TP_DEGREES = (1, 2, 4, 8)
-# A prediction must beat a latency limit by this share of the limit. The uncalibrated model is
-# about 13 % off published measurements on average, either way (docs/latency-model.md): a
-# prediction within 10 % of the limit is too close to call, so such options are rejected,
-# while one clearly under it is kept rather than demanding a worst-case 25-35 % headroom.
-LATENCY_MARGIN = 0.10
+# A limit is met when the upper end of the prediction's likely range (the prediction times the
+# 90th percentile of measured / predicted on published points never fitted to,
+# sizing.latency.ERROR_BAND) meets it. LATENCY_MARGIN is any extra share of the limit a user
+# wants on top of that; the error band already is the margin the model's error earns.
+LATENCY_MARGIN = 0.0
 METRIC_LABEL = {"ttft_ms": "TTFT", "tpot_ms": "TPOT", "e2e_ms": "E2E"}
 
 
@@ -57,9 +60,23 @@ class LatencyLimit(BaseModel):
                                     "requests in flight (endpoint-wide); empty: the workload's.")
     source: str = "limit"
 
+    @model_validator(mode="after")
+    def _predicted_stat(self) -> LatencyLimit:
+        known = predicted_stats(self.metric)
+        if self.stat not in known:
+            raise ValueError(f"a {self.metric} limit on {self.stat} cannot be planned: the "
+                             f"latency model predicts {self.metric} at "
+                             f"{', '.join(known)} only")
+        return self
+
     @property
     def label(self) -> str:
         return f"{METRIC_LABEL[self.metric]} {self.stat}"
+
+    @property
+    def key(self) -> str:
+        """The prediction this limit is checked against: the tail it names, or the median."""
+        return self.metric if self.stat in MEDIAN_STATS else f"{self.metric}@{self.stat}"
 
 
 class PlanRequest(BaseModel):
@@ -78,7 +95,12 @@ class PlanRequest(BaseModel):
     max_usd_per_hour: float | None = None
     engine: Literal["vllm", "trtllm", "local"] = "vllm"
     latency_limits: list[LatencyLimit] = Field(default_factory=list)
-    latency_margin: float = Field(default=LATENCY_MARGIN, ge=0, lt=1)
+    latency_margin: float = Field(default=LATENCY_MARGIN, ge=0, lt=1, description="Extra "
+                                  "share of a limit kept free beyond the error band.")
+    error_band: dict[Literal["ttft_ms", "tpot_ms"], tuple[float, float]] | None = Field(
+        default=None, description="Measured / predicted at p10 and p90 per metric, instead of "
+                                  "sizing.latency.ERROR_BAND (what the published points and "
+                                  "calibration earned).")
 
     @property
     def tokens(self) -> int:
@@ -88,6 +110,20 @@ class PlanRequest(BaseModel):
     def counts(self) -> range:
         return range(self.instance_count,
                      max(self.max_instance_count or self.instance_count, self.instance_count) + 1)
+
+
+class LimitCheck(BaseModel):
+    """One latency limit on this option: the prediction at the limit's statistic, its likely
+    upper end, and how far below the limit that is."""
+
+    metric: str
+    stat: str
+    threshold: float
+    concurrency: int | None
+    predicted: float
+    upper: float
+    headroom_pct: float = Field(description="(threshold - upper) / threshold x 100; negative: "
+                                            "over.")
 
 
 class PredictedLatency(BaseModel):
@@ -102,6 +138,15 @@ class PredictedLatency(BaseModel):
     bound: str
     saturated: bool
     terms_ms: dict[str, float] = Field(default_factory=dict)
+    likely_ms: dict[str, tuple[float, float]] = Field(default_factory=dict, description="Per "
+                                                      "metric, the likely range (80 % of "
+                                                      "measurements fall in it).")
+    ttft_tail_ms: dict[str, float] = Field(default_factory=dict, description="TTFT p50, p90, "
+                                           "p95, p99.")
+    slots: int = Field(default=0, description="Requests a copy runs at once.")
+    queued_per_copy: int = Field(default=0, description="Requests per copy waiting for a "
+                                 "batch slot (the KV cache holds fewer than arrive).")
+    limits: list[LimitCheck] = Field(default_factory=list)
 
 
 class Option(BaseModel):
@@ -205,27 +250,48 @@ def _ms(v: float) -> str:
     return f"{v:.1f} ms" if v < 10 else f"{v:.0f} ms"
 
 
-def _violations(latency: Mapping[str, float], limits: list[LatencyLimit], margin: float
-                ) -> list[str]:
-    """Why predicted latencies miss their limits: over the limit, or inside by less than the
-    margin."""
+Band = Mapping[str, tuple[float, float]]
+
+
+def error_band(calibrated: bool, override: Mapping[str, tuple[float, float]] | None = None
+               ) -> dict[str, tuple[float, float]]:
+    """Measured / predicted at p10 and p90 per metric (E2E: the wider of TTFT's and TPOT's)."""
+    which = "calibrated" if calibrated else "uncalibrated"
+    band = {m: (override or {}).get(m) or ERROR_BAND[m][which] for m in ("ttft_ms", "tpot_ms")}
+    band["e2e_ms"] = (min(b[0] for b in band.values()), max(b[1] for b in band.values()))
+    return band
+
+
+def _check(latency: Mapping[str, float], lim: LatencyLimit, band: Band) -> LimitCheck:
+    v = latency[lim.key]
+    upper = v * band[lim.metric][1]
+    return LimitCheck(metric=lim.metric, stat=lim.stat, threshold=lim.threshold,
+                      concurrency=lim.concurrency, predicted=v, upper=upper,
+                      headroom_pct=(lim.threshold - upper) / lim.threshold * 100)
+
+
+def _violations(latency: Mapping[str, float], limits: list[LatencyLimit], margin: float,
+                band: Band) -> list[str]:
+    """Why predicted latencies miss their limits: the likely upper end (the prediction times
+    the error band's p90) over the limit, less any extra margin."""
     out = []
     for lim in limits:
-        v = latency[lim.metric]
-        if v > lim.threshold:
-            out.append(f"predicted {lim.label} {_ms(v)} > {lim.source} {lim.threshold:g} ms")
-        elif v > lim.threshold * (1 - margin):
-            out.append(f"predicted {lim.label} {_ms(v)} is within the {margin:.0%} margin of "
-                       f"{lim.source} {lim.threshold:g} ms")
+        c = _check(latency, lim, band)
+        bound = lim.threshold * (1 - margin)
+        if c.upper > bound:
+            extra = f" less the {margin:.0%} margin" if margin else ""
+            likely = f" (likely up to {_ms(c.upper)})" if c.upper != c.predicted else ""
+            out.append(f"predicted {lim.label} {_ms(c.predicted)}{likely} > {lim.source} "
+                       f"{lim.threshold:g} ms{extra}")
     return out
 
 
-def _largest_meeting(roof: Roofline, limits: list[LatencyLimit], margin: float, most: int
-                     ) -> int:
+def _largest_meeting(roof: Roofline, limits: list[LatencyLimit], margin: float, most: int,
+                     band: Band) -> int:
     """Most requests per copy (up to `most`) whose prediction meets every limit; 0 if none.
     Latency grows with concurrency, so a binary search finds the edge."""
     def ok(b: int) -> bool:
-        return not _violations(roof.latency_ms(b), limits, margin)
+        return not _violations(roof.latency_ms(b), limits, margin, band)
 
     if most < 1 or not ok(1):
         return 0
@@ -384,47 +450,61 @@ def _option(ctx: SimpleNamespace, r: SimpleNamespace, tp: int, facts: Accelerato
     roof = None
     workload_limits = [lim for lim in req.latency_limits if lim.concurrency is None]
     level_limits = [lim for lim in req.latency_limits if lim.concurrency is not None]
-    if binding in (None, "kv_cache") and facts is not None and eff is not None:
-        roof = ctx.rooflines.get((facts.name, tp))
+    band = error_band(calibrated, req.error_band)
+    if binding in (None, "kv_cache") and facts is not None and eff is not None and maxc >= 1:
+        # Batch slots per copy: what the KV cache holds (the deploy's max_rolling_batch_size
+        # is at most that); more requests than that wait for a slot.
+        roof = ctx.rooflines.get((facts.name, tp, maxc))
         if roof is None:
-            roof = ctx.rooflines[facts.name, tp] = Roofline(latency_inputs(
+            roof = ctx.rooflines[facts.name, tp, maxc] = Roofline(latency_inputs(
                 spec, dtypes, facts, req.engine, tp, req.max_input_tokens,
-                req.max_output_tokens, per_copy, ctx.wbytes), eff)
+                req.max_output_tokens, per_copy, ctx.wbytes, max_batch=maxc), eff)
         if workload_limits:
             key = (facts.name, tp, maxc)
             if key not in ctx.searches:
                 ctx.searches[key] = _largest_meeting(roof, workload_limits, req.latency_margin,
-                                                     maxc)
+                                                     maxc, band)
             lat_max = ctx.searches[key]
-    if roof is not None and binding is None:
+    if roof is not None and binding in (None, "kv_cache"):
         misses: list[str] = []
-        if lat_max < per_copy:
+        if lat_max < per_copy and binding is None:
             need = (math.ceil(req.concurrency / (copies * lat_max)) if lat_max
                     else max_count + 1)
             if need <= max_count:
                 count = max(count, need)
                 per_copy, est, maxc = layout(count)
-        for n in range(count, max_count + 1 if level_limits else count + 1):
+        for n in range(count, max_count + 1 if level_limits and binding is None else count + 1):
             misses = [m for lim in level_limits for m in _violations(
                 roof.latency_ms(math.ceil(lim.concurrency / (copies * n))), [lim],
-                req.latency_margin)]
+                req.latency_margin, band)]
             if not misses or n == max_count:
                 if n != count:
                     count = n
                     per_copy, est, maxc = layout(count)
                 break
-        pred = ctx.predictions.get((facts.name, tp, per_copy))
+        pred = ctx.predictions.get((facts.name, tp, maxc, per_copy))
         if pred is None:
-            pred = ctx.predictions[facts.name, tp, per_copy] = roof.predict(per_copy)
-        misses = _violations({"ttft_ms": pred.ttft_ms, "tpot_ms": pred.tpot_ms,
-                              "e2e_ms": pred.e2e_ms}, workload_limits,
-                             req.latency_margin) + misses
+            pred = ctx.predictions[facts.name, tp, maxc, per_copy] = roof.predict(per_copy)
+        at = {"ttft_ms": pred.ttft_ms, "tpot_ms": pred.tpot_ms, "e2e_ms": pred.e2e_ms,
+              **{f"ttft_ms@{k}": v for k, v in pred.ttft_tail_ms.items()}}
+        misses = _violations(at, workload_limits, req.latency_margin, band) + misses
+        checks = [_check(at, lim, band) for lim in workload_limits] + [
+            _check(roof.latency_ms(math.ceil(lim.concurrency / (copies * count))), lim, band)
+            for lim in level_limits]
         tps = req.concurrency * req.max_output_tokens / (pred.e2e_ms / 1e3)
         predicted = PredictedLatency(
             ttft_ms=pred.ttft_ms, tpot_ms=pred.tpot_ms, e2e_ms=pred.e2e_ms,
             output_tokens_per_s=tps, calibrated=calibrated, bound=pred.bound,
-            saturated=pred.saturated, terms_ms=pred.terms_ms)
-        if misses:
+            saturated=pred.saturated, terms_ms=pred.terms_ms,
+            likely_ms={m: (at[m] * band[m][0], at[m] * band[m][1])
+                       for m in ("ttft_ms", "tpot_ms", "e2e_ms")},
+            ttft_tail_ms=pred.ttft_tail_ms, slots=pred.slots, queued_per_copy=pred.queued,
+            limits=checks)
+        if binding == "kv_cache":
+            reason += (f"; the engine would queue the other {pred.queued} per copy for a "
+                       f"batch slot: predicted TTFT {_ms(pred.ttft_ms)} (slot wait "
+                       f"{_ms(pred.terms_ms['slot_wait'])}), TPOT {_ms(pred.tpot_ms)}")
+        elif misses:
             binding = "latency"
             where = (f"{per_copy} request(s) per copy" if per_copy > 1
                      else "1 request per copy")
@@ -438,6 +518,8 @@ def _option(ctx: SimpleNamespace, r: SimpleNamespace, tp: int, facts: Accelerato
     eligible = binding is None
     if binding is None:
         idle = gpus - copies * tp
+        tightest = min((c for c in (predicted.limits if predicted else [])),
+                       key=lambda c: c.headroom_pct, default=None)
         reason = (f"fits: {copies} model cop{'y' if copies == 1 else 'ies'} of tp {tp}"
                   + (f", {idle} GPU(s) idle" if idle else
                      (f" use all {gpus} GPUs" if gpus > 1 else ""))
@@ -445,7 +527,10 @@ def _option(ctx: SimpleNamespace, r: SimpleNamespace, tp: int, facts: Accelerato
                   + ("" if r.accelerator == CPU else
                      f"; holds {total_max} concurrent requests"
                      + (f" ({per_copy_max} per copy)" if copies * count > 1 else ""))
-                  + (" within the latency limits" if req.latency_limits and facts else ""))
+                  + (" within the latency limits" if req.latency_limits and facts else "")
+                  + (f"; {METRIC_LABEL[tightest.metric]} {tightest.stat} likely up to "
+                     f"{_ms(tightest.upper)}, {tightest.headroom_pct:.0f}% below the "
+                     f"{tightest.threshold:g} ms limit" if tightest else ""))
         if serve_dtype != dtypes.activations:
             reason += "; served in fp16 (no bf16 on this GPU)"
         if req.max_usd_per_hour is not None and (

@@ -108,7 +108,7 @@ def test_moe_decode_reads_only_the_experts_its_tokens_touch():
 
 
 def test_uncalibrated_error_against_published_measurements():
-    rows = published_cases.comparisons(published_cases.runs())
+    rows = published_cases.comparisons(published_cases.runs(published_cases.ISSUE14_SOURCES))
     ttft, n_ttft = published_cases.uncalibrated_mape(rows, "ttft_ms")
     tpot, n_tpot = published_cases.uncalibrated_mape(rows, "tpot_ms")
     accelerators = {r["run"].accelerator for r in rows}
@@ -121,14 +121,17 @@ def test_uncalibrated_error_against_published_measurements():
 
 
 def test_calibrated_from_three_runs_of_a_family():
-    result = published_cases.calibrated_mape(published_cases.runs())
+    result = published_cases.calibrated_mape(published_cases.runs(published_cases.ISSUE14_SOURCES))
     assert result["in_sample"]["ttft_ms"] <= 12 and result["in_sample"]["tpot_ms"] <= 12
     assert result["held_out"]["ttft_ms"] <= 12 and result["held_out"]["tpot_ms"] <= 12
 
 
 def test_fit_recovers_factors_that_generated_the_measurements():
-    truth = Efficiency(memory=0.6, compute=0.4, step_overhead_ms=3.0, request_overhead_ms=20.0,
-                       allreduce_latency_ms=0.02)
+    # Bandwidth and MFU well off the defaults; the request cost a served vLLM's and its
+    # in-step prefills (the fit pulls each factor toward its default, so one that 4 records
+    # barely inform stays near it).
+    truth = Efficiency(memory=0.6, compute=0.4, step_overhead_ms=3.0, request_overhead_ms=45.0,
+                       allreduce_latency_ms=0.02, sync=1.0)
     runs = [inputs("llama-3.1-8b", "NVIDIA A10G", s=s, m=128, b=b)
             for s, b in ((512, 1), (2048, 1), (1024, 8), (1024, 32))]
     from lmiflow.sizing.calibration import CalibrationRecord

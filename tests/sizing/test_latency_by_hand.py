@@ -94,7 +94,8 @@ def test_tensor_parallel_step_pays_two_all_reduces_per_layer():
 
 
 def test_an_unknown_interconnect_gets_the_pcie_all_reduce_latency():
-    assert default_efficiency("vllm", "infiniband").allreduce_latency_ms == 0.05
+    assert default_efficiency("vllm", "infiniband").allreduce_latency_ms == (
+        default_efficiency("vllm", "pcie").allreduce_latency_ms)
 
 
 def closed_loop(roof, b, m, kv_per_seq, request_s):
@@ -145,7 +146,7 @@ def test_the_terms_a_report_shows_add_up_to_the_prediction():
     assert roof.predict(1).terms_ms == pytest.approx({
         "decode_weights": W / 2 / BW * 1e3, "decode_kv_cache": 512 * 950 / BW * 1e3,
         "decode_compute": flops / 2 / 1e14 * 1e3, "decode_allreduce": (ar_fixed + per_token) * 1e3,
-        "step_overhead": 1.0, "prefill": prefill * 1e3, "queue_wait": 0.0,
+        "step_overhead": 1.0, "prefill": prefill * 1e3, "queue_wait": 0.0, "slot_wait": 0.0,
         "request_overhead": 5.0}, rel=1e-9)
 
 

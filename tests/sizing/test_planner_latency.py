@@ -5,7 +5,7 @@ import itertools
 from pathlib import Path
 
 import pytest
-from lmiflow.sizing.latency import Efficiency
+from lmiflow.sizing.latency import ERROR_BAND, Efficiency
 from lmiflow.sizing.model_spec import parse_model_config, read_config_file
 from lmiflow.sizing.planner import LatencyLimit, PlanRequest, plan
 
@@ -31,7 +31,10 @@ def test_every_fitting_option_carries_a_prediction():
     p = llama8b()
     fitting = [o for o in p.options if o.fits]
     assert fitting and all(o.predicted is not None for o in fitting)
-    assert all(o.predicted is None for o in p.options if not o.fits)
+    # an option whose KV cache holds too few is predicted with the others queued for a slot
+    queued = [o for o in p.options if o.binding == "kv_cache" and o.predicted]
+    assert all(o.predicted.queued_per_copy > 0 and "queue" in o.reason for o in queued)
+    assert all(o.predicted is None for o in p.options if not o.fits and o not in queued)
     for o in fitting:
         pr = o.predicted
         assert 0 < pr.ttft_ms < pr.e2e_ms and pr.tpot_ms > 0 and pr.output_tokens_per_s > 0
@@ -64,13 +67,17 @@ def test_the_example_gate_rejects_what_cannot_meet_it():
     assert without.chosen.instance_type == "ml.g6.xlarge"  # what memory alone picks
 
 
-def test_a_prediction_inside_the_margin_is_rejected_and_says_so():
+def test_a_prediction_whose_likely_upper_end_misses_is_rejected_and_says_so():
     p = llama8b(instance_type="ml.g5.xlarge", instance_count=2)
     t = p.options[0].predicted.tpot_ms
+    hi = ERROR_BAND["tpot_ms"]["uncalibrated"][1]
     near = llama8b(instance_type="ml.g5.xlarge", instance_count=2,
-                   latency_limits=[tpot(t / 0.95)])  # met, but by only 5 %
+                   latency_limits=[tpot(t / 0.95)])  # the median meets it, by only 5 %
     o = near.options[0]
-    assert not o.eligible and "within the 10% margin" in o.reason
+    assert not o.eligible and f"(likely up to {t * hi:.0f} ms)" in o.reason
+    met = llama8b(instance_type="ml.g5.xlarge", instance_count=2,
+                  latency_limits=[tpot(t * hi * 1.001)]).options[0]
+    assert met.eligible and met.predicted.limits[0].headroom_pct == pytest.approx(0.1, abs=0.01)
 
 
 @pytest.mark.parametrize(("model", "shape"), list(itertools.product(
@@ -119,8 +126,8 @@ def test_max_concurrency_is_what_meets_the_limits():
 def test_scale_out_when_several_small_instances_cost_less():
     # The issue's case: an 8B model at concurrency 16 under a TPOT limit an A10G meets only at a
     # few requests per copy: several g5.xlarge beat one g5.12xlarge.
-    fixed = llama8b(allow=["ml.g5.xlarge", "ml.g5.12xlarge"], latency_limits=[tpot(50)])
-    scaled = llama8b(allow=["ml.g5.xlarge", "ml.g5.12xlarge"], latency_limits=[tpot(50)],
+    fixed = llama8b(allow=["ml.g5.xlarge", "ml.g5.12xlarge"], latency_limits=[tpot(60)])
+    scaled = llama8b(allow=["ml.g5.xlarge", "ml.g5.12xlarge"], latency_limits=[tpot(60)],
                      max_instance_count=8)
     assert fixed.chosen.instance_type == "ml.g5.12xlarge"
     c = scaled.chosen
@@ -128,7 +135,7 @@ def test_scale_out_when_several_small_instances_cost_less():
     assert c.usd_per_hour == pytest.approx(1.4084 * c.instance_count)
     assert c.usd_per_hour < fixed.chosen.usd_per_hour
     assert c.concurrency_per_copy * c.instance_count >= 16
-    assert c.predicted.tpot_ms <= 45
+    assert c.predicted.tpot_ms * ERROR_BAND["tpot_ms"]["uncalibrated"][1] <= 60
 
 
 def test_scale_out_when_one_instance_lacks_kv_memory():
@@ -144,9 +151,11 @@ def test_scale_out_when_one_instance_lacks_kv_memory():
 
 def test_level_specific_limit_is_checked_at_its_concurrency():
     at_one = llama8b(instance_type="ml.g5.xlarge", instance_count=2,
-                     latency_limits=[tpot(45, concurrency=1)])
+                     latency_limits=[tpot(50, concurrency=1)])
     o = at_one.options[0]
-    assert o.eligible  # one request alone decodes well under 45 ms on an A10G
+    # one request alone decodes in ~36 ms on an A10G: likely under 50 ms even at the band's top
+    assert o.eligible and o.predicted.limits[0].concurrency == 1
+    assert o.predicted.limits[0].headroom_pct > 0
 
 
 def test_no_option_meets_an_impossible_limit():
@@ -174,7 +183,9 @@ def test_engine_changes_the_prediction():
     on_two_g5 = dict(instance_type="ml.g5.xlarge", instance_count=2)
     v = llama8b(**on_two_g5).options[0].predicted
     t = llama8b(**on_two_g5, engine="trtllm").options[0].predicted
-    assert t.tpot_ms < v.tpot_ms  # TensorRT-LLM's defaults: higher eta_mem, smaller overhead
+    # TensorRT-LLM's fitted defaults: a smaller request cost and prefills that drift out of
+    # step (in-flight batching), but 4.4 ms a step against vLLM's 1.2 ms.
+    assert t.ttft_ms < v.ttft_ms and t.tpot_ms > v.tpot_ms
 
 
 def test_cpu_local_target_has_no_prediction_and_says_limits_are_unchecked():
@@ -187,3 +198,37 @@ def test_cpu_local_target_has_no_prediction_and_says_limits_are_unchecked():
                                                 latency_limits=[tpot(100)]), cat)
     assert p.chosen is not None and p.chosen.predicted is None
     assert any("latency limits not checked" in w for w in p.warnings)
+
+
+def test_8b_at_16_users_keeps_one_a10g_under_a_50ms_tpot_gate():
+    # Issue 22: Llama-3.1-8B, 550 in / 150 out, 16 users, TPOT <= 50 ms. One ml.g5.2xlarge
+    # measured 39-43 ms there; the planner used to reject it (predicted 60 ms) for an
+    # ml.g6e.2xlarge at 85 % more cost.
+    p = plan(spec("llama-3.1-8b"), PlanRequest(
+        max_input_tokens=550, max_output_tokens=150, concurrency=16,
+        allow=["ml.g5.2xlarge", "ml.g6e.2xlarge"], latency_limits=[tpot(50)]))
+    g5 = next(o for o in p.options if o.instance_type == "ml.g5.2xlarge")
+    assert g5.eligible and g5.instance_count == 1 and g5.concurrency_per_copy == 16
+    check = g5.predicted.limits[0]
+    assert check.upper == pytest.approx(
+        check.predicted * ERROR_BAND["tpot_ms"]["uncalibrated"][1]) and check.upper <= 50
+    # the measured 39 ms lies in the likely range the plan states (43 ms is at its top edge)
+    lo, hi = ERROR_BAND["tpot_ms"]["uncalibrated"]
+    assert check.predicted * lo <= 39 <= check.predicted * hi
+    assert p.chosen.instance_type == "ml.g5.2xlarge"
+
+
+def test_70b_fp8_at_16_users_picks_nothing_whose_ttft_is_over_a_1s_gate():
+    # Issue 22: Llama-3.1-70B fp8, 7,000 in / 1,000 out, 16 users, TTFT <= 1 s. ml.p5 at tp 4
+    # with 8 requests per copy measured 1,830 ms; the planner used to pick it (394 ms).
+    p = plan(spec("llama-3.1-70b"), PlanRequest(
+        dtype="fp8", max_input_tokens=7000, max_output_tokens=1000, concurrency=16,
+        latency_limits=[LatencyLimit(metric="ttft_ms", threshold=1000, source="gate")]))
+    p5 = next(o for o in p.options
+              if o.instance_type == "ml.p5.48xlarge" and o.tensor_parallel_degree == 4)
+    assert p5.concurrency_per_copy == 8 and not p5.eligible
+    assert "predicted TTFT p50" in p5.reason and "> gate 1000 ms" in p5.reason
+    lo, hi = ERROR_BAND["ttft_ms"]["uncalibrated"]
+    assert p5.predicted.ttft_ms * lo <= 1830 <= p5.predicted.ttft_ms * hi
+    c = p.chosen
+    assert c is None or c.predicted.limits[0].upper <= 1000

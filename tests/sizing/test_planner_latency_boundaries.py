@@ -24,7 +24,13 @@ that. GPUs hold 80 GB, so memory never binds.
 import pytest
 from lmiflow.sizing.accelerators import Accelerator
 from lmiflow.sizing.catalog import CPU, catalog_with, local_instance_row
-from lmiflow.sizing.latency import Efficiency, Roofline, latency_inputs
+from lmiflow.sizing.latency import (
+    ALLREDUCE_LATENCY_MS,
+    ENGINE_EFFICIENCY,
+    Efficiency,
+    Roofline,
+    latency_inputs,
+)
 from lmiflow.sizing.memory import resolve_dtypes
 from lmiflow.sizing.planner import (
     FactorsUsed,
@@ -63,9 +69,15 @@ def toy_row(name="ml.toy.large", price=1.0, accelerator="TOY GPU"):
     return row(name, 1, 80_000_000_000, price, accelerator=accelerator)
 
 
-def toy_plan(*limits, concurrency=1, rows=None, calibration=CALIBRATED, **kw):
+# No error band: a prediction is checked as it is (the band's own edge is tested below).
+EXACT = {"ttft_ms": (1.0, 1.0), "tpot_ms": (1.0, 1.0)}
+
+
+def toy_plan(*limits, concurrency=1, rows=None, calibration=CALIBRATED, error_band=EXACT,
+             **kw):
     req = PlanRequest(max_input_tokens=900, max_output_tokens=100, concurrency=concurrency,
-                      gpu_memory_utilization=1.0, latency_limits=list(limits), **kw)
+                      gpu_memory_utilization=1.0, latency_limits=list(limits),
+                      error_band=error_band, **kw)
     return plan(toy(), req, catalog_with(rows or [toy_row()]), ACCELERATORS, calibration)
 
 
@@ -90,11 +102,18 @@ def roofline(spec):
 
 def test_latency_at_a_concurrency_is_the_prediction_at_it():
     roof = roofline(toy())
-    assert roof.latency_ms(1) == pytest.approx(
+    at1 = roof.latency_ms(1)
+    assert {k: at1[k] for k in ("ttft_ms", "tpot_ms", "e2e_ms")} == pytest.approx(
         {"ttft_ms": TTFT1, "tpot_ms": TPOT1, "e2e_ms": E2E1}, rel=1e-12)
+    # one request alone waits for nobody: every TTFT percentile is its TTFT
+    assert [at1[f"ttft_ms@{s}"] for s in ("p50", "p90", "p95", "p99")] == pytest.approx(
+        [TTFT1] * 4, rel=1e-12)
     p = roof.predict(3)
-    assert roof.latency_ms(3) == {"ttft_ms": p.ttft_ms, "tpot_ms": p.tpot_ms,
-                                  "e2e_ms": p.e2e_ms}
+    at3 = roof.latency_ms(3)
+    assert {k: at3[k] for k in ("ttft_ms", "tpot_ms", "e2e_ms")} == {
+        "ttft_ms": p.ttft_ms, "tpot_ms": p.tpot_ms, "e2e_ms": p.e2e_ms}
+    assert {k.removeprefix("ttft_ms@"): v for k, v in at3.items() if "@" in k} == (
+        p.ttft_tail_ms)
 
 
 def test_a_tied_model_reads_its_embedding_once_as_the_output_head():
@@ -108,7 +127,8 @@ def test_a_limit_met_exactly_passes_and_one_missed_by_a_hair_fails_naming_both_f
     met = toy_plan(tpot(TPOT1), latency_margin=0).chosen
     assert met is not None and met.eligible and met.binding is None
     assert met.reason == ("fits: 1 model copy of tp 1; holds 1 concurrent requests within "
-                          "the latency limits")
+                          "the latency limits; TPOT p50 likely up to 2.0 ms, 0% below the "
+                          "2 ms limit")
     missed = toy_plan(tpot(TPOT1 * (1 - HAIR)), latency_margin=0)
     o = missed.options[0]
     assert missed.chosen is None and o.fits and not o.eligible and o.binding == "latency"
@@ -124,7 +144,7 @@ def test_the_margin_edge_is_met_and_a_hair_inside_it_is_rejected():
     assert edge.eligible
     inside = toy_plan(tpot(4.0 * (1 - HAIR)), latency_margin=0.5).options[0]
     assert inside.binding == "latency"
-    assert inside.reason == ("predicted TPOT p50 2.0 ms is within the 50% margin of gate 4 ms "
+    assert inside.reason == ("predicted TPOT p50 2.0 ms > gate 4 ms less the 50% margin "
                              "at 1 request per copy")
 
 
@@ -149,7 +169,8 @@ def test_latency_scales_out_to_exactly_max_instance_count():
     assert c is not None and c.instance_count == 3 and c.concurrency_per_copy == 1
     assert c.usd_per_hour == pytest.approx(3.0)
     assert c.reason == ("fits: 1 model copy of tp 1 on each of 3 instances; holds 3 concurrent "
-                        "requests (1 per copy) within the latency limits")
+                        "requests (1 per copy) within the latency limits; TPOT p50 likely up "
+                        "to 2.0 ms, 0% below the 2 ms limit")
     short = toy_plan(tpot(TPOT1), concurrency=3, latency_margin=0, max_instance_count=2)
     assert short.chosen is None and short.options[0].instance_count == 1
 
@@ -235,16 +256,42 @@ def test_a_very_slow_gpu_still_gets_a_cost_per_token():
 
 def test_violations_at_the_limit_and_at_the_margin_edge():
     lim = [tpot(50)]
-    assert _violations({"tpot_ms": 50.0}, lim, 0.0) == []
-    assert _violations({"tpot_ms": 45.0}, lim, 0.1) == []  # 50 x (1 - 0.1) = 45
-    assert _violations({"tpot_ms": 45.01}, lim, 0.1) == [
-        "predicted TPOT p50 45 ms is within the 10% margin of gate 50 ms"]
-    assert _violations({"tpot_ms": 50.01}, lim, 0.1) == ["predicted TPOT p50 50 ms > gate 50 ms"]
+    assert _violations({"tpot_ms": 50.0}, lim, 0.0, EXACT) == []
+    assert _violations({"tpot_ms": 45.0}, lim, 0.1, EXACT) == []  # 50 x (1 - 0.1) = 45
+    assert _violations({"tpot_ms": 45.01}, lim, 0.1, EXACT) == [
+        "predicted TPOT p50 45 ms > gate 50 ms less the 10% margin"]
+    assert _violations({"tpot_ms": 50.01}, lim, 0.0, EXACT) == [
+        "predicted TPOT p50 50 ms > gate 50 ms"]
     # whole milliseconds from 10 ms on, tenths below
-    assert _violations({"tpot_ms": 10.0}, [tpot(10.5)], 0.1) == [
-        "predicted TPOT p50 10 ms is within the 10% margin of gate 10.5 ms"]
-    assert _violations({"tpot_ms": 9.96}, [tpot(9)], 0.1) == [
+    assert _violations({"tpot_ms": 9.96}, [tpot(9)], 0.0, EXACT) == [
         "predicted TPOT p50 10.0 ms > gate 9 ms"]
+
+
+def test_a_limit_is_met_when_the_upper_end_of_the_error_band_meets_it():
+    band = {"tpot_ms": (0.8, 1.25)}
+    # 40 ms x 1.25 = 50 ms: the likely upper end sits on the limit
+    assert _violations({"tpot_ms": 40.0}, [tpot(50)], 0.0, band) == []
+    assert _violations({"tpot_ms": 40.01}, [tpot(50)], 0.0, band) == [
+        "predicted TPOT p50 40 ms (likely up to 50 ms) > gate 50 ms"]
+    # the planner checks the same way and says how far below the limit the upper end is
+    o = toy_plan(tpot(TPOT1 * 1.25), error_band={"tpot_ms": (0.8, 1.25)}).chosen
+    assert o is not None and o.predicted.limits[0].upper == pytest.approx(TPOT1 * 1.25)
+    assert o.predicted.limits[0].headroom_pct == pytest.approx(0.0, abs=1e-9)
+    assert o.predicted.likely_ms["tpot_ms"] == pytest.approx((TPOT1 * 0.8, TPOT1 * 1.25))
+    assert toy_plan(tpot(TPOT1 * 1.25 * (1 - HAIR)),
+                    error_band={"tpot_ms": (0.8, 1.25)}).chosen is None
+
+
+def test_a_ttft_gate_on_p95_is_checked_against_the_predicted_p95():
+    at = {"ttft_ms": 100.0, "ttft_ms@p95": 300.0}
+    lim = LatencyLimit(metric="ttft_ms", stat="p95", threshold=200, source="gate")
+    assert _violations(at, [lim], 0.0, EXACT) == ["predicted TTFT p95 300 ms > gate 200 ms"]
+    assert _violations(at, [lim.model_copy(update={"stat": "p50"})], 0.0, EXACT) == []
+
+
+def test_a_gate_on_a_statistic_the_model_does_not_predict_is_refused():
+    with pytest.raises(ValueError, match="a tpot_ms limit on p95 cannot be planned"):
+        LatencyLimit(metric="tpot_ms", stat="p95", threshold=50)
 
 
 class Linear:
@@ -259,7 +306,7 @@ class Linear:
 def test_largest_meeting_is_the_last_concurrency_under_the_limit(most, limit_ms):
     # 10 x b <= limit: b = limit // 10, at most `most`; 0 when one request already misses.
     expected = min(limit_ms // 10, most)
-    assert _largest_meeting(Linear(), [tpot(limit_ms)], 0.0, most) == expected
+    assert _largest_meeting(Linear(), [tpot(limit_ms)], 0.0, most, EXACT) == expected
 
 
 def test_efficiency_without_facts_is_none_from_no_records():
@@ -269,9 +316,10 @@ def test_efficiency_without_facts_is_none_from_no_records():
 def test_default_efficiency_takes_the_interconnects_allreduce_latency():
     eff, records = efficiency_for(gpu(interconnect="nvlink"), "trtllm", {})
     assert records == 0
-    assert eff == Efficiency(memory=0.8, compute=0.5, step_overhead_ms=0.5,
-                             request_overhead_ms=3.0, allreduce_latency_ms=0.02)
-    assert efficiency_for(gpu(interconnect="pcie"), "vllm", {})[0].allreduce_latency_ms == 0.05
+    assert eff == Efficiency(**ENGINE_EFFICIENCY["trtllm"],
+                             allreduce_latency_ms=ALLREDUCE_LATENCY_MS["nvlink"])
+    pcie = efficiency_for(gpu(interconnect="pcie"), "vllm", {})[0].allreduce_latency_ms
+    assert pcie == ALLREDUCE_LATENCY_MS["pcie"] > ALLREDUCE_LATENCY_MS["nvlink"]
 
 
 # --- memory-side wording and boundaries the latency work added -------------------------------
@@ -317,11 +365,12 @@ def test_instances_asked_for_are_kept_when_memory_holds_exactly_their_share():
 
 def test_a_kv_cache_miss_names_the_instance_count_only_when_there_are_several():
     one = plan(toy(), request(4), catalog_with([row("ml.x.large", 1, exactly(4) - 1, 1.0)]))
-    assert one.options[0].reason.endswith(" per GPU)")
+    assert " per GPU); the engine would queue the other 1 per copy for a batch slot: " in (
+        one.options[0].reason)
     two = plan(toy(), request(8, instance_count=2),
                catalog_with([row("ml.x.large", 1, exactly(4) - 1, 1.0)]))
     o = two.options[0]
     assert o.binding == "kv_cache" and o.instance_count == 2
     assert o.reason.startswith("KV cache: room for 3 sequence(s) of 1000 tokens per copy, "
                                "need 4 (")
-    assert o.reason.endswith(" per GPU) on 2 instances")
+    assert " per GPU) on 2 instances; the engine would queue" in o.reason
