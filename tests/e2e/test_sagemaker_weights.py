@@ -100,12 +100,12 @@ def world(monkeypatch, tmp_path):
         pipeline._target.cache_clear()
 
 
-def _invoke(self, name, payload):
+def _invoke(self, name, payload, timeout_s=None):
     return json.dumps({"generated_text": " hello", "details": {
         "finish_reason": "length", "generated_tokens": 2}}).encode()
 
 
-def _invoke_stream(self, name, payload):
+def _invoke_stream(self, name, payload, timeout_s=None):
     yield b'{"token": {"id": 1, "text": " hel", "log_prob": -0.1}}'
     yield json.dumps({"token": {"id": 2, "text": "lo", "log_prob": -0.1},
                       "generated_text": " hello",
