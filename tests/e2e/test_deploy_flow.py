@@ -115,8 +115,11 @@ def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_mode
 
     # Redeploy with another workload: a new candidate, blue/green update, old config removed,
     # and the first run's benchmark is now the baseline for the regression check.
+    # The check must be there; whether it passes is the machine's business (under make test
+    # the other xdist worker may be loading a model meanwhile): a generous noise floor.
     spec2 = make_spec(demo_model, **{"workload.concurrency": 2,
-                                     "regression.max_regression_pct": 1000}, **scaling)
+                                     "regression.max_regression_pct": 1000,
+                                     "regression.noise_floor_pct": 1000}, **scaling)
     state, report2 = run(spec2, tmp_path / "r2")
     assert state.is_completed(), report2["error"]
     # the same scaler keeps scaling through the blue/green update, on the new target (2 x 0.8)
