@@ -26,9 +26,9 @@ demo: $(STAMP)
 	$(PY) -m lmiflow demo-model .lmiflow/demo-model
 	$(PY) -m lmiflow deploy $(CONFIG) --report-dir $(REPORT_DIR)
 
-# Two pytest-xdist workers; tests that share a server, state directory or the Prefect API carry
-# an xdist_group mark (tests/conftest.py). --durations: a slow test shows in CI's log the day
-# it lands. WORKERS=0 runs in this process.
+# Two pytest-xdist workers, each with its own session servers (tests/conftest.py says how to
+# keep tests together: xdist_group). --durations: a slow test shows in CI's log the day it
+# lands. WORKERS=0 runs in this process.
 WORKERS ?= 2
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

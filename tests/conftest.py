@@ -23,9 +23,11 @@ AWS
   context manager, for code outside fixtures. No test starts a moto server of its own.
 
 Running
-- `make test` runs pytest-xdist, `-n 2 --dist loadgroup`. Tests that share one state directory,
-  port or Prefect API (the e2e harness) carry `@pytest.mark.xdist_group("<name>")` (e2e/ does
-  it for its whole directory: one worker runs them all, in file order).
+- `make test` runs pytest-xdist, `-n 2 --dist loadgroup`. Each worker is a process with its
+  own session fixtures (moto server, Prefect harness, demo model, tmp_path_factory), so tests
+  spread freely. Tests that must share one thing a worker cannot have twice (a fixed path, an
+  expensive module fixture) carry `@pytest.mark.xdist_group("<name>")`: one worker runs them.
+  None needs it today; a new one goes with its reason.
 - Random order, on demand: `pytest -p random_order --random-order-seed=N` (pytest-random-order;
   off unless asked for).
 """

@@ -9,8 +9,8 @@ tests/conftest.py):
 - `state_dir`: a private local-target state directory; every server left in it is stopped.
 
 Under xdist each worker has its own harness, model and state directories, so e2e tests spread
-over the workers; a module-scoped fixture that must be built once (test_faults' production)
-is the reason to mark that file's tests with one xdist_group."""
+over the workers (a module-scoped fixture such as test_faults' `production` is then built by
+each worker that runs one of its tests: today only one test uses it)."""
 
 from __future__ import annotations
 
