@@ -4,6 +4,7 @@ as they would against AWS), and the helpers to build clients for it."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 from collections.abc import Iterator
@@ -12,22 +13,44 @@ FAKE_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "te
                     "region_name": "us-east-1"}
 
 
+_shared: dict[str, object] = {}  # this process's moto server: {"server": ..., "url": ...}
+
+
+def shared_moto_url() -> str:
+    """The endpoint URL of this process's one moto server, started on first use.
+
+    moto keeps its state per process, not per server, so a second server in one process would
+    only be a second door to the same state; and stopping one costs about a second (werkzeug's
+    shutdown poll). So a session (or an xdist worker) starts one, and each user resets it."""
+    if "url" not in _shared:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()  # a daemon thread: it cannot outlive the process
+        host, port = server.get_host_and_port()
+        _shared.update(server=server, url=f"http://{host}:{port}")
+        atexit.register(stop_shared_moto)
+    return str(_shared["url"])
+
+
+def stop_shared_moto() -> None:
+    server = _shared.pop("server", None)
+    _shared.pop("url", None)
+    if server is not None:
+        server.stop()
+
+
 @contextlib.contextmanager
 def moto_server() -> Iterator[str]:
-    """A moto server on a kernel-chosen port; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    url = f"http://{host}:{port}"
-    reset(url)  # moto keeps its state per process, not per server
+    """A moto server holding nothing; yields its endpoint URL. It is the process's shared one
+    (shared_moto_url), reset through moto's reset API on entry and on exit."""
+    url = shared_moto_url()
+    reset(url)
     try:
         yield url
     finally:
         reset(url)
-        server.stop()
 
 
 def reset(url: str) -> None:

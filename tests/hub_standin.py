@@ -53,7 +53,9 @@ class HubStandIn:
         self.auth_seen: list[tuple[str, str, str | None]] = []  # (server, path, Authorization)
         self._hub = ThreadingHTTPServer(("127.0.0.1", 0), self._handler("hub"))
         self._cdn = ThreadingHTTPServer(("127.0.0.1", 0), self._handler("cdn"))
-        self._threads = [threading.Thread(target=s.serve_forever, daemon=True)
+        # a short poll: shutdown() waits for it, twice per stand-in, at the end of every test
+        self._threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.05},
+                                          daemon=True)
                          for s in (self._hub, self._cdn)]
 
     @property

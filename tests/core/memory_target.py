@@ -120,3 +120,53 @@ class MemoryTarget(Target):
         self.models[model] = f"mem://{model}/"
         self.configs[config] = model
         self.create_endpoint(endpoint, config, {})
+
+
+class FlowMemoryTarget(MemoryTarget):
+    """The in-memory target, able to carry a whole deploy flow (tests/e2e's fault tests): it
+    plans over this machine as the local target does, and answers invocations (and response
+    streams, one token event per requested token) at once. The flow's control (retries,
+    permanent faults, throttling, smoke and invoke errors, the report directory) runs as on
+    any target; no model server is started. Use `memory_flow_target` (tests/conftest.py)."""
+
+    kind = "local"  # what the specs ask for; nothing outside targets branches on it
+
+    def __init__(self, answer: dict | None = None):
+        super().__init__(answer)
+        self.invocations: list[str] = []  # endpoint names, in order
+        self.never_in_service = False  # new endpoints stay Creating (a wait that times out)
+
+    # planning: the local target's (this machine, no image, lmiflow's own server)
+    def instance_catalog(self):
+        from lmiflow.sizing.catalog import catalog_with
+
+        from lmiflow.targets.local_machine import detect
+
+        return catalog_with([detect()])
+
+    def serving_engine(self, backend):
+        return "local"
+
+    def create_endpoint(self, name, config_name, tags):
+        super().create_endpoint(name, config_name, tags)
+        if self.never_in_service:
+            self.endpoints[name] = self.endpoints[name].model_copy(update={"status": "Creating"})
+
+    def invoke(self, name, payload):
+        self.invocations.append(name)
+        return super().invoke(name, payload)
+
+    def invoke_stream(self, name, payload):
+        """A response stream as the local server writes it: one token event per token asked
+        for (max_new_tokens), then the details."""
+        self.invocations.append(name)
+        if name not in self.endpoints:
+            raise LookupError(name)
+        n = int((payload.get("parameters") or {}).get("max_new_tokens") or 1)
+        lines = [json.dumps({"token": {"id": 5, "text": " tok", "log_prob": -0.1}}).encode()
+                 for _ in range(n - 1)]
+        lines.append(json.dumps({
+            "token": {"id": 5, "text": " tok", "log_prob": -0.1},
+            "generated_text": " tok" * n,
+            "details": {"finish_reason": "length", "generated_tokens": n}}).encode())
+        return iter(lines)

@@ -1,5 +1,16 @@
-"""End-to-end fixtures: one Prefect test harness per session, the demo model built once, and a
-private local-target state directory."""
+"""End-to-end fixtures (the suite-wide ones, memory_flow_target, hub_standin, moto_url, are in
+tests/conftest.py):
+
+- `prefect_harness` (session): one Prefect API for the whole session (per xdist worker), with
+  its own PREFECT_HOME. In-process flows use it; a CLI subprocess shares it through
+  PREFECT_API_URL (tests/e2e/flows.prefect_api_env()) instead of starting a temporary API
+  server of its own (tests/e2e/test_interrupts.py checks that server's life cycle).
+- `demo_model` (session): the tiny random-weight Llama, built once.
+- `state_dir`: a private local-target state directory; every server left in it is stopped.
+
+Under xdist each worker has its own harness, model and state directories, so e2e tests spread
+over the workers (a module-scoped fixture such as test_faults' `production` is then built by
+each worker that runs one of its tests: today only one test uses it)."""
 
 from __future__ import annotations
 

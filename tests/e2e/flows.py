@@ -1,4 +1,5 @@
-"""Helpers shared by the end-to-end tests: a demo-model spec and one flow run."""
+"""Helpers shared by the end-to-end tests: a demo-model spec, one flow run, and the session's
+Prefect API for a CLI subprocess."""
 
 from __future__ import annotations
 
@@ -37,3 +38,13 @@ def run(spec, report_dir):
     report = json.loads((report_dir / "report.json").read_text())
     validate_report(report)  # every run's report.json, against the shipped schema
     return state, report
+
+
+def prefect_api_env() -> dict[str, str]:
+    """What a CLI subprocess needs to use the session's Prefect API (with prefect_harness
+    active) rather than start a temporary server of its own."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    assert url, "prefect_harness is not active"
+    return {"PREFECT_API_URL": url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}

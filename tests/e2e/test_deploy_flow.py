@@ -1,5 +1,6 @@
-"""The deploy flow on the local target with the demo model, under a Prefect test harness:
-promotion, blue/green redeploy, rejection, failure and transient-fault retries."""
+"""The deploy flow with the demo model, under a Prefect test harness: promotion, blue/green
+redeploy, rejection and a failed endpoint on the local target; transient-fault retries and a
+permanent fault on the in-memory target (control flow: no model server needed)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 import pytest
 
 from lmiflow.targets.processes import process_alive
-from tests.e2e.flows import make_spec, run
+from tests.e2e.flows import make_spec, prefect_api_env, run
 
 pytestmark = pytest.mark.slow
 
@@ -114,8 +115,11 @@ def test_promote_then_blue_green_redeploy_then_reject(prefect_harness, demo_mode
 
     # Redeploy with another workload: a new candidate, blue/green update, old config removed,
     # and the first run's benchmark is now the baseline for the regression check.
+    # The check must be there; whether it passes is the machine's business (under make test
+    # the other xdist worker may be loading a model meanwhile): a generous noise floor.
     spec2 = make_spec(demo_model, **{"workload.concurrency": 2,
-                                     "regression.max_regression_pct": 1000}, **scaling)
+                                     "regression.max_regression_pct": 1000,
+                                     "regression.noise_floor_pct": 1000}, **scaling)
     state, report2 = run(spec2, tmp_path / "r2")
     assert state.is_completed(), report2["error"]
     # the same scaler keeps scaling through the blue/green update, on the new target (2 x 0.8)
@@ -179,49 +183,49 @@ def test_failed_endpoint_is_removed_and_reported(prefect_harness, demo_model, st
 
 
 def test_transient_fault_is_retried(prefect_harness, demo_model, state_dir, tmp_path,
-                                    monkeypatch):
-    from lmiflow.targets.local import LocalTarget
-
+                                    monkeypatch, memory_flow_target):
+    t = memory_flow_target  # control flow: no model server needed
     calls = {"n": 0}
-    real = LocalTarget.create_endpoint_config
+    real = t.create_endpoint_config
 
-    def flaky(self, *a, **k):
+    def flaky(*a, **k):
         calls["n"] += 1
         if calls["n"] <= 2:
             raise ConnectionError("connection reset by peer (injected)")
-        return real(self, *a, **k)
+        return real(*a, **k)
 
-    monkeypatch.setattr(LocalTarget, "create_endpoint_config", flaky)
+    monkeypatch.setattr(t, "create_endpoint_config", flaky)
     state, report = run(make_spec(demo_model, name="e2e-retry"), tmp_path / "r")
     assert state.is_completed(), report["error"]
     assert calls["n"] == 3
-    LocalTarget(state_dir).delete_endpoint("e2e-retry")
+    assert t.list_resources("e2e-retry")["endpoints"] == ["e2e-retry"]
 
 
 def test_permanent_fault_is_not_retried(prefect_harness, demo_model, state_dir, tmp_path,
-                                        monkeypatch):
-    from lmiflow.targets.local import LocalTarget
-
+                                        monkeypatch, memory_flow_target):
+    t = memory_flow_target  # control flow: no model server needed
     calls = {"n": 0}
 
-    def broken(self, *a, **k):
+    def broken(*a, **k):
         calls["n"] += 1
         raise ValueError("endpoint config rejected (injected) while using "
                          f"token {PLANTED_HF_TOKEN} aws_secret_access_key={PLANTED_AWS_SECRET}")
 
-    monkeypatch.setattr(LocalTarget, "create_endpoint_config", broken)
+    monkeypatch.setattr(t, "create_endpoint_config", broken)
     state, report = run(make_spec(demo_model, name="e2e-perm"), tmp_path / "r")
     assert state.is_failed() and calls["n"] == 1
     assert report["failed_step"] == "configure_endpoint"
     assert "rejected (injected)" in report["error"]
     text = "".join(p.read_text() for p in (tmp_path / "r").glob("report.*"))
     assert PLANTED_HF_TOKEN not in text and PLANTED_AWS_SECRET not in text
-    assert LocalTarget(state_dir).list_resources("e2e-perm") == {
+    assert t.list_resources("e2e-perm") == {
         "models": [], "endpoint_configs": [], "endpoints": []}
 
 
-def test_cli_deploy_summary_fits_80_columns_without_a_terminal(demo_model, tmp_path):
-    """What a CI log shows: no terminal, so 80 columns; no line longer, no command split."""
+def test_cli_deploy_summary_fits_80_columns_without_a_terminal(prefect_harness, demo_model,
+                                                               tmp_path):
+    """What a CI log shows: no terminal, so 80 columns; no line longer, no command split. The
+    deploy uses the session's Prefect API (its own temporary one: tests/e2e/test_interrupts)."""
     import os
     import subprocess
     import sys
@@ -232,9 +236,7 @@ def test_cli_deploy_summary_fits_80_columns_without_a_terminal(demo_model, tmp_p
     spec = make_spec(demo_model, name="e2e-cli").model_dump(mode="json", exclude_defaults=True)
     cfg.write_text(json.dumps(spec))  # JSON is YAML
     env = {**os.environ, "COLUMNS": "80", "LMIFLOW_STATE_DIR": str(tmp_path / "state"),
-           "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600"}
-    env.pop("PREFECT_API_URL", None)
+           **prefect_api_env()}
     try:
         r = subprocess.run([sys.executable, "-m", "lmiflow", "deploy", str(cfg), "--report-dir",
                             str(tmp_path / "r")], env=env, capture_output=True, text=True,

@@ -1,10 +1,15 @@
-"""The fault matrix on the local target: each test injects a fault, checks the outcome, and
-checks that every resource the run created for the candidate is gone (resources before =
-after) and production is untouched unless the promotion completed.
+"""The fault matrix: each test injects a fault, checks the outcome, and checks that every
+resource the run created for the candidate is gone (resources before = after) and production
+is untouched unless the promotion completed.
 
-The failure-path tests run against a live production (deployed once for the module): after
-each failed candidate, production still serves the same config and model with the same
-instance count, from the same server process, and still answers."""
+Faults of control flow (throttling, a wait that times out, smoke and invoke errors, a failing
+rerun, an interrupted promotion, an unwritable report directory) run the real flow on the
+in-memory target (tests/core/memory_target.py): no model server is needed to show them. What
+only real processes show stays on the local target: a server killed mid-benchmark, a killed
+deploy, a production that dies, concurrent runs. The failure-path tests run against a live
+production: after each failed candidate, production still serves the same config and model
+(on the local target: with the same instance count, from the same server process), and still
+answers."""
 
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError
 
-from tests.e2e.flows import make_spec, run
+from tests.e2e.flows import make_spec, prefect_api_env, run
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,20 +39,20 @@ def throttling(op: str) -> ClientError:
 
 
 def test_throttling_on_every_control_plane_call_is_retried(prefect_harness, demo_model,
-                                                           state_dir, tmp_path, monkeypatch):
-    from lmiflow.targets.local import LocalTarget
-
+                                                           state_dir, tmp_path, monkeypatch,
+                                                           memory_flow_target):
+    t = memory_flow_target
     throttled: set[str] = set()
     for name in CONTROL_PLANE:
-        real = getattr(LocalTarget, name)
+        real = getattr(t, name)
 
-        def once(self, *a, _real=real, _name=name, **k):
+        def once(*a, _real=real, _name=name, **k):
             if _name not in throttled:  # the first call of each operation is throttled
                 throttled.add(_name)
                 raise throttling(_name)
-            return _real(self, *a, **k)
+            return _real(*a, **k)
 
-        monkeypatch.setattr(LocalTarget, name, once)
+        monkeypatch.setattr(t, name, once)
     state, report = run(make_spec(demo_model, name="f-throttle"), tmp_path / "r")
     assert state.is_completed(), report["error"]
     assert report["status"] == "promoted"
@@ -55,7 +60,6 @@ def test_throttling_on_every_control_plane_call_is_retried(prefect_harness, demo
     assert {"stage", "create_model", "create_endpoint_config", "create_endpoint", "describe",
             "list_resources", "delete_endpoint"} <= throttled
     monkeypatch.undo()
-    t = LocalTarget(state_dir)
     res = t.list_resources("f-throttle")
     assert res["endpoints"] == ["f-throttle"] and len(res["endpoint_configs"]) == 1
 
@@ -101,6 +105,38 @@ class Production:
         assert passed, why
 
 
+class MemoryProduction(Production):
+    """A production endpoint on the in-memory target (no process: what it serves is its
+    record, which a failed candidate must leave as it was)."""
+
+    def __init__(self, target, demo_model):
+        self.target = target
+        self.demo_model = demo_model
+        self.before: dict = {}
+        self.resources_before: dict = {}
+
+    def snapshot(self) -> dict:
+        st = self.target.describe(self.name)
+        return {"status": st.status, "config": st.config_name,
+                "model": self.target.config_model_name(st.config_name), "since": st.since}
+
+
+@pytest.fixture
+def memory_production(prefect_harness, demo_model, state_dir, memory_flow_target,
+                      tmp_path_factory):
+    """Production deployed by the flow on the in-memory target, for one test."""
+    prod = MemoryProduction(memory_flow_target, demo_model)
+    state, report = run(make_spec(demo_model, name=prod.name),
+                        tmp_path_factory.mktemp("prod-report"))
+    assert state.is_completed(), report["error"]
+    prod.before = prod.snapshot()
+    prod.resources_before = prod.target.list_resources(prod.name)
+    assert prod.resources_before == {"models": [prod.before["model"]],
+                                     "endpoint_configs": [prod.before["config"]],
+                                     "endpoints": [prod.name]}
+    return prod
+
+
 @pytest.fixture(scope="module")
 def production(prefect_harness, demo_model, tmp_path_factory):
     """Deployed once; each failure-path test runs a failing candidate of the same endpoint."""
@@ -129,54 +165,63 @@ def production(prefect_harness, demo_model, tmp_path_factory):
             pipeline._target.cache_clear()
 
 
-def test_wait_that_exceeds_its_timeout(production, tmp_path):
-    spec = production.candidate_spec(**{"promotion.endpoint_timeout_s": 0.2})
+def test_wait_that_exceeds_its_timeout(memory_production, tmp_path):
+    memory_production.target.never_in_service = True  # the candidate stays Creating
+    spec = memory_production.candidate_spec(**{"promotion.endpoint_timeout_s": 0.2})
     state, report = run(spec, tmp_path / "r")
     assert state.is_failed() and report["failed_step"] == "create_endpoint"
     assert "not InService within" in report["error"]
-    production.assert_untouched()
+    memory_production.assert_untouched()
 
 
-def _candidate_invokes_fail(monkeypatch, production: str) -> None:
-    """Every invocation but production's answers 424, as a model that failed to load."""
-    from lmiflow.targets.local import InvocationError, LocalTarget
+def _candidate_invokes_fail(monkeypatch, target, production: str) -> list[str]:
+    """Every invocation but production's answers 424, as a model that failed to load; returns
+    the endpoints refused so."""
+    from lmiflow.targets.local import InvocationError
 
-    real = LocalTarget.invoke
+    real = target.invoke
+    refused: list[str] = []
 
-    def broken(self, name, payload, timeout_s=None):
+    def broken(name, payload, *a, **k):
         if name == production:
-            return real(self, name, payload, timeout_s)
+            return real(name, payload, *a, **k)
+        refused.append(name)
         raise InvocationError(424, b'{"code": 424, "error": "model failed (injected)"}')
 
-    monkeypatch.setattr(LocalTarget, "invoke", broken)
+    monkeypatch.setattr(target, "invoke", broken)
+    return refused
 
 
-def test_smoke_test_invoke_error(production, tmp_path, monkeypatch):
-    _candidate_invokes_fail(monkeypatch, production.name)
-    state, report = run(production.candidate_spec(), tmp_path / "r")
+def test_smoke_test_invoke_error(memory_production, tmp_path, monkeypatch):
+    prod = memory_production
+    refused = _candidate_invokes_fail(monkeypatch, prod.target, prod.name)
+    state, report = run(prod.candidate_spec(), tmp_path / "r")
     assert state.is_failed() and report["failed_step"] == "smoke_test"
     assert report["smoke_test"]["passed"] is False
-    production.assert_untouched()
+    assert refused == [report["candidate_endpoint"]]  # asked once, not retried
+    prod.assert_untouched()
 
 
-def test_invoke_errors_during_benchmark_go_to_the_gate(production, tmp_path, monkeypatch):
-    from lmiflow.targets.local import InvocationError, LocalTarget
+def test_invoke_errors_during_benchmark_go_to_the_gate(memory_production, tmp_path,
+                                                       monkeypatch):
+    from lmiflow.targets.local import InvocationError
 
-    real = LocalTarget.invoke_stream
+    prod = memory_production
+    real = prod.target.invoke_stream
     calls = {"n": 0}
 
-    def flaky(self, name, payload, timeout_s=None):
+    def flaky(name, payload, *a, **k):
         calls["n"] += 1
         if calls["n"] % 3 == 0:
             raise InvocationError(503, b'{"code": 503, "error": "overloaded (injected)"}')
-        return real(self, name, payload, timeout_s)
+        return real(name, payload, *a, **k)
 
-    monkeypatch.setattr(LocalTarget, "invoke_stream", flaky)
-    state, report = run(production.candidate_spec(), tmp_path / "r")
+    monkeypatch.setattr(prod.target, "invoke_stream", flaky)
+    state, report = run(prod.candidate_spec(), tmp_path / "r")
     assert state.is_failed() and report["status"] == "rejected"  # the error_rate <= 0 gate decides
     levels = report["benchmark"]["levels"]
     assert all(0 < lv["error_rate"] < 1 for lv in levels)
-    production.assert_untouched()
+    prod.assert_untouched()
 
 
 def test_server_crash_mid_benchmark(production, tmp_path):
@@ -237,17 +282,18 @@ def test_a_stopped_production_ends_a_production_now_comparison_in_time(productio
     production.assert_untouched()
 
 
-def test_failing_rerun_of_production_spec_keeps_production_config(production, tmp_path,
+def test_failing_rerun_of_production_spec_keeps_production_config(memory_production, tmp_path,
                                                                   monkeypatch):
     """A rerun of the spec production runs has the same names: its candidate's endpoint config
     and model ARE production's. When that rerun fails, cleanup removes the candidate endpoint
     and must leave the config and model production serves."""
-    _candidate_invokes_fail(monkeypatch, production.name)
-    state, report = run(make_spec(production.demo_model, name=production.name), tmp_path / "r")
+    prod = memory_production
+    _candidate_invokes_fail(monkeypatch, prod.target, prod.name)
+    state, report = run(make_spec(prod.demo_model, name=prod.name), tmp_path / "r")
     assert state.is_failed() and report["failed_step"] == "smoke_test"
-    assert report["candidate_endpoint"].startswith(f"{production.name}-c-")
+    assert report["candidate_endpoint"].startswith(f"{prod.name}-c-")
     assert report["cleanup"] == [f"endpoint {report['candidate_endpoint']}"]
-    production.assert_untouched()
+    prod.assert_untouched()
 
 
 def _lmiflow(cfg: Path, report_dir: Path, env: dict) -> subprocess.Popen:
@@ -257,11 +303,7 @@ def _lmiflow(cfg: Path, report_dir: Path, env: dict) -> subprocess.Popen:
 
 
 def _env(state_dir: Path) -> dict:
-    from prefect.settings import PREFECT_API_URL
-
-    return {**os.environ, "LMIFLOW_STATE_DIR": str(state_dir),
-            "PREFECT_API_URL": PREFECT_API_URL.value() or "",
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    return {**os.environ, "LMIFLOW_STATE_DIR": str(state_dir), **prefect_api_env()}
 
 
 def _write(spec, path: Path) -> Path:
@@ -300,15 +342,14 @@ def test_killed_during_create_endpoint_then_rerun(prefect_harness, demo_model, s
 
 
 def test_promotion_interrupted_before_candidate_deleted(prefect_harness, demo_model, state_dir,
-                                                        tmp_path):
+                                                        tmp_path, memory_flow_target):
     """The state a crash between update(production) and delete(candidate) leaves: production
-    on the candidate's config and the candidate still running. A rerun completes it."""
-    from lmiflow.targets.local import LocalTarget
-
+    on the candidate's config and the candidate still running. A rerun completes it (control
+    flow: on the in-memory target)."""
     spec = make_spec(demo_model, name="f-promo")
     state, report = run(spec, tmp_path / "r1")
     assert state.is_completed(), report["error"]
-    target = LocalTarget(state_dir)
+    target = memory_flow_target
     prod = target.describe("f-promo")
     candidate = report["candidate_endpoint"]
     target.create_endpoint(candidate, prod.config_name, {"project": "lmiflow"})
@@ -360,7 +401,7 @@ def test_concurrent_runs(prefect_harness, demo_model, state_dir, tmp_path):
 
 
 def test_a_report_dir_that_cannot_take_the_report_does_not_undo_a_promotion(
-        prefect_harness, demo_model, state_dir, tmp_path):
+        prefect_harness, demo_model, state_dir, tmp_path, memory_flow_target):
     from lmiflow.flows.deploy import deploy_llm
 
     from lmiflow.run_record import fallback_report_dirs
@@ -374,6 +415,7 @@ def test_a_report_dir_that_cannot_take_the_report_does_not_undo_a_promotion(
     report = json.loads(path.read_text())
     assert report["status"] == "promoted" and report["run_id"] == run_id
     assert path.is_relative_to(state_dir)
+    assert memory_flow_target.describe("f-report").status == "InService"  # not undone
 
 
 def test_a_failed_production_is_replaced_only_when_allowed(prefect_harness, demo_model,

@@ -16,10 +16,10 @@ from safetensors.numpy import save
 from lmiflow.cli import main
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.aws_requests import AwsRequest, validate
-from tests.aws_fakes import moto_server, s3_client, session
+from tests.aws_fakes import s3_client, session
 from tests.e2e.flows import run
 from tests.e2e.test_deploy_flow import artifact_texts
-from tests.hub_standin import HubStandIn, Repo
+from tests.hub_standin import Repo
 
 pytestmark = pytest.mark.slow
 
@@ -73,31 +73,31 @@ def spec(model_id: str, **model) -> DeploymentSpec:
 
 
 @pytest.fixture
-def world(monkeypatch, tmp_path):
+def world(monkeypatch, tmp_path, hub_standin, moto_url):
     """Hub stand-in + moto; AWS and Hub settings pointing at them; runtime calls answered."""
     from lmiflow import pipeline
     from lmiflow.targets.sagemaker import SageMakerTarget
 
-    repos = {"org/gated": Repo(files=dict(FILES), gated=True, tokens={TOKEN})}
-    with HubStandIn(repos) as hub, moto_server() as url:
-        for k, v in {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"),
-                     "HF_HUB_DISABLE_TELEMETRY": "1", "AWS_ENDPOINT_URL": url,
-                     "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                     "AWS_DEFAULT_REGION": "us-east-1",
-                     "AWS_CONFIG_FILE": str(tmp_path / "none"),
-                     "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-                     "LMIFLOW_RETRY_BASE_S": "0.01"}.items():
-            monkeypatch.setenv(k, v)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        s3_client(url).create_bucket(Bucket=BUCKET)
-        monkeypatch.setattr(SageMakerTarget, "invoke", _invoke)
-        monkeypatch.setattr(SageMakerTarget, "invoke_stream", _invoke_stream)
-        # moto has no Service Quotas: the account lists no endpoint quota (None per type).
-        monkeypatch.setattr(SageMakerTarget, "endpoint_quotas",
-                            lambda self, types: dict.fromkeys(types))
-        pipeline._target.cache_clear()
-        yield hub, url
-        pipeline._target.cache_clear()
+    # huggingface_hub (the benchmark's tokenizer download) talks to this test's stand-in
+    hub = hub_standin({"org/gated": Repo(files=dict(FILES), gated=True, tokens={TOKEN})})
+    url = moto_url
+    for k, v in {"AWS_ENDPOINT_URL": url,
+                 "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_CONFIG_FILE": str(tmp_path / "none"),
+                 "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                 "LMIFLOW_RETRY_BASE_S": "0.01"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    s3_client(url).create_bucket(Bucket=BUCKET)
+    monkeypatch.setattr(SageMakerTarget, "invoke", _invoke)
+    monkeypatch.setattr(SageMakerTarget, "invoke_stream", _invoke_stream)
+    # moto has no Service Quotas: the account lists no endpoint quota (None per type).
+    monkeypatch.setattr(SageMakerTarget, "endpoint_quotas",
+                        lambda self, types: dict.fromkeys(types))
+    pipeline._target.cache_clear()
+    yield hub, url
+    pipeline._target.cache_clear()
 
 
 def _invoke(self, name, payload, timeout_s=None):

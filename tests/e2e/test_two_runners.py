@@ -87,14 +87,15 @@ def _wait_for(proc: subprocess.Popen, word: str, timeout: float = 120) -> str:
 
 
 def test_second_runner_is_busy_and_touches_nothing_of_the_first(tmp_path):
-    from moto.server import ThreadedMotoServer
+    from tests.aws_fakes import moto_server
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
+    with moto_server() as url:  # the session's moto server, reset before and after
+        _two_runners(url, tmp_path)
+
+
+def _two_runners(url: str, tmp_path: Path) -> None:
     first = second = None
     try:
-        host, port = server.get_host_and_port()
-        url = f"http://{host}:{port}"
         kw = dict(endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
                   aws_secret_access_key="testing")
         boto3.client("s3", **kw).create_bucket(Bucket=BUCKET)
@@ -138,4 +139,3 @@ def test_second_runner_is_busy_and_touches_nothing_of_the_first(tmp_path):
         for p in (first, second):
             if p is not None and p.poll() is None:
                 p.kill()
-        server.stop()

@@ -47,11 +47,8 @@ def model_files(big_mib: int = 12) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def hub(hf_env, monkeypatch):
-    repo = Repo(files=model_files(), gated=True, tokens={TOKEN})
-    with HubStandIn({"org/gated": repo}) as h:
-        monkeypatch.setenv("HF_ENDPOINT", h.url)
-        yield h
+def hub(hub_standin):
+    return hub_standin({"org/gated": Repo(files=model_files(), gated=True, tokens={TOKEN})})
 
 
 def objects(s3, prefix="lf/") -> dict[str, dict]:
@@ -214,13 +211,13 @@ stage(s3_client(sys.argv[1]), src, sys.argv[2], token=token,
 
 
 @pytest.mark.slow
-def test_resume_after_a_killed_upload(hf_env, moto_s3, monkeypatch):
+def test_resume_after_a_killed_upload(hf_env, moto_s3, point_hf_at):
     url, s3 = moto_s3
     files = model_files(20)
     big = "model-00001-of-00002.safetensors"
     repo = Repo(files=files, gated=True, tokens={TOKEN}, slow={big: 0.5})
     with HubStandIn({"org/gated": repo}) as hub:
-        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        point_hf_at(hub.url)
         env = {**os.environ, "STAGE_TOKEN": TOKEN,
                "PYTHONPATH": str(ROOT)}
         child = subprocess.Popen([sys.executable, "-c", KILLED_CHILD, url, PREFIX], env=env,

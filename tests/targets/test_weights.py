@@ -26,7 +26,7 @@ from lmiflow.targets.weights import (
     select_files,
     staging_prefix,
 )
-from tests.hub_standin import HubStandIn, Repo
+from tests.hub_standin import Repo
 
 GOOD = "hf_" + "g00dT0ken" * 4
 OTHER = "hf_" + "0therT0ken" * 4
@@ -58,10 +58,8 @@ def repos():
 
 
 @pytest.fixture
-def hub(hf_env, monkeypatch):
-    with HubStandIn(repos()) as h:
-        monkeypatch.setenv("HF_ENDPOINT", h.url)
-        yield h
+def hub(hub_standin):
+    return hub_standin(repos())
 
 
 def git_blob(data: bytes) -> str:
