@@ -22,8 +22,8 @@ def _config(**autoscaling) -> str:
     return yaml.safe_dump(data)
 
 
-# The example's plan (bundled Llama-3.1-8B snapshot, 16 concurrent, TPOT gate 50 ms): 4 x
-# ml.g5 with one copy each, a batch of 4 per copy (16 / 4), 5 per copy within the gates.
+# The example's plan (bundled Llama-3.1-8B snapshot, 16 concurrent, TTFT p95 gate 2 s, TPOT
+# gate 50 ms): 2 x ml.g6.12xlarge at tp 2, two copies each, a batch of 4 per copy (16 / 4).
 CASES = {
     "min above max": (_config(min=3, max=2), "autoscaling.min"),
     "max above instance.max_count": (_config(max=5), "autoscaling.max"),
@@ -34,7 +34,7 @@ CASES = {
     # the plan's numbers
     "target above what a copy holds": (_config(target=5, headroom_pct=None),
                                        "autoscaling.target"),
-    "max below the plan's count": (_config(max=3), "autoscaling.max"),
+    "max below the plan's count": (_config(min=1, max=1), "autoscaling.max"),
     # an inference component scales its copies (inference_component.min/max_copies) instead
     "with inference components": (_config().replace("target:\n", "target:\n  mode: "
                                                     "inference_component\n", 1),
@@ -48,7 +48,7 @@ def test_bad_autoscaling_exits_2_naming_the_field(case, isolated, capsys):  # no
 
 
 def test_min_above_the_plans_starting_count_names_min(isolated, capsys):  # noqa: F811
-    data = yaml.safe_load(_config(min=4, max=4, target=4, headroom_pct=None))
+    data = yaml.safe_load(_config(min=4, max=4, target=2, headroom_pct=None))
     data["instance"]["count"] = 1
     data["gates"] = [g for g in data["gates"] if g["metric"] != "tpot_ms"]  # 1 instance holds
     data["workload"]["concurrency"] = 4

@@ -12,7 +12,7 @@ from lmiflow.cli import main
 from lmiflow.targets.sagemaker import SageMakerTarget
 
 ROOT = Path(__file__).resolve().parents[2]
-CANARY = ROOT / "configs" / "llama-3.1-8b-g5-g6.yaml"  # alarms, CANARY on ml.g5.xlarge
+CANARY = ROOT / "configs" / "llama-3.1-8b-g5-g6.yaml"  # alarms, CANARY on 2 x ml.g6.12xlarge
 
 
 @pytest.fixture(autouse=True)
@@ -59,8 +59,9 @@ def test_missing_alarm(monkeypatch, capsys):
 def test_fleet_over_quota(monkeypatch, capsys):
     monkeypatch.setattr(SageMakerTarget, "missing_alarms", lambda self, names: [])
     monkeypatch.setattr(SageMakerTarget, "endpoint_quotas",
-                        lambda self, types: dict.fromkeys(types, 2.0))
+                        lambda self, types: dict.fromkeys(types, 1.0))
     assert main(["deploy", str(CANARY)]) == 2
     line = _exit_line(capsys)
     assert line.startswith("lmiflow: error: instance.count: ")
-    assert "x ml.g5.xlarge at the peak but the quota 'ml.g5.xlarge for endpoint usage' is 2" in line
+    assert ("2 x ml.g6.12xlarge at the peak but the quota 'ml.g6.12xlarge for endpoint "
+            "usage' is 1") in line

@@ -152,11 +152,11 @@ class FlowMemoryTarget(MemoryTarget):
         if self.never_in_service:
             self.endpoints[name] = self.endpoints[name].model_copy(update={"status": "Creating"})
 
-    def invoke(self, name, payload):
+    def invoke(self, name, payload, timeout_s=None):
         self.invocations.append(name)
-        return super().invoke(name, payload)
+        return super().invoke(name, payload, timeout_s)
 
-    def invoke_stream(self, name, payload):
+    def invoke_stream(self, name, payload, timeout_s=None):
         """A response stream as the local server writes it: one token event per token asked
         for (max_new_tokens), then the details."""
         self.invocations.append(name)
