@@ -78,6 +78,18 @@ class Production:
         self.before: dict = {}
         self.resources_before: dict = {}
 
+    def deploy(self, tmp_path_factory) -> None:
+        """First deploy through the flow; records what production looks like and checks
+        that it owns exactly one model, endpoint config and endpoint."""
+        state, report = run(make_spec(self.demo_model, name=self.name),
+                            tmp_path_factory.mktemp("prod-report"))
+        assert state.is_completed(), report["error"]
+        self.before = self.snapshot()
+        self.resources_before = self.target.list_resources(self.name)
+        assert self.resources_before == {"models": [self.before["model"]],
+                                         "endpoint_configs": [self.before["config"]],
+                                         "endpoints": [self.name]}
+
     def candidate_spec(self, **over):
         """Same endpoint, another candidate (a different batch size: a different spec hash)."""
         return make_spec(self.demo_model, name=self.name,
@@ -126,14 +138,7 @@ def memory_production(prefect_harness, demo_model, state_dir, memory_flow_target
                       tmp_path_factory):
     """Production deployed by the flow on the in-memory target, for one test."""
     prod = MemoryProduction(memory_flow_target, demo_model)
-    state, report = run(make_spec(demo_model, name=prod.name),
-                        tmp_path_factory.mktemp("prod-report"))
-    assert state.is_completed(), report["error"]
-    prod.before = prod.snapshot()
-    prod.resources_before = prod.target.list_resources(prod.name)
-    assert prod.resources_before == {"models": [prod.before["model"]],
-                                     "endpoint_configs": [prod.before["config"]],
-                                     "endpoints": [prod.name]}
+    prod.deploy(tmp_path_factory)
     return prod
 
 
@@ -148,15 +153,8 @@ def production(prefect_harness, demo_model, tmp_path_factory):
         mp.setenv("LMIFLOW_RETRY_BASE_S", "0.01")
         pipeline._target.cache_clear()
         prod = Production(state_dir, demo_model)
-        state, report = run(make_spec(demo_model, name=prod.name),
-                            tmp_path_factory.mktemp("prod-report"))
-        assert state.is_completed(), report["error"]
-        prod.before = prod.snapshot()
-        prod.resources_before = prod.target.list_resources(prod.name)
+        prod.deploy(tmp_path_factory)
         assert prod.before["status"] == "InService" and prod.before["instance_count"] == 1
-        assert prod.resources_before == {"models": [prod.before["model"]],
-                                         "endpoint_configs": [prod.before["config"]],
-                                         "endpoints": [prod.name]}
         try:
             yield prod
         finally:
