@@ -335,6 +335,7 @@ def local_safetensors(root: str | Path) -> dict[str, list[int]] | None:
         if "/" in str(name) or not path.is_file():
             raise UserInputError("model", f"{index} names {str(name)[:80]!r}, which is not a "
                                           "file in the model directory")
+        inside_model_dir(root.resolve(), path)  # a shard linked out of it is not even read
         try:
             with path.open("rb") as f:
                 def read(start: int, length: int, f=f) -> bytes:

@@ -19,6 +19,7 @@ from lmiflow.targets.weights import (
     ModelSource,
     WeightFile,
     hub_source,
+    local_safetensors,
     local_source,
     plan_weights,
     s3_read_requests,
@@ -156,6 +157,21 @@ def test_a_link_out_of_the_model_directory_is_refused_naming_it(tmp_path, name):
         local_source(model)
     assert err.value.field == "model.id"
     assert f"{model / name} is a symbolic link out of the model directory" in err.value.reason
+
+
+def test_a_weights_file_linked_out_of_the_directory_is_refused_before_it_is_read(tmp_path):
+    """Planning reads the safetensors headers before it lists the files to stage: the same
+    rule (inside_model_dir) must stop a link out there, not open its target first."""
+    model, outside = tmp_path / "model", tmp_path / "elsewhere" / "model.safetensors"
+    model.mkdir()
+    outside.parent.mkdir()
+    outside.write_bytes(FILES["model.safetensors"])
+    (model / "config.json").write_bytes(FILES["config.json"])
+    (model / "model.safetensors").symlink_to(outside)
+    with pytest.raises(UserInputError) as err:
+        local_safetensors(model)
+    assert err.value.field == "model.id"
+    assert "is a symbolic link out of the model directory" in err.value.reason
 
 
 def test_links_inside_the_directory_and_the_hub_cache_layout_are_files(tmp_path):
