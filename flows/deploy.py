@@ -1,12 +1,10 @@
 """The flows: deploy (the whole pipeline, benchmark-gated), plan-only, and teardown.
 
-Control flow only: every step, side effect and artifact is a task in tasks/steps.py. Whatever
-happens, the candidate's resources are removed unless they became production, and the report
-is written."""
+Control flow only: the deploy's order is lmiflow.deploy_run's (the dry run records its requests
+from the same), every step, side effect and artifact is a task in tasks/steps.py."""
 
 from __future__ import annotations
 
-import signal
 from typing import Any
 
 from lmiflow.tasks import steps
@@ -14,10 +12,10 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from lmiflow import pipeline
+from lmiflow import deploy_run
 from lmiflow.errors import UserInputError
-from lmiflow.redact import install_log_redaction, redact_text, register_environment
-from lmiflow.report.model import PredictedVsMeasured, RunReport, SmokeTest
+from lmiflow.redact import install_log_redaction, register_environment
+from lmiflow.report.model import RunReport
 from lmiflow.run_record import RunRecord, plan_steps
 from lmiflow.spec import DeploymentSpec
 
@@ -37,121 +35,14 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
     """
     register_environment()  # a worker's HF_TOKEN and AWS keys are masked in its logs too
     install_log_redaction()
-    log = get_run_logger()
     rec = RunRecord(spec, _run_id())
-    report = rec.report
-    status, names = "failed", None
-    try:
-        with pipeline.target_for(spec).endpoint_lock(spec.name, report.run_id) as lock:
-            model, p, candidate = plan_steps(spec, rec, steps)
-            names = candidate.names
-            tags = pipeline.tags_for(names, report.run_id)
-            with rec.step("preflight") as s:
-                steps.check_production(spec)
-                report.promotion_plan = steps.preflight(spec, candidate,
-                                                        rec.planned_requests())
-                s.summary = _peak_summary(report.promotion_plan)
-            with rec.step("stage_weights") as s:
-                report.staging = steps.stage_weights(spec, candidate.weights)
-                s.summary = (report.staging.summary() if report.staging
-                             else f"nothing to stage ({candidate.weights.delivery})")
-            with rec.step("create_model") as s:
-                created = steps.create_model(spec, candidate, tags)
-                s.summary = names.model + (
-                    f" (removed leftovers: {', '.join(created.removed_leftovers)})"
-                    if created.removed_leftovers else "")
-            with rec.step("configure_endpoint") as s:
-                steps.configure_endpoint(spec, candidate, p, tags)
-                s.summary = names.endpoint_config
-            with rec.step("create_endpoint") as s:
-                ep = steps.create_endpoint(spec, names, tags)
-                s.summary = f"InService after {ep.seconds:.0f} s: {names.endpoint}"
-            with rec.step("smoke_test") as s:
-                try:
-                    report.smoke_test = steps.smoke_test(spec, names.endpoint)
-                except Exception as exc:
-                    report.smoke_test = SmokeTest(passed=False, output="",
-                                                  error=redact_text(str(exc))[:500])
-                    raise
-                s.summary = repr(report.smoke_test.output[:60])
-            with rec.step("benchmark") as s:
-                bench = steps.benchmark(spec, names.endpoint, p, model.local_dir or None)
-                report.benchmark = bench
-                s.summary = ", ".join(f"c={lv.concurrency}: {lv.output_tokens_per_s:.0f} tok/s"
-                                      for lv in bench.levels)
-            report.calibration = _record_calibration(spec, model, p, bench, candidate, rec)
-            with rec.step("gate") as s:
-                # production measured beside the candidate in this run, else its saved one
-                report.baseline = bench.production or steps.load_baseline(spec)
-                verdict = report.gate = steps.gate(spec, bench, report.baseline)
-                failed = [c for c in verdict.checks if not c.passed]
-                s.summary = "passed" if verdict.passed else (
-                    f"rejected: {len(failed)} check(s) failed")
-            if verdict.passed:
-                with rec.step("promote") as s:
-                    lock.assert_held()  # a lease that expired and was taken over: stop here
-                    report.promotion = steps.promote(spec, names, tags)
-                    s.summary = report.promotion.action
-                    steps.save_baseline(spec, bench)
-                status = "promoted"
-                if candidate.autoscaling is not None:
-                    with rec.step("autoscale") as s:
-                        report.autoscaling_applied = steps.autoscale(spec, candidate)
-                        s.summary = (report.autoscaling_applied or ["nothing set up"])[0]
-            else:
-                status = "rejected"
-    except Exception as exc:
-        status = "failed"
-        log.error("deploy of %s failed in %s: %s", spec.name, report.failed_step,
-                  redact_text(str(exc)))
-    except BaseException as exc:  # SIGTERM (Prefect's TerminationSignal) or Ctrl-C
-        report.error = f"interrupted ({_signal_name(exc)}) during " + (
-            report.failed_step or "the run")
-        log.error("deploy of %s: %s", spec.name, report.error)
-        raise
-    finally:
-        if status != "promoted" and names is not None:
-            try:
-                report.cleanup = steps.cleanup_candidate(spec, names)
-            except Exception as exc:
-                report.cleanup = [f"CLEANUP FAILED: {redact_text(str(exc))}"]
-                log.error("cleanup of %s failed: %s", names.endpoint, redact_text(str(exc)))
-        try:
-            production = steps.production_state(spec)
-        except Exception as exc:  # the report is written whatever happens
-            production = None
-            log.warning("could not look at production %s: %s", spec.name, redact_text(str(exc)))
-        steps.report(rec.finish(status, production), report_dir, spec)
+    status, _ = deploy_run.deploy(spec, rec, steps, lambda: plan_steps(spec, rec, steps),
+                                  get_run_logger(), report_dir)
     if status != "promoted":
         # A returned Failed state ends the run Failed without a traceback in the logs: the
         # report says which step or check failed and why.
-        return Failed(message=f"{spec.name}: {report.outcome.headline}")
-    return report.to_json_dict()
-
-
-def _record_calibration(spec, model, p, bench, candidate, rec) -> PredictedVsMeasured:
-    """Predicted vs measured, kept in the target's calibration store: a by-product of the
-    benchmark that must never fail the deploy."""
-    try:
-        return steps.record_calibration(spec, model, p, bench, candidate.image_uri,
-                                        rec.report.run_id or candidate.names.endpoint)
-    except Exception as exc:
-        why = redact_text(str(exc))[:300]
-        get_run_logger().warning("calibration records not kept: %s", why)
-        return PredictedVsMeasured(notes=[f"not recorded: {why}"])
-
-
-def _peak_summary(plan) -> str:
-    if plan is None:
-        return "nothing to check"
-    peak = ", ".join(f"{n} x {t}" for t, n in plan.peak_instances.items())
-    return (f"{len(plan.alarms)} rollback alarm(s) exist; " if plan.alarms else "") + (
-        f"peak {peak} within quota")
-
-
-def _signal_name(exc: BaseException) -> str:
-    signum = getattr(exc, "signal", None) or getattr(exc, "signum", None)
-    return signal.Signals(signum).name if signum else type(exc).__name__
+        return Failed(message=f"{spec.name}: {rec.report.outcome.headline}")
+    return rec.report.to_json_dict()
 
 
 @flow(name="plan-llm", flow_run_name="plan-{spec.name}")

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from lmiflow import endpoint_plan, pipeline
 from lmiflow.bench.gates import Verdict, evaluate
@@ -51,6 +51,8 @@ from lmiflow.targets.weights import WeightsPlan, hub_token
 
 log = logging.getLogger(__name__)
 OnStatus = Callable[[EndpointStatus, float], None]
+# the runner's Hub token by its secret's name (a recording passes a stand-in)
+TokenFn = Callable[[str | None], "SecretStr | None"]
 
 
 class CreatedModel(BaseModel):
@@ -153,15 +155,16 @@ def gate(target: Target, spec: DeploymentSpec, bench: BenchResult,
 # ---- the candidate ------------------------------------------------------------------------------
 
 def stage_weights(target: Target, spec: DeploymentSpec, weights: WeightsPlan,
-                  on_progress: Callable[[Progress], None] | None = None) -> StagingReport | None:
+                  on_progress: Callable[[Progress], None] | None = None, *,
+                  token_of: TokenFn = hub_token) -> StagingReport | None:
     """Copy the weights where the container reads them, with the runner's Hub token (read
     here, never passed around): None when the plan has nothing to copy."""
-    token = hub_token(spec.model.hf_token_secret) if weights.source.kind == "hub" else None
+    token = token_of(spec.model.hf_token_secret) if weights.source.kind == "hub" else None
     return target.stage_weights(weights, token, on_progress)
 
 
 def create_model(target: Target, spec: DeploymentSpec, candidate: Candidate,
-                 tags: dict[str, str]) -> CreatedModel:
+                 tags: dict[str, str], *, token_of: TokenFn = hub_token) -> CreatedModel:
     """Remove what an earlier interrupted run left, package serving.properties the way the
     target takes it (secret entries filled in only here: pipeline.staged_properties), and
     create the model (network-isolated when its weights come from S3; with the runner's Hub
@@ -174,7 +177,7 @@ def create_model(target: Target, spec: DeploymentSpec, candidate: Candidate,
                              pipeline.staged_properties(spec, candidate.properties), weights)
     env = dict(package.env)
     if weights.token_to_container:
-        token = hub_token(spec.model.hf_token_secret)
+        token = token_of(spec.model.hf_token_secret)
         if token is None:
             raise StepFailed("model.token_to_container is set but there is no Hub token "
                              "(HF_TOKEN or model.hf_token_secret)")
@@ -276,6 +279,13 @@ def smoke_test(target: Target, spec: DeploymentSpec, endpoint: str) -> SmokeTest
             break
     return SmokeTest(passed=why is None, output=outputs[0] if why is None else outputs[-1],
                      endpoint=endpoint, seconds=time.monotonic() - t0, error=why)
+
+
+def require_passed(result: SmokeTest) -> SmokeTest:
+    """A candidate that fails its smoke test goes no further."""
+    if not result.passed:
+        raise StepFailed(f"smoke test of {result.endpoint} failed: {result.error}")
+    return result
 
 
 def benchmark(target: Target, spec: DeploymentSpec, endpoint: str, p: Plan,

@@ -27,7 +27,14 @@ from lmiflow.targets import configured_target
 from lmiflow.targets.aws_requests import AwsRequest, InvalidRequest, validate_all
 from lmiflow.targets.base import EndpointVariant, PlannedRun, Target, TrafficPolicy
 from lmiflow.targets.components_plan import ComponentPlan
-from lmiflow.targets.weights import ModelSource, WeightsPlan, hub_source, hub_token, local_source
+from lmiflow.targets.weights import (
+    ModelSource,
+    WeightsPlan,
+    hub_source,
+    hub_token,
+    local_source,
+    s3_read_requests,
+)
 from lmiflow.targets.weights import plan_weights as weights_plan
 
 PROJECT_TAG = "lmiflow"
@@ -489,11 +496,16 @@ def planned_run(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Tar
         tokenizer_files=TOKENIZER_FILES, autoscaling=candidate.autoscaling)
 
 
-def run_requests(spec: DeploymentSpec, candidate: Candidate, p: Plan, target: Target,
-                 tags: dict[str, str]) -> list[AwsRequest]:
-    """Every request the run will send, each valid for botocore's service model: a request
-    the service would reject stops the run here, before anything is created."""
-    reqs = target.planned_requests(planned_run(spec, candidate, p, target, tags))
+def run_requests(spec: DeploymentSpec, model: ResolvedModel, candidate: Candidate, p: Plan,
+                 target: Target, tags: dict[str, str]) -> list[AwsRequest]:
+    """Every request the run will send (recorded_run), each valid for botocore's service
+    model: a request the service would reject stops the run here, before anything is
+    created."""
+    from lmiflow.recorded_run import recorded_requests
+
+    reqs = recorded_requests(spec, model, p, candidate, target, tags)
+    if reqs and candidate.weights.source.kind == "s3":  # planning read the model there
+        reqs = s3_read_requests(candidate.weights.source) + reqs
     try:
         return validate_all(reqs)
     except (InvalidRequest, ValueError) as exc:

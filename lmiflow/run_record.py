@@ -57,6 +57,10 @@ class RunRecord:
         preflight derives the permissions to check from needs names, never a secret)."""
         return [AwsRequest(**r.model_dump()) for r in self.report.requests or []]
 
+    def entering(self, phase: str) -> None:
+        """Work outside the report's steps begins (cleanup, release, report): what a
+        recording labels its requests with (recorded_run)."""
+
     @contextlib.contextmanager
     def step(self, name: str) -> Iterator[StepRecord]:
         rec = StepRecord(name=name, status="running", started_at=time.time())
@@ -241,7 +245,7 @@ def plan_steps(spec: DeploymentSpec, rec: RunRecord, impl: Any
         # Every request the run will send, validated before anything is created, and the
         # permissions they need.
         target = pipeline.target_for(spec)
-        reqs = pipeline.run_requests(spec, cand, p, target,
+        reqs = pipeline.run_requests(spec, model, cand, p, target,
                                      pipeline.tags_for(cand.names, report.run_id))
         if reqs:
             report.requests = [ShownRequest(**r.shown()) for r in reqs]

@@ -24,7 +24,6 @@ from prefect.cache_policies import NO_CACHE
 from lmiflow import lifecycle, pipeline
 from lmiflow.bench.gates import Verdict
 from lmiflow.bench.metrics import BenchResult
-from lmiflow.errors import StepFailed
 from lmiflow.lifecycle import CreatedEndpoint, CreatedModel
 from lmiflow.model_source import ResolvedModel
 from lmiflow.pipeline import Candidate, MemoryEstimate, Names, target_for
@@ -43,7 +42,7 @@ from lmiflow.report.sections import calibration_section
 from lmiflow.run_record import ReportNotWritten, write_report_somewhere
 from lmiflow.spec import DeploymentSpec
 from lmiflow.targets.aws_requests import AwsRequest
-from lmiflow.targets.base import EndpointStatus, EndpointVariant
+from lmiflow.targets.base import EndpointLock, EndpointStatus, EndpointVariant
 from lmiflow.targets.staging import Progress, StagingReport
 from lmiflow.targets.weights import WeightsPlan
 
@@ -119,6 +118,11 @@ def render_serving_properties(spec: DeploymentSpec, model: ResolvedModel, p: Pla
         f"`{c.image_uri or 'local'}`\n\ncandidate: `{c.names.endpoint}` (spec hash "
         f"{c.names.spec_hash})\n")
     return c
+
+
+def endpoint_lock(spec: DeploymentSpec, run_id: str | None) -> EndpointLock:
+    """Held for the whole run (not a task: it spans them)."""
+    return target_for(spec).endpoint_lock(spec.name, run_id)
 
 
 # ---- the weights ------------------------------------------------------------------------------
@@ -241,9 +245,7 @@ def smoke_test(spec: DeploymentSpec, endpoint: str) -> SmokeTest:
         f"{'passed' if result.passed else 'FAILED'}\n\nprompt: `{spec.smoke_test.prompt}`\n\n"
         f"output:\n\n```\n{result.output}\n```\n"
         + (f"\nwhy: {result.error}\n" if result.error else ""))
-    if not result.passed:
-        raise StepFailed(f"smoke test of {endpoint} failed: {result.error}")
-    return result
+    return lifecycle.require_passed(result)
 
 
 @step_task("benchmark", retries=0)

@@ -100,19 +100,3 @@ def retain_count_params() -> dict[str, Any]:
 def removal_requests(endpoint: str, variant: str) -> list[AwsRequest]:
     """What removes autoscaling from a variant: the policy, then the scalable target."""
     return [delete_policy_request(endpoint, variant), deregister_request(endpoint, variant)]
-
-
-def planned_requests(endpoint: str, variant: str, plan: ScalingPlan | None) -> dict[
-        str, list[AwsRequest]]:
-    """The dry run's listing, by where in the run each group goes: `before_update` (promote:
-    the scalable target is looked up; removed only when the instance type changes) and
-    `apply` (the autoscale step)."""
-    if plan is None:
-        return {"before_update": [], "apply": []}
-    changed = "when production is a scalable target and the instance type changes"
-    return {
-        "before_update": [describe_targets_request(endpoint, variant)] + [
-            r.model_copy(update={"when": changed}) for r in removal_requests(endpoint, variant)],
-        "apply": [register_request(endpoint, variant, plan),
-                  put_policy_request(endpoint, variant, plan)],
-    }

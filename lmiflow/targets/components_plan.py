@@ -1,6 +1,6 @@
 """Inference-component mode on SageMaker: what the component is (its resources, copies and
 scaling, from the plan) and every request that creates, updates, scales and removes it, built
-as data like the endpoint-mode requests (sagemaker_plan.py lists them, the target sends them).
+as data like the endpoint-mode requests (the target sends them; a dry run records them).
 
 Why components: the endpoint's instances are managed by SageMaker (ManagedInstanceScaling)
 and each model reserves only what one copy needs, so several models share instances and a

@@ -51,29 +51,6 @@ def lease_delete_request(bucket: str, key: str, etag: str) -> AwsRequest:
                       params={"Bucket": bucket, "Key": key, "IfMatch": etag})
 
 
-PLANNED_BODY = b'{"acquired_at": "<T>", "endpoint": "<name>", "host": "<host:pid>", ' \
-    b'"renewed_at": "<T>", "run_id": "<run id>", "ttl_s": <ttl>}'
-LAST_ETAG = '"<ETag of this run\'s last write>"'
-
-
-def planned_lease_requests(bucket: str, key: str, ttl_s: int
-                           ) -> tuple[list[AwsRequest], list[AwsRequest]]:
-    """(on entry, on exit) of a run: take the lease, renew it while the run lives; release it.
-    The object's body and ETag are known only then: shown as placeholders of the same kind."""
-    every = f"every {ttl_s / 3:g} s while the run lives"
-    take = [
-        lease_put_request(bucket, key, PLANNED_BODY, IfNoneMatch="*").model_copy(
-            update={"step": "lock", "when": "first, before anything else"}),
-        AwsRequest(service="s3", operation="GetObject", params={"Bucket": bucket, "Key": key},
-                   step="lock", when="only if the lease exists: who holds it, expired or not"),
-        lease_put_request(bucket, key, PLANNED_BODY, IfMatch=LAST_ETAG).model_copy(
-            update={"step": "lock", "when": f"{every} (and to take over an expired lease)"}),
-    ]
-    release = [lease_delete_request(bucket, key, LAST_ETAG).model_copy(
-        update={"step": "lock", "when": "when the run ends, whatever its outcome"})]
-    return take, release
-
-
 class LeaseHeld(EndpointBusy):
     """Another run holds the endpoint's lease."""
 

@@ -19,8 +19,6 @@ from lmiflow.targets.s3_lease import CONFLICT_CODES, PRECONDITION_CODES
 
 # Each try is two requests; runs append once per benchmark, so contention is rare and brief.
 MAX_TRIES = 5
-READ_ETAG = '"<ETag of the object as read>"'
-PLANNED_BODY = b"<the store as read, with this run's records and the refit>"
 
 
 class StoreContended(RuntimeError):
@@ -65,15 +63,3 @@ def update(send: Callable[[AwsRequest], Any], bucket: str, key: str,
             if error_code(exc) not in PRECONDITION_CODES + CONFLICT_CODES:
                 raise
     raise StoreContended(f"s3://{bucket}/{key} changed under each of {MAX_TRIES} tries")
-
-
-def planned_update_requests(bucket: str, key: str, step: str, what: str) -> list[AwsRequest]:
-    """What update() sends, as a dry run shows it (the body and ETag known only then)."""
-    again = "; read again if another run wrote it in between"
-    return [
-        get_request(bucket, key).model_copy(update={"step": step, "when": what + again}),
-        put_request(bucket, key, PLANNED_BODY, IfNoneMatch="*").model_copy(
-            update={"step": step, "when": "if there was none: create it"}),
-        put_request(bucket, key, PLANNED_BODY, IfMatch=READ_ETAG).model_copy(
-            update={"step": step, "when": "if there was one: replace the version read"}),
-    ]

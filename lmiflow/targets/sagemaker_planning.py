@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lmiflow.targets.aws_requests import AwsRequest, request
-from lmiflow.targets.base import EndpointVariant, PlannedRun
+from lmiflow.targets.base import EndpointVariant
 from lmiflow.targets.sagemaker_requests import (
     describe_alarms_request,
     lmi_image_uri,
@@ -123,10 +123,12 @@ class PlanningOps:
 
     # -- the run's requests and the permissions they need --
 
-    def planned_requests(self, run: PlannedRun) -> list[AwsRequest]:
-        from lmiflow.targets.sagemaker_plan import deploy_requests
+    def recording(self):
+        """This target's twin on an in-memory account (targets.recording): what the dry run
+        records the run's requests from."""
+        from lmiflow.targets.recording import Recording
 
-        return deploy_requests(self, run)
+        return Recording(self)
 
     def iam_policies(self, requests: list[AwsRequest]) -> tuple[dict, dict] | None:
         if not self.role_arn:

@@ -2,16 +2,12 @@
 Every request is valid for botocore, the component's resource requirements are the plan's
 (checked against the plan's own figures in report.json, not against the builder), the packing
 counts the other component, and bad numbers exit 2 naming the field before anything exists.
-
-Golden listing: tests/targets/golden/shared-llama-3.1-8b.requests.json (LMIFLOW_UPDATE_GOLDEN=1
-to accept a change, as test_golden_requests.py).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -23,7 +19,6 @@ from lmiflow.targets.aws_requests import AwsRequest, validate
 ROOT = Path(__file__).resolve().parents[2]
 LLAMA = str(ROOT / "configs" / "shared-llama-3.1-8b.yaml")
 MISTRAL = str(ROOT / "configs" / "shared-mistral-7b.yaml")
-GOLDEN = Path(__file__).parent / "golden" / "shared-llama-3.1-8b.requests.json"
 
 
 @pytest.fixture(autouse=True)
@@ -43,13 +38,6 @@ def _one(reqs: list[dict], operation: str, **params) -> dict:
              and all(r["params"].get(k) == v for k, v in params.items())]
     assert len(found) == 1, (operation, params, len(found))
     return found[0]
-
-
-def test_requests_match_the_golden_listing(capsys):
-    reqs = _dry_run(capsys, LLAMA, "--alongside", MISTRAL)["requests"]
-    if os.environ.get("LMIFLOW_UPDATE_GOLDEN"):
-        GOLDEN.write_text(json.dumps(reqs, indent=1) + "\n")
-    assert reqs == json.loads(GOLDEN.read_text()), f"{GOLDEN.name} differs"
 
 
 @pytest.mark.parametrize("config, other", [(LLAMA, MISTRAL), (MISTRAL, LLAMA)])

@@ -10,7 +10,12 @@ import pytest
 from botocore.stub import Stubber
 from lmiflow.sizing.autoscaling import scaling_plan
 
-from lmiflow.targets.autoscaling_plan import planned_requests
+from lmiflow.targets.autoscaling_plan import (
+    describe_targets_request,
+    put_policy_request,
+    register_request,
+    removal_requests,
+)
 from lmiflow.targets.aws_requests import validate
 from lmiflow.targets.iam import runner_policy
 from lmiflow.targets.sagemaker import SageMakerTarget
@@ -163,9 +168,11 @@ def test_update_of_a_variant_not_yet_scaled_takes_the_configs_count(target, stub
     target.update_endpoint("prod", "prod-ec-01234567", autoscaled=True)
 
 
-def test_planned_requests_are_valid_and_the_runner_may_send_them():
-    groups = planned_requests("prod", "AllTraffic", PLAN)
-    reqs = groups["before_update"] + groups["apply"]
+def test_scaling_requests_are_valid_and_the_runner_may_send_them():
+    reqs = [describe_targets_request("prod", "AllTraffic"),
+            *removal_requests("prod", "AllTraffic"),
+            register_request("prod", "AllTraffic", PLAN),
+            put_policy_request("prod", "AllTraffic", PLAN)]
     for r in reqs:
         validate(r)
     statements = runner_policy(reqs, REGION, ROLE)["Statement"]

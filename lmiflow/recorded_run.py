@@ -1,0 +1,277 @@
+"""Every request a deploy sends, in order, recorded from the deploy itself: deploy_run's order
+and the lifecycle's functions, run on the target's recording twin (targets.recording) once per
+branch, then laid over each other. What `--dry-run` prints, report.json's `requests`, the IAM
+policies and the preflight's simulated actions all come from this one list, so nothing can be
+listed that is not sent, or sent that is not listed and permitted.
+
+The branches: a first deploy (nothing exists), a redeploy promoted over a production that
+serves an earlier config (with an interrupted run's leftovers to remove), and a redeploy the
+gate rejects. A request sent in some branches only says in which (`when`); one sent several
+times in a row is listed once with its count. Names the run learns only from the account
+(production's earlier config, a leftover's hash) are shown with `xxxxxxxx` for their hash.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import SecretStr
+
+from lmiflow import deploy_run, pipeline
+from lmiflow.bench.gates import Verdict
+from lmiflow.bench.metrics import BenchResult
+from lmiflow.model_source import ResolvedModel
+from lmiflow.pipeline import Candidate
+from lmiflow.redact import MASK
+from lmiflow.run_record import RunRecord
+from lmiflow.sizing.planner import Plan
+from lmiflow.spec import DeploymentSpec
+from lmiflow.targets.aws_requests import AwsRequest
+from lmiflow.targets.base import Target
+from lmiflow.targets.fake_account import EARLIER_HASH, LEFTOVER_HASH, SHOWN_HASH, Scenario
+
+log = logging.getLogger(__name__)
+
+FIRST = Scenario(name="first", description="a first deploy", production=False, stores=False)
+REDEPLOY = Scenario(name="redeploy", description="a promoted redeploy (that finds an "
+                    "interrupted run's leftovers)", leftovers=True)
+REJECTED = Scenario(name="rejected", description="a rejected redeploy", promoted=False)
+# recorded in this order (the redeploys find what the first deploy stored in S3); listed in
+# the redeploy's order, the others' requests laid in where they fall
+SCENARIOS = (FIRST, REDEPLOY, REJECTED)
+
+
+class RecordingFailed(RuntimeError):
+    """The recorded run did not end as its branch should: a lifecycle the in-memory account
+    cannot follow (a bug to fix there), never the user's input."""
+
+
+class _Steps(deploy_run.LifecycleSteps):
+    """The lifecycle's steps on a recording twin: the gate's verdict is the branch's (the
+    benchmark measured an account that answers at once), and secrets are stand-ins."""
+
+    def __init__(self, target: Target, recording: Any, scenario: Scenario,
+                 listed: list[AwsRequest]):
+        super().__init__(target)
+        self.recording, self.scenario, self.listed = recording, scenario, listed
+
+    @staticmethod
+    def hub_token(secret_name: str | None) -> SecretStr:
+        return SecretStr(MASK)  # the runner's token is not read to be shown
+
+    def preflight(self, spec, candidate, requests=None):
+        return super().preflight(spec, candidate, self.listed)
+
+    def benchmark(self, spec: DeploymentSpec, endpoint: str, p: Plan,
+                  tokenizer_dir: str | None) -> BenchResult:
+        """One request per level: the listing gives the real benchmark's count (_counted).
+        Without the runner's tokenizer, so the lookup in the endpoint's files is listed."""
+        short = spec.benchmark.model_copy(update={
+            "concurrency": spec.benchmark.concurrency[:1] or [1], "rates": [],
+            "requests": 1, "warmup_requests": 0, "repeats": 1})
+        self.recording.when = "when the runner has no copy of the model's tokenizer"
+        try:
+            return super().benchmark(spec.model_copy(update={"benchmark": short}), endpoint,
+                                     p, None)
+        finally:
+            self.recording.when = None
+
+    def gate(self, spec: DeploymentSpec, bench: BenchResult, baseline: BenchResult | None
+             ) -> Verdict:
+        verdict = super().gate(spec, bench, baseline)
+        return verdict.model_copy(update={"passed": self.scenario.promoted})
+
+
+def recorded_requests(spec: DeploymentSpec, model: ResolvedModel, p: Plan,
+                      candidate: Candidate, target: Target, tags: dict[str, str]
+                      ) -> list[AwsRequest]:
+    """The run's requests, in order (none where the target has no API to record)."""
+    recording = target.recording()
+    if recording is None:
+        return []
+    run = pipeline.planned_run(spec, candidate, p, target, tags)
+    listed: list[AwsRequest] = []
+    # The preflight simulates the permissions of the listed requests, so it is recorded
+    # twice: first with nothing listed, then with the first pass's list (the simulation asks
+    # IAM, whose requests need no permission it simulates: the list is then settled).
+    for _ in range(2):
+        traces, after = [], None
+        for scenario in SCENARIOS:
+            twin = recording.twin(scenario, run, after)
+            _record(spec, model, p, candidate, scenario,
+                    _Steps(twin, recording, scenario, listed), recording)
+            traces.append((scenario, recording.take()))
+            after = recording.account if scenario is FIRST else after
+        listed = merge(traces, run.bench_requests)
+    return listed
+
+
+def _record(spec, model, p, candidate, scenario: Scenario, steps: _Steps, recording) -> None:
+    rec = _StepNames(spec, recording)
+    problems: list[str] = []
+    quiet = logging.getLogger("lmiflow")  # what the recorded run "did" is not news
+    level, quiet.level = quiet.level, logging.CRITICAL + 1
+    try:
+        status, _ = deploy_run.deploy(spec, rec, steps,
+                                      lambda: _planned(spec, model, p, candidate, rec, steps),
+                                      _Collect(problems))
+    finally:
+        quiet.setLevel(level)
+    want = "promoted" if scenario.promoted else "rejected"
+    if status != want or problems:
+        raise RecordingFailed(f"recording {scenario.description}: {status} in "
+                              f"{rec.report.failed_step or 'no step'}: "
+                              f"{'; '.join(problems) or rec.report.error}")
+
+
+def _planned(spec: DeploymentSpec, model: ResolvedModel, p: Plan, candidate: Candidate,
+             rec: RunRecord, steps: _Steps) -> tuple[ResolvedModel, Plan, Candidate]:
+    """The plan as made, with the one question planning asks the target (the calibration
+    store its latency predictions use) asked again of the twin."""
+    with rec.step("choose_instance"):
+        pipeline.choose_instance(spec, model, steps.target)
+    return model, p, candidate
+
+
+class _StepNames(RunRecord):
+    """A RunRecord that labels each recorded request with the step that sent it."""
+
+    def __init__(self, spec: DeploymentSpec, recording: Any):
+        super().__init__(spec, None)
+        self.recording = recording
+        recording.step = "lock"
+
+    def step(self, name: str):
+        self.recording.step = name
+        return super().step(name)
+
+    def entering(self, phase: str) -> None:
+        self.recording.step = phase
+
+
+class _Collect(logging.LoggerAdapter):
+    """deploy_run logs what went wrong; a recorded run must not go wrong."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__(log, {})
+        self.problems = problems
+
+    def error(self, msg, *args, **kw):  # type: ignore[override]
+        self.problems.append(msg % args)
+
+    def warning(self, msg, *args, **kw):  # type: ignore[override]
+        self.problems.append(msg % args)
+
+
+# ---- laying the branches over each other --------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    req: AwsRequest
+    key: str
+    count: int = 1
+    scenarios: set[str] = field(default_factory=set)
+
+
+def _key(req: AwsRequest) -> str:
+    """What makes two requests the same request: step, operation and parameters, less what
+    differs from call to call (bodies, ETags)."""
+    params = {k: v for k, v in req.params.items() if k not in ("Body", "IfMatch")}
+    return json.dumps([req.step, req.service, req.operation, params], sort_keys=True,
+                      default=str)
+
+
+def _collapse(scenario: str, trace: list[AwsRequest]) -> list[_Entry]:
+    out: list[_Entry] = []
+    for req in trace:
+        key = _key(req)
+        if out and out[-1].key == key:
+            out[-1].count += 1
+        else:
+            out.append(_Entry(req, key, 1, {scenario}))
+    return out
+
+
+def merge(traces: list[tuple[Scenario, list[AwsRequest]]], bench_requests: int
+          ) -> list[AwsRequest]:
+    """One list in the redeploy's order, each request saying the branches it is sent in."""
+    by_name = {s.name: (s, t) for s, t in traces}
+    spine, rest = by_name.pop(REDEPLOY.name), list(by_name.values())
+    merged = _collapse(spine[0].name, spine[1])
+    for scenario, trace in rest:
+        other = _collapse(scenario.name, trace)
+        matcher = difflib.SequenceMatcher(None, [e.key for e in merged],
+                                          [e.key for e in other], autojunk=False)
+        out: list[_Entry] = []
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+            if tag == "equal":
+                for e, o in zip(merged[i1:i2], other[j1:j2], strict=True):
+                    e.scenarios.add(scenario.name)
+                    e.count = max(e.count, o.count)
+                    out.append(e)
+            else:
+                out += merged[i1:i2] + other[j1:j2]
+        merged = out
+    names = [s.name for s, _ in traces]
+    described = {s.name: s.description for s, _ in traces}
+    return [_shown(e, names, described, bench_requests) for e in merged]
+
+
+# the branches a request is sent in, where they say something shorter together
+_TOGETHER = {frozenset({FIRST.name, REDEPLOY.name}): "when the candidate is promoted",
+             frozenset({REDEPLOY.name, REJECTED.name}): "when production exists"}
+
+
+def _shown(e: _Entry, names: list[str], described: dict[str, str], bench_requests: int
+           ) -> AwsRequest:
+    when = []
+    if e.req.when and not (e.req.service == "sagemaker-runtime"):
+        when.append(e.req.when)
+    if len(e.scenarios) < len(names):
+        when.append(_TOGETHER.get(frozenset(e.scenarios)) or "only in " + " and ".join(
+            described[n] for n in names if n in e.scenarios))
+    if e.req.step == "benchmark" and e.req.service == "sagemaker-runtime":
+        # recorded with one request per level (_Steps.benchmark)
+        when.append(f"x {bench_requests}: the benchmark's requests, concurrently")
+    elif e.count > 1:
+        when.append(f"x {e.count} in a recorded run (polls repeat until the status "
+                    "settles)" if e.req.operation.startswith("Describe") else
+                    f"x {e.count} in a recorded run")
+    params = _placeholders(e.req)
+    return e.req.model_copy(update={"params": params, "when": "; ".join(when) or None})
+
+
+def _placeholders(req: AwsRequest) -> dict[str, Any]:
+    """Names the account made up shown as unknown; bodies whose text is the run's (a lease,
+    a benchmark, a report) by what they are."""
+    params = dict(req.params)
+    if req.service == "s3" and "Body" in params and not str(params.get("Key", "")).endswith(
+            "serving.properties"):
+        params["Body"] = f"<{str(params.get('Key', '')).rsplit('/', 1)[-1]}>"
+    if "IfMatch" in params:
+        params["IfMatch"] = '"<ETag the run read or wrote last>"'
+    text = json.dumps(params, default=_bytes)
+    for made_up in (EARLIER_HASH, LEFTOVER_HASH):
+        text = text.replace(made_up, SHOWN_HASH)
+    return _restore_bytes(json.loads(text))
+
+
+def _bytes(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray):
+        return {"__bytes__": bytes(value).decode("latin-1")}
+    return str(value)
+
+
+def _restore_bytes(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"__bytes__"}:
+        return value["__bytes__"].encode("latin-1")
+    if isinstance(value, dict):
+        return {k: _restore_bytes(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore_bytes(v) for v in value]
+    return value
