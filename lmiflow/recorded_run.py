@@ -40,9 +40,12 @@ FIRST = Scenario(name="first", description="a first deploy", production=False, s
 REDEPLOY = Scenario(name="redeploy", description="a promoted redeploy (that finds an "
                     "interrupted run's leftovers)", leftovers=True)
 REJECTED = Scenario(name="rejected", description="a rejected redeploy", promoted=False)
+NO_SIMULATION = Scenario(name="no-simulation", description="a redeploy whose caller may not "
+                         "simulate its permissions (the preflight then probes)",
+                         may_simulate=False)
 # recorded in this order (the redeploys find what the first deploy stored in S3); listed in
 # the redeploy's order, the others' requests laid in where they fall
-SCENARIOS = (FIRST, REDEPLOY, REJECTED)
+SCENARIOS = (FIRST, REDEPLOY, REJECTED, NO_SIMULATION)
 
 
 class RecordingFailed(RuntimeError):
@@ -134,6 +137,7 @@ def _planned(spec: DeploymentSpec, model: ResolvedModel, p: Plan, candidate: Can
     store its latency predictions use) asked again of the twin."""
     with rec.step("choose_instance"):
         pipeline.choose_instance(spec, model, steps.target)
+    rec.report.candidate_endpoint = candidate.names.endpoint  # where its report is kept
     return model, p, candidate
 
 
@@ -223,14 +227,20 @@ def merge(traces: list[tuple[Scenario, list[AwsRequest]]], bench_requests: int
 
 
 # the branches a request is sent in, where they say something shorter together
-_TOGETHER = {frozenset({FIRST.name, REDEPLOY.name}): "when the candidate is promoted",
-             frozenset({REDEPLOY.name, REJECTED.name}): "when production exists"}
+_TOGETHER = {
+    frozenset({FIRST.name, REDEPLOY.name, NO_SIMULATION.name}): "when the candidate is promoted",
+    frozenset({REDEPLOY.name, REJECTED.name, NO_SIMULATION.name}): "when production exists",
+    frozenset({FIRST.name, REDEPLOY.name, REJECTED.name}): "when the caller may simulate its "
+                                                           "permissions",
+    frozenset({REDEPLOY.name, NO_SIMULATION.name}): "when production exists and the candidate "
+                                                    "is promoted",
+}
 
 
 def _shown(e: _Entry, names: list[str], described: dict[str, str], bench_requests: int
            ) -> AwsRequest:
     when = []
-    if e.req.when and not (e.req.service == "sagemaker-runtime"):
+    if e.req.when and e.req.service != "sagemaker-runtime":
         when.append(e.req.when)
     if len(e.scenarios) < len(names):
         when.append(_TOGETHER.get(frozenset(e.scenarios)) or "only in " + " and ".join(

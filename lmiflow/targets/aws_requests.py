@@ -56,7 +56,8 @@ class AwsRequest(BaseModel):
 
 
 @cache
-def _session():
+def botocore_session():
+    """One botocore session per process for reading service models (it caches them)."""
     import botocore.session
 
     return botocore.session.get_session()
@@ -66,7 +67,7 @@ def _session():
 def operation_model(service: str, operation: str):
     """botocore's model of one operation; loading needs no credentials and no network."""
     try:
-        model = _session().get_service_model(service)
+        model = botocore_session().get_service_model(service)
     except Exception:
         raise InvalidRequest(f"{service}: not an AWS service botocore knows") from None
     if operation not in model.operation_names:

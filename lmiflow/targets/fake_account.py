@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
@@ -47,6 +48,7 @@ class Scenario(BaseModel):
     leftovers: bool = False  # what an interrupted run leaves: a candidate, its expired lease
     failed_production: bool = False
     stores: bool = True  # baseline, calibration store and staged weights already in S3
+    may_simulate: bool = True  # the caller may ask IAM's policy simulator
 
 
 class _Fault(Exception):
@@ -67,8 +69,10 @@ class FakeAccount:
     """SageMaker, S3, Application Auto Scaling, CloudWatch, Service Quotas, STS and IAM, as
     far as the lifecycle asks them."""
 
-    def __init__(self, region: str, account: str, partition: str = "aws"):
+    def __init__(self, region: str, account: str, partition: str = "aws",
+                 may_simulate: bool = True):
         self.region, self.account, self.partition = region, account, partition
+        self.may_simulate = may_simulate
         self.endpoints: dict[str, dict] = {}
         self.configs: dict[str, dict] = {}
         self.models: dict[str, dict] = {}
@@ -119,6 +123,9 @@ class FakeAccount:
                        "lmiflow-runner/dry-run"}
 
     def _iam_SimulatePrincipalPolicy(self, p: dict) -> dict:
+        if not self.may_simulate:
+            raise _Fault("AccessDenied", "not authorized to perform: "
+                                         "iam:SimulatePrincipalPolicy", 403)
         return {"EvaluationResults": [
             {"EvalActionName": a, "EvalResourceName": r, "EvalDecision": "allowed"}
             for a in p["ActionNames"] for r in p.get("ResourceArns", ["*"])],
@@ -417,6 +424,18 @@ class FakeAccount:
         return {}
 
 
+@cache
+def _boto_session() -> Any:
+    """One boto3 session over the process's botocore session, which caches the service
+    models it has read (megabytes of JSON); boto3 registers its client extensions on that
+    session once, so it is made once."""
+    import boto3
+
+    from lmiflow.targets.aws_requests import botocore_session
+
+    return boto3.Session(botocore_session=botocore_session())
+
+
 def _body(data: bytes) -> Any:
     from botocore.response import StreamingBody
 
@@ -428,11 +447,8 @@ class RecordingSession:
     made once per service and kept: the account behind them can be swapped per scenario."""
 
     def __init__(self, region: str, account: FakeAccount):
-        import boto3
-
         self.region, self.account = region, account
-        self._boto = boto3.Session(region_name=region, aws_access_key_id="recording",
-                                   aws_secret_access_key="recording")
+        self._boto = _boto_session()
         self._clients: dict[str, Any] = {}
 
     def get_available_partitions(self) -> list[str]:
@@ -442,7 +458,9 @@ class RecordingSession:
         return self._boto.get_available_regions(service, partition)
 
     def get_credentials(self) -> Any:
-        return self._boto.get_credentials()
+        from botocore.credentials import Credentials
+
+        return Credentials("recording", "recording")
 
     def client(self, service: str, region_name: str | None = None, config: Any = None,
                **_: Any) -> Any:
@@ -451,7 +469,8 @@ class RecordingSession:
         from botocore.awsrequest import AWSResponse
 
         c = self._boto.client(service, region_name=region_name or self.region, config=config,
-                              endpoint_url=f"https://{service}.recording.invalid")
+                              endpoint_url=f"https://{service}.recording.invalid",
+                              aws_access_key_id="recording", aws_secret_access_key="recording")
 
         def keep(params: dict, context: dict, **_: Any) -> None:
             # the API's own parameters; before-call sees only the serialised request

@@ -65,7 +65,7 @@ class Recording:
     def record(self, req: AwsRequest) -> None:
         with self._lock:  # the benchmark's requests come from many threads
             self.requests.append(req.model_copy(update={"step": self.step,
-                                                        "when": self.when}))
+                                                        "when": self.when or req.when}))
 
     def take(self) -> list[AwsRequest]:
         out, self.requests = self.requests, []
@@ -76,7 +76,8 @@ class Recording:
         """The target on a fresh account seeded for `scenario`; `after`: the account an
         earlier recorded run left (its S3 objects: baseline, calibration store, weights)."""
         t = self.target
-        self.account = FakeAccount(t.region, self.account.account, self.account.partition)
+        self.account = FakeAccount(t.region, self.account.account, self.account.partition,
+                                   may_simulate=scenario.may_simulate)
         self.session.account = self.account
         if after is not None and scenario.stores:
             self.account.objects = dict(after.objects)

@@ -47,9 +47,20 @@ def _exit_line(capsys) -> str:
     return lines[0]
 
 
+def _on_the_account(monkeypatch, name: str, answer) -> None:
+    """What the account answers the deploy's target; the dry run's recording twin (a
+    SageMakerTarget too) keeps its in-memory account's answers."""
+    real = getattr(SageMakerTarget, name)
+
+    def patched(self, *args):
+        return real(self, *args) if hasattr(self, "recording_of") else answer(self, *args)
+
+    monkeypatch.setattr(SageMakerTarget, name, patched)
+
+
 def test_missing_alarm(monkeypatch, capsys):
-    monkeypatch.setattr(SageMakerTarget, "missing_alarms",
-                        lambda self, names: [n for n in names if n.endswith("latency")])
+    _on_the_account(monkeypatch, "missing_alarms",
+                    lambda self, names: [n for n in names if n.endswith("latency")])
     assert main(["deploy", str(CANARY)]) == 2
     line = _exit_line(capsys)
     assert line.startswith("lmiflow: error: promotion.alarms: no CloudWatch alarm named "
@@ -58,8 +69,8 @@ def test_missing_alarm(monkeypatch, capsys):
 
 def test_fleet_over_quota(monkeypatch, capsys):
     monkeypatch.setattr(SageMakerTarget, "missing_alarms", lambda self, names: [])
-    monkeypatch.setattr(SageMakerTarget, "endpoint_quotas",
-                        lambda self, types: dict.fromkeys(types, 1.0))
+    _on_the_account(monkeypatch, "endpoint_quotas",
+                    lambda self, types: dict.fromkeys(types, 1.0))
     assert main(["deploy", str(CANARY)]) == 2
     line = _exit_line(capsys)
     assert line.startswith("lmiflow: error: instance.count: ")
