@@ -30,6 +30,7 @@ from lmiflow.redact import MASK
 from lmiflow.run_record import RunRecord
 from lmiflow.sizing.planner import Plan
 from lmiflow.spec import DeploymentSpec
+from lmiflow.targets import recording_of
 from lmiflow.targets.aws_requests import AwsRequest
 from lmiflow.targets.base import Target
 from lmiflow.targets.fake_account import EARLIER_HASH, LEFTOVER_HASH, SHOWN_HASH, Scenario
@@ -93,7 +94,7 @@ def recorded_requests(spec: DeploymentSpec, model: ResolvedModel, p: Plan,
                       candidate: Candidate, target: Target, tags: dict[str, str]
                       ) -> list[AwsRequest]:
     """The run's requests, in order (none where the target has no API to record)."""
-    recording = target.recording()
+    recording = recording_of(target)
     if recording is None:
         return []
     run = pipeline.planned_run(spec, candidate, p, target, tags)

@@ -49,3 +49,13 @@ def configured_target(kind: str, *, state_dir: str | None = None, region: str | 
     return make_target(kind, region=region, role_arn=role_arn, s3_uri=s3_uri,
                        credentials_block=credentials_block, packaging=packaging, vpc=vpc_config,
                        lease_ttl_s=lease_ttl_s, mode=mode)
+
+
+def recording_of(target: Target) -> Any:
+    """Where the platform has an API to list: a recorder of the requests a run sends, whose
+    twins of `target` record instead of sending (targets.recording); None elsewhere."""
+    if target.kind != "sagemaker":
+        return None
+    from lmiflow.targets.recording import Recording
+
+    return Recording(target)  # type: ignore[arg-type]

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, Field
 
@@ -306,12 +306,6 @@ class Target(ABC):
         return None
 
     # ---- what the run will ask of the platform ----------------------------------------------
-
-    def recording(self) -> Any:
-        """Where the platform has an API: a recorder of the requests a run sends, with twins
-        of this target that record instead of sending (targets.recording); None elsewhere:
-        nothing to list."""
-        return None
 
     def iam_policies(self, requests: list[AwsRequest]) -> tuple[dict, dict] | None:
         """(the runner's policy, the execution role's) for these requests, where the platform

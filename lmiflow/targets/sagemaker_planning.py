@@ -123,13 +123,6 @@ class PlanningOps:
 
     # -- the run's requests and the permissions they need --
 
-    def recording(self):
-        """This target's twin on an in-memory account (targets.recording): what the dry run
-        records the run's requests from."""
-        from lmiflow.targets.recording import Recording
-
-        return Recording(self)
-
     def iam_policies(self, requests: list[AwsRequest]) -> tuple[dict, dict] | None:
         if not self.role_arn:
             return None

@@ -1,8 +1,8 @@
-"""The example configs, dry-run: every AWS request each would send (report.json `requests`)
-against a golden listing kept in tests/targets/golden/, plus what each config is an example
-of, checked from the requests themselves: the host AMI the image's CUDA needs, least-
-outstanding-requests routing, the engine's keys in serving.properties, the lease and the
-preflight before anything is created, and the candidate deleted before production changes.
+"""The example configs, dry-run: every AWS request each would send (report.json `requests`),
+and what each config is an example of, checked from the requests themselves: the host AMI
+the image's CUDA needs, least-outstanding-requests routing, the engine's keys in
+serving.properties, the lease and the preflight before anything is created, and the candidate
+deleted before production changes.
 
 The listing is recorded from the deploy itself (lmiflow.recorded_run): there is no second copy
 to keep in line, so no golden listing either; what each example shows is checked here, and
