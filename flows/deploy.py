@@ -45,7 +45,7 @@ def deploy_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
         with pipeline.target_for(spec).endpoint_lock(spec.name, report.run_id) as lock:
             model, p, candidate = plan_steps(spec, rec, steps)
             names = candidate.names
-            tags = pipeline.tags_for(names, report.run_id)
+            tags = pipeline.tags_for(names, report.run_id, pipeline.target_for(spec))
             with rec.step("preflight") as s:
                 steps.check_production(spec)
                 report.promotion_plan = steps.preflight(spec, candidate,
