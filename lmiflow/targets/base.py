@@ -519,6 +519,10 @@ class Target(ABC):
         platform, for preflight: none by default."""
         return []
 
+    def delete_policy(self, endpoint: str) -> dict | None:
+        """The IAM policy `endpoints delete` needs, where the platform has one; None."""
+        return None
+
     def files_of(self, endpoint: str, models: Sequence[str]) -> list[str]:
         """Where the models read their files (asked before teardown deletes them, for
         remove_files). None by default."""

@@ -90,7 +90,12 @@ def delete_requests(endpoint: str, s3_uri: str | None, lease_ttl_s: int, account
 
     names = Target.resource_names(endpoint, PLACEHOLDER_HASH)
     sm = "sagemaker"
-    out = [request(sm, "DescribeEndpoint", EndpointName=endpoint),
+    _, partition, _, _, account, _ = account_arn.split(":", 5)
+    caller = f"arn:{partition}:iam::{account}:role/<the caller's role>"
+    out = [request("sts", "GetCallerIdentity"),  # the preflight (targets.aws_preflight)
+           request("iam", "SimulatePrincipalPolicy", PolicySourceArn=caller, ActionNames=[]),
+           request(sm, "ListEndpoints", MaxResults=1),
+           request(sm, "DescribeEndpoint", EndpointName=endpoint),
            request(sm, "ListTags", ResourceArn=account_arn + endpoint.lower()),
            request(sm, "DescribeEndpointConfig", EndpointConfigName=names["endpoint_config"]),
            *(request(sm, op, NameContains=f"{endpoint}-") for op in (
@@ -156,6 +161,19 @@ class StagedFilesOps:
         return [n for n in needed(reqs, "{region}", "arn:{partition}:iam::{account}:role/x",
                                   general=False)
                 if not n.action.startswith("application-autoscaling:")]
+
+    def delete_policy(self, endpoint: str) -> dict | None:
+        """The policy of whoever deletes the endpoint (`endpoints delete`): written from
+        delete_requests as the runner's is from the run's. Not the runner's: a deploy never
+        deletes production, so its identity may not."""
+        if not self.role_arn:
+            return None
+        from lmiflow.targets.iam import account_of, runner_policy
+
+        partition, account = account_of(self.role_arn)
+        reqs = delete_requests(endpoint, self.s3_uri, self.lease_ttl_s,
+                               f"arn:{partition}:sagemaker:{self.region}:{account}:endpoint/")
+        return runner_policy(reqs, self.region, self.role_arn)
 
     # -- before the models go: what they read --
 
