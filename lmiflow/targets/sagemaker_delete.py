@@ -77,12 +77,16 @@ PLACEHOLDER_HASH = "x" * 8  # a spec hash delete learns only from the listings
 PLACEHOLDER_ARN = "arn:aws:sagemaker:<region>:<account>:endpoint/"
 
 
-def delete_requests(endpoint: str, s3_uri: str | None, lease_ttl_s: int, account_arn: str
-                    ) -> list[AwsRequest]:
+def delete_requests(endpoint: str, s3_uri: str | None, lease_ttl_s: int, account_arn: str,
+                    *, components: bool = False, scaling: bool = True) -> list[AwsRequest]:
     """Every kind of request `endpoints delete` sends (pure), one per kind and resource, on
-    placeholder names where the listings supply them: what the runner's delete policy is
-    written from and its preflight checks (targets.iam). account_arn: the endpoint ARN's
-    leading part, arn:<partition>:sagemaker:<region>:<account>:endpoint/."""
+    placeholder names where the listings supply them ("*": each of those found): what its
+    policy is written from and its preflight checks (targets.iam). account_arn: the endpoint
+    ARN's leading part, arn:<partition>:sagemaker:<region>:<account>:endpoint/. components:
+    the target runs inference components (each on the endpoint goes first; they carry the
+    names of the configs that placed them, unknown here). scaling: the endpoint's own
+    autoscaling, which delete looks for and removes only when it may."""
+    from lmiflow.targets import components_plan as cp
     from lmiflow.targets.autoscaling_plan import describe_targets_request, removal_requests
     from lmiflow.targets.base import Target
     from lmiflow.targets.s3_lease import planned_lease_requests
@@ -101,8 +105,11 @@ def delete_requests(endpoint: str, s3_uri: str | None, lease_ttl_s: int, account
            *(request(sm, op, NameContains=f"{endpoint}-") for op in (
                "ListModels", "ListEndpointConfigs", "ListEndpoints")),
            request(sm, "DescribeModel", ModelName=names["model"]),
-           describe_targets_request(endpoint, VARIANT_NAME),
-           *removal_requests(endpoint, VARIANT_NAME),
+           *([describe_targets_request(endpoint, VARIANT_NAME),
+              *removal_requests(endpoint, VARIANT_NAME)] if scaling else []),
+           *([cp.list_components_request(endpoint), *cp.unscale_requests("*"),
+              cp.delete_component_request("*"), cp.describe_component_request("*")]
+             if components else []),
            *(request(sm, "DeleteEndpoint", EndpointName=n)
              for n in (endpoint, names["endpoint"])),
            request(sm, "DeleteEndpointConfig", EndpointConfigName=names["endpoint_config"]),
@@ -152,15 +159,15 @@ class StagedFilesOps:
 
     def delete_needs(self, endpoint: str) -> list[tuple]:
         """What delete_requests need, for the preflight: resources in the form
-        aws_preflight fills in ({partition}, {region}, {account}); autoscaling left out,
-        since remove_autoscaling goes on when it may not look."""
+        aws_preflight fills in ({partition}, {region}, {account}); the endpoint's autoscaling
+        left out, since remove_autoscaling goes on when it may not look."""
         from lmiflow.targets.iam import needed
 
         reqs = delete_requests(endpoint, self.s3_uri, self.lease_ttl_s,
-                               "arn:{partition}:sagemaker:{region}:{account}:endpoint/")
-        return [n for n in needed(reqs, "{region}", "arn:{partition}:iam::{account}:role/x",
-                                  general=False)
-                if not n.action.startswith("application-autoscaling:")]
+                               "arn:{partition}:sagemaker:{region}:{account}:endpoint/",
+                               components=self.mode == "inference_component", scaling=False)
+        return needed(reqs, "{region}", "arn:{partition}:iam::{account}:role/x",
+                      general=False)
 
     def delete_policy(self, endpoint: str) -> dict | None:
         """The policy of whoever deletes the endpoint (`endpoints delete`): written from
@@ -172,7 +179,8 @@ class StagedFilesOps:
 
         partition, account = account_of(self.role_arn)
         reqs = delete_requests(endpoint, self.s3_uri, self.lease_ttl_s,
-                               f"arn:{partition}:sagemaker:{self.region}:{account}:endpoint/")
+                               f"arn:{partition}:sagemaker:{self.region}:{account}:endpoint/",
+                               components=self.mode == "inference_component")
         return runner_policy(reqs, self.region, self.role_arn)
 
     # -- before the models go: what they read --
