@@ -140,10 +140,10 @@ class StagedFilesOps:
         return store_tags(self.s3_uri)
 
     def adopt_store(self, endpoint: str) -> str | None:
-        recorded = None
         st = self.describe(endpoint)
-        if st is not None:
-            recorded = st.tags.get(STORE_TAG)
+        if st is None:
+            return None  # nothing to delete: the caller says so
+        recorded = st.tags.get(STORE_TAG)
         if recorded and self.s3_uri and not same_store(recorded, self.s3_uri):
             raise ValueError(f"endpoint {endpoint} was deployed with target.s3_uri "
                              f"{recorded} (its {STORE_TAG} tag), not {self.s3_uri}")

@@ -184,3 +184,10 @@ def test_objects_go_in_batches_of_a_thousand_and_every_request_is_valid():
     for r in listing:
         if r.params.get("ModelName") != "*":  # stands for each remaining model
             validate(r)
+
+
+def test_delete_of_no_endpoint_is_one_line_and_no_warning(aws, capsys):
+    assert main(["endpoints", "delete", "gone", "--target", "sagemaker", "--region",
+                 "us-east-1"]) == 2
+    err = capsys.readouterr().err
+    assert "no endpoint named 'gone'" in err and "tag" not in err
