@@ -220,13 +220,15 @@ class StagedFilesOps:
             removed.append(self._drop(bucket, folder, keys, "serving.properties folder"))
         weights = f"s3://{bucket}/{prefix}{WEIGHTS_FOLDER}"
         staged = sorted({u for u in used if u.startswith(weights) and u.endswith("/")})
+        running: list[str] | None = None  # other endpoints' leases, listed once if asked
         for uri in staged:
             users = remaining.users_of(uri)
             if users:
                 kept.append(f"staged weights {uri}: still read by model "
                             + ", ".join(users[:3]) + (" and others" if len(users) > 3 else ""))
                 continue
-            running = self._other_leases(bucket, prefix, endpoint)
+            if running is None:
+                running = self._other_leases(bucket, prefix, endpoint)
             if running:
                 kept.append(f"staged weights {uri}: a deploy of {running[0]} may be about to "
                             "use them (its lease is held); delete them later by hand")
