@@ -45,7 +45,7 @@ def deploy(spec: DeploymentSpec, rec: RunRecord, impl: Any, plan: PlanFn,
             try:
                 model, p, candidate = plan()
                 names = candidate.names
-                tags = pipeline.tags_for(names, report.run_id)
+                tags = pipeline.tags_for(names, report.run_id, pipeline.target_for(spec))
                 with rec.step("preflight") as s:
                     impl.check_production(spec)
                     report.promotion_plan = impl.preflight(spec, candidate, rec.planned_requests())

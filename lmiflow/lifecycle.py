@@ -411,12 +411,17 @@ def cleanup_candidate(target: Target, names: Names) -> list[str]:
     return removed
 
 
-def teardown(target: Target, production: str) -> list[str]:
-    """Delete production (endpoint, its config and model) and every candidate resource."""
+def teardown(target: Target, production: str, kept: list[str] | None = None) -> list[str]:
+    """Delete production (endpoint, its config and model), every candidate resource, and the
+    files stored for them that nothing left uses (target.remove_files). What was left on
+    purpose is appended to `kept`, each with its reason."""
     removed: list[str] = []
     prod = target.describe(production)
     config = prod.config_name if prod else None
     model = target.config_model_name(config) if config else None
+    models = {m for m in target.list_resources(f"{production}-").get("models", [])
+              if target.is_candidate_resource(production, m)}
+    used = target.files_of(production, sorted(models | ({model} if model else set())))
     if target.remove_autoscaling(production):
         removed.append(f"autoscaling of {production}")
     if target.delete_endpoint(production):
@@ -426,7 +431,10 @@ def teardown(target: Target, production: str) -> list[str]:
         removed.append(f"endpoint config {config}")
     if model and target.delete_model(model):
         removed.append(f"model {model}")
-    return removed
+    files, left = target.remove_files(production, used)
+    if kept is not None:
+        kept += left
+    return removed + files
 
 
 # ---- production's baseline ----------------------------------------------------------------------

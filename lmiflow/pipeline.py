@@ -383,9 +383,13 @@ def autoscaling_for(spec: DeploymentSpec, p: Plan) -> ScalingPlan | None:
     return plan_
 
 
-def tags_for(names: Names, run_id: str | None) -> dict[str, str]:
+def tags_for(names: Names, run_id: str | None, target: Target | None = None
+             ) -> dict[str, str]:
+    """The run's tags, and the target's own (where it keeps the endpoint's lease and files,
+    which `endpoints delete` reads back)."""
     return {"project": PROJECT_TAG, "lmiflow:endpoint": names.production,
-            "lmiflow:spec-hash": names.spec_hash, "lmiflow:run-id": run_id or "none"}
+            "lmiflow:spec-hash": names.spec_hash, "lmiflow:run-id": run_id or "none",
+            **(target.resource_tags() if target is not None else {})}
 
 
 def smoke_payload(spec: DeploymentSpec) -> dict:

@@ -246,7 +246,7 @@ def plan_steps(spec: DeploymentSpec, rec: RunRecord, impl: Any
         # permissions they need.
         target = pipeline.target_for(spec)
         reqs = pipeline.run_requests(spec, model, cand, p, target,
-                                     pipeline.tags_for(cand.names, report.run_id))
+                                     pipeline.tags_for(cand.names, report.run_id, target))
         if reqs:
             report.requests = [ShownRequest(**r.shown()) for r in reqs]
             policies = target.iam_policies(reqs)

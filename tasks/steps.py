@@ -388,11 +388,14 @@ def production_state(spec: DeploymentSpec) -> ProductionState:
 
 @step_task("teardown")
 def teardown(spec: DeploymentSpec) -> list[str]:
-    """Delete production and every candidate resource of this endpoint."""
-    removed = lifecycle.teardown(target_for(spec), spec.name)
+    """Delete production and every candidate resource of this endpoint, and the files only
+    they used; what is kept (reports, shared weights) is said with its reason."""
+    kept: list[str] = []
+    removed = lifecycle.teardown(target_for(spec), spec.name, kept)
     get_run_logger().info("teardown of %s removed: %s", spec.name,
                           ", ".join(removed) or "nothing")
-    _md(spec, "teardown", "# Teardown\n\n" + "\n".join(f"- {r}" for r in removed))
+    _md(spec, "teardown", "# Teardown\n\n" + "\n".join(
+        [f"- {r}" for r in removed] + [f"- kept {k}" for k in kept]))
     return removed
 
 

@@ -72,7 +72,9 @@ def _needs(args: Any) -> list[tuple[str, str]]:
         return [("sagemaker:DescribeEndpoint", endpoint),
                 ("sagemaker:InvokeEndpoint" + ("WithResponseStream" if args.stream else ""),
                  endpoint)]
-    return [("sagemaker:DescribeEndpoint", endpoint), ("sagemaker:DeleteEndpoint", endpoint)]
+    # delete: first what finds where the endpoint's lease and files are (its tags); the
+    # rest once that is known (target.delete_needs)
+    return [("sagemaker:DescribeEndpoint", endpoint), ("sagemaker:ListTags", endpoint)]
 
 
 def _require(target: Any, name: str) -> Any:
@@ -146,18 +148,28 @@ def _delete(target: Any, args: Any) -> int:
     from lmiflow import lifecycle
     from lmiflow.targets.base import EndpointBusy
 
+    try:  # where the deploys keep the lock and files: as the endpoint records it
+        warning = target.adopt_store(args.name)
+    except ValueError as exc:
+        raise UserInputError("--s3-uri", str(exc)) from None
+    if warning:
+        print(f"lmiflow: warning: {warning}", file=sys.stderr)
+    target.preflight(target.delete_needs(args.name))  # now that the S3 prefix is known
     print(f"taking the lock of endpoint {args.name} (a deploy of it in progress finishes "
           "first)", file=sys.stderr)
+    kept: list[str] = []
     try:
         with target.endpoint_lock(args.name, "lmiflow endpoints delete"):
             if target.describe(args.name) is None:
                 raise UserInputError("NAME", f"no endpoint named {args.name!r} on target "
                                              f"{target.kind}")
-            removed = lifecycle.teardown(target, args.name)
+            removed = lifecycle.teardown(target, args.name, kept)
     except EndpointBusy as exc:
         raise UserInputError("NAME", f"{exc}: wait for that run to end, then delete") from None
     for what in removed:
         print(f"deleted {what}")
+    for what in kept:
+        print(f"kept {what}")
     return 0
 
 

@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
                        description=__doc__)
     p.add_argument("config", metavar="CONFIG", help="Deployment config (YAML).")
     p.add_argument("--json", action="store_true",
-                   help="One JSON object: runner, execution_role, execution_role_trust.")
+                   help="One JSON object: runner, execution_role, execution_role_trust, delete.")
     p.set_defaults(run=run)
 
 
@@ -30,8 +30,9 @@ def run(args) -> int:
     rec = RunRecord(spec, None)
     plan_steps(spec, rec, DirectSteps)
     r = rec.report
+    delete = pipeline.target_for(spec).delete_policy(spec.name)
     doc = {"runner": r.iam_policy, "execution_role": r.execution_role_policy,
-           "execution_role_trust": TRUST_POLICY}
+           "execution_role_trust": TRUST_POLICY, "delete": delete}
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
@@ -44,4 +45,8 @@ def run(args) -> int:
     print(json.dumps(r.execution_role_policy, indent=2))
     print("\n# Its trust policy")
     print(json.dumps(TRUST_POLICY, indent=2))
+    print(f"\n# Whoever runs `lmiflow endpoints delete {spec.name} --target sagemaker`: the\n"
+          "# endpoint, its candidates, configs and models, and the S3 files only they used.\n"
+          "# Not the runner's: a deploy never deletes production.")
+    print(json.dumps(delete, indent=2))
     return 0

@@ -496,6 +496,40 @@ class Target(ABC):
     @abstractmethod
     def delete_model(self, name: str) -> bool: ...
 
+    # ---- what the endpoint's deploys stored (endpoints delete) ------------------------------
+
+    def resource_tags(self) -> dict[str, str]:
+        """Tags a run puts on what it creates besides its own: where the target keeps the
+        endpoint's lease and files, so that a later delete finds them. None by default."""
+        return {}
+
+    def adopt_store(self, endpoint: str) -> str | None:
+        """Before a delete locks the endpoint: where its deploys keep their lease and files,
+        as the endpoint records it (resource_tags), becomes this target's. Raises ValueError
+        when that and the configured place disagree; returns a warning when neither is known.
+        Nothing to do by default (one state dir holds everything)."""
+        return None
+
+    def delete_needs(self, endpoint: str) -> list[tuple]:
+        """What deleting the endpoint (lifecycle.teardown, under its lock) asks of the
+        platform, for preflight: none by default."""
+        return []
+
+    def delete_policy(self, endpoint: str) -> dict | None:
+        """The IAM policy `endpoints delete` needs, where the platform has one; None."""
+        return None
+
+    def files_of(self, endpoint: str, models: Sequence[str]) -> list[str]:
+        """Where the models read their files (asked before teardown deletes them, for
+        remove_files). None by default."""
+        return []
+
+    def remove_files(self, endpoint: str, used: Sequence[str]) -> tuple[list[str], list[str]]:
+        """After teardown: the files stored for the endpoint and its models (`used`: what
+        files_of found) that nothing left uses. Returns (what was removed, what was kept and
+        why). Nothing by default."""
+        return [], []
+
     # ---- production's baseline ------------------------------------------------------------
 
     @abstractmethod

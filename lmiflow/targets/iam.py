@@ -144,6 +144,9 @@ def permissions(req: AwsRequest, arns: Arns) -> list[Permission]:
 
 def _s3_permissions(req: AwsRequest, arns: Arns) -> list[Permission]:
     p, action = req.params, s3_action(req.operation)
+    if req.operation == "DeleteObjects":  # IAM authorizes s3:DeleteObject on each key
+        return [Permission("s3:DeleteObject", arns.objects(p["Bucket"], o["Key"]))
+                for o in p["Delete"]["Objects"]]
     if "Key" in p:
         out = [Permission(action, arns.objects(p["Bucket"], p["Key"]))]
         if req.operation in S3_READS:  # so that a missing key is a 404, not a 403

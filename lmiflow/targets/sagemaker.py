@@ -40,6 +40,7 @@ from lmiflow.targets.base import (
     check_name,
 )
 from lmiflow.targets.sagemaker_components import ComponentOps
+from lmiflow.targets.sagemaker_delete import StagedFilesOps
 from lmiflow.targets.sagemaker_planning import PlanningOps
 from lmiflow.targets.sagemaker_requests import (
     create_endpoint_config_request,
@@ -72,7 +73,8 @@ BUSY_STATUSES = ("Creating", "Updating", "SystemUpdating", "RollingBack", "Delet
 # ---- the target -----------------------------------------------------------------------------
 
 
-class SageMakerTarget(ComponentOps, S3Storage, ScalingOps, PlanningOps, Target):
+class SageMakerTarget(ComponentOps, S3Storage, StagedFilesOps, ScalingOps, PlanningOps,
+                     Target):
     """Target on SageMaker real-time endpoints (targets.base.Target). Every request is built
     as an AwsRequest, checked against botocore's service model and then sent; the clients are
     guarded too, so requests boto3 builds itself (paginators, multipart uploads) are checked."""

@@ -231,3 +231,60 @@ def test_the_runner_policy_fits_one_managed_policy(name, capsys):
     (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_iam-quotas.html)."""
     policy = planned(name, capsys)["iam_policy"]
     assert len("".join(json.dumps(policy).split())) <= 6144
+
+
+# ---- `endpoints delete`: its own policy (`lmiflow iam`'s "delete"), not the runner's --------
+
+
+def _delete_target(name: str, policy: dict | None = None):
+    target = pipeline.target_for(load_spec(str(ROOT / "configs" / f"{name}.yaml")))
+    if policy is not None:
+        target._session = simulating_session(policy)
+        target.__dict__.pop("session", None)
+    return target
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_the_delete_policy_passes_the_linter_and_its_preflight(name):
+    target = _delete_target(name)
+    spec_name = load_spec(str(ROOT / "configs" / f"{name}.yaml")).name
+    policy = target.delete_policy(spec_name)
+    assert lint(policy) == []
+    notes = _delete_target(name, policy).preflight(target.delete_needs(spec_name))
+    assert not any("not simulated" in n for n in notes)
+
+
+@pytest.mark.parametrize("name", ["llama-3.1-8b-g5-g6", "shared-llama-3.1-8b"])
+def test_the_delete_preflight_refuses_the_policy_without_any_one_statement(name):
+    spec_name = load_spec(str(ROOT / "configs" / f"{name}.yaml")).name
+    policy = _delete_target(name).delete_policy(spec_name)
+    needs = _delete_target(name).delete_needs(spec_name)
+    for i, removed in enumerate(policy["Statement"]):
+        if all(a.startswith(("application-autoscaling:", "cloudwatch:"))
+               for a in removed["Action"]):
+            continue  # delete goes on without autoscaling rights (remove_autoscaling)
+        rest = {**policy, "Statement": policy["Statement"][:i] + policy["Statement"][i + 1:]}
+        with pytest.raises(AccessProblem) as err:
+            _delete_target(name, rest).preflight(needs)
+        (line,) = str(err.value).splitlines()
+        assert any(a in line for a in removed["Action"]), (removed, line)
+
+
+def test_the_delete_policy_removes_only_what_lmiflow_staged_for_the_endpoint(capsys):
+    name = "llama-3.1-8b-g5-g6"
+    spec = load_spec(str(ROOT / "configs" / f"{name}.yaml"))
+    policy = _delete_target(name).delete_policy(spec.name)
+    bucket, _, prefix = spec.target.s3_uri.removeprefix("s3://").partition("/")
+    objects = f"arn:aws:s3:::{bucket}/{prefix}"
+    for key in (f"{spec.name}-m-0123abcd/serving.properties", f"{spec.name}/baseline.json",
+                f"weights/meta-llama--x/{'a' * 40}/model.safetensors"):
+        assert allowed(policy, "s3:DeleteObject", objects + key), key
+    for key in (f"{spec.name}/reports/{spec.name}-c-0123abcd/report.json",
+                "calibration.json", "other-m-0123abcd/serving.properties"):
+        assert not allowed(policy, "s3:DeleteObject", objects + key), key
+    assert allowed(policy, "sagemaker:DeleteEndpoint", _arn("endpoint", spec.name))
+    assert not allowed(policy, "sagemaker:DeleteEndpoint", _arn("endpoint", "other"))
+    # the runner's policy may not delete production: a deploy never does
+    runner = planned(name, capsys)["iam_policy"]
+    assert allowed(runner, "sagemaker:DeleteEndpoint", _arn("endpoint", spec.name + "-c-0123abcd"))
+    assert not allowed(runner, "sagemaker:DeleteEndpoint", _arn("endpoint", spec.name))
