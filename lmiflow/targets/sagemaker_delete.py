@@ -89,7 +89,7 @@ def delete_requests(endpoint: str, s3_uri: str | None, lease_ttl_s: int, account
     from lmiflow.targets import components_plan as cp
     from lmiflow.targets.autoscaling_plan import describe_targets_request, removal_requests
     from lmiflow.targets.base import Target
-    from lmiflow.targets.s3_lease import planned_lease_requests
+    from lmiflow.targets.s3_lease import lease_delete_request, lease_put_request
     from lmiflow.targets.sagemaker_requests import VARIANT_NAME, lease_key
 
     names = Target.resource_names(endpoint, PLACEHOLDER_HASH)
@@ -117,7 +117,11 @@ def delete_requests(endpoint: str, s3_uri: str | None, lease_ttl_s: int, account
     if not s3_uri:
         return out
     bucket, prefix = split_s3(s3_uri)
-    take, release = planned_lease_requests(bucket, lease_key(prefix, endpoint), lease_ttl_s)
+    key, etag = lease_key(prefix, endpoint), '"<ETag of the lease>"'
+    take = [lease_put_request(bucket, key, b"<lease>", IfNoneMatch="*"),
+            request("s3", "GetObject", Bucket=bucket, Key=key),  # held: by whom, expired?
+            lease_put_request(bucket, key, b"<lease>", IfMatch=etag)]
+    release = [lease_delete_request(bucket, key, etag)]
     weights = prefix + WEIGHTS_FOLDER  # each staged prefix under it: <repo>/<commit>/
     files = f"{prefix}{names['model']}/"
     out = [*take, *out]
