@@ -289,7 +289,8 @@ def require_passed(result: SmokeTest) -> SmokeTest:
 
 
 def benchmark(target: Target, spec: DeploymentSpec, endpoint: str, p: Plan,
-              tokenizer_dir: str | None, on_progress: ProgressFn | None = None) -> BenchResult:
+              tokenizer_dir: str | None, on_progress: ProgressFn | None = None, *,
+              load_tokenizers: bool = True) -> BenchResult:
     """The config's benchmark against the endpoint, priced at the chosen instance's rate.
     The tokenizer comes from the model's directory when it is on disk, else bench finds it
     where the endpoint's weights are. With regression.compare_with production_now, production
@@ -311,7 +312,8 @@ def benchmark(target: Target, spec: DeploymentSpec, endpoint: str, p: Plan,
         production = spec.name if prod is not None and prod.status == "InService" else None
     return bench_endpoint(target, endpoint, cfg, tokenizer=tokenizer,
                           tokenizer_source=tokenizer_dir if tokenizer else None,
-                          gates=spec.gates, on_progress=on_progress, production=production)
+                          gates=spec.gates, on_progress=on_progress, production=production,
+                          load_tokenizer=load_tokenizers)
 
 
 # ---- production -------------------------------------------------------------------------------

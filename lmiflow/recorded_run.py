@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from lmiflow import deploy_run, pipeline
+from lmiflow import deploy_run, lifecycle, pipeline
 from lmiflow.bench.gates import Verdict
 from lmiflow.bench.metrics import BenchResult
 from lmiflow.model_source import ResolvedModel
@@ -72,15 +72,16 @@ class _Steps(deploy_run.LifecycleSteps):
 
     def benchmark(self, spec: DeploymentSpec, endpoint: str, p: Plan,
                   tokenizer_dir: str | None) -> BenchResult:
-        """One request per level: the listing gives the real benchmark's count (_counted).
-        Without the runner's tokenizer, so the lookup in the endpoint's files is listed."""
+        """One request per level: the listing gives the real benchmark's count (_shown).
+        Without the runner's tokenizer, so the lookup in the endpoint's files is listed; no
+        tokenizer is loaded (the Hub is not asked, transformers not imported)."""
         short = spec.benchmark.model_copy(update={
             "concurrency": spec.benchmark.concurrency[:1] or [1], "rates": [],
             "requests": 1, "warmup_requests": 0, "repeats": 1})
         self.recording.when = "when the runner has no copy of the model's tokenizer"
         try:
-            return super().benchmark(spec.model_copy(update={"benchmark": short}), endpoint,
-                                     p, None)
+            return lifecycle.benchmark(self.target, spec.model_copy(
+                update={"benchmark": short}), endpoint, p, None, load_tokenizers=False)
         finally:
             self.recording.when = None
 

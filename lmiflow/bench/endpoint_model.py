@@ -42,9 +42,10 @@ def _max_position(directory: Path) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def endpoint_model(target: Target, endpoint: str) -> ModelInfo:
+def endpoint_model(target: Target, endpoint: str, load: bool = True) -> ModelInfo:
     """Tokenizer and max_model_len of a named endpoint's model, as far as they can be found;
-    notes say what could not be."""
+    notes say what could not be. load=False: the endpoint's files are read, no tokenizer is
+    loaded (a recorded run: no Hub, no transformers)."""
     info = ModelInfo()
     with tempfile.TemporaryDirectory(prefix="lmiflow-model-") as tmp:
         files = target.model_files(endpoint, Path(tmp), TOKENIZER_FILES)
@@ -63,6 +64,8 @@ def endpoint_model(target: Target, endpoint: str) -> ModelInfo:
             candidates.append((str(found), label))
         if model_id and not model_id.startswith(("s3://", "/", ".")):
             candidates.append((model_id, model_id))  # a Hub id: the cache, then the Hub
+        if not load:
+            return info
         reasons = []
         for source, label in candidates:
             try:

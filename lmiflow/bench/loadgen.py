@@ -381,7 +381,7 @@ def bench_endpoint(
     target: Target, endpoint: str, cfg: LoadConfig, *, tokenizer: Any | None = None,
     tokenizer_source: str | None = None, gates: Sequence[GateSpec] | None = None,
     on_progress: ProgressFn | None = None, find_tokenizer: bool = True,
-    production: str | None = None,
+    production: str | None = None, load_tokenizer: bool = True,
 ) -> BenchResult:
     """Benchmark a named endpoint of a Target, through its invoke_stream (the target owns
     every way to reach an endpoint: its faults, retries and routing stay in the measurement).
@@ -393,7 +393,7 @@ def bench_endpoint(
     if tokenizer is None and find_tokenizer:
         from lmiflow.bench.endpoint_model import endpoint_model
 
-        info = endpoint_model(target, endpoint)
+        info = endpoint_model(target, endpoint, load=load_tokenizer)
         tokenizer, tokenizer_source, notes = info.tokenizer, info.tokenizer_source, info.notes
 
     eps = [Endpoint(source=f"{target.kind}:{name}", target=target, name=name)
