@@ -4,11 +4,18 @@ branch, then laid over each other. What `--dry-run` prints, report.json's `reque
 policies and the preflight's simulated actions all come from this one list, so nothing can be
 listed that is not sent, or sent that is not listed and permitted.
 
-The branches: a first deploy (nothing exists), a redeploy promoted over a production that
-serves an earlier config (with an interrupted run's leftovers to remove), and a redeploy the
-gate rejects. A request sent in some branches only says in which (`when`); one sent several
-times in a row is listed once with its count. Names the run learns only from the account
-(production's earlier config, a leftover's hash) are shown with `xxxxxxxx` for their hash.
+The branches: a first deploy (nothing exists); a redeploy promoted over a production that
+serves an earlier config, on another instance type where the run scales production (with an
+interrupted run's candidate and expired lease to take over); a redeploy the gate rejects; a
+redeploy whose caller may not simulate its permissions. A request sent in some branches only
+says in which (`when`); one sent several times in a row is listed once with its count; the
+benchmark is recorded with one request per level and listed with the real count. Names the
+run learns only from the account (production's earlier config, a leftover's hash) are shown
+with `xxxxxxxx` for their hash.
+
+What is not recorded but listed from its own module: the bytes of staged weights
+(staging.planned_requests, what s3transfer sends per file) and planning's reads of an s3://
+model (weights.s3_read_requests), both checked against moto by their tests.
 """
 
 from __future__ import annotations
