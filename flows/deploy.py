@@ -69,12 +69,14 @@ def plan_llm(spec: DeploymentSpec, report_dir: str | None = None) -> dict:
 
 @flow(name="teardown-llm", flow_run_name="teardown-{spec.name}")
 def teardown_llm(spec: DeploymentSpec) -> list[str]:
-    """Delete production and every candidate resource of this endpoint.
+    """Delete production and every candidate resource of this endpoint, under its lock (as
+    `lmiflow endpoints delete`): a deploy running meanwhile would create production again.
 
     Args:
         spec: The deployment config whose endpoint is torn down.
     """
-    return steps.teardown(spec)
+    with steps.endpoint_lock(spec, _run_id()):
+        return steps.teardown(spec)
 
 
 @flow(name="redeploy-from-config", flow_run_name="redeploy-{config}")
