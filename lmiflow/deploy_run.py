@@ -46,10 +46,7 @@ def deploy(spec: DeploymentSpec, rec: RunRecord, impl: Any, plan: PlanFn,
                 model, p, candidate = plan()
                 names = candidate.names
                 tags = pipeline.tags_for(names, report.run_id, pipeline.target_for(spec))
-                with rec.step("preflight") as s:
-                    impl.check_production(spec)
-                    report.promotion_plan = impl.preflight(spec, candidate, rec.planned_requests())
-                    s.summary = _peak_summary(report.promotion_plan)
+                preflight(spec, rec, impl, candidate)
                 with rec.step("stage_weights") as s:
                     report.staging = impl.stage_weights(spec, candidate.weights)
                     s.summary = (report.staging.summary() if report.staging
@@ -136,6 +133,16 @@ def _cleanup(impl: Any, spec: DeploymentSpec, names: Names, log) -> list[str]:
     except Exception as exc:
         log.error("cleanup of %s failed: %s", names.endpoint, redact_text(str(exc)))
         return [f"CLEANUP FAILED: {redact_text(str(exc))}"]
+
+
+def preflight(spec: DeploymentSpec, rec: RunRecord, impl: Any, candidate: Candidate) -> None:
+    """Before anything is created: production may be replaced, the credentials may send the
+    listed requests, the alarms exist, the peak fleet fits the quotas. (A step of its own so
+    that a recording can ask it again once the requests are listed: recorded_run.)"""
+    with rec.step("preflight") as s:
+        impl.check_production(spec)
+        rec.report.promotion_plan = impl.preflight(spec, candidate, rec.planned_requests())
+        s.summary = _peak_summary(rec.report.promotion_plan)
 
 
 def _record_calibration(impl: Any, spec, model, p, bench, candidate, rec, log

@@ -20,9 +20,11 @@ model (weights.s3_read_requests), both checked against moto by their tests.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,15 +47,18 @@ from lmiflow.targets.fake_account import EARLIER_HASH, LEFTOVER_HASH, SHOWN_HASH
 log = logging.getLogger(__name__)
 
 FIRST = Scenario(name="first", description="a first deploy", production=False, stores=False)
-REDEPLOY = Scenario(name="redeploy", description="a promoted redeploy (that finds an "
-                    "interrupted run's leftovers)", leftovers=True)
+REDEPLOY = Scenario(name="redeploy", description="a promoted redeploy", leftovers=True)
 REJECTED = Scenario(name="rejected", description="a rejected redeploy", promoted=False)
-NO_SIMULATION = Scenario(name="no-simulation", description="a redeploy whose caller may not "
-                         "simulate its permissions (the preflight then probes)",
-                         may_simulate=False)
 # recorded in this order (the redeploys find what the first deploy stored in S3); listed in
 # the redeploy's order, the others' requests laid in where they fall
-SCENARIOS = (FIRST, REDEPLOY, REJECTED, NO_SIMULATION)
+SCENARIOS = (FIRST, REDEPLOY, REJECTED)
+# only the preflight differs when the caller may not simulate its permissions
+NO_SIMULATION = Scenario(name="no-simulation", description="a redeploy whose caller may not "
+                         "simulate its permissions", may_simulate=False)
+SIMULATES = "when the caller may simulate its permissions"
+PROBES = "only when the caller may not simulate its permissions: the preflight then probes"
+LEFTOVERS = ("only when an interrupted run left its candidate behind",
+             "only when an interrupted run left its lease behind (taken over once expired)")
 
 
 class RecordingFailed(RuntimeError):
@@ -94,7 +99,8 @@ class _Steps(deploy_run.LifecycleSteps):
 
     def gate(self, spec: DeploymentSpec, bench: BenchResult, baseline: BenchResult | None
              ) -> Verdict:
-        verdict = super().gate(spec, bench, baseline)
+        # production as the gate asks after it; the comparison itself is pure (not recorded)
+        verdict = super().gate(spec, bench, None)
         return verdict.model_copy(update={"passed": self.scenario.promoted})
 
 
@@ -106,38 +112,64 @@ def recorded_requests(spec: DeploymentSpec, model: ResolvedModel, p: Plan,
     if recording is None:
         return []
     run = pipeline.planned_run(spec, candidate, p, target, tags)
-    listed: list[AwsRequest] = []
-    # The preflight simulates the permissions of the listed requests, so it is recorded
-    # twice: first with nothing listed, then with the first pass's list (the simulation asks
-    # IAM, whose requests need no permission it simulates: the list is then settled).
-    for _ in range(2):
-        traces, after = [], None
-        for scenario in SCENARIOS:
-            twin = recording.twin(scenario, run, after)
-            _record(spec, model, p, candidate, scenario,
-                    _Steps(twin, recording, scenario, listed), recording)
-            traces.append((scenario, recording.take()))
-            after = recording.account if scenario is FIRST else after
-        listed = merge(traces, run.bench_requests)
-    return listed
+    traces, after = [], None
+    for scenario in SCENARIOS:
+        twin = recording.twin(scenario, run, after)
+        _record(spec, model, p, candidate, scenario, _Steps(twin, recording, scenario, []),
+                recording)
+        traces.append((scenario, recording.take()))
+        after = recording.account if scenario is FIRST else after
+    # The preflight simulates the permissions of the listed requests: asked again, branch by
+    # branch, once they are listed (IAM's requests need no permission it simulates, so the
+    # list is then settled), and once for a caller who may not simulate.
+    listed = merge(traces, run.bench_requests)
+    firsts = {scenario.name: trace for scenario, trace in traces}
+    again, after = [], None
+    for scenario in (*SCENARIOS, NO_SIMULATION):
+        twin = recording.twin(scenario, run, after)
+        _record_preflight(spec, candidate, _Steps(twin, recording, scenario, listed),
+                          recording)
+        asked = recording.take()
+        if scenario is NO_SIMULATION:
+            return merge(again, run.bench_requests, asked)
+        trace = firsts[scenario.name]
+        at = next(i for i, r in enumerate(trace) if r.step == "preflight")
+        again.append((scenario, trace[:at] + asked
+                      + [r for r in trace[at:] if r.step != "preflight"]))
+        after = recording.account if scenario is FIRST else after
+    raise AssertionError("unreachable")
+
+
+def _record_preflight(spec: DeploymentSpec, candidate: Candidate, steps: _Steps,
+                      recording: Any) -> None:
+    rec = _StepNames(spec, recording)
+    with _quiet():
+        deploy_run.preflight(spec, rec, steps, candidate)
 
 
 def _record(spec, model, p, candidate, scenario: Scenario, steps: _Steps, recording) -> None:
     rec = _StepNames(spec, recording)
     problems: list[str] = []
-    quiet = logging.getLogger("lmiflow")  # what the recorded run "did" is not news
-    level, quiet.level = quiet.level, logging.CRITICAL + 1
-    try:
+    with _quiet():
         status, _ = deploy_run.deploy(spec, rec, steps,
                                       lambda: _planned(spec, model, p, candidate, rec, steps),
                                       _Collect(problems))
-    finally:
-        quiet.setLevel(level)
     want = "promoted" if scenario.promoted else "rejected"
     if status != want or problems:
         raise RecordingFailed(f"recording {scenario.description}: {status} in "
                               f"{rec.report.failed_step or 'no step'}: "
                               f"{'; '.join(problems) or rec.report.error}")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """What a recorded run "did" is not news: lmiflow's loggers say nothing meanwhile."""
+    quiet = logging.getLogger("lmiflow")
+    level, quiet.level = quiet.level, logging.CRITICAL + 1
+    try:
+        yield
+    finally:
+        quiet.setLevel(level)
 
 
 def _planned(spec: DeploymentSpec, model: ResolvedModel, p: Plan, candidate: Candidate,
@@ -189,6 +221,7 @@ class _Entry:
     key: str
     count: int = 1
     scenarios: set[str] = field(default_factory=set)
+    extra: str | None = None
 
 
 def _key(req: AwsRequest) -> str:
@@ -210,45 +243,63 @@ def _collapse(scenario: str, trace: list[AwsRequest]) -> list[_Entry]:
     return out
 
 
-def merge(traces: list[tuple[Scenario, list[AwsRequest]]], bench_requests: int
-          ) -> list[AwsRequest]:
-    """One list in the redeploy's order, each request saying the branches it is sent in."""
+def merge(traces: list[tuple[Scenario, list[AwsRequest]]], bench_requests: int,
+          no_simulation: list[AwsRequest] | None = None) -> list[AwsRequest]:
+    """One list in the redeploy's order, each request saying the branches it is sent in;
+    no_simulation: the preflight of a caller who may not simulate its permissions, laid
+    over the redeploy's preflight."""
     by_name = {s.name: (s, t) for s, t in traces}
     spine, rest = by_name.pop(REDEPLOY.name), list(by_name.values())
     merged = _collapse(spine[0].name, spine[1])
     for scenario, trace in rest:
-        other = _collapse(scenario.name, trace)
-        matcher = difflib.SequenceMatcher(None, [e.key for e in merged],
-                                          [e.key for e in other], autojunk=False)
-        out: list[_Entry] = []
-        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
-            if tag == "equal":
-                for e, o in zip(merged[i1:i2], other[j1:j2], strict=True):
-                    e.scenarios.add(scenario.name)
-                    e.count = max(e.count, o.count)
-                    out.append(e)
-            else:
-                out += merged[i1:i2] + other[j1:j2]
-        merged = out
+        merged = _lay_over(merged, _collapse(scenario.name, trace), scenario.name)
     names = [s.name for s, _ in traces]
+    if no_simulation is not None:
+        at = [i for i, e in enumerate(merged) if e.req.step == "preflight"]
+        block = merged[at[0]:at[-1] + 1]
+        laid = _lay_over(block, _collapse(NO_SIMULATION.name, no_simulation),
+                         NO_SIMULATION.name)
+        for e in laid:
+            if e.scenarios == {NO_SIMULATION.name}:
+                e.scenarios, e.extra = set(names), PROBES
+            elif NO_SIMULATION.name not in e.scenarios:
+                e.extra = SIMULATES
+            e.scenarios.discard(NO_SIMULATION.name)
+        merged[at[0]:at[-1] + 1] = laid
+    for e in merged:  # the redeploy also found what an interrupted run left
+        if e.scenarios == {REDEPLOY.name} and (LEFTOVER_HASH in e.key or e.req.step == "lock"):
+            e.scenarios, e.extra = set(names), LEFTOVERS[e.req.step == "lock"]
     described = {s.name: s.description for s, _ in traces}
     return [_shown(e, names, described, bench_requests) for e in merged]
 
 
+def _lay_over(merged: list[_Entry], other: list[_Entry], name: str) -> list[_Entry]:
+    """`other`'s requests laid over `merged`: the same ones marked as sent in `name` too,
+    the others inserted where they fall."""
+    matcher = difflib.SequenceMatcher(None, [e.key for e in merged], [e.key for e in other],
+                                      autojunk=False)
+    out: list[_Entry] = []
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            for e, o in zip(merged[i1:i2], other[j1:j2], strict=True):
+                e.scenarios.add(name)
+                e.count = max(e.count, o.count)
+                out.append(e)
+        else:
+            out += merged[i1:i2] + other[j1:j2]
+    return out
+
+
 # the branches a request is sent in, where they say something shorter together
-_TOGETHER = {
-    frozenset({FIRST.name, REDEPLOY.name, NO_SIMULATION.name}): "when the candidate is promoted",
-    frozenset({REDEPLOY.name, REJECTED.name, NO_SIMULATION.name}): "when production exists",
-    frozenset({FIRST.name, REDEPLOY.name, REJECTED.name}): "when the caller may simulate its "
-                                                           "permissions",
-    frozenset({REDEPLOY.name, NO_SIMULATION.name}): "when production exists and the candidate "
-                                                    "is promoted",
-}
+_TOGETHER = {frozenset({FIRST.name, REDEPLOY.name}): "when the candidate is promoted",
+             frozenset({REDEPLOY.name, REJECTED.name}): "when production exists",
+             frozenset({REDEPLOY.name}): "when production exists and the candidate is "
+                                         "promoted"}
 
 
 def _shown(e: _Entry, names: list[str], described: dict[str, str], bench_requests: int
            ) -> AwsRequest:
-    when = []
+    when = [e.extra] if e.extra else []
     if e.req.when and e.req.service != "sagemaker-runtime":
         when.append(e.req.when)
     if len(e.scenarios) < len(names):

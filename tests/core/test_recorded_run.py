@@ -72,10 +72,10 @@ def test_each_branch_says_when_its_requests_are_sent(capsys):
     assert {r["when"] for r in cleanup} == {"only in a rejected redeploy"}
     # an interrupted run's candidate, removed before this one's model is created
     gone = _one(reqs, "DeleteModel", "create_model", ModelName=f"{prod}-m-xxxxxxxx")
-    assert gone["when"].startswith("only in a promoted redeploy")
+    assert gone["when"] == "only when an interrupted run left its candidate behind"
     lease = [r for r in reqs if r["step"] == "lock"]
     assert [r["operation"] for r in lease] == ["PutObject", "GetObject", "PutObject"]
-    assert lease[1]["when"].startswith("only in a promoted redeploy")  # its expired lease
+    assert lease[1]["when"].startswith("only when an interrupted run left its lease")
     probe = _one(reqs, "ListEndpoints", "preflight", MaxResults=1)
     assert "may not simulate" in probe["when"]
     bench = _one(reqs, "InvokeEndpointWithResponseStream", "benchmark")
@@ -127,7 +127,7 @@ def test_merge_lays_branches_over_the_redeploy_and_counts_repeats():
     out = merge([(FIRST, first), (REDEPLOY, redeploy), (REJECTED, rejected)], 5)
     assert [(r.operation, r.when) for r in out] == [
         ("DescribeEndpoint", "x 2 in a recorded run (polls repeat until the status settles)"),
-        ("UpdateEndpoint", "only in " + REDEPLOY.description),
+        ("UpdateEndpoint", "when production exists and the candidate is promoted"),
         ("CreateEndpoint", "only in a first deploy"),
         ("DeleteModel", "only in a rejected redeploy"),
     ]
