@@ -216,7 +216,7 @@ def test_benchmark_prices_one_instance_and_counts_them(monkeypatch, price, count
     seen = {}
 
     def fake_bench(target, endpoint, cfg, *, tokenizer, tokenizer_source, gates, on_progress,
-                   production):
+                   production, load_tokenizer=True):
         seen.update(target=target, endpoint=endpoint, cfg=cfg, tokenizer=tokenizer,
                     tokenizer_source=tokenizer_source, gates=gates, on_progress=on_progress,
                     production=production)
