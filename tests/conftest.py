@@ -24,10 +24,13 @@ AWS
 
 Running
 - `make test` runs pytest-xdist, `-n 2 --dist loadgroup`. Each worker is a process with its
-  own session fixtures (moto server, Prefect harness, demo model, tmp_path_factory), so tests
+  own session fixtures (moto server, Prefect harness, tmp_path_factory), so tests
   spread freely. Tests that must share one thing a worker cannot have twice (a fixed path, an
   expensive module fixture) carry `@pytest.mark.xdist_group("<name>")`: one worker runs them.
-  None needs it today; a new one goes with its reason.
+  Today: test_faults' two tests on its module-scoped `production` (tests/e2e/conftest.py says
+  why); a new one goes with its reason.
+- The demo model and the sample reports are one per session, shared by the workers:
+  tests/session_files.py.
 - Random order, on demand: `pytest -p random_order --random-order-seed=N` (pytest-random-order;
   off unless asked for).
 """

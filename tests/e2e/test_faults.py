@@ -222,6 +222,7 @@ def test_invoke_errors_during_benchmark_go_to_the_gate(memory_production, tmp_pa
     prod.assert_untouched()
 
 
+@pytest.mark.xdist_group("faults-production")  # one `production` (module fixture)
 def test_server_crash_mid_benchmark(production, tmp_path):
     from lmiflow.tasks.common import add_progress_listener
 
@@ -249,6 +250,7 @@ def test_server_crash_mid_benchmark(production, tmp_path):
     production.assert_untouched()
 
 
+@pytest.mark.xdist_group("faults-production")  # one `production` (module fixture)
 def test_a_stopped_production_ends_a_production_now_comparison_in_time(production, tmp_path):
     """Production's server stopped (SIGSTOP: it accepts connections, answers nothing) while
     a candidate is compared with it: the benchmark's request to production waits out its

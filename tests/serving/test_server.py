@@ -331,12 +331,13 @@ class Server:
         return httpx.get(self.url + "/debug/stats", timeout=5).json()
 
 
-def _boot(tmp: Path, max_model_len: int, *args: str) -> Server:
+def _boot(factory: pytest.TempPathFactory, tmp: Path, max_model_len: int, *args: str
+          ) -> Server:
     """A real server on the demo model, healthy (the first /ping status is kept)."""
     pytest.importorskip("torch")
-    from lmiflow.serving.demo_model import ensure_demo_model
+    from tests.session_files import session_demo_model
 
-    weights = ensure_demo_model(tmp.parent / "lmiflow-demo-model")
+    weights = session_demo_model(factory)
     model_dir = tmp / "model"
     model_dir.mkdir()
     (model_dir / "serving.properties").write_text(
@@ -377,8 +378,8 @@ def _stop(server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = _boot(tmp_path_factory.mktemp("shared"), MAX_MODEL_LEN, "--max-body-bytes",
-                str(MAX_BODY))
+    srv = _boot(tmp_path_factory, tmp_path_factory.mktemp("shared"), MAX_MODEL_LEN,
+                "--max-body-bytes", str(MAX_BODY))
     yield srv
     _stop(srv)
 
@@ -624,8 +625,9 @@ def test_more_requests_than_slots_queue_and_all_finish(server: Server) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_mid_stream_ends_it_with_an_error_line(tmp_path: Path) -> None:
-    srv = _boot(tmp_path, 2048, "--drain-s", "0")
+def test_sigterm_mid_stream_ends_it_with_an_error_line(tmp_path: Path, tmp_path_factory
+                                                       ) -> None:
+    srv = _boot(tmp_path_factory, tmp_path, 2048, "--drain-s", "0")
     try:
         body = {"inputs": "Last words", "stream": True, "parameters": {"max_new_tokens": 2000}}
         with httpx.stream("POST", srv.url + "/invocations", json=body, timeout=60) as r:
