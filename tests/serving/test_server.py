@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -282,9 +283,22 @@ def test_a_body_that_stops_arriving_gets_408() -> None:
         sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: t\r\n"
                      b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
                      b'{"inputs": "half')  # ... and the other 84 bytes never come
-        head = sock.recv(4096)
-    assert head.startswith(b"HTTP/1.1 408"), head
-    assert b"request body not received within 0.5 s" in head
+        answer = _whole_response(sock)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"request body not received within 0.5 s" in answer
+
+
+def _whole_response(sock: socket.socket) -> bytes:
+    """The status line, headers and Content-Length bytes of body: one recv() may return the
+    head alone (they are sent apart; on a busy machine they arrive apart)."""
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        data += chunk
+        head, sep, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+        if not chunk or (sep and length and len(body) >= int(length.group(1))):
+            return data
 
 
 def test_sigterm_ends_a_running_stream_with_an_error_line() -> None:
@@ -378,6 +392,8 @@ def _stop(server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real server for the module's tests (a boot is 3-5 s of CPU): they carry
+    xdist_group("serving-server"), so one xdist worker boots it, not each."""
     srv = _boot(tmp_path_factory, tmp_path_factory.mktemp("shared"), MAX_MODEL_LEN,
                 "--max-body-bytes", str(MAX_BODY))
     yield srv
@@ -385,6 +401,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_ping_is_503_while_loading_then_200(server: Server) -> None:
     # The server listens before the model is loaded (torch alone takes seconds to import).
     assert server.first_ping == 503
@@ -395,6 +412,7 @@ def test_ping_is_503_while_loading_then_200(server: Server) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_invoke_with_details_counts_tokens(server: Server) -> None:
     r = server.post({"inputs": "Hello world", "parameters": {"max_new_tokens": 12,
                                                              "details": True}})
@@ -415,12 +433,14 @@ def test_invoke_with_details_counts_tokens(server: Server) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_default_max_new_tokens_is_lmis_30(server: Server) -> None:
     d = server.post({"inputs": "Hi", "parameters": {"details": True}}).json()["details"]
     assert d["generated_tokens"] == 30 or d["finish_reason"] == "eos_token"
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_sampling_changes_output_and_gives_log_probs(server: Server) -> None:
     body = {"inputs": "Once upon a time", "stream": True,
             "parameters": {"max_new_tokens": 24, "do_sample": True, "temperature": 1.5}}
@@ -434,6 +454,7 @@ def test_sampling_changes_output_and_gives_log_probs(server: Server) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_stream_sends_tokens_one_by_one(server: Server) -> None:
     n = 200
     body = {"inputs": "Streaming test", "stream": True, "parameters": {"max_new_tokens": n}}
@@ -459,6 +480,7 @@ def test_stream_sends_tokens_one_by_one(server: Server) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_stop_sequence_ends_generation_early(server: Server) -> None:
     free = server.post({"inputs": "Hello world",
                         "parameters": {"max_new_tokens": 40, "details": True}}).json()
@@ -473,6 +495,7 @@ def test_stop_sequence_ends_generation_early(server: Server) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_chat_form_uses_the_template_and_answers_openai_style(server: Server) -> None:
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
     r = server.post({"messages": msgs, "max_tokens": 6, "temperature": 0})
@@ -503,6 +526,7 @@ def test_chat_form_uses_the_template_and_answers_openai_style(server: Server) ->
     ({"inputs": "x", "stream": True, "parameters": {"temperature": -1}}, 400, "temperature"),
     ({"messages": []}, 400, "messages"),
 ])
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_bad_requests_get_4xx_with_code_424(server: Server, body: dict, status: int,
                                             match: str) -> None:
     r = server.post(body)
@@ -513,6 +537,7 @@ def test_bad_requests_get_4xx_with_code_424(server: Server, body: dict, status: 
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_body_over_the_limit_is_413_and_bad_json_is_400(server: Server) -> None:
     big = server.post({"inputs": "x" * (MAX_BODY + 10)})
     assert big.status_code == 413 and big.json()["code"] == 424
@@ -534,6 +559,7 @@ def _passes(server: Server) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_concurrent_requests_share_forward_passes(server: Server) -> None:
     n, tokens = 6, 32
     body = {"inputs": "Batch me", "parameters": {"max_new_tokens": tokens, "details": True}}
@@ -564,6 +590,7 @@ def test_concurrent_requests_share_forward_passes(server: Server) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_client_disconnect_mid_stream_frees_its_slot(server: Server) -> None:
     body = {"inputs": "Long one", "stream": True, "parameters": {"max_new_tokens": 450}}
     with httpx.stream("POST", server.url + "/invocations", json=body, timeout=60) as r:
@@ -586,6 +613,7 @@ def test_client_disconnect_mid_stream_frees_its_slot(server: Server) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_non_stream_client_that_gives_up_frees_its_slot(server: Server) -> None:
     body = {"inputs": "Long one", "parameters": {"max_new_tokens": 450}}
     with pytest.raises(httpx.ReadTimeout):
@@ -601,6 +629,7 @@ def test_non_stream_client_that_gives_up_frees_its_slot(server: Server) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_more_requests_than_slots_queue_and_all_finish(server: Server) -> None:
     n = MAX_BATCH + 4
     body = {"inputs": "Queue", "parameters": {"max_new_tokens": 8, "details": True}}
