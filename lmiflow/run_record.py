@@ -7,7 +7,7 @@ import contextlib
 import datetime as dt
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -125,11 +125,13 @@ def report_path(report_dir: str | Path | None, name: str) -> Path:
     return Path(report_dir) if report_dir else Path("reports") / name
 
 
-def write_report(report: RunReport, report_dir: str | Path | None) -> Path:
-    """report.json, .md and .html; returns report.json's path."""
+def write_report(report: RunReport, report_dir: str | Path | None,
+                 plots: Mapping[str, bytes | None] | None = None) -> Path:
+    """report.json, .md and .html; returns report.json's path. plots: see
+    lmiflow.report.writer.report_plots."""
     from lmiflow.report.writer import write_report as write
 
-    return write(report, report_path(report_dir, report.endpoint))["json"]
+    return write(report, report_path(report_dir, report.endpoint), plots)["json"]
 
 
 def fallback_report_dirs(name: str, run_id: str | None) -> list[Path]:
@@ -148,18 +150,19 @@ class ReportNotWritten(RuntimeError):
     """Neither the report directory nor any fallback could take the report."""
 
 
-def write_report_somewhere(report: RunReport, report_dir: str | Path | None
+def write_report_somewhere(report: RunReport, report_dir: str | Path | None,
+                           plots: Mapping[str, bytes | None] | None = None
                            ) -> tuple[Path, str | None]:
     """write_report, and when that fails, the fallback directories in turn: writing a report
     must never turn a finished run (a promotion above all) into a failure. Returns the path
     and, when a fallback took it, why the report directory did not."""
     try:
-        return write_report(report, report_dir), None
+        return write_report(report, report_dir, plots), None
     except (OSError, StateError) as exc:
         why = f"{report_path(report_dir, report.endpoint)}: {_reason(exc)}"
     for directory in fallback_report_dirs(report.endpoint, report.run_id):
         try:
-            return write_report(report, directory), why
+            return write_report(report, directory, plots), why
         except (OSError, StateError) as exc:
             why += f"; {directory}: {_reason(exc)}"
     raise ReportNotWritten(why)

@@ -406,9 +406,13 @@ def report(run_report: RunReport, report_dir: str | None, spec: DeploymentSpec |
     SageMaker); put their substance in a Markdown artifact. Never fails the run: a report
     directory that cannot take the files sends them to a fallback directory, and the artifact
     and the upload are conveniences."""
+    from lmiflow.report.writer import report_plots
+
     log = get_run_logger()
+    plots = None
     try:
-        path, why = write_report_somewhere(run_report, report_dir)
+        plots = report_plots(run_report)  # drawn once: for report.html and the artifact
+        path, why = write_report_somewhere(run_report, report_dir, plots)
     except ReportNotWritten as exc:
         log.error("no report could be written: %s", redact_text(str(exc)))
         return None
@@ -434,9 +438,7 @@ def report(run_report: RunReport, report_dir: str | None, spec: DeploymentSpec |
     log.info("%s: report at %s", (run_report.outcome.headline if run_report.outcome
                                    else run_report.status), location)
     try:
-        from lmiflow.report.plots import all_plots
-
-        text = digest(run_report, location, all_plots(run_report))
+        text = digest(run_report, location, plots)
         create_markdown_artifact(key=artifact_key(name, "report"), markdown=redact_text(text),
                                  description=f"{name}: {run_report.status}")
         if url:

@@ -24,10 +24,16 @@ AWS
 
 Running
 - `make test` runs pytest-xdist, `-n 2 --dist loadgroup`. Each worker is a process with its
-  own session fixtures (moto server, Prefect harness, demo model, tmp_path_factory), so tests
+  own session fixtures (moto server, Prefect harness, tmp_path_factory), so tests
   spread freely. Tests that must share one thing a worker cannot have twice (a fixed path, an
   expensive module fixture) carry `@pytest.mark.xdist_group("<name>")`: one worker runs them.
-  None needs it today; a new one goes with its reason.
+  Today, each for a module-scoped fixture that one worker should build, not each:
+  "faults-production" (tests/e2e/test_faults.py: a real production deploy), "serving-server"
+  (tests/serving/test_server.py: a real server), "latency-cv" (tests/sizing/test_latency_cv.py:
+  the cross-validation, about 8 s). A new one goes with its reason. (On pytest 9.2 the
+  groups hold only through tests/xdist_groups.py, imported here.)
+- The demo model and the sample reports are one per session, shared by the workers:
+  tests/session_files.py.
 - Random order, on demand: `pytest -p random_order --random-order-seed=N` (pytest-random-order;
   off unless asked for).
 """
@@ -38,6 +44,7 @@ import pytest
 
 from tests import hf_settings
 from tests.aws_fakes import moto_server, stop_shared_moto
+from tests.xdist_groups import pytest_collection_modifyitems  # noqa: F401 (a hook)
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +35,32 @@ def render_json(report: RunReport) -> str:
     return json.dumps(_finite(report.to_json_dict()), indent=2, ensure_ascii=False) + "\n"
 
 
-def write_report(report: RunReport, out_dir: Path) -> dict[str, Path]:
+def redacted(report: RunReport) -> RunReport:
+    """The copy every file is made from (the caller's report is not modified)."""
+    return RunReport.model_validate(redact(report.to_json_dict()))
+
+
+def report_plots(report: RunReport) -> dict[str, bytes | None]:
+    """The plots of ``report``'s redacted copy: what report.html embeds. Drawing them is most
+    of a report's cost (about 0.6 s); a caller that also needs them elsewhere (the deploy's
+    Markdown artifact) draws them once here and passes them to write_report."""
+    from lmiflow.report.plots import all_plots
+
+    return all_plots(redacted(report))
+
+
+def write_report(report: RunReport, out_dir: Path,
+                 plots: Mapping[str, bytes | None] | None = None) -> dict[str, Path]:
     """Redact ``report`` and write report.json, report.md and report.html into ``out_dir``.
 
     Returns the paths by kind ("json", "md", "html"). The caller's report is not modified.
+    ``plots``: report_plots(report), when the caller has drawn them already.
     """
-    safe = RunReport.model_validate(redact(report.to_json_dict()))
+    safe = redacted(report)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    texts = {"json": render_json(safe), "md": render_markdown(safe), "html": render_html(safe)}
+    texts = {"json": render_json(safe), "md": render_markdown(safe),
+             "html": render_html(safe, plots)}
     paths = {kind: out_dir / f"report.{kind}" for kind in texts}
     for kind, path in paths.items():
         tmp = path.with_name(path.name + ".tmp")

@@ -24,9 +24,9 @@ PLAN = ["--max-input-tokens", "16", "--max-output-tokens", "8", "--concurrency",
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    from lmiflow.serving.demo_model import ensure_demo_model
+    from tests.session_files import session_demo_model
 
-    return ensure_demo_model(tmp_path_factory.getbasetemp() / "lmiflow-demo-model")
+    return session_demo_model(tmp_path_factory)
 
 
 @pytest.fixture()

@@ -5,12 +5,14 @@ tests/conftest.py):
   its own PREFECT_HOME. In-process flows use it; a CLI subprocess shares it through
   PREFECT_API_URL (tests/e2e/flows.prefect_api_env()) instead of starting a temporary API
   server of its own (tests/e2e/test_interrupts.py checks that server's life cycle).
-- `demo_model` (session): the tiny random-weight Llama, built once.
+- `demo_model` (session): the tiny random-weight Llama, built once per session and shared by
+  the xdist workers and the other directories' tests (tests/session_files.py); read-only.
 - `state_dir`: a private local-target state directory; every server left in it is stopped.
 
-Under xdist each worker has its own harness, model and state directories, so e2e tests spread
-over the workers (a module-scoped fixture such as test_faults' `production` is then built by
-each worker that runs one of its tests: today only one test uses it)."""
+Under xdist each worker has its own harness and state directories, so e2e tests spread over
+the workers. A module-scoped fixture would be built by each worker that runs one of its tests:
+test_faults' `production` (a real deploy, about 12 s) is used by two tests, which therefore
+carry xdist_group("faults-production") and run on one worker."""
 
 from __future__ import annotations
 
@@ -26,17 +28,23 @@ def prefect_harness(tmp_path_factory):
     # Importing prefect.main sets up Prefect's log handlers on the stderr of that moment: do
     # it here, not inside a test whose captured stderr (capfd) is closed when it ends.
     import prefect.main  # noqa: F401
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=180):
+    # No flow-run heartbeats in this process: the heartbeat thread sleeps in 1 s steps and
+    # each flow run waits for it to wake when it ends (0.5 s on average, about 40 runs per
+    # session). Heartbeats tell a Prefect server that a run crashed; no test here asks it.
+    # CLI subprocesses keep theirs (the setting cannot be unset through the environment).
+    with (prefect_test_harness(server_startup_timeout=180),
+          temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})):
         yield
 
 
 @pytest.fixture(scope="session")
 def demo_model(tmp_path_factory):
-    from lmiflow.serving.demo_model import build_demo_model
+    from tests.session_files import session_demo_model
 
-    return build_demo_model(tmp_path_factory.mktemp("demo") / "demo-model")
+    return session_demo_model(tmp_path_factory)
 
 
 @pytest.fixture()

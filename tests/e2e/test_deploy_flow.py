@@ -222,6 +222,31 @@ def test_permanent_fault_is_not_retried(prefect_harness, demo_model, state_dir, 
         "models": [], "endpoint_configs": [], "endpoints": []}
 
 
+def test_the_reports_plots_are_drawn_once_for_the_page_and_the_artifact(
+        prefect_harness, demo_model, state_dir, tmp_path, monkeypatch, memory_flow_target):
+    """report.html and the run's Markdown artifact show the same plots, drawn once: drawing
+    them is most of what a report costs (about 0.6 s a time)."""
+    import re
+
+    from lmiflow.report import plots
+
+    drawn: list[str] = []
+    real = plots.all_plots
+
+    def counted(report):
+        drawn.append(report.endpoint)
+        return real(report)
+
+    monkeypatch.setattr(plots, "all_plots", counted)
+    state, report = run(make_spec(demo_model, name="e2e-plots"), tmp_path / "r")
+    assert state.is_completed(), report["error"]
+    assert drawn == ["e2e-plots"]
+    inline = re.findall(r"data:image/png;base64,[A-Za-z0-9+/=]+",
+                        artifact_texts("e2e-plots-report"))
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert inline and all(uri in html for uri in inline)
+
+
 def test_cli_deploy_summary_fits_80_columns_without_a_terminal(prefect_harness, demo_model,
                                                                tmp_path):
     """What a CI log shows: no terminal, so 80 columns; no line longer, no command split. The

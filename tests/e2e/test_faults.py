@@ -222,6 +222,7 @@ def test_invoke_errors_during_benchmark_go_to_the_gate(memory_production, tmp_pa
     prod.assert_untouched()
 
 
+@pytest.mark.xdist_group("faults-production")  # one `production` (module fixture)
 def test_server_crash_mid_benchmark(production, tmp_path):
     from lmiflow.tasks.common import add_progress_listener
 
@@ -249,6 +250,7 @@ def test_server_crash_mid_benchmark(production, tmp_path):
     production.assert_untouched()
 
 
+@pytest.mark.xdist_group("faults-production")  # one `production` (module fixture)
 def test_a_stopped_production_ends_a_production_now_comparison_in_time(production, tmp_path):
     """Production's server stopped (SIGSTOP: it accepts connections, answers nothing) while
     a candidate is compared with it: the benchmark's request to production waits out its
@@ -363,39 +365,33 @@ def test_promotion_interrupted_before_candidate_deleted(prefect_harness, demo_mo
 
 def test_concurrent_runs(prefect_harness, demo_model, state_dir, tmp_path):
     """Two deploys of one endpoint are serialized (the local endpoint lock) and production ends
-    consistent; two different endpoints proceed in parallel."""
+    consistent; a deploy of another endpoint started with them proceeds in parallel with the
+    one holding the lock (three processes at once: a lock wider than one endpoint would
+    serialize all three)."""
     from lmiflow.targets.local import LocalTarget
 
     env = _env(state_dir)
     specs = {"a": make_spec(demo_model, name="f-same"),
              "b": make_spec(demo_model, name="f-same", **{"workload.concurrency": 2}),
-             "c": make_spec(demo_model, name="f-other-1"),
-             "d": make_spec(demo_model, name="f-other-2")}
-    procs = {}
-    for key in ("a", "b"):
-        procs[key] = _lmiflow(_write(specs[key], tmp_path / f"{key}.yaml"), tmp_path / key, env)
-    outs = {k: p.communicate(timeout=600)[0].decode() for k, p in procs.items()}
-    reports = {k: json.loads((tmp_path / k / "report.json").read_text()) for k in ("a", "b")}
-    assert all(p.returncode == 0 for p in procs.values()), outs
-    windows = sorted((r["steps"][0]["started_at"],
-                      max(s["started_at"] + s["seconds"] for s in r["steps"] if s["started_at"]))
-                     for r in reports.values())
-    assert windows[0][1] <= windows[1][0], "runs on one endpoint overlapped"
-    target = LocalTarget(state_dir)
-    res = target.list_resources("f-same")
-    assert res["endpoints"] == ["f-same"] and len(res["endpoint_configs"]) == 1
-    last = max(reports.values(), key=lambda r: r["steps"][0]["started_at"])
-    assert target.describe("f-same").config_name.endswith(last["candidate_endpoint"][-8:])
-
+             "c": make_spec(demo_model, name="f-other")}
     procs = {k: _lmiflow(_write(specs[k], tmp_path / f"{k}.yaml"), tmp_path / k, env)
-             for k in ("c", "d")}
+             for k in specs}
     outs = {k: p.communicate(timeout=600)[0].decode() for k, p in procs.items()}
     assert all(p.returncode == 0 for p in procs.values()), outs
-    rc, rd = (json.loads((tmp_path / k / "report.json").read_text()) for k in ("c", "d"))
+    reports = {k: json.loads((tmp_path / k / "report.json").read_text()) for k in specs}
     start = lambda r: r["steps"][0]["started_at"]  # noqa: E731
     end = lambda r: max(s["started_at"] + s["seconds"] for s in r["steps"]  # noqa: E731
                         if s["started_at"])
-    assert start(rc) < end(rd) and start(rd) < end(rc), "different endpoints did not overlap"
+    first, second = sorted((reports["a"], reports["b"]), key=start)
+    assert end(first) <= start(second), "runs on one endpoint overlapped"
+    target = LocalTarget(state_dir)
+    res = target.list_resources("f-same")
+    assert res["endpoints"] == ["f-same"] and len(res["endpoint_configs"]) == 1
+    assert target.describe("f-same").config_name.endswith(second["candidate_endpoint"][-8:])
+    rc = reports["c"]
+    assert start(rc) < end(first) and start(first) < end(rc), \
+        "another endpoint's run waited for the lock of f-same"
+    assert target.list_resources("f-other")["endpoints"] == ["f-other"]
 
 
 def test_a_report_dir_that_cannot_take_the_report_does_not_undo_a_promotion(

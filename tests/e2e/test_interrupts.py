@@ -54,7 +54,29 @@ def test_an_api_server_that_cannot_start_is_one_line_and_creates_nothing(sandbox
     assert sandbox.processes() == {} and sandbox.registry()["endpoints"] == {}
 
 
-def test_sigterm_while_a_request_waits_on_a_silent_production_ends_in_seconds(sandbox):
+def _deploy_production_here(sandbox, monkeypatch, report_dir) -> None:
+    """The sandbox's config deployed by the flow in this process, on the session's Prefect
+    API, into the sandbox's state directory: production for a test whose subject is a later
+    `lmiflow deploy` process (a CLI deploy here would add a process and its own API server,
+    about 10 s of CPU, to show nothing more)."""
+    from lmiflow import pipeline
+    from lmiflow.spec import load_spec
+    from tests import hf_settings
+    from tests.e2e.flows import run
+
+    for key in ("LMIFLOW_STATE_DIR", "LMIFLOW_RETRY_BASE_S", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(key, sandbox.env[key])  # what the sandbox's processes get
+    hf_settings.sync(monkeypatch)
+    pipeline._target.cache_clear()
+    try:
+        state, report = run(load_spec(sandbox.config), report_dir)
+    finally:
+        pipeline._target.cache_clear()
+    assert state.is_completed(), report["error"]
+
+
+def test_sigterm_while_a_request_waits_on_a_silent_production_ends_in_seconds(
+        sandbox, prefect_harness, monkeypatch, tmp_path):
     """SIGTERM while the benchmark waits on production (stopped: it answers nothing) during
     a production_now comparison: the run cleans up and the process ends within seconds of
     its report, not when the waiting request's timeout (here 120 s) runs out."""
@@ -63,8 +85,7 @@ def test_sigterm_while_a_request_waits_on_a_silent_production_ends_in_seconds(sa
 
     import yaml
 
-    first = sandbox.deploy(timeout_s=600)
-    assert first.code == 0, first.stderr
+    _deploy_production_here(sandbox, monkeypatch, tmp_path / "first-report")
     pid = sandbox.production()["process"]["pid"]
     cfg = yaml.safe_load(sandbox.config.read_text())
     cfg["workload"]["concurrency"] = 3  # another candidate

@@ -17,7 +17,9 @@ from lmiflow.serving.demo_model import build_demo_model, ensure_demo_model  # no
 
 @pytest.fixture(scope="session")
 def demo_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_demo_model(tmp_path_factory.getbasetemp() / "lmiflow-demo-model")
+    from tests.session_files import session_demo_model
+
+    return session_demo_model(tmp_path_factory)
 
 
 def test_files_and_config_are_a_gqa_llama(demo_model_dir: Path) -> None:

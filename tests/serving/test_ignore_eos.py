@@ -23,12 +23,12 @@ def test_request_forms_carry_ignore_eos():
     assert chat_sampling(chat, 100).ignore_eos
 
 
-def test_ignore_eos_generates_exactly_max_new_tokens(tmp_path):
+def test_ignore_eos_generates_exactly_max_new_tokens(tmp_path_factory):
     pytest.importorskip("torch")
-    from lmiflow.serving.demo_model import build_demo_model
     from lmiflow.serving.engine import FINISH_EOS, FINISH_LENGTH, Engine, EngineOptions, Sampling
+    from tests.session_files import session_demo_model
 
-    engine = Engine(EngineOptions(model_path=str(build_demo_model(tmp_path / "m")),
+    engine = Engine(EngineOptions(model_path=str(session_demo_model(tmp_path_factory)),
                                   dtype="fp32", max_rolling_batch_size=2, max_model_len=64))
     try:
         ids = engine.encode("Once upon a time")

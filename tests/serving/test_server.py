@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -282,16 +283,22 @@ def test_a_body_that_stops_arriving_gets_408() -> None:
         sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: t\r\n"
                      b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
                      b'{"inputs": "half')  # ... and the other 84 bytes never come
-        head = b""
-        while b"\r\n\r\n" not in head or len(head.split(b"\r\n\r\n", 1)[1]) < int(
-                head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0]
-                if b"content-length: " in head.lower() else 0):
-            chunk = sock.recv(4096)  # the headers and the body may come in two segments
-            if not chunk:
-                break
-            head += chunk
-    assert head.startswith(b"HTTP/1.1 408"), head
-    assert b"request body not received within 0.5 s" in head
+        answer = _whole_response(sock)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"request body not received within 0.5 s" in answer
+
+
+def _whole_response(sock: socket.socket) -> bytes:
+    """The status line, headers and Content-Length bytes of body: one recv() may return the
+    head alone (they are sent apart; on a busy machine they arrive apart)."""
+    data = b""
+    while True:
+        chunk = sock.recv(4096)
+        data += chunk
+        head, sep, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+        if not chunk or (sep and length and len(body) >= int(length.group(1))):
+            return data
 
 
 def test_sigterm_ends_a_running_stream_with_an_error_line() -> None:
@@ -338,12 +345,13 @@ class Server:
         return httpx.get(self.url + "/debug/stats", timeout=5).json()
 
 
-def _boot(tmp: Path, max_model_len: int, *args: str) -> Server:
+def _boot(factory: pytest.TempPathFactory, tmp: Path, max_model_len: int, *args: str
+          ) -> Server:
     """A real server on the demo model, healthy (the first /ping status is kept)."""
     pytest.importorskip("torch")
-    from lmiflow.serving.demo_model import ensure_demo_model
+    from tests.session_files import session_demo_model
 
-    weights = ensure_demo_model(tmp.parent / "lmiflow-demo-model")
+    weights = session_demo_model(factory)
     model_dir = tmp / "model"
     model_dir.mkdir()
     (model_dir / "serving.properties").write_text(
@@ -384,13 +392,16 @@ def _stop(server: Server) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    srv = _boot(tmp_path_factory.mktemp("shared"), MAX_MODEL_LEN, "--max-body-bytes",
-                str(MAX_BODY))
+    """One real server for the module's tests (a boot is 3-5 s of CPU): they carry
+    xdist_group("serving-server"), so one xdist worker boots it, not each."""
+    srv = _boot(tmp_path_factory, tmp_path_factory.mktemp("shared"), MAX_MODEL_LEN,
+                "--max-body-bytes", str(MAX_BODY))
     yield srv
     _stop(srv)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_ping_is_503_while_loading_then_200(server: Server) -> None:
     # The server listens before the model is loaded (torch alone takes seconds to import).
     assert server.first_ping == 503
@@ -401,6 +412,7 @@ def test_ping_is_503_while_loading_then_200(server: Server) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_invoke_with_details_counts_tokens(server: Server) -> None:
     r = server.post({"inputs": "Hello world", "parameters": {"max_new_tokens": 12,
                                                              "details": True}})
@@ -421,12 +433,14 @@ def test_invoke_with_details_counts_tokens(server: Server) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_default_max_new_tokens_is_lmis_30(server: Server) -> None:
     d = server.post({"inputs": "Hi", "parameters": {"details": True}}).json()["details"]
     assert d["generated_tokens"] == 30 or d["finish_reason"] == "eos_token"
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_sampling_changes_output_and_gives_log_probs(server: Server) -> None:
     body = {"inputs": "Once upon a time", "stream": True,
             "parameters": {"max_new_tokens": 24, "do_sample": True, "temperature": 1.5}}
@@ -440,6 +454,7 @@ def test_sampling_changes_output_and_gives_log_probs(server: Server) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_stream_sends_tokens_one_by_one(server: Server) -> None:
     n = 200
     body = {"inputs": "Streaming test", "stream": True, "parameters": {"max_new_tokens": n}}
@@ -465,6 +480,7 @@ def test_stream_sends_tokens_one_by_one(server: Server) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_stop_sequence_ends_generation_early(server: Server) -> None:
     free = server.post({"inputs": "Hello world",
                         "parameters": {"max_new_tokens": 40, "details": True}}).json()
@@ -479,6 +495,7 @@ def test_stop_sequence_ends_generation_early(server: Server) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_chat_form_uses_the_template_and_answers_openai_style(server: Server) -> None:
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"}]
     r = server.post({"messages": msgs, "max_tokens": 6, "temperature": 0})
@@ -509,6 +526,7 @@ def test_chat_form_uses_the_template_and_answers_openai_style(server: Server) ->
     ({"inputs": "x", "stream": True, "parameters": {"temperature": -1}}, 400, "temperature"),
     ({"messages": []}, 400, "messages"),
 ])
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_bad_requests_get_4xx_with_code_424(server: Server, body: dict, status: int,
                                             match: str) -> None:
     r = server.post(body)
@@ -519,6 +537,7 @@ def test_bad_requests_get_4xx_with_code_424(server: Server, body: dict, status: 
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_body_over_the_limit_is_413_and_bad_json_is_400(server: Server) -> None:
     big = server.post({"inputs": "x" * (MAX_BODY + 10)})
     assert big.status_code == 413 and big.json()["code"] == 424
@@ -540,6 +559,7 @@ def _passes(server: Server) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_concurrent_requests_share_forward_passes(server: Server) -> None:
     n, tokens = 6, 32
     body = {"inputs": "Batch me", "parameters": {"max_new_tokens": tokens, "details": True}}
@@ -570,6 +590,7 @@ def test_concurrent_requests_share_forward_passes(server: Server) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_client_disconnect_mid_stream_frees_its_slot(server: Server) -> None:
     body = {"inputs": "Long one", "stream": True, "parameters": {"max_new_tokens": 450}}
     with httpx.stream("POST", server.url + "/invocations", json=body, timeout=60) as r:
@@ -592,6 +613,7 @@ def test_client_disconnect_mid_stream_frees_its_slot(server: Server) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_non_stream_client_that_gives_up_frees_its_slot(server: Server) -> None:
     body = {"inputs": "Long one", "parameters": {"max_new_tokens": 450}}
     with pytest.raises(httpx.ReadTimeout):
@@ -607,6 +629,7 @@ def test_non_stream_client_that_gives_up_frees_its_slot(server: Server) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("serving-server")  # one `server` (module fixture)
 def test_more_requests_than_slots_queue_and_all_finish(server: Server) -> None:
     n = MAX_BATCH + 4
     body = {"inputs": "Queue", "parameters": {"max_new_tokens": 8, "details": True}}
@@ -631,8 +654,9 @@ def test_more_requests_than_slots_queue_and_all_finish(server: Server) -> None:
 
 
 @pytest.mark.slow
-def test_sigterm_mid_stream_ends_it_with_an_error_line(tmp_path: Path) -> None:
-    srv = _boot(tmp_path, 2048, "--drain-s", "0")
+def test_sigterm_mid_stream_ends_it_with_an_error_line(tmp_path: Path, tmp_path_factory
+                                                       ) -> None:
+    srv = _boot(tmp_path_factory, tmp_path, 2048, "--drain-s", "0")
     try:
         body = {"inputs": "Last words", "stream": True, "parameters": {"max_new_tokens": 2000}}
         with httpx.stream("POST", srv.url + "/invocations", json=body, timeout=60) as r:

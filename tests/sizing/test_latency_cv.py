@@ -12,9 +12,12 @@ from tests.sizing import published_cases as pc
 
 @pytest.fixture(scope="module")
 def summary():
+    """The cross-validation (about 8 s of CPU): its tests carry xdist_group("latency-cv"), so
+    one xdist worker computes it, not each worker that runs one of them."""
     return pc.summary(pc.runs())
 
 
+@pytest.mark.xdist_group("latency-cv")
 def test_engine_defaults_are_the_fit_on_every_source(summary):
     for engine, eff in summary["fitted"].items():
         for name in pc.CV_FACTORS:
@@ -22,11 +25,13 @@ def test_engine_defaults_are_the_fit_on_every_source(summary):
                 engine, name, getattr(eff, name))
 
 
+@pytest.mark.xdist_group("latency-cv")
 def test_error_band_is_the_cross_validated_spread(summary):
     for metric, bands in summary["bands"].items():
         assert ERROR_BAND[metric] == bands, metric
 
 
+@pytest.mark.xdist_group("latency-cv")
 def test_cross_validated_error_meets_the_goals(summary):
     rows = summary["rows"]
     for metric, goal in (("ttft_ms", 25), ("tpot_ms", 20)):

@@ -191,9 +191,9 @@ def test_an_endpoint_whose_pid_was_recycled_is_failed_and_not_killed(
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
-    from lmiflow.serving.demo_model import ensure_demo_model
+    from tests.session_files import session_demo_model
 
-    return ensure_demo_model(tmp_path_factory.getbasetemp() / "lmiflow-demo-model")
+    return session_demo_model(tmp_path_factory)
 
 
 def _deploy(t: LocalTarget, name: str, props: str, env: dict[str, str] | None = None) -> str:

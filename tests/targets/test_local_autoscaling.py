@@ -24,9 +24,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch")
-    from lmiflow.serving.demo_model import ensure_demo_model
+    from tests.session_files import session_demo_model
 
-    return ensure_demo_model(tmp_path_factory.getbasetemp() / "lmiflow-demo-model")
+    return session_demo_model(tmp_path_factory)
 
 
 def _until(what: str, check, limit_s: float):
