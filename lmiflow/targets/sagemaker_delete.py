@@ -77,7 +77,7 @@ PLACEHOLDER_HASH = "x" * 8  # a spec hash delete learns only from the listings
 PLACEHOLDER_ARN = "arn:aws:sagemaker:<region>:<account>:endpoint/"
 
 
-def delete_requests(endpoint: str, s3_uri: str | None, lease_ttl_s: int, account_arn: str,
+def delete_requests(endpoint: str, s3_uri: str | None, account_arn: str,
                     *, components: bool = False, scaling: bool = True) -> list[AwsRequest]:
     """Every kind of request `endpoints delete` sends (pure), one per kind and resource, on
     placeholder names where the listings supply them ("*": each of those found): what its
@@ -136,7 +136,7 @@ def delete_requests(endpoint: str, s3_uri: str | None, lease_ttl_s: int, account
 
 
 class StagedFilesOps:
-    """For SageMakerTarget (which holds s3_uri, send, _pages, describe, lease_ttl_s)."""
+    """For SageMakerTarget (which holds s3_uri, send, _pages, describe)."""
 
     # -- where the endpoint's lease and files live --
 
@@ -167,7 +167,7 @@ class StagedFilesOps:
         left out, since remove_autoscaling goes on when it may not look."""
         from lmiflow.targets.iam import needed
 
-        reqs = delete_requests(endpoint, self.s3_uri, self.lease_ttl_s,
+        reqs = delete_requests(endpoint, self.s3_uri,
                                "arn:{partition}:sagemaker:{region}:{account}:endpoint/",
                                components=self.mode == "inference_component", scaling=False)
         return needed(reqs, "{region}", "arn:{partition}:iam::{account}:role/x",
@@ -182,7 +182,7 @@ class StagedFilesOps:
         from lmiflow.targets.iam import account_of, runner_policy
 
         partition, account = account_of(self.role_arn)
-        reqs = delete_requests(endpoint, self.s3_uri, self.lease_ttl_s,
+        reqs = delete_requests(endpoint, self.s3_uri,
                                f"arn:{partition}:sagemaker:{self.region}:{account}:endpoint/",
                                components=self.mode == "inference_component")
         return runner_policy(reqs, self.region, self.role_arn)

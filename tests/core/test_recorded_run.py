@@ -18,6 +18,7 @@ from lmiflow.recorded_run import FIRST, REDEPLOY, REJECTED, RecordingFailed, mer
 from lmiflow.spec import load_spec
 from lmiflow.targets.aws_requests import AwsRequest, request
 from lmiflow.targets.sagemaker import SageMakerTarget
+from tests.call_log import LoggedLock
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs" / "llama-3.1-8b-g5-g6.yaml")
@@ -138,18 +139,7 @@ class _Impl:
 
     def __init__(self):
         self.calls: list[str] = []
-        lock = SimpleNamespace(assert_held=lambda: None)
-        calls = self.calls
-
-        class Lock:
-            def __enter__(self):
-                calls.append("lock")
-                return lock
-
-            def __exit__(self, *exc):
-                calls.append("release")
-
-        self.endpoint_lock = lambda spec, run_id: Lock()
+        self.endpoint_lock = lambda spec, run_id: LoggedLock(self.calls)
 
     def __getattr__(self, name):
         def step(*args, **kw):

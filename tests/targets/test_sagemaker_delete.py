@@ -179,7 +179,7 @@ def test_objects_go_in_batches_of_a_thousand_and_every_request_is_valid():
     assert [len(r.params["Delete"]["Objects"]) for r in reqs] == [1000, 1000, 500]
     for r in reqs:
         validate(r)
-    listing = delete_requests("prod", STORE, 600,
+    listing = delete_requests("prod", STORE,
                               "arn:aws:sagemaker:us-east-1:123456789012:endpoint/")
     for r in listing:
         if r.params.get("ModelName") != "*":  # stands for each remaining model

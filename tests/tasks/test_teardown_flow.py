@@ -8,6 +8,7 @@ from pathlib import Path
 from lmiflow.flows import deploy as flows
 
 from lmiflow.spec import load_spec
+from tests.call_log import LoggedLock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -15,16 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_teardown_runs_while_the_endpoint_is_locked(monkeypatch):
     spec = load_spec(str(ROOT / "configs" / "local-demo.yaml"))
     calls: list[str] = []
-
-    class Lock:
-        def __enter__(self):
-            calls.append("lock")
-            return self
-
-        def __exit__(self, *exc):
-            calls.append("release")
-
-    monkeypatch.setattr(flows.steps, "endpoint_lock", lambda spec, run_id: Lock())
+    monkeypatch.setattr(flows.steps, "endpoint_lock",
+                        lambda spec, run_id: LoggedLock(calls))
     monkeypatch.setattr(flows.steps, "teardown",
                         lambda spec: calls.append("teardown") or ["endpoint x"])
     monkeypatch.setattr(flows, "_run_id", lambda: None)
