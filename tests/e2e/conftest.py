@@ -2,7 +2,8 @@
 tests/conftest.py):
 
 - `prefect_harness` (session): one Prefect API for the whole session (per xdist worker), with
-  its own PREFECT_HOME. In-process flows use it; a CLI subprocess shares it through
+  its own PREFECT_HOME, on a copy of the session's migrated database (tests/session_files.py).
+  In-process flows use it; a CLI subprocess shares it through
   PREFECT_API_URL (tests/e2e/flows.prefect_api_env()) instead of starting a temporary API
   server of its own (tests/e2e/test_interrupts.py checks that server's life cycle).
 - `demo_model` (session): the tiny random-weight Llama, built once per session and shared by
@@ -20,6 +21,8 @@ import os
 
 import pytest
 
+from tests.session_files import seed_prefect_db, session_prefect_db
+
 
 @pytest.fixture(scope="session")
 def prefect_harness(tmp_path_factory):
@@ -28,16 +31,44 @@ def prefect_harness(tmp_path_factory):
     # Importing prefect.main sets up Prefect's log handlers on the stderr of that moment: do
     # it here, not inside a test whose captured stderr (capfd) is closed when it ends.
     import prefect.main  # noqa: F401
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    import prefect.testing.utilities as harness
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_SERVER_DATABASE_CONNECTION_URL,
+        PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED,
+        PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED,
+        PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
-    # No flow-run heartbeats in this process: the heartbeat thread sleeps in 1 s steps and
-    # each flow run waits for it to wake when it ends (0.5 s on average, about 40 runs per
-    # session). Heartbeats tell a Prefect server that a run crashed; no test here asks it.
-    # CLI subprocesses keep theirs (the setting cannot be unset through the environment).
-    with (prefect_test_harness(server_startup_timeout=180),
-          temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})):
-        yield
+    # Prefect's harness puts its database in a new mkdtemp() folder, empty: its API server
+    # would spend about 12 s of CPU migrating it. The folder it gets here already holds a
+    # migrated copy; the check below fails if a Prefect release moves the file, rather than
+    # letting every session quietly migrate again.
+    template = session_prefect_db(tmp_path_factory)
+    seeded = tmp_path_factory.mktemp("prefect-db")
+    seed_prefect_db(template, seeded / "prefect-test.db")
+    # The API server's event services (stored events, task runs rebuilt from them, automation
+    # triggers) do about half its work per flow run, and no test reads what they produce; the
+    # harness starts its server with the settings of this moment, so they are off in it only.
+    # tests/e2e/test_prefect_server.py runs a server with Prefect's defaults.
+    quiet_server = {PREFECT_SERVER_SERVICES_EVENT_PERSISTER_ENABLED: False,
+                    PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED: False,
+                    PREFECT_SERVER_SERVICES_TRIGGERS_ENABLED: False}
+    with pytest.MonkeyPatch.context() as mp, temporary_settings(updates=quiet_server):
+        mp.setattr(harness, "mkdtemp", lambda: str(seeded))
+        # No flow-run heartbeats in this process: the heartbeat thread sleeps in 1 s steps and
+        # each flow run waits for it to wake when it ends (0.5 s on average, about 40 runs per
+        # session). Heartbeats tell a Prefect server that a run crashed; no test here asks
+        # it. CLI subprocesses keep theirs (the setting cannot be unset through the
+        # environment).
+        with (prefect_test_harness(server_startup_timeout=180),
+              temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})):
+            url = str(PREFECT_SERVER_DATABASE_CONNECTION_URL.value())
+            assert url.endswith(f"{seeded}/prefect-test.db"), url
+            mp.undo()
+            yield
 
 
 @pytest.fixture(scope="session")

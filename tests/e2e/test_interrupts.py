@@ -9,13 +9,14 @@ import signal
 import pytest
 
 from tests.chaos.sandbox import Sandbox, wait_until
+from tests.session_files import session_prefect_db
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture()
-def sandbox(tmp_path, demo_model):
-    sb = Sandbox(tmp_path / "sb", demo_model)
+def sandbox(tmp_path, tmp_path_factory, demo_model):
+    sb = Sandbox(tmp_path / "sb", demo_model, prefect_db=session_prefect_db(tmp_path_factory))
     yield sb
     sb.clean_up()
 

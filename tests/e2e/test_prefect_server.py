@@ -15,6 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.session_files import seed_prefect_db, session_prefect_db
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -27,7 +29,9 @@ def free_port() -> int:
 
 
 @pytest.fixture()
-def prefect_server(tmp_path):
+def prefect_server(tmp_path, tmp_path_factory):
+    # the server starts from a migrated database, as a user's does after its first start
+    seed_prefect_db(session_prefect_db(tmp_path_factory), tmp_path / "home" / "prefect.db")
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
@@ -38,7 +42,7 @@ def prefect_server(tmp_path):
                              "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + 240  # a fresh PREFECT_HOME migrates SQLite first
+        deadline = time.monotonic() + 240
         while True:
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
@@ -48,7 +52,7 @@ def prefect_server(tmp_path):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("prefect server did not start:\n" +
                             (tmp_path / "server.log").read_text()[-3000:])
-            time.sleep(1)
+            time.sleep(0.2)
         yield env
     finally:
         proc.terminate()
