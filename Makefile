@@ -32,10 +32,12 @@ demo: $(STAMP)
 	$(PY) -m lmiflow demo-model .lmiflow/demo-model
 	$(PY) -m lmiflow deploy $(CONFIG) --report-dir $(REPORT_DIR) $(DEMO_FLAGS)
 
-# Two pytest-xdist workers, each with its own session servers (tests/conftest.py says how to
-# keep tests together: xdist_group). --durations: a slow test shows in CI's log the day it
-# lands. WORKERS=0 runs in this process.
-WORKERS ?= 2
+# Three pytest-xdist workers on two cores, each with its own session servers
+# (tests/conftest.py says how to keep tests together: xdist_group). Three, not two: much of
+# an e2e test is waiting on a server it started, and a third worker fills that time.
+# --durations: a slow test shows in CI's log the day it lands. WORKERS=0 runs in this
+# process.
+WORKERS ?= 3
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q -n $(WORKERS) --dist loadgroup --durations=15
