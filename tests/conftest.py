@@ -25,8 +25,9 @@ AWS
 Running
 - `make test` runs pytest-xdist, `-n 3 --dist loadgroup` (3 workers on 2 cores: see the
   Makefile). Each worker is a process with its own session fixtures (moto server, Prefect
-  harness, tmp_path_factory), so tests spread freely. Tests that must share one thing a worker cannot have twice (a fixed path, an
-  expensive module fixture) carry `@pytest.mark.xdist_group("<name>")`: one worker runs them.
+  harness, tmp_path_factory), so tests spread freely. Tests that must share one thing a
+  worker cannot have twice (a fixed path, an expensive module fixture) carry
+  `@pytest.mark.xdist_group("<name>")`: one worker runs them.
   Today, each for a module-scoped fixture that one worker should build, not each:
   "faults-production" (tests/e2e/test_faults.py: a real production deploy), "serving-server"
   (tests/serving/test_server.py: a real server), "latency-cv" (tests/sizing/test_latency_cv.py:
