@@ -29,6 +29,7 @@ from lmiflow.errors import UserInputError
 from lmiflow.redact import looks_secret, registered_in
 from lmiflow.regions import partition_of
 from lmiflow.secrets import SecretRef
+from lmiflow.serving.properties import check_key, check_value, fmt
 from lmiflow.targets.blue_green import traffic_shift_error
 from lmiflow.targets.components_plan import InferenceComponentSection
 
@@ -175,6 +176,18 @@ class ServingSection(_Strict):
         "(kept only when the config file is read by the run itself). Masked in every output; "
         "staged in a file only its owner can read.",
     )
+
+    @field_validator("options", "secret_options")
+    @classmethod
+    def _well_formed(cls, v: dict) -> dict:
+        # Checked here, not only when serving.properties is rendered: rendering comes after
+        # planning, so a malformed key would otherwise be reported as whatever the plan hit
+        # first (on the local target, the RAM free at that moment), or not at all.
+        for key, value in v.items():
+            check_key(key)
+            if not isinstance(value, SecretRef):
+                check_value(key, fmt(value) if not isinstance(value, str) else value)
+        return v
 
     @model_validator(mode="after")
     def _secrets_in_their_home(self) -> ServingSection:

@@ -237,6 +237,20 @@ def isolated(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.parametrize("options", [{"option.x\n": 1}, {"option.a=b": "1"},
+                                     {"option.x": "1\nengine=MPI"}, {"foo": 1}])
+def test_a_malformed_serving_option_is_refused_by_the_config_itself(options):
+    """Before any plan: rendering comes after planning, so a check left to it would let the
+    plan's verdict (on the local target, the RAM free at that moment) decide the error."""
+    from pydantic import ValidationError
+
+    from lmiflow.spec import DeploymentSpec
+
+    with pytest.raises(ValidationError) as info:
+        DeploymentSpec.model_validate(yaml.safe_load(with_("serving.options", options)))
+    assert [e["loc"] for e in info.value.errors()] == [("serving", "options")]
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_config_exits_2_naming_the_field(case, isolated, capsys):
     check_exits_2(*CASES[case], isolated, capsys)

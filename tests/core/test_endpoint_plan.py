@@ -83,7 +83,12 @@ def test_serving_options_reach_the_properties_and_bad_ones_name_their_field():
         endpoint_plan.serving_properties(planned, sp, image())
     assert e.value.field == "serving.options"
     assert "'option.tensor_parallel_degree': set " in e.value.reason
-    malformed = spec(serving={"options": {"bogus": 1}})
+    with pytest.raises(UserInputError) as e:  # the config refuses it before any plan
+        spec(serving={"options": {"bogus": 1}})
+    assert e.value.field == "serving.options"
+    # and rendering still does, for a spec built without validation
+    malformed = s.model_copy(update={"serving": s.serving.model_copy(
+        update={"options": {"bogus": 1}})})
     with pytest.raises(UserInputError) as e:
         endpoint_plan.serving_properties(malformed, sp, image())
     assert e.value.field == "serving.options"
