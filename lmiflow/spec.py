@@ -186,7 +186,7 @@ class ServingSection(_Strict):
         for key, value in v.items():
             check_key(key)
             if not isinstance(value, SecretRef):
-                check_value(key, fmt(value) if not isinstance(value, str) else value)
+                check_value(key, fmt(value))
         return v
 
     @model_validator(mode="after")
